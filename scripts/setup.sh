@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what Meshwork needs on Debian 12, idempotently. Called by scripts/up.sh and
+# scripts/test.sh; safe to run again (installs only what is missing).
+set -euo pipefail
+
+PACKAGES=(
+  iproute2 iputils-ping iptables nftables kmod util-linux procps psmisc
+  busybox-static              # offline images for lab pods and the runtime tests
+  containernetworking-plugins # reference bridge/host-local/portmap: chaining test and benchmark peer
+  containerd runc             # CRI path (the kubelet's) calling our plugin
+  podman                      # `podman run --network` calling our plugin
+  hyperfine jq                # benchmarks
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust toolchain pieces the suite uses.
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95 via rustup" >&2; exit 1; }
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# podman/containerd install may enable services we don't want racing our tests.
+systemctl disable --now containerd.service >/dev/null 2>&1 || true
