@@ -7,6 +7,8 @@ use std::{
     sync::Mutex,
 };
 
+pub mod tcp;
+
 use meshwork_cni_spec::Invoker;
 pub use meshwork_netlink::Netns;
 
