@@ -201,6 +201,7 @@ async fn wire(
     crash_if(crash_at, "after-veth");
     let clink = net::configure_container(
         pod,
+        netns,
         &net::ContainerSide {
             ifname: &env.ifname,
             addrs,

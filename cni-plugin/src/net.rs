@@ -69,6 +69,23 @@ pub async fn pod_mtu(
     Ok(FALLBACK_MTU)
 }
 
+/// Turns off IPv6 duplicate address detection on `ifname` in the calling thread's namespace.
+///
+/// Our addresses come from our IPAM (added NODAD), but the kernel still runs DAD on the link-local
+/// address it generates at link-up, and until that finishes (~1 s) neighbour solicitations from
+/// the interface cannot be answered: the first IPv6 SYN of a new pod would be lost. Must run
+/// before the link goes up. A missing file (IPv6 disabled) is fine.
+pub fn disable_dad(ifname: &str) -> std::io::Result<()> {
+    match std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn has_v6(ranges: &[Range]) -> bool {
+    ranges.iter().any(|r| r.gateway.is_ipv6())
+}
+
 /// Finds or creates the node bridge with each range's gateway address, up.
 pub async fn ensure_bridge(
     nl: &Netlink,
@@ -106,6 +123,9 @@ pub async fn ensure_bridge(
         }
     }
     if !link.up {
+        if has_v6(ranges) {
+            disable_dad(name).map_err(|e| Error::Invalid(format!("accept_dad on {name}: {e}")))?;
+        }
         nl.set_up(link.index).await?;
     }
     Ok(link)
@@ -135,13 +155,22 @@ pub struct ContainerSide<'a> {
 
 /// Brings up `lo` and the pod interface, adds addresses then routes (the gateway must be
 /// on-link before a route can use it). Returns the pod interface as the kernel sees it.
-pub async fn configure_container(nl: &Netlink, c: &ContainerSide<'_>) -> Result<Link, Error> {
+pub async fn configure_container(
+    nl: &Netlink,
+    netns: &Netns,
+    c: &ContainerSide<'_>,
+) -> Result<Link, Error> {
     // lo is ifindex 1 in every network namespace.
     nl.set_up(1).await?;
     let link = nl
         .link_by_name(c.ifname)
         .await?
         .ok_or_else(|| Error::Invalid(format!("{} missing after veth creation", c.ifname)))?;
+    if has_v6(c.ranges) {
+        netns
+            .run(|| disable_dad(c.ifname))?
+            .map_err(|e| Error::Invalid(format!("accept_dad on {}: {e}", c.ifname)))?;
+    }
     nl.set_up(link.index).await?;
     for a in c.addrs {
         nl.add_address(link.index, *a).await?;

@@ -95,6 +95,11 @@ pub struct Lab {
 impl Lab {
     /// A new lab for the test `name` (use the test function's name: it makes the prefix).
     pub fn new(name: &str) -> Lab {
+        Self::with_plugin(name, &cni_plugin_binary())
+    }
+
+    /// A lab whose `meshwork` plugin is the binary at `plugin` (e.g. the installed one).
+    pub fn with_plugin(name: &str, plugin: &Path) -> Lab {
         require_root();
         let tag: String = name
             .chars()
@@ -108,7 +113,7 @@ impl Lab {
             .unwrap_or_else(|e| panic!("creating lab temp dir: {e}"));
         let bin_dir = dir.path().join("bin");
         std::fs::create_dir_all(&bin_dir).unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink(cni_plugin_binary(), bin_dir.join("meshwork"))
+        std::os::unix::fs::symlink(plugin, bin_dir.join("meshwork"))
             .unwrap_or_else(|e| panic!("linking plugin: {e}"));
         let underlay = format!("{prefix}underlay");
         let lab = Lab {
