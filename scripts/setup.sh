@@ -10,6 +10,7 @@ PACKAGES=(
   containerd runc             # CRI path (the kubelet's) calling our plugin
   podman                      # `podman run --network` calling our plugin
   hyperfine jq                # benchmarks
+  protobuf-compiler           # protoc for the CRI API client (k8s-cri) in the runtime tests
 )
 
 missing=()

@@ -2,13 +2,9 @@
 //!
 //! Short-lived by design: one exec per command, a current-thread runtime, no daemon.
 
-mod app;
-mod config;
-mod ipam;
-mod net;
-
 use std::io::{Read, Write};
 
+use meshwork_cni::{app, config};
 use meshwork_cni_spec::{code, CniError};
 
 fn main() {

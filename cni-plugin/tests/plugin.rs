@@ -1,5 +1,6 @@
 //! The plugin as containerd runs it: exec'd by a libcni-style invoker inside a lab node, wiring
 //! real network namespaces. Every assertion reads the kernel back.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
 #![cfg(target_os = "linux")]
 
 use std::{
@@ -436,7 +437,8 @@ fn bad_input_gets_spec_error_json_and_a_failed_add_rolls_back() {
         raw(&lab, &node, &e, stdin)
     };
 
-    let cases: Vec<(&str, Vec<(&'static str, String)>, Vec<u8>, u32)> = vec![
+    type Env = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Env, Vec<u8>, u32)> = vec![
         (
             "garbage stdin",
             add_env(&[]),

@@ -37,7 +37,7 @@ pub async fn run(args: Args) -> Result<()> {
     println!("nodes (network namespaces on an isolated underlay bridge, VXLAN overlay):");
     for n in &c.nodes {
         println!(
-            "  {:<4} underlay {:<12} pod CIDRs {}  overlay {} mtu {}",
+            "  {:<4} underlay {:<12} pod CIDRs {}  overlay mw.vxlan mtu {}",
             n.node.name,
             n.node.underlay_ip,
             n.pod_cidrs
@@ -45,7 +45,6 @@ pub async fn run(args: Args) -> Result<()> {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            "mw.vxlan",
             n.overlay.mtu
         );
     }

@@ -1,4 +1,5 @@
 //! The overlay on real VXLAN devices between lab nodes.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
 #![cfg(target_os = "linux")]
 
 use meshwork_lab::{Lab, Node};

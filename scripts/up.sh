@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: build and install the CNI plugin, then `mesh-ctl up` — a two-node lab cluster
+# whose pods talk over the VXLAN overlay. Extra arguments go to `mesh-ctl up` (e.g. --keep).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked -p meshwork-cni -p mesh-ctl
+install -D -m 0755 target/release/meshwork-cni /opt/cni/bin/meshwork
+exec target/release/mesh-ctl up --cni-plugin /opt/cni/bin/meshwork "$@"

@@ -1,0 +1,609 @@
+//! Real container runtimes call the installed plugin (`/opt/cni/bin/meshwork`) from a conflist:
+//! containerd's CRI plugin on the kubelet path (RunPodSandbox → CNI ADD) and `podman run
+//! --network`. Two containers talk TCP; teardown leaves no veth and no lease.
+//!
+//! Recipe and the host state each runtime leaves (and how it is removed): tests/runtimes/RECIPE.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
+#![cfg(target_os = "linux")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use meshwork_lab::{require_root, sh, sh_out};
+use serde_json::json;
+
+const INSTALLED_PLUGIN: &str = "/opt/cni/bin/meshwork";
+const IMAGE: &str = "localhost/meshwork-busybox:latest";
+/// Prefix of everything these tests create on the host (bridges, cgroups, temp dirs).
+const PREFIX: &str = "mwrt";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn require_installed_plugin() {
+    assert!(
+        Path::new(INSTALLED_PLUGIN).is_file(),
+        "{INSTALLED_PLUGIN} is missing: scripts/test.sh installs it before the suite runs"
+    );
+}
+
+/// Builds (or reuses) the offline busybox OCI archive; serialised by a lock because the script
+/// must not run twice at once on one output dir.
+fn busybox_archive() -> PathBuf {
+    let out = workspace().join("target/test-images");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = std::fs::File::create(out.join(".lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own; released when `lock` drops.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let path = sh(&[
+        workspace().join("scripts/busybox-image.sh").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    PathBuf::from(path.trim())
+}
+
+/// Host state outside the test dir that a runtime test may create; removed on drop (also on
+/// panic) and swept at start by prefix.
+struct HostGuard {
+    bridge: String,
+    had_var_lib_cni: bool,
+    had_var_lib_containers: bool,
+    dir: tempfile::TempDir,
+}
+
+impl HostGuard {
+    fn new(name: &str) -> HostGuard {
+        require_root();
+        require_installed_plugin();
+        sweep();
+        HostGuard {
+            bridge: format!("{PREFIX}-{name}"),
+            had_var_lib_cni: Path::new("/var/lib/cni").exists(),
+            had_var_lib_containers: Path::new("/var/lib/containers").exists(),
+            dir: tempfile::Builder::new()
+                .prefix(&format!("{PREFIX}-{name}-"))
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn conflist(&self, net: &str, subnet: &str) -> serde_json::Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": net,
+            "plugins": [{
+                "type": "meshwork",
+                "bridge": self.bridge,
+                "mtu": 1450,
+                "dataDir": self.path().join("cni-state"),
+                // The pod subnet only: no default route, the host's network stays out of reach.
+                "ipam": {"subnet": subnet, "routes": [{"dst": subnet}]}
+            }]
+        })
+    }
+
+    fn leases(&self, net: &str) -> Vec<String> {
+        std::fs::read_dir(self.path().join("cni-state").join(net).join("leases"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Host veths our plugin made for network `net` (identified by their alias).
+fn our_veths(net: &str) -> Vec<String> {
+    let out = sh(&["ip", "-o", "-d", "link", "show"]);
+    out.lines()
+        .filter(|l| l.contains(&format!("alias meshwork/{net}/")))
+        .map(|l| l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        // Processes of ours (containerd, shims, conmon) still running: kill by their temp dir.
+        kill_matching(&self.path().to_string_lossy());
+        unmount_under(self.path());
+        let _ = sh_out(&["ip", "link", "del", &self.bridge]);
+        remove_cgroups();
+        if !self.had_var_lib_cni {
+            let _ = std::fs::remove_dir_all("/var/lib/cni");
+        }
+        if !self.had_var_lib_containers {
+            let _ = std::fs::remove_dir_all("/var/lib/containers");
+        }
+        for d in ["/run/containerd/s", "/run/containerd", "/run/runc", "/run/mount"] {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Leftovers of a crashed earlier run: processes, mounts, bridges and cgroups named `mwrt*`.
+fn sweep() {
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{PREFIX}-")) {
+            kill_matching(&e.path().to_string_lossy());
+            unmount_under(&e.path());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let links = sh(&["ip", "-o", "link", "show"]);
+    for l in links.lines() {
+        let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+        if name.starts_with(&format!("{PREFIX}-")) {
+            let _ = sh_out(&["ip", "link", "del", name]);
+        }
+    }
+    remove_cgroups();
+}
+
+fn kill_matching(needle: &str) {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle) {
+            // SAFETY: kill(2) by pid; a stale pid at worst gets ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&*dir.to_string_lossy()))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = sh_out(&["umount", "-l", p]);
+    }
+}
+
+/// cgroup parents `/mwrt/...` in every hierarchy, removed depth first.
+fn remove_cgroups() {
+    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let root = h.path().join(PREFIX);
+        if root.is_dir() {
+            let _ = sh_out(&["find", root.to_str().unwrap(), "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]);
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, at most `tries` times `every` apart (no signal to wait on:
+/// a runtime's container state is only observable by asking).
+async fn eventually<T>(what: &str, tries: u32, every: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..tries {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(every).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+mod containerd {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+    use k8s_cri::v1::{runtime_service_client::RuntimeServiceClient, *};
+    use tokio::net::UnixStream;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    const CONFIG: &str = r#"version = 2
+root = "@DIR@/root"
+state = "@DIR@/state"
+oom_score = 0
+disabled_plugins = [
+  "io.containerd.internal.v1.opt",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+[grpc]
+  address = "@DIR@/containerd.sock"
+[ttrpc]
+  address = "@DIR@/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "@IMAGE@"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  disable_apparmor = true
+  enable_selinux = false
+  systemd_cgroup = false
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "@DIR@/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "@DIR@/cni/bin"
+    conf_dir = "@DIR@/cni/net.d"
+    max_conf_num = 1
+"#;
+
+    async fn connect(sock: PathBuf) -> Channel {
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let sock = sock.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(sock).await?)) }
+            }))
+            .await
+            .expect("connecting to containerd")
+    }
+
+    fn ns_opts() -> NamespaceOption {
+        NamespaceOption {
+            network: NamespaceMode::Pod as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        }
+    }
+
+    fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "mwtest".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: logs.join(name).to_string_lossy().into_owned(),
+            // Lookups stay inside the pod; the host's resolver is never copied in.
+            dns_config: Some(DnsConfig {
+                servers: vec!["127.0.0.1".into()],
+                ..Default::default()
+            }),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{PREFIX}/{name}"),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(ns_opts()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ctr_config(name: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(ns_opts()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_container(
+        rt: &mut RuntimeServiceClient<Channel>,
+        pod: &str,
+        pcfg: &PodSandboxConfig,
+        ccfg: ContainerConfig,
+    ) -> String {
+        let id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(ccfg),
+                sandbox_config: Some(pcfg.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn containerd_cri_run_pod_sandbox_calls_the_plugin_and_pods_talk_tcp() {
+        let host = HostGuard::new("ctd");
+        let archive = busybox_archive();
+        let dir = host.path().to_path_buf();
+        let net = "mwrt-ctd";
+        for d in ["cni/bin", "cni/net.d", "logs"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(INSTALLED_PLUGIN, dir.join("cni/bin/meshwork")).unwrap();
+        // containerd runs `loopback` for lo on every sandbox.
+        std::os::unix::fs::symlink("/usr/lib/cni/loopback", dir.join("cni/bin/loopback")).unwrap();
+        std::fs::write(
+            dir.join("cni/net.d/10-meshwork.conflist"),
+            host.conflist(net, "10.199.1.0/24").to_string(),
+        )
+        .unwrap();
+        let cfg = CONFIG
+            .replace("@DIR@", &dir.to_string_lossy())
+            .replace("@IMAGE@", IMAGE);
+        std::fs::write(dir.join("config.toml"), cfg).unwrap();
+
+        let mut containerd = tokio::process::Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("containerd.err")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting containerd");
+        let sock = dir.join("containerd.sock");
+        let ctr = |args: &[&str]| {
+            let mut full = vec!["ctr", "--address", sock.to_str().unwrap(), "-n", "k8s.io"];
+            full.extend_from_slice(args);
+            sh_out(&full)
+        };
+        eventually("containerd socket", 200, Duration::from_millis(50), async || {
+            ctr(&["version"]).status.success().then_some(())
+        })
+        .await;
+        let imp = ctr(&["images", "import", archive.to_str().unwrap()]);
+        assert!(imp.status.success(), "{}", String::from_utf8_lossy(&imp.stderr));
+
+        let mut rt = RuntimeServiceClient::new(connect(sock.clone()).await);
+        eventually("CRI runtime and network ready", 100, Duration::from_millis(100), async || {
+            let st = rt.status(StatusRequest { verbose: false }).await.ok()?.into_inner();
+            let conds = st.status?.conditions;
+            (!conds.is_empty() && conds.iter().all(|c| c.status)).then_some(())
+        })
+        .await;
+
+        // The kubelet path: RunPodSandbox makes containerd call CNI ADD on our conflist.
+        let logs = dir.join("logs");
+        let (srv_cfg, cli_cfg) = (pod_config("srv", &logs), pod_config("cli", &logs));
+        let mut pods = Vec::new();
+        for c in [&srv_cfg, &cli_cfg] {
+            let id = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(c.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "RunPodSandbox: {e}\ncontainerd log: {}",
+                        std::fs::read_to_string(dir.join("containerd.err")).unwrap_or_default()
+                    )
+                })
+                .into_inner()
+                .pod_sandbox_id;
+            pods.push(id);
+        }
+        let mut ips = Vec::new();
+        for p in &pods {
+            let st = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: p.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            ips.push(st.status.unwrap().network.unwrap().ip);
+        }
+        assert!(ips.iter().all(|ip| ip.starts_with("10.199.1.")), "{ips:?}");
+        assert_ne!(ips[0], ips[1]);
+        let veths = our_veths(net);
+        assert_eq!(veths.len(), 2, "one host veth per sandbox: {veths:?}");
+        let alias = sh(&["ip", "-d", "link", "show", &veths[0]]);
+        assert!(pods.iter().any(|p| alias.contains(&format!("meshwork/{net}/{p}/eth0"))), "{alias}");
+        assert_eq!(host.leases(net).len(), 2);
+
+        // Two containers talk TCP across the pods.
+        let srv = run_container(&mut rt, &pods[0], &srv_cfg, ctr_config("server", &["nc", "-l", "-p", "8080"])).await;
+        let msg = "hello-through-meshwork";
+        let script = format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 3 {} 8080 && exit 0; sleep 0.2; done; exit 1",
+            ips[0]
+        );
+        let cli = run_container(&mut rt, &pods[1], &cli_cfg, ctr_config("client", &["sh", "-c", &script])).await;
+        let code = eventually("client container to exit", 100, Duration::from_millis(100), async || {
+            let st = rt
+                .container_status(ContainerStatusRequest { container_id: cli.clone(), verbose: false })
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            (st.state == ContainerState::ContainerExited as i32).then_some(st.exit_code)
+        })
+        .await;
+        assert_eq!(code, 0, "client could not reach the server pod");
+        let got = eventually("server log", 50, Duration::from_millis(100), async || {
+            let log = std::fs::read_to_string(logs.join("srv/server/0.log")).ok()?;
+            log.contains(msg).then_some(log)
+        })
+        .await;
+        assert!(got.contains(msg));
+        let _ = srv;
+
+        // Teardown the kubelet way: DEL with netns (Stop), DEL again without (Remove).
+        for p in &pods {
+            rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: p.clone() })
+                .await
+                .unwrap();
+            rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.clone() })
+                .await
+                .unwrap();
+        }
+        assert!(our_veths(net).is_empty(), "veths left: {:?}", our_veths(net));
+        assert!(host.leases(net).is_empty(), "leases left: {:?}", host.leases(net));
+
+        // SAFETY: SIGTERM to our child.
+        unsafe { libc::kill(containerd.id().unwrap() as i32, libc::SIGTERM) };
+        let _ = tokio::time::timeout(Duration::from_secs(10), containerd.wait()).await;
+    }
+}
+
+mod podman {
+    use super::*;
+
+    struct Podman {
+        dir: PathBuf,
+    }
+
+    impl Podman {
+        fn new(dir: &Path, conflist: &serde_json::Value, net: &str) -> Podman {
+            let p = dir.to_path_buf();
+            for d in ["cni/bin", "cni/net.d", "root", "run", "tmp", "runc"] {
+                std::fs::create_dir_all(p.join(d)).unwrap();
+            }
+            std::os::unix::fs::symlink(INSTALLED_PLUGIN, p.join("cni/bin/meshwork")).unwrap();
+            std::fs::write(p.join(format!("cni/net.d/10-{net}.conflist")), conflist.to_string()).unwrap();
+            let wrap = p.join("runc-wrap");
+            std::fs::write(&wrap, format!("#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n", p.display())).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(
+                p.join("containers.conf"),
+                format!(
+                    r#"[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+log_driver = "k8s-file"
+cgroupns = "private"
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{d}/cni/bin"]
+network_config_dir = "{d}/cni/net.d"
+default_network = "{net}"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
+lock_type = "file"
+num_locks = 64
+
+[engine.runtimes]
+runc = ["{d}/runc-wrap"]
+"#,
+                    d = p.display()
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                p.join("storage.conf"),
+                format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n", p.display()),
+            )
+            .unwrap();
+            Podman { dir: p }
+        }
+
+        fn run(&self, args: &[&str]) -> std::process::Output {
+            Command::new("podman")
+                .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+                .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+                .arg("--root")
+                .arg(self.dir.join("root"))
+                .arg("--runroot")
+                .arg(self.dir.join("run"))
+                .args(["--storage-driver", "vfs"])
+                .args(args)
+                .output()
+                .expect("running podman")
+        }
+
+        fn ok(&self, args: &[&str]) -> String {
+            let out = self.run(args);
+            assert!(
+                out.status.success(),
+                "podman {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    }
+
+    impl Drop for Podman {
+        fn drop(&mut self) {
+            let _ = self.run(&["rm", "-f", "-a", "-t", "0"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn podman_run_network_calls_the_plugin_and_containers_talk_tcp() {
+        let host = HostGuard::new("pod");
+        let archive = busybox_archive();
+        let net = "mwrt-pod";
+        let pm = Podman::new(host.path(), &host.conflist(net, "10.199.2.0/24"), net);
+        pm.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
+        let cgroup = format!("/{PREFIX}/podman");
+        let run = ["run", "--network", net, "--dns=none", "--cgroup-parent", &cgroup];
+
+        let mut args = run.to_vec();
+        args.extend(["-d", "--name", "mw-srv", IMAGE, "nc", "-l", "-p", "8080"]);
+        pm.ok(&args);
+        let ip = pm.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), "mw-srv"]);
+        assert!(ip.starts_with("10.199.2."), "{ip}");
+        assert_eq!(our_veths(net).len(), 1);
+        assert_eq!(host.leases(net), std::slice::from_ref(&ip));
+
+        let msg = "hello-from-podman";
+        let script = format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 3 {ip} 8080 && exit 0; sleep 0.2; done; exit 1"
+        );
+        let mut args = run.to_vec();
+        args.extend(["--rm", "--name", "mw-cli", IMAGE, "sh", "-c", &script]);
+        pm.ok(&args);
+        let logs = eventually("server output", 50, Duration::from_millis(100), async || {
+            let l = pm.ok(&["logs", "mw-srv"]);
+            l.contains(msg).then_some(l)
+        })
+        .await;
+        assert!(logs.contains(msg));
+
+        pm.ok(&["rm", "-f", "-t", "0", "mw-srv"]);
+        assert!(our_veths(net).is_empty(), "veths left: {:?}", our_veths(net));
+        assert!(host.leases(net).is_empty(), "leases left: {:?}", host.leases(net));
+    }
+}
