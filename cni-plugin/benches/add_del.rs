@@ -4,7 +4,11 @@
 //! hits both alike. Then 100 concurrent ADDs per plugin: wall time and distinct addresses.
 //!
 //! Run: `cargo bench -p meshwork-cni --bench add_del` (root; see BENCHMARKS.md).
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
 
 use std::{
     collections::HashSet,
@@ -65,7 +69,9 @@ fn main() {
             name: "meshwork",
             list: ours,
             inv: lab.invoker(&n1),
-            pods: (0..PODS).map(|i| lab.pod_netns(&n1, &format!("p{i}"))).collect(),
+            pods: (0..PODS)
+                .map(|i| lab.pod_netns(&n1, &format!("p{i}")))
+                .collect(),
             add: vec![],
             del: vec![],
         },
@@ -73,7 +79,9 @@ fn main() {
             name: "bridge+host-local",
             list: reference,
             inv: lab.invoker(&n2),
-            pods: (0..PODS).map(|i| lab.pod_netns(&n2, &format!("p{i}"))).collect(),
+            pods: (0..PODS)
+                .map(|i| lab.pod_netns(&n2, &format!("p{i}")))
+                .collect(),
             add: vec![],
             del: vec![],
         },
@@ -87,25 +95,35 @@ fn main() {
     for i in 0..PODS {
         for s in subjects.iter_mut() {
             let t = Instant::now();
-            s.inv.add(&s.list, &rt(&format!("c{i}"), &s.pods[i])).unwrap();
+            s.inv
+                .add(&s.list, &rt(&format!("c{i}"), &s.pods[i]))
+                .unwrap();
             s.add.push(t.elapsed());
         }
     }
     for i in 0..PODS {
         for s in subjects.iter_mut() {
             let t = Instant::now();
-            s.inv.del(&s.list, &rt(&format!("c{i}"), &s.pods[i]), None).unwrap();
+            s.inv
+                .del(&s.list, &rt(&format!("c{i}"), &s.pods[i]), None)
+                .unwrap();
             s.del.push(t.elapsed());
         }
     }
 
     println!("CNI ADD/DEL latency, {PODS} pods each, sequential, interleaved (ms):");
-    println!("{:<20} {:>10} {:>10} {:>10} {:>10}", "plugin", "ADD p50", "ADD p90", "DEL p50", "DEL p90");
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10}",
+        "plugin", "ADD p50", "ADD p90", "DEL p50", "DEL p90"
+    );
     let mut p50s = vec![];
     for s in subjects.iter_mut() {
         let (a50, a90) = (pct(&mut s.add, 0.5), pct(&mut s.add, 0.9));
         let (d50, d90) = (pct(&mut s.del, 0.5), pct(&mut s.del, 0.9));
-        println!("{:<20} {a50:>10.2} {a90:>10.2} {d50:>10.2} {d90:>10.2}", s.name);
+        println!(
+            "{:<20} {a50:>10.2} {a90:>10.2} {d50:>10.2} {d90:>10.2}",
+            s.name
+        );
         p50s.push((a50, d50));
     }
     println!(
@@ -122,11 +140,16 @@ fn main() {
     let host_veths: Vec<String> = (0..PODS)
         .map(|i| {
             let p = lab.pod_netns(&floor_node, &format!("f{i}"));
-            let r = floor_inv.add(&floor_list, &rt(&format!("f{i}"), &p)).unwrap();
+            let r = floor_inv
+                .add(&floor_list, &rt(&format!("f{i}"), &p))
+                .unwrap();
             r.interfaces[1].name.clone()
         })
         .collect();
-    let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut floor: Vec<Duration> = tokio_rt.block_on(async {
         let nl = meshwork_netlink::Netlink::connect_in(&lab.open(&floor_node.netns)).unwrap();
         let mut v = Vec::new();
@@ -147,7 +170,9 @@ fn main() {
     println!("\n{PODS} concurrent ADDs (one thread each):");
     for s in subjects.iter() {
         let node = if s.name == "meshwork" { &n1 } else { &n2 };
-        let pods: Vec<PodNs> = (0..PODS).map(|i| lab.pod_netns(node, &format!("cc{i}"))).collect();
+        let pods: Vec<PodNs> = (0..PODS)
+            .map(|i| lab.pod_netns(node, &format!("cc{i}")))
+            .collect();
         let t = Instant::now();
         let ips: Vec<String> = std::thread::scope(|sc| {
             let hs: Vec<_> = pods

@@ -1,6 +1,10 @@
 //! The plugin as containerd runs it: exec'd by a libcni-style invoker inside a lab node, wiring
 //! real network namespaces. Every assertion reads the kernel back.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
 #![cfg(target_os = "linux")]
 
 use std::{

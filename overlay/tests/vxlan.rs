@@ -1,5 +1,9 @@
 //! The overlay on real VXLAN devices between lab nodes.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
 #![cfg(target_os = "linux")]
 
 use meshwork_lab::{Lab, Node};

@@ -1,5 +1,9 @@
 //! Pods on different lab nodes over the VXLAN overlay, wired by the CNI plugin.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
 #![cfg(target_os = "linux")]
 
 use std::net::SocketAddr;

@@ -3,7 +3,11 @@
 //! --network`. Two containers talk TCP; teardown leaves no veth and no lease.
 //!
 //! Recipe and the host state each runtime leaves (and how it is removed): tests/runtimes/RECIPE.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a panic with its location is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
 #![cfg(target_os = "linux")]
 
 use std::{
@@ -21,7 +25,10 @@ const IMAGE: &str = "localhost/meshwork-busybox:latest";
 const PREFIX: &str = "mwrt";
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn require_installed_plugin() {
@@ -41,7 +48,10 @@ fn busybox_archive() -> PathBuf {
     // SAFETY: flock on an fd we own; released when `lock` drops.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let path = sh(&[
-        workspace().join("scripts/busybox-image.sh").to_str().unwrap(),
+        workspace()
+            .join("scripts/busybox-image.sh")
+            .to_str()
+            .unwrap(),
         out.to_str().unwrap(),
     ]);
     PathBuf::from(path.trim())
@@ -93,7 +103,11 @@ impl HostGuard {
 
     fn leases(&self, net: &str) -> Vec<String> {
         std::fs::read_dir(self.path().join("cni-state").join(net).join("leases"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -103,7 +117,15 @@ fn our_veths(net: &str) -> Vec<String> {
     let out = sh(&["ip", "-o", "-d", "link", "show"]);
     out.lines()
         .filter(|l| l.contains(&format!("alias meshwork/{net}/")))
-        .map(|l| l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("").to_string())
+        .map(|l| {
+            l.split(": ")
+                .nth(1)
+                .unwrap_or("")
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect()
 }
 
@@ -120,7 +142,12 @@ impl Drop for HostGuard {
         if !self.had_var_lib_containers {
             let _ = std::fs::remove_dir_all("/var/lib/containers");
         }
-        for d in ["/run/containerd/s", "/run/containerd", "/run/runc", "/run/mount"] {
+        for d in [
+            "/run/containerd/s",
+            "/run/containerd",
+            "/run/runc",
+            "/run/mount",
+        ] {
             let _ = std::fs::remove_dir(d);
         }
     }
@@ -139,7 +166,13 @@ fn sweep() {
     }
     let links = sh(&["ip", "-o", "link", "show"]);
     for l in links.lines() {
-        let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+        let name = l
+            .split(": ")
+            .nth(1)
+            .unwrap_or("")
+            .split('@')
+            .next()
+            .unwrap_or("");
         if name.starts_with(&format!("{PREFIX}-")) {
             let _ = sh_out(&["ip", "link", "del", name]);
         }
@@ -156,7 +189,10 @@ fn kill_matching(needle: &str) {
             continue;
         }
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle) {
+        if String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(needle)
+        {
             // SAFETY: kill(2) by pid; a stale pid at worst gets ESRCH.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -178,17 +214,36 @@ fn unmount_under(dir: &Path) {
 
 /// cgroup parents `/mwrt/...` in every hierarchy, removed depth first.
 fn remove_cgroups() {
-    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let root = h.path().join(PREFIX);
         if root.is_dir() {
-            let _ = sh_out(&["find", root.to_str().unwrap(), "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]);
+            let _ = sh_out(&[
+                "find",
+                root.to_str().unwrap(),
+                "-depth",
+                "-type",
+                "d",
+                "-exec",
+                "rmdir",
+                "{}",
+                ";",
+            ]);
         }
     }
 }
 
 /// Polls `f` until it returns Some, at most `tries` times `every` apart (no signal to wait on:
 /// a runtime's container state is only observable by asking).
-async fn eventually<T>(what: &str, tries: u32, every: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    what: &str,
+    tries: u32,
+    every: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
     for _ in 0..tries {
         if let Some(v) = f().await {
             return v;
@@ -380,19 +435,35 @@ disabled_plugins = [
             full.extend_from_slice(args);
             sh_out(&full)
         };
-        eventually("containerd socket", 200, Duration::from_millis(50), async || {
-            ctr(&["version"]).status.success().then_some(())
-        })
+        eventually(
+            "containerd socket",
+            200,
+            Duration::from_millis(50),
+            async || ctr(&["version"]).status.success().then_some(()),
+        )
         .await;
         let imp = ctr(&["images", "import", archive.to_str().unwrap()]);
-        assert!(imp.status.success(), "{}", String::from_utf8_lossy(&imp.stderr));
+        assert!(
+            imp.status.success(),
+            "{}",
+            String::from_utf8_lossy(&imp.stderr)
+        );
 
         let mut rt = RuntimeServiceClient::new(connect(sock.clone()).await);
-        eventually("CRI runtime and network ready", 100, Duration::from_millis(100), async || {
-            let st = rt.status(StatusRequest { verbose: false }).await.ok()?.into_inner();
-            let conds = st.status?.conditions;
-            (!conds.is_empty() && conds.iter().all(|c| c.status)).then_some(())
-        })
+        eventually(
+            "CRI runtime and network ready",
+            100,
+            Duration::from_millis(100),
+            async || {
+                let st = rt
+                    .status(StatusRequest { verbose: false })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let conds = st.status?.conditions;
+                (!conds.is_empty() && conds.iter().all(|c| c.status)).then_some(())
+            },
+        )
         .await;
 
         // The kubelet path: RunPodSandbox makes containerd call CNI ADD on our conflist.
@@ -433,26 +504,50 @@ disabled_plugins = [
         let veths = our_veths(net);
         assert_eq!(veths.len(), 2, "one host veth per sandbox: {veths:?}");
         let alias = sh(&["ip", "-d", "link", "show", &veths[0]]);
-        assert!(pods.iter().any(|p| alias.contains(&format!("meshwork/{net}/{p}/eth0"))), "{alias}");
+        assert!(
+            pods.iter()
+                .any(|p| alias.contains(&format!("meshwork/{net}/{p}/eth0"))),
+            "{alias}"
+        );
         assert_eq!(host.leases(net).len(), 2);
 
         // Two containers talk TCP across the pods.
-        let srv = run_container(&mut rt, &pods[0], &srv_cfg, ctr_config("server", &["nc", "-l", "-p", "8080"])).await;
+        let srv = run_container(
+            &mut rt,
+            &pods[0],
+            &srv_cfg,
+            ctr_config("server", &["nc", "-l", "-p", "8080"]),
+        )
+        .await;
         let msg = "hello-through-meshwork";
         let script = format!(
             "for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 3 {} 8080 && exit 0; sleep 0.2; done; exit 1",
             ips[0]
         );
-        let cli = run_container(&mut rt, &pods[1], &cli_cfg, ctr_config("client", &["sh", "-c", &script])).await;
-        let code = eventually("client container to exit", 100, Duration::from_millis(100), async || {
-            let st = rt
-                .container_status(ContainerStatusRequest { container_id: cli.clone(), verbose: false })
-                .await
-                .ok()?
-                .into_inner()
-                .status?;
-            (st.state == ContainerState::ContainerExited as i32).then_some(st.exit_code)
-        })
+        let cli = run_container(
+            &mut rt,
+            &pods[1],
+            &cli_cfg,
+            ctr_config("client", &["sh", "-c", &script]),
+        )
+        .await;
+        let code = eventually(
+            "client container to exit",
+            100,
+            Duration::from_millis(100),
+            async || {
+                let st = rt
+                    .container_status(ContainerStatusRequest {
+                        container_id: cli.clone(),
+                        verbose: false,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .status?;
+                (st.state == ContainerState::ContainerExited as i32).then_some(st.exit_code)
+            },
+        )
         .await;
         assert_eq!(code, 0, "client could not reach the server pod");
         let got = eventually("server log", 50, Duration::from_millis(100), async || {
@@ -465,15 +560,27 @@ disabled_plugins = [
 
         // Teardown the kubelet way: DEL with netns (Stop), DEL again without (Remove).
         for p in &pods {
-            rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: p.clone() })
-                .await
-                .unwrap();
-            rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.clone() })
-                .await
-                .unwrap();
+            rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: p.clone(),
+            })
+            .await
+            .unwrap();
+            rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: p.clone(),
+            })
+            .await
+            .unwrap();
         }
-        assert!(our_veths(net).is_empty(), "veths left: {:?}", our_veths(net));
-        assert!(host.leases(net).is_empty(), "leases left: {:?}", host.leases(net));
+        assert!(
+            our_veths(net).is_empty(),
+            "veths left: {:?}",
+            our_veths(net)
+        );
+        assert!(
+            host.leases(net).is_empty(),
+            "leases left: {:?}",
+            host.leases(net)
+        );
 
         // SAFETY: SIGTERM to our child.
         unsafe { libc::kill(containerd.id().unwrap() as i32, libc::SIGTERM) };
@@ -495,9 +602,20 @@ mod podman {
                 std::fs::create_dir_all(p.join(d)).unwrap();
             }
             std::os::unix::fs::symlink(INSTALLED_PLUGIN, p.join("cni/bin/meshwork")).unwrap();
-            std::fs::write(p.join(format!("cni/net.d/10-{net}.conflist")), conflist.to_string()).unwrap();
+            std::fs::write(
+                p.join(format!("cni/net.d/10-{net}.conflist")),
+                conflist.to_string(),
+            )
+            .unwrap();
             let wrap = p.join("runc-wrap");
-            std::fs::write(&wrap, format!("#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n", p.display())).unwrap();
+            std::fs::write(
+                &wrap,
+                format!(
+                    "#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n",
+                    p.display()
+                ),
+            )
+            .unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::write(
@@ -578,12 +696,24 @@ runc = ["{d}/runc-wrap"]
         let pm = Podman::new(host.path(), &host.conflist(net, "10.199.2.0/24"), net);
         pm.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
         let cgroup = format!("/{PREFIX}/podman");
-        let run = ["run", "--network", net, "--dns=none", "--cgroup-parent", &cgroup];
+        let run = [
+            "run",
+            "--network",
+            net,
+            "--dns=none",
+            "--cgroup-parent",
+            &cgroup,
+        ];
 
         let mut args = run.to_vec();
         args.extend(["-d", "--name", "mw-srv", IMAGE, "nc", "-l", "-p", "8080"]);
         pm.ok(&args);
-        let ip = pm.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), "mw-srv"]);
+        let ip = pm.ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            "mw-srv",
+        ]);
         assert!(ip.starts_with("10.199.2."), "{ip}");
         assert_eq!(our_veths(net).len(), 1);
         assert_eq!(host.leases(net), std::slice::from_ref(&ip));
@@ -595,15 +725,28 @@ runc = ["{d}/runc-wrap"]
         let mut args = run.to_vec();
         args.extend(["--rm", "--name", "mw-cli", IMAGE, "sh", "-c", &script]);
         pm.ok(&args);
-        let logs = eventually("server output", 50, Duration::from_millis(100), async || {
-            let l = pm.ok(&["logs", "mw-srv"]);
-            l.contains(msg).then_some(l)
-        })
+        let logs = eventually(
+            "server output",
+            50,
+            Duration::from_millis(100),
+            async || {
+                let l = pm.ok(&["logs", "mw-srv"]);
+                l.contains(msg).then_some(l)
+            },
+        )
         .await;
         assert!(logs.contains(msg));
 
         pm.ok(&["rm", "-f", "-t", "0", "mw-srv"]);
-        assert!(our_veths(net).is_empty(), "veths left: {:?}", our_veths(net));
-        assert!(host.leases(net).is_empty(), "leases left: {:?}", host.leases(net));
+        assert!(
+            our_veths(net).is_empty(),
+            "veths left: {:?}",
+            our_veths(net)
+        );
+        assert!(
+            host.leases(net).is_empty(),
+            "leases left: {:?}",
+            host.leases(net)
+        );
     }
 }
