@@ -11,6 +11,7 @@ PACKAGES=(
   podman                      # `podman run --network` calling our plugin
   hyperfine jq                # benchmarks
   protobuf-compiler           # protoc for the CRI API client (k8s-cri) in the runtime tests
+  clang-19 llvm-19 libbpf-dev bpftool  # eBPF datapath: C programs compiled at build time
 )
 
 missing=()
