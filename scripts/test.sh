@@ -12,5 +12,5 @@ cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # The lab finds the plugin next to the test binaries; the runtime tests call the installed one.
 cargo build --locked --workspace --bins
-install -D -m 0755 target/debug/meshwork-cni /opt/cni/bin/meshwork
+install -D -m 0755 "${CARGO_TARGET_DIR:-target}/debug/meshwork-cni" /opt/cni/bin/meshwork
 exec cargo nextest run --locked --workspace --no-fail-fast

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked -p meshwork-cni -p mesh-ctl
-install -D -m 0755 target/release/meshwork-cni /opt/cni/bin/meshwork
-exec target/release/mesh-ctl up --cni-plugin /opt/cni/bin/meshwork "$@"
+install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/meshwork-cni" /opt/cni/bin/meshwork
+exec "${CARGO_TARGET_DIR:-target}/release/mesh-ctl" up --cni-plugin /opt/cni/bin/meshwork "$@"
