@@ -7,6 +7,8 @@ use std::{
     sync::Mutex,
 };
 
+pub mod cgroup;
+pub mod servers;
 pub mod tcp;
 
 use meshwork_cni_spec::Invoker;
@@ -125,6 +127,8 @@ impl Lab {
             dir,
             bin_dir,
         };
+        // Leftovers of a crashed run: cgroups and bpffs pins under our prefix.
+        lab.remove_node_state();
         lab.add_netns(&underlay);
         lab.exec(&underlay, &["ip", "link", "add", "br0", "type", "bridge"]);
         lab.exec(&underlay, &["ip", "link", "set", "br0", "up"]);
@@ -277,6 +281,7 @@ impl Drop for Lab {
         }
         // Anything created under our prefix by code under test (e.g. a runtime) goes too.
         sweep(&self.prefix);
+        self.remove_node_state();
     }
 }
 

@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* NodePort and ExternalIPs for traffic arriving from outside the node: tc on the node's uplink.
+ * Ingress DNATs a packet for a frontend to a backend (the flow stays on its backend through
+ * mw_np_fwd); egress rewrites the backend's replies back to the frontend through mw_np_rev.
+ * Local connects to NodeIP:nodePort never get here: the socket hooks translate them. */
+#include "lib/common.h"
+#include "lib/lb_maps.h"
+#include "lib/lb.h"
+
+#define MW_ETH_LEN 14
+#define MW_IP_CSUM_OFF (MW_ETH_LEN + 10)
+#define MW_IP_SADDR_OFF (MW_ETH_LEN + 12)
+#define MW_IP_DADDR_OFF (MW_ETH_LEN + 16)
+#define MW_L4_OFF (MW_ETH_LEN + 20)
+#define MW_TCP_CSUM_OFF (MW_L4_OFF + 16)
+#define MW_UDP_CSUM_OFF (MW_L4_OFF + 6)
+
+struct mw_pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u32 len;
+};
+
+/* IPv4 TCP/UDP without IP options or fragments; anything else is not ours. */
+static __always_inline int mw_parse(struct __sk_buff *skb, struct mw_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct mw_ethhdr *eth = data;
+	struct mw_iphdr *ip;
+	struct mw_l4ports *l4;
+
+	if ((void *)(eth + 1) > end || eth->proto != bpf_htons(MW_ETH_P_IP))
+		return -1;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl_version != 0x45)
+		return -1;
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return -1;
+	if (ip->protocol != MW_IPPROTO_TCP && ip->protocol != MW_IPPROTO_UDP)
+		return -1;
+	l4 = (void *)(ip + 1);
+	if ((void *)(l4 + 1) > end)
+		return -1;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->sport = l4->source;
+	p->dport = l4->dest;
+	p->proto = ip->protocol;
+	p->len = skb->len;
+	return 0;
+}
+
+/* Rewrites one address and port (source or destination) with checksum fix-ups. */
+static __always_inline int mw_rewrite(struct __sk_buff *skb, struct mw_pkt *p, int dst,
+				      __be32 addr, __be16 port)
+{
+	__be32 old_addr = dst ? p->daddr : p->saddr;
+	__be16 old_port = dst ? p->dport : p->sport;
+	int addr_off = dst ? MW_IP_DADDR_OFF : MW_IP_SADDR_OFF;
+	int port_off = MW_L4_OFF + (dst ? 2 : 0);
+	int csum_off = p->proto == MW_IPPROTO_TCP ? MW_TCP_CSUM_OFF : MW_UDP_CSUM_OFF;
+	/* UDP checksum 0 means "none" and must stay 0. */
+	__u64 mangled = p->proto == MW_IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr, BPF_F_PSEUDO_HDR | mangled | 4))
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | 2))
+		return -1;
+	if (bpf_l3_csum_replace(skb, MW_IP_CSUM_OFF, old_addr, addr, 4))
+		return -1;
+	if (bpf_skb_store_bytes(skb, addr_off, &addr, 4, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, port_off, &port, 2, 0))
+		return -1;
+	return 0;
+}
+
+SEC("classifier")
+int mw_nodeport_in(struct __sk_buff *skb)
+{
+	struct mw_pkt p = {};
+	__u32 backend_id = 0;
+
+	if (mw_parse(skb, &p))
+		return MW_TC_ACT_OK;
+
+	struct mw_flow_key fk = {
+		.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport, .proto = p.proto,
+	};
+	struct mw_flow_val *fv = bpf_map_lookup_elem(&mw_np_fwd, &fk);
+	struct mw_flow_val chosen = {};
+
+	if (fv) {
+		chosen = *fv;
+	} else {
+		struct mw_svc_key key = { .addr = p.daddr, .port = p.dport, .proto = p.proto };
+		struct mw_svc *svc = bpf_map_lookup_elem(&mw_services, &key);
+
+		if (!svc)
+			return MW_TC_ACT_OK;
+		/* Maglev key: the whole flow, so a flow keeps its backend across backend churn. */
+		__u64 h = ((__u64)p.saddr << 32 | p.daddr) ^ ((__u64)p.sport << 16 | p.dport) ^ p.proto;
+		struct mw_backend *be = mw_pick(svc, p.saddr, mw_hash64(h), &backend_id);
+
+		if (!be) {
+			mw_count(svc->id, 1, 0);
+			return MW_TC_ACT_OK;
+		}
+		chosen.addr = be->addr;
+		chosen.port = be->port;
+		chosen.svc = svc->id;
+		bpf_map_update_elem(&mw_np_fwd, &fk, &chosen, BPF_ANY);
+
+		struct mw_flow_key rk = {
+			.saddr = be->addr, .daddr = p.saddr, .sport = be->port, .dport = p.sport,
+			.proto = p.proto,
+		};
+		struct mw_flow_val rv = { .addr = p.daddr, .port = p.dport, .svc = svc->id };
+
+		bpf_map_update_elem(&mw_np_rev, &rk, &rv, BPF_ANY);
+		mw_count(svc->id, 0, 0);
+	}
+	mw_count(chosen.svc, 0, p.len);
+	mw_rewrite(skb, &p, 1, chosen.addr, chosen.port);
+	return MW_TC_ACT_OK;
+}
+
+SEC("classifier")
+int mw_nodeport_out(struct __sk_buff *skb)
+{
+	struct mw_pkt p = {};
+
+	if (mw_parse(skb, &p))
+		return MW_TC_ACT_OK;
+
+	struct mw_flow_key rk = {
+		.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport, .proto = p.proto,
+	};
+	struct mw_flow_val *rv = bpf_map_lookup_elem(&mw_np_rev, &rk);
+
+	if (!rv)
+		return MW_TC_ACT_OK;
+	__be32 addr = rv->addr;
+	__be16 port = rv->port;
+
+	mw_rewrite(skb, &p, 0, addr, port);
+	return MW_TC_ACT_OK;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

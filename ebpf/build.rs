@@ -1,0 +1,31 @@
+//! Compiles the C datapath (`bpf/*.c`, one entry object per hook) with clang into OUT_DIR.
+
+use std::{env, path::PathBuf, process::Command};
+
+const PROGRAMS: &[&str] = &["sock_lb", "tc_nodeport"];
+
+fn main() {
+    let clang = env::var("MESHWORK_CLANG").unwrap_or_else(|_| "clang-19".into());
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed=bpf");
+    println!("cargo:rerun-if-env-changed=MESHWORK_CLANG");
+    for prog in PROGRAMS {
+        let src = format!("bpf/{prog}.c");
+        let obj = out.join(format!("{prog}.o"));
+        let status = Command::new(&clang)
+            .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g"])
+            .args(["-Wall", "-Wextra", "-Werror", "-Ibpf/include", "-c"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("{clang} failed compiling {src} ({s})"),
+            Err(e) => panic!(
+                "cannot run {clang} ({e}): the eBPF datapath is C compiled at build time; \
+                 run scripts/setup.sh (installs clang-19) or set MESHWORK_CLANG"
+            ),
+        }
+    }
+}

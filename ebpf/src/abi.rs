@@ -1,0 +1,152 @@
+//! Map keys and values, `#[repr(C)]` mirrors of `bpf/lib/lb_maps.h`. A test compares sizes and
+//! field offsets with the BTF of the compiled objects, so the two cannot drift apart silently.
+//! Addresses and ports are stored in network byte order, as the datapath reads them.
+
+#![allow(missing_docs, reason = "field docs live in lb_maps.h, mirrored 1:1")]
+
+pub const ALGO_RANDOM: u16 = 0;
+pub const ALGO_MAGLEV: u16 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SvcKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Svc {
+    pub id: u32,
+    pub table: u32,
+    pub slots: u32,
+    pub backends: u32,
+    pub affinity_secs: u32,
+    pub algo: u16,
+    pub flags: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub table: u32,
+    pub slot: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub slot: [u32; crate::maglev::DEFAULT_SIZE as usize],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendVal {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemberKey {
+    pub svc: u32,
+    pub backend: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsVal {
+    pub connects: u64,
+    pub no_backend: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// SAFETY: plain `#[repr(C)]` integers with explicit padding fields: every bit pattern is valid
+// and there are no implicit padding bytes.
+unsafe impl aya::Pod for SvcKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Svc {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SlotKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for BackendVal {}
+// SAFETY: as above (an array of u32).
+unsafe impl aya::Pod for MaglevTable {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MemberKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for StatsVal {}
+
+/// (struct name in C, size, [(field, offset)]) for the layout check.
+pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
+    use std::mem::{offset_of, size_of};
+    vec![
+        (
+            "mw_svc_key",
+            size_of::<SvcKey>(),
+            vec![
+                ("addr", offset_of!(SvcKey, addr)),
+                ("port", offset_of!(SvcKey, port)),
+                ("proto", offset_of!(SvcKey, proto)),
+            ],
+        ),
+        (
+            "mw_svc",
+            size_of::<Svc>(),
+            vec![
+                ("id", offset_of!(Svc, id)),
+                ("table", offset_of!(Svc, table)),
+                ("slots", offset_of!(Svc, slots)),
+                ("backends", offset_of!(Svc, backends)),
+                ("affinity_secs", offset_of!(Svc, affinity_secs)),
+                ("algo", offset_of!(Svc, algo)),
+                ("flags", offset_of!(Svc, flags)),
+            ],
+        ),
+        (
+            "mw_slot_key",
+            size_of::<SlotKey>(),
+            vec![
+                ("table", offset_of!(SlotKey, table)),
+                ("slot", offset_of!(SlotKey, slot)),
+            ],
+        ),
+        (
+            "mw_backend",
+            size_of::<BackendVal>(),
+            vec![
+                ("addr", offset_of!(BackendVal, addr)),
+                ("port", offset_of!(BackendVal, port)),
+                ("proto", offset_of!(BackendVal, proto)),
+            ],
+        ),
+        (
+            "mw_maglev",
+            size_of::<MaglevTable>(),
+            vec![("slot", offset_of!(MaglevTable, slot))],
+        ),
+        (
+            "mw_member_key",
+            size_of::<MemberKey>(),
+            vec![
+                ("svc", offset_of!(MemberKey, svc)),
+                ("backend", offset_of!(MemberKey, backend)),
+            ],
+        ),
+        (
+            "mw_stats",
+            size_of::<StatsVal>(),
+            vec![
+                ("connects", offset_of!(StatsVal, connects)),
+                ("no_backend", offset_of!(StatsVal, no_backend)),
+                ("packets", offset_of!(StatsVal, packets)),
+                ("bytes", offset_of!(StatsVal, bytes)),
+            ],
+        ),
+    ]
+}

@@ -1,0 +1,728 @@
+//! Loading, attaching, pinning, and the typed service API.
+
+use std::{
+    collections::{BTreeMap, HashMap as Std, HashSet},
+    fs::File,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use meshwork_netlink::Netns;
+
+use crate::{
+    abi::{self, BackendVal, MaglevTable, MemberKey, SlotKey, StatsVal, Svc, SvcKey},
+    maglev, sys, Error, SOCK_LB_OBJ, TC_NODEPORT_OBJ,
+};
+
+const SOCK_PROGS: &[&str] = &[
+    "mw_connect4",
+    "mw_sendmsg4",
+    "mw_recvmsg4",
+    "mw_getpeername4",
+];
+const TC_PROGS: &[(&str, TcAttachType)] = &[
+    ("mw_nodeport_in", TcAttachType::Ingress),
+    ("mw_nodeport_out", TcAttachType::Egress),
+];
+/// Every map the objects pin by name (removed by uninstall).
+const MAPS: &[&str] = &[
+    "mw_services",
+    "mw_slots",
+    "mw_maglev",
+    "mw_backends",
+    "mw_members",
+    "mw_stats",
+    "mw_affinity",
+    "mw_revnat",
+    "mw_np_fwd",
+    "mw_np_rev",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp = 6,
+    Udp = 17,
+}
+
+/// What clients address: ClusterIP:port, NodeIP:nodePort or ExternalIP:port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl Frontend {
+    pub fn tcp(addr: Ipv4Addr, port: u16) -> Self {
+        Frontend {
+            addr,
+            port,
+            proto: Proto::Tcp,
+        }
+    }
+    pub fn udp(addr: Ipv4Addr, port: u16) -> Self {
+        Frontend {
+            addr,
+            port,
+            proto: Proto::Udp,
+        }
+    }
+    fn key(&self) -> SvcKey {
+        SvcKey {
+            addr: u32::from(self.addr).to_be(),
+            port: self.port.to_be(),
+            proto: self.proto as u8,
+            pad: 0,
+        }
+    }
+    fn from_key(k: &SvcKey) -> Option<Self> {
+        Some(Frontend {
+            addr: Ipv4Addr::from(u32::from_be(k.addr)),
+            port: u16::from_be(k.port),
+            proto: match k.proto {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                _ => return None,
+            },
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl Backend {
+    pub fn new(addr: Ipv4Addr, port: u16) -> Self {
+        Backend { addr, port }
+    }
+    fn identity(&self) -> Vec<u8> {
+        let mut v = self.addr.octets().to_vec();
+        v.extend_from_slice(&self.port.to_be_bytes());
+        v
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    #[default]
+    Random,
+    Maglev,
+}
+
+/// One frontend and where it leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub frontend: Frontend,
+    /// Empty: connects fail at once.
+    pub backends: Vec<Backend>,
+    pub algorithm: Algorithm,
+    /// sessionAffinity ClientIP timeout; the client is the pod (its network namespace) for
+    /// socket LB and the source address for NodePort.
+    pub affinity: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connects: u64,
+    pub no_backend: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Where NodePort/ExternalIP traffic from outside arrives.
+#[derive(Clone, Debug)]
+pub struct Uplink {
+    /// The node's network namespace (None: the caller's).
+    pub netns: Option<PathBuf>,
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Per-node pin directory, e.g. `/sys/fs/bpf/meshwork/<node>`; must be on bpffs.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory whose sockets are load balanced (the node's subtree).
+    pub cgroup: PathBuf,
+    pub uplink: Option<Uplink>,
+}
+
+impl Config {
+    pub const BPFFS: &'static str = "/sys/fs/bpf";
+
+    pub fn new(node: &str, cgroup: impl Into<PathBuf>) -> Self {
+        Config {
+            pin_dir: Path::new(Self::BPFFS).join("meshwork").join(node),
+            cgroup: cgroup.into(),
+            uplink: None,
+        }
+    }
+}
+
+/// In-memory mirror of one programmed frontend, rebuilt from the maps on open.
+#[derive(Clone, Debug)]
+struct Entry {
+    svc: Svc,
+    backend_ids: Vec<u32>,
+}
+
+pub struct Datapath {
+    cfg: Config,
+    services: HashMap<MapData, SvcKey, Svc>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    maglev: HashMap<MapData, u32, MaglevTable>,
+    backends: HashMap<MapData, u32, BackendVal>,
+    members: HashMap<MapData, MemberKey, u8>,
+    stats: HashMap<MapData, u32, StatsVal>,
+    entries: Std<SvcKey, Entry>,
+    /// (backend value) → (id, references)
+    backend_ids: Std<BackendVal, (u32, u32)>,
+    next_svc: u32,
+    next_table: u32,
+    next_backend: u32,
+    free_svc: Vec<u32>,
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, Error> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| Error::Invalid(format!("map {name} missing from the object")))?;
+    HashMap::try_from(map).map_err(Error::map(name))
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), Error> {
+    link.pin(path).map(|_| ()).map_err(|e| Error::Pin {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+impl Datapath {
+    /// Loads the programs (maps are reused from the pin directory if present), attaches what is
+    /// not attached yet (pinned links survive the loader: traffic keeps flowing while it is
+    /// down), and reads back what is programmed. Never flushes.
+    pub fn open(cfg: Config) -> Result<Datapath, Error> {
+        sys::ensure_bpffs(Path::new(Config::BPFFS))?;
+        let links = cfg.pin_dir.join("links");
+        std::fs::create_dir_all(&links).map_err(|source| Error::Io {
+            what: "creating",
+            path: links.clone(),
+            source,
+        })?;
+        let mut sock = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.pin_dir)
+            .load(SOCK_LB_OBJ)
+            .map_err(|e| Error::Load {
+                object: "sock_lb.o",
+                source: Box::new(e),
+            })?;
+        let cgroup = File::open(&cfg.cgroup).map_err(|source| Error::Io {
+            what: "opening cgroup",
+            path: cfg.cgroup.clone(),
+            source,
+        })?;
+        for name in SOCK_PROGS {
+            let pin = links.join(name);
+            if pin.exists() {
+                continue;
+            }
+            let prog: &mut CgroupSockAddr = sock
+                .program_mut(name)
+                .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
+                .try_into()
+                .map_err(Error::prog(name))?;
+            prog.load().map_err(Error::prog(name))?;
+            // bpf_link attachments to a cgroup always coexist with others (implicitly "multi");
+            // the kernel wants flags 0 for them, which is what `Single` maps to.
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(Error::prog(name))?;
+            let link = prog.take_link(id).map_err(Error::prog(name))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| Error::Invalid(e.to_string()))?;
+            pin_link(fd, &pin)?;
+        }
+        if let Some(up) = &cfg.uplink {
+            attach_tc(&cfg.pin_dir, &links, up)?;
+        }
+
+        let mut dp = Datapath {
+            services: take(&mut sock, "mw_services")?,
+            slots: take(&mut sock, "mw_slots")?,
+            maglev: take(&mut sock, "mw_maglev")?,
+            backends: take(&mut sock, "mw_backends")?,
+            members: take(&mut sock, "mw_members")?,
+            stats: take(&mut sock, "mw_stats")?,
+            cfg,
+            entries: Std::new(),
+            backend_ids: Std::new(),
+            next_svc: 1,
+            next_table: 1,
+            next_backend: 1,
+            free_svc: Vec::new(),
+        };
+        dp.recover()?;
+        Ok(dp)
+    }
+
+    /// Rebuilds the mirror from the maps and removes debris of an update that was interrupted
+    /// (slot tables no service points at, unreferenced backends).
+    fn recover(&mut self) -> Result<(), Error> {
+        let svcs: Vec<(SvcKey, Svc)> = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(Error::map("mw_services"))?;
+        let mut refs: Std<u32, u32> = Std::new();
+        let mut tables = HashSet::new();
+        let mut used_ids = HashSet::new();
+        for (k, v) in svcs {
+            let ids = self.read_ids(&v);
+            for id in &ids {
+                *refs.entry(*id).or_default() += 1;
+            }
+            tables.insert(v.table);
+            used_ids.insert(v.id);
+            self.next_svc = self.next_svc.max(v.id + 1);
+            self.next_table = self.next_table.max(v.table + 1);
+            self.entries.insert(
+                k,
+                Entry {
+                    svc: v,
+                    backend_ids: ids,
+                },
+            );
+        }
+        let stale_maglev: Vec<u32> = self
+            .maglev
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !tables.contains(t))
+            .collect();
+        for t in stale_maglev {
+            let _ = self.maglev.remove(&t);
+        }
+        let stale_slots: Vec<SlotKey> = self
+            .slots
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !tables.contains(&k.table))
+            .collect();
+        for k in stale_slots {
+            let _ = self.slots.remove(&k);
+        }
+        let all: Vec<(u32, BackendVal)> = self.backends.iter().filter_map(Result::ok).collect();
+        for (id, val) in all {
+            self.next_backend = self.next_backend.max(id + 1);
+            match refs.get(&id) {
+                Some(n) => {
+                    self.backend_ids.insert(val, (id, *n));
+                }
+                None => {
+                    let _ = self.backends.remove(&id);
+                }
+            }
+        }
+        self.free_svc = (1..self.next_svc)
+            .filter(|i| !used_ids.contains(i))
+            .collect();
+        Ok(())
+    }
+
+    /// Backend ids of a programmed service (distinct, in slot order for random).
+    fn read_ids(&self, v: &Svc) -> Vec<u32> {
+        if v.algo == abi::ALGO_MAGLEV {
+            let mut ids = self
+                .maglev
+                .get(&v.table, 0)
+                .map(|t| t.slot.to_vec())
+                .unwrap_or_default();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        } else {
+            (0..v.slots)
+                .filter_map(|slot| {
+                    self.slots
+                        .get(
+                            &SlotKey {
+                                table: v.table,
+                                slot,
+                            },
+                            0,
+                        )
+                        .ok()
+                })
+                .collect()
+        }
+    }
+
+    fn drop_table(&mut self, v: &Svc) {
+        if v.algo == abi::ALGO_MAGLEV {
+            let _ = self.maglev.remove(&v.table);
+        } else {
+            for slot in 0..v.slots {
+                let _ = self.slots.remove(&SlotKey {
+                    table: v.table,
+                    slot,
+                });
+            }
+        }
+    }
+
+    fn alloc_svc(&mut self) -> u32 {
+        self.free_svc.pop().unwrap_or_else(|| {
+            self.next_svc += 1;
+            self.next_svc - 1
+        })
+    }
+
+    fn backend_ref(&mut self, val: BackendVal) -> Result<u32, Error> {
+        if let Some((id, n)) = self.backend_ids.get_mut(&val) {
+            *n += 1;
+            return Ok(*id);
+        }
+        let id = self.next_backend;
+        self.next_backend += 1;
+        self.backends
+            .insert(id, val, 0)
+            .map_err(Error::map("mw_backends"))?;
+        self.backend_ids.insert(val, (id, 1));
+        Ok(id)
+    }
+
+    fn backend_unref(&mut self, ids: &[u32]) {
+        for id in ids {
+            let found = self
+                .backend_ids
+                .iter_mut()
+                .find(|(_, (i, _))| i == id)
+                .map(|(k, v)| (*k, v));
+            if let Some((val, (_, n))) = found {
+                *n -= 1;
+                if *n == 0 {
+                    self.backend_ids.remove(&val);
+                    let _ = self.backends.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Programs `s`, replacing what its frontend had. Atomic for the datapath: the new slot
+    /// table is complete before the service entry is switched to it in one map update.
+    pub fn upsert(&mut self, s: &Service) -> Result<(), Error> {
+        let key = s.frontend.key();
+        let old = self.entries.get(&key).cloned();
+        let id = match &old {
+            Some(o) => o.svc.id,
+            None => self.alloc_svc(),
+        };
+        let mut ids = Vec::with_capacity(s.backends.len());
+        for b in &s.backends {
+            ids.push(self.backend_ref(BackendVal {
+                addr: u32::from(b.addr).to_be(),
+                port: b.port.to_be(),
+                proto: s.frontend.proto as u8,
+                pad: 0,
+            })?);
+        }
+        let table = self.next_table;
+        self.next_table = self.next_table.wrapping_add(1).max(1);
+        let n_slots = match s.algorithm {
+            Algorithm::Random => {
+                for (i, bid) in ids.iter().enumerate() {
+                    self.slots
+                        .insert(
+                            SlotKey {
+                                table,
+                                slot: i as u32,
+                            },
+                            *bid,
+                            0,
+                        )
+                        .map_err(Error::map("mw_slots"))?;
+                }
+                ids.len() as u32
+            }
+            Algorithm::Maglev if ids.is_empty() => 0,
+            Algorithm::Maglev => {
+                let idents: Vec<Vec<u8>> = s.backends.iter().map(Backend::identity).collect();
+                let mut t = Box::new(MaglevTable {
+                    slot: [0; maglev::DEFAULT_SIZE as usize],
+                });
+                for (slot, i) in t
+                    .slot
+                    .iter_mut()
+                    .zip(maglev::table(&idents, maglev::DEFAULT_SIZE))
+                {
+                    *slot = ids[i as usize];
+                }
+                self.maglev
+                    .insert(table, t.as_ref(), 0)
+                    .map_err(Error::map("mw_maglev"))?;
+                maglev::DEFAULT_SIZE
+            }
+        };
+        let affinity_secs = s
+            .affinity
+            .map(|d| d.as_secs().clamp(1, 86400) as u32)
+            .unwrap_or(0);
+        if affinity_secs > 0 {
+            for bid in &ids {
+                self.members
+                    .insert(
+                        MemberKey {
+                            svc: id,
+                            backend: *bid,
+                        },
+                        1u8,
+                        0,
+                    )
+                    .map_err(Error::map("mw_members"))?;
+            }
+        }
+        if old.is_none() {
+            self.stats
+                .insert(id, StatsVal::default(), 0)
+                .map_err(Error::map("mw_stats"))?;
+        }
+        let svc = Svc {
+            id,
+            table,
+            slots: n_slots,
+            backends: ids.len() as u32,
+            affinity_secs,
+            algo: match s.algorithm {
+                Algorithm::Random => abi::ALGO_RANDOM,
+                Algorithm::Maglev => abi::ALGO_MAGLEV,
+            },
+            flags: 0,
+        };
+        // The switch.
+        self.services
+            .insert(key, svc, 0)
+            .map_err(Error::map("mw_services"))?;
+
+        let mut dedup = ids.clone();
+        dedup.sort_unstable();
+        dedup.dedup();
+        if let Some(o) = old {
+            self.drop_table(&o.svc);
+            if o.svc.affinity_secs > 0 {
+                for bid in o
+                    .backend_ids
+                    .iter()
+                    .filter(|b| affinity_secs == 0 || !dedup.contains(b))
+                {
+                    let _ = self.members.remove(&MemberKey {
+                        svc: id,
+                        backend: *bid,
+                    });
+                }
+            }
+            self.backend_unref(&o.backend_ids);
+        }
+        // backend_ref counted one reference per listed backend; keep one per distinct id.
+        let extra: Vec<u32> = extra_refs(&ids);
+        self.backend_unref(&extra);
+        self.entries.insert(
+            key,
+            Entry {
+                svc,
+                backend_ids: dedup,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a frontend; false if it was not programmed.
+    pub fn remove(&mut self, f: &Frontend) -> Result<bool, Error> {
+        let key = f.key();
+        let Some(o) = self.entries.remove(&key) else {
+            return Ok(false);
+        };
+        self.services
+            .remove(&key)
+            .map_err(Error::map("mw_services"))?;
+        self.drop_table(&o.svc);
+        for bid in &o.backend_ids {
+            let _ = self.members.remove(&MemberKey {
+                svc: o.svc.id,
+                backend: *bid,
+            });
+        }
+        let _ = self.stats.remove(&o.svc.id);
+        self.backend_unref(&o.backend_ids);
+        self.free_svc.push(o.svc.id);
+        Ok(true)
+    }
+
+    /// What is programmed, read back from the maps (not from memory).
+    pub fn list(&self) -> Result<Vec<Service>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(Error::map("mw_services"))?;
+            let Some(frontend) = Frontend::from_key(&k) else {
+                continue;
+            };
+            let ids = self.read_ids(&v);
+            let mut backends = Vec::new();
+            for id in ids {
+                let b = self
+                    .backends
+                    .get(&id, 0)
+                    .map_err(Error::map("mw_backends"))?;
+                backends.push(Backend {
+                    addr: Ipv4Addr::from(u32::from_be(b.addr)),
+                    port: u16::from_be(b.port),
+                });
+            }
+            out.insert(
+                frontend,
+                Service {
+                    frontend,
+                    backends,
+                    algorithm: if v.algo == abi::ALGO_MAGLEV {
+                        Algorithm::Maglev
+                    } else {
+                        Algorithm::Random
+                    },
+                    affinity: (v.affinity_secs > 0)
+                        .then(|| Duration::from_secs(u64::from(v.affinity_secs))),
+                },
+            );
+        }
+        Ok(out.into_values().collect())
+    }
+
+    pub fn stats(&self, f: &Frontend) -> Result<Option<Stats>, Error> {
+        let Some(e) = self.entries.get(&f.key()) else {
+            return Ok(None);
+        };
+        let s = self
+            .stats
+            .get(&e.svc.id, 0)
+            .map_err(Error::map("mw_stats"))?;
+        Ok(Some(Stats {
+            connects: s.connects,
+            no_backend: s.no_backend,
+            packets: s.packets,
+            bytes: s.bytes,
+        }))
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.cfg.pin_dir
+    }
+
+    /// Detaches every program and removes every pin: nothing of ours stays in bpffs.
+    pub fn uninstall(self) -> Result<(), Error> {
+        let dir = self.cfg.pin_dir.clone();
+        drop(self);
+        uninstall_dir(&dir)
+    }
+}
+
+/// Removes the datapath pinned at `dir` without loading it (e.g. from a CLI).
+pub fn uninstall_dir(dir: &Path) -> Result<(), Error> {
+    let links = dir.join("links");
+    for name in SOCK_PROGS.iter().chain(TC_PROGS.iter().map(|(n, _)| n)) {
+        let pin = links.join(name);
+        if pin.exists() {
+            let link = PinnedLink::from_pin(&pin).map_err(|e| Error::Pin {
+                path: pin.clone(),
+                detail: e.to_string(),
+            })?;
+            // Unpinning drops the last reference: the kernel detaches the program.
+            drop(link.unpin().map_err(|source| Error::Io {
+                what: "unpinning",
+                path: pin.clone(),
+                source,
+            })?);
+        }
+    }
+    for m in MAPS {
+        let p = dir.join(m);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|source| Error::Io {
+                what: "removing pin",
+                path: p.clone(),
+                source,
+            })?;
+        }
+    }
+    let _ = std::fs::remove_dir(&links);
+    let _ = std::fs::remove_dir(dir);
+    if let Some(parent) = dir.parent() {
+        // The shared `meshwork` dir goes when the last node's datapath does.
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
+}
+
+fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
+    if TC_PROGS.iter().all(|(n, _)| links.join(n).exists()) {
+        return Ok(());
+    }
+    let mut tc = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(TC_NODEPORT_OBJ)
+        .map_err(|e| Error::Load {
+            object: "tc_nodeport.o",
+            source: Box::new(e),
+        })?;
+    let attach = |tc: &mut Ebpf| -> Result<(), Error> {
+        for (name, ty) in TC_PROGS {
+            let pin = links.join(name);
+            if pin.exists() {
+                continue;
+            }
+            let prog: &mut SchedClassifier = tc
+                .program_mut(name)
+                .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
+                .try_into()
+                .map_err(Error::prog(name))?;
+            prog.load().map_err(Error::prog(name))?;
+            let id = prog
+                .attach_with_options(
+                    &up.name,
+                    *ty,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(Error::prog(name))?;
+            let link = prog.take_link(id).map_err(Error::prog(name))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| Error::Invalid(e.to_string()))?;
+            pin_link(fd, &pin)?;
+        }
+        Ok(())
+    };
+    match &up.netns {
+        // The uplink's ifindex is resolved in the calling thread's namespace.
+        Some(ns) => Netns::open(ns)?.run(|| attach(&mut tc))?,
+        None => attach(&mut tc),
+    }
+}
+
+/// Duplicate ids in a backend list (the same backend listed twice) took extra references.
+fn extra_refs(ids: &[u32]) -> Vec<u32> {
+    let mut seen = HashSet::new();
+    ids.iter().filter(|i| !seen.insert(**i)).copied().collect()
+}

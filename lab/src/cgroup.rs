@@ -1,0 +1,138 @@
+//! Per-node cgroup v2 directories (the socket load balancer attaches there) and per-node bpffs
+//! pin directories, both removed with the lab; and processes started inside a node.
+
+use std::{
+    ffi::CString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use crate::{Lab, Node};
+
+/// The cgroup2 mount (the unified hierarchy on hybrid machines).
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .unwrap_or_else(|| panic!("no cgroup2 mount: the socket load balancer needs cgroup v2"))
+}
+
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/meshwork";
+
+impl Lab {
+    /// The node's cgroup (created on first use): processes started with [`Lab::run_in_node`]
+    /// live there.
+    pub fn cgroup(&self, node: &Node) -> PathBuf {
+        let p = cgroup2_root().join(format!("{}{}", self.prefix, node.name));
+        if !p.exists() {
+            std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        }
+        p
+    }
+
+    /// The node's bpffs pin directory (its own maps and links); removed with the lab.
+    pub fn bpf_pin_dir(&self, node: &Node) -> PathBuf {
+        Path::new(BPF_PIN_ROOT).join(format!("{}{}", self.prefix, node.name))
+    }
+
+    /// Runs a lab binary (e.g. `mwlab-client`) in namespace `netns` inside `node`'s cgroup, and
+    /// waits for it.
+    pub fn run_in_node(&self, node: &Node, netns: &str, bin: &str, args: &[&str]) -> Output {
+        self.command_in_node(node, netns, bin, args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {bin}: {e}"))
+    }
+
+    /// Like [`Lab::run_in_node`] but returns the command to spawn.
+    pub fn command_in_node(&self, node: &Node, netns: &str, bin: &str, args: &[&str]) -> Command {
+        let procs = CString::new(
+            self.cgroup(node)
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ns = std::fs::File::open(Path::new(crate::NETNS_DIR).join(netns))
+            .unwrap_or_else(|e| panic!("opening netns {netns}: {e}"));
+        let mut cmd = Command::new(lab_binary(bin));
+        cmd.args(args);
+        // SAFETY: only open/write/close/setns between fork and exec (async-signal-safe); the
+        // path was built before the fork and `ns` lives in the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": move the writing process itself.
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    pub(crate) fn remove_node_state(&self) {
+        let root = cgroup2_root();
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&self.prefix) {
+                kill_cgroup(&e.path());
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        for e in std::fs::read_dir(BPF_PIN_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(&self.prefix) {
+                // Unlinking bpffs pins drops them; links with no other holder detach.
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(BPF_PIN_ROOT);
+    }
+}
+
+fn kill_cgroup(dir: &Path) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) by pid read from our own cgroup.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// A binary built from this workspace, next to the test executable's target dir.
+pub fn lab_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found (looked at {candidates:?}); build it with `cargo build --bins`"
+            )
+        })
+}
