@@ -52,6 +52,11 @@ pub fn node_conflist(pod_cidrs: &[IpNet], state_dir: &Path) -> Result<NetConfLis
     plugin["dataDir"] = json!(state_dir);
     plugin["ipam"]["subnet"] = json!(pod_cidrs[0]);
     plugin["ipam"]["subnet6"] = json!(pod_cidrs[1]);
+    // Replies to NodePort clients on the lab underlay go back through the node; still no
+    // default route, so nothing can leave the lab.
+    if let Some(routes) = plugin["ipam"]["routes"].as_array_mut() {
+        routes.push(json!({"dst": meshwork_lab::UNDERLAY_SUBNET}));
+    }
     Ok(serde_json::from_value(v)?)
 }
 
