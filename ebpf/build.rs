@@ -6,7 +6,9 @@ const PROGRAMS: &[&str] = &["sock_lb", "tc_nodeport"];
 
 fn main() {
     let clang = env::var("MESHWORK_CLANG").unwrap_or_else(|_| "clang-19".into());
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let Some(out) = env::var_os("OUT_DIR").map(PathBuf::from) else {
+        panic!("OUT_DIR not set: build.rs runs under cargo");
+    };
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=MESHWORK_CLANG");
     for prog in PROGRAMS {

@@ -82,8 +82,11 @@ unsafe impl aya::Pod for MemberKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for StatsVal {}
 
-/// (struct name in C, size, [(field, offset)]) for the layout check.
-pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
+/// One struct's layout: (name in C, size, [(field, byte offset)]).
+pub type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
+
+/// Every shared struct's layout, for the check against BTF.
+pub fn layouts() -> Vec<Layout> {
     use std::mem::{offset_of, size_of};
     vec![
         (

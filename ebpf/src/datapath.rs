@@ -189,6 +189,7 @@ pub struct Datapath {
     entries: Std<SvcKey, Entry>,
     /// (backend value) → (id, references)
     backend_ids: Std<BackendVal, (u32, u32)>,
+    backend_by_id: Std<u32, BackendVal>,
     next_svc: u32,
     next_table: u32,
     next_backend: u32,
@@ -272,6 +273,7 @@ impl Datapath {
             cfg,
             entries: Std::new(),
             backend_ids: Std::new(),
+            backend_by_id: Std::new(),
             next_svc: 1,
             next_table: 1,
             next_backend: 1,
@@ -333,6 +335,7 @@ impl Datapath {
             match refs.get(&id) {
                 Some(n) => {
                     self.backend_ids.insert(val, (id, *n));
+                    self.backend_by_id.insert(id, val);
                 }
                 None => {
                     let _ = self.backends.remove(&id);
@@ -404,20 +407,20 @@ impl Datapath {
             .insert(id, val, 0)
             .map_err(Error::map("mw_backends"))?;
         self.backend_ids.insert(val, (id, 1));
+        self.backend_by_id.insert(id, val);
         Ok(id)
     }
 
     fn backend_unref(&mut self, ids: &[u32]) {
         for id in ids {
-            let found = self
-                .backend_ids
-                .iter_mut()
-                .find(|(_, (i, _))| i == id)
-                .map(|(k, v)| (*k, v));
-            if let Some((val, (_, n))) = found {
+            let Some(val) = self.backend_by_id.get(id).copied() else {
+                continue;
+            };
+            if let Some((_, n)) = self.backend_ids.get_mut(&val) {
                 *n -= 1;
                 if *n == 0 {
                     self.backend_ids.remove(&val);
+                    self.backend_by_id.remove(id);
                     let _ = self.backends.remove(id);
                 }
             }

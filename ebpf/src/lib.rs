@@ -11,7 +11,9 @@ mod error;
 pub mod maglev;
 mod sys;
 
-pub use datapath::{Algorithm, Backend, Config, Datapath, Frontend, Proto, Service, Stats, Uplink};
+pub use datapath::{
+    uninstall_dir, Algorithm, Backend, Config, Datapath, Frontend, Proto, Service, Stats, Uplink,
+};
 pub use error::Error;
 
 /// The compiled objects, for tools and the layout test.

@@ -307,20 +307,51 @@ async fn nodeport_from_another_node_and_locally() {
                 .unwrap_or_else(|e| panic!("NodePort from n2: {e}"));
         use std::io::{Read, Write};
         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        c.write_all(b"hi\n").unwrap();
-        let mut reply = String::new();
-        c.read_to_string(&mut reply).unwrap();
         // The client only ever talks to NodeIP:nodePort.
         assert_eq!(
             c.peer_addr().unwrap(),
             SocketAddr::new(n1.underlay_ip.into(), 30080)
         );
+        c.write_all(b"hi\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
         *seen.entry(reply.trim().to_string()).or_insert(0) += 1;
     }
     assert!(seen.keys().all(|k| k == "b0" || k == "b1"), "{seen:?}");
     assert_eq!(seen.values().sum::<usize>(), 20);
     let st = dp.stats(&np).unwrap().unwrap();
     assert!(st.connects >= 20 && st.bytes > 0, "{st:?}");
+
+    // An ExternalIP routed to node 1 (lab-only: 198.18.1.10 is in the lab's benchmark range and
+    // node 2 routes it to node 1 over the lab underlay).
+    let ext = Ipv4Addr::new(198, 18, 1, 10);
+    dp.upsert(&service(Frontend::tcp(ext, 80), w.backend_set(&[1])))
+        .unwrap();
+    w.c.lab.exec(
+        &n2.netns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.18.1.10/32",
+            "via",
+            &n1.underlay_ip.to_string(),
+        ],
+    );
+    {
+        use std::io::{Read, Write};
+        let mut c =
+            w.c.lab
+                .tcp_connect(&n2.netns, SocketAddr::new(ext.into(), 80))
+                .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(b"hi\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply.trim(), "b1", "ExternalIP DNAT'd to its backend");
+    }
 
     // Local connects to NodeIP:nodePort go through the socket hooks.
     let lines = w.client(&["tcp", &format!("{}:30080", n1.underlay_ip), "10"]);
@@ -358,5 +389,77 @@ async fn maglev_service_spreads_and_survives_removal_of_a_backend() {
         "{t:?}"
     );
     assert_eq!(dp.list().unwrap()[0].algorithm, Algorithm::Maglev);
+    dp.uninstall().unwrap();
+}
+
+#[tokio::test]
+async fn open_connections_survive_updates_and_a_kill_9_loader_mid_update_loses_nothing() {
+    let w = World::new("lb_kill9").await;
+    let n1 = w.c.nodes[0].node.clone();
+    let pin_dir = w.c.lab.bpf_pin_dir(&n1);
+    let cgroup = w.c.lab.cgroup(&n1);
+    let backs: Vec<String> = w
+        .backend_set(&[0, 1, 2])
+        .iter()
+        .map(|b| format!("{}:{}", b.addr, b.port))
+        .collect();
+    let spec = format!("tcp:10.96.0.10:80={}", backs.join(","));
+    let mwlb = |churn: bool| {
+        let mut c = std::process::Command::new(meshwork_lab::cgroup::lab_binary("mwlb"));
+        c.arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("program")
+            .arg("--cgroup")
+            .arg(&cgroup)
+            .args(["--service", &spec]);
+        if churn {
+            c.arg("--churn");
+        }
+        c.stdout(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    // Program once, then hold a connection open through the VIP.
+    assert!(mwlb(false).wait().unwrap().success());
+    let spawn = |mode: &str, ms: &str| {
+        w.c.lab
+            .command_in_node(
+                &n1,
+                &w.client.ns.netns,
+                "mwlab-client",
+                &[mode, "10.96.0.10:80", ms],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let hold = spawn("tcp-hold", "3000");
+    let loop_ = spawn("tcp-loop", "3000");
+    // A churning loader is killed -9 at arbitrary points of its updates, three times over.
+    for _ in 0..3 {
+        let mut l = mwlb(true);
+        std::thread::sleep(Duration::from_millis(400));
+        // SAFETY: SIGKILL to our child.
+        unsafe { libc::kill(l.id() as i32, libc::SIGKILL) };
+        l.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hold = hold.wait_with_output().unwrap();
+    let loop_ = loop_.wait_with_output().unwrap();
+    let held = String::from_utf8_lossy(&hold.stdout);
+    let looped = String::from_utf8_lossy(&loop_.stdout);
+    assert!(
+        held.contains("fail=0") && !held.contains("ok=0 "),
+        "held connection: {held}"
+    );
+    assert!(
+        looped.contains("fail=0"),
+        "connect loop: {looped} {}",
+        String::from_utf8_lossy(&loop_.stderr)
+    );
+    // A fresh loader adopts whatever the killed one left and converges cleanly.
+    let dp = w.datapath(false);
+    let listed = dp.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].backends.is_empty());
     dp.uninstall().unwrap();
 }

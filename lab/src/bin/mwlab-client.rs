@@ -5,6 +5,9 @@
 //!   mwlab-client tcp-loop ADDR MILLIS  connects back to back for MILLIS, prints "ok=N fail=M"
 //!   mwlab-client udp ADDR COUNT        sendto/recvfrom on one unconnected socket: "<reply> <from>"
 //!   mwlab-client udp-connected ADDR COUNT
+//!   mwlab-client tcp-lat ADDR COUNT    connect() latency only: "p50_us p90_us p99_us mean_us"
+//!   mwlab-client tcp-hold ADDR MILLIS  one connection kept open, a byte echoed every 20 ms:
+//!                                      "<identity> ok=N fail=M"
 
 use std::{
     io::{Read, Write},
@@ -20,9 +23,31 @@ fn tcp_once(addr: SocketAddr) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let peer = s.peer_addr().map_err(|e| e.to_string())?;
     let _ = s.write_all(b"hi\n");
+    // EOF tells the server we are done; it answers with its identity and closes.
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut reply = String::new();
     s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
     Ok(format!("{} {peer}", reply.trim()))
+}
+
+/// Closes with RST (SO_LINGER 0): thousands of back-to-back connects would otherwise leave
+/// TIME_WAIT sockets that exhaust ephemeral ports and slow connect() itself.
+fn abort_close(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a live socket with a correctly sized struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 fn main() {
@@ -44,6 +69,70 @@ fn main() {
                     Err(e) => println!("ERR {e}"),
                 }
             }
+        }
+        "tcp-lat" => {
+            let mut lat: Vec<f64> = Vec::with_capacity(n as usize);
+            let mut fails = 0;
+            let mut first_err = String::new();
+            for _ in 0..n {
+                let t = Instant::now();
+                match TcpStream::connect_timeout(&addr, TIMEOUT) {
+                    Ok(s) => {
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        abort_close(s);
+                    }
+                    Err(e) => {
+                        fails += 1;
+                        if first_err.is_empty() {
+                            first_err = e.to_string();
+                        }
+                    }
+                }
+            }
+            if lat.is_empty() || fails > 0 {
+                println!("ERR {fails} failed connects, first: {first_err}");
+                return;
+            }
+            lat.sort_by(f64::total_cmp);
+            let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+            let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+            println!("{:.1} {:.1} {:.1} {:.1}", p(0.5), p(0.9), p(0.99), mean);
+        }
+        "tcp-hold" => {
+            use std::io::{BufRead, BufReader};
+            let s = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("ERR {e}");
+                    return;
+                }
+            };
+            let _ = s.set_read_timeout(Some(TIMEOUT));
+            let mut w = match s.try_clone() {
+                Ok(w) => w,
+                Err(e) => {
+                    println!("ERR {e}");
+                    return;
+                }
+            };
+            let _ = w.write_all(b"hold\n");
+            let mut r = BufReader::new(s);
+            let mut identity = String::new();
+            let _ = r.read_line(&mut identity);
+            let (mut ok, mut fail) = (0u64, 0u64);
+            let end = Instant::now() + Duration::from_millis(n);
+            let mut b = [0u8; 1];
+            while Instant::now() < end {
+                let echoed =
+                    w.write_all(b"x").is_ok() && r.read_exact(&mut b).is_ok() && b == *b"x";
+                if echoed {
+                    ok += 1
+                } else {
+                    fail += 1
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            println!("{} ok={ok} fail={fail}", identity.trim());
         }
         "tcp-loop" => {
             let (mut ok, mut fail) = (0u64, 0u64);
