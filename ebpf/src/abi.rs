@@ -52,6 +52,24 @@ pub struct BackendVal {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Svc6Key {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend6Val {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MemberKey {
     pub svc: u32,
     pub backend: u32,
@@ -77,6 +95,10 @@ unsafe impl aya::Pod for SlotKey {}
 unsafe impl aya::Pod for BackendVal {}
 // SAFETY: as above (an array of u32).
 unsafe impl aya::Pod for MaglevTable {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Svc6Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Backend6Val {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MemberKey {}
 // SAFETY: as above.

@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap as Std, HashSet},
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -20,7 +20,10 @@ use aya::{
 use meshwork_netlink::Netns;
 
 use crate::{
-    abi::{self, BackendVal, MaglevTable, MemberKey, SlotKey, StatsVal, Svc, SvcKey},
+    abi::{
+        self, Backend6Val, BackendVal, MaglevTable, MemberKey, SlotKey, StatsVal, Svc, Svc6Key,
+        SvcKey,
+    },
     maglev, sys, Error, SOCK_LB_OBJ, TC_NODEPORT_OBJ,
 };
 
@@ -29,6 +32,10 @@ const SOCK_PROGS: &[&str] = &[
     "mw_sendmsg4",
     "mw_recvmsg4",
     "mw_getpeername4",
+    "mw_connect6",
+    "mw_sendmsg6",
+    "mw_recvmsg6",
+    "mw_getpeername6",
 ];
 const TC_PROGS: &[(&str, TcAttachType)] = &[
     ("mw_nodeport_in", TcAttachType::Ingress),
@@ -40,6 +47,9 @@ const MAPS: &[&str] = &[
     "mw_slots",
     "mw_maglev",
     "mw_backends",
+    "mw_services6",
+    "mw_backends6",
+    "mw_revnat6",
     "mw_members",
     "mw_stats",
     "mw_affinity",
@@ -54,64 +64,119 @@ pub enum Proto {
     Udp = 17,
 }
 
-/// What clients address: ClusterIP:port, NodeIP:nodePort or ExternalIP:port.
+/// What clients address: ClusterIP:port, NodeIP:nodePort or ExternalIP:port (IPv4 or IPv6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
 
+/// A frontend as the maps key it, per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum FrontKey {
+    V4(SvcKey),
+    V6(Svc6Key),
+}
+
+/// A backend as the maps store it, per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum BackKey {
+    V4(BackendVal),
+    V6(Backend6Val),
+}
+
+fn proto_of(p: u8) -> Option<Proto> {
+    match p {
+        6 => Some(Proto::Tcp),
+        17 => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
 impl Frontend {
-    pub fn tcp(addr: Ipv4Addr, port: u16) -> Self {
+    pub fn tcp(addr: impl Into<IpAddr>, port: u16) -> Self {
         Frontend {
-            addr,
+            addr: addr.into(),
             port,
             proto: Proto::Tcp,
         }
     }
-    pub fn udp(addr: Ipv4Addr, port: u16) -> Self {
+    pub fn udp(addr: impl Into<IpAddr>, port: u16) -> Self {
         Frontend {
-            addr,
+            addr: addr.into(),
             port,
             proto: Proto::Udp,
         }
     }
-    fn key(&self) -> SvcKey {
-        SvcKey {
-            addr: u32::from(self.addr).to_be(),
-            port: self.port.to_be(),
-            proto: self.proto as u8,
-            pad: 0,
+    fn key(&self) -> FrontKey {
+        match self.addr {
+            IpAddr::V4(a) => FrontKey::V4(SvcKey {
+                addr: u32::from(a).to_be(),
+                port: self.port.to_be(),
+                proto: self.proto as u8,
+                pad: 0,
+            }),
+            IpAddr::V6(a) => FrontKey::V6(Svc6Key {
+                addr: a.octets(),
+                port: self.port.to_be(),
+                proto: self.proto as u8,
+                pad: 0,
+            }),
         }
     }
-    fn from_key(k: &SvcKey) -> Option<Self> {
+    fn from_v4(k: &SvcKey) -> Option<Self> {
         Some(Frontend {
-            addr: Ipv4Addr::from(u32::from_be(k.addr)),
+            addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(k.addr))),
             port: u16::from_be(k.port),
-            proto: match k.proto {
-                6 => Proto::Tcp,
-                17 => Proto::Udp,
-                _ => return None,
-            },
+            proto: proto_of(k.proto)?,
+        })
+    }
+    fn from_v6(k: &Svc6Key) -> Option<Self> {
+        Some(Frontend {
+            addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
+            port: u16::from_be(k.port),
+            proto: proto_of(k.proto)?,
         })
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl Backend {
-    pub fn new(addr: Ipv4Addr, port: u16) -> Self {
-        Backend { addr, port }
+    pub fn new(addr: impl Into<IpAddr>, port: u16) -> Self {
+        Backend {
+            addr: addr.into(),
+            port,
+        }
     }
     fn identity(&self) -> Vec<u8> {
-        let mut v = self.addr.octets().to_vec();
+        let mut v = match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
         v.extend_from_slice(&self.port.to_be_bytes());
         v
+    }
+    fn key(&self, proto: Proto) -> BackKey {
+        match self.addr {
+            IpAddr::V4(a) => BackKey::V4(BackendVal {
+                addr: u32::from(a).to_be(),
+                port: self.port.to_be(),
+                proto: proto as u8,
+                pad: 0,
+            }),
+            IpAddr::V6(a) => BackKey::V6(Backend6Val {
+                addr: a.octets(),
+                port: self.port.to_be(),
+                proto: proto as u8,
+                pad: 0,
+            }),
+        }
     }
 }
 
@@ -181,15 +246,17 @@ struct Entry {
 pub struct Datapath {
     cfg: Config,
     services: HashMap<MapData, SvcKey, Svc>,
+    services6: HashMap<MapData, Svc6Key, Svc>,
     slots: HashMap<MapData, SlotKey, u32>,
     maglev: HashMap<MapData, u32, MaglevTable>,
     backends: HashMap<MapData, u32, BackendVal>,
+    backends6: HashMap<MapData, u32, Backend6Val>,
     members: HashMap<MapData, MemberKey, u8>,
     stats: HashMap<MapData, u32, StatsVal>,
-    entries: Std<SvcKey, Entry>,
+    entries: Std<FrontKey, Entry>,
     /// (backend value) → (id, references)
-    backend_ids: Std<BackendVal, (u32, u32)>,
-    backend_by_id: Std<u32, BackendVal>,
+    backend_ids: Std<BackKey, (u32, u32)>,
+    backend_by_id: Std<u32, BackKey>,
     next_svc: u32,
     next_table: u32,
     next_backend: u32,
@@ -265,9 +332,11 @@ impl Datapath {
 
         let mut dp = Datapath {
             services: take(&mut sock, "mw_services")?,
+            services6: take(&mut sock, "mw_services6")?,
             slots: take(&mut sock, "mw_slots")?,
             maglev: take(&mut sock, "mw_maglev")?,
             backends: take(&mut sock, "mw_backends")?,
+            backends6: take(&mut sock, "mw_backends6")?,
             members: take(&mut sock, "mw_members")?,
             stats: take(&mut sock, "mw_stats")?,
             cfg,
@@ -286,11 +355,19 @@ impl Datapath {
     /// Rebuilds the mirror from the maps and removes debris of an update that was interrupted
     /// (slot tables no service points at, unreferenced backends).
     fn recover(&mut self) -> Result<(), Error> {
-        let svcs: Vec<(SvcKey, Svc)> = self
+        let mut svcs: Vec<(FrontKey, Svc)> = self
             .services
             .iter()
+            .map(|r| r.map(|(k, v)| (FrontKey::V4(k), v)))
             .collect::<Result<_, _>>()
             .map_err(Error::map("mw_services"))?;
+        let svcs6: Vec<(FrontKey, Svc)> = self
+            .services6
+            .iter()
+            .map(|r| r.map(|(k, v)| (FrontKey::V6(k), v)))
+            .collect::<Result<_, _>>()
+            .map_err(Error::map("mw_services6"))?;
+        svcs.extend(svcs6);
         let mut refs: Std<u32, u32> = Std::new();
         let mut tables = HashSet::new();
         let mut used_ids = HashSet::new();
@@ -329,7 +406,18 @@ impl Datapath {
         for k in stale_slots {
             let _ = self.slots.remove(&k);
         }
-        let all: Vec<(u32, BackendVal)> = self.backends.iter().filter_map(Result::ok).collect();
+        let mut all: Vec<(u32, BackKey)> = self
+            .backends
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, v)| (id, BackKey::V4(v)))
+            .collect();
+        all.extend(
+            self.backends6
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(id, v)| (id, BackKey::V6(v))),
+        );
         for (id, val) in all {
             self.next_backend = self.next_backend.max(id + 1);
             match refs.get(&id) {
@@ -337,9 +425,7 @@ impl Datapath {
                     self.backend_ids.insert(val, (id, *n));
                     self.backend_by_id.insert(id, val);
                 }
-                None => {
-                    let _ = self.backends.remove(&id);
-                }
+                None => self.remove_backend(id, &val),
             }
         }
         self.free_svc = (1..self.next_svc)
@@ -396,19 +482,33 @@ impl Datapath {
         })
     }
 
-    fn backend_ref(&mut self, val: BackendVal) -> Result<u32, Error> {
+    fn backend_ref(&mut self, val: BackKey) -> Result<u32, Error> {
         if let Some((id, n)) = self.backend_ids.get_mut(&val) {
             *n += 1;
             return Ok(*id);
         }
         let id = self.next_backend;
         self.next_backend += 1;
-        self.backends
-            .insert(id, val, 0)
-            .map_err(Error::map("mw_backends"))?;
+        match &val {
+            BackKey::V4(v) => self
+                .backends
+                .insert(id, v, 0)
+                .map_err(Error::map("mw_backends"))?,
+            BackKey::V6(v) => self
+                .backends6
+                .insert(id, v, 0)
+                .map_err(Error::map("mw_backends6"))?,
+        }
         self.backend_ids.insert(val, (id, 1));
         self.backend_by_id.insert(id, val);
         Ok(id)
+    }
+
+    fn remove_backend(&mut self, id: u32, val: &BackKey) {
+        let _ = match val {
+            BackKey::V4(_) => self.backends.remove(&id),
+            BackKey::V6(_) => self.backends6.remove(&id),
+        };
     }
 
     fn backend_unref(&mut self, ids: &[u32]) {
@@ -421,9 +521,29 @@ impl Datapath {
                 if *n == 0 {
                     self.backend_ids.remove(&val);
                     self.backend_by_id.remove(id);
-                    let _ = self.backends.remove(id);
+                    self.remove_backend(*id, &val);
                 }
             }
+        }
+    }
+
+    fn put_service(&mut self, key: &FrontKey, svc: &Svc) -> Result<(), Error> {
+        match key {
+            FrontKey::V4(k) => self
+                .services
+                .insert(k, svc, 0)
+                .map_err(Error::map("mw_services")),
+            FrontKey::V6(k) => self
+                .services6
+                .insert(k, svc, 0)
+                .map_err(Error::map("mw_services6")),
+        }
+    }
+
+    fn del_service(&mut self, key: &FrontKey) -> Result<(), Error> {
+        match key {
+            FrontKey::V4(k) => self.services.remove(k).map_err(Error::map("mw_services")),
+            FrontKey::V6(k) => self.services6.remove(k).map_err(Error::map("mw_services6")),
         }
     }
 
@@ -436,14 +556,19 @@ impl Datapath {
             Some(o) => o.svc.id,
             None => self.alloc_svc(),
         };
+        if let Some(b) = s
+            .backends
+            .iter()
+            .find(|b| b.addr.is_ipv4() != s.frontend.addr.is_ipv4())
+        {
+            return Err(Error::Invalid(format!(
+                "backend {} is not of the frontend {}'s address family",
+                b.addr, s.frontend.addr
+            )));
+        }
         let mut ids = Vec::with_capacity(s.backends.len());
         for b in &s.backends {
-            ids.push(self.backend_ref(BackendVal {
-                addr: u32::from(b.addr).to_be(),
-                port: b.port.to_be(),
-                proto: s.frontend.proto as u8,
-                pad: 0,
-            })?);
+            ids.push(self.backend_ref(b.key(s.frontend.proto))?);
         }
         let table = self.next_table;
         self.next_table = self.next_table.wrapping_add(1).max(1);
@@ -518,9 +643,7 @@ impl Datapath {
             flags: 0,
         };
         // The switch.
-        self.services
-            .insert(key, svc, 0)
-            .map_err(Error::map("mw_services"))?;
+        self.put_service(&key, &svc)?;
 
         let mut dedup = ids.clone();
         dedup.sort_unstable();
@@ -560,9 +683,7 @@ impl Datapath {
         let Some(o) = self.entries.remove(&key) else {
             return Ok(false);
         };
-        self.services
-            .remove(&key)
-            .map_err(Error::map("mw_services"))?;
+        self.del_service(&key)?;
         self.drop_table(&o.svc);
         for bid in &o.backend_ids {
             let _ = self.members.remove(&MemberKey {
@@ -578,23 +699,20 @@ impl Datapath {
 
     /// What is programmed, read back from the maps (not from memory).
     pub fn list(&self) -> Result<Vec<Service>, Error> {
-        let mut out = BTreeMap::new();
+        let mut found: Vec<(Frontend, Svc)> = Vec::new();
         for item in self.services.iter() {
             let (k, v) = item.map_err(Error::map("mw_services"))?;
-            let Some(frontend) = Frontend::from_key(&k) else {
-                continue;
-            };
-            let ids = self.read_ids(&v);
+            found.extend(Frontend::from_v4(&k).map(|f| (f, v)));
+        }
+        for item in self.services6.iter() {
+            let (k, v) = item.map_err(Error::map("mw_services6"))?;
+            found.extend(Frontend::from_v6(&k).map(|f| (f, v)));
+        }
+        let mut out = BTreeMap::new();
+        for (frontend, v) in found {
             let mut backends = Vec::new();
-            for id in ids {
-                let b = self
-                    .backends
-                    .get(&id, 0)
-                    .map_err(Error::map("mw_backends"))?;
-                backends.push(Backend {
-                    addr: Ipv4Addr::from(u32::from_be(b.addr)),
-                    port: u16::from_be(b.port),
-                });
+            for id in self.read_ids(&v) {
+                backends.push(self.read_backend(frontend.addr.is_ipv4(), id)?);
             }
             out.insert(
                 frontend,
@@ -612,6 +730,22 @@ impl Datapath {
             );
         }
         Ok(out.into_values().collect())
+    }
+
+    fn read_backend(&self, v4: bool, id: u32) -> Result<Backend, Error> {
+        Ok(if v4 {
+            let b = self
+                .backends
+                .get(&id, 0)
+                .map_err(Error::map("mw_backends"))?;
+            Backend::new(Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port))
+        } else {
+            let b = self
+                .backends6
+                .get(&id, 0)
+                .map_err(Error::map("mw_backends6"))?;
+            Backend::new(Ipv6Addr::from(b.addr), u16::from_be(b.port))
+        })
     }
 
     pub fn stats(&self, f: &Frontend) -> Result<Option<Stats>, Error> {

@@ -118,7 +118,16 @@ fn programs_stay_attached_and_maps_survive_the_loader() {
     dp.upsert(&a).unwrap();
     dp.upsert(&b).unwrap();
     let progs = cgroup_progs(&lab, &node);
-    for p in ["connect4", "sendmsg4", "recvmsg4", "getpeername4"] {
+    for p in [
+        "connect4",
+        "sendmsg4",
+        "recvmsg4",
+        "getpeername4",
+        "connect6",
+        "sendmsg6",
+        "recvmsg6",
+        "getpeername6",
+    ] {
         assert!(progs.contains(p), "{p} not attached: {progs}");
     }
     drop(dp);

@@ -34,13 +34,20 @@ impl World {
             .iter()
             .map(|(n, name)| c.add_pod(*n, name).unwrap())
             .collect();
-        let servers = backends
+        let mut servers: Vec<IdentityServer> = backends
             .iter()
             .map(|b| {
                 c.lab
                     .identity_server(&b.ns.netns, SocketAddr::new(b.ip(), 8080), &b.ns.name)
             })
             .collect();
+        servers.extend(backends.iter().map(|b| {
+            c.lab.identity_server(
+                &b.ns.netns,
+                SocketAddr::new(b.ip6().unwrap(), 8080),
+                &b.ns.name,
+            )
+        }));
         World {
             c,
             client,
@@ -461,5 +468,43 @@ async fn open_connections_survive_updates_and_a_kill_9_loader_mid_update_loses_n
     let listed = dp.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert!(!listed[0].backends.is_empty());
+    dp.uninstall().unwrap();
+}
+
+#[tokio::test]
+async fn ipv6_vip_spreads_over_ipv6_backends_and_the_peer_is_the_vip() {
+    let w = World::new("lb_ipv6").await;
+    let mut dp = w.datapath(false);
+    let vip6: std::net::Ipv6Addr = "fd00:10:96::10".parse().unwrap();
+    let backs: Vec<Backend> = w
+        .backends
+        .iter()
+        .map(|b| Backend::new(b.ip6().unwrap(), 8080))
+        .collect();
+    dp.upsert(&service(Frontend::tcp(vip6, 80), backs.clone()))
+        .unwrap();
+    dp.upsert(&service(Frontend::udp(vip6, 53), backs)).unwrap();
+    // A v4 frontend with v6 backends is refused, not half-programmed.
+    let bad = service(Frontend::tcp(VIP, 81), vec![Backend::new(vip6, 1)]);
+    assert!(dp.upsert(&bad).is_err());
+
+    let lines = w.client(&["tcp", "[fd00:10:96::10]:80", "60"]);
+    let t = tally(&lines);
+    assert_eq!(t.len(), 3, "every backend reached: {t:?} {:?}", &lines[..2]);
+    assert!(
+        lines.iter().all(|l| l.ends_with(" [fd00:10:96::10]:80")),
+        "{lines:?}"
+    );
+    let lines = w.client(&["udp", "[fd00:10:96::10]:53", "30"]);
+    assert_eq!(tally(&lines).len(), 3, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.ends_with(" [fd00:10:96::10]:53")),
+        "{lines:?}"
+    );
+    let listed = dp.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .all(|s| s.frontend.addr == std::net::IpAddr::V6(vip6) && s.backends.len() == 3));
     dp.uninstall().unwrap();
 }

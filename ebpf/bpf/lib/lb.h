@@ -33,16 +33,16 @@ static __always_inline void mw_count(__u32 svc, int failed, __u64 bytes)
 	}
 }
 
-/* Picks a backend for `client` (affinity identity) with `hash` (Maglev key). NULL: no usable
- * backend, the caller fails fast. */
-static __always_inline struct mw_backend *mw_pick(struct mw_svc *svc, __u64 client, __u32 hash,
-						   __u32 *backend_id)
+/* Picks a backend id for `client` (affinity identity) with `hash` (Maglev key); the caller
+ * looks the id up in its family's backend map. -1: no usable backend, fail fast. */
+static __always_inline int mw_pick_id(struct mw_svc *svc, __u64 client, __u32 hash, __u32 *backend_id)
 {
 	struct mw_aff_key ak = { .client = client, .svc = svc->id };
 	__u64 now = 0;
+	__u32 bid;
 
 	if (svc->backends == 0 || svc->slots == 0)
-		return NULL;
+		return -1;
 
 	if (svc->affinity_secs) {
 		struct mw_aff_val *av = bpf_map_lookup_elem(&mw_affinity, &ak);
@@ -50,22 +50,15 @@ static __always_inline struct mw_backend *mw_pick(struct mw_svc *svc, __u64 clie
 		now = bpf_ktime_get_ns();
 		if (av && now - av->last_ns < (__u64)svc->affinity_secs * 1000000000ULL) {
 			struct mw_member_key mk = { .svc = svc->id, .backend = av->backend };
-			__u32 id = av->backend;
 
 			/* Still a member of this service? Affinity never resurrects a removed backend. */
 			if (bpf_map_lookup_elem(&mw_members, &mk)) {
-				struct mw_backend *be = bpf_map_lookup_elem(&mw_backends, &id);
-
-				if (be) {
-					av->last_ns = now;
-					*backend_id = id;
-					return be;
-				}
+				av->last_ns = now;
+				*backend_id = av->backend;
+				return 0;
 			}
 		}
 	}
-
-	__u32 bid;
 
 	if (svc->algo == MW_ALGO_MAGLEV) {
 		__u32 table = svc->table;
@@ -76,27 +69,32 @@ static __always_inline struct mw_backend *mw_pick(struct mw_svc *svc, __u64 clie
 		 * does not, and needs it. The empty asm hides idx from the optimiser. */
 		asm volatile("" : "+r"(idx));
 		if (!t || idx >= MW_MAGLEV_SIZE)
-			return NULL;
+			return -1;
 		bid = t->slot[idx];
 	} else {
 		struct mw_slot_key sk = { .table = svc->table, .slot = bpf_get_prandom_u32() % svc->slots };
 		__u32 *id = bpf_map_lookup_elem(&mw_slots, &sk);
 
 		if (!id)
-			return NULL;
+			return -1;
 		bid = *id;
 	}
-	struct mw_backend *be = bpf_map_lookup_elem(&mw_backends, &bid);
-
-	if (!be)
-		return NULL;
 	if (svc->affinity_secs) {
 		struct mw_aff_val nv = { .last_ns = now, .backend = bid };
 
 		bpf_map_update_elem(&mw_affinity, &ak, &nv, BPF_ANY);
 	}
 	*backend_id = bid;
-	return be;
+	return 0;
+}
+
+/* IPv4 convenience: pick and resolve in mw_backends. */
+static __always_inline struct mw_backend *mw_pick(struct mw_svc *svc, __u64 client, __u32 hash,
+						   __u32 *backend_id)
+{
+	if (mw_pick_id(svc, client, hash, backend_id))
+		return NULL;
+	return bpf_map_lookup_elem(&mw_backends, backend_id);
 }
 
 #endif

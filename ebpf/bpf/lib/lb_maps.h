@@ -52,6 +52,36 @@ struct mw_backend {
 	__u8 pad;
 };
 
+/* IPv6 frontends, backends and socket reverse translation. Service ids, slot tables, Maglev
+ * tables, members, affinity and stats are shared with IPv4 (ids are global). */
+struct mw_svc6_key {
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct mw_backend6 {
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct mw_revnat6_key {
+	__u64 cookie;
+	__be32 addr[4];
+	__be16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct mw_revnat6_val {
+	__be32 addr[4];
+	__be16 port;
+	__u16 pad;
+};
+
 struct mw_member_key {
 	__u32 svc;
 	__u32 backend;
@@ -144,6 +174,32 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mw_svc6_key);
+	__type(value, struct mw_svc);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_services6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct mw_backend6);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_backends6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mw_revnat6_key);
+	__type(value, struct mw_revnat6_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_revnat6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -2,7 +2,7 @@
 //! uninstall. `program --churn` keeps re-programming subsets of the backends until killed, which
 //! is how the tests kill -9 a loader in the middle of updates.
 
-use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use meshwork_ebpf::{Algorithm, Backend, Config, Datapath, Frontend, Service};
@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Program `--service tcp|udp:VIP:PORT=IP:PORT,IP:PORT` frontends.
+    /// Program `--service tcp|udp:VIP:PORT=IP:PORT,IP:PORT` frontends (IPv6 as `[addr]:port`).
     Program {
         #[arg(long)]
         cgroup: PathBuf,
@@ -44,18 +44,18 @@ enum Cmd {
 fn parse(spec: &str) -> Result<Service, String> {
     let (front, backs) = spec.split_once('=').ok_or("missing '='")?;
     let (proto, addr) = front.split_once(':').ok_or("missing protocol")?;
-    let addr: SocketAddrV4 = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let frontend = match proto {
-        "tcp" => Frontend::tcp(*addr.ip(), addr.port()),
-        "udp" => Frontend::udp(*addr.ip(), addr.port()),
+        "tcp" => Frontend::tcp(addr.ip(), addr.port()),
+        "udp" => Frontend::udp(addr.ip(), addr.port()),
         p => return Err(format!("protocol {p:?}: tcp or udp")),
     };
     let backends = backs
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|b| {
-            b.parse::<SocketAddrV4>()
-                .map(|a| Backend::new(*a.ip(), a.port()))
+            b.parse::<SocketAddr>()
+                .map(|a| Backend::new(a.ip(), a.port()))
         })
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{backs}: {e}"))?;
@@ -88,8 +88,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 dp.upsert(s).map_err(|e| e.to_string())?;
             }
             println!("programmed {} frontends", services.len());
+            if !churn {
+                return Ok(());
+            }
             let mut i = 0usize;
-            while churn {
+            loop {
                 for s in &services {
                     let n = s.backends.len().max(1);
                     let mut sub = s.clone();
@@ -108,7 +111,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 i += 1;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Ok(())
         }
         Cmd::List { cgroup } => {
             let dp = Datapath::open(cfg(cgroup)).map_err(|e| e.to_string())?;

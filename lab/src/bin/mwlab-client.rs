@@ -149,7 +149,12 @@ fn main() {
             println!("ok={ok} fail={fail}");
         }
         mode @ ("udp" | "udp-connected") => {
-            let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+            let any = if addr.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let Ok(sock) = UdpSocket::bind(any) else {
                 println!("ERR bind");
                 return;
             };
