@@ -149,16 +149,7 @@ fn mtu_comes_from_config_uplink_or_overlay_device() {
     let node = lab.node("n1");
     let inv = lab.invoker(&node);
     lab.exec(&node.netns, &["ip", "link", "set", "eth0", "mtu", "9000"]);
-    let mtu_of = |pod: &PodNs| {
-        let l = lab.exec(&pod.netns, &["ip", "-o", "link", "show", "dev", "eth0"]);
-        l.split("mtu ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let mtu_of = |pod: &PodNs| lab.link_mtu(&pod.netns, "eth0").to_string();
     let mut conf = conflist(&lab, "pods", "10.244.1.0/24", &["10.244.0.0/16"]);
     conf["plugins"][0]["uplink"] = json!("eth0");
     let p1 = lab.pod_netns(&node, "p1");

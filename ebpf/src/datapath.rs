@@ -273,8 +273,17 @@ fn take<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(map).map_err(Error::map(name))
 }
 
-fn pin_link(link: FdLink, path: &Path) -> Result<(), Error> {
-    link.pin(path).map(|_| ()).map_err(|e| Error::Pin {
+/// Pins an attachment so it outlives this process: the program stays attached while no loader
+/// runs, and the next loader finds it instead of attaching a second copy.
+fn pin_link<L>(link: L, path: &Path) -> Result<(), Error>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    let fd: FdLink = link.try_into().map_err(|e| Error::Pin {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    fd.pin(path).map(|_| ()).map_err(|e| Error::Pin {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })
@@ -321,10 +330,7 @@ impl Datapath {
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(Error::prog(name))?;
             let link = prog.take_link(id).map_err(Error::prog(name))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| Error::Invalid(e.to_string()))?;
-            pin_link(fd, &pin)?;
+            pin_link(link, &pin)?;
         }
         if let Some(up) = &cfg.uplink {
             attach_tc(&cfg.pin_dir, &links, up)?;
@@ -844,10 +850,7 @@ fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
                 )
                 .map_err(Error::prog(name))?;
             let link = prog.take_link(id).map_err(Error::prog(name))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| Error::Invalid(e.to_string()))?;
-            pin_link(fd, &pin)?;
+            pin_link(link, &pin)?;
         }
         Ok(())
     };

@@ -53,15 +53,7 @@ fn btf_structs(obj: &[u8]) -> HashMap<String, (usize, HashMap<String, usize>)> {
             }
             if let Some(rest) = line.split("] STRUCT '").nth(1) {
                 let name = rest.split('\'').next().unwrap().to_string();
-                let size = rest
-                    .split("size=")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let size = meshwork_lab::field_after(rest, "size=").parse().unwrap();
                 cur = Some((name, size, HashMap::new()));
             }
         } else if let Some((_, _, fields)) = cur.as_mut() {

@@ -313,27 +313,29 @@ fn kill_pids_in(ns: &str) {
 /// The built `meshwork-cni` binary: `$MESHWORK_CNI_BIN`, else next to the test executable's
 /// target dir (`target/<profile>/meshwork-cni`; scripts/test.sh builds it first).
 pub fn cni_plugin_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHWORK_CNI_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("MESHWORK_CNI_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => cgroup::lab_binary("meshwork-cni"),
     }
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // target/<profile>/deps/<test> → target/<profile>/meshwork-cni
-    let candidates = exe
-        .ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join("meshwork-cni"))
-        .collect::<Vec<_>>();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "meshwork-cni binary not found (looked at {candidates:?}); build it with \
-                 `cargo build -p meshwork-cni` or set MESHWORK_CNI_BIN"
-            )
-        })
+}
+
+/// The whitespace-terminated token right after `key` in `text` (`"mtu "`, `"ok="`, ...): how
+/// tests read `ip -o` and client output.
+pub fn field_after<'a>(text: &'a str, key: &str) -> &'a str {
+    text.split(key)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
+}
+
+impl Lab {
+    /// The MTU of link `dev` in namespace `netns`.
+    pub fn link_mtu(&self, netns: &str, dev: &str) -> u32 {
+        let l = self.exec(netns, &["ip", "-o", "link", "show", "dev", dev]);
+        field_after(&l, "mtu ")
+            .parse()
+            .unwrap_or_else(|e| panic!("mtu of {dev} in {l:?}: {e}"))
+    }
 }
 
 /// A conflist for our plugin on `node` with pod subnet `subnet`, routes limited to `routes`

@@ -11,20 +11,6 @@ use std::net::SocketAddr;
 use mesh_ctl::cluster::LabCluster;
 use meshwork_lab::Lab;
 
-fn mtu_of(c: &LabCluster, netns: &str) -> u32 {
-    let l = c
-        .lab
-        .exec(netns, &["ip", "-o", "link", "show", "dev", "eth0"]);
-    l.split("mtu ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn pods_on_two_nodes_transfer_10mb_intact_over_ipv4_and_ipv6() {
     let c = LabCluster::new(Lab::new("e2e_two_nodes"), 2).await.unwrap();
@@ -34,7 +20,7 @@ async fn pods_on_two_nodes_transfer_10mb_intact_over_ipv4_and_ipv6() {
 
     // The pod MTU is the overlay's: 1500 underlay - 50 VXLAN.
     assert_eq!(c.nodes[0].overlay.mtu, 1450);
-    assert_eq!(mtu_of(&c, &a.ns.netns), 1450);
+    assert_eq!(c.lab.link_mtu(&a.ns.netns, "eth0"), 1450);
 
     const TEN_MB: usize = 10 * 1024 * 1024;
     for (from, to, dst) in [

@@ -271,16 +271,7 @@ async fn backend_updates_and_loader_restarts_under_a_connect_loop_lose_nothing()
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let ok: u64 = stdout
-        .trim()
-        .split("ok=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ok: u64 = meshwork_lab::field_after(&stdout, "ok=").parse().unwrap();
     assert!(
         stdout.contains("fail=0"),
         "{stdout} {}",
