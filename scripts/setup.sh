@@ -12,6 +12,7 @@ PACKAGES=(
   hyperfine jq                # benchmarks
   protobuf-compiler           # protoc for the CRI API client (k8s-cri) in the runtime tests
   clang-19 llvm-19 libbpf-dev bpftool  # eBPF datapath: C programs compiled at build time
+  etcd-server                 # the API server's etcd store is tested against a real etcd
 )
 
 missing=()
