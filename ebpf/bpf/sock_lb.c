@@ -7,6 +7,15 @@
 #include "lib/lb_maps.h"
 #include "lib/lb.h"
 
+/* A frontend with no usable backend: connect()/sendmsg() fail at once with ECONNREFUSED (what
+ * kube-proxy's REJECT gives applications) instead of hanging on a dead VIP. */
+static __always_inline int mw_reject(__u32 svc)
+{
+	mw_count(svc, 1);
+	bpf_set_retval(-MW_ECONNREFUSED);
+	return MW_SYS_REJECT;
+}
+
 static __always_inline int mw_xlate_fwd(struct bpf_sock_addr *ctx)
 {
 	struct mw_svc_key key = {
@@ -23,11 +32,8 @@ static __always_inline int mw_xlate_fwd(struct bpf_sock_addr *ctx)
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct mw_backend *be = mw_pick(svc, bpf_get_netns_cookie(ctx), mw_hash64(cookie), &backend_id);
 
-	if (!be) {
-		/* connect()/sendmsg() fail at once (EPERM) instead of hanging on a dead VIP. */
-		mw_count(svc->id, 1, 0);
-		return MW_SYS_REJECT;
-	}
+	if (!be)
+		return mw_reject(svc->id);
 
 	struct mw_revnat_key rk = { .cookie = cookie, .addr = be->addr, .port = be->port };
 	struct mw_revnat_val rv = { .addr = key.addr, .port = key.port };
@@ -35,7 +41,7 @@ static __always_inline int mw_xlate_fwd(struct bpf_sock_addr *ctx)
 	bpf_map_update_elem(&mw_revnat, &rk, &rv, BPF_ANY);
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = be->port;
-	mw_count(svc->id, 0, 0);
+	mw_count(svc->id, 0);
 	return MW_SYS_PROCEED;
 }
 
@@ -99,12 +105,9 @@ static __always_inline int mw_xlate_fwd6(struct bpf_sock_addr *ctx)
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct mw_backend6 *be = NULL;
 
-	if (!mw_pick_id(svc, bpf_get_netns_cookie(ctx), mw_hash64(cookie), &backend_id))
-		be = bpf_map_lookup_elem(&mw_backends6, &backend_id);
-	if (!be) {
-		mw_count(svc->id, 1, 0);
-		return MW_SYS_REJECT;
-	}
+	be = MW_PICK(svc, bpf_get_netns_cookie(ctx), mw_hash64(cookie), &backend_id, &mw_backends6);
+	if (!be)
+		return mw_reject(svc->id);
 
 	struct mw_revnat6_key rk = { .cookie = cookie, .port = be->port };
 	struct mw_revnat6_val rv = { .port = key.port };
@@ -117,7 +120,7 @@ static __always_inline int mw_xlate_fwd6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[2] = be->addr[2];
 	ctx->user_ip6[3] = be->addr[3];
 	ctx->user_port = be->port;
-	mw_count(svc->id, 0, 0);
+	mw_count(svc->id, 0);
 	return MW_SYS_PROCEED;
 }
 

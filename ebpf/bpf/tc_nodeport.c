@@ -107,13 +107,19 @@ int mw_nodeport_in(struct __sk_buff *skb)
 		struct mw_backend *be = mw_pick(svc, p.saddr, mw_hash64(h), &backend_id);
 
 		if (!be) {
-			mw_count(svc->id, 1, 0);
+			mw_count(svc->id, 1);
 			return MW_TC_ACT_OK;
 		}
 		chosen.addr = be->addr;
 		chosen.port = be->port;
 		chosen.svc = svc->id;
-		bpf_map_update_elem(&mw_np_fwd, &fk, &chosen, BPF_ANY);
+		/* First packets of one flow on two CPUs: the first pick wins, the other follows. */
+		if (bpf_map_update_elem(&mw_np_fwd, &fk, &chosen, BPF_NOEXIST)) {
+			fv = bpf_map_lookup_elem(&mw_np_fwd, &fk);
+			if (!fv)
+				return MW_TC_ACT_SHOT;
+			chosen = *fv;
+		}
 
 		struct mw_flow_key rk = {
 			.saddr = be->addr, .daddr = p.saddr, .sport = be->port, .dport = p.sport,
@@ -122,10 +128,11 @@ int mw_nodeport_in(struct __sk_buff *skb)
 		struct mw_flow_val rv = { .addr = p.daddr, .port = p.dport, .svc = svc->id };
 
 		bpf_map_update_elem(&mw_np_rev, &rk, &rv, BPF_ANY);
-		mw_count(svc->id, 0, 0);
+		mw_count(svc->id, 0);
 	}
-	mw_count(chosen.svc, 0, p.len);
-	mw_rewrite(skb, &p, 1, chosen.addr, chosen.port);
+	mw_count_bytes(chosen.svc, p.len);
+	if (mw_rewrite(skb, &p, 1, chosen.addr, chosen.port))
+		return MW_TC_ACT_SHOT;
 	return MW_TC_ACT_OK;
 }
 
@@ -147,7 +154,8 @@ int mw_nodeport_out(struct __sk_buff *skb)
 	__be32 addr = rv->addr;
 	__be16 port = rv->port;
 
-	mw_rewrite(skb, &p, 0, addr, port);
+	if (mw_rewrite(skb, &p, 0, addr, port))
+		return MW_TC_ACT_SHOT;
 	return MW_TC_ACT_OK;
 }
 

@@ -5,7 +5,7 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -261,6 +261,18 @@ pub struct Datapath {
     next_table: u32,
     next_backend: u32,
     free_svc: Vec<u32>,
+    /// Old slot tables and backends, freed after [`GRACE`]: a program that read the service
+    /// entry just before an update may still look them up.
+    graveyard: Vec<(Instant, Garbage)>,
+}
+
+/// Longer than any program holds a map value pointer (one RCU read section: microseconds).
+const GRACE: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug)]
+enum Garbage {
+    Table(Svc),
+    Backend(u32, BackKey),
 }
 
 fn take<K: aya::Pod, V: aya::Pod>(
@@ -353,6 +365,7 @@ impl Datapath {
             next_table: 1,
             next_backend: 1,
             free_svc: Vec::new(),
+            graveyard: Vec::new(),
         };
         dp.recover()?;
         Ok(dp)
@@ -437,6 +450,23 @@ impl Datapath {
         self.free_svc = (1..self.next_svc)
             .filter(|i| !used_ids.contains(i))
             .collect();
+        // Affinity members of services without affinity, or of backends a service no longer
+        // has (an update interrupted between the switch and the cleanup).
+        let wanted: HashSet<(u32, u32)> = self
+            .entries
+            .values()
+            .filter(|e| e.svc.affinity_secs > 0)
+            .flat_map(|e| e.backend_ids.iter().map(move |b| (e.svc.id, *b)))
+            .collect();
+        let stale: Vec<MemberKey> = self
+            .members
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.svc, k.backend)))
+            .collect();
+        for k in stale {
+            let _ = self.members.remove(&k);
+        }
         Ok(())
     }
 
@@ -527,8 +557,34 @@ impl Datapath {
                 if *n == 0 {
                     self.backend_ids.remove(&val);
                     self.backend_by_id.remove(id);
-                    self.remove_backend(*id, &val);
+                    self.graveyard
+                        .push((Instant::now(), Garbage::Backend(*id, val)));
                 }
+            }
+        }
+    }
+
+    /// Waits out the grace period and frees everything earlier updates left behind (tests and
+    /// tools that want to observe the maps settled; updates collect as they go).
+    pub fn settle(&mut self) {
+        if let Some((newest, _)) = self.graveyard.last() {
+            let left = GRACE.saturating_sub(newest.elapsed());
+            std::thread::sleep(left);
+        }
+        self.collect();
+    }
+
+    /// Frees graveyard entries older than the grace period.
+    fn collect(&mut self) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.graveyard)
+            .into_iter()
+            .partition(|(at, _)| now.duration_since(*at) >= GRACE);
+        self.graveyard = keep;
+        for (_, g) in due {
+            match g {
+                Garbage::Table(svc) => self.drop_table(&svc),
+                Garbage::Backend(id, val) => self.remove_backend(id, &val),
             }
         }
     }
@@ -556,12 +612,7 @@ impl Datapath {
     /// Programs `s`, replacing what its frontend had. Atomic for the datapath: the new slot
     /// table is complete before the service entry is switched to it in one map update.
     pub fn upsert(&mut self, s: &Service) -> Result<(), Error> {
-        let key = s.frontend.key();
-        let old = self.entries.get(&key).cloned();
-        let id = match &old {
-            Some(o) => o.svc.id,
-            None => self.alloc_svc(),
-        };
+        // Validate before anything is allocated or written.
         if let Some(b) = s
             .backends
             .iter()
@@ -572,6 +623,13 @@ impl Datapath {
                 b.addr, s.frontend.addr
             )));
         }
+        self.collect();
+        let key = s.frontend.key();
+        let old = self.entries.get(&key).cloned();
+        let id = match &old {
+            Some(o) => o.svc.id,
+            None => self.alloc_svc(),
+        };
         let mut ids = Vec::with_capacity(s.backends.len());
         for b in &s.backends {
             ids.push(self.backend_ref(b.key(s.frontend.proto))?);
@@ -655,7 +713,7 @@ impl Datapath {
         dedup.sort_unstable();
         dedup.dedup();
         if let Some(o) = old {
-            self.drop_table(&o.svc);
+            self.graveyard.push((Instant::now(), Garbage::Table(o.svc)));
             if o.svc.affinity_secs > 0 {
                 for bid in o
                     .backend_ids
@@ -689,8 +747,9 @@ impl Datapath {
         let Some(o) = self.entries.remove(&key) else {
             return Ok(false);
         };
+        self.collect();
         self.del_service(&key)?;
-        self.drop_table(&o.svc);
+        self.graveyard.push((Instant::now(), Garbage::Table(o.svc)));
         for bid in &o.backend_ids {
             let _ = self.members.remove(&MemberKey {
                 svc: o.svc.id,

@@ -141,6 +141,8 @@ fn programs_stay_attached_and_maps_survive_the_loader() {
     dp.upsert(&a2).unwrap();
     assert!(dp.remove(&b.frontend).unwrap());
     assert!(!dp.remove(&b.frontend).unwrap());
+    // Old tables and backends outlive an update by a grace period, then go.
+    dp.settle();
     assert_eq!(dp.list().unwrap(), vec![a2]);
     let backends = sh(&[
         "bpftool",

@@ -17,6 +17,9 @@
 /* cgroup sock_addr verdicts. */
 #define MW_SYS_REJECT 0
 #define MW_SYS_PROCEED 1
+/* tc verdict: drop (a half-rewritten packet must not leave). */
+#define MW_TC_ACT_SHOT 2
+#define MW_ECONNREFUSED 111
 
 struct mw_ethhdr {
 	__u8 dst[6];

@@ -16,21 +16,28 @@ static __always_inline __u32 mw_hash64(__u64 v)
 	return (__u32)v;
 }
 
-static __always_inline void mw_count(__u32 svc, int failed, __u64 bytes)
+/* A new connection (or datagram flow) was translated, or could not be (no backend). */
+static __always_inline void mw_count(__u32 svc, int failed)
 {
 	struct mw_stats *st = bpf_map_lookup_elem(&mw_stats, &svc);
 
 	if (!st)
 		return;
-	if (failed) {
+	if (failed)
 		__sync_fetch_and_add(&st->no_backend, 1);
+	else
+		__sync_fetch_and_add(&st->connects, 1);
+}
+
+/* A packet of a translated flow (tc path, where bytes are visible). */
+static __always_inline void mw_count_bytes(__u32 svc, __u64 bytes)
+{
+	struct mw_stats *st = bpf_map_lookup_elem(&mw_stats, &svc);
+
+	if (!st)
 		return;
-	}
-	__sync_fetch_and_add(&st->connects, 1);
-	if (bytes) {
-		__sync_fetch_and_add(&st->packets, 1);
-		__sync_fetch_and_add(&st->bytes, bytes);
-	}
+	__sync_fetch_and_add(&st->packets, 1);
+	__sync_fetch_and_add(&st->bytes, bytes);
 }
 
 /* Picks a backend id for `client` (affinity identity) with `hash` (Maglev key); the caller
@@ -51,7 +58,9 @@ static __always_inline int mw_pick_id(struct mw_svc *svc, __u64 client, __u32 ha
 		if (av && now - av->last_ns < (__u64)svc->affinity_secs * 1000000000ULL) {
 			struct mw_member_key mk = { .svc = svc->id, .backend = av->backend };
 
-			/* Still a member of this service? Affinity never resurrects a removed backend. */
+			/* Still a member of this service? Affinity never resurrects a removed backend.
+			 * (If the member's backend itself is gone, the caller's lookup misses and it
+			 * picks again without affinity: see mw_pick_retry.) */
 			if (bpf_map_lookup_elem(&mw_members, &mk)) {
 				av->last_ns = now;
 				*backend_id = av->backend;
@@ -88,13 +97,29 @@ static __always_inline int mw_pick_id(struct mw_svc *svc, __u64 client, __u32 ha
 	return 0;
 }
 
+/* Picks and resolves a backend in `backends` (mw_backends or mw_backends6). A miss on the
+ * table or the backend happens only while an update is being applied (userspace frees the old
+ * table and backends only after a grace period, so this is a second line of defence) or after
+ * a crash left a stale affinity member: pick once more without affinity before failing. */
+#define MW_PICK(svc, client, hash, backend_id, backends)                                  \
+	({                                                                                 \
+		void *__be = NULL;                                                         \
+		if (!mw_pick_id(svc, client, hash, backend_id))                           \
+			__be = bpf_map_lookup_elem(backends, backend_id);                  \
+		if (!__be) {                                                               \
+			struct mw_svc __tmp = *(svc);                                      \
+			__tmp.affinity_secs = 0;                                           \
+			if (!mw_pick_id(&__tmp, client, hash, backend_id))                 \
+				__be = bpf_map_lookup_elem(backends, backend_id);          \
+		}                                                                          \
+		__be;                                                                      \
+	})
+
 /* IPv4 convenience: pick and resolve in mw_backends. */
 static __always_inline struct mw_backend *mw_pick(struct mw_svc *svc, __u64 client, __u32 hash,
 						   __u32 *backend_id)
 {
-	if (mw_pick_id(svc, client, hash, backend_id))
-		return NULL;
-	return bpf_map_lookup_elem(&mw_backends, backend_id);
+	return MW_PICK(svc, client, hash, backend_id, &mw_backends);
 }
 
 #endif
