@@ -1,5 +1,7 @@
 //! The commands. Each returns the JSON to print on success or a CNI error.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 use meshwork_cni_spec::{
     code, CniError, CniResult, Interface, IpConfig, RouteEntry, VersionInfo, CURRENT_VERSION,
@@ -10,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     config::{Command, Env, NetConf, Validated, ENV_CRASH_AT},
-    ipam::{IpamError, Owner, Store},
+    ipam::{IpamError, Lease, Owner, Store},
     net,
 };
 
@@ -74,11 +76,13 @@ fn crash_if(crash_at: Option<&str>, point: &str) {
     }
 }
 
-/// Undoes a partial ADD unless disarmed: leases first registered, interfaces after.
+/// Undoes a partial ADD unless disarmed. It frees only what this ADD created: a lease the
+/// owner already held, or a host veth that already existed, belongs to a live attachment.
 struct Rollback<'a> {
     host: &'a Netlink,
     store_dir: (&'a std::path::Path, &'a str),
     owner: Owner,
+    fresh: Vec<IpAddr>,
     veth: Option<String>,
     armed: bool,
 }
@@ -93,9 +97,12 @@ impl Rollback<'_> {
                 tracing::warn!(veth = %v, error = %e, "rollback: deleting veth");
             }
         }
+        if self.fresh.is_empty() {
+            return;
+        }
         match Store::lock(self.store_dir.0, self.store_dir.1) {
             Ok(s) => {
-                if let Err(e) = s.release(&self.owner) {
+                if let Err(e) = s.release_ips(&self.owner, &self.fresh) {
                     tracing::warn!(error = %e, "rollback: releasing lease");
                 }
             }
@@ -104,8 +111,37 @@ impl Rollback<'_> {
     }
 }
 
+/// Leases one address per configured family; on failure frees what this call leased.
+fn lease(v: &Validated, owner: &Owner) -> Result<Vec<(Lease, u8)>, CniError> {
+    let store = Store::lock(&v.conf.data_dir, &v.conf.name).map_err(ipam_err)?;
+    let mut leases = Vec::new();
+    for r in &v.ranges {
+        match store.allocate(r, owner) {
+            Ok(l) => leases.push((l, r.subnet.prefix_len())),
+            Err(e) => {
+                let fresh: Vec<IpAddr> = leases
+                    .iter()
+                    .filter(|(l, _)| l.fresh)
+                    .map(|(l, _)| l.ip)
+                    .collect();
+                let _ = store.release_ips(owner, &fresh);
+                return Err(ipam_err(e));
+            }
+        }
+    }
+    Ok(leases)
+}
+
 async fn add(env: &Env, v: Validated, crash_at: Option<&str>) -> Result<Value, CniError> {
     let conf = &v.conf;
+    // A plugin earlier in the chain: its interfaces and addresses stay in the result.
+    let prev = match &conf.prev_result {
+        Some(p) => Some(
+            CniResult::from_value(p.clone())
+                .map_err(|e| CniError::new(code::DECODE, format!("prevResult: {e}")))?,
+        ),
+        None => None,
+    };
     let netns = open_netns(&env.netns)?;
     let host = Netlink::connect().map_err(internal)?;
     let pod = Netlink::connect_in(&netns).map_err(internal)?;
@@ -124,25 +160,21 @@ async fn add(env: &Env, v: Validated, crash_at: Option<&str>) -> Result<Value, C
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     };
-    let addrs = {
-        let store = Store::lock(&conf.data_dir, &conf.name).map_err(ipam_err)?;
-        let mut addrs = Vec::new();
-        for r in &v.ranges {
-            match store.allocate(r, &owner) {
-                Ok(ip) => addrs.push(IpNet::new(ip, r.subnet.prefix_len()).map_err(internal)?),
-                Err(e) => {
-                    let _ = store.release(&owner);
-                    return Err(ipam_err(e));
-                }
-            }
-        }
-        addrs
-    };
+    let leases = lease(&v, &owner)?;
     crash_if(crash_at, "after-lease");
+    let addrs: Vec<IpNet> = leases
+        .iter()
+        .map(|(l, len)| IpNet::new(l.ip, *len).map_err(internal))
+        .collect::<Result<_, _>>()?;
     let mut rb = Rollback {
         host: &host,
         store_dir: (&conf.data_dir, &conf.name),
         owner,
+        fresh: leases
+            .iter()
+            .filter(|(l, _)| l.fresh)
+            .map(|(l, _)| l.ip)
+            .collect(),
         veth: None,
         armed: true,
     };
@@ -151,7 +183,15 @@ async fn add(env: &Env, v: Validated, crash_at: Option<&str>) -> Result<Value, C
         rb.armed = false;
     }
     rb.run().await;
-    res
+    res.map(|w| build_result(env, &v, prev, w, &addrs))
+}
+
+/// What `wire` made, for the result.
+struct Wired {
+    bridge: meshwork_netlink::Link,
+    host_veth: meshwork_netlink::Link,
+    pod_link: meshwork_netlink::Link,
+    mtu: u32,
 }
 
 #[allow(
@@ -167,7 +207,7 @@ async fn wire(
     addrs: &[IpNet],
     rb: &mut Rollback<'_>,
     crash_at: Option<&str>,
-) -> Result<Value, CniError> {
+) -> Result<Wired, CniError> {
     let conf = &v.conf;
     let mtu = net::pod_mtu(host, conf.mtu, conf.uplink.as_deref(), &conf.vxlan_device)
         .await
@@ -176,9 +216,8 @@ async fn wire(
         .await
         .map_err(internal)?;
     let host_name = net::host_veth_name(&env.container_id, &env.ifname);
-    rb.veth = Some(host_name.clone());
     let alias = net::veth_alias(&conf.name, &env.container_id, &env.ifname);
-    let hveth = net::create_veth(
+    let host_veth = net::create_veth(
         host,
         &host_name,
         &env.ifname,
@@ -198,8 +237,10 @@ async fn wire(
             internal(e)
         }
     })?;
+    // Only now is the veth ours to roll back: an existing one belongs to a live attachment.
+    rb.veth = Some(host_name);
     crash_if(crash_at, "after-veth");
-    let clink = net::configure_container(
+    let pod_link = net::configure_container(
         pod,
         netns,
         &net::ContainerSide {
@@ -211,68 +252,82 @@ async fn wire(
     )
     .await
     .map_err(internal)?;
+    Ok(Wired {
+        bridge,
+        host_veth,
+        pod_link,
+        mtu,
+    })
+}
+
+/// The ADD result: `prev`'s interfaces, addresses and routes first, ours appended.
+fn build_result(
+    env: &Env,
+    v: &Validated,
+    prev: Option<CniResult>,
+    w: Wired,
+    addrs: &[IpNet],
+) -> Value {
+    let conf = &v.conf;
     let mac = |m: Option<[u8; 6]>| m.map(|m| fmt_mac(&m)).unwrap_or_default();
-    let result = CniResult {
-        cni_version: conf.cni_version.clone(),
-        interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                mac: mac(bridge.mac),
-                ..Default::default()
-            },
-            Interface {
-                name: hveth.name.clone(),
-                mac: mac(hveth.mac),
-                ..Default::default()
-            },
-            Interface {
-                name: env.ifname.clone(),
-                mac: mac(clink.mac),
-                mtu: Some(mtu),
-                sandbox: env.netns.clone(),
-            },
-        ],
-        ips: addrs
-            .iter()
-            .map(|a| IpConfig {
-                address: *a,
-                gateway: net::gateway_for(&v.ranges, a.addr()),
-                interface: Some(2),
-            })
-            .collect(),
-        routes: v
-            .routes
-            .iter()
-            .map(|r| RouteEntry {
-                dst: r.dst,
-                gw: r.gw.or_else(|| net::gateway_for(&v.ranges, r.dst.addr())),
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            })
-            .collect(),
-        dns: conf.dns.clone(),
-    };
-    Ok(result.to_json(&conf.cni_version))
+    let mut result = prev.unwrap_or_default();
+    let pod_index = result.interfaces.len() + 2;
+    result.interfaces.extend([
+        Interface {
+            name: w.bridge.name,
+            mac: mac(w.bridge.mac),
+            ..Default::default()
+        },
+        Interface {
+            name: w.host_veth.name,
+            mac: mac(w.host_veth.mac),
+            ..Default::default()
+        },
+        Interface {
+            name: env.ifname.clone(),
+            mac: mac(w.pod_link.mac),
+            mtu: Some(w.mtu),
+            sandbox: env.netns.clone(),
+        },
+    ]);
+    result.ips.extend(addrs.iter().map(|a| IpConfig {
+        address: *a,
+        gateway: net::gateway_for(&v.ranges, a.addr()),
+        interface: Some(pod_index),
+    }));
+    result.routes.extend(v.routes.iter().map(|r| RouteEntry {
+        dst: r.dst,
+        gw: r.gw.or_else(|| net::gateway_for(&v.ranges, r.dst.addr())),
+        mtu: None,
+        advmss: None,
+        priority: None,
+        table: None,
+        scope: None,
+    }));
+    if !conf.dns.is_empty() {
+        result.dns = conf.dns.clone();
+    }
+    result.to_json(&conf.cni_version)
 }
 
 /// DEL is best effort and idempotent: missing netns, veth or lease are all fine. The veth goes
 /// first so an address is never free while an interface still carries it.
 async fn del(env: &Env, conf: NetConf) -> Result<(), CniError> {
+    crate::config::validate_name(&conf.name)?;
     let host = Netlink::connect().map_err(internal)?;
     let host_name = net::host_veth_name(&env.container_id, &env.ifname);
     net::delete_veth(&host, &host_name)
         .await
         .map_err(internal)?;
-    let store = Store::lock(&conf.data_dir, &conf.name).map_err(ipam_err)?;
-    store
-        .release(&Owner {
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-        })
-        .map_err(ipam_err)?;
+    // A network that never leased anything has nothing to free (and gets no state dir).
+    if let Some(store) = Store::lock_existing(&conf.data_dir, &conf.name).map_err(ipam_err)? {
+        store
+            .release(&Owner {
+                container_id: env.container_id.clone(),
+                ifname: env.ifname.clone(),
+            })
+            .map_err(ipam_err)?;
+    }
     Ok(())
 }
 
@@ -308,8 +363,11 @@ async fn check(env: &Env, v: Validated) -> Result<(), CniError> {
         )));
     }
     let have_addrs = pod.addresses(Some(link.index)).await.map_err(internal)?;
-    let store = Store::lock(&v.conf.data_dir, &v.conf.name).map_err(ipam_err)?;
-    let leases = store.leases().map_err(ipam_err)?;
+    let store = Store::lock_existing(&v.conf.data_dir, &v.conf.name).map_err(ipam_err)?;
+    let leases = match &store {
+        Some(s) => s.leases().map_err(ipam_err)?,
+        None => Vec::new(),
+    };
     for ip in prev.ips.iter().filter(|i| i.interface == Some(idx)) {
         if !have_addrs.iter().any(|(_, a)| *a == ip.address) {
             return Err(fail(format!(
@@ -364,6 +422,7 @@ async fn check(env: &Env, v: Validated) -> Result<(), CniError> {
 
 /// STATUS: ready unless the lease store is unusable or every range is full.
 fn status(v: Validated) -> Result<(), CniError> {
+    require_1_1(&v.conf, "STATUS")?;
     let store = Store::lock(&v.conf.data_dir, &v.conf.name)
         .map_err(|e| CniError::new(code::STATUS_NOT_READY, format!("lease store unusable: {e}")))?;
     for r in &v.ranges {
@@ -385,7 +444,30 @@ fn status(v: Validated) -> Result<(), CniError> {
 
 /// GC: frees leases and deletes host veths of this network whose attachment the runtime no
 /// longer lists.
+/// STATUS and GC exist from cniVersion 1.1.0 on (libcni never sends them for older lists).
+fn require_1_1(conf: &NetConf, what: &str) -> Result<(), CniError> {
+    if meshwork_cni_spec::version_cmp(&conf.cni_version, "1.1.0").is_lt() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "{what} needs cniVersion 1.1.0, the config says {}",
+                conf.cni_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn gc(conf: NetConf) -> Result<(), CniError> {
+    require_1_1(&conf, "GC")?;
+    crate::config::validate_name(&conf.name)?;
+    // Without the list every attachment would look stale: refuse rather than wipe the node.
+    if conf.valid_attachments.is_none() && conf.attachments.is_none() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments (or cni.dev/attachments)",
+        ));
+    }
     let valid: std::collections::HashSet<(String, String)> = conf
         .valid_attachments
         .iter()
@@ -408,12 +490,13 @@ async fn gc(conf: NetConf) -> Result<(), CniError> {
             }
         }
     }
-    let store = Store::lock(&conf.data_dir, &conf.name).map_err(ipam_err)?;
-    let freed = store
-        .release_where(|o| !valid.contains(&(o.container_id.clone(), o.ifname.clone())))
-        .map_err(ipam_err)?;
-    if !freed.is_empty() {
-        tracing::info!(?freed, "gc: released stale leases");
+    if let Some(store) = Store::lock_existing(&conf.data_dir, &conf.name).map_err(ipam_err)? {
+        let freed = store
+            .release_where(|o| !valid.contains(&(o.container_id.clone(), o.ifname.clone())))
+            .map_err(ipam_err)?;
+        if !freed.is_empty() {
+            tracing::info!(?freed, "gc: released stale leases");
+        }
     }
     Ok(())
 }

@@ -121,6 +121,18 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The network name becomes a directory under `dataDir` and part of veth aliases: no path
+/// tricks, no separators.
+pub fn validate_name(name: &str) -> Result<(), CniError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid network name {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
 fn default_bridge() -> String {
     DEFAULT_BRIDGE.into()
 }
@@ -249,13 +261,7 @@ impl NetConf {
     /// Checks everything ADD/CHECK/STATUS/GC rely on.
     pub fn validate(self) -> Result<Validated, CniError> {
         let bad = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
-        if self.name.is_empty()
-            || self.name == "."
-            || self.name == ".."
-            || self.name.contains(['/', '\0'])
-        {
-            return Err(bad(format!("invalid network name {:?}", self.name)));
-        }
+        validate_name(&self.name)?;
         validate_ifname(&self.bridge).map_err(|e| bad(format!("bridge: {e}")))?;
         if let Some(t) = &self.ipam.ipam_type {
             if t != "meshwork" {

@@ -69,6 +69,14 @@ impl Owner {
     }
 }
 
+/// An address handed to an owner; `fresh` if this call created the lease (a rollback may free
+/// only those: an existing lease belongs to a live attachment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: IpAddr,
+    pub fresh: bool,
+}
+
 /// The lease directory of one network, locked for as long as this value lives.
 pub struct Store {
     leases: PathBuf,
@@ -77,6 +85,15 @@ pub struct Store {
 }
 
 impl Store {
+    /// Like [`Store::lock`], but `None` when the network never had a lease (DEL, GC and CHECK
+    /// must not create state for a network they never saw).
+    pub fn lock_existing(data_dir: &Path, network: &str) -> Result<Option<Store>, IpamError> {
+        if !data_dir.join(network).join("leases").is_dir() {
+            return Ok(None);
+        }
+        Self::lock(data_dir, network).map(Some)
+    }
+
     /// Opens (creating if needed) `<data_dir>/<network>` and takes its lock, waiting for it.
     pub fn lock(data_dir: &Path, network: &str) -> Result<Store, IpamError> {
         let root = data_dir.join(network);
@@ -137,16 +154,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Leases `owner` an address from `range`: its existing one if it has one, else the next
-    /// free address after the last one handed out (round robin, so a just-freed address is not
-    /// reused at once while stale conntrack/ARP entries may still point at it).
-    pub fn allocate(&self, range: &Range, owner: &Owner) -> Result<IpAddr, IpamError> {
+    /// Leases `owner` an address from `range`: its existing one if it has one (`fresh` false),
+    /// else the next free address after the last one handed out (round robin, so a just-freed
+    /// address is not reused at once while stale conntrack/ARP entries may still point at it).
+    pub fn allocate(&self, range: &Range, owner: &Owner) -> Result<Lease, IpamError> {
         let leases = self.leases()?;
         if let Some((ip, _)) = leases
             .iter()
             .find(|(ip, o)| o.as_ref() == Some(owner) && range.contains_alloc(*ip))
         {
-            return Ok(*ip);
+            return Ok(Lease {
+                ip: *ip,
+                fresh: false,
+            });
         }
         let v6 = range.start.is_ipv6();
         let (start, end) = (ip_u128(range.start), ip_u128(range.end));
@@ -172,7 +192,7 @@ impl Store {
                 let ip = u128_ip(cand, v6);
                 if self.try_take(ip, &content)? {
                     let _ = write_small(&last_path, &ip.to_string());
-                    return Ok(ip);
+                    return Ok(Lease { ip, fresh: true });
                 }
             }
             cand = if cand == end { start } else { cand + 1 };
@@ -206,15 +226,27 @@ impl Store {
         self.release_where(|o| o == owner)
     }
 
+    /// Frees the given leases of `owner` (only while still `owner`'s).
+    pub fn release_ips(&self, owner: &Owner, ips: &[IpAddr]) -> Result<Vec<IpAddr>, IpamError> {
+        self.release_matching(|ip, o| o == owner && ips.contains(&ip))
+    }
+
     /// Frees leases whose owner fails `keep` (GC). Unreadable leases are kept: they may belong
     /// to an ADD that crashed mid-write of an older layout; DEL/GC by owner cannot name them.
     pub fn release_where(
         &self,
         mut free: impl FnMut(&Owner) -> bool,
     ) -> Result<Vec<IpAddr>, IpamError> {
+        self.release_matching(|_, o| free(o))
+    }
+
+    fn release_matching(
+        &self,
+        mut free: impl FnMut(IpAddr, &Owner) -> bool,
+    ) -> Result<Vec<IpAddr>, IpamError> {
         let mut freed = Vec::new();
         for (ip, owner) in self.leases()? {
-            if owner.as_ref().is_some_and(&mut free) {
+            if owner.as_ref().is_some_and(|o| free(ip, o)) {
                 let p = self.leases.join(ip.to_string());
                 match fs::remove_file(&p) {
                     Ok(()) => freed.push(ip),
@@ -269,17 +301,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = range(r#"{"subnet":"10.1.0.0/29"}"#); // hosts .1-.6, .1 gateway
         let s = Store::lock(dir.path(), "n").unwrap();
-        let a = s.allocate(&r, &owner("a")).unwrap();
-        let b = s.allocate(&r, &owner("b")).unwrap();
+        let a = s.allocate(&r, &owner("a")).unwrap().ip;
+        let b = s.allocate(&r, &owner("b")).unwrap().ip;
         assert_eq!(a.to_string(), "10.1.0.2");
         assert_eq!(b.to_string(), "10.1.0.3");
         assert_eq!(
-            s.allocate(&r, &owner("a")).unwrap(),
+            s.allocate(&r, &owner("a")).unwrap().ip,
             a,
             "same owner keeps its lease"
         );
         s.release(&owner("a")).unwrap();
-        let c = s.allocate(&r, &owner("c")).unwrap();
+        let c = s.allocate(&r, &owner("c")).unwrap().ip;
         assert_eq!(
             c.to_string(),
             "10.1.0.4",
@@ -300,7 +332,7 @@ mod tests {
         assert!(matches!(err, IpamError::Exhausted { used: 5, .. }), "{err}");
         s.release_where(|o| o.container_id == "c3").unwrap();
         assert_eq!(s.free_in(&r).unwrap(), 1);
-        assert_eq!(s.allocate(&r, &owner("x")).unwrap().to_string(), "10.1.0.5");
+        assert_eq!(s.allocate(&r, &owner("x")).unwrap().ip.to_string(), "10.1.0.5");
     }
 
     #[test]
@@ -309,7 +341,7 @@ mod tests {
         let r = range(r#"{"subnet":"10.1.0.0/24"}"#);
         {
             let s = Store::lock(dir.path(), "n").unwrap();
-            s.allocate(&r, &owner("a")).unwrap();
+            s.allocate(&r, &owner("a")).unwrap().ip;
         }
         fs::write(dir.path().join("n/leases/.tmp-999"), "x\ny\n").unwrap();
         let s = Store::lock(dir.path(), "n").unwrap();
@@ -317,7 +349,7 @@ mod tests {
         let leases = s.leases().unwrap();
         assert_eq!(leases.len(), 1);
         assert_eq!(leases[0].1, Some(owner("a")));
-        assert_eq!(s.allocate(&r, &owner("b")).unwrap().to_string(), "10.1.0.3");
+        assert_eq!(s.allocate(&r, &owner("b")).unwrap().ip.to_string(), "10.1.0.3");
     }
 
     #[test]
@@ -336,7 +368,7 @@ mod tests {
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
+            hs.into_iter().map(|h| h.join().unwrap().ip).collect()
         });
         let distinct: std::collections::HashSet<_> = ips.iter().collect();
         assert_eq!(distinct.len(), 16);
@@ -348,7 +380,7 @@ mod tests {
         let r = range(r#"{"subnet6":"fd00:1::/64"}"#);
         let s = Store::lock(dir.path(), "n").unwrap();
         assert_eq!(
-            s.allocate(&r, &owner("a")).unwrap().to_string(),
+            s.allocate(&r, &owner("a")).unwrap().ip.to_string(),
             "fd00:1::2"
         );
     }

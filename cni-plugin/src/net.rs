@@ -216,12 +216,23 @@ pub async fn create_veth(
         master: Some(bridge),
     })
     .await?;
-    let link = host
-        .link_by_name(host_name)
-        .await?
-        .ok_or_else(|| Error::Invalid(format!("{host_name} missing after creation")))?;
-    host.set_up_with_alias(link.index, alias).await?;
-    Ok(link)
+    // The pair exists now; if finishing it fails, remove it here so the caller never has to
+    // guess whether a failed create left something behind.
+    let finish = async {
+        let link = host
+            .link_by_name(host_name)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("{host_name} missing after creation")))?;
+        host.set_up_with_alias(link.index, alias).await?;
+        Ok(link)
+    };
+    match finish.await {
+        Ok(link) => Ok(link),
+        Err(e) => {
+            let _ = delete_veth(host, host_name).await;
+            Err(e)
+        }
+    }
 }
 
 /// Deletes the host veth (and with it the pod side) if present.

@@ -742,3 +742,129 @@ fn dual_stack_pods_talk_over_ipv6() {
     inv.del(&l, &rt("b", &b), Some(&rb)).unwrap();
     assert!(leases(&lab, "pods").is_empty());
 }
+
+#[test]
+fn a_failed_add_never_touches_another_attachments_veth_or_lease() {
+    let lab = Lab::new("cni_add_no_collateral");
+    let node = lab.node("n1");
+    let inv = lab.invoker(&node);
+    let l = list(conflist(&lab, "pods", "10.244.1.0/24", &["10.244.0.0/16"]));
+    let (a, b) = (lab.pod_netns(&node, "a"), lab.pod_netns(&node, "b"));
+    let ra = inv.add(&l, &rt("same-id", &a)).unwrap();
+    // The same container id and ifname into another netns: the pod side is free there, but the
+    // host veth and the lease belong to the live attachment in `a`.
+    let e = inv.add(&l, &rt("same-id", &b)).unwrap_err();
+    assert_eq!(code_of(e), code::INTERFACE_EXISTS);
+    assert_eq!(host_veths(&lab, &node), [ra.interfaces[1].name.clone()]);
+    assert_eq!(leases(&lab, "pods"), [pod_ip(&ra).to_string()]);
+    inv.check(&l, &rt("same-id", &a), &ra).unwrap();
+}
+
+#[test]
+fn gc_and_status_need_1_1_0_and_gc_needs_the_attachment_list() {
+    let lab = Lab::new("cni_gc_guard");
+    let node = lab.node("n1");
+    let inv = lab.invoker(&node);
+    let l = list(conflist(&lab, "pods", "10.244.1.0/24", &["10.244.0.0/16"]));
+    let a = lab.pod_netns(&node, "a");
+    inv.add(&l, &rt("c0", &a)).unwrap();
+    let mut conf = l.plugins[0].clone();
+    conf.insert("name".into(), json!("pods"));
+    conf.insert("cniVersion".into(), json!("1.1.0"));
+    // No attachment list at all: refuse instead of treating everything as stale.
+    let e = inv
+        .exec(
+            "meshwork",
+            "GC",
+            &RuntimeConf::default(),
+            &serde_json::to_vec(&conf).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(code_of(e), code::INVALID_CONFIG);
+    assert_eq!(leases(&lab, "pods").len(), 1);
+    assert_eq!(host_veths(&lab, &node).len(), 1);
+    // GC and STATUS on a 1.0.0 config: they did not exist then.
+    conf.insert("cniVersion".into(), json!("1.0.0"));
+    conf.insert("cni.dev/valid-attachments".into(), json!([]));
+    for cmd in ["GC", "STATUS"] {
+        let e = inv
+            .exec(
+                "meshwork",
+                cmd,
+                &RuntimeConf::default(),
+                &serde_json::to_vec(&conf).unwrap(),
+            )
+            .unwrap_err();
+        assert_eq!(code_of(e), code::INCOMPATIBLE_VERSION, "{cmd}");
+    }
+    assert_eq!(leases(&lab, "pods").len(), 1);
+}
+
+#[test]
+fn add_keeps_an_earlier_plugins_result_and_del_creates_no_state() {
+    let lab = Lab::new("cni_prev_result");
+    let node = lab.node("n1");
+    let inv = lab.invoker(&node);
+    let a = lab.pod_netns(&node, "a");
+    let mut conf =
+        list(conflist(&lab, "pods", "10.244.1.0/24", &["10.244.0.0/16"])).plugins[0].clone();
+    conf.insert("name".into(), json!("pods"));
+    conf.insert("cniVersion".into(), json!("1.1.0"));
+    conf.insert(
+        "prevResult".into(),
+        json!({"cniVersion": "1.1.0",
+               "interfaces": [{"name": "earlier0", "sandbox": a.path_str()}],
+               "ips": [{"address": "192.0.2.7/32", "interface": 0}],
+               "dns": {"nameservers": ["10.96.0.10"]}}),
+    );
+    let out = inv
+        .exec(
+            "meshwork",
+            "ADD",
+            &rt("c0", &a),
+            &serde_json::to_vec(&conf).unwrap(),
+        )
+        .unwrap();
+    let r: CniResult = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.interfaces.len(), 4, "{r:?}");
+    assert_eq!(r.interfaces[0].name, "earlier0");
+    assert_eq!(
+        r.ips[0].address.to_string(),
+        "192.0.2.7/32",
+        "earlier addresses kept first"
+    );
+    assert_eq!(
+        r.ips[1].interface,
+        Some(3),
+        "ours point at our pod interface"
+    );
+    assert_eq!(
+        r.dns.nameservers,
+        ["10.96.0.10"],
+        "earlier DNS kept when we set none"
+    );
+
+    // DEL on a network that never leased anything: success, and no state dir appears.
+    let mut other = conf.clone();
+    other.insert("name".into(), json!("never-used"));
+    other.remove("prevResult");
+    inv.exec(
+        "meshwork",
+        "DEL",
+        &rt("c9", &a),
+        &serde_json::to_vec(&other).unwrap(),
+    )
+    .unwrap();
+    assert!(!lab.dir().join("cni-state").join("never-used").exists());
+    // And a network name that tries to leave the state dir is refused, not followed.
+    other.insert("name".into(), json!("../escape"));
+    let e = inv
+        .exec(
+            "meshwork",
+            "DEL",
+            &rt("c9", &a),
+            &serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(code_of(e), code::INVALID_CONFIG);
+}

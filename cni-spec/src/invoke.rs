@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::{Map, Value};
 
-use crate::types::{Attachment, CniError, CniResult, NetConfList, VersionInfo};
+use crate::types::{version_cmp, Attachment, CniError, CniResult, NetConfList, VersionInfo};
 
 /// What the runtime knows about one attachment.
 #[derive(Clone, Debug, Default)]
@@ -215,8 +215,12 @@ impl Invoker {
         Ok(())
     }
 
-    /// GC with the attachments still in use (sent under both key spellings).
+    /// GC with the attachments still in use, under `cni.dev/valid-attachments` as libcni sends
+    /// it. Like libcni, a no-op for lists older than 1.1.0 (GC did not exist).
     pub fn gc(&self, list: &NetConfList, valid: &[Attachment]) -> Result<(), InvokeError> {
+        if version_cmp(&list.cni_version, "1.1.0").is_lt() {
+            return Ok(());
+        }
         let rt = RuntimeConf::default();
         let valid = serde_json::to_value(valid).unwrap_or(Value::Array(vec![]));
         for (i, conf) in list.plugins.iter().enumerate() {
@@ -231,8 +235,12 @@ impl Invoker {
         Ok(())
     }
 
-    /// STATUS of every plugin; the first failure is returned.
+    /// STATUS of every plugin; the first failure is returned. A no-op for lists older than
+    /// 1.1.0, as in libcni.
     pub fn status(&self, list: &NetConfList) -> Result<(), InvokeError> {
+        if version_cmp(&list.cni_version, "1.1.0").is_lt() {
+            return Ok(());
+        }
         let rt = RuntimeConf::default();
         for (i, conf) in list.plugins.iter().enumerate() {
             let plugin = plugin_type(conf, i)?;
