@@ -341,7 +341,7 @@ mod tests {
         let r = range(r#"{"subnet":"10.1.0.0/24"}"#);
         {
             let s = Store::lock(dir.path(), "n").unwrap();
-            s.allocate(&r, &owner("a")).unwrap().ip;
+            s.allocate(&r, &owner("a")).unwrap();
         }
         fs::write(dir.path().join("n/leases/.tmp-999"), "x\ny\n").unwrap();
         let s = Store::lock(dir.path(), "n").unwrap();
