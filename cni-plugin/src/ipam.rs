@@ -332,7 +332,10 @@ mod tests {
         assert!(matches!(err, IpamError::Exhausted { used: 5, .. }), "{err}");
         s.release_where(|o| o.container_id == "c3").unwrap();
         assert_eq!(s.free_in(&r).unwrap(), 1);
-        assert_eq!(s.allocate(&r, &owner("x")).unwrap().ip.to_string(), "10.1.0.5");
+        assert_eq!(
+            s.allocate(&r, &owner("x")).unwrap().ip.to_string(),
+            "10.1.0.5"
+        );
     }
 
     #[test]
@@ -349,7 +352,10 @@ mod tests {
         let leases = s.leases().unwrap();
         assert_eq!(leases.len(), 1);
         assert_eq!(leases[0].1, Some(owner("a")));
-        assert_eq!(s.allocate(&r, &owner("b")).unwrap().ip.to_string(), "10.1.0.3");
+        assert_eq!(
+            s.allocate(&r, &owner("b")).unwrap().ip.to_string(),
+            "10.1.0.3"
+        );
     }
 
     #[test]

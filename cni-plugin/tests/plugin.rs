@@ -604,8 +604,8 @@ fn kill_9_in_the_middle_of_add_never_double_allocates() {
             .unwrap();
         use std::io::Write;
         child.stdin.take().unwrap().write_all(&conf).ok();
-        // Spread the kill over the ~2 ms an ADD takes.
-        std::thread::sleep(std::time::Duration::from_micros(i * 97 % 4000));
+        // Spread the kill over the exec (ip netns exec + plugin start) and the ADD itself.
+        std::thread::sleep(std::time::Duration::from_micros(i * 397 % 12_000));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
@@ -641,6 +641,19 @@ fn kill_9_in_the_middle_of_add_never_double_allocates() {
             );
         }
     }
+    // The kills landed at different phases: some before the lease was taken, some after.
+    let owners: Vec<String> = std::fs::read_dir(lab.dir().join("cni-state/pods/leases"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|c| c.lines().next().map(str::to_string))
+        .collect();
+    let leased = killed.iter().filter(|(id, _)| owners.contains(id)).count();
+    assert!(
+        leased > 0 && leased < killed.len(),
+        "{leased} of {} killed ADDs left a lease",
+        killed.len()
+    );
     // The runtime's DEL after a failed ADD cleans every leftover of the killed ones.
     for (id, p) in &killed {
         inv.del(&l, &rt(id, p), None).unwrap();

@@ -106,14 +106,27 @@ impl Lab {
     }
 }
 
+/// Kills everything in a lab cgroup and waits (bounded) until it is empty, so the rmdir that
+/// follows does not fail with EBUSY and leave the cgroup behind.
 fn kill_cgroup(dir: &Path) {
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    for pid in procs
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        // SAFETY: kill(2) by pid read from our own cgroup.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    // cgroup.kill (5.14+) kills the whole subtree atomically; fall back to per-pid kills.
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) by pid read from our own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for _ in 0..200 {
+        let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+        if !events.contains("populated 1") {
+            return;
+        }
+        // Killed processes need a moment to be reaped; there is no signal to wait on here.
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -23,7 +23,24 @@ pub struct Args {
     bytes: usize,
 }
 
+/// Runs `up` until done or until SIGINT/SIGTERM; either way the lab is torn down (the cluster
+/// is dropped with the work future), so a signal never leaves namespaces behind.
 pub async fn run(args: Args) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work(args) => r,
+        _ = tokio::signal::ctrl_c() => {
+            println!("interrupted: tearing down");
+            Ok(())
+        }
+        _ = term.recv() => {
+            println!("terminated: tearing down");
+            Ok(())
+        }
+    }
+}
+
+async fn work(args: Args) -> Result<()> {
     if !args.cni_plugin.is_file() {
         bail!(
             "CNI plugin {} not found: run scripts/up.sh (it builds and installs it)",
@@ -113,12 +130,8 @@ pub async fn run(args: Args) -> Result<()> {
             "cluster kept; namespaces start with {}. Ctrl-C to tear down.",
             c.lab.prefix()
         );
-        // SIGTERM too: a signal death would skip Drop and leave the namespaces behind.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
+        // Until a signal ends `run`, which drops this future and with it the cluster.
+        std::future::pending::<()>().await;
     }
     c.del_pod(&a)?;
     c.del_pod(&b)?;

@@ -81,6 +81,12 @@ async fn pods_on_two_nodes_transfer_10mb_intact_over_ipv4_and_ipv6() {
         ],
     );
     assert!(!too_big.status.success());
+    let said = String::from_utf8_lossy(&too_big.stderr).to_string()
+        + &String::from_utf8_lossy(&too_big.stdout);
+    assert!(
+        said.contains("mtu=1450"),
+        "refused locally for the MTU, not lost: {said}"
+    );
 }
 
 #[tokio::test]

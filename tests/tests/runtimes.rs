@@ -23,6 +23,11 @@ const INSTALLED_PLUGIN: &str = "/opt/cni/bin/meshwork";
 const IMAGE: &str = "localhost/meshwork-busybox:latest";
 /// Prefix of everything these tests create on the host (bridges, cgroups, temp dirs).
 const PREFIX: &str = "mwrt";
+/// Pod subnets for the runtimes' bridge, which lives in the root namespace (the runtimes run
+/// there): inside 198.18.0.0/15, the benchmarking range the lab uses, so no route of the host's
+/// real networks can be shadowed while a test runs.
+const RUNTIME_SUBNET_CTD: &str = "198.19.1.0/24";
+const RUNTIME_SUBNET_PODMAN: &str = "198.19.2.0/24";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,9 +136,12 @@ fn our_veths(net: &str) -> Vec<String> {
 
 impl Drop for HostGuard {
     fn drop(&mut self) {
-        // Processes of ours (containerd, shims, conmon) still running: kill by their temp dir.
+        // Processes of ours (containerd, shims, conmon) still running: kill by their temp dir;
+        // the containers themselves by their cgroup parent.
         kill_matching(&self.path().to_string_lossy());
+        kill_cgroup_members();
         unmount_under(self.path());
+        delete_test_veths();
         let _ = sh_out(&["ip", "link", "del", &self.bridge]);
         remove_cgroups();
         if !self.had_var_lib_cni {
@@ -164,6 +172,8 @@ fn sweep() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+    kill_cgroup_members();
+    delete_test_veths();
     let links = sh(&["ip", "-o", "link", "show"]);
     for l in links.lines() {
         let name = l
@@ -209,6 +219,65 @@ fn unmount_under(dir: &Path) {
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
         let _ = sh_out(&["umount", "-l", p]);
+    }
+}
+
+/// Container processes (sandbox pause loops, test commands) are children of the runtime's
+/// shims, not of anything named after our temp dir: they are found through the cgroup parent
+/// every test pod gets (`/mwrt/...`). Killing them releases the pods' network namespaces, and
+/// with them the veth pairs.
+fn kill_cgroup_members() {
+    for _ in 0..50 {
+        let mut found = false;
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let out = sh_out(&[
+                "find",
+                h.path().join(PREFIX).to_str().unwrap_or(""),
+                "-name",
+                "cgroup.procs",
+            ]);
+            for f in String::from_utf8_lossy(&out.stdout).lines() {
+                for pid in std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        found = true;
+                        // SAFETY: kill(2) of a process in our test cgroup.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+        if !found {
+            return;
+        }
+        // Killed processes need a moment to leave their cgroups; nothing to wait on.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Host veths our plugin made for any runtime test network (alias `meshwork/mwrt-...`).
+fn delete_test_veths() {
+    let out = sh(&["ip", "-o", "-d", "link", "show"]);
+    for l in out
+        .lines()
+        .filter(|l| l.contains(&format!("alias meshwork/{PREFIX}-")))
+    {
+        let name = l
+            .split(": ")
+            .nth(1)
+            .unwrap_or("")
+            .split('@')
+            .next()
+            .unwrap_or("");
+        if !name.is_empty() {
+            let _ = sh_out(&["ip", "link", "del", name]);
+        }
     }
 }
 
@@ -413,7 +482,7 @@ disabled_plugins = [
         std::os::unix::fs::symlink("/usr/lib/cni/loopback", dir.join("cni/bin/loopback")).unwrap();
         std::fs::write(
             dir.join("cni/net.d/10-meshwork.conflist"),
-            host.conflist(net, "10.199.1.0/24").to_string(),
+            host.conflist(net, RUNTIME_SUBNET_CTD).to_string(),
         )
         .unwrap();
         let cfg = CONFIG
@@ -499,7 +568,7 @@ disabled_plugins = [
                 .into_inner();
             ips.push(st.status.unwrap().network.unwrap().ip);
         }
-        assert!(ips.iter().all(|ip| ip.starts_with("10.199.1.")), "{ips:?}");
+        assert!(ips.iter().all(|ip| ip.starts_with("198.19.1.")), "{ips:?}");
         assert_ne!(ips[0], ips[1]);
         let veths = our_veths(net);
         assert_eq!(veths.len(), 2, "one host veth per sandbox: {veths:?}");
@@ -533,7 +602,7 @@ disabled_plugins = [
         .await;
         let code = eventually(
             "client container to exit",
-            100,
+            300,
             Duration::from_millis(100),
             async || {
                 let st = rt
@@ -550,7 +619,7 @@ disabled_plugins = [
         )
         .await;
         assert_eq!(code, 0, "client could not reach the server pod");
-        let got = eventually("server log", 50, Duration::from_millis(100), async || {
+        let got = eventually("server log", 200, Duration::from_millis(100), async || {
             let log = std::fs::read_to_string(logs.join("srv/server/0.log")).ok()?;
             log.contains(msg).then_some(log)
         })
@@ -693,7 +762,7 @@ runc = ["{d}/runc-wrap"]
         let host = HostGuard::new("pod");
         let archive = busybox_archive();
         let net = "mwrt-pod";
-        let pm = Podman::new(host.path(), &host.conflist(net, "10.199.2.0/24"), net);
+        let pm = Podman::new(host.path(), &host.conflist(net, RUNTIME_SUBNET_PODMAN), net);
         pm.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
         let cgroup = format!("/{PREFIX}/podman");
         let run = [
@@ -714,7 +783,7 @@ runc = ["{d}/runc-wrap"]
             &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
             "mw-srv",
         ]);
-        assert!(ip.starts_with("10.199.2."), "{ip}");
+        assert!(ip.starts_with("198.19.2."), "{ip}");
         assert_eq!(our_veths(net).len(), 1);
         assert_eq!(host.leases(net), std::slice::from_ref(&ip));
 
@@ -727,7 +796,7 @@ runc = ["{d}/runc-wrap"]
         pm.ok(&args);
         let logs = eventually(
             "server output",
-            50,
+            200,
             Duration::from_millis(100),
             async || {
                 let l = pm.ok(&["logs", "mw-srv"]);
