@@ -194,7 +194,7 @@ struct Wired {
     mtu: u32,
 }
 
-#[allow(
+#[expect(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
 )]
