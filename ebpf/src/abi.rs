@@ -2,7 +2,6 @@
 //! field offsets with the BTF of the compiled objects, so the two cannot drift apart silently.
 //! Addresses and ports are stored in network byte order, as the datapath reads them.
 
-
 pub const ALGO_RANDOM: u16 = 0;
 pub const ALGO_MAGLEV: u16 = 1;
 
