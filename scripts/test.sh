@@ -8,14 +8,26 @@ if [[ $(id -u) != 0 ]]; then
   echo "scripts/test.sh: the suite builds network namespaces and needs root" >&2
   exit 1
 fi
-# Leftovers of an interrupted earlier run (tests also sweep their own prefixes as they start).
-for ns in $(ip netns list 2>/dev/null | awk '/^mwl-/{print $1}'); do ip netns del "$ns" || true; done
+# One suite run at a time on a machine: the sweep below must never hit another run's state.
+exec 9>/run/meshwork-test.lock
+flock -n 9 || { echo "scripts/test.sh: another test run holds /run/meshwork-test.lock" >&2; exit 1; }
+
+# Leftovers of an interrupted earlier run, by test prefixes only (tests also sweep their own
+# prefix as they start). A kept `mesh-ctl up --keep` cluster (mwl-mesh_ctl_up-) is not ours.
+for ns in $(ip netns list 2>/dev/null | awk '/^mwl-/ && !/^mwl-mesh_ctl_up-/{print $1}'); do
+  ip netns del "$ns" || true
+done
 for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^mwrt-'); do
   ip link del "$l" || true
 done
-rm -rf /sys/fs/bpf/meshwork 2>/dev/null || true
-for cg in /sys/fs/cgroup/unified/mwl-* /sys/fs/cgroup/*/mwrt; do
-  [[ -d $cg ]] && { echo 1 > "$cg/cgroup.kill" 2>/dev/null || true; find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true; }
+rm -rf /sys/fs/bpf/meshwork/mwl-* 2>/dev/null || true
+rmdir /sys/fs/bpf/meshwork 2>/dev/null || true
+cg2=$(findmnt -n -o TARGET -t cgroup2 | head -1)
+for cg in "$cg2"/mwl-* /sys/fs/cgroup/mwrt /sys/fs/cgroup/*/mwrt; do
+  [[ -d $cg && $cg != "$cg2"/mwl-mesh_ctl_up-* ]] || continue
+  echo 1 > "$cg/cgroup.kill" 2>/dev/null || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do grep -q 'populated 1' "$cg/cgroup.events" 2>/dev/null || break; sleep 0.1; done
+  find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 done
 
 cargo fmt --all --check

@@ -313,12 +313,14 @@ fn build_result(
 /// DEL is best effort and idempotent: missing netns, veth or lease are all fine. The veth goes
 /// first so an address is never free while an interface still carries it.
 async fn del(env: &Env, conf: NetConf) -> Result<(), CniError> {
-    crate::config::validate_name(&conf.name)?;
     let host = Netlink::connect().map_err(internal)?;
     let host_name = net::host_veth_name(&env.container_id, &env.ifname);
     net::delete_veth(&host, &host_name)
         .await
         .map_err(internal)?;
+    // The veth name does not depend on the network name, so it goes even when the name is
+    // unusable as a state directory; the leases then cannot be named and that is an error.
+    crate::config::validate_name(&conf.name)?;
     // A network that never leased anything has nothing to free (and gets no state dir).
     if let Some(store) = Store::lock_existing(&conf.data_dir, &conf.name).map_err(ipam_err)? {
         store
@@ -442,8 +444,6 @@ fn status(v: Validated) -> Result<(), CniError> {
     Ok(())
 }
 
-/// GC: frees leases and deletes host veths of this network whose attachment the runtime no
-/// longer lists.
 /// STATUS and GC exist from cniVersion 1.1.0 on (libcni never sends them for older lists).
 fn require_1_1(conf: &NetConf, what: &str) -> Result<(), CniError> {
     if meshwork_cni_spec::version_cmp(&conf.cni_version, "1.1.0").is_lt() {
@@ -458,6 +458,8 @@ fn require_1_1(conf: &NetConf, what: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+/// GC: frees leases and deletes host veths of this network whose attachment the runtime no
+/// longer lists.
 async fn gc(conf: NetConf) -> Result<(), CniError> {
     require_1_1(&conf, "GC")?;
     crate::config::validate_name(&conf.name)?;

@@ -604,8 +604,8 @@ fn kill_9_in_the_middle_of_add_never_double_allocates() {
             .unwrap();
         use std::io::Write;
         child.stdin.take().unwrap().write_all(&conf).ok();
-        // Spread the kill over the exec (ip netns exec + plugin start) and the ADD itself.
-        std::thread::sleep(std::time::Duration::from_micros(i * 397 % 12_000));
+        // Spread the kill from "at once" to well past a loaded runner's exec + ADD (~10-30 ms).
+        std::thread::sleep(std::time::Duration::from_micros(i * 1_361 % 40_000));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();

@@ -218,7 +218,7 @@ impl Invoker {
     /// GC with the attachments still in use, under `cni.dev/valid-attachments` as libcni sends
     /// it. Like libcni, a no-op for lists older than 1.1.0 (GC did not exist).
     pub fn gc(&self, list: &NetConfList, valid: &[Attachment]) -> Result<(), InvokeError> {
-        if version_cmp(&list.cni_version, "1.1.0").is_lt() {
+        if version_cmp(&list.cni_version, "1.1.0").is_lt() || list.disable_gc {
             return Ok(());
         }
         let rt = RuntimeConf::default();

@@ -110,25 +110,25 @@ int mw_nodeport_in(struct __sk_buff *skb)
 			mw_count(svc->id, 1);
 			return MW_TC_ACT_OK;
 		}
-		chosen.addr = be->addr;
+				chosen.addr = be->addr;
 		chosen.port = be->port;
 		chosen.svc = svc->id;
-		/* First packets of one flow on two CPUs: the first pick wins, the other follows. */
-		if (bpf_map_update_elem(&mw_np_fwd, &fk, &chosen, BPF_NOEXIST)) {
+		/* First packets of one flow on two CPUs: the first pick wins and records the reverse
+		 * entry and the connect; the other follows the winner's choice. */
+		if (!bpf_map_update_elem(&mw_np_fwd, &fk, &chosen, BPF_NOEXIST)) {
+			struct mw_flow_key rk = {
+				.saddr = chosen.addr, .daddr = p.saddr, .sport = chosen.port,
+				.dport = p.sport, .proto = p.proto,
+			};
+			struct mw_flow_val rv = { .addr = p.daddr, .port = p.dport, .svc = chosen.svc };
+
+			bpf_map_update_elem(&mw_np_rev, &rk, &rv, BPF_ANY);
+			mw_count(chosen.svc, 0);
+		} else {
 			fv = bpf_map_lookup_elem(&mw_np_fwd, &fk);
-			if (!fv)
-				return MW_TC_ACT_SHOT;
-			chosen = *fv;
+			if (fv)
+				chosen = *fv;
 		}
-
-		struct mw_flow_key rk = {
-			.saddr = be->addr, .daddr = p.saddr, .sport = be->port, .dport = p.sport,
-			.proto = p.proto,
-		};
-		struct mw_flow_val rv = { .addr = p.daddr, .port = p.dport, .svc = svc->id };
-
-		bpf_map_update_elem(&mw_np_rev, &rk, &rv, BPF_ANY);
-		mw_count(svc->id, 0);
 	}
 	mw_count_bytes(chosen.svc, p.len);
 	if (mw_rewrite(skb, &p, 1, chosen.addr, chosen.port))

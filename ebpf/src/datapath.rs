@@ -273,6 +273,9 @@ const GRACE: Duration = Duration::from_millis(50);
 enum Garbage {
     Table(Svc),
     Backend(u32, BackKey),
+    /// Leftovers found at startup (not tied to a service we know).
+    Maglev(u32),
+    Slots(Vec<SlotKey>),
 }
 
 fn take<K: aya::Pod, V: aya::Pod>(
@@ -413,8 +416,11 @@ impl Datapath {
             .filter_map(Result::ok)
             .filter(|t| !tables.contains(t))
             .collect();
+        // Debris of a loader that stopped mid-update may still be read by a program that
+        // loaded the old service entry a moment ago: it gets the same grace as any old table.
+        let now = Instant::now();
         for t in stale_maglev {
-            let _ = self.maglev.remove(&t);
+            self.graveyard.push((now, Garbage::Maglev(t)));
         }
         let stale_slots: Vec<SlotKey> = self
             .slots
@@ -422,8 +428,8 @@ impl Datapath {
             .filter_map(Result::ok)
             .filter(|k| !tables.contains(&k.table))
             .collect();
-        for k in stale_slots {
-            let _ = self.slots.remove(&k);
+        if !stale_slots.is_empty() {
+            self.graveyard.push((now, Garbage::Slots(stale_slots)));
         }
         let mut all: Vec<(u32, BackKey)> = self
             .backends
@@ -444,7 +450,7 @@ impl Datapath {
                     self.backend_ids.insert(val, (id, *n));
                     self.backend_by_id.insert(id, val);
                 }
-                None => self.remove_backend(id, &val),
+                None => self.graveyard.push((now, Garbage::Backend(id, val))),
             }
         }
         self.free_svc = (1..self.next_svc)
@@ -585,6 +591,14 @@ impl Datapath {
             match g {
                 Garbage::Table(svc) => self.drop_table(&svc),
                 Garbage::Backend(id, val) => self.remove_backend(id, &val),
+                Garbage::Maglev(t) => {
+                    let _ = self.maglev.remove(&t);
+                }
+                Garbage::Slots(keys) => {
+                    for k in keys {
+                        let _ = self.slots.remove(&k);
+                    }
+                }
             }
         }
     }

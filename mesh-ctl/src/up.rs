@@ -29,14 +29,9 @@ pub async fn run(args: Args) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = work(args) => r,
-        _ = tokio::signal::ctrl_c() => {
-            println!("interrupted: tearing down");
-            Ok(())
-        }
-        _ = term.recv() => {
-            println!("terminated: tearing down");
-            Ok(())
-        }
+                // The work future (and with it the cluster) is already dropped here: torn down.
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the lab cluster was torn down"),
+        _ = term.recv() => anyhow::bail!("terminated; the lab cluster was torn down"),
     }
 }
 

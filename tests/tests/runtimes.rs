@@ -229,17 +229,8 @@ fn unmount_under(dir: &Path) {
 fn kill_cgroup_members() {
     for _ in 0..50 {
         let mut found = false;
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let out = sh_out(&[
-                "find",
-                h.path().join(PREFIX).to_str().unwrap_or(""),
-                "-name",
-                "cgroup.procs",
-            ]);
+        for root in cgroup_roots() {
+            let out = sh_out(&["find", root.to_str().unwrap_or(""), "-name", "cgroup.procs"]);
             for f in String::from_utf8_lossy(&out.stdout).lines() {
                 for pid in std::fs::read_to_string(f)
                     .unwrap_or_default()
@@ -281,15 +272,23 @@ fn delete_test_veths() {
     }
 }
 
-/// cgroup parents `/mwrt/...` in every hierarchy, removed depth first.
-fn remove_cgroups() {
+/// `/mwrt` in every hierarchy: per controller on hybrid/v1 hosts, the root on pure cgroup v2.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots = vec![Path::new("/sys/fs/cgroup").join(PREFIX)];
     for h in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
     {
-        let root = h.path().join(PREFIX);
-        if root.is_dir() {
+        roots.push(h.path().join(PREFIX));
+    }
+    roots.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// cgroup parents `/mwrt/...` in every hierarchy, removed depth first.
+fn remove_cgroups() {
+    for root in cgroup_roots() {
+        {
             let _ = sh_out(&[
                 "find",
                 root.to_str().unwrap(),

@@ -228,10 +228,12 @@ async fn zero_backends_fail_fast_and_are_counted() {
     );
     // A hang would be the 3 s client timeout per attempt.
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    let udp = w.client(&["udp", "10.96.0.10:80", "1"]);
+    // A UDP frontend with no backends: sendto() is refused at once too.
+    dp.upsert(&service(Frontend::udp(VIP, 53), vec![])).unwrap();
+    let udp = w.client(&["udp", "10.96.0.10:53", "1"]);
     assert!(
-        udp[0].starts_with("ERR"),
-        "sendto fails at once too: {udp:?}"
+        udp[0].starts_with("ERR") && udp[0].contains("refused"),
+        "{udp:?}"
     );
     let st = dp.stats(&Frontend::tcp(VIP, 80)).unwrap().unwrap();
     assert_eq!(st.no_backend, 5, "{st:?}");

@@ -58,9 +58,9 @@ static __always_inline int mw_pick_id(struct mw_svc *svc, __u64 client, __u32 ha
 		if (av && now - av->last_ns < (__u64)svc->affinity_secs * 1000000000ULL) {
 			struct mw_member_key mk = { .svc = svc->id, .backend = av->backend };
 
-			/* Still a member of this service? Affinity never resurrects a removed backend.
-			 * (If the member's backend itself is gone, the caller's lookup misses and it
-			 * picks again without affinity: see mw_pick_retry.) */
+						/* Still a member of this service? Affinity never resurrects a removed backend.
+			 * (If the member's backend itself is gone, MW_PICK picks again without
+			 * affinity.) */
 			if (bpf_map_lookup_elem(&mw_members, &mk)) {
 				av->last_ns = now;
 				*backend_id = av->backend;
@@ -97,19 +97,23 @@ static __always_inline int mw_pick_id(struct mw_svc *svc, __u64 client, __u32 ha
 	return 0;
 }
 
-/* Picks and resolves a backend in `backends` (mw_backends or mw_backends6). A miss on the
- * table or the backend happens only while an update is being applied (userspace frees the old
- * table and backends only after a grace period, so this is a second line of defence) or after
- * a crash left a stale affinity member: pick once more without affinity before failing. */
+/* Picks and resolves a backend in `backends` (mw_backends or mw_backends6). If the affinity
+ * entry names a backend that is gone (a crash between an update's switch and its cleanup), it
+ * picks once more without affinity. Old slot tables and backends are freed by userspace only
+ * after a grace period, so a pick from a service entry read just before an update still finds
+ * them. Arguments are evaluated once. */
 #define MW_PICK(svc, client, hash, backend_id, backends)                                  \
 	({                                                                                 \
+		struct mw_svc *__svc = (svc);                                              \
+		__u64 __client = (client);                                                 \
+		__u32 __hash = (hash);                                                     \
 		void *__be = NULL;                                                         \
-		if (!mw_pick_id(svc, client, hash, backend_id))                           \
+		if (!mw_pick_id(__svc, __client, __hash, backend_id))                     \
 			__be = bpf_map_lookup_elem(backends, backend_id);                  \
-		if (!__be) {                                                               \
-			struct mw_svc __tmp = *(svc);                                      \
+		if (!__be && __svc->affinity_secs) {                                       \
+			struct mw_svc __tmp = *__svc;                                      \
 			__tmp.affinity_secs = 0;                                           \
-			if (!mw_pick_id(&__tmp, client, hash, backend_id))                 \
+			if (!mw_pick_id(&__tmp, __client, __hash, backend_id))             \
 				__be = bpf_map_lookup_elem(backends, backend_id);          \
 		}                                                                          \
 		__be;                                                                      \

@@ -89,6 +89,8 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             println!("programmed {} frontends", services.len());
             if !churn {
+                // Free what the updates replaced once no program can still be reading it.
+                dp.settle();
                 return Ok(());
             }
             let mut i = 0usize;
