@@ -323,30 +323,7 @@ impl Datapath {
                 object: "sock_lb.o",
                 source: Box::new(e),
             })?;
-        let cgroup = File::open(&cfg.cgroup).map_err(|source| Error::Io {
-            what: "opening cgroup",
-            path: cfg.cgroup.clone(),
-            source,
-        })?;
-        for name in SOCK_PROGS {
-            let pin = links.join(name);
-            if pin.exists() {
-                continue;
-            }
-            let prog: &mut CgroupSockAddr = sock
-                .program_mut(name)
-                .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
-                .try_into()
-                .map_err(Error::prog(name))?;
-            prog.load().map_err(Error::prog(name))?;
-            // bpf_link attachments to a cgroup always coexist with others (implicitly "multi");
-            // the kernel wants flags 0 for them, which is what `Single` maps to.
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(Error::prog(name))?;
-            let link = prog.take_link(id).map_err(Error::prog(name))?;
-            pin_link(link, &pin)?;
-        }
+        attach_sock(&mut sock, &cfg.cgroup, &links)?;
         if let Some(up) = &cfg.uplink {
             attach_tc(&cfg.pin_dir, &links, up)?;
         }
@@ -374,9 +351,21 @@ impl Datapath {
         Ok(dp)
     }
 
-    /// Rebuilds the mirror from the maps and removes debris of an update that was interrupted
-    /// (slot tables no service points at, unreferenced backends).
+    /// Rebuilds the mirror from the maps and retires debris of an update that was interrupted
+    /// (slot tables no service points at, unreferenced backends, stale affinity members).
     fn recover(&mut self) -> Result<(), Error> {
+        let refs = self.recover_services()?;
+        let tables: HashSet<u32> = self.entries.values().map(|e| e.svc.table).collect();
+        self.retire_stale_tables(&tables);
+        self.recover_backends(&refs);
+        let used: HashSet<u32> = self.entries.values().map(|e| e.svc.id).collect();
+        self.free_svc = (1..self.next_svc).filter(|i| !used.contains(i)).collect();
+        self.remove_stale_members();
+        Ok(())
+    }
+
+    /// Reads every programmed frontend back; returns references per backend id.
+    fn recover_services(&mut self) -> Result<Std<u32, u32>, Error> {
         let mut svcs: Vec<(FrontKey, Svc)> = self
             .services
             .iter()
@@ -391,15 +380,11 @@ impl Datapath {
             .map_err(Error::map("mw_services6"))?;
         svcs.extend(svcs6);
         let mut refs: Std<u32, u32> = Std::new();
-        let mut tables = HashSet::new();
-        let mut used_ids = HashSet::new();
         for (k, v) in svcs {
             let ids = self.read_ids(&v);
             for id in &ids {
                 *refs.entry(*id).or_default() += 1;
             }
-            tables.insert(v.table);
-            used_ids.insert(v.id);
             self.next_svc = self.next_svc.max(v.id + 1);
             self.next_table = self.next_table.max(v.table + 1);
             self.entries.insert(
@@ -410,15 +395,19 @@ impl Datapath {
                 },
             );
         }
+        Ok(refs)
+    }
+
+    /// Tables no service points at. A loader that stopped mid-update may have left them while a
+    /// program still reads one: they get the same grace as any old table.
+    fn retire_stale_tables(&mut self, tables: &HashSet<u32>) {
+        let now = Instant::now();
         let stale_maglev: Vec<u32> = self
             .maglev
             .keys()
             .filter_map(Result::ok)
             .filter(|t| !tables.contains(t))
             .collect();
-        // Debris of a loader that stopped mid-update may still be read by a program that
-        // loaded the old service entry a moment ago: it gets the same grace as any old table.
-        let now = Instant::now();
         for t in stale_maglev {
             self.graveyard.push((now, Garbage::Maglev(t)));
         }
@@ -431,6 +420,11 @@ impl Datapath {
         if !stale_slots.is_empty() {
             self.graveyard.push((now, Garbage::Slots(stale_slots)));
         }
+    }
+
+    /// Rebuilds backend reference counts; unreferenced backends are retired.
+    fn recover_backends(&mut self, refs: &Std<u32, u32>) {
+        let now = Instant::now();
         let mut all: Vec<(u32, BackKey)> = self
             .backends
             .iter()
@@ -453,11 +447,11 @@ impl Datapath {
                 None => self.graveyard.push((now, Garbage::Backend(id, val))),
             }
         }
-        self.free_svc = (1..self.next_svc)
-            .filter(|i| !used_ids.contains(i))
-            .collect();
-        // Affinity members of services without affinity, or of backends a service no longer
-        // has (an update interrupted between the switch and the cleanup).
+    }
+
+    /// Affinity members of services without affinity, or of backends a service no longer has
+    /// (an update interrupted between the switch and the cleanup).
+    fn remove_stale_members(&mut self) {
         let wanted: HashSet<(u32, u32)> = self
             .entries
             .values()
@@ -473,7 +467,6 @@ impl Datapath {
         for k in stale {
             let _ = self.members.remove(&k);
         }
-        Ok(())
     }
 
     /// Backend ids of a programmed service (distinct, in slot order for random).
@@ -627,16 +620,7 @@ impl Datapath {
     /// table is complete before the service entry is switched to it in one map update.
     pub fn upsert(&mut self, s: &Service) -> Result<(), Error> {
         // Validate before anything is allocated or written.
-        if let Some(b) = s
-            .backends
-            .iter()
-            .find(|b| b.addr.is_ipv4() != s.frontend.addr.is_ipv4())
-        {
-            return Err(Error::Invalid(format!(
-                "backend {} is not of the frontend {}'s address family",
-                b.addr, s.frontend.addr
-            )));
-        }
+        check_families(s)?;
         self.collect();
         let key = s.frontend.key();
         let old = self.entries.get(&key).cloned();
@@ -644,64 +628,20 @@ impl Datapath {
             Some(o) => o.svc.id,
             None => self.alloc_svc(),
         };
-        let mut ids = Vec::with_capacity(s.backends.len());
-        for b in &s.backends {
-            ids.push(self.backend_ref(b.key(s.frontend.proto))?);
-        }
+        let ids = s
+            .backends
+            .iter()
+            .map(|b| self.backend_ref(b.key(s.frontend.proto)))
+            .collect::<Result<Vec<u32>, Error>>()?;
         let table = self.next_table;
         self.next_table = self.next_table.wrapping_add(1).max(1);
-        let n_slots = match s.algorithm {
-            Algorithm::Random => {
-                for (i, bid) in ids.iter().enumerate() {
-                    self.slots
-                        .insert(
-                            SlotKey {
-                                table,
-                                slot: i as u32,
-                            },
-                            *bid,
-                            0,
-                        )
-                        .map_err(Error::map("mw_slots"))?;
-                }
-                ids.len() as u32
-            }
-            Algorithm::Maglev if ids.is_empty() => 0,
-            Algorithm::Maglev => {
-                let idents: Vec<Vec<u8>> = s.backends.iter().map(Backend::identity).collect();
-                let mut t = Box::new(MaglevTable {
-                    slot: [0; maglev::DEFAULT_SIZE as usize],
-                });
-                for (slot, i) in t
-                    .slot
-                    .iter_mut()
-                    .zip(maglev::table(&idents, maglev::DEFAULT_SIZE))
-                {
-                    *slot = ids[i as usize];
-                }
-                self.maglev
-                    .insert(table, t.as_ref(), 0)
-                    .map_err(Error::map("mw_maglev"))?;
-                maglev::DEFAULT_SIZE
-            }
-        };
+        let slots = self.write_table(table, s, &ids)?;
         let affinity_secs = s
             .affinity
             .map(|d| d.as_secs().clamp(1, 86400) as u32)
             .unwrap_or(0);
         if affinity_secs > 0 {
-            for bid in &ids {
-                self.members
-                    .insert(
-                        MemberKey {
-                            svc: id,
-                            backend: *bid,
-                        },
-                        1u8,
-                        0,
-                    )
-                    .map_err(Error::map("mw_members"))?;
-            }
+            self.add_members(id, &ids)?;
         }
         if old.is_none() {
             self.stats
@@ -711,7 +651,7 @@ impl Datapath {
         let svc = Svc {
             id,
             table,
-            slots: n_slots,
+            slots,
             backends: ids.len() as u32,
             affinity_secs,
             algo: match s.algorithm {
@@ -720,39 +660,89 @@ impl Datapath {
             },
             flags: 0,
         };
-        // The switch.
+        // The switch: one map update moves the datapath to the complete new table.
         self.put_service(&key, &svc)?;
-
-        let mut dedup = ids.clone();
-        dedup.sort_unstable();
-        dedup.dedup();
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
         if let Some(o) = old {
-            self.graveyard.push((Instant::now(), Garbage::Table(o.svc)));
-            if o.svc.affinity_secs > 0 {
-                for bid in o
-                    .backend_ids
-                    .iter()
-                    .filter(|b| affinity_secs == 0 || !dedup.contains(b))
-                {
-                    let _ = self.members.remove(&MemberKey {
-                        svc: id,
-                        backend: *bid,
-                    });
-                }
-            }
-            self.backend_unref(&o.backend_ids);
+            self.retire(&o, affinity_secs, &distinct);
         }
         // backend_ref counted one reference per listed backend; keep one per distinct id.
-        let extra: Vec<u32> = extra_refs(&ids);
-        self.backend_unref(&extra);
+        self.backend_unref(&extra_refs(&ids));
         self.entries.insert(
             key,
             Entry {
                 svc,
-                backend_ids: dedup,
+                backend_ids: distinct,
             },
         );
         Ok(())
+    }
+
+    /// Writes the slot table `table` for `s` (random: one slot per backend; Maglev: one map
+    /// value holding the whole lookup table). Returns the slot count.
+    fn write_table(&mut self, table: u32, s: &Service, ids: &[u32]) -> Result<u32, Error> {
+        match s.algorithm {
+            Algorithm::Random => {
+                for (i, bid) in ids.iter().enumerate() {
+                    let slot = i as u32;
+                    self.slots
+                        .insert(SlotKey { table, slot }, *bid, 0)
+                        .map_err(Error::map("mw_slots"))?;
+                }
+                Ok(ids.len() as u32)
+            }
+            Algorithm::Maglev if ids.is_empty() => Ok(0),
+            Algorithm::Maglev => {
+                let idents: Vec<Vec<u8>> = s.backends.iter().map(Backend::identity).collect();
+                let mut t = Box::new(MaglevTable {
+                    slot: [0; maglev::DEFAULT_SIZE as usize],
+                });
+                let lookup = maglev::table(&idents, maglev::DEFAULT_SIZE);
+                for (slot, i) in t.slot.iter_mut().zip(lookup) {
+                    *slot = ids[i as usize];
+                }
+                self.maglev
+                    .insert(table, t.as_ref(), 0)
+                    .map_err(Error::map("mw_maglev"))?;
+                Ok(maglev::DEFAULT_SIZE)
+            }
+        }
+    }
+
+    fn add_members(&mut self, svc: u32, ids: &[u32]) -> Result<(), Error> {
+        for backend in ids {
+            self.members
+                .insert(
+                    MemberKey {
+                        svc,
+                        backend: *backend,
+                    },
+                    1u8,
+                    0,
+                )
+                .map_err(Error::map("mw_members"))?;
+        }
+        Ok(())
+    }
+
+    /// After the switch: the old table goes to the graveyard, affinity members of backends the
+    /// service no longer has (or all, if affinity was turned off) go, old references drop.
+    fn retire(&mut self, old: &Entry, affinity_secs: u32, keep: &[u32]) {
+        self.graveyard
+            .push((Instant::now(), Garbage::Table(old.svc)));
+        if old.svc.affinity_secs > 0 {
+            for b in &old.backend_ids {
+                if affinity_secs == 0 || !keep.contains(b) {
+                    let _ = self.members.remove(&MemberKey {
+                        svc: old.svc.id,
+                        backend: *b,
+                    });
+                }
+            }
+        }
+        self.backend_unref(&old.backend_ids);
     }
 
     /// Removes a frontend; false if it was not programmed.
@@ -892,6 +882,36 @@ pub fn uninstall_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Attaches the socket programs to `cgroup` and pins their links, skipping any already pinned
+/// (attached by an earlier loader: no second copy).
+fn attach_sock(sock: &mut Ebpf, cgroup: &Path, links: &Path) -> Result<(), Error> {
+    let cg = File::open(cgroup).map_err(|source| Error::Io {
+        what: "opening cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    for name in SOCK_PROGS {
+        let pin = links.join(name);
+        if pin.exists() {
+            continue;
+        }
+        let prog: &mut CgroupSockAddr = sock
+            .program_mut(name)
+            .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
+            .try_into()
+            .map_err(Error::prog(name))?;
+        prog.load().map_err(Error::prog(name))?;
+        // bpf_link attachments to a cgroup always coexist with others (implicitly "multi");
+        // the kernel wants flags 0 for them, which is what `Single` maps to.
+        let id = prog
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(Error::prog(name))?;
+        let link = prog.take_link(id).map_err(Error::prog(name))?;
+        pin_link(link, &pin)?;
+    }
+    Ok(())
+}
+
 fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
     if TC_PROGS.iter().all(|(n, _)| links.join(n).exists()) {
         return Ok(());
@@ -931,6 +951,20 @@ fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
         // The uplink's ifindex is resolved in the calling thread's namespace.
         Some(ns) => Netns::open(ns)?.run(|| attach(&mut tc))?,
         None => attach(&mut tc),
+    }
+}
+
+fn check_families(s: &Service) -> Result<(), Error> {
+    match s
+        .backends
+        .iter()
+        .find(|b| b.addr.is_ipv4() != s.frontend.addr.is_ipv4())
+    {
+        Some(b) => Err(Error::Invalid(format!(
+            "backend {} is not of the frontend {}'s address family",
+            b.addr, s.frontend.addr
+        ))),
+        None => Ok(()),
     }
 }
 
