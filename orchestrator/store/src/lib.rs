@@ -2,6 +2,8 @@
 
 mod etcd;
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::{future::Future, pin::Pin};
 
