@@ -115,21 +115,7 @@ impl SqliteStore {
         let (res, event) = self
             .with(move |inner| {
                 let tx = inner.conn.transaction().map_err(be)?;
-                let cur: Option<Stored> = tx
-                    .query_row(
-                        "SELECT value, create_rev, mod_rev FROM kv WHERE key=?1",
-                        params![key],
-                        |r| {
-                            Ok(Stored {
-                                key: key.clone(),
-                                value: r.get(0)?,
-                                create_revision: r.get(1)?,
-                                mod_revision: r.get(2)?,
-                            })
-                        },
-                    )
-                    .optional()
-                    .map_err(be)?;
+                let cur = read_one(&tx, &key)?;
                 let rev = inner.rev + 1;
                 let (stored, event) = op.apply(&key, cur.clone(), rev)?;
                 match &event {
@@ -256,25 +242,7 @@ impl Store for SqliteStore {
 
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         let key = key.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    "SELECT value, create_rev, mod_rev FROM kv WHERE key=?1",
-                    params![key],
-                    |r| {
-                        Ok(Stored {
-                            key: key.clone(),
-                            value: r.get(0)?,
-                            create_revision: r.get(1)?,
-                            mod_revision: r.get(2)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(be)
-        })
-        .await
+        self.with(move |inner| read_one(&inner.conn, &key)).await
     }
 
     async fn update(
@@ -396,6 +364,24 @@ impl Store for SqliteStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         self.with(|inner| Ok(inner.rev)).await
     }
+}
+
+/// The current state of one key (a transaction derefs to a connection, so both fit).
+fn read_one(conn: &Connection, key: &str) -> Result<Option<Stored>, StoreError> {
+    conn.query_row(
+        "SELECT value, create_rev, mod_rev FROM kv WHERE key=?1",
+        params![key],
+        |r| {
+            Ok(Stored {
+                key: key.to_string(),
+                value: r.get(0)?,
+                create_revision: r.get(1)?,
+                mod_revision: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(be)
 }
 
 /// The smallest string greater than every string starting with `prefix`.
