@@ -882,6 +882,17 @@ pub fn uninstall_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// A program of the object by name, as its kind.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
+        .try_into()
+        .map_err(Error::prog(name))
+}
+
 /// Attaches the socket programs to `cgroup` and pins their links, skipping any already pinned
 /// (attached by an earlier loader: no second copy).
 fn attach_sock(sock: &mut Ebpf, cgroup: &Path, links: &Path) -> Result<(), Error> {
@@ -895,11 +906,7 @@ fn attach_sock(sock: &mut Ebpf, cgroup: &Path, links: &Path) -> Result<(), Error
         if pin.exists() {
             continue;
         }
-        let prog: &mut CgroupSockAddr = sock
-            .program_mut(name)
-            .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
-            .try_into()
-            .map_err(Error::prog(name))?;
+        let prog: &mut CgroupSockAddr = program(sock, name)?;
         prog.load().map_err(Error::prog(name))?;
         // bpf_link attachments to a cgroup always coexist with others (implicitly "multi");
         // the kernel wants flags 0 for them, which is what `Single` maps to.
@@ -929,11 +936,7 @@ fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
             if pin.exists() {
                 continue;
             }
-            let prog: &mut SchedClassifier = tc
-                .program_mut(name)
-                .ok_or_else(|| Error::Invalid(format!("program {name} missing")))?
-                .try_into()
-                .map_err(Error::prog(name))?;
+            let prog: &mut SchedClassifier = program(tc, name)?;
             prog.load().map_err(Error::prog(name))?;
             let id = prog
                 .attach_with_options(

@@ -106,6 +106,20 @@ impl HostGuard {
         })
     }
 
+    /// After the runtime's teardown: no host veth and no lease of `net` is left.
+    fn assert_torn_down(&self, net: &str) {
+        assert!(
+            our_veths(net).is_empty(),
+            "veths left: {:?}",
+            our_veths(net)
+        );
+        assert!(
+            self.leases(net).is_empty(),
+            "leases left: {:?}",
+            self.leases(net)
+        );
+    }
+
     fn leases(&self, net: &str) -> Vec<String> {
         std::fs::read_dir(self.path().join("cni-state").join(net).join("leases"))
             .map(|d| {
@@ -639,16 +653,7 @@ disabled_plugins = [
             .await
             .unwrap();
         }
-        assert!(
-            our_veths(net).is_empty(),
-            "veths left: {:?}",
-            our_veths(net)
-        );
-        assert!(
-            host.leases(net).is_empty(),
-            "leases left: {:?}",
-            host.leases(net)
-        );
+        host.assert_torn_down(net);
 
         // SAFETY: SIGTERM to our child.
         unsafe { libc::kill(containerd.id().unwrap() as i32, libc::SIGTERM) };
@@ -806,15 +811,6 @@ runc = ["{d}/runc-wrap"]
         assert!(logs.contains(msg));
 
         pm.ok(&["rm", "-f", "-t", "0", "mw-srv"]);
-        assert!(
-            our_veths(net).is_empty(),
-            "veths left: {:?}",
-            our_veths(net)
-        );
-        assert!(
-            host.leases(net).is_empty(),
-            "leases left: {:?}",
-            host.leases(net)
-        );
+        host.assert_torn_down(net);
     }
 }

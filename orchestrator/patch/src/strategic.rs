@@ -116,12 +116,7 @@ fn apply_delete_lists(
     schema: Schema,
     path: &Path<'_>,
 ) -> Result<(), PatchError> {
-    let keys: Vec<String> = patch
-        .keys()
-        .filter(|k| k.starts_with(DELETE_FROM_PRIMITIVE_LIST))
-        .cloned()
-        .collect();
-    for key in keys {
+    for key in directive_keys(patch, DELETE_FROM_PRIMITIVE_LIST) {
         let to_delete = patch.remove(&key).unwrap_or_default();
         let field = field_of(&key, DELETE_FROM_PRIMITIVE_LIST, path)?;
         let list_path = path.child(field);
@@ -190,6 +185,15 @@ fn merge_field(
 }
 
 /// The field name after a `$directive/` prefix.
+/// The patch's keys that carry directive `prefix` (collected first: the caller removes them).
+fn directive_keys(patch: &Map<String, Value>, prefix: &str) -> Vec<String> {
+    patch
+        .keys()
+        .filter(|k| k.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
 fn field_of<'k>(key: &'k str, prefix: &str, path: &Path<'_>) -> Result<&'k str, PatchError> {
     match key.strip_prefix(prefix) {
         Some(field) if !field.is_empty() => Ok(field),

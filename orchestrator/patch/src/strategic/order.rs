@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::list::{self, directive, merge_key};
 use super::value::{self, Path};
-use super::{bad_value, field_of, SET_ELEMENT_ORDER};
+use super::{bad_value, directive_keys, field_of, SET_ELEMENT_ORDER};
 use crate::schema::{Schema, Strategy};
 use crate::PatchError;
 
@@ -24,12 +24,7 @@ pub(super) fn apply_set_element_order(
     schema: Schema,
     path: &Path<'_>,
 ) -> Result<(), PatchError> {
-    let keys: Vec<String> = patch
-        .keys()
-        .filter(|k| k.starts_with(SET_ELEMENT_ORDER))
-        .cloned()
-        .collect();
-    for directive_key in keys {
+    for directive_key in directive_keys(patch, SET_ELEMENT_ORDER) {
         let order = patch.remove(&directive_key).unwrap_or_default();
         let field = field_of(&directive_key, SET_ELEMENT_ORDER, path)?.to_owned();
         let Value::Array(order) = order else {
