@@ -115,3 +115,53 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
     fn revision(&self) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 }
+
+/// The backend chosen at start-up (a flag): the trait's `impl Future` methods are not
+/// object-safe, so the server holds this enum instead of a `dyn Store`.
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Etcd(EtcdStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Etcd($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Stored, StoreError> {
+        dispatch!(self, s => s.create(key, value).await)
+    }
+    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        dispatch!(self, s => s.get(key).await)
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+    ) -> Result<Stored, StoreError> {
+        dispatch!(self, s => s.update(key, value, expected).await)
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<(Stored, Revision), StoreError> {
+        dispatch!(self, s => s.delete(key, expected).await)
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<Stored>, Revision), StoreError> {
+        dispatch!(self, s => s.list(prefix).await)
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        dispatch!(self, s => s.watch(prefix, after).await)
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        dispatch!(self, s => s.revision().await)
+    }
+}

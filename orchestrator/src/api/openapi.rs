@@ -1,0 +1,114 @@
+//! /openapi/v3: one document per group/version with the resource paths and their operations.
+//!
+//! kubectl reads it for one decision: a PATCH operation that declares the `fieldValidation`
+//! query parameter means the server validates (so `apply` sends `fieldValidation=Strict` and
+//! trusts the answer). No component schemas are published, so kubectl computes strategic merge
+//! patches from its built-in types, which are exactly the kinds served here.
+
+use serde_json::{json, Map, Value};
+
+use super::registry::{Registry, GROUP_VERSIONS};
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// A content hash so clients can cache (`?hash=`), stable across restarts of one build.
+fn hash(doc: &Value) -> String {
+    let bytes = doc.to_string();
+    // FNV-1a: a cache key, not a security property.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016X}")
+}
+
+pub fn root(registry: &Registry) -> Value {
+    let mut paths = Map::new();
+    for (g, v) in GROUP_VERSIONS {
+        let doc = document(registry, g, v);
+        let p = gv_path(g, v);
+        paths.insert(
+            p.clone(),
+            json!({ "serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&doc)) }),
+        );
+    }
+    json!({ "paths": paths })
+}
+
+fn param(name: &str) -> Value {
+    json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}})
+}
+
+fn op(action: &str, gvk: &Value, params: &[&str], body_types: &[&str]) -> Value {
+    let mut o = json!({
+        "operationId": format!("{action}{}", gvk["kind"].as_str().unwrap_or_default()),
+        "parameters": params.iter().map(|p| param(p)).collect::<Vec<_>>(),
+        "responses": {"200": {"description": "OK"}, "401": {"description": "Unauthorized"}},
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": gvk,
+    });
+    if !body_types.is_empty() {
+        let content: Map<String, Value> = body_types
+            .iter()
+            .map(|t| (t.to_string(), json!({"schema": {"type": "object"}})))
+            .collect();
+        o["requestBody"] = json!({ "content": content, "required": true });
+    }
+    o
+}
+
+/// The document of one group/version (None: not served).
+pub fn document(registry: &Registry, group: &str, version: &str) -> Value {
+    let mut paths = Map::new();
+    for k in registry.kinds() {
+        let i = k.info();
+        if i.group != group || i.version != version {
+            continue;
+        }
+        let gvk = json!({"group": i.group, "version": i.version, "kind": i.kind});
+        let base = format!("/{}", gv_path(group, version));
+        let (list, item) = if i.namespaced {
+            (
+                format!("{base}/namespaces/{{namespace}}/{}", i.plural),
+                format!("{base}/namespaces/{{namespace}}/{}/{{name}}", i.plural),
+            )
+        } else {
+            (
+                format!("{base}/{}", i.plural),
+                format!("{base}/{}/{{name}}", i.plural),
+            )
+        };
+        let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
+        paths.insert(
+            list,
+            json!({
+                "get": op("list", &gvk, &["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "timeoutSeconds", "watch", "allowWatchBookmarks", "sendInitialEvents"], &[]),
+                "post": op("post", &gvk, &write, &["application/json"]),
+                "delete": op("deletecollection", &gvk, &["labelSelector", "fieldSelector", "dryRun"], &[]),
+            }),
+        );
+        paths.insert(
+            item,
+            json!({
+                "get": op("get", &gvk, &["pretty"], &[]),
+                "put": op("put", &gvk, &write, &["application/json"]),
+                "patch": op("patch", &gvk, &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"],
+                            &["application/json-patch+json", "application/merge-patch+json"]),
+                "delete": op("delete", &gvk, &["dryRun", "gracePeriodSeconds", "propagationPolicy"], &[]),
+            }),
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    })
+}

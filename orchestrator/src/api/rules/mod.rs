@@ -1,0 +1,4 @@
+//! Per-kind `Rules` implementations (see `kind.rs`).
+
+pub mod apps;
+pub mod core;

@@ -1,0 +1,277 @@
+//! Transport: HTTPS (rustls, HTTP/1.1 and h2) with bearer-token authentication in front of
+//! `api::Api`, plus the data-dir files a cluster needs (CA, tokens, admin kubeconfig).
+
+pub mod auth;
+pub mod kubeconfig;
+pub mod pki;
+
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshwork_orchestrator_store::{AnyStore, EtcdStore, SqliteStore, SqliteSync, DEFAULT_HISTORY};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{error_response, Api, ApiConfig, ApiError, Body};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("certificate: {0}")]
+    Pki(#[source] rcgen::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("store: {0}")]
+    Store(#[from] meshwork_orchestrator_store::StoreError),
+    #[error("listen on {0}: {1}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Writes a file readable by its owner only (keys, tokens, kubeconfigs).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let io = |e| Error::Io(path.to_path_buf(), e);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Which storage backend.
+#[derive(Clone, Debug)]
+pub enum StoreChoice {
+    Sqlite { sync: SqliteSync },
+    Etcd { endpoints: Vec<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub store: StoreChoice,
+    /// Extra addresses for the serving certificate (a node's underlay address, ...).
+    pub advertise: Vec<IpAddr>,
+    pub history: i64,
+    pub api: ApiConfig,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServerConfig {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            store: StoreChoice::Sqlite {
+                sync: SqliteSync::Full,
+            },
+            advertise: Vec::new(),
+            history: DEFAULT_HISTORY,
+            api: ApiConfig::default(),
+        }
+    }
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+    pub fn tokens_path(&self) -> PathBuf {
+        self.data_dir.join("tokens.csv")
+    }
+}
+
+/// A running server; dropping it (or `shutdown`) stops accepting connections.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub admin_kubeconfig: PathBuf,
+    pub ca_pem: String,
+    pub api: Arc<Api>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn open_store(cfg: &ServerConfig) -> Result<AnyStore, Error> {
+    Ok(match &cfg.store {
+        StoreChoice::Sqlite { sync } => {
+            let path = cfg.data_dir.join("state.db");
+            AnyStore::Sqlite(SqliteStore::open_with_history(&path, *sync, cfg.history)?)
+        }
+        StoreChoice::Etcd { endpoints } => {
+            AnyStore::Etcd(EtcdStore::connect(endpoints, cfg.history).await?)
+        }
+    })
+}
+
+/// The admin credential: issued on first start, reused afterwards (the kubeconfig is
+/// rewritten each start so it names the current listen address).
+fn admin_token(cfg: &ServerConfig) -> Result<String, Error> {
+    let marker = cfg.data_dir.join("admin.token");
+    match std::fs::read_to_string(&marker) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => {
+            let token =
+                auth::Tokens::issue(&cfg.tokens_path(), "admin", &["system:masters".into()])?;
+            write_private(&marker, token.as_bytes())?;
+            Ok(token)
+        }
+    }
+}
+
+/// Issues a credential for another user (a node agent: `system:node:<name>` in
+/// `system:nodes`) and writes its kubeconfig.
+pub fn issue_kubeconfig(
+    data_dir: &Path,
+    server: &str,
+    user: &str,
+    groups: &[String],
+    out: &Path,
+) -> Result<(), Error> {
+    let cfg = ServerConfig::new(data_dir.to_path_buf());
+    let pki = pki::Pki::ensure(data_dir, &[])?;
+    let token = auth::Tokens::issue(&cfg.tokens_path(), user, groups)?;
+    kubeconfig::write(out, server, &pki.ca_pem, user, &token)
+}
+
+fn url_of(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("https://{host}:{}", addr.port())
+}
+
+/// Opens the store, prepares the data dir, binds and serves until shut down.
+pub async fn start(cfg: ServerConfig) -> Result<Running, Error> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io(cfg.data_dir.clone(), e))?;
+    let mut sans = cfg.advertise.clone();
+    sans.push(cfg.listen.ip());
+    let pki = pki::Pki::ensure(&cfg.data_dir, &sans)?;
+    let tls = TlsAcceptor::from(Arc::new(pki.tls_config()?));
+    let token = admin_token(&cfg)?;
+    let tokens = Arc::new(auth::Tokens::open(&cfg.tokens_path())?);
+    let store = open_store(&cfg).await?;
+    let api = Arc::new(Api::new(store, cfg.api.clone()));
+    api.bootstrap()
+        .await
+        .map_err(|e| Error::Bootstrap(e.to_string()))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Listen(cfg.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Listen(cfg.listen, e))?;
+    let url = url_of(addr);
+    kubeconfig::write(&cfg.admin_kubeconfig(), &url, &pki.ca_pem, "admin", &token)?;
+    let (stop, mut stopped) = watch::channel(false);
+    let served = api.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => { tracing::warn!(error = %e, "accept"); continue; }
+                },
+                _ = stopped.changed() => return,
+            };
+            let (tls, api, tokens, stop) =
+                (tls.clone(), served.clone(), tokens.clone(), stopped.clone());
+            tokio::spawn(serve_conn(tcp, peer, tls, api, tokens, stop));
+        }
+    });
+    tracing::info!(%url, kubeconfig = %cfg.admin_kubeconfig().display(), "API server listening");
+    Ok(Running {
+        addr,
+        url,
+        admin_kubeconfig: cfg.admin_kubeconfig(),
+        ca_pem: pki.ca_pem,
+        api,
+        stop,
+        task: Some(task),
+    })
+}
+
+async fn serve_conn(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    api: Arc<Api>,
+    tokens: Arc<auth::Tokens>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tls.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake");
+            return;
+        }
+    };
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (api, tokens) = (api.clone(), tokens.clone());
+        async move { Ok::<_, std::convert::Infallible>(authenticated(api, &tokens, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection") },
+        _ = stop.changed() => {}
+    }
+}
+
+/// Health, readiness and version are public (kube-apiserver's system:public-info-viewer);
+/// everything else needs a known bearer token.
+async fn authenticated(
+    api: Arc<Api>,
+    tokens: &auth::Tokens,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path();
+    let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/");
+    if !public {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if token.and_then(|t| tokens.authenticate(t)).is_none() {
+            return error_response(&ApiError::Unauthorized);
+        }
+    }
+    api.handle(req).await
+}
