@@ -345,7 +345,8 @@ impl<K: Rules> Typed<K> {
                     map.insert(field.into(), Value::String(want.into()));
                 }
                 Some(Value::String(s)) if s == want => {}
-                Some(other) => return Err(ApiError::BadRequest(format!(
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
                     "the API version in the data ({}) does not match the expected API version ({})",
                     if field == "kind" {
                         format!(
@@ -356,7 +357,8 @@ impl<K: Rules> Typed<K> {
                         other.to_string()
                     },
                     info.api_version()
-                ))),
+                )))
+                }
             }
         }
         let body = Value::Object(map);

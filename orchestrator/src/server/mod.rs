@@ -174,13 +174,19 @@ fn url_of(addr: SocketAddr) -> String {
 /// Opens the store, prepares the data dir, binds and serves until shut down.
 pub async fn start(cfg: ServerConfig) -> Result<Running, Error> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io(cfg.data_dir.clone(), e))?;
+    let store = open_store(&cfg).await?;
+    start_with(cfg, store).await
+}
+
+/// `start` on a store the caller opened (tests share one etcd fixture this way).
+pub async fn start_with(cfg: ServerConfig, store: AnyStore) -> Result<Running, Error> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io(cfg.data_dir.clone(), e))?;
     let mut sans = cfg.advertise.clone();
     sans.push(cfg.listen.ip());
     let pki = pki::Pki::ensure(&cfg.data_dir, &sans)?;
     let tls = TlsAcceptor::from(Arc::new(pki.tls_config()?));
     let token = admin_token(&cfg)?;
     let tokens = Arc::new(auth::Tokens::open(&cfg.tokens_path())?);
-    let store = open_store(&cfg).await?;
     let api = Arc::new(Api::new(store, cfg.api.clone()));
     api.bootstrap()
         .await

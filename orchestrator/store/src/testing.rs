@@ -11,6 +11,14 @@ const ETCD_PREFIX: &str = "mwetcd-";
 pub struct Etcd {
     child: std::process::Child,
     _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Etcd {
+    /// The client URL (for servers that connect by themselves).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 impl Drop for Etcd {
@@ -81,7 +89,11 @@ impl Etcd {
                 .unwrap_or_else(|e| {
                     panic!("etcd (Debian etcd-server; scripts/setup.sh installs it): {e}")
                 });
-            let mut guard = Etcd { child, _dir: dir };
+            let mut guard = Etcd {
+                child,
+                _dir: dir,
+                url: c.clone(),
+            };
             // Bounded wait for it to serve: there is no readiness signal but answering.
             for _ in 0..300 {
                 if matches!(guard.child.try_wait(), Ok(Some(_))) {

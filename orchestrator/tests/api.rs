@@ -1,0 +1,452 @@
+//! API conformance over HTTPS with kube-rs as the client, run on SQLite and on a real etcd
+//! through one macro (STYLE.md habit 8).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: panics are the report"
+)]
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{Backend, Cluster};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Event, Pod, Service},
+};
+use kube::{
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    runtime::{reflector, watcher, WatchStreamExt},
+    Api, ResourceExt,
+};
+use serde_json::{json, Value};
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()},
+        "data": {"k": "v"},
+    }))
+    .unwrap()
+}
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [
+                    {"name": "a", "image": "busybox", "env": [{"name": "X", "value": "1"}],
+                     "ports": [{"containerPort": 80}]},
+                    {"name": "b", "image": "busybox"}
+                ]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+fn api_code(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason),
+        other => panic!("expected an API Status error, got {other:?}"),
+    }
+}
+
+async fn next_event<K>(
+    s: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<K>>> + Unpin),
+) -> WatchEvent<K> {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("event within 10 s")
+        .expect("stream open")
+        .expect("event decodes")
+}
+
+fn rv<K: ResourceExt>(k: &K) -> i64 {
+    k.resource_version().unwrap().parse().unwrap()
+}
+
+macro_rules! conformance {
+    ($backend:ident, $b:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn crud_conflicts_and_noop_updates() {
+                let c = Cluster::start($b).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                let created = api.create(&PostParams::default(), &cm("a", &[])).await.unwrap();
+                assert!(created.uid().is_some());
+                assert!(created.metadata.creation_timestamp.is_some());
+                let (code, reason) = api_code(api.create(&PostParams::default(), &cm("a", &[])).await.unwrap_err());
+                assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+                let got = api.get("a").await.unwrap();
+                assert_eq!(got.resource_version(), created.resource_version());
+                let mut changed = got.clone();
+                changed.data = Some([("k".to_string(), "w".to_string())].into());
+                let updated = api.replace("a", &PostParams::default(), &changed).await.unwrap();
+                assert!(rv(&updated) > rv(&got));
+                // Replacing with the old resourceVersion is a conflict, never a lost update.
+                let (code, reason) = api_code(api.replace("a", &PostParams::default(), &changed).await.unwrap_err());
+                assert_eq!((code, reason.as_str()), (409, "Conflict"));
+                // A write that changes nothing keeps the resourceVersion (kubectl re-apply).
+                let same = api.replace("a", &PostParams::default(), &updated).await.unwrap();
+                assert_eq!(same.resource_version(), updated.resource_version());
+
+                let deleted = api.delete("a", &DeleteParams::default()).await.unwrap();
+                assert!(deleted.is_left(), "the deleted object is returned");
+                let (code, reason) = api_code(api.get("a").await.unwrap_err());
+                assert_eq!((code, reason.as_str()), (404, "NotFound"));
+                // Objects in a namespace that does not exist are refused.
+                let missing: Api<ConfigMap> = Api::namespaced(c.client.clone(), "nope");
+                let (code, _) = api_code(missing.create(&PostParams::default(), &cm("a", &[])).await.unwrap_err());
+                assert_eq!(code, 404);
+            }
+
+            #[tokio::test]
+            async fn patches_merge_json_and_strategic() {
+                let c = Cluster::start($b).await;
+                let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+                let d = api.create(&PostParams::default(), &deployment("web")).await.unwrap();
+                assert_eq!(d.metadata.generation, Some(1));
+                let pp = PatchParams::default();
+
+                // Merge patch of a label: metadata only, generation unchanged.
+                let p = api.patch("web", &pp, &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}}))).await.unwrap();
+                assert_eq!(p.labels()["tier"], "front");
+                assert_eq!(p.metadata.generation, Some(1));
+
+                // Strategic merge: containers merge by name, env by name; container b stays.
+                let smp = json!({"spec": {"template": {"spec": {
+                    "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}],
+                    "containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}],
+                                    "$setElementOrder/env": [{"name": "X"}, {"name": "Y"}]}]}}}});
+                let p = api.patch("web", &pp, &Patch::Strategic(smp)).await.unwrap();
+                let spec = p.spec.unwrap().template.spec.unwrap();
+                assert_eq!(spec.containers.len(), 2, "containers merged by name, not replaced");
+                let env: Vec<_> = spec.containers[0].env.clone().unwrap().into_iter().map(|e| e.name).collect();
+                assert_eq!(env, ["X", "Y"]);
+                assert_eq!(p.metadata.generation, Some(2), "a spec change bumps generation");
+
+                // JSON patch, and a merge patch that would replace the list wholesale.
+                let jp: json_patch_ops::Ops = serde_json::from_value(json!([
+                    {"op": "replace", "path": "/spec/replicas", "value": 4}])).unwrap();
+                let p = api.patch("web", &pp, &Patch::Json::<()>(jp.0)).await.unwrap();
+                assert_eq!(p.spec.as_ref().unwrap().replicas, Some(4));
+                let p = api.patch("web", &pp, &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "only", "image": "x"}]}}}}))).await.unwrap();
+                assert_eq!(p.spec.unwrap().template.spec.unwrap().containers.len(), 1);
+
+                // A patch pinned to an old resourceVersion is a conflict.
+                let stale = json!({"metadata": {"resourceVersion": d.resource_version().unwrap()}, "spec": {"replicas": 1}});
+                let (code, _) = api_code(api.patch("web", &pp, &Patch::Merge(stale)).await.unwrap_err());
+                assert_eq!(code, 409);
+                // A JSON patch test that fails is 422; a malformed patch 400.
+                let (code, _, _) = c.raw("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", "application/json-patch+json",
+                    br#"[{"op":"test","path":"/spec/replicas","value":99}]"#.to_vec()).await;
+                assert_eq!(code, 422);
+                let (code, _, body) = c.raw("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", "application/merge-patch+json", b"{nope".to_vec()).await;
+                assert_eq!((code, body["kind"].as_str()), (400, Some("Status")));
+                // Server-side apply is not implemented: a clean 415.
+                let (code, _, body) = c.raw("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", "application/apply-patch+yaml", b"{}".to_vec()).await;
+                assert_eq!((code, body["reason"].as_str()), (415, Some("UnsupportedMediaType")));
+            }
+
+            #[tokio::test]
+            async fn status_and_scale_subresources() {
+                let c = Cluster::start($b).await;
+                let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+                api.create(&PostParams::default(), &deployment("web")).await.unwrap();
+                let st = api.patch_status("web", &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 1}, "spec": {"replicas": 9}}))).await.unwrap();
+                assert_eq!(st.status.as_ref().unwrap().ready_replicas, Some(1));
+                assert_eq!(st.spec.as_ref().unwrap().replicas, Some(2), "status writes ignore spec");
+                let mut d = api.get("web").await.unwrap();
+                d.status = None;
+                let d = api.replace("web", &PostParams::default(), &d).await.unwrap();
+                assert_eq!(d.status.unwrap().ready_replicas, Some(1), "main writes keep status");
+
+                let scale = api.get_scale("web").await.unwrap();
+                assert_eq!(scale.spec.unwrap().replicas, Some(2));
+                assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
+                api.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await.unwrap();
+                assert_eq!(api.get("web").await.unwrap().spec.unwrap().replicas, Some(5));
+                let (code, _, _) = c.raw("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale",
+                    "application/merge-patch+json", br#"{"spec":{"replicas":-1}}"#.to_vec()).await;
+                assert_eq!(code, 422);
+            }
+
+            #[tokio::test]
+            async fn validation_and_bad_input() {
+                let c = Cluster::start($b).await;
+                let path = "/apis/apps/v1/namespaces/default/deployments";
+                let mut body = serde_json::to_value(deployment("web")).unwrap();
+                body["spec"]["bogus"] = json!(1);
+                body["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = json!("x");
+                let (code, _, st) = c.raw("POST", &format!("{path}?fieldValidation=Strict"), "application/json", serde_json::to_vec(&body).unwrap()).await;
+                assert_eq!(code, 400, "{st}");
+                let msg = st["message"].as_str().unwrap();
+                assert!(msg.contains(r#"unknown field "spec.bogus""#) && msg.contains(r#"unknown field "spec.template.spec.containers[0].imagePullPolicyy""#), "{msg}");
+                // Warn: created, with the same findings as Warning headers; Ignore: silent.
+                let (code, warnings, _) = c.raw("POST", &format!("{path}?fieldValidation=Warn"), "application/json", serde_json::to_vec(&body).unwrap()).await;
+                assert_eq!(code, 201);
+                assert_eq!(warnings.len(), 2, "{warnings:?}");
+                body["metadata"]["name"] = json!("web2");
+                let (code, warnings, _) = c.raw("POST", &format!("{path}?fieldValidation=Ignore"), "application/json", serde_json::to_vec(&body).unwrap()).await;
+                assert_eq!((code, warnings.len()), (201, 0));
+                // Type errors name the field.
+                let (code, _, st) = c.raw("POST", path, "application/json", br#"{"metadata":{"name":"x"},"spec":{"replicas":"three"}}"#.to_vec()).await;
+                assert_eq!(code, 400);
+                assert!(st["message"].as_str().unwrap().contains("spec.replicas"), "{st}");
+                // Semantic validation: 422 Invalid with causes.
+                let (code, _, st) = c.raw("POST", "/api/v1/namespaces/default/configmaps", "application/json", br#"{"metadata":{"name":"Bad_Name","labels":{"a":"-x"}}}"#.to_vec()).await;
+                assert_eq!((code, st["reason"].as_str()), (422, Some("Invalid")));
+                assert_eq!(st["details"]["causes"].as_array().unwrap().len(), 2, "{st}");
+                let svc = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000}], "type": "Weird"}});
+                let (code, _, st) = c.raw("POST", "/api/v1/namespaces/default/services", "application/json", serde_json::to_vec(&svc).unwrap()).await;
+                assert_eq!(code, 422);
+                let fields: Vec<_> = st["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap().to_string()).collect();
+                assert_eq!(fields, ["spec.type", "spec.ports[0].port", "spec.ports[0].targetPort"]);
+                // Wrong kind for the URL, broken JSON, an oversized body, unknown paths.
+                let (code, _, _) = c.raw("POST", path, "application/json", br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}"#.to_vec()).await;
+                assert_eq!(code, 400);
+                let (code, _, st) = c.raw("POST", path, "application/json", b"{\"metadata\":".to_vec()).await;
+                assert_eq!((code, st["kind"].as_str()), (400, Some("Status")));
+                let big = vec![b' '; 4 * 1024 * 1024];
+                let (code, _, st) = c.raw("POST", path, "application/json", big).await;
+                assert_eq!((code, st["reason"].as_str()), (413, Some("RequestEntityTooLarge")));
+                for p in ["/api/v2/pods", "/apis/apps/v1/namespaces/default/widgets", "/nothing", "/api/v1/namespaces/default/pods/a/b/c"] {
+                    let (code, _, st) = c.raw("GET", p, "application/json", Vec::new()).await;
+                    assert_eq!((code, st["kind"].as_str()), (404, Some("Status")), "{p}");
+                }
+                // The server still answers after all of that.
+                let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+                assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 2);
+            }
+
+            #[tokio::test]
+            async fn anonymous_requests_are_rejected() {
+                let c = Cluster::start($b).await;
+                let mut cfg = c.config.clone();
+                cfg.auth_info = Default::default();
+                let anon = kube::Client::try_from(cfg.clone()).unwrap();
+                let (code, _, st) = common::raw_with(&anon, "GET", "/api/v1/namespaces", "", Vec::new()).await;
+                assert_eq!((code, st["reason"].as_str()), (401, Some("Unauthorized")));
+                cfg.auth_info.token = Some("not-a-token".to_string().into());
+                let forged = kube::Client::try_from(cfg).unwrap();
+                let (code, _, _) = common::raw_with(&forged, "GET", "/api/v1/namespaces", "", Vec::new()).await;
+                assert_eq!(code, 401);
+                let (code, _, _) = common::raw_with(&anon, "GET", "/readyz", "", Vec::new()).await;
+                assert_eq!(code, 200, "health is public");
+            }
+
+            #[tokio::test]
+            async fn list_selectors_tables_and_deletecollection() {
+                let c = Cluster::start($b).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                for (n, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
+                    api.create(&PostParams::default(), &cm(n, &[("app", app)])).await.unwrap();
+                }
+                let names = |l: kube::core::ObjectList<ConfigMap>| l.items.iter().map(|o| o.name_any()).collect::<Vec<_>>();
+                let l = api.list(&ListParams::default().labels("app=web")).await.unwrap();
+                assert!(l.metadata.resource_version.as_deref().is_some_and(|r| !r.is_empty()));
+                assert_eq!(names(l), ["a", "b"]);
+                assert_eq!(names(api.list(&ListParams::default().labels("app notin (web)")).await.unwrap()), ["c"]);
+                assert_eq!(names(api.list(&ListParams::default().fields("metadata.name=b")).await.unwrap()), ["b"]);
+                let (code, _, st) = c.raw("GET", "/api/v1/namespaces/default/configmaps?fieldSelector=data.k%3Dv", "", Vec::new()).await;
+                assert_eq!(code, 400, "{st}");
+
+                // Pods: spec.nodeName and status.phase; events: involvedObject.*.
+                let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+                for (n, node) in [("p1", "n1"), ("p2", "n2")] {
+                    let p: Pod = serde_json::from_value(json!({"metadata": {"name": n}, "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
+                    pods.create(&PostParams::default(), &p).await.unwrap();
+                }
+                let l = pods.list(&ListParams::default().fields("spec.nodeName=n2,status.phase=Pending")).await.unwrap();
+                assert_eq!(l.items.iter().map(|p| p.name_any()).collect::<Vec<_>>(), ["p2"]);
+                let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+                let ev: Event = serde_json::from_value(json!({"metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "p1", "namespace": "default"}, "reason": "Started", "message": "hi", "type": "Normal"})).unwrap();
+                events.create(&PostParams::default(), &ev).await.unwrap();
+                assert_eq!(events.list(&ListParams::default().fields("involvedObject.name=p1,involvedObject.kind=Pod")).await.unwrap().items.len(), 1);
+                assert_eq!(events.list(&ListParams::default().fields("involvedObject.name=p2")).await.unwrap().items.len(), 0);
+
+                // The Table kubectl asks for.
+                let req = http::Request::get("/api/v1/namespaces/default/pods")
+                    .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+                    .body(Vec::new()).unwrap();
+                let t: Value = c.client.request(req).await.unwrap();
+                assert_eq!(t["kind"], "Table");
+                let cols: Vec<_> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+                assert_eq!(&cols[..5], ["Name", "Ready", "Status", "Restarts", "Age"]);
+                assert_eq!(t["rows"][0]["cells"][1], "0/1");
+                assert_eq!(t["rows"][0]["cells"][2], "Pending");
+                assert_eq!(t["rows"][1]["cells"][6], "n2");
+                assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+
+                // deletecollection with a selector leaves the rest.
+                api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("app=web")).await.unwrap();
+                assert_eq!(names(api.list(&ListParams::default()).await.unwrap()), ["c"]);
+            }
+
+            #[tokio::test]
+            async fn watch_from_a_revision_with_selector_transitions() {
+                let c = Cluster::start($b).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                let start = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+                let mut all = api.watch(&WatchParams::default(), &start).await.unwrap().boxed();
+                let mut web = api.watch(&WatchParams::default().labels("app=web"), &start).await.unwrap().boxed();
+                let a = api.create(&PostParams::default(), &cm("a", &[("app", "web")])).await.unwrap();
+                api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}}))).await.unwrap();
+                api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}}))).await.unwrap();
+                let (_, gone) = (api.delete("a", &DeleteParams::default()).await.unwrap(), ());
+                let _ = gone;
+
+                let mut seen = Vec::new();
+                for _ in 0..4 {
+                    seen.push(match next_event(&mut all).await {
+                        WatchEvent::Added(o) => ("ADDED", rv(&o)),
+                        WatchEvent::Modified(o) => ("MODIFIED", rv(&o)),
+                        WatchEvent::Deleted(o) => ("DELETED", rv(&o)),
+                        other => panic!("{other:?}"),
+                    });
+                }
+                assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]);
+                assert_eq!(seen[0].1, rv(&a));
+                assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "revisions increase: {seen:?}");
+                // Through the selector: leaving it is DELETED, coming back ADDED.
+                let mut kinds = Vec::new();
+                for _ in 0..4 {
+                    kinds.push(match next_event(&mut web).await {
+                        WatchEvent::Added(_) => "ADDED",
+                        WatchEvent::Modified(_) => "MODIFIED",
+                        WatchEvent::Deleted(_) => "DELETED",
+                        other => panic!("{other:?}"),
+                    });
+                }
+                assert_eq!(kinds, ["ADDED", "DELETED", "ADDED", "DELETED"]);
+            }
+
+            #[tokio::test]
+            async fn watch_initial_events_bookmarks_and_timeout() {
+                let c = Cluster::start($b).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                api.create(&PostParams::default(), &cm("a", &[])).await.unwrap();
+                api.create(&PostParams::default(), &cm("b", &[])).await.unwrap();
+                // resourceVersion=0 with a name selector (kubectl get NAME -w): synthetic ADDED.
+                let (code, lines) = c.raw_lines("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=0&fieldSelector=metadata.name%3Db&timeoutSeconds=1").await;
+                assert_eq!(code, 200);
+                assert_eq!(lines.len(), 1, "{lines:?}");
+                assert_eq!((lines[0]["type"].as_str(), lines[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
+                // Streaming list: ADDED for each, then the initial-events-end bookmark; then
+                // idle bookmarks (apiVersion and kind set) until timeoutSeconds ends it cleanly.
+                let (code, lines) = c.raw_lines("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1").await;
+                assert_eq!(code, 200);
+                let types: Vec<_> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+                assert_eq!(&types[..3], ["ADDED", "ADDED", "BOOKMARK"]);
+                assert_eq!(lines[2]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+                assert!(types[3..].iter().all(|t| *t == "BOOKMARK") && types.len() > 3, "{types:?}");
+                assert_eq!((lines[3]["object"]["kind"].as_str(), lines[3]["object"]["apiVersion"].as_str()), (Some("ConfigMap"), Some("v1")));
+            }
+
+            #[tokio::test]
+            async fn watch_too_old_is_410_in_stream() {
+                let c = Cluster::start_with($b, 20).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                for i in 0..60 {
+                    api.create(&PostParams::default(), &cm(&format!("c{i}"), &[])).await.unwrap();
+                }
+                let (code, lines) = c.raw_lines("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=2").await;
+                assert_eq!(code, 200, "the 410 is in the stream, not the HTTP status");
+                assert_eq!(lines.len(), 1, "{lines:?}");
+                assert_eq!(lines[0]["type"], "ERROR");
+                assert_eq!((lines[0]["object"]["code"].as_i64(), lines[0]["object"]["reason"].as_str()), (Some(410), Some("Expired")));
+                // kube-rs's watcher treats that as a desync: it relists and carries on.
+                let stream = watcher(api.clone(), watcher::Config::default()).applied_objects();
+                futures::pin_mut!(stream);
+                let first = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap();
+                assert!(first.is_some());
+            }
+
+            #[tokio::test]
+            async fn kube_rs_reflector_follows_the_server() {
+                let c = Cluster::start($b).await;
+                let api: Api<Service> = Api::namespaced(c.client.clone(), "default");
+                let (reader, writer) = reflector::store();
+                let stream = reflector(writer, watcher(api.clone(), watcher::Config::default().labels("mesh=yes")))
+                    .applied_objects();
+                let task = tokio::spawn(stream.for_each(|_| async {}));
+                let svc = |n: &str, mesh: &str| -> Service {
+                    serde_json::from_value(json!({"metadata": {"name": n, "labels": {"mesh": mesh}}, "spec": {"ports": [{"port": 80}], "selector": {"app": n}}})).unwrap()
+                };
+                api.create(&PostParams::default(), &svc("a", "yes")).await.unwrap();
+                api.create(&PostParams::default(), &svc("b", "yes")).await.unwrap();
+                api.create(&PostParams::default(), &svc("c", "no")).await.unwrap();
+                assert_eventually!(reader.state().len() == 2, "reflector sees a and b");
+                api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"mesh": "no"}}}))).await.unwrap();
+                api.patch("c", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"mesh": "yes"}}}))).await.unwrap();
+                api.delete("a", &DeleteParams::default()).await.unwrap();
+                let names = || { let mut v: Vec<_> = reader.state().iter().map(|s| s.name_any()).collect(); v.sort(); v };
+                assert_eventually!(names() == ["c"], format!("reflector state {:?}", names()));
+                let defaulted = reader.state()[0].clone();
+                assert_eq!(defaulted.spec.as_ref().unwrap().type_.as_deref(), Some("ClusterIP"));
+                task.abort();
+            }
+
+            #[tokio::test]
+            async fn finalizers_hold_deletion() {
+                let c = Cluster::start($b).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                let mut o = cm("f", &[]);
+                o.metadata.finalizers = Some(vec!["meshwork.io/test".into()]);
+                let created = api.create(&PostParams::default(), &o).await.unwrap();
+                let mut w = api.watch(&WatchParams::default(), &created.resource_version().unwrap()).await.unwrap().boxed();
+                api.delete("f", &DeleteParams::default()).await.unwrap();
+                let held = api.get("f").await.unwrap();
+                assert!(held.metadata.deletion_timestamp.is_some());
+                assert!(matches!(next_event(&mut w).await, WatchEvent::Modified(_)));
+                api.patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+                assert!(matches!(next_event(&mut w).await, WatchEvent::Deleted(_)));
+                assert_eq!(api_code(api.get("f").await.unwrap_err()).0, 404);
+            }
+
+            #[tokio::test]
+            async fn discovery_version_and_openapi() {
+                let c = Cluster::start($b).await;
+                let v = c.client.apiserver_version().await.unwrap();
+                assert_eq!((v.major.as_str(), v.minor.as_str()), ("1", "33"));
+                let core = c.client.list_core_api_resources("v1").await.unwrap();
+                let pods = core.resources.iter().find(|r| r.name == "pods").unwrap();
+                assert_eq!(pods.short_names.as_deref(), Some(&["po".to_string()][..]));
+                assert_eq!(pods.categories.as_deref(), Some(&["all".to_string()][..]));
+                assert!(core.resources.iter().any(|r| r.name == "pods/status"));
+                let apps = c.client.list_api_group_resources("apps/v1").await.unwrap();
+                let scale = apps.resources.iter().find(|r| r.name == "deployments/scale").unwrap();
+                assert_eq!((scale.kind.as_str(), scale.group.as_deref()), ("Scale", Some("autoscaling")));
+                let groups = c.client.list_api_groups().await.unwrap();
+                assert!(groups.groups.iter().any(|g| g.name == "discovery.k8s.io"));
+                // openapi/v3: each PATCH declares fieldValidation and its group/version/kind.
+                let root: Value = c.client.request(http::Request::get("/openapi/v3").body(Vec::new()).unwrap()).await.unwrap();
+                let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap();
+                let doc: Value = c.client.request(http::Request::get(url).body(Vec::new()).unwrap()).await.unwrap();
+                let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+                assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+                assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+            }
+        }
+    };
+}
+
+/// JSON patch operations in the json_patch types kube-rs takes.
+mod json_patch_ops {
+    #[derive(serde::Deserialize)]
+    #[serde(transparent)]
+    pub struct Ops(pub json_patch_kube::Patch);
+}
+
+conformance!(sqlite, Backend::Sqlite);
+conformance!(etcd, Backend::Etcd);
