@@ -415,6 +415,87 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn kube_rs_finalizer_helper_round_trip() {
+                use kube::runtime::{controller::Action, finalizer::{finalizer, Event as Fin}};
+                let c = Cluster::start($b).await;
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+                api.create(&PostParams::default(), &cm("f", &[])).await.unwrap();
+                let cleaned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let run = |obj: ConfigMap| {
+                    let (api, cleaned) = (api.clone(), cleaned.clone());
+                    async move {
+                        finalizer(&api, "meshwork.io/test", std::sync::Arc::new(obj), |ev| async move {
+                            if let Fin::Cleanup(_) = ev {
+                                cleaned.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Ok::<_, std::convert::Infallible>(Action::await_change())
+                        })
+                        .await
+                    }
+                };
+                // First pass: the helper adds its finalizer (JSON patch `test null` + `add`).
+                run(api.get("f").await.unwrap()).await.unwrap();
+                assert_eq!(api.get("f").await.unwrap().finalizers(), ["meshwork.io/test"]);
+                api.delete("f", &DeleteParams::default()).await.unwrap();
+                // Second pass: cleanup runs, the helper removes the finalizer, the object goes.
+                run(api.get("f").await.unwrap()).await.unwrap();
+                assert!(cleaned.load(std::sync::atomic::Ordering::SeqCst));
+                assert_eq!(api_code(api.get("f").await.unwrap_err()).0, 404);
+            }
+
+            #[tokio::test]
+            async fn namespace_lifecycle_and_scoping() {
+                let c = Cluster::start($b).await;
+                let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client.clone());
+                nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "t"}})).unwrap()).await.unwrap();
+                let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "t");
+                let mut held = cm("held", &[]);
+                held.metadata.finalizers = Some(vec!["meshwork.io/x".into()]);
+                api.create(&PostParams::default(), &held).await.unwrap();
+                api.create(&PostParams::default(), &cm("free", &[])).await.unwrap();
+                nss.delete("t", &DeleteParams::default()).await.unwrap();
+                let t = nss.get("t").await.unwrap();
+                assert_eq!(t.status.unwrap().phase.as_deref(), Some("Terminating"));
+                assert_eq!(api_code(api.get("free").await.unwrap_err()).0, 404);
+                let (code, reason) = api_code(api.create(&PostParams::default(), &cm("new", &[])).await.unwrap_err());
+                assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+                api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+                assert_eq!(api_code(nss.get("t").await.unwrap_err()).0, 404, "empty terminating namespace goes");
+                let (code, _) = api_code(nss.delete("default", &DeleteParams::default()).await.unwrap_err());
+                assert_eq!(code, 403);
+                // Namespaced kinds are written inside a namespace; subresources are not deletable.
+                let (code, _, _) = c.raw("POST", "/api/v1/configmaps", "application/json", br#"{"metadata":{"name":"x","namespace":"default"}}"#.to_vec()).await;
+                assert_eq!(code, 405);
+                let (code, _, _) = c.raw("DELETE", "/api/v1/configmaps", "application/json", Vec::new()).await;
+                assert_eq!(code, 405);
+                let deploys: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+                deploys.create(&PostParams::default(), &deployment("web")).await.unwrap();
+                let (code, _, _) = c.raw("DELETE", "/apis/apps/v1/namespaces/default/deployments/web/scale", "application/json", Vec::new()).await;
+                assert_eq!(code, 405);
+                let (code, _, _) = c.raw("PUT", "/apis/apps/v1/namespaces/default/deployments/web/scale", "application/json",
+                    br#"{"apiVersion":"autoscaling/v1","kind":"Scale","metadata":{"name":"web"},"spec":{"replicas":"3"}}"#.to_vec()).await;
+                assert_eq!(code, 400, "a non-integer replica count is refused, not read as 0");
+                assert!(deploys.get("web").await.is_ok());
+            }
+
+            #[tokio::test]
+            async fn node_credentials_are_limited() {
+                let c = Cluster::start($b).await;
+                let kc = c.dir.path().join("node-n1.kubeconfig");
+                meshwork_orchestrator::server::issue_kubeconfig(c.dir.path(), &c.running.url, "system:node:n1", &["system:nodes".into()], &kc).unwrap();
+                let node = kube::Client::try_from(common::client_config(&kc).await).unwrap();
+                let pods: Api<Pod> = Api::namespaced(node.clone(), "default");
+                let p: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
+                pods.create(&PostParams::default(), &p).await.unwrap();
+                pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}}))).await.unwrap();
+                let svcs: Api<Service> = Api::namespaced(node.clone(), "default");
+                assert_eq!(svcs.list(&ListParams::default()).await.unwrap().items.len(), 0, "nodes read everything");
+                let s: Service = serde_json::from_value(json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
+                let (code, reason) = api_code(svcs.create(&PostParams::default(), &s).await.unwrap_err());
+                assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+            }
+
+            #[tokio::test]
             async fn discovery_version_and_openapi() {
                 let c = Cluster::start($b).await;
                 let v = c.client.apiserver_version().await.unwrap();

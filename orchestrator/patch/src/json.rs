@@ -33,7 +33,19 @@ pub(crate) fn json_patch(original: &Value, patch: &Value) -> Result<Value, Patch
     // Work on a copy and drop it on failure: the crate's own rollback (`patch`) can panic when
     // undoing some `move` sequences, and a copy gives the same atomicity without that risk.
     let mut doc = original.clone();
-    json_patch::patch_unsafe(&mut doc, &ops).map_err(from_library)?;
+    for (index, op) in ops.iter().enumerate() {
+        // evanphx/json-patch (kube-apiserver) treats a missing path as null in `test`: kube-rs's
+        // finalizer helper sends `test /metadata/finalizers == null` before its first `add`.
+        if let PatchOperation::Test(t) = op {
+            if t.value.is_null() && doc.pointer(t.path.as_str()).is_none() {
+                continue;
+            }
+        }
+        json_patch::patch_unsafe(&mut doc, std::slice::from_ref(op)).map_err(|mut e| {
+            e.operation = index;
+            from_library(e)
+        })?;
+    }
     Ok(doc)
 }
 
@@ -57,6 +69,27 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn test_of_null_matches_a_missing_path() {
+        let doc = json!({"metadata": {"name": "a"}});
+        let ops = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}
+        ]);
+        let out = json_patch(&doc, &ops).unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["x"]));
+        let ops = json!([{"op": "test", "path": "/metadata/name", "value": null}]);
+        assert!(matches!(
+            json_patch(&doc, &ops),
+            Err(PatchError::TestFailed { index: 0, .. })
+        ));
+        let ops = json!([{"op": "add", "path": "/a", "value": 1}, {"op": "test", "path": "/a", "value": 2}]);
+        assert!(matches!(
+            json_patch(&doc, &ops),
+            Err(PatchError::TestFailed { index: 1, .. })
+        ));
+    }
 
     /// RFC 7386 appendix A, plus the Kubernetes rule that the patch must be an object.
     #[test]

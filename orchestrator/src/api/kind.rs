@@ -235,10 +235,13 @@ pub enum Write {
     Delete,
 }
 
+/// A field-selector lookup over one decoded object.
+pub type FieldLookup = Box<dyn Fn(&str) -> Option<String> + Send>;
+
 /// Labels and selectable fields of one stored object.
 pub struct Selectable {
     pub labels: BTreeMap<String, String>,
-    pub fields: Box<dyn Fn(&str) -> Option<String> + Send>,
+    pub fields: FieldLookup,
 }
 
 /// The type-erased operations a handler calls.
@@ -266,6 +269,11 @@ pub trait KindOps: Send + Sync {
     fn set_replicas(&self, old: &[u8], n: i32) -> Result<Out, ApiError>;
     /// Whether `field` may be used in a field selector.
     fn supports_field(&self, field: &str) -> bool;
+    /// core/v1 Namespace (deletion and creates inside it have extra rules).
+    fn is_namespace(&self) -> bool {
+        let i = self.info();
+        i.group.is_empty() && i.kind == "Namespace"
+    }
 }
 
 /// A prepared write plus the warnings to return in `Warning` headers.
@@ -437,6 +445,24 @@ impl<K: Rules> Typed<K> {
         serde_json::to_vec(obj).map_err(internal)
     }
 
+    /// Empty metadata lists and maps are absent, as Go's omitempty leaves them (clients test
+    /// `finalizers == null` after removing the last one).
+    fn normalize(obj: &mut K) {
+        let m = obj.metadata_mut();
+        if m.finalizers.as_ref().is_some_and(Vec::is_empty) {
+            m.finalizers = None;
+        }
+        if m.owner_references.as_ref().is_some_and(Vec::is_empty) {
+            m.owner_references = None;
+        }
+        if m.labels.as_ref().is_some_and(BTreeMap::is_empty) {
+            m.labels = None;
+        }
+        if m.annotations.as_ref().is_some_and(BTreeMap::is_empty) {
+            m.annotations = None;
+        }
+    }
+
     fn load(bytes: &[u8]) -> Result<K, ApiError> {
         serde_json::from_slice(bytes).map_err(internal)
     }
@@ -454,6 +480,7 @@ impl<K: Rules> Typed<K> {
 
     fn finish_update(mut new: K, old: K, warnings: Vec<String>) -> Result<Out, ApiError> {
         new.default();
+        Self::normalize(&mut new);
         Self::check(&new, Some(&old))?;
         let terminating = new.metadata().deletion_timestamp.is_some();
         if terminating && new.metadata().finalizers.as_ref().is_none_or(Vec::is_empty) {
@@ -517,6 +544,7 @@ impl<K: Rules> KindOps for Typed<K> {
         meta.generation = Some(1);
         meta.creation_timestamp = Some(Time(now_seconds()));
         obj.default();
+        Self::normalize(&mut obj);
         Self::check(&obj, None)?;
         Ok(Out {
             write: Write::Put(Self::encode(&obj)?),

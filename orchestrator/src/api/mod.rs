@@ -1,6 +1,7 @@
 //! The Kubernetes API: routing, the verbs, list/watch, discovery and openapi, on top of a
 //! `Store`. Transport (TLS, authentication) lives in `server/`.
 
+mod delete;
 pub mod error;
 pub mod kind;
 mod object;
@@ -227,19 +228,19 @@ impl Api {
             ["openapi", "v3"] if get => {
                 return Ok(value_response(
                     StatusCode::OK,
-                    &openapi::root(&self.registry),
+                    &openapi::root(self.registry),
                 ))
             }
             ["openapi", "v3", "api", v] if get && self.registry.serves("", v) => {
                 return Ok(value_response(
                     StatusCode::OK,
-                    &openapi::document(&self.registry, "", v),
+                    &openapi::document(self.registry, "", v),
                 ))
             }
             ["openapi", "v3", "apis", g, v] if get && self.registry.serves(g, v) => {
                 return Ok(value_response(
                     StatusCode::OK,
-                    &openapi::document(&self.registry, g, v),
+                    &openapi::document(self.registry, g, v),
                 ))
             }
             _ => {}
@@ -277,11 +278,17 @@ impl Api {
             content_type,
             body,
         };
+        // Writes to a namespaced kind need its namespace; subresources are not deletable.
+        let scoped = ctx.target.ns.is_some() || !ctx.target.kind.info().namespaced;
+        let sub = ctx.target.sub.is_some();
         match (&parts.method, ctx.target.name.is_some()) {
             (&Method::GET, false) if ctx.query.flag("watch") => self.clone().watch(ctx).await,
             (&Method::GET, false) => self.list(ctx).await,
-            (&Method::POST, false) => self.create(ctx).await,
-            (&Method::DELETE, false) => self.delete_collection(ctx).await,
+            (&Method::POST, false) if scoped => self.create(ctx).await,
+            (&Method::DELETE, false) if scoped && !ctx.target.kind.is_namespace() => {
+                self.delete_collection(ctx).await
+            }
+            (&Method::DELETE, true) if sub => Err(ApiError::MethodNotAllowed),
             (&Method::GET, true) if ctx.query.flag("watch") => self.clone().watch(ctx).await,
             (&Method::GET, true) => self.get(ctx).await,
             (&Method::PUT, true) => self.replace(ctx).await,

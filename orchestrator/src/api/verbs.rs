@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use k8s_openapi::api::core::v1::Namespace;
 use meshwork_orchestrator_patch::{PatchType, Schema};
 use meshwork_orchestrator_store::{Revision, Store, StoreError, Stored};
 use serde_json::{json, Value};
@@ -70,7 +69,7 @@ impl Filter {
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
@@ -83,7 +82,7 @@ fn field_validation(q: &Query) -> Result<FieldValidation, ApiError> {
     FieldValidation::parse(q.get("fieldValidation")).map_err(ApiError::BadRequest)
 }
 
-fn object_response(
+pub(crate) fn object_response(
     code: StatusCode,
     bytes: &[u8],
     rev: Revision,
@@ -104,7 +103,11 @@ fn list_kind(kind: &dyn KindOps) -> String {
 }
 
 /// `{"kind":"PodList",...,"items":[...]}` written from stored bytes without re-encoding.
-fn list_bytes(kind: &dyn KindOps, items: &[(&[u8], Revision)], rev: Revision) -> Vec<u8> {
+pub(crate) fn list_bytes(
+    kind: &dyn KindOps,
+    items: &[(&[u8], Revision)],
+    rev: Revision,
+) -> Vec<u8> {
     let info = kind.info();
     let mut out = Vec::with_capacity(items.iter().map(|(b, _)| b.len() + 32).sum::<usize>() + 128);
     out.extend_from_slice(
@@ -145,10 +148,15 @@ fn scale_json(kind: &dyn KindOps, stored: &Stored) -> Result<Value, ApiError> {
 
 /// The replica count of a Scale body (PUT or patched), checked like kube-apiserver does.
 fn replicas_of(scale: &Value, name: &str) -> Result<i32, ApiError> {
-    let n = scale
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    // Go decodes a missing replicas as 0; anything but an integer is a decode error.
+    let n = match scale.pointer("/spec/replicas") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v.as_i64().ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Scale in version \"v1\" cannot be handled as a Scale: spec.replicas: invalid type: {v}, expected int32"
+            ))
+        })?,
+    };
     i32::try_from(n)
         .ok()
         .filter(|n| *n >= 0)
@@ -164,7 +172,7 @@ fn replicas_of(scale: &Value, name: &str) -> Result<i32, ApiError> {
 }
 
 impl Api {
-    async fn current(&self, t: &Target) -> Result<Stored, ApiError> {
+    pub(crate) async fn current(&self, t: &Target) -> Result<Stored, ApiError> {
         let key = t.key()?;
         self.store
             .get(&key)
@@ -250,22 +258,6 @@ impl Api {
         }
     }
 
-    async fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        let key = format!("/registry/core/namespaces/{ns}");
-        let found = self
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| ApiError::from_store(e, "namespaces", ns))?;
-        if found.is_none() {
-            return Err(ApiError::NotFound {
-                resource: "namespaces".into(),
-                name: ns.into(),
-            });
-        }
-        Ok(())
-    }
-
     pub(crate) async fn create(&self, ctx: Ctx) -> Result<Response<Body>, ApiError> {
         let t = &ctx.target;
         let fv = field_validation(&ctx.query)?;
@@ -327,6 +319,7 @@ impl Api {
                 });
             }
             let key = t.key()?;
+            let deleting = matches!(out.write, Write::Delete) && !dry;
             let res = match out.write {
                 Write::Unchanged => Ok((cur.value.clone(), cur.mod_revision)),
                 Write::Put(bytes) if dry => Ok((bytes, cur.mod_revision)),
@@ -344,6 +337,9 @@ impl Api {
             };
             match res {
                 Ok((bytes, rev)) => {
+                    if let (Some(ns), true) = (&t.ns, deleting) {
+                        self.finish_namespace(ns).await?;
+                    }
                     if t.sub.as_deref() == Some("scale") {
                         let s = Stored {
                             value: bytes,
@@ -440,136 +436,6 @@ impl Api {
             Ok((t.kind.update(&cur.value, patched, sub, fv)?, pinned))
         })
         .await
-    }
-
-    pub(crate) async fn delete(&self, ctx: Ctx) -> Result<Response<Body>, ApiError> {
-        let t = &ctx.target;
-        let opts: Value = if ctx.body.is_empty() {
-            json!({})
-        } else {
-            parse_json(&ctx.body)?
-        };
-        let dry = ctx.query.dry_run()?
-            || opts
-                .get("dryRun")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty());
-        let cur = self.current(t).await?;
-        let meta = t.kind.metadata(&cur.value)?;
-        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-            if Some(uid) != meta.uid.as_deref() {
-                return Err(ApiError::Conflict {
-                    resource: t.kind.info().qualified(),
-                    name: t.name().into(),
-                });
-            }
-        }
-        if let Some(rv) = opts
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-        {
-            if rv != cur.mod_revision.to_string() {
-                return Err(ApiError::Conflict {
-                    resource: t.kind.info().qualified(),
-                    name: t.name().into(),
-                });
-            }
-        }
-        if dry {
-            return Ok(object_response(
-                StatusCode::OK,
-                &cur.value,
-                cur.mod_revision,
-                &[],
-            ));
-        }
-        if t.kind.info().kind == <Namespace as k8s_openapi::Resource>::KIND
-            && t.kind.info().group.is_empty()
-        {
-            if matches!(t.name(), "default" | "kube-system" | "kube-public") {
-                return Err(ApiError::Forbidden(format!(
-                    "namespaces \"{}\" is forbidden: this namespace may not be deleted",
-                    t.name()
-                )));
-            }
-            self.delete_namespace_contents(t.name()).await?;
-        }
-        let (bytes, rev) = self.remove(t.kind, &cur).await?;
-        Ok(object_response(StatusCode::OK, &bytes, rev, &[]))
-    }
-
-    /// Deletes (or, with finalizers, marks terminating) one object read at `cur`.
-    async fn remove(
-        &self,
-        kind: &dyn KindOps,
-        cur: &Stored,
-    ) -> Result<(Vec<u8>, Revision), ApiError> {
-        let name = kind.metadata(&cur.value)?.name.unwrap_or_default();
-        let res = match kind.begin_delete(&cur.value)? {
-            Some(bytes) if bytes == cur.value => return Ok((cur.value.clone(), cur.mod_revision)),
-            Some(bytes) => self
-                .store
-                .update(&cur.key, bytes, Some(cur.mod_revision))
-                .await
-                .map(|s| (s.value, s.mod_revision)),
-            None => self
-                .store
-                .delete(&cur.key, Some(cur.mod_revision))
-                .await
-                .map(|(s, rev)| (s.value, rev)),
-        };
-        res.map_err(|e| ApiError::from_store(e, &kind.info().qualified(), &name))
-    }
-
-    /// Namespace deletion removes what the namespace holds first (done inline here; a
-    /// namespace controller with a Terminating phase belongs with the controllers).
-    async fn delete_namespace_contents(&self, ns: &str) -> Result<(), ApiError> {
-        for kind in self.registry.kinds().filter(|k| k.info().namespaced) {
-            let (items, _) = self
-                .store
-                .list(&kind.info().prefix(Some(ns)))
-                .await
-                .map_err(|e| ApiError::from_store(e, &kind.info().qualified(), ""))?;
-            for s in items {
-                match self.store.delete(&s.key, None).await {
-                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                    Err(e) => return Err(ApiError::from_store(e, &kind.info().qualified(), "")),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn delete_collection(&self, ctx: Ctx) -> Result<Response<Body>, ApiError> {
-        let t = &ctx.target;
-        let filter = Filter::new(t.kind, &ctx.query, None)?;
-        let dry = ctx.query.dry_run()?;
-        let (all, rev) = self
-            .store
-            .list(&t.kind.info().prefix(t.ns.as_deref()))
-            .await
-            .map_err(|e| ApiError::from_store(e, &t.kind.info().qualified(), ""))?;
-        let mut deleted: Vec<(Vec<u8>, Revision)> = Vec::new();
-        for s in all {
-            if !filter.matches(t.kind, &s.value)? {
-                continue;
-            }
-            if dry {
-                deleted.push((s.value.clone(), s.mod_revision));
-                continue;
-            }
-            match self.remove(t.kind, &s).await {
-                Ok(d) => deleted.push(d),
-                Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let items: Vec<(&[u8], Revision)> =
-            deleted.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
-        Ok(json_response(
-            StatusCode::OK,
-            list_bytes(t.kind, &items, rev),
-        ))
     }
 }
 

@@ -215,14 +215,18 @@ impl Api {
             }
         };
         let every = self.cfg.bookmark_every;
+        // Bookmarks are due after `every` without an event *sent*: a selective watch whose
+        // events are all filtered out still learns how far the stream has got.
+        let mut due = tokio::time::Instant::now() + every;
         loop {
             let next = if bookmarks {
-                match tokio::time::timeout(every, events.next()).await {
+                match tokio::time::timeout_at(due, events.next()).await {
                     Ok(n) => n,
                     Err(_) => {
                         if send(shape.bookmark(last, false)).await.is_err() {
                             return;
                         }
+                        due = tokio::time::Instant::now() + every;
                         continue;
                     }
                 }
@@ -238,11 +242,24 @@ impl Api {
                 }
             };
             last = ev.revision();
+            if let Event::Delete { object, revision } = &ev {
+                // etcd compacted the previous value away: the client cannot be told what was
+                // deleted, so it must relist (the same answer kube-apiserver gives).
+                if object.value.is_empty() {
+                    let e = ApiError::Expired {
+                        requested: *revision,
+                        oldest: *revision,
+                    };
+                    let _ = send(error_line(&e)).await;
+                    return;
+                }
+            }
             match shape.translate(&ev) {
                 Ok(Some(l)) => {
                     if send(l).await.is_err() {
                         return;
                     }
+                    due = tokio::time::Instant::now() + every;
                 }
                 Ok(None) => {}
                 Err(e) => {

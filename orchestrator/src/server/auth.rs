@@ -8,7 +8,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::RwLock,
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::Error;
@@ -21,8 +21,17 @@ pub struct User {
 
 pub struct Tokens {
     path: PathBuf,
-    state: RwLock<(Option<SystemTime>, HashMap<String, User>)>,
+    state: RwLock<State>,
 }
+
+struct State {
+    mtime: Option<SystemTime>,
+    checked: Instant,
+    users: HashMap<String, User>,
+}
+
+/// How stale the token table may get: a token removed from the file stops working within this.
+const RECHECK: Duration = Duration::from_secs(1);
 
 fn parse(text: &str) -> HashMap<String, User> {
     let mut out = HashMap::new();
@@ -77,23 +86,35 @@ impl Tokens {
         };
         Ok(Tokens {
             path: path.to_path_buf(),
-            state: RwLock::new((mtime(path), parse(&text))),
+            state: RwLock::new(State {
+                mtime: mtime(path),
+                checked: Instant::now(),
+                users: parse(&text),
+            }),
         })
     }
 
+    /// The user a token belongs to. The file is re-read when it changed (checked at most
+    /// every `RECHECK`, and at once for an unknown token), so issued and revoked tokens take
+    /// effect without a restart.
     pub fn authenticate(&self, token: &str) -> Option<User> {
         if let Ok(g) = self.state.read() {
-            if let Some(u) = g.1.get(token) {
-                return Some(u.clone());
-            }
-            if g.0 == mtime(&self.path) {
-                return None;
+            let fresh = g.checked.elapsed() < RECHECK;
+            match g.users.get(token) {
+                Some(u) if fresh => return Some(u.clone()),
+                None if fresh && g.mtime == mtime(&self.path) => return None,
+                _ => {}
             }
         }
-        let text = std::fs::read_to_string(&self.path).ok()?;
         let mut g = self.state.write().ok()?;
-        *g = (mtime(&self.path), parse(&text));
-        g.1.get(token).cloned()
+        let now = mtime(&self.path);
+        if now != g.mtime {
+            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+            g.users = parse(&text);
+            g.mtime = now;
+        }
+        g.checked = Instant::now();
+        g.users.get(token).cloned()
     }
 
     /// Appends a credential for `user` and returns its token.

@@ -2,6 +2,7 @@
 //! `api::Api`, plus the data-dir files a cluster needs (CA, tokens, admin kubeconfig).
 
 pub mod auth;
+pub mod authz;
 pub mod kubeconfig;
 pub mod pki;
 
@@ -127,7 +128,7 @@ async fn open_store(cfg: &ServerConfig) -> Result<AnyStore, Error> {
             AnyStore::Sqlite(SqliteStore::open_with_history(&path, *sync, cfg.history)?)
         }
         StoreChoice::Etcd { endpoints } => {
-            AnyStore::Etcd(EtcdStore::connect(endpoints, cfg.history).await?)
+            AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, cfg.history).await?))
         }
     })
 }
@@ -275,8 +276,16 @@ async fn authenticated(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        if token.and_then(|t| tokens.authenticate(t)).is_none() {
+        let Some(user) = token.and_then(|t| tokens.authenticate(t)) else {
             return error_response(&ApiError::Unauthorized);
+        };
+        if !authz::allowed(&user, req.method(), path) {
+            let msg = format!(
+                "User \"{}\" cannot {} {path}",
+                user.name,
+                req.method().as_str().to_lowercase()
+            );
+            return error_response(&ApiError::Forbidden(msg));
         }
     }
     api.handle(req).await

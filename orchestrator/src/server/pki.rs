@@ -66,7 +66,17 @@ impl Pki {
                 (c, k)
             }
         };
-        if let (Some(cert_pem), Some(key_pem)) = (read(&crt)?, read(&key)?) {
+        let mut ips: Vec<IpAddr> =
+            vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+        ips.extend(extra.iter().filter(|ip| !ip.is_unspecified()));
+        // The serving certificate is kept while it names every address asked for; a new
+        // --listen/--advertise-address gets a new one from the same CA.
+        let sans_file = dir.join("apiserver.sans");
+        let covered = read(&sans_file)?.is_some_and(|have| {
+            let have: Vec<&str> = have.lines().collect();
+            ips.iter().all(|ip| have.contains(&ip.to_string().as_str()))
+        });
+        if let (true, Some(cert_pem), Some(key_pem)) = (covered, read(&crt)?, read(&key)?) {
             return Ok(Pki {
                 dir,
                 ca_pem,
@@ -79,10 +89,7 @@ impl Pki {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "meshwork-apiserver");
         p.distinguished_name = dn;
-        let mut ips: Vec<IpAddr> =
-            vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
-        ips.extend(extra.iter().filter(|ip| !ip.is_unspecified()));
-        for ip in ips {
+        for ip in ips.iter().copied() {
             p.subject_alt_names.push(SanType::IpAddress(ip));
         }
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -92,6 +99,8 @@ impl Pki {
         let key_pem = k.serialize_pem();
         write_private(&key, key_pem.as_bytes())?;
         write_private(&crt, cert_pem.as_bytes())?;
+        let names: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+        write_private(&sans_file, names.join("\n").as_bytes())?;
         Ok(Pki {
             dir,
             ca_pem,

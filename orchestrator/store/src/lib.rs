@@ -121,7 +121,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone)]
 pub enum AnyStore {
     Sqlite(SqliteStore),
-    Etcd(EtcdStore),
+    Etcd(Box<EtcdStore>),
 }
 
 macro_rules! dispatch {

@@ -112,8 +112,8 @@ impl SqliteStore {
     ) -> Result<(Stored, Option<Stored>, Revision), StoreError> {
         let key = key.to_string();
         let history = self.history;
-        let (res, event) = self
-            .with(move |inner| {
+        let live = self.live.clone();
+        self.with(move |inner| {
                 let tx = inner.conn.transaction().map_err(be)?;
                 let cur = read_one(&tx, &key)?;
                 let rev = inner.rev + 1;
@@ -153,12 +153,12 @@ impl SqliteStore {
                 tx.commit().map_err(be)?;
                 inner.rev = rev;
                 inner.oldest = oldest;
-                Ok(((stored, cur, rev), event))
+                // Published after COMMIT (a watcher never sees an unacknowledged write) and
+                // under the lock, so concurrent writers' events reach watchers in revision order.
+                let _ = live.send(event);
+                Ok((stored, cur, rev))
             })
-            .await?;
-        // Published after COMMIT: a watcher never sees an unacknowledged write.
-        let _ = self.live.send(event);
-        Ok(res)
+            .await
     }
 }
 

@@ -187,6 +187,33 @@ macro_rules! conformance {
                 revs.dedup();
                 assert_eq!(revs.len(), 50);
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_writes_reach_watchers_in_revision_order() {
+                let (s, _g) = $make(10_000).await;
+                let start = s.revision().await.unwrap();
+                let mut w = s.watch("/r/o/", start).await.unwrap();
+                let mut tasks = Vec::new();
+                for i in 0..8 {
+                    let s = s.clone();
+                    tasks.push(tokio::spawn(async move {
+                        for j in 0..25 {
+                            s.create(&format!("/r/o/{i}-{j}"), b"x".to_vec())
+                                .await
+                                .unwrap();
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let mut last = start;
+                for _ in 0..200 {
+                    let rev = next(&mut w).await.revision();
+                    assert!(rev > last, "watch went from {last} to {rev}");
+                    last = rev;
+                }
+            }
         }
     };
 }

@@ -60,7 +60,7 @@ impl Cluster {
             }
             Backend::Etcd => {
                 let (s, e) = Etcd::start(history).await;
-                (AnyStore::Etcd(s), Some(e))
+                (AnyStore::Etcd(Box::new(s)), Some(e))
             }
         };
         let mut cfg = ServerConfig::new(dir.path().to_path_buf());
@@ -166,4 +166,63 @@ macro_rules! assert_eventually {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }};
+}
+
+/// The `meshwork-orchestrator apiserver` binary as a child process (killed on drop, also on
+/// panic): what the README tells users to run.
+pub struct ServerProc {
+    pub child: std::process::Child,
+    pub url: String,
+    pub kubeconfig: std::path::PathBuf,
+}
+
+impl ServerProc {
+    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> ServerProc {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshwork-orchestrator"))
+            .arg("apiserver")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("meshwork-orchestrator runs");
+        let stdout = child.stdout.take().expect("stdout");
+        // The first line names the URL; a thread keeps draining the pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut proc = ServerProc {
+            child,
+            url: String::new(),
+            kubeconfig: data_dir.join("admin.kubeconfig"),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server prints its URL within 30 s");
+        proc.url = line
+            .strip_prefix("API server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        proc
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

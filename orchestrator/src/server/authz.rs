@@ -1,0 +1,67 @@
+//! Authorization, the small fixed policy of a single-machine cluster:
+//! `system:masters` may do anything; `system:nodes` (node agents) may read everything and
+//! write Nodes, Pods (with their status) and Events; any other authenticated user may read.
+
+use http::Method;
+
+use super::auth::User;
+
+pub fn allowed(user: &User, method: &Method, path: &str) -> bool {
+    if user.groups.iter().any(|g| g == "system:masters") {
+        return true;
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if user.groups.iter().any(|g| g == "system:nodes") {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        return matches!(
+            segs.as_slice(),
+            ["api", "v1", "nodes", ..] | ["api", "v1", "namespaces", _, "pods" | "events", ..]
+        );
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(groups: &[&str]) -> User {
+        User {
+            name: "u".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn policy() {
+        let node = user(&["system:nodes"]);
+        let admin = user(&["system:masters"]);
+        let other = user(&[]);
+        let cases = [
+            (&admin, Method::DELETE, "/api/v1/namespaces/x", true),
+            (&node, Method::GET, "/apis/apps/v1/deployments", true),
+            (
+                &node,
+                Method::PATCH,
+                "/api/v1/namespaces/d/pods/p/status",
+                true,
+            ),
+            (&node, Method::PUT, "/api/v1/nodes/n1/status", true),
+            (&node, Method::POST, "/api/v1/namespaces/d/events", true),
+            (&node, Method::POST, "/api/v1/namespaces/d/services", false),
+            (&node, Method::DELETE, "/api/v1/namespaces/d", false),
+            (&other, Method::GET, "/api/v1/pods", true),
+            (
+                &other,
+                Method::POST,
+                "/api/v1/namespaces/d/configmaps",
+                false,
+            ),
+        ];
+        for (u, m, p, want) in cases {
+            assert_eq!(allowed(u, &m, p), want, "{:?} {m} {p}", u.groups);
+        }
+    }
+}
