@@ -26,6 +26,12 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# kubectl: the API server tests and benchmark drive the versioned binary of the minor the server
+# reports (1.33). These machines carry it in the google-cloud-cli kubectl package; Debian has no
+# kubectl package, so a missing one is reported, not improvised.
+KUBECTL=/usr/lib/google-cloud-sdk/bin/kubectl.1.33
+[[ -x $KUBECTL ]] || { echo "setup: $KUBECTL missing (google-cloud-cli 'kubectl' package)" >&2; exit 1; }
+
 # Rust toolchain pieces the suite uses.
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95 via rustup" >&2; exit 1; }
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

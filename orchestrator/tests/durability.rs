@@ -19,7 +19,10 @@ use kube::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_write() {
-    let dir = tempfile::Builder::new().prefix("mwapi-kill-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("mwapi-kill-")
+        .tempdir()
+        .unwrap();
     let data = dir.path().join("data");
     let mut server = ServerProc::start(&data, &[]);
     let client = kube::Client::try_from(common::client_config(&server.kubeconfig).await).unwrap();
@@ -31,16 +34,23 @@ async fn kill_9_loses_no_acknowledged_write() {
         writers.push(tokio::spawn(async move {
             for i in 0.. {
                 let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("w{w}-{i}")}, "data": {"i": i.to_string()}})).unwrap();
+                    "metadata": {"name": format!("w{w}-{i}")}, "data": {"i": i.to_string()}}))
+                .unwrap();
                 match api.create(&PostParams::default(), &cm).await {
-                    Ok(o) => acked.lock().unwrap().push((o.name_any(), o.resource_version().unwrap().parse().unwrap())),
+                    Ok(o) => acked
+                        .lock()
+                        .unwrap()
+                        .push((o.name_any(), o.resource_version().unwrap().parse().unwrap())),
                     // The server died under us: whatever was not acknowledged may be lost.
                     Err(_) => return,
                 }
             }
         }));
     }
-    assert_eventually!(acked.lock().unwrap().len() >= 300, "300 acknowledged creates");
+    assert_eventually!(
+        acked.lock().unwrap().len() >= 300,
+        "300 acknowledged creates"
+    );
     server.kill9();
     for w in writers {
         w.await.unwrap();
@@ -57,7 +67,11 @@ async fn kill_9_loses_no_acknowledged_write() {
         .map(|o| (o.name_any(), o.resource_version().unwrap().parse().unwrap()))
         .collect();
     for (name, rv) in &acked {
-        assert_eq!(have.get(name), Some(rv), "acknowledged {name} at {rv} survives kill -9");
+        assert_eq!(
+            have.get(name),
+            Some(rv),
+            "acknowledged {name} at {rv} survives kill -9"
+        );
     }
     let max = acked.iter().map(|a| a.1).max().unwrap();
     let list_rv: i64 = list.metadata.resource_version.unwrap().parse().unwrap();

@@ -21,6 +21,21 @@ pub struct EtcdStore {
     compacted: Arc<AtomicI64>,
 }
 
+/// Largest etcd response accepted (a page of big objects; gRPC's default is 4 MiB).
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn be(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -186,15 +201,37 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Stored>, Revision), StoreError> {
-        let resp = self
+        // Pages at one revision: a single response for 10k objects passes gRPC's 4 MiB
+        // default, and a page this size stays far below it for ordinary objects.
+        const PAGE: i64 = 500;
+        let end = prefix_end(prefix.as_bytes());
+        let mut kv = self
             .client
             .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(be)?;
-        let mut items: Vec<Stored> = resp.kvs().iter().map(stored).collect();
+            .max_decoding_message_size(MAX_RESPONSE);
+        let mut items: Vec<Stored> = Vec::new();
+        let mut start = prefix.as_bytes().to_vec();
+        let mut rev = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if rev > 0 {
+                opts = opts.with_revision(rev);
+            }
+            let resp = kv.get(start.clone(), Some(opts)).await.map_err(be)?;
+            if rev == 0 {
+                rev = header_rev(resp.header());
+            }
+            items.extend(resp.kvs().iter().map(stored));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
         items.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok((items, header_rev(resp.header())))
+        Ok((items, rev))
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {

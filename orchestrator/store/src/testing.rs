@@ -19,6 +19,11 @@ impl Etcd {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The etcd process (benchmarks read its RSS).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Etcd {

@@ -188,6 +188,22 @@ macro_rules! conformance {
                 assert_eq!(revs.len(), 50);
             }
 
+            #[tokio::test]
+            async fn list_larger_than_one_grpc_message() {
+                let (s, _g) = $make(10_000).await;
+                let big = vec![b'x'; 5_000];
+                for i in 0..1_200 {
+                    s.create(&format!("/r/big/{i:05}"), big.clone())
+                        .await
+                        .unwrap();
+                }
+                s.create("/r/bigger", b"outside".to_vec()).await.unwrap();
+                let (items, rev) = s.list("/r/big/").await.unwrap();
+                assert_eq!(items.len(), 1_200, "6 MB listed in full");
+                assert!(items.windows(2).all(|w| w[0].key < w[1].key));
+                assert_eq!(rev, s.revision().await.unwrap());
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_writes_reach_watchers_in_revision_order() {
                 let (s, _g) = $make(10_000).await;
