@@ -13,6 +13,8 @@ PACKAGES=(
   protobuf-compiler           # protoc for the CRI API client (k8s-cri) in the runtime tests
   clang-19 llvm-19 libbpf-dev bpftool  # eBPF datapath: C programs compiled at build time
   etcd-server                 # the API server's etcd store is tested against a real etcd
+  bind9-dnsutils              # dig: the cluster DNS tests
+  dnsperf knot                # the DNS benchmark and its peer
 )
 
 missing=()

@@ -1,0 +1,159 @@
+//! Wiring: watch Services and EndpointSlices, rebuild the zone on change, serve UDP/TCP/admin.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::LowerName;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{runtime::watcher, Api};
+use meshwork_kube_watch::{reflect, Changes};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Config,
+    forward::{ForwardConfig, Forwarder},
+    metrics::Metrics,
+    server::{self, Shared, Snapshot},
+    zone::{self, Zone, ZoneConfig, SERVICE_NAME_LABEL},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Watch(#[from] meshwork_kube_watch::Error),
+    #[error("listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
+}
+
+/// Bursts of API events are folded into one rebuild after this quiet time.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// A running DNS server (threads stop when it is dropped).
+pub struct Running {
+    pub udp: Vec<std::net::SocketAddr>,
+    pub tcp: Vec<std::net::SocketAddr>,
+    pub admin: std::net::SocketAddr,
+    pub shared: Arc<Shared>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn forward_config(cfg: &Config) -> Result<ForwardConfig, Error> {
+    let mut upstreams = cfg.upstreams.clone();
+    if upstreams.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        upstreams = crate::config::resolv_conf_upstreams(&text);
+    }
+    let mut stubs = Vec::new();
+    for (z, ups) in &cfg.stubs {
+        let name = hickory_proto::rr::Name::from_ascii(z)
+            .map_err(|e| Error::Config(format!("stub zone {z:?}: {e}")))?;
+        stubs.push((LowerName::from(&name), ups.clone()));
+    }
+    Ok(ForwardConfig {
+        upstreams,
+        stubs,
+        timeout: cfg.forward_timeout,
+        ..ForwardConfig::default()
+    })
+}
+
+/// Starts watching and serving; returns once the zone is built from a synced watch.
+pub async fn start(cfg: Config) -> Result<Running, Error> {
+    let mut zcfg = ZoneConfig::new(&cfg.zone, cfg.ttl).map_err(Error::Config)?;
+    zcfg.dns_ip = cfg.dns_ip;
+    let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
+    let changes = Changes::new();
+    let mut rx = changes.subscribe();
+    let (services, _) = reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        changes.clone(),
+    );
+    let (slices, _) = reflect(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        changes.clone(),
+    );
+    let _ = services.wait_until_ready().await;
+    let _ = slices.wait_until_ready().await;
+    let build = move |generation: u64| {
+        let svcs = services.state();
+        let eps = slices.state();
+        let views = zone::views(
+            &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+            &eps.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+        );
+        let serial = u32::try_from(generation % u64::from(u32::MAX)).unwrap_or(1);
+        Snapshot {
+            zone: Zone::build(zcfg.clone(), &views, serial),
+            generation,
+        }
+    };
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        zone: ArcSwap::from_pointee(build(1)),
+        forwarder: Forwarder::new(forward_config(&cfg)?),
+        metrics: metrics.clone(),
+        stop: Default::default(),
+    });
+    metrics.zone_rebuilds.inc();
+    metrics.ready.store(true, Ordering::Relaxed);
+    let updater = shared.clone();
+    tokio::spawn(async move {
+        let mut generation = 1;
+        while rx.changed().await.is_ok() {
+            tokio::time::sleep(DEBOUNCE).await;
+            rx.borrow_and_update();
+            generation += 1;
+            updater.zone.store(Arc::new(build(generation)));
+            updater.metrics.zone_rebuilds.inc();
+        }
+    });
+
+    let workers = cfg
+        .udp_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+    let rt = tokio::runtime::Handle::current();
+    for addr in &cfg.listen {
+        let socks = server::bind_udp(*addr, workers).map_err(|e| Error::Listen(*addr, e))?;
+        let bound = socks[0].local_addr().map_err(|e| Error::Listen(*addr, e))?;
+        udp.push(bound);
+        for s in socks {
+            let (shared, rt) = (shared.clone(), rt.clone());
+            std::thread::Builder::new()
+                .name("dns-udp".into())
+                .spawn(move || server::udp_worker(s, shared, rt))
+                .map_err(|e| Error::Listen(*addr, e))?;
+        }
+        // TCP on the port UDP got (the same port when it was 0).
+        let l = TcpListener::bind(bound)
+            .await
+            .map_err(|e| Error::Listen(bound, e))?;
+        tcp.push(l.local_addr().map_err(|e| Error::Listen(bound, e))?);
+        tokio::spawn(server::serve_tcp(l, shared.clone()));
+    }
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
+    tokio::spawn(crate::metrics::serve_admin(admin, metrics));
+    Ok(Running {
+        udp,
+        tcp,
+        admin: admin_addr,
+        shared,
+    })
+}

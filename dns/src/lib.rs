@@ -1,0 +1,11 @@
+//! Cluster DNS (see README.md): `zone` (snapshot from the API objects), `answer` (query →
+//! response), `forward` (other names), `server` (UDP fast path, TCP), `app` (wiring).
+
+pub mod answer;
+pub mod app;
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod server;
+pub mod wire;
+pub mod zone;

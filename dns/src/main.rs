@@ -1,0 +1,49 @@
+//! `meshwork-dns`: cluster DNS for Services and EndpointSlices.
+
+use clap::Parser;
+use meshwork_dns::{app, config::Config};
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Config::parse();
+    // The UDP path runs on its own threads; tokio serves TCP, forwarding and the watch.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshwork-dns: tokio runtime: {e}");
+            return std::process::ExitCode::from(70);
+        }
+    };
+    let res = rt.block_on(async {
+        let running = app::start(cfg).await?;
+        for a in &running.udp {
+            println!("DNS listening on {a} (udp+tcp)");
+        }
+        println!("admin on http://{}", running.admin);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| app::Error::Config(format!("signal handler: {e}")))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(running);
+        Ok::<(), app::Error>(())
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshwork-dns: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Shared watch plumbing for node components (see README.md).
+
+use std::{fmt::Debug, hash::Hash, path::Path, sync::Arc};
+
+use futures::StreamExt;
+use kube::{
+    api::Api,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        reflector::{self, Store},
+        watcher, WatchStreamExt,
+    },
+    Client, Resource,
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::watch, task::JoinHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("inferring the cluster config (in-cluster, $KUBECONFIG, ~/.kube/config): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("building the client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// A client for the API server: from `kubeconfig` if given, else inferred the way kubectl and
+/// in-cluster workloads do.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await.map_err(Error::Infer)?,
+    };
+    Client::try_from(config).map_err(Error::Client)
+}
+
+/// A change counter every reflector bumps; consumers wait on `changed()` and rebuild.
+#[derive(Clone)]
+pub struct Changes(Arc<watch::Sender<u64>>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Changes {
+    pub fn new() -> Self {
+        Changes(Arc::new(watch::Sender::new(0)))
+    }
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+    fn bump(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+}
+
+/// Starts a reflector for `api` (filtered by `cfg`); its store fills from the initial list and
+/// follows the watch, with kube-rs's default backoff on errors (410s relist). Every applied or
+/// deleted object, and the end of each (re)list, bumps `changes`.
+pub fn reflect<K>(api: Api<K>, cfg: watcher::Config, changes: Changes) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changes.bump(),
+                Err(e) => tracing::warn!(error = %e, kind = %K::kind(&Default::default()), "watch"),
+            }
+        }
+    });
+    (reader, task)
+}
