@@ -4,7 +4,7 @@
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
-    rr::{DNSClass, LowerName, RData, Record, RecordType},
+    rr::{DNSClass, LowerName, Name, RData, Record, RecordType},
 };
 
 use crate::zone::Zone;
@@ -17,7 +17,13 @@ pub enum Outcome {
     Answer(Message),
     /// Not the cluster zone's: forward upstream.
     Forward,
+    /// An ExternalName CNAME to a name outside the zone: the response so far, and the target
+    /// to resolve upstream and append (CoreDNS follows it; stub resolvers do not).
+    Chase(Message, Name),
 }
+
+/// CNAME hops followed inside the zone before giving up (a loop guard).
+const MAX_CHAIN: usize = 8;
 
 /// A response skeleton: same id, opcode, question and RD/CD bits; EDNS if the query had it.
 pub fn response_to(req: &Message, rcode: ResponseCode) -> Message {
@@ -30,13 +36,28 @@ pub fn response_to(req: &Message, rcode: ResponseCode) -> Message {
         .set_checking_disabled(req.checking_disabled())
         .set_response_code(rcode);
     m.add_queries(req.queries().iter().cloned());
-    if req.extensions().is_some() {
+    if let Some(q) = req.extensions() {
         let mut e = Edns::new();
         e.set_max_payload(EDNS_PAYLOAD);
         e.set_version(0);
+        // RFC 3225: the DO bit is copied into the response.
+        e.set_dnssec_ok(q.flags().dnssec_ok);
         m.set_edns(e);
     }
     m
+}
+
+/// The SOA a negative answer under a reverse tree carries: that tree's apex, not the cluster
+/// zone's (an out-of-zone SOA makes resolvers discard the negative answer).
+fn reverse_soa(zone: &Zone, name: &LowerName) -> Record {
+    let apex = ["in-addr.arpa.", "ip6.arpa."]
+        .into_iter()
+        .filter_map(|a| Name::from_ascii(a).ok())
+        .find(|a| LowerName::from(a).zone_of(name))
+        .unwrap_or_else(Name::root);
+    let mut soa = zone.soa().clone();
+    soa.set_name(apex);
+    soa
 }
 
 fn renamed(r: &Record, owner: &hickory_proto::rr::Name) -> Record {
@@ -75,7 +96,7 @@ pub fn answer(zone: &Zone, req: &Message) -> Outcome {
                     .map(|r| renamed(r, q.name()))
                     .collect();
                 if hits.is_empty() {
-                    m.add_name_server(zone.soa().clone());
+                    m.add_name_server(reverse_soa(zone, &name));
                 }
                 m.add_answers(hits);
                 Outcome::Answer(m)
@@ -109,23 +130,27 @@ pub fn answer(zone: &Zone, req: &Message) -> Outcome {
         return Outcome::Answer(m);
     }
     let Some(node) = zone.node(&name) else {
-        m.set_response_code(ResponseCode::NXDomain);
+        // `<ns>.pod.<zone>` has pod names below it: an empty non-terminal, not NXDOMAIN.
+        if !zone.is_pod_namespace(&name) {
+            m.set_response_code(ResponseCode::NXDomain);
+        }
         m.add_name_server(zone.soa().clone());
         return Outcome::Answer(m);
     };
-    let mut hits: Vec<Record> = node
+    let hits: Vec<Record> = node
         .records
         .iter()
         .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
         .map(|r| renamed(r, q.name()))
         .collect();
     if hits.is_empty() && qtype != RecordType::CNAME {
-        hits = node
+        if let Some(cname) = node
             .records
             .iter()
-            .filter(|r| r.record_type() == RecordType::CNAME)
-            .map(|r| renamed(r, q.name()))
-            .collect();
+            .find(|r| r.record_type() == RecordType::CNAME)
+        {
+            return chase(zone, m, renamed(cname, q.name()), qtype);
+        }
     }
     if hits.is_empty() {
         m.add_name_server(zone.soa().clone());
@@ -143,5 +168,47 @@ pub fn answer(zone: &Zone, req: &Message) -> Outcome {
     }
     m.add_answers(hits);
     m.add_additionals(extra);
+    Outcome::Answer(m)
+}
+
+/// Follows a CNAME: inside the zone from the zone's records (up to `MAX_CHAIN` hops), outside
+/// it by asking the server to resolve the target upstream.
+fn chase(zone: &Zone, mut m: Message, first: Record, qtype: RecordType) -> Outcome {
+    let mut cname = first;
+    for _ in 0..MAX_CHAIN {
+        let RData::CNAME(target) = cname.data().clone() else {
+            break;
+        };
+        m.add_answer(cname);
+        let t = LowerName::from(&target.0);
+        if !zone.contains(&t) {
+            return if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::TXT) {
+                Outcome::Chase(m, target.0)
+            } else {
+                Outcome::Answer(m)
+            };
+        }
+        let Some(node) = zone.node(&t) else {
+            return Outcome::Answer(m);
+        };
+        let hits: Vec<Record> = node
+            .records
+            .iter()
+            .filter(|r| r.record_type() == qtype)
+            .cloned()
+            .collect();
+        if !hits.is_empty() {
+            m.add_answers(hits);
+            return Outcome::Answer(m);
+        }
+        match node
+            .records
+            .iter()
+            .find(|r| r.record_type() == RecordType::CNAME)
+        {
+            Some(next) => cname = next.clone(),
+            None => return Outcome::Answer(m),
+        }
+    }
     Outcome::Answer(m)
 }

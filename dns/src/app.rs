@@ -39,13 +39,21 @@ pub struct Running {
     pub tcp: Vec<std::net::SocketAddr>,
     pub admin: std::net::SocketAddr,
     pub shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
+
+/// How long start-up waits for the first full list before serving anyway (forwarding works
+/// without the API; /ready stays 503 until the watch has synced), as CoreDNS does.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
 
 fn forward_config(cfg: &Config) -> Result<ForwardConfig, Error> {
     let mut upstreams = cfg.upstreams.clone();
@@ -74,51 +82,84 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let changes = Changes::new();
     let mut rx = changes.subscribe();
-    let (services, _) = reflect(
+    let (services, t1) = reflect(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         changes.clone(),
     );
-    let (slices, _) = reflect(
+    let (slices, t2) = reflect(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
         changes.clone(),
     );
-    let _ = services.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
-    let build = move |generation: u64| {
+    let mut tasks = vec![t1, t2];
+    let synced = {
+        let (s, e) = (services.clone(), slices.clone());
+        async move {
+            let _ = s.wait_until_ready().await;
+            let _ = e.wait_until_ready().await;
+        }
+    };
+    let synced_now = tokio::time::timeout(SYNC_WAIT, synced).await.is_ok();
+    // Views first (convert before swapping); an unchanged view set keeps the snapshot and
+    // its generation, so the UDP caches survive events that do not touch DNS (e.g.
+    // readiness churn behind a ClusterIP).
+    let views = move || {
         let svcs = services.state();
         let eps = slices.state();
-        let views = zone::views(
+        let mut v = zone::views(
             &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
             &eps.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
         );
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        v
+    };
+    let build = move |v: &[zone::ServiceView], generation: u64| {
         let serial = u32::try_from(generation % u64::from(u32::MAX)).unwrap_or(1);
         Snapshot {
-            zone: Zone::build(zcfg.clone(), &views, serial),
+            zone: Zone::build(zcfg.clone(), v, serial),
             generation,
         }
     };
+    let first = views();
     let metrics = Metrics::new();
     let shared = Arc::new(Shared {
-        zone: ArcSwap::from_pointee(build(1)),
+        zone: ArcSwap::from_pointee(build(&first, 1)),
         forwarder: Forwarder::new(forward_config(&cfg)?),
         metrics: metrics.clone(),
         stop: Default::default(),
+        forwards: Arc::new(tokio::sync::Semaphore::new(server::MAX_FORWARDS)),
+        tcp_conns: Arc::new(tokio::sync::Semaphore::new(server::MAX_TCP)),
     });
     metrics.zone_rebuilds.inc();
-    metrics.ready.store(true, Ordering::Relaxed);
+    metrics.ready.store(synced_now, Ordering::Relaxed);
     let updater = shared.clone();
-    tokio::spawn(async move {
-        let mut generation = 1;
+    let (views, build) = (Arc::new(views), Arc::new(build));
+    tasks.push(tokio::spawn(async move {
+        let (mut generation, mut last) = (1, first);
         while rx.changed().await.is_ok() {
             tokio::time::sleep(DEBOUNCE).await;
             rx.borrow_and_update();
-            generation += 1;
-            updater.zone.store(Arc::new(build(generation)));
-            updater.metrics.zone_rebuilds.inc();
+            let (views, build, prev) = (views.clone(), build.clone(), last.clone());
+            let next_gen = generation + 1;
+            // Rebuilding 10k services is CPU work: off the runtime's worker.
+            let built = tokio::task::spawn_blocking(move || {
+                let v = views();
+                let snap = (v != prev).then(|| build(&v, next_gen));
+                (v, snap)
+            })
+            .await;
+            let Ok((v, snap)) = built else { continue };
+            // Every change event comes after a sync: from here on the zone reflects the API.
+            updater.metrics.ready.store(true, Ordering::Relaxed);
+            if let Some(snap) = snap {
+                generation = next_gen;
+                last = v;
+                updater.zone.store(Arc::new(snap));
+                updater.metrics.zone_rebuilds.inc();
+            }
         }
-    });
+    }));
 
     let workers = cfg
         .udp_workers
@@ -141,7 +182,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             .await
             .map_err(|e| Error::Listen(bound, e))?;
         tcp.push(l.local_addr().map_err(|e| Error::Listen(bound, e))?);
-        tokio::spawn(server::serve_tcp(l, shared.clone()));
+        tasks.push(tokio::spawn(server::serve_tcp(l, shared.clone())));
     }
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
@@ -149,11 +190,12 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let admin_addr = admin
         .local_addr()
         .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
-    tokio::spawn(crate::metrics::serve_admin(admin, metrics));
+    tasks.push(tokio::spawn(crate::metrics::serve_admin(admin, metrics)));
     Ok(Running {
         udp,
         tcp,
         admin: admin_addr,
         shared,
+        tasks,
     })
 }

@@ -46,11 +46,15 @@ impl Default for ForwardConfig {
     }
 }
 
+/// Answers differ by the DNSSEC bits and by EDNS presence, so they are part of the key.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     name: LowerName,
     rtype: RecordType,
     class: DNSClass,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+    edns: bool,
 }
 
 struct Entry {
@@ -89,6 +93,27 @@ impl Forwarder {
             .map_or(&self.cfg.upstreams[..], |(_, u)| &u[..])
     }
 
+    /// Resolves `target` (an ExternalName's CNAME target) for `req`'s type and appends the
+    /// answers to `partial`; the target's failure leaves the CNAME alone, as CoreDNS does.
+    pub async fn chase(
+        &self,
+        req: &Message,
+        mut partial: Message,
+        target: hickory_proto::rr::Name,
+    ) -> Message {
+        let Some(q) = req.queries().first() else {
+            return partial;
+        };
+        let mut sub = req.clone();
+        sub.take_queries();
+        sub.add_query(hickory_proto::op::Query::query(target, q.query_type()));
+        let (resp, _) = self.forward(&sub).await;
+        if resp.response_code() == ResponseCode::NoError {
+            partial.add_answers(resp.answers().iter().cloned());
+        }
+        partial
+    }
+
     /// The response to `req` (its id, its question), from the cache or an upstream.
     pub async fn forward(&self, req: &Message) -> (Message, Source) {
         let Some(q) = req.queries().first() else {
@@ -98,9 +123,15 @@ impl Forwarder {
             name: LowerName::from(q.name()),
             rtype: q.query_type(),
             class: q.query_class(),
+            dnssec_ok: req
+                .extensions()
+                .as_ref()
+                .is_some_and(|e| e.flags().dnssec_ok),
+            checking_disabled: req.checking_disabled(),
+            edns: req.extensions().is_some(),
         };
-        if let Some(m) = self.cached(&key, req) {
-            return (m, Source::Cache);
+        if let Some(m) = self.cached(&key) {
+            return (fit(m, req), Source::Cache);
         }
         let upstreams = self.upstreams_for(&key.name);
         if upstreams.is_empty() {
@@ -114,10 +145,9 @@ impl Forwarder {
                 break;
             }
             match tokio::time::timeout(per_try.min(left), exchange(*up, req)).await {
-                Ok(Ok(mut resp)) => {
-                    self.store(key, &resp);
-                    resp.set_id(req.id());
-                    return (resp, Source::Upstream);
+                Ok(Ok(resp)) => {
+                    let resp = self.store(key, resp);
+                    return (fit(resp, req), Source::Upstream);
                 }
                 Ok(Err(e)) => tracing::debug!(upstream = %up, error = %e, "forward"),
                 Err(_) => tracing::debug!(upstream = %up, "forward timed out"),
@@ -126,7 +156,7 @@ impl Forwarder {
         (response_to(req, ResponseCode::ServFail), Source::Failed)
     }
 
-    fn cached(&self, key: &Key, req: &Message) -> Option<Message> {
+    fn cached(&self, key: &Key) -> Option<Message> {
         let mut cache = self.cache.lock().ok()?;
         let e = cache.get(key)?;
         let now = Instant::now();
@@ -135,20 +165,20 @@ impl Forwarder {
             return None;
         }
         let age = u32::try_from(now.duration_since(e.stored).as_secs()).unwrap_or(u32::MAX);
+        let left = u32::try_from(e.expires.duration_since(now).as_secs()).unwrap_or(u32::MAX);
         let mut m = e.msg.clone();
-        m.set_id(req.id());
-        m.set_recursion_desired(req.recursion_desired());
         // Remaining TTLs, as CoreDNS's cache serves them.
         for r in m.answers_mut().iter_mut() {
-            r.set_ttl(r.ttl().saturating_sub(age));
+            r.set_ttl(r.ttl().saturating_sub(age).min(left));
         }
         for r in m.name_servers_mut().iter_mut() {
-            r.set_ttl(r.ttl().saturating_sub(age));
+            r.set_ttl(r.ttl().saturating_sub(age).min(left));
         }
         Some(m)
     }
 
-    fn store(&self, key: Key, resp: &Message) {
+    /// Caches `resp` (TTLs capped to the cache's limits) and returns it as cached.
+    fn store(&self, key: Key, mut resp: Message) -> Message {
         let ttl = match resp.response_code() {
             ResponseCode::NoError if !resp.answers().is_empty() => resp
                 .answers()
@@ -169,14 +199,27 @@ impl Forwarder {
             _ => 0,
         };
         if ttl == 0 || resp.truncated() {
-            return;
+            return resp;
+        }
+        for r in resp.answers_mut().iter_mut() {
+            r.set_ttl(r.ttl().min(ttl));
+        }
+        for r in resp.name_servers_mut().iter_mut() {
+            r.set_ttl(r.ttl().min(ttl));
         }
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= self.cfg.cache_entries {
                 let now = Instant::now();
                 cache.retain(|_, e| e.expires > now);
+                // Still full of live entries: the one closest to expiry makes room.
                 if cache.len() >= self.cfg.cache_entries {
-                    cache.clear();
+                    if let Some(k) = cache
+                        .iter()
+                        .min_by_key(|(_, e)| e.expires)
+                        .map(|(k, _)| k.clone())
+                    {
+                        cache.remove(&k);
+                    }
                 }
             }
             let now = Instant::now();
@@ -189,6 +232,7 @@ impl Forwarder {
                 },
             );
         }
+        resp
     }
 }
 
@@ -237,10 +281,28 @@ async fn exchange(up: SocketAddr, req: &Message) -> Result<Message, ExchangeErro
     let mut body = vec![0u8; usize::from(n)];
     tcp.read_exact(&mut body).await?;
     let m = Message::from_bytes(&body)?;
-    if m.id() != id {
+    if m.id() != id || m.queries() != q.queries() {
         return Err(ExchangeError::Mismatch);
     }
     Ok(m)
+}
+
+/// An upstream or cached answer made the reply to `req`: its id, question (with the client's
+/// letter case), RD/CD bits, and an OPT record only if the client sent one.
+fn fit(mut m: Message, req: &Message) -> Message {
+    m.set_id(req.id());
+    m.set_recursion_desired(req.recursion_desired());
+    m.set_checking_disabled(req.checking_disabled());
+    m.take_queries();
+    m.add_queries(req.queries().iter().cloned());
+    let edns = req.extensions().as_ref().map(|q| {
+        let mut e = hickory_proto::op::Edns::new();
+        e.set_max_payload(crate::answer::EDNS_PAYLOAD);
+        e.set_dnssec_ok(q.flags().dnssec_ok);
+        e
+    });
+    *m.extensions_mut() = edns;
+    m
 }
 
 fn rand_id() -> u16 {

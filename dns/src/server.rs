@@ -24,6 +24,7 @@ use hickory_proto::{op::Message, serialize::binary::BinDecodable};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
+    sync::Semaphore,
 };
 
 use crate::{
@@ -45,7 +46,15 @@ pub struct Shared {
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub stop: AtomicBool,
+    /// Forwarded queries in flight (beyond it: SERVFAIL at once, not unbounded tasks).
+    pub forwards: Arc<Semaphore>,
+    /// Open TCP connections.
+    pub tcp_conns: Arc<Semaphore>,
 }
+
+/// Limits of `Shared::forwards` and `Shared::tcp_conns`.
+pub const MAX_FORWARDS: usize = 1024;
+pub const MAX_TCP: usize = 1024;
 
 /// Entries per worker cache before it starts over (bounds memory under random names).
 const CACHE_LIMIT: usize = 100_000;
@@ -97,12 +106,24 @@ fn qtype_of(msg: &Message) -> u16 {
 pub enum Decided {
     /// The encoded response; `true` when it is a zone answer (cacheable for the generation).
     Reply(Vec<u8>, bool),
-    Forward(Message),
+    /// For the forwarder, with the response size limit.
+    Forward(Message, usize),
+    /// A CNAME answer whose out-of-zone target the forwarder resolves.
+    Chase(Box<Chase>),
     Drop,
 }
 
+/// The parts of a CNAME chase: the query, the answer so far, the target, the size limit.
+pub struct Chase {
+    pub msg: Message,
+    pub partial: Message,
+    pub target: hickory_proto::rr::Name,
+    pub limit: usize,
+}
+
 /// Decodes and answers one query packet from `zone` (pure: the fuzz target drives this).
-pub fn decide_in(zone: &Zone, pkt: &[u8], limit: usize) -> Decided {
+/// `limit`: the response size cap; None derives it from the query's EDNS (UDP).
+pub fn decide_in(zone: &Zone, pkt: &[u8], limit: Option<usize>) -> Decided {
     let msg = match Message::from_bytes(pkt) {
         Ok(m) => m,
         Err(_) => return wire::formerr(pkt).map_or(Decided::Drop, |r| Decided::Reply(r, false)),
@@ -110,13 +131,28 @@ pub fn decide_in(zone: &Zone, pkt: &[u8], limit: usize) -> Decided {
     if msg.message_type() == hickory_proto::op::MessageType::Response {
         return Decided::Drop;
     }
+    let limit =
+        limit.unwrap_or_else(|| edns_limit(msg.extensions().as_ref().map(|e| e.max_payload())));
     match answer::answer(zone, &msg) {
-        Outcome::Answer(resp) => Decided::Reply(encode(resp, limit), true),
-        Outcome::Forward => Decided::Forward(msg),
+        Outcome::Answer(resp) => {
+            let bytes = encode(resp, limit);
+            // An encoding that failed is never sent or cached.
+            if bytes.len() < 12 {
+                return Decided::Drop;
+            }
+            Decided::Reply(bytes, true)
+        }
+        Outcome::Forward => Decided::Forward(msg, limit),
+        Outcome::Chase(partial, target) => Decided::Chase(Box::new(Chase {
+            msg,
+            partial,
+            target,
+            limit,
+        })),
     }
 }
 
-fn decide(shared: &Shared, pkt: &[u8], limit: usize) -> Decided {
+fn decide(shared: &Shared, pkt: &[u8], limit: Option<usize>) -> Decided {
     decide_in(&shared.zone.load().zone, pkt, limit)
 }
 
@@ -126,6 +162,7 @@ fn edns_limit(msg_limit: Option<u16>) -> usize {
 
 /// One UDP worker: blocking receive, answer, send; stops when `shared.stop` is set.
 pub fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, rt: tokio::runtime::Handle) {
+    let sock = Arc::new(sock);
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(1500);
     let mut cache: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
@@ -160,13 +197,13 @@ pub fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, rt: tokio::runtime::Hand
                 continue;
             }
             let limit = edns_limit(edns_payload(pkt, q.question_end));
-            match decide(&shared, pkt, limit) {
+            match decide(&shared, pkt, Some(limit)) {
                 Decided::Reply(resp, cacheable) => {
                     let _ = sock.send_to(&resp, peer);
                     let qtype =
                         u16::from_be_bytes([pkt[q.question_end - 4], pkt[q.question_end - 3]]);
                     shared.count(Proto::Udp, qtype, &resp, started);
-                    if cacheable {
+                    if cacheable && resp.len() >= q.question_end {
                         shared.cache_event(CacheKind::Zone, false);
                         if cache.len() >= CACHE_LIMIT {
                             cache.clear();
@@ -174,22 +211,17 @@ pub fn udp_worker(sock: UdpSocket, shared: Arc<Shared>, rt: tokio::runtime::Hand
                         cache.insert(q.key, resp);
                     }
                 }
-                Decided::Forward(msg) => {
-                    spawn_forward(&shared, &sock, peer, msg, limit, started, &rt)
-                }
-                Decided::Drop => {}
+                other => spawn_forward(&shared, &sock, peer, other, started, &rt),
             }
             continue;
         }
         // Unusual packet: the full decode decides (FORMERR, NOTIMP, ...), nothing is cached.
-        let limit = 512;
-        match decide(&shared, pkt, limit) {
+        match decide(&shared, pkt, None) {
             Decided::Reply(resp, _) => {
                 let _ = sock.send_to(&resp, peer);
                 shared.count(Proto::Udp, 0, &resp, started);
             }
-            Decided::Forward(msg) => spawn_forward(&shared, &sock, peer, msg, limit, started, &rt),
-            Decided::Drop => {}
+            other => spawn_forward(&shared, &sock, peer, other, started, &rt),
         }
     }
 }
@@ -200,30 +232,56 @@ fn edns_payload(pkt: &[u8], question_end: usize) -> Option<u16> {
     Some(u16::from_be_bytes([opt[3], opt[4]]))
 }
 
+/// Runs a forward or CNAME chase on the runtime and sends its answer from the worker's socket.
 fn spawn_forward(
     shared: &Arc<Shared>,
-    sock: &UdpSocket,
+    sock: &Arc<UdpSocket>,
     peer: SocketAddr,
-    msg: Message,
-    limit: usize,
+    decided: Decided,
     started: Instant,
     rt: &tokio::runtime::Handle,
 ) {
-    let Ok(sock) = sock.try_clone() else {
+    let (msg, limit) = match &decided {
+        Decided::Forward(m, l) => (m.clone(), *l),
+        Decided::Chase(c) => (c.msg.clone(), c.limit),
+        Decided::Reply(..) | Decided::Drop => return,
+    };
+    let Ok(permit) = shared.forwards.clone().try_acquire_owned() else {
+        let bytes = encode(
+            answer::response_to(&msg, hickory_proto::op::ResponseCode::ServFail),
+            limit,
+        );
+        let _ = sock.send_to(&bytes, peer);
+        shared.count(Proto::Udp, qtype_of(&msg), &bytes, started);
         return;
     };
-    let shared = shared.clone();
+    let (shared, sock) = (shared.clone(), sock.clone());
     rt.spawn(async move {
-        let qtype = qtype_of(&msg);
-        let (resp, source) = shared.forwarder.forward(&msg).await;
-        shared.metrics.forwarded.inc();
-        if source != Source::Failed {
-            shared.cache_event(CacheKind::Forward, source == Source::Cache);
-        }
+        let _permit = permit;
+        let resp = resolve(&shared, decided).await;
         let bytes = encode(resp, limit);
         let _ = sock.send_to(&bytes, peer);
-        shared.count(Proto::Udp, qtype, &bytes, started);
+        shared.count(Proto::Udp, qtype_of(&msg), &bytes, started);
     });
+}
+
+/// The forwarder's part of a query (a forward, or the upstream half of a CNAME chase).
+async fn resolve(shared: &Shared, decided: Decided) -> Message {
+    match decided {
+        Decided::Forward(msg, _) => {
+            let (resp, source) = shared.forwarder.forward(&msg).await;
+            shared.metrics.forwarded.inc();
+            if source != Source::Failed {
+                shared.cache_event(CacheKind::Forward, source == Source::Cache);
+            }
+            resp
+        }
+        Decided::Chase(c) => {
+            shared.metrics.forwarded.inc();
+            shared.forwarder.chase(&c.msg, c.partial, c.target).await
+        }
+        Decided::Reply(..) | Decided::Drop => Message::new(),
+    }
 }
 
 /// Binds `workers` UDP sockets on `addr` (the first picks the port when it is 0).
@@ -251,34 +309,41 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<UdpSock
 /// after 10 s (CoreDNS's default).
 pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                // Out of descriptors or the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.tcp_conns.clone().try_acquire_owned() else {
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut tcp = tcp;
             let mut buf = Vec::new();
+            let idle = Duration::from_secs(10);
             loop {
-                let n = match tokio::time::timeout(Duration::from_secs(10), tcp.read_u16()).await {
+                let n = match tokio::time::timeout(idle, tcp.read_u16()).await {
                     Ok(Ok(n)) => usize::from(n),
                     _ => return,
                 };
                 buf.resize(n, 0);
-                if tcp.read_exact(&mut buf).await.is_err() {
+                // A client that sends a length and stalls is cut off like an idle one.
+                if !matches!(
+                    tokio::time::timeout(idle, tcp.read_exact(&mut buf)).await,
+                    Ok(Ok(_))
+                ) {
                     return;
                 }
                 let started = Instant::now();
-                let resp = match decide(&shared, &buf, usize::from(u16::MAX)) {
+                let resp = match decide(&shared, &buf, Some(usize::from(u16::MAX))) {
                     Decided::Reply(r, _) => r,
-                    Decided::Forward(msg) => {
-                        let (resp, source) = shared.forwarder.forward(&msg).await;
-                        shared.metrics.forwarded.inc();
-                        if source != Source::Failed {
-                            shared.cache_event(CacheKind::Forward, source == Source::Cache);
-                        }
-                        encode(resp, usize::from(u16::MAX))
-                    }
                     Decided::Drop => return,
+                    other => encode(resolve(&shared, other).await, usize::from(u16::MAX)),
                 };
                 let qtype = Message::from_bytes(&buf).map(|m| qtype_of(&m)).unwrap_or(0);
                 shared.count(Proto::Tcp, qtype, &resp, started);

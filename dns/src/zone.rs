@@ -403,6 +403,16 @@ impl Zone {
         self.names.is_empty()
     }
 
+    /// `<ns>.pod.<zone>`: the parent of pod names (exists whatever the namespace).
+    pub fn is_pod_namespace(&self, name: &LowerName) -> bool {
+        let n = Name::from(name);
+        let depth = self.cfg.origin.num_labels() as usize;
+        n.num_labels() as usize == depth + 2
+            && n.iter()
+                .nth(1)
+                .is_some_and(|l| l.eq_ignore_ascii_case(b"pod"))
+    }
+
     /// `a-b-c-d.<ns>.pod.<zone>` → the address (CoreDNS `pods insecure`: the shape is enough).
     pub fn pod_address(&self, name: &LowerName) -> Option<IpAddr> {
         let n = Name::from(name);

@@ -22,7 +22,7 @@ use std::{
 use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
     rr::{rdata::SOA, Name, RData, Record, RecordType},
-    serialize::binary::{BinDecodable, BinEncodable as _},
+    serialize::binary::BinDecodable,
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
@@ -36,6 +36,7 @@ use serde_json::json;
 struct Dns {
     child: Child,
     port: u16,
+    admin: SocketAddr,
 }
 
 impl Drop for Dns {
@@ -71,10 +72,17 @@ impl Dns {
             .unwrap_or_else(|| panic!("unexpected: {first}"))
             .parse()
             .unwrap();
+        let second = lines.next().expect("a second line").unwrap();
+        let admin: SocketAddr = second
+            .strip_prefix("admin on http://")
+            .unwrap_or_else(|| panic!("unexpected: {second}"))
+            .parse()
+            .unwrap();
         std::thread::spawn(move || lines.for_each(drop));
         Dns {
             child,
             port: addr.port(),
+            admin,
         }
     }
 
@@ -90,8 +98,12 @@ impl Dns {
             .args(args.split_whitespace())
             .output()
             .expect("dig (bind9-dnsutils; scripts/setup.sh installs it)");
-        // Tabs as single spaces, so expectations read like dig's columns.
-        String::from_utf8_lossy(&out.stdout).replace('\t', " ")
+        // Runs of blanks as one space, so expectations read like dig's columns.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn short(&self, args: &str) -> Vec<String> {
@@ -102,6 +114,24 @@ impl Dns {
             .collect();
         v.sort();
         v
+    }
+
+    /// GET on the admin listener: (status line, body).
+    fn admin(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.admin).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or_default().to_string(),
+            body.to_string(),
+        )
     }
 
     fn raw(&self, pkt: &[u8]) -> Option<Vec<u8>> {
@@ -306,10 +336,14 @@ fn dig_every_record_kind_updates_and_forwarding() {
         dns.short("-x 10.244.1.5"),
         ["db-0.db.default.svc.cluster.local."]
     );
-    // ExternalName: a CNAME (the target resolves through the forwarder).
+    // ExternalName: the CNAME, followed through the forwarder (stub resolvers do not chase).
     let cname = dns.dig("ext.default.svc.cluster.local A");
     assert!(
         cname.contains("ext.default.svc.cluster.local. 5 IN CNAME example.org."),
+        "{cname}"
+    );
+    assert!(
+        cname.contains("example.org. 60 IN A 203.0.113.7"),
         "{cname}"
     );
     // Spec version, apex, pods, NXDOMAIN with the SOA minimum.
@@ -328,6 +362,16 @@ fn dig_every_record_kind_updates_and_forwarding() {
         dns.dig("default.svc.cluster.local A")
             .contains("status: NOERROR"),
         "an empty non-terminal is NODATA"
+    );
+    assert!(
+        dns.dig("other.pod.cluster.local A")
+            .contains("status: NOERROR"),
+        "pod names live below <ns>.pod"
+    );
+    let rev = dns.dig("10.0.96.10.in-addr.arpa A");
+    assert!(
+        rev.contains("status: NOERROR") && rev.contains("in-addr.arpa. 5 IN SOA"),
+        "reverse NODATA carries the reverse apex SOA: {rev}"
     );
 
     // Updates reach answers within 1 s.
@@ -371,6 +415,18 @@ fn dig_every_record_kind_updates_and_forwarding() {
         up_count.load(Ordering::SeqCst),
         before,
         "second answer from the cache"
+    );
+    let upper = dns.dig("EXAMPLE.ORG A");
+    assert!(
+        upper.contains("EXAMPLE.ORG. ")
+            && upper.contains("203.0.113.7")
+            && !upper.contains("mismatch"),
+        "cached answers carry the asker's question: {upper}"
+    );
+    let plain = dns.dig("+noedns example.org A");
+    assert!(
+        !plain.contains("OPT PSEUDOSECTION") && plain.contains("203.0.113.7"),
+        "no OPT for a query without EDNS: {plain}"
     );
     assert!(dns.dig("missing.test A").contains("NXDOMAIN"));
     let before = up_count.load(Ordering::SeqCst);
@@ -449,6 +505,24 @@ fn dig_every_record_kind_updates_and_forwarding() {
         "garbage with QR set: dropped"
     );
     assert_eq!(dns.short("web.default.svc.cluster.local A"), ["10.96.0.10"]);
+
+    // Health, readiness and metrics (queries by type, rcodes, latency, caches, forwards).
+    assert!(dns.admin("/health").0.contains("200"));
+    assert!(dns.admin("/ready").0.contains("200"));
+    let (status, metrics) = dns.admin("/metrics");
+    assert!(status.contains("200"), "{status}");
+    for needle in [
+        "meshwork_dns_requests_total{proto=\"Udp\",qtype=\"SRV\"}",
+        "meshwork_dns_requests_total{proto=\"Tcp\",qtype=\"A\"}",
+        "meshwork_dns_responses_total{rcode=\"NXDOMAIN\"}",
+        "meshwork_dns_responses_total{rcode=\"SERVFAIL\"}",
+        "meshwork_dns_request_duration_seconds_bucket",
+        "meshwork_dns_cache_hits_total{cache=\"Zone\"}",
+        "meshwork_dns_cache_hits_total{cache=\"Forward\"}",
+        "meshwork_dns_forward_requests_total",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
     drop(dns);
     drop(api);
 }
