@@ -132,6 +132,10 @@ fn kill_cgroup(dir: &Path) {
 
 /// A binary built from this workspace, next to the test executable's target dir.
 pub fn lab_binary(name: &str) -> PathBuf {
+    // A system tool by its absolute path (unshare, getent, ...).
+    if Path::new(name).is_absolute() {
+        return PathBuf::from(name);
+    }
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let candidates: Vec<PathBuf> = exe
         .ancestors()

@@ -181,6 +181,16 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, Error> {
 
 /// `start` on a store the caller opened (tests share one etcd fixture this way).
 pub async fn start_with(cfg: ServerConfig, store: AnyStore) -> Result<Running, Error> {
+    start_with_listener(cfg, store, None).await
+}
+
+/// `start_with` on a listening socket the caller bound (a lab test binds it inside a node's
+/// network namespace); None binds `cfg.listen`.
+pub async fn start_with_listener(
+    cfg: ServerConfig,
+    store: AnyStore,
+    listener: Option<std::net::TcpListener>,
+) -> Result<Running, Error> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io(cfg.data_dir.clone(), e))?;
     let mut sans = cfg.advertise.clone();
     sans.push(cfg.listen.ip());
@@ -192,9 +202,16 @@ pub async fn start_with(cfg: ServerConfig, store: AnyStore) -> Result<Running, E
     api.bootstrap()
         .await
         .map_err(|e| Error::Bootstrap(e.to_string()))?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| Error::Listen(cfg.listen, e))?;
+    let listener = match listener {
+        Some(l) => {
+            l.set_nonblocking(true)
+                .map_err(|e| Error::Listen(cfg.listen, e))?;
+            TcpListener::from_std(l).map_err(|e| Error::Listen(cfg.listen, e))?
+        }
+        None => TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::Listen(cfg.listen, e))?,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Listen(cfg.listen, e))?;
