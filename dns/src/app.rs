@@ -190,7 +190,10 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let admin_addr = admin
         .local_addr()
         .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
-    tasks.push(tokio::spawn(crate::metrics::serve_admin(admin, metrics)));
+    tasks.push(tokio::spawn(meshwork_kube_watch::admin::serve(
+        admin,
+        crate::metrics::admin(metrics),
+    )));
     Ok(Running {
         udp,
         tcp,

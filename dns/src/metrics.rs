@@ -1,18 +1,11 @@
 //! Prometheus metrics (prometheus-client) and the admin endpoints: `/metrics`, `/health`
 //! (the process answers) and `/ready` (the zone has been built from a synced watch).
 
-use std::{
-    convert::Infallible,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
 };
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -182,34 +175,14 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /health and /ready on `listener` until the task is dropped.
-pub async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let m = m.clone();
-                async move { Ok::<_, Infallible>(admin(&m, req.uri().path())) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
-}
-
-fn admin(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
-    let (code, body) = match path {
-        "/metrics" => (StatusCode::OK, m.encode()),
-        "/health" => (StatusCode::OK, "OK".to_string()),
-        "/ready" if m.ready.load(Ordering::Relaxed) => (StatusCode::OK, "OK".to_string()),
-        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not synced".to_string()),
-        _ => (StatusCode::NOT_FOUND, "not found".to_string()),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r
+/// The admin handler: /metrics, /health (the process answers), /ready (zone from a synced
+/// watch).
+pub fn admin(m: Arc<Metrics>) -> meshwork_kube_watch::admin::Handler {
+    Arc::new(move |path: &str| match path {
+        "/metrics" => (200, m.encode()),
+        "/health" => (200, "OK".to_string()),
+        "/ready" if m.ready.load(Ordering::Relaxed) => (200, "OK".to_string()),
+        "/ready" => (503, "not synced".to_string()),
+        _ => (404, "not found".to_string()),
+    })
 }

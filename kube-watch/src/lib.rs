@@ -1,5 +1,7 @@
 //! Shared watch plumbing for node components (see README.md).
 
+pub mod admin;
+
 use std::{fmt::Debug, hash::Hash, path::Path, sync::Arc};
 
 use futures::StreamExt;

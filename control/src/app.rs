@@ -1,0 +1,206 @@
+//! Wiring: reflectors → desired state → plan → the eBPF datapath, plus the admin endpoint.
+//!
+//! On start the datapath is opened on its pins and read back (`Datapath::list`); the first plan
+//! is against what is programmed, so a restart converges without flushing and traffic keeps
+//! flowing while the agent is down. Shutdown leaves the datapath in place.
+
+use std::{
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{runtime::watcher, Api};
+use meshwork_ebpf::{Algorithm, Datapath};
+use meshwork_kube_watch::{reflect, Changes};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{Config, LbAlgorithm},
+    desired::{self, Desired, NodeInfo, Options, SERVICE_NAME_LABEL},
+    metrics::{now_ms, Metrics},
+    plan::{plan, Op},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Watch(#[from] meshwork_kube_watch::Error),
+    #[error("datapath: {0}")]
+    Datapath(#[from] meshwork_ebpf::Error),
+    #[error("listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
+}
+
+/// Changes arriving within this of each other are applied together.
+const DEBOUNCE: Duration = Duration::from_millis(2);
+/// A failed apply is retried after this.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub struct Running {
+    pub admin: std::net::SocketAddr,
+    pub metrics: Arc<Metrics>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn datapath_config(cfg: &Config) -> Result<meshwork_ebpf::Config, Error> {
+    let node = cfg.node().map_err(Error::Config)?;
+    let mut d = meshwork_ebpf::Config::new(&node, cfg.cgroup.clone());
+    d.pin_dir = cfg.pin_dir().map_err(Error::Config)?;
+    d.uplink = cfg
+        .uplink
+        .clone()
+        .map(|name| meshwork_ebpf::Uplink { netns: None, name });
+    Ok(d)
+}
+
+/// `meshwork-control uninstall`: removes programs, links and maps from the pin directory.
+pub fn uninstall(cfg: &Config) -> Result<(), Error> {
+    let dir = cfg.pin_dir().map_err(Error::Config)?;
+    meshwork_ebpf::uninstall_dir(&dir)?;
+    Ok(())
+}
+
+/// Applies `ops`; returns how many failed (those are planned again on the next pass).
+fn apply(dp: &mut Datapath, have: &mut Desired, ops: Vec<Op>) -> usize {
+    let mut failed = 0;
+    for op in ops {
+        match op {
+            Op::Upsert(s) => match dp.upsert(&s) {
+                Ok(()) => {
+                    have.insert(s.frontend, s);
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(frontend = ?s.frontend, error = %e, "upsert");
+                }
+            },
+            Op::Remove(f) => match dp.remove(&f) {
+                Ok(_) => {
+                    have.remove(&f);
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(frontend = ?f, error = %e, "remove");
+                }
+            },
+        }
+    }
+    failed
+}
+
+pub async fn start(cfg: Config) -> Result<Running, Error> {
+    let node = NodeInfo {
+        name: cfg.node().map_err(Error::Config)?,
+        addresses: cfg.node_ips.clone(),
+    };
+    let opts = Options {
+        proxy_name: cfg.proxy_name.clone(),
+        algorithm: match cfg.lb_algorithm {
+            LbAlgorithm::Random => Algorithm::Random,
+            LbAlgorithm::Maglev => Algorithm::Maglev,
+        },
+    };
+    let dp = Datapath::open(datapath_config(&cfg)?)?;
+    let have: Desired = dp.list()?.into_iter().map(|s| (s.frontend, s)).collect();
+    tracing::info!(frontends = have.len(), "datapath read back");
+    let dp = Arc::new(Mutex::new((dp, have)));
+
+    let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
+    let changes = Changes::new();
+    let mut rx = changes.subscribe();
+    let (services, t1) = reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        changes.clone(),
+    );
+    let (slices, t2) = reflect(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        changes.clone(),
+    );
+    let metrics = Metrics::new();
+    let m = metrics.clone();
+    let reconcile = tokio::spawn(async move {
+        // Nothing is planned before both lists are in: a partial view would remove live
+        // frontends of a restarted agent.
+        let _ = services.wait_until_ready().await;
+        let _ = slices.wait_until_ready().await;
+        let mut pending = true;
+        loop {
+            if !pending {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                m.pending_since_ms
+                    .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                    .ok();
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            rx.borrow_and_update();
+            let seen = Instant::now();
+            // Convert before locking the datapath (STYLE.md habit 5).
+            let svcs = services.state();
+            let eps = slices.state();
+            let (node, opts, dp, m2) = (node.clone(), opts.clone(), dp.clone(), m.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let want = desired::desired(
+                    &node,
+                    &opts,
+                    &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+                    &eps.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+                );
+                let Ok(mut g) = dp.lock() else {
+                    return usize::MAX;
+                };
+                let (dp, have) = &mut *g;
+                let failed = apply(dp, have, plan(&want, have));
+                m2.services
+                    .set(i64::try_from(have.len()).unwrap_or(i64::MAX));
+                m2.endpoints.set(
+                    i64::try_from(have.values().map(|s| s.backends.len()).sum::<usize>())
+                        .unwrap_or(i64::MAX),
+                );
+                failed
+            })
+            .await
+            .unwrap_or(usize::MAX);
+            m.sync_duration.observe(seen.elapsed().as_secs_f64());
+            if done == 0 {
+                m.pending_since_ms.store(0, Ordering::Relaxed);
+                m.last_sync.set(now_ms() / 1000);
+                m.synced.store(true, Ordering::Relaxed);
+                pending = false;
+            } else {
+                m.sync_errors.inc();
+                tokio::time::sleep(RETRY).await;
+                pending = true;
+            }
+        }
+    });
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
+    let serve = tokio::spawn(meshwork_kube_watch::admin::serve(
+        admin,
+        Metrics::admin(metrics.clone()),
+    ));
+    Ok(Running {
+        admin: admin_addr,
+        metrics,
+        tasks: vec![t1, t2, reconcile, serve],
+    })
+}

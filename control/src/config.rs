@@ -1,0 +1,76 @@
+//! Command line of `meshwork-control` (flags with env fallbacks; defaults here only).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_ADMIN: &str = "0.0.0.0:10256";
+pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "meshwork-control",
+    version,
+    about = "Meshwork node agent (kube-proxy role)"
+)]
+pub struct Config {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    /// kubeconfig of the API server (default: in-cluster, $KUBECONFIG, ~/.kube/config).
+    #[arg(long, env = "MESHWORK_KUBECONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (Local traffic policies keep endpoints with this nodeName).
+    #[arg(long, env = "NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+    /// Addresses NodePorts are served on (repeatable).
+    #[arg(long = "node-ip", value_delimiter = ',')]
+    pub node_ips: Vec<std::net::IpAddr>,
+    /// cgroup v2 directory whose sockets are load balanced.
+    #[arg(long, default_value = DEFAULT_CGROUP)]
+    pub cgroup: PathBuf,
+    /// bpffs pin directory (default /sys/fs/bpf/meshwork/<node>).
+    #[arg(long, global = true)]
+    pub pin_dir: Option<PathBuf>,
+    /// Uplink device for NodePort/ExternalIP traffic from outside (tc); none: socket LB only.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// /healthz (kube-proxy compatible) and /metrics.
+    #[arg(long, env = "MESHWORK_CONTROL_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin_listen: SocketAddr,
+    /// Our `service.kubernetes.io/service-proxy-name` (unset: unlabelled services only).
+    #[arg(long)]
+    pub proxy_name: Option<String>,
+    #[arg(long, value_enum, default_value = "random")]
+    pub lb_algorithm: LbAlgorithm,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Remove every program and map this agent installed (the datapath outlives the agent
+    /// otherwise, by design).
+    Uninstall,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LbAlgorithm {
+    Random,
+    Maglev,
+}
+
+impl Config {
+    pub fn node(&self) -> Result<String, String> {
+        self.node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| "--node-name (or NODE_NAME) is required".to_string())
+    }
+
+    pub fn pin_dir(&self) -> Result<PathBuf, String> {
+        Ok(match &self.pin_dir {
+            Some(p) => p.clone(),
+            None => PathBuf::from(meshwork_ebpf::Config::BPFFS)
+                .join("meshwork")
+                .join(self.node()?),
+        })
+    }
+}

@@ -1,0 +1,334 @@
+//! The control agent in the lab against a real API server: node 2 serves the API on its
+//! underlay address; `meshwork-control` for node 1 runs in node 1's namespace, watches
+//! Services and EndpointSlices (created with kube-rs) and programs node 1's eBPF socket LB.
+//! A client pod on node 1 reaches every backend through the ClusterIP; readiness, traffic
+//! policy and deletes are followed; kill -9 of the agent under a connect loop fails no
+//! connect and the restarted agent converges without flushing; `uninstall` removes it all.
+//!
+//! EndpointSlices are written by the test: the EndpointSlice controller comes with the
+//! orchestrator's controllers (not built yet).
+#![cfg(target_os = "linux")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api,
+};
+use mesh_ctl::cluster::{LabCluster, Pod};
+use meshwork_e2e::{BoxFut, LabApi};
+use meshwork_lab::{cgroup::lab_binary, servers::IdentityServer, Lab};
+use serde_json::json;
+
+struct World {
+    c: LabCluster,
+    client: Pod,
+    backends: Vec<Pod>,
+    _servers: Vec<IdentityServer>,
+    api: LabApi,
+    /// Serves the API server; dropped last.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    fn kube<T: Send>(&self, f: impl FnOnce(kube::Client) -> BoxFut<T> + Send) -> T {
+        self.api.kube(&self.c, f)
+    }
+
+    fn client(&self, args: &[&str]) -> Vec<String> {
+        let out = self.c.lab.run_in_node(
+            &self.c.nodes[0].node,
+            &self.client.ns.netns,
+            "mwlab-client",
+            args,
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Distinct backends answering 30 connects to the ClusterIP.
+    fn reached(&self) -> BTreeSet<String> {
+        self.client(&["tcp", "10.96.7.7:80", "30"])
+            .into_iter()
+            .map(|l| {
+                // "<identity> <address seen>" or "ERR <reason>".
+                l.split_whitespace().next().unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+
+    fn names(&self, idx: &[usize]) -> BTreeSet<String> {
+        idx.iter()
+            .map(|i| self.backends[*i].ns.name.clone())
+            .collect()
+    }
+
+    /// The agent for node 1, in node 1's network namespace (setns, not `ip netns exec`, which
+    /// remounts /sys and would hide bpffs and the cgroup tree).
+    fn agent(&self) -> Agent {
+        let n1 = &self.c.nodes[0].node;
+        let (cg, pins) = (self.c.lab.cgroup(n1), self.c.lab.bpf_pin_dir(n1));
+        let child = self
+            .c
+            .lab
+            .command_in_node(
+                n1,
+                &n1.netns,
+                "meshwork-control",
+                &[
+                    "--kubeconfig",
+                    self.api.kubeconfig.to_str().unwrap(),
+                    "--node-name",
+                    "n1",
+                    "--cgroup",
+                    cg.to_str().unwrap(),
+                    "--pin-dir",
+                    pins.to_str().unwrap(),
+                    "--admin-listen",
+                    "127.0.0.1:10256",
+                ],
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent(child)
+    }
+
+    fn healthz(&self) -> String {
+        let out = self.c.lab.exec_out(
+            &self.c.nodes[0].node.netns,
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "-S",
+                "http://127.0.0.1:10256/healthz",
+            ],
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    }
+}
+
+/// A running agent, killed on drop (also on panic).
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "not within 15 s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn world() -> World {
+    meshwork_lab::require_root();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = rt
+        .block_on(LabCluster::new(Lab::new("control"), 2))
+        .unwrap();
+    let client = c.add_pod(0, "client").unwrap();
+    let backends: Vec<Pod> = [(0, "b0"), (1, "b1"), (1, "b2")]
+        .iter()
+        .map(|(n, name)| c.add_pod(*n, name).unwrap())
+        .collect();
+    let servers = backends
+        .iter()
+        .map(|b| {
+            c.lab
+                .identity_server(&b.ns.netns, SocketAddr::new(b.ip(), 8080), &b.ns.name)
+        })
+        .collect();
+    let api = LabApi::start(&c, 1, &rt);
+    World {
+        c,
+        client,
+        backends,
+        _servers: servers,
+        api,
+        _rt: rt,
+    }
+}
+
+fn slice(w: &World, ready: [bool; 3]) -> EndpointSlice {
+    let eps: Vec<_> = w
+        .backends
+        .iter()
+        .zip(["n1", "n2", "n2"])
+        .zip(ready)
+        .map(|((b, node), r)| json!({"addresses": [b.ip().to_string()], "nodeName": node, "conditions": {"ready": r}}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn agent_programs_services_from_the_api_and_survives_kill_9() {
+    let w = world();
+    let s = slice(&w, [true, true, true]);
+    w.kube(move |c| {
+        Box::pin(async move {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {
+                "clusterIP": "10.96.7.7", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
+            .unwrap();
+            Api::<Service>::namespaced(c.clone(), "default").create(&PostParams::default(), &svc).await.unwrap();
+            Api::<EndpointSlice>::namespaced(c, "default").create(&PostParams::default(), &s).await.unwrap();
+        })
+    });
+    let agent = w.agent();
+    eventually("all three backends through the ClusterIP", || {
+        w.reached() == w.names(&[0, 1, 2])
+    });
+    let h = w.healthz();
+    assert!(h.contains("200 OK") && h.contains("lastUpdated"), "{h}");
+
+    // Readiness: b2 turns not ready → it leaves the rotation.
+    let s = slice(&w, [true, true, false]);
+    w.kube(move |c| {
+        Box::pin(async move {
+            Api::<EndpointSlice>::namespaced(c, "default")
+                .replace("web-1", &PostParams::default(), &s)
+                .await
+                .unwrap();
+        })
+    });
+    eventually("not-ready endpoint removed", || {
+        w.reached() == w.names(&[0, 1])
+    });
+
+    // internalTrafficPolicy Local: only node 1's endpoint.
+    w.kube(|c| {
+        Box::pin(async move {
+            Api::<Service>::namespaced(c, "default")
+                .patch(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"internalTrafficPolicy": "Local"}})),
+                )
+                .await
+                .unwrap();
+        })
+    });
+    eventually("Local policy keeps node 1's endpoint", || {
+        w.reached() == w.names(&[0])
+    });
+    w.kube(|c| {
+        Box::pin(async move {
+            Api::<Service>::namespaced(c, "default")
+                .patch(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"internalTrafficPolicy": "Cluster"}})),
+                )
+                .await
+                .unwrap();
+        })
+    });
+    eventually("back to Cluster", || w.reached() == w.names(&[0, 1]));
+
+    // kill -9 under a constant connect loop: the pinned datapath keeps serving; the restarted
+    // agent reads it back and converges without a flush.
+    let n1 = w.c.nodes[0].node.clone();
+    let looping =
+        w.c.lab
+            .command_in_node(
+                &n1,
+                &w.client.ns.netns,
+                "mwlab-client",
+                &["tcp-loop", "10.96.7.7:80", "3000"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut agent = agent;
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let restarted = w.agent();
+    let out = looping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" fail=0") && !text.contains("ok=0 "),
+        "connect loop across kill -9: {text}"
+    );
+    eventually("restarted agent healthy", || w.healthz().contains("200 OK"));
+    assert_eq!(w.reached(), w.names(&[0, 1]));
+
+    // Delete: the frontend goes (connects fail instead of reaching a backend).
+    w.kube(|c| {
+        Box::pin(async move {
+            Api::<Service>::namespaced(c, "default")
+                .delete("web", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    });
+    eventually("deleted service no longer load balanced", || {
+        w.reached() == BTreeSet::from(["ERR".to_string()])
+    });
+
+    // A clean stop leaves the datapath; the explicit uninstall removes the pins.
+    let mut restarted = restarted;
+    // SAFETY: kill(2) of the agent this test spawned.
+    unsafe { libc::kill(i32::try_from(restarted.0.id()).unwrap(), libc::SIGTERM) };
+    let status = restarted.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    let pins = w.c.lab.bpf_pin_dir(&n1);
+    assert!(
+        std::fs::read_dir(&pins).is_ok_and(|mut d| d.next().is_some()),
+        "a clean stop keeps the datapath"
+    );
+    let out = std::process::Command::new(lab_binary("meshwork-control"))
+        .args(["uninstall", "--node-name", "n1", "--pin-dir"])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !pins.exists() || std::fs::read_dir(&pins).unwrap().next().is_none(),
+        "pins left in {}",
+        pins.display()
+    );
+}
