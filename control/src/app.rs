@@ -9,15 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{runtime::watcher, Api};
 use meshwork_ebpf::{Algorithm, Datapath};
-use meshwork_kube_watch::{reflect, Changes};
+use meshwork_kube_watch::{Changes, ServiceWatch};
 use tokio::net::TcpListener;
 
 use crate::{
     config::{Config, LbAlgorithm},
-    desired::{self, Desired, NodeInfo, Options, SERVICE_NAME_LABEL},
+    desired::{self, Desired, NodeInfo, Options},
     metrics::{now_ms, Metrics},
     plan::{plan, Op},
 };
@@ -119,23 +117,15 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let changes = Changes::new();
     let mut rx = changes.subscribe();
-    let (services, t1) = reflect(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        changes.clone(),
-    );
-    let (slices, t2) = reflect(
-        Api::<EndpointSlice>::all(client),
-        watcher::Config::default().labels(SERVICE_NAME_LABEL),
-        changes.clone(),
-    );
+    let mut watch = ServiceWatch::start(&client, &changes);
+    let (services, slices) = (watch.services.clone(), watch.slices.clone());
+    let mut tasks = std::mem::take(&mut watch.tasks);
     let metrics = Metrics::new();
     let m = metrics.clone();
     let reconcile = tokio::spawn(async move {
         // Nothing is planned before both lists are in: a partial view would remove live
         // frontends of a restarted agent.
-        let _ = services.wait_until_ready().await;
-        let _ = slices.wait_until_ready().await;
+        watch.synced().await;
         let mut pending = true;
         loop {
             if !pending {
@@ -201,6 +191,9 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     Ok(Running {
         admin: admin_addr,
         metrics,
-        tasks: vec![t1, t2, reconcile, serve],
+        tasks: {
+            tasks.extend([reconcile, serve]);
+            tasks
+        },
     })
 }

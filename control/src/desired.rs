@@ -21,7 +21,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use meshwork_ebpf::{Algorithm, Backend, Frontend, Proto, Service as LbService};
 
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 pub const DEFAULT_AFFINITY_SECONDS: u64 = 10_800;
 
 /// This node as the rules need it.
@@ -66,14 +66,7 @@ fn proto(p: Option<&String>) -> Option<Proto> {
 fn endpoints(slices: &[&EndpointSlice]) -> HashMap<(String, String), Vec<Ep>> {
     let mut out: HashMap<(String, String), Vec<Ep>> = HashMap::new();
     for s in slices {
-        let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.clone(),
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .cloned(),
-        ) else {
+        let Some((ns, svc)) = meshwork_kube_watch::slice_service(s) else {
             continue;
         };
         if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {

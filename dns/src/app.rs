@@ -7,9 +7,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::LowerName;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{runtime::watcher, Api};
-use meshwork_kube_watch::{reflect, Changes};
+use meshwork_kube_watch::{Changes, ServiceWatch};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -17,7 +15,7 @@ use crate::{
     forward::{ForwardConfig, Forwarder},
     metrics::Metrics,
     server::{self, Shared, Snapshot},
-    zone::{self, Zone, ZoneConfig, SERVICE_NAME_LABEL},
+    zone::{self, Zone, ZoneConfig},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -82,25 +80,15 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let changes = Changes::new();
     let mut rx = changes.subscribe();
-    let (services, t1) = reflect(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        changes.clone(),
-    );
-    let (slices, t2) = reflect(
-        Api::<EndpointSlice>::all(client),
-        watcher::Config::default().labels(SERVICE_NAME_LABEL),
-        changes.clone(),
-    );
-    let mut tasks = vec![t1, t2];
-    let synced = {
-        let (s, e) = (services.clone(), slices.clone());
-        async move {
-            let _ = s.wait_until_ready().await;
-            let _ = e.wait_until_ready().await;
-        }
-    };
-    let synced_now = tokio::time::timeout(SYNC_WAIT, synced).await.is_ok();
+    let watch = ServiceWatch::start(&client, &changes);
+    let (services, slices) = (watch.services.clone(), watch.slices.clone());
+    let mut tasks = watch.tasks;
+    let synced_now = tokio::time::timeout(SYNC_WAIT, async {
+        let _ = services.wait_until_ready().await;
+        let _ = slices.wait_until_ready().await;
+    })
+    .await
+    .is_ok();
     // Views first (convert before swapping); an unchanged view set keeps the snapshot and
     // its generation, so the UDP caches survive events that do not touch DNS (e.g.
     // readiness churn behind a ClusterIP).

@@ -23,9 +23,6 @@ use hickory_proto::rr::{
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-/// Label kube-proxy and CoreDNS use to tie a slice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
 #[derive(Clone, Debug)]
 pub struct ZoneConfig {
     pub origin: Name,
@@ -78,17 +75,9 @@ pub struct EndpointView {
 pub fn views(services: &[&Service], slices: &[&EndpointSlice]) -> Vec<ServiceView> {
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
-        let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.clone(),
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .cloned(),
-        ) else {
-            continue;
-        };
-        by_service.entry((ns, svc)).or_default().push(s);
+        if let Some(key) = meshwork_kube_watch::slice_service(s) {
+            by_service.entry(key).or_default().push(s);
+        }
     }
     let mut out = Vec::new();
     for svc in services {

@@ -96,3 +96,49 @@ where
     });
     (reader, task)
 }
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// (namespace, service) an EndpointSlice belongs to, from its label.
+pub fn slice_service(
+    s: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<(String, String)> {
+    let ns = s.metadata.namespace.clone()?;
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
+    Some((ns, svc))
+}
+
+/// What both DNS and the control agent watch: every Service and every EndpointSlice that
+/// belongs to one, in stores that bump `changes`.
+pub struct ServiceWatch {
+    pub services: Store<k8s_openapi::api::core::v1::Service>,
+    pub slices: Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServiceWatch {
+    pub fn start(client: &Client, changes: &Changes) -> Self {
+        let (services, t1) = reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            changes.clone(),
+        );
+        let (slices, t2) = reflect(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            changes.clone(),
+        );
+        ServiceWatch {
+            services,
+            slices,
+            tasks: vec![t1, t2],
+        }
+    }
+
+    /// Until both initial lists are in.
+    pub async fn synced(&self) {
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+    }
+}

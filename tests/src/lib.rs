@@ -76,3 +76,46 @@ impl LabApi {
             .unwrap_or_else(|e| panic!("entering {}: {e}", self.netns))
     }
 }
+
+/// `meshwork-control` for one lab node, killed on drop (also on panic). It runs in the node's
+/// network namespace and cgroup via setns (not `ip netns exec`, which remounts /sys and would
+/// hide bpffs and the cgroup tree), with the node's own pin directory.
+pub struct LabAgent(pub std::process::Child);
+
+impl LabAgent {
+    pub fn start(c: &LabCluster, node: usize, kubeconfig: &std::path::Path) -> LabAgent {
+        let n = &c.nodes[node].node;
+        let (cg, pins) = (c.lab.cgroup(n), c.lab.bpf_pin_dir(n));
+        let arg = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let child = c
+            .lab
+            .command_in_node(
+                n,
+                &n.netns,
+                "meshwork-control",
+                &[
+                    "--kubeconfig",
+                    &arg(kubeconfig),
+                    "--node-name",
+                    &n.name,
+                    "--cgroup",
+                    &arg(&cg),
+                    "--pin-dir",
+                    &arg(&pins),
+                    "--admin-listen",
+                    "127.0.0.1:10256",
+                ],
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("meshwork-control (cargo build --bins): {e}"));
+        LabAgent(child)
+    }
+}
+
+impl Drop for LabAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

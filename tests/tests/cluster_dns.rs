@@ -19,21 +19,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{api::PostParams, Api};
 use mesh_ctl::cluster::LabCluster;
-use meshwork_e2e::LabApi;
+use meshwork_e2e::{LabAgent, LabApi};
 use meshwork_lab::{cgroup::lab_binary, Lab};
 use serde_json::json;
 
 const DNS_VIP: &str = "10.96.0.10";
-
-/// A child killed on drop (also on panic).
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn pods_resolve_services_through_the_dns_vip_and_search_path() {
@@ -94,31 +84,8 @@ fn pods_resolve_services_through_the_dns_vip_and_search_path() {
             DNS_VIP,
         ],
     );
-    // The control agent for node 1 (setns, not `ip netns exec`: bpffs and cgroups stay visible).
-    let (cg, pins) = (c.lab.cgroup(&n1), c.lab.bpf_pin_dir(&n1));
-    let _agent = Proc(
-        c.lab
-            .command_in_node(
-                &n1,
-                &n1.netns,
-                "meshwork-control",
-                &[
-                    "--kubeconfig",
-                    api.kubeconfig.to_str().unwrap(),
-                    "--node-name",
-                    "n1",
-                    "--cgroup",
-                    cg.to_str().unwrap(),
-                    "--pin-dir",
-                    pins.to_str().unwrap(),
-                    "--admin-listen",
-                    "127.0.0.1:10256",
-                ],
-            )
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    // The control agent for node 1 programs the kube-dns VIP from the API.
+    let _agent = LabAgent::start(&c, 0, &api.kubeconfig);
 
     // The resolv.conf a kubelet writes for a ClusterFirst pod in `default`.
     let resolv = c.lab.dir().join("resolv.conf");

@@ -26,7 +26,7 @@ use kube::{
     Api,
 };
 use mesh_ctl::cluster::{LabCluster, Pod};
-use meshwork_e2e::{BoxFut, LabApi};
+use meshwork_e2e::{BoxFut, LabAgent, LabApi};
 use meshwork_lab::{cgroup::lab_binary, servers::IdentityServer, Lab};
 use serde_json::json;
 
@@ -75,35 +75,8 @@ impl World {
             .collect()
     }
 
-    /// The agent for node 1, in node 1's network namespace (setns, not `ip netns exec`, which
-    /// remounts /sys and would hide bpffs and the cgroup tree).
-    fn agent(&self) -> Agent {
-        let n1 = &self.c.nodes[0].node;
-        let (cg, pins) = (self.c.lab.cgroup(n1), self.c.lab.bpf_pin_dir(n1));
-        let child = self
-            .c
-            .lab
-            .command_in_node(
-                n1,
-                &n1.netns,
-                "meshwork-control",
-                &[
-                    "--kubeconfig",
-                    self.api.kubeconfig.to_str().unwrap(),
-                    "--node-name",
-                    "n1",
-                    "--cgroup",
-                    cg.to_str().unwrap(),
-                    "--pin-dir",
-                    pins.to_str().unwrap(),
-                    "--admin-listen",
-                    "127.0.0.1:10256",
-                ],
-            )
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Agent(child)
+    fn agent(&self) -> LabAgent {
+        LabAgent::start(&self.c, 0, &self.api.kubeconfig)
     }
 
     fn healthz(&self) -> String {
@@ -124,16 +97,6 @@ impl World {
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         )
-    }
-}
-
-/// A running agent, killed on drop (also on panic).
-struct Agent(std::process::Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
