@@ -170,15 +170,7 @@ pub fn desired(
         if ty == "ExternalName" || spec.cluster_ip.as_deref() == Some("None") || !ours(svc, opts) {
             continue;
         }
-        let cluster_ips: Vec<IpAddr> = spec
-            .cluster_ips
-            .clone()
-            .filter(|v| !v.is_empty())
-            .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
+        let cluster_ips = meshwork_kube_watch::cluster_ips(spec);
         let external: Vec<IpAddr> = spec
             .external_ips
             .iter()

@@ -139,15 +139,7 @@ pub fn views(services: &[&Service], slices: &[&EndpointSlice]) -> Vec<ServiceVie
             }
             ServiceKind::Headless(eps.into_iter().collect())
         } else {
-            let ips: Vec<IpAddr> = spec
-                .cluster_ips
-                .clone()
-                .filter(|v| !v.is_empty())
-                .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|ip| ip.parse().ok())
-                .collect();
+            let ips = meshwork_kube_watch::cluster_ips(&spec);
             if ips.is_empty() {
                 ServiceKind::Pending
             } else {

@@ -142,3 +142,16 @@ impl ServiceWatch {
         let _ = self.slices.wait_until_ready().await;
     }
 }
+
+/// A Service's cluster IPs: `clusterIPs` (dual-stack) or the single `clusterIP`, parsed
+/// ("None" and unallocated give none).
+pub fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<std::net::IpAddr> {
+    spec.cluster_ips
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
