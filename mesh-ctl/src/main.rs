@@ -14,13 +14,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Bring up a two-node lab cluster, wire a pod on each node with the CNI plugin over the
-    /// VXLAN overlay, show them talk, then tear it all down.
+    /// VXLAN overlay, show them talk, start the API server, control agents and cluster DNS,
+    /// reach a Service by name from a pod, then tear it all down.
     Up(up::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: the API server keeps serving while `up` blocks one on kube-rs calls.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{api::PostParams, Api};
 use mesh_ctl::cluster::LabCluster;
-use meshwork_e2e::{LabAgent, LabApi};
-use meshwork_lab::{cgroup::lab_binary, Lab};
+use mesh_ctl::stack::{start_agent, start_dns, LabApi};
+use meshwork_lab::Lab;
 use serde_json::json;
 
 const DNS_VIP: &str = "10.96.0.10";
@@ -38,7 +38,7 @@ fn pods_resolve_services_through_the_dns_vip_and_search_path() {
         .unwrap();
     let client = c.add_pod(0, "client").unwrap();
     let (n1, n2) = (c.nodes[0].node.clone(), c.nodes[1].node.clone());
-    let api = LabApi::start(&c, 1, &rt);
+    let api = rt.block_on(LabApi::start(&c, 1)).unwrap();
     let dns_ip = n2.underlay_ip.to_string();
 
     let ip = dns_ip.clone();
@@ -64,28 +64,13 @@ fn pods_resolve_services_through_the_dns_vip_and_search_path() {
             .unwrap();
             Api::<EndpointSlice>::namespaced(k, "kube-system").create(&PostParams::default(), &slice).await.unwrap();
         })
-    });
+    })
+    .unwrap();
 
-    // meshwork-dns on node 2's underlay address.
-    let dns_bin = lab_binary("meshwork-dns");
-    c.lab.spawn(
-        &n2.netns,
-        &[
-            dns_bin.to_str().unwrap(),
-            "--kubeconfig",
-            api.kubeconfig.to_str().unwrap(),
-            "--listen",
-            &format!("{dns_ip}:53"),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:9",
-            "--dns-ip",
-            DNS_VIP,
-        ],
-    );
+    // meshwork-dns on node 2's underlay address (host network).
+    let _dns = start_dns(&c, 1, &api.kubeconfig, DNS_VIP).unwrap();
     // The control agent for node 1 programs the kube-dns VIP from the API.
-    let _agent = LabAgent::start(&c, 0, &api.kubeconfig);
+    let _agent = start_agent(&c, 0, &api.kubeconfig).unwrap();
 
     // The resolv.conf a kubelet writes for a ClusterFirst pod in `default`.
     let resolv = c.lab.dir().join("resolv.conf");

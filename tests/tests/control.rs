@@ -26,7 +26,7 @@ use kube::{
     Api,
 };
 use mesh_ctl::cluster::{LabCluster, Pod};
-use meshwork_e2e::{BoxFut, LabAgent, LabApi};
+use mesh_ctl::stack::{start_agent, BoxFut, LabApi, LabProc};
 use meshwork_lab::{cgroup::lab_binary, servers::IdentityServer, Lab};
 use serde_json::json;
 
@@ -42,7 +42,7 @@ struct World {
 
 impl World {
     fn kube<T: Send>(&self, f: impl FnOnce(kube::Client) -> BoxFut<T> + Send) -> T {
-        self.api.kube(&self.c, f)
+        self.api.kube(&self.c, f).unwrap()
     }
 
     fn client(&self, args: &[&str]) -> Vec<String> {
@@ -75,8 +75,8 @@ impl World {
             .collect()
     }
 
-    fn agent(&self) -> LabAgent {
-        LabAgent::start(&self.c, 0, &self.api.kubeconfig)
+    fn agent(&self) -> LabProc {
+        start_agent(&self.c, 0, &self.api.kubeconfig).unwrap()
     }
 
     fn healthz(&self) -> String {
@@ -133,7 +133,7 @@ fn world() -> World {
                 .identity_server(&b.ns.netns, SocketAddr::new(b.ip(), 8080), &b.ns.name)
         })
         .collect();
-    let api = LabApi::start(&c, 1, &rt);
+    let api = rt.block_on(LabApi::start(&c, 1)).unwrap();
     World {
         c,
         client,
