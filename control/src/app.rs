@@ -30,6 +30,26 @@ pub enum Error {
     Datapath(#[from] meshwork_ebpf::Error),
     #[error("listen on {0}: {1}")]
     Listen(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("overlay: {0}")]
+    Overlay(#[from] meshwork_overlay::Error),
+    #[error("netlink: {0}")]
+    Netlink(#[from] meshwork_netlink::Error),
+}
+
+/// The VXLAN device this agent programs from Node objects, if it owns the overlay.
+async fn overlay(cfg: &Config) -> Result<Option<meshwork_overlay::Overlay>, Error> {
+    let Some(uplink) = &cfg.overlay_uplink else {
+        return Ok(None);
+    };
+    let ip = cfg
+        .overlay_ip
+        .ok_or_else(|| Error::Config("--overlay-uplink needs --overlay-ip".into()))?;
+    if cfg.pod_cidrs.is_empty() {
+        return Err(Error::Config("--overlay-uplink needs --pod-cidr".into()));
+    }
+    let oc = meshwork_overlay::OverlayConfig::new(uplink, ip, cfg.pod_cidrs.clone());
+    let nl = meshwork_netlink::Netlink::connect()?;
+    Ok(Some(meshwork_overlay::Overlay::ensure(nl, &oc).await?))
 }
 
 /// Changes arriving within this of each other are applied together.
@@ -117,15 +137,24 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let changes = Changes::new();
     let mut rx = changes.subscribe();
+    let overlay = overlay(&cfg).await?;
+    let (nodes, nodes_task) = meshwork_kube_watch::reflect(
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+        changes.clone(),
+    );
     let mut watch = ServiceWatch::start(&client, &changes);
     let (services, slices) = (watch.services.clone(), watch.slices.clone());
     let mut tasks = std::mem::take(&mut watch.tasks);
+    tasks.push(nodes_task);
+    let me = node.name.clone();
     let metrics = Metrics::new();
     let m = metrics.clone();
     let reconcile = tokio::spawn(async move {
         // Nothing is planned before both lists are in: a partial view would remove live
         // frontends of a restarted agent.
         watch.synced().await;
+        let _ = nodes.wait_until_ready().await;
         let mut pending = true;
         loop {
             if !pending {
@@ -165,6 +194,18 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             })
             .await
             .unwrap_or(usize::MAX);
+            // The overlay to every other node, from Node objects (idempotent; a node that
+            // joins or leaves changes routes, FDB and neighbours here).
+            let mut done = done;
+            if let Some(ov) = &overlay {
+                let n = nodes.state();
+                let remotes =
+                    crate::nodes::remotes(&me, &n.iter().map(|x| x.as_ref()).collect::<Vec<_>>());
+                if let Err(e) = ov.sync(&remotes).await {
+                    tracing::warn!(error = %e, "overlay sync");
+                    done = done.saturating_add(1);
+                }
+            }
             m.sync_duration.observe(seen.elapsed().as_secs_f64());
             if done == 0 {
                 m.pending_since_ms.store(0, Ordering::Relaxed);

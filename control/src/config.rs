@@ -42,6 +42,16 @@ pub struct Config {
     pub proxy_name: Option<String>,
     #[arg(long, value_enum, default_value = "random")]
     pub lb_algorithm: LbAlgorithm,
+    /// Program the VXLAN overlay to every other node from Node objects, over this underlay
+    /// device (with --overlay-ip and --pod-cidr); unset: the overlay is someone else's.
+    #[arg(long)]
+    pub overlay_uplink: Option<String>,
+    /// This node's underlay IPv4 (the VTEP address).
+    #[arg(long)]
+    pub overlay_ip: Option<std::net::Ipv4Addr>,
+    /// This node's pod CIDRs (one per family).
+    #[arg(long = "pod-cidr", value_delimiter = ',')]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Subcommand, Debug, Clone)]

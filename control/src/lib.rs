@@ -7,4 +7,5 @@ pub mod app;
 pub mod config;
 pub mod desired;
 pub mod metrics;
+pub mod nodes;
 pub mod plan;

@@ -92,32 +92,59 @@ impl Drop for LabProc {
 /// via setns (not `ip netns exec`, which remounts /sys and would hide bpffs and the cgroup
 /// tree), with the node's own pin directory.
 pub fn start_agent(c: &LabCluster, node: usize, kubeconfig: &Path) -> Result<LabProc> {
-    let n = &c
+    start_agent_with(c, node, kubeconfig, false)
+}
+
+/// `start_agent`; with `overlay`, the agent also owns the node's VXLAN overlay and programs
+/// it from Node objects (its uplink, underlay address and pod CIDRs from the lab).
+pub fn start_agent_with(
+    c: &LabCluster,
+    node: usize,
+    kubeconfig: &Path,
+    overlay: bool,
+) -> Result<LabProc> {
+    let cn = c
         .nodes
         .get(node)
-        .ok_or_else(|| anyhow!("no node #{node}"))?
-        .node;
+        .ok_or_else(|| anyhow!("no node #{node}"))?;
+    let n = &cn.node;
+    let cidrs = cn
+        .pod_cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let ip = n.underlay_ip.to_string();
+    let mut extra: Vec<&str> = Vec::new();
+    if overlay {
+        extra.extend([
+            "--overlay-uplink",
+            &n.uplink,
+            "--overlay-ip",
+            &ip,
+            "--pod-cidr",
+            &cidrs,
+        ]);
+    }
     let (cg, pins) = (c.lab.cgroup(n), c.lab.bpf_pin_dir(n));
     let arg = |p: &Path| p.to_string_lossy().into_owned();
+    let (kc, cg, pins) = (arg(kubeconfig), arg(&cg), arg(&pins));
+    let mut args: Vec<&str> = vec![
+        "--kubeconfig",
+        &kc,
+        "--node-name",
+        &n.name,
+        "--cgroup",
+        &cg,
+        "--pin-dir",
+        &pins,
+        "--admin-listen",
+        "127.0.0.1:10256",
+    ];
+    args.extend(extra);
     let child = c
         .lab
-        .command_in_node(
-            n,
-            &n.netns,
-            "meshwork-control",
-            &[
-                "--kubeconfig",
-                &arg(kubeconfig),
-                "--node-name",
-                &n.name,
-                "--cgroup",
-                &arg(&cg),
-                "--pin-dir",
-                &arg(&pins),
-                "--admin-listen",
-                "127.0.0.1:10256",
-            ],
-        )
+        .command_in_node(n, &n.netns, "meshwork-control", &args)
         .env("MESHWORK_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -295,3 +295,80 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
         pins.display()
     );
 }
+
+/// The overlay from Node objects: three lab nodes start with no overlay routes; agents on n1
+/// and n2 (owning the overlay) connect them once their Node objects exist; n3 joins when its
+/// Node appears and leaves when it is deleted.
+#[test]
+fn agents_program_the_overlay_from_node_objects() {
+    meshwork_lab::require_root();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = rt
+        .block_on(LabCluster::new(Lab::new("control_overlay"), 3))
+        .unwrap();
+    // Nobody knows anybody: from here on the agents program the overlay.
+    rt.block_on(c.sync_overlay(&[])).unwrap();
+    let a = c.add_pod(0, "a").unwrap();
+    let b = c.add_pod(1, "b").unwrap();
+    let d = c.add_pod(2, "d").unwrap();
+    let ping = |to: &Pod| {
+        c.lab
+            .exec_out(
+                &a.ns.netns,
+                &["ping", "-c", "1", "-W", "1", &to.ip().to_string()],
+            )
+            .status
+            .success()
+    };
+    assert!(!ping(&b), "no overlay route before any Node object");
+    let api = rt.block_on(LabApi::start(&c, 2)).unwrap();
+    let node_obj = |i: usize| -> k8s_openapi::api::core::v1::Node {
+        let n = &c.nodes[i];
+        serde_json::from_value(json!({
+            "metadata": {"name": n.node.name},
+            "spec": {"podCIDRs": n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>()},
+            "status": {"addresses": [{"type": "InternalIP", "address": n.node.underlay_ip.to_string()}]},
+        }))
+        .unwrap()
+    };
+    let create = |objs: Vec<k8s_openapi::api::core::v1::Node>| {
+        api.kube(&c, move |k| {
+            Box::pin(async move {
+                for o in objs {
+                    Api::<k8s_openapi::api::core::v1::Node>::all(k.clone())
+                        .create(&PostParams::default(), &o)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .unwrap()
+    };
+    create(vec![node_obj(0), node_obj(1)]);
+    let _agents =
+        [0, 1].map(|i| mesh_ctl::stack::start_agent_with(&c, i, &api.kubeconfig, true).unwrap());
+    eventually("n1 ↔ n2 over the overlay the agents programmed", || {
+        ping(&b)
+    });
+    assert!(!ping(&d), "n3 has no Node object yet");
+
+    create(vec![node_obj(2)]);
+    let _n3 = mesh_ctl::stack::start_agent_with(&c, 2, &api.kubeconfig, true).unwrap();
+    eventually("n3 joined: its pods are reachable", || ping(&d));
+
+    api.kube(&c, |k| {
+        Box::pin(async move {
+            Api::<k8s_openapi::api::core::v1::Node>::all(k)
+                .delete("n3", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    })
+    .unwrap();
+    eventually("n3 left: its routes are gone from n1", || !ping(&d));
+    assert!(ping(&b), "n1 ↔ n2 untouched");
+}
