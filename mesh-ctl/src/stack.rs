@@ -115,7 +115,8 @@ pub fn start_agent_with(
         .collect::<Vec<_>>()
         .join(",");
     let ip = n.underlay_ip.to_string();
-    let mut extra: Vec<&str> = Vec::new();
+    // NodePorts on the node's underlay address, served by tc on its uplink.
+    let mut extra: Vec<&str> = vec!["--node-ip", &ip, "--uplink", &n.uplink];
     if overlay {
         extra.extend([
             "--overlay-uplink",

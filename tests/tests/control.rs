@@ -225,6 +225,80 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
     });
     eventually("back to Cluster", || w.reached() == w.names(&[0, 1]));
 
+    // sessionAffinity ClientIP: every connect from the client pod lands on one backend.
+    w.kube(|c| {
+        Box::pin(async move {
+            Api::<Service>::namespaced(c, "default")
+                .patch(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"sessionAffinity": "ClientIP"}})),
+                )
+                .await
+                .unwrap();
+        })
+    });
+    eventually("ClientIP affinity pins one backend", || {
+        w.reached().len() == 1
+    });
+    w.kube(|c| {
+        Box::pin(async move {
+            Api::<Service>::namespaced(c, "default")
+                .patch(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"sessionAffinity": "None"}})),
+                )
+                .await
+                .unwrap();
+        })
+    });
+    eventually("affinity off again", || w.reached() == w.names(&[0, 1]));
+
+    // NodePort from the underlay (node 2's namespace → node 1's address), externalTrafficPolicy
+    // Local: only node 1's endpoint answers (tc DNAT on node 1's uplink).
+    let (b0, b1) = (
+        w.backends[0].ip().to_string(),
+        w.backends[1].ip().to_string(),
+    );
+    w.kube(move |c| {
+        Box::pin(async move {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": "np"}, "spec": {
+                "type": "NodePort", "clusterIP": "10.96.7.8", "externalTrafficPolicy": "Local",
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]}}))
+            .unwrap();
+            Api::<Service>::namespaced(c.clone(), "default").create(&PostParams::default(), &svc).await.unwrap();
+            let s: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {"name": "np-1", "labels": {"kubernetes.io/service-name": "np"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [b0], "nodeName": "n1"}, {"addresses": [b1], "nodeName": "n2"}]}))
+            .unwrap();
+            Api::<EndpointSlice>::namespaced(c, "default").create(&PostParams::default(), &s).await.unwrap();
+        })
+    });
+    let n1_addr = SocketAddr::new(w.c.nodes[0].node.underlay_ip.into(), 30080);
+    let from_n2 = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s =
+            w.c.lab
+                .tcp_connect(&w.c.nodes[1].node.netns, n1_addr)
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        s.write_all(b"hi\n").ok()?;
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        Some(reply.trim().to_string())
+    };
+    eventually("NodePort answers from the underlay", || from_n2().is_some());
+    let seen: BTreeSet<String> = (0..10).filter_map(|_| from_n2()).collect();
+    assert_eq!(
+        seen,
+        w.names(&[0]),
+        "externalTrafficPolicy Local: node 1's endpoint only"
+    );
+
     // kill -9 under a constant connect loop: the pinned datapath keeps serving; the restarted
     // agent reads it back and converges without a flush.
     let n1 = w.c.nodes[0].node.clone();
