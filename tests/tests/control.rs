@@ -45,6 +45,18 @@ impl World {
         self.api.kube(&self.c, f).unwrap()
     }
 
+    /// A merge patch of Service `web`.
+    fn patch_web(&self, patch: serde_json::Value) {
+        self.kube(move |c| {
+            Box::pin(async move {
+                Api::<Service>::namespaced(c, "default")
+                    .patch("web", &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .unwrap();
+            })
+        });
+    }
+
     fn client(&self, args: &[&str]) -> Vec<String> {
         let out = self.c.lab.run_in_node(
             &self.c.nodes[0].node,
@@ -196,63 +208,19 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
     });
 
     // internalTrafficPolicy Local: only node 1's endpoint.
-    w.kube(|c| {
-        Box::pin(async move {
-            Api::<Service>::namespaced(c, "default")
-                .patch(
-                    "web",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"internalTrafficPolicy": "Local"}})),
-                )
-                .await
-                .unwrap();
-        })
-    });
+    w.patch_web(json!({"spec": {"internalTrafficPolicy": "Local"}}));
     eventually("Local policy keeps node 1's endpoint", || {
         w.reached() == w.names(&[0])
     });
-    w.kube(|c| {
-        Box::pin(async move {
-            Api::<Service>::namespaced(c, "default")
-                .patch(
-                    "web",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"internalTrafficPolicy": "Cluster"}})),
-                )
-                .await
-                .unwrap();
-        })
-    });
+    w.patch_web(json!({"spec": {"internalTrafficPolicy": "Cluster"}}));
     eventually("back to Cluster", || w.reached() == w.names(&[0, 1]));
 
     // sessionAffinity ClientIP: every connect from the client pod lands on one backend.
-    w.kube(|c| {
-        Box::pin(async move {
-            Api::<Service>::namespaced(c, "default")
-                .patch(
-                    "web",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"sessionAffinity": "ClientIP"}})),
-                )
-                .await
-                .unwrap();
-        })
-    });
+    w.patch_web(json!({"spec": {"sessionAffinity": "ClientIP"}}));
     eventually("ClientIP affinity pins one backend", || {
         w.reached().len() == 1
     });
-    w.kube(|c| {
-        Box::pin(async move {
-            Api::<Service>::namespaced(c, "default")
-                .patch(
-                    "web",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"sessionAffinity": "None"}})),
-                )
-                .await
-                .unwrap();
-        })
-    });
+    w.patch_web(json!({"spec": {"sessionAffinity": "None"}}));
     eventually("affinity off again", || w.reached() == w.names(&[0, 1]));
 
     // NodePort from the underlay (node 2's namespace → node 1's address), externalTrafficPolicy
