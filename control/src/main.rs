@@ -35,12 +35,9 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         let running = app::start(cfg).await?;
         println!("admin on http://{}", running.admin);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        meshwork_kube_watch::shutdown_signal()
+            .await
             .map_err(|e| app::Error::Config(format!("signal handler: {e}")))?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
         // The datapath stays programmed: traffic keeps flowing until the next agent.
         drop(running);
         Ok::<(), app::Error>(())

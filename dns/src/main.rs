@@ -30,12 +30,9 @@ fn main() -> std::process::ExitCode {
             println!("DNS listening on {a} (udp+tcp)");
         }
         println!("admin on http://{}", running.admin);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        meshwork_kube_watch::shutdown_signal()
+            .await
             .map_err(|e| app::Error::Config(format!("signal handler: {e}")))?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
         drop(running);
         Ok::<(), app::Error>(())
     });

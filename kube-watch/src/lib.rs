@@ -155,3 +155,13 @@ pub fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<std::n
         .filter_map(|ip| ip.parse().ok())
         .collect()
 }
+
+/// Resolves on SIGINT or SIGTERM: how node components know to stop (an error means no signal
+/// handler could be installed).
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
