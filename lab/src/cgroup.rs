@@ -89,7 +89,7 @@ impl Lab {
         for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(&self.prefix) {
                 kill_cgroup(&e.path());
-                let _ = std::fs::remove_dir(e.path());
+                remove_tree(&e.path());
             }
         }
         for e in std::fs::read_dir(BPF_PIN_ROOT)
@@ -104,6 +104,17 @@ impl Lab {
         }
         let _ = std::fs::remove_dir(BPF_PIN_ROOT);
     }
+}
+
+/// Removes a cgroup and the cgroups under it (a node runtime's pod cgroups), deepest first:
+/// rmdir of a cgroup with children fails.
+fn remove_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Kills everything in a lab cgroup and waits (bounded) until it is empty, so the rmdir that

@@ -11,6 +11,8 @@ pub fn server_config(a: &ApiserverArgs) -> ServerConfig {
     cfg.listen = a.listen;
     cfg.advertise = a.advertise.clone();
     cfg.history = a.history;
+    cfg.api.services.cidr = a.service_cluster_ip_range;
+    cfg.api.services.dns_ip = a.cluster_dns;
     cfg.store = match a.store {
         StoreKind::Sqlite => StoreChoice::Sqlite {
             sync: match a.sqlite_sync {
@@ -30,11 +32,25 @@ pub async fn run_apiserver(a: ApiserverArgs) -> Result<(), server::Error> {
     let running = server::start(server_config(&a)).await?;
     println!("API server listening on {}", running.url);
     println!("admin kubeconfig: {}", running.admin_kubeconfig.display());
+    let mut tasks = Vec::new();
+    if a.controllers {
+        let client = meshwork_kube_watch::client(Some(&running.admin_kubeconfig))
+            .await
+            .map_err(|e| server::Error::Config(format!("controller client: {e}")))?;
+        let cfg = a.ctl.config();
+        tasks.push(tokio::spawn(async move {
+            let inner = crate::controllers::start(client, cfg).await;
+            futures::future::join_all(inner).await;
+        }));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| server::Error::Config(format!("signal handler: {e}")))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    for t in tasks {
+        t.abort();
     }
     running.shutdown().await;
     Ok(())
@@ -43,5 +59,16 @@ pub async fn run_apiserver(a: ApiserverArgs) -> Result<(), server::Error> {
 pub fn run_kubeconfig(a: KubeconfigArgs) -> Result<(), server::Error> {
     server::issue_kubeconfig(&a.data_dir, &a.server, &a.user, &a.groups, &a.out)?;
     println!("wrote {} for {}", a.out.display(), a.user);
+    Ok(())
+}
+
+/// The controllers and scheduler against any API server, until SIGINT/SIGTERM.
+pub async fn run_controllers(a: crate::config::ControllersArgs) -> anyhow::Result<()> {
+    let client = meshwork_kube_watch::client(a.kubeconfig.as_deref()).await?;
+    let tasks = crate::controllers::start(client, a.flags.config()).await;
+    meshwork_kube_watch::shutdown_signal().await?;
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }

@@ -25,6 +25,46 @@ pub enum Cmd {
     Apiserver(ApiserverArgs),
     /// Issue a credential (e.g. for a node agent) and write its kubeconfig.
     Kubeconfig(KubeconfigArgs),
+    /// Run the controllers and the scheduler against an API server (the apiserver runs them
+    /// in-process unless `--controllers=false`).
+    Controllers(ControllersArgs),
+    /// The node runtime (the kubelet's role) for one node.
+    Node(crate::node::NodeArgs),
+    /// Internal: the per-container shim the node runtime starts (not for direct use).
+    #[command(hide = true)]
+    Shim(crate::node::shim::ShimArgs),
+}
+
+/// Settings of the controllers and the scheduler.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerFlags {
+    /// Pod addresses of the cluster; each node gets a /node-cidr-mask-size of it.
+    #[arg(long, env = "MESHWORK_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Seconds without a node heartbeat before the node turns NotReady.
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+}
+
+impl ControllerFlags {
+    pub fn config(&self) -> crate::controllers::ControllerConfig {
+        crate::controllers::ControllerConfig {
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_prefix: self.node_cidr_mask_size,
+            node_monitor_grace: std::time::Duration::from_secs(self.node_monitor_grace_period),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControllersArgs {
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ControllerFlags,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -64,6 +104,17 @@ pub struct ApiserverArgs {
     /// Changes kept for watchers resuming from an older resourceVersion.
     #[arg(long, default_value_t = meshwork_orchestrator_store::DEFAULT_HISTORY)]
     pub history: i64,
+    /// Run the controllers and the scheduler in this process.
+    #[arg(long, env = "MESHWORK_CONTROLLERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controllers: bool,
+    /// ClusterIPs come from here.
+    #[arg(long, env = "MESHWORK_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: ipnet::Ipv4Net,
+    /// Reserved in the service CIDR for cluster DNS (given only to a Service asking for it).
+    #[arg(long, env = "MESHWORK_CLUSTER_DNS", default_value = "10.96.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    #[command(flatten)]
+    pub ctl: ControllerFlags,
 }
 
 #[derive(clap::Args, Debug)]

@@ -5,4 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod controllers;
+pub mod node;
+pub mod scheduler;
 pub mod server;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{
     error::ApiError,
     json_response,
-    kind::{now_seconds, KindOps},
+    kind::{now_seconds, DeleteOpts, KindOps},
     verbs::{list_bytes, object_response, parse_json, Ctx, Filter},
     Api, Body,
 };
@@ -75,6 +75,7 @@ impl Api {
                 .and_then(Value::as_array)
                 .is_some_and(|a| !a.is_empty());
         let pre = Preconditions::from(&opts);
+        let dopts = DeleteOpts::from_options(&opts, |k| ctx.query.get(k).map(str::to_string))?;
         if t.kind.is_namespace() && PROTECTED.contains(&t.name()) {
             return Err(ApiError::Forbidden(format!(
                 "namespaces \"{}\" is forbidden: this namespace may not be deleted",
@@ -95,7 +96,7 @@ impl Api {
             let res = if t.kind.is_namespace() {
                 self.terminate_namespace(&cur, t.name()).await
             } else {
-                self.remove(t.kind, &cur).await
+                self.remove(t.kind, &cur, &dopts).await
             };
             match res {
                 Ok((bytes, rev)) => {
@@ -119,9 +120,10 @@ impl Api {
         &self,
         kind: &dyn KindOps,
         cur: &Stored,
+        opts: &DeleteOpts,
     ) -> Result<(Vec<u8>, Revision), ApiError> {
         let name = kind.metadata(&cur.value)?.name.unwrap_or_default();
-        let res = match kind.begin_delete(&cur.value)? {
+        let res = match kind.begin_delete(&cur.value, opts)? {
             Some(bytes) if bytes == cur.value => return Ok((cur.value.clone(), cur.mod_revision)),
             Some(bytes) => self
                 .store
@@ -166,7 +168,7 @@ impl Api {
                 .await
                 .map_err(|e| ApiError::from_store(e, &kind.info().qualified(), ""))?;
             for s in items {
-                match self.remove(kind, &s).await {
+                match self.remove(kind, &s, &DeleteOpts::default()).await {
                     // Gone or changed meanwhile: finish_namespace sees what is left.
                     Ok(_) | Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
                     Err(e) => return Err(e),
@@ -237,6 +239,12 @@ impl Api {
         let t = &ctx.target;
         let filter = Filter::new(t.kind, &ctx.query, None)?;
         let dry = ctx.query.dry_run()?;
+        let opts: Value = if ctx.body.is_empty() {
+            json!({})
+        } else {
+            parse_json(&ctx.body)?
+        };
+        let dopts = DeleteOpts::from_options(&opts, |k| ctx.query.get(k).map(str::to_string))?;
         let (all, rev) = self
             .store
             .list(&t.kind.info().prefix(t.ns.as_deref()))
@@ -253,7 +261,7 @@ impl Api {
             }
             // A concurrent write re-reads and retries; an object deleted meanwhile is skipped.
             for _ in 0..DELETE_RETRIES {
-                match self.remove(t.kind, &s).await {
+                match self.remove(t.kind, &s, &dopts).await {
                     Ok(d) => {
                         deleted.push(d);
                         break;

@@ -21,6 +21,12 @@ pub enum ApiError {
         name: String,
         causes: Vec<Cause>,
     },
+    /// 409 with a message of its own (a pod already bound, ...).
+    #[error("{0}")]
+    ConflictMessage(String),
+    /// 503: a node the request is proxied to cannot be reached.
+    #[error("{0}")]
+    ServiceUnavailable(String),
     #[error("{0}")]
     BadRequest(String),
     /// Well-formed but not applicable (a JSON patch test that failed, ...): 422 without causes.
@@ -91,6 +97,8 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
             ApiError::Invalid { .. } => 422,
+            ApiError::ConflictMessage(_) => 409,
+            ApiError::ServiceUnavailable(_) => 503,
             ApiError::BadRequest(_) => 400,
             ApiError::Unprocessable(_) => 422,
             ApiError::NotAcceptable(_) => 406,
@@ -110,6 +118,8 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
+            ApiError::ConflictMessage(_) => "Conflict",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unprocessable(_) => "Invalid",
             ApiError::NotAcceptable(_) => "NotAcceptable",

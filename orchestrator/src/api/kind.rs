@@ -110,7 +110,75 @@ pub trait Rules:
         None
     }
     fn set_replicas(&mut self, _n: i32) {}
+    /// Seconds a delete waits before the object goes (a pod on a node: its grace period, so
+    /// the node can stop it); None deletes at once.
+    fn grace_period(&self) -> Option<i64> {
+        None
+    }
 }
+
+/// How a delete treats the object's dependents (DeleteOptions.propagationPolicy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    Background,
+    Foreground,
+    Orphan,
+}
+
+/// The parts of DeleteOptions that change what a delete writes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeleteOpts {
+    pub grace: Option<i64>,
+    pub propagation: Option<Propagation>,
+}
+
+impl DeleteOpts {
+    /// From a DeleteOptions body merged over the query (`gracePeriodSeconds`,
+    /// `propagationPolicy`, the deprecated `orphanDependents`).
+    pub fn from_options(opts: &Value, query: impl Fn(&str) -> Option<String>) -> Result<Self, ApiError> {
+        let grace = match opts.get("gracePeriodSeconds") {
+            Some(v) => v.as_i64(),
+            None => match query("gracePeriodSeconds") {
+                Some(q) => Some(q.parse::<i64>().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid gracePeriodSeconds {q:?}"))
+                })?),
+                None => None,
+            },
+        };
+        let policy = opts
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| query("propagationPolicy"));
+        let orphan = opts
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or_else(|| query("orphanDependents").map(|q| q == "true"));
+        let propagation = match policy.as_deref() {
+            Some("Background") => Some(Propagation::Background),
+            Some("Foreground") => Some(Propagation::Foreground),
+            Some("Orphan") => Some(Propagation::Orphan),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "propagationPolicy {other:?} is not one of Background, Foreground, Orphan"
+                )))
+            }
+            None => orphan.map(|o| {
+                if o {
+                    Propagation::Orphan
+                } else {
+                    Propagation::Background
+                }
+            }),
+        };
+        Ok(DeleteOpts { grace, propagation })
+    }
+}
+
+/// The finalizer the garbage collector honours for Orphan deletes.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// The finalizer the garbage collector honours for Foreground deletes.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
 /// A cell for creation time, rendered like apimachinery's `duration.HumanDuration`.
 pub fn age(meta: &ObjectMeta, now: Timestamp) -> Value {
@@ -260,7 +328,7 @@ pub trait KindOps: Send + Sync {
         fv: FieldValidation,
     ) -> Result<Out, ApiError>;
     /// DELETE: None = remove now; Some(bytes) = finalizers pending, store this terminating copy.
-    fn begin_delete(&self, old: &[u8]) -> Result<Option<Vec<u8>>, ApiError>;
+    fn begin_delete(&self, old: &[u8], opts: &DeleteOpts) -> Result<Option<Vec<u8>>, ApiError>;
     fn selectable(&self, bytes: &[u8]) -> Result<Selectable, ApiError>;
     /// `metadata` of a stored object (PartialObjectMetadata of Table rows).
     fn metadata(&self, bytes: &[u8]) -> Result<ObjectMeta, ApiError>;
@@ -482,8 +550,14 @@ impl<K: Rules> Typed<K> {
         new.default();
         Self::normalize(&mut new);
         Self::check(&new, Some(&old))?;
+        // The update that removes the last finalizer of a terminating object deletes it (a pod
+        // in its grace period has none and stays until its node deletes it).
         let terminating = new.metadata().deletion_timestamp.is_some();
-        if terminating && new.metadata().finalizers.as_ref().is_none_or(Vec::is_empty) {
+        let had_finalizers = old.metadata().finalizers.as_ref().is_some_and(|f| !f.is_empty());
+        if terminating
+            && had_finalizers
+            && new.metadata().finalizers.as_ref().is_none_or(Vec::is_empty)
+        {
             return Ok(Out {
                 write: Write::Delete,
                 warnings,
@@ -617,10 +691,40 @@ impl<K: Rules> KindOps for Typed<K> {
         Self::finish_update(new, old, warnings)
     }
 
-    fn begin_delete(&self, old: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
+    fn begin_delete(&self, old: &[u8], opts: &DeleteOpts) -> Result<Option<Vec<u8>>, ApiError> {
         let mut obj: K = Self::load(old)?;
+        let grace = obj
+            .grace_period()
+            .map(|default| opts.grace.unwrap_or(default).max(0))
+            .unwrap_or(0);
         let m = obj.metadata_mut();
-        if m.finalizers.as_ref().is_none_or(Vec::is_empty) {
+        let fins = m.finalizers.get_or_insert_with(Vec::new);
+        if m.deletion_timestamp.is_none() {
+            let add = match opts.propagation {
+                Some(Propagation::Orphan) => Some(ORPHAN_FINALIZER),
+                Some(Propagation::Foreground) => Some(FOREGROUND_FINALIZER),
+                _ => None,
+            };
+            if let Some(f) = add.filter(|f| !fins.iter().any(|x| x == f)) {
+                fins.push(f.into());
+            }
+        }
+        let has_finalizers = !fins.is_empty();
+        if !has_finalizers {
+            m.finalizers = None;
+        }
+        if grace > 0 {
+            let until = now_seconds()
+                .checked_add(jiff::SignedDuration::from_secs(grace))
+                .map_err(internal)?;
+            // A later delete may shorten the grace period, never lengthen it.
+            if m.deletion_timestamp.as_ref().is_none_or(|t| until < t.0) {
+                m.deletion_timestamp = Some(Time(until));
+                m.deletion_grace_period_seconds = Some(grace);
+            }
+            return Ok(Some(Self::encode(&obj)?));
+        }
+        if !has_finalizers {
             return Ok(None);
         }
         if m.deletion_timestamp.is_none() {

@@ -1,10 +1,12 @@
 //! The Kubernetes API: routing, the verbs, list/watch, discovery and openapi, on top of a
 //! `Store`. Transport (TLS, authentication) lives in `server/`.
 
+pub mod alloc;
 mod delete;
 pub mod error;
 pub mod kind;
 mod object;
+pub mod pods;
 pub mod openapi;
 pub mod registry;
 mod rules;
@@ -39,6 +41,8 @@ pub struct ApiConfig {
     pub bookmark_every: Duration,
     /// Longest watch when the client gives no timeoutSeconds.
     pub max_watch: Duration,
+    /// Service CIDR, cluster DNS address and node-port range.
+    pub services: alloc::ServiceRanges,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +51,7 @@ impl Default for ApiConfig {
             max_body: 3 * 1024 * 1024,
             bookmark_every: Duration::from_secs(10),
             max_watch: Duration::from_secs(1800),
+            services: alloc::ServiceRanges::default(),
         }
     }
 }
@@ -55,6 +60,7 @@ pub struct Api {
     store: AnyStore,
     registry: &'static Registry,
     cfg: ApiConfig,
+    alloc: alloc::Allocator,
 }
 
 /// Where a request points inside a group/version.
@@ -130,6 +136,7 @@ impl Api {
         Api {
             store,
             registry: &registry::REGISTRY,
+            alloc: alloc::Allocator::new(cfg.services.clone()),
             cfg,
         }
     }
@@ -288,6 +295,15 @@ impl Api {
             (&Method::DELETE, false) if scoped && !ctx.target.kind.is_namespace() => {
                 self.delete_collection(ctx).await
             }
+            (&Method::POST, true) if ctx.target.sub.as_deref() == Some("binding") => {
+                self.bind(ctx).await
+            }
+            (&Method::GET, true) if ctx.target.sub.as_deref() == Some("log") => {
+                self.pod_log(ctx).await
+            }
+            (_, true) if matches!(ctx.target.sub.as_deref(), Some("binding" | "log")) => {
+                Err(ApiError::MethodNotAllowed)
+            }
             (&Method::DELETE, true) if sub => Err(ApiError::MethodNotAllowed),
             (&Method::GET, true) if ctx.query.flag("watch") => self.clone().watch(ctx).await,
             (&Method::GET, true) => self.get(ctx).await,
@@ -346,6 +362,7 @@ impl Api {
             None => {}
             Some("status") if t.kind.info().status => {}
             Some("scale") if t.kind.info().scale => {}
+            Some("binding" | "log") if t.kind.info().plural == "pods" && t.kind.info().group.is_empty() => {}
             Some(_) => return Err(ApiError::UnknownPath),
         }
         Ok(t)

@@ -1,6 +1,7 @@
 //! get, list, create, update, patch, delete, deletecollection.
 
 use bytes::Bytes;
+use k8s_openapi::api::core::v1::Service;
 use http::{header, HeaderValue, Response, StatusCode};
 use meshwork_orchestrator_patch::{PatchType, Schema};
 use meshwork_orchestrator_store::{Revision, Store, StoreError, Stored};
@@ -267,9 +268,12 @@ impl Api {
             self.require_namespace(ns).await?;
         }
         let out = t.kind.create(body, t.ns.as_deref(), fv)?;
-        let Write::Put(bytes) = out.write else {
+        let Write::Put(mut bytes) = out.write else {
             return Err(ApiError::Internal("create produced no object".into()));
         };
+        if is_service(t.kind) {
+            bytes = self.assign_service(bytes, None).await?;
+        }
         let meta = t.kind.metadata(&bytes)?;
         let name = meta.name.unwrap_or_default();
         let key = t.kind.info().key(t.ns.as_deref(), &name);
@@ -302,7 +306,7 @@ impl Api {
 
     /// Read-modify-write: `f` maps the current object to the write; a lost race retries unless
     /// the client pinned a resourceVersion (then it is a 409).
-    async fn update_with(
+    pub(crate) async fn update_with(
         &self,
         t: &Target,
         dry: bool,
@@ -311,7 +315,12 @@ impl Api {
         let info = t.kind.info();
         for _ in 0..UPDATE_RETRIES {
             let cur = self.current(t).await?;
-            let (out, pinned) = f(&cur)?;
+            let (mut out, pinned) = f(&cur)?;
+            if let (Write::Put(bytes), true) = (&mut out.write, is_service(t.kind)) {
+                *bytes = self
+                    .assign_service(std::mem::take(bytes), Some(&cur.value))
+                    .await?;
+            }
             if pinned.is_some_and(|p| p != cur.mod_revision) {
                 return Err(ApiError::Conflict {
                     resource: info.qualified(),
@@ -440,6 +449,61 @@ impl Api {
 }
 
 /// `metadata.resourceVersion` of a body: the client's optimistic-concurrency precondition.
+fn is_service(kind: &dyn KindOps) -> bool {
+    let i = kind.info();
+    i.group.is_empty() && i.plural == "services"
+}
+
+impl Api {
+    async fn reload_allocations(&self) -> Result<(), ApiError> {
+        let kind = self
+            .registry
+            .find("", "v1", "services")
+            .ok_or(ApiError::UnknownPath)?;
+        let (all, _) = self
+            .store
+            .list(&kind.info().prefix(None))
+            .await
+            .map_err(|e| ApiError::from_store(e, "services", ""))?;
+        let services: Vec<Service> = all
+            .iter()
+            .filter_map(|s| serde_json::from_slice(&s.value).ok())
+            .collect();
+        self.alloc.reload(&services);
+        Ok(())
+    }
+
+    /// Gives a Service its clusterIP and node ports (see `alloc`).
+    async fn assign_service(&self, bytes: Vec<u8>, old: Option<&[u8]>) -> Result<Vec<u8>, ApiError> {
+        if !self.alloc.loaded() {
+            self.reload_allocations().await?;
+        }
+        let svc: Service =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let old: Option<Service> = old.and_then(|o| serde_json::from_slice(o).ok());
+        for attempt in 0..2 {
+            let mut s = svc.clone();
+            match self.alloc.assign(&mut s, old.as_ref()) {
+                Ok(()) => {
+                    return serde_json::to_vec(&s).map_err(|e| ApiError::Internal(e.to_string()))
+                }
+                Err(Some(cause)) => {
+                    return Err(ApiError::Invalid {
+                        kind: "Service".into(),
+                        name: svc.metadata.name.clone().unwrap_or_default(),
+                        causes: vec![cause],
+                    })
+                }
+                Err(None) if attempt == 0 => self.reload_allocations().await?,
+                Err(None) => break,
+            }
+        }
+        Err(ApiError::Internal(
+            "range of service addresses or node ports is full".into(),
+        ))
+    }
+}
+
 fn pinned_rv(body: &Value) -> Result<Option<Revision>, ApiError> {
     match body.pointer("/metadata/resourceVersion") {
         None | Some(Value::Null) => Ok(None),

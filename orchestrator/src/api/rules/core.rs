@@ -281,6 +281,16 @@ impl Rules for Pod {
     }
 
     status_slot!(Pod, PodStatus);
+
+    fn grace_period(&self) -> Option<i64> {
+        let spec = self.spec.as_ref()?;
+        spec.node_name.as_ref()?;
+        let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        Some(spec.termination_grace_period_seconds.unwrap_or(30))
+    }
 }
 
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];

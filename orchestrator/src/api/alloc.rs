@@ -1,0 +1,301 @@
+//! ClusterIP and NodePort allocation, done by the API server at Service create/update the way
+//! kube-apiserver's service registry does: a Service without a clusterIP gets a free one from
+//! the service CIDR (never the network address, the first host — the `kubernetes` Service's —
+//! or the address reserved for cluster DNS, which only a Service asking for it gets); NodePort
+//! and LoadBalancer ports without a nodePort get a free one from the node-port range.
+//!
+//! What is in use is kept in memory, filled from the store on first use. Deletes do not release
+//! eagerly: a request for a taken address or an exhausted random search re-reads the store, so
+//! freed values come back then.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    ops::RangeInclusive,
+    sync::Mutex,
+};
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Service;
+
+use super::error::Cause;
+
+/// Where Services get their addresses and node ports.
+#[derive(Clone, Debug)]
+pub struct ServiceRanges {
+    pub cidr: Ipv4Net,
+    /// Reserved for cluster DNS: allocated only on request.
+    pub dns_ip: Ipv4Addr,
+    pub node_ports: RangeInclusive<u16>,
+}
+
+impl Default for ServiceRanges {
+    fn default() -> Self {
+        ServiceRanges {
+            cidr: "10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!()),
+            dns_ip: Ipv4Addr::new(10, 96, 0, 10),
+            node_ports: 30000..=32767,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Used {
+    loaded: bool,
+    /// Just re-read from the store: a conflict is real, not a stale view.
+    fresh: bool,
+    ips: HashSet<Ipv4Addr>,
+    ports: HashSet<(u16, String)>,
+}
+
+pub struct Allocator {
+    ranges: ServiceRanges,
+    used: Mutex<Used>,
+}
+
+const RANDOM_TRIES: usize = 64;
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+fn invalid(field: &str, value: &str, why: String) -> Cause {
+    Cause::invalid(field, value, &why)
+}
+
+impl Allocator {
+    pub fn new(ranges: ServiceRanges) -> Self {
+        Allocator {
+            ranges,
+            used: Mutex::new(Used::default()),
+        }
+    }
+
+    pub fn ranges(&self) -> &ServiceRanges {
+        &self.ranges
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.lock().loaded
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Used> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces what is in use with what `services` hold (the store's current list).
+    pub fn reload<'a>(&self, services: impl IntoIterator<Item = &'a Service>) {
+        let mut u = Used {
+            loaded: true,
+            fresh: true,
+            ..Used::default()
+        };
+        for s in services {
+            let (ips, ports) = held(s);
+            u.ips.extend(ips);
+            u.ports.extend(ports);
+        }
+        *self.lock() = u;
+    }
+
+    /// Fills in (and records) the clusterIP and node ports `svc` needs; `old` is the stored
+    /// Service on update, whose values carry over when the update omits them. `Err(None)`
+    /// means the in-memory view may be stale: reload and call again.
+    pub fn assign(&self, svc: &mut Service, old: Option<&Service>) -> Result<(), Option<Cause>> {
+        let mut used = self.lock();
+        let old_held = old.map(held).unwrap_or_default();
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+        if ty == "ExternalName" {
+            return Ok(());
+        }
+        // Carry over what the update left out.
+        if let Some(o) = old.and_then(|o| o.spec.as_ref()) {
+            if spec.cluster_ip.as_deref().is_none_or(str::is_empty) {
+                spec.cluster_ip = o.cluster_ip.clone();
+                spec.cluster_ips = o.cluster_ips.clone();
+            }
+            for p in spec.ports.iter_mut().flatten() {
+                if p.node_port.is_none() && ty != "ClusterIP" {
+                    p.node_port = o
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|q| q.port == p.port && q.protocol == p.protocol)
+                        .and_then(|q| q.node_port);
+                }
+            }
+        }
+        let want = spec.cluster_ip.clone().filter(|ip| !ip.is_empty());
+        let ip = match want.as_deref() {
+            Some("None") => None,
+            Some(text) => {
+                let ip: Ipv4Addr = text.parse().map_err(|_| {
+                    Some(invalid(
+                        "spec.clusterIPs[0]",
+                        text,
+                        "must be a valid IP address".into(),
+                    ))
+                })?;
+                if !self.ranges.cidr.contains(&ip) || ip == self.ranges.cidr.network() {
+                    return Err(Some(invalid(
+                        "spec.clusterIPs[0]",
+                        text,
+                        format!(
+                            "failed to allocate IP {text}: provided IP is not in the valid range. The range of valid IPs is {}",
+                            self.ranges.cidr
+                        ),
+                    )));
+                }
+                if used.ips.contains(&ip) && !old_held.0.contains(&ip) {
+                    return Err(if used.loaded_fresh() {
+                        Some(invalid(
+                            "spec.clusterIPs[0]",
+                            text,
+                            format!("failed to allocate IP {text}: provided IP is already allocated"),
+                        ))
+                    } else {
+                        None
+                    });
+                }
+                Some(ip)
+            }
+            None => Some(self.free_ip(&used).ok_or(None)?),
+        };
+        match ip {
+            Some(ip) => {
+                used.ips.insert(ip);
+                spec.cluster_ip = Some(ip.to_string());
+                spec.cluster_ips = Some(vec![ip.to_string()]);
+                spec.ip_families = Some(vec!["IPv4".into()]);
+                spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+            }
+            None => {
+                spec.cluster_ip = Some("None".into());
+                spec.cluster_ips = Some(vec!["None".into()]);
+            }
+        }
+        if ty == "NodePort" || ty == "LoadBalancer" {
+            let mut taken_here = HashSet::new();
+            for (i, p) in spec.ports.iter_mut().flatten().enumerate() {
+                let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                let port = match p.node_port {
+                    Some(np) => {
+                        let key = (np as u16, proto.clone());
+                        if !self.ranges.node_ports.contains(&(np as u16)) {
+                            return Err(Some(invalid(
+                                &format!("spec.ports[{i}].nodePort"),
+                                &np.to_string(),
+                                format!(
+                                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                                    self.ranges.node_ports.start(),
+                                    self.ranges.node_ports.end()
+                                ),
+                            )));
+                        }
+                        if (used.ports.contains(&key) && !old_held.1.contains(&key))
+                            || taken_here.contains(&key)
+                        {
+                            return Err(if used.loaded_fresh() {
+                                Some(invalid(
+                                    &format!("spec.ports[{i}].nodePort"),
+                                    &np.to_string(),
+                                    "provided port is already allocated".into(),
+                                ))
+                            } else {
+                                None
+                            });
+                        }
+                        key.0
+                    }
+                    None => self.free_port(&used, &taken_here, &proto).ok_or(None)?,
+                };
+                taken_here.insert((port, proto));
+                p.node_port = Some(port.into());
+            }
+            used.ports.extend(taken_here);
+        }
+        used.fresh = false;
+        Ok(())
+    }
+
+    fn free_ip(&self, used: &Used) -> Option<Ipv4Addr> {
+        let net = self.ranges.cidr;
+        let base = u32::from(net.network());
+        let size = 1u64 << (32 - net.prefix_len());
+        let first = u32::from(net.network()).wrapping_add(1);
+        let pick = |off: u64| Ipv4Addr::from(base.wrapping_add(off as u32));
+        let ok = |ip: Ipv4Addr| {
+            ip != net.network()
+                && ip != net.broadcast()
+                && u32::from(ip) != first
+                && ip != self.ranges.dns_ip
+                && !used.ips.contains(&ip)
+        };
+        (0..RANDOM_TRIES)
+            .map(|_| pick(random_u32() as u64 % size))
+            .find(|ip| ok(*ip))
+            .or_else(|| {
+                if used.loaded_fresh() {
+                    (0..size).map(pick).find(|ip| ok(*ip))
+                } else {
+                    None
+                }
+            })
+    }
+
+    fn free_port(&self, used: &Used, here: &HashSet<(u16, String)>, proto: &str) -> Option<u16> {
+        let r = &self.ranges.node_ports;
+        let size = (*r.end() - *r.start()) as u32 + 1;
+        let free = |p: u16| {
+            let k = (p, proto.to_string());
+            !used.ports.contains(&k) && !here.contains(&k)
+        };
+        (0..RANDOM_TRIES)
+            .map(|_| *r.start() + (random_u32() % size) as u16)
+            .find(|p| free(*p))
+            .or_else(|| {
+                if used.loaded_fresh() {
+                    r.clone().find(|p| free(*p))
+                } else {
+                    None
+                }
+            })
+    }
+}
+
+impl Used {
+    fn loaded_fresh(&self) -> bool {
+        self.fresh
+    }
+}
+
+/// The clusterIP and node ports a stored Service holds.
+fn held(s: &Service) -> (HashSet<Ipv4Addr>, HashSet<(u16, String)>) {
+    let mut ips = HashSet::new();
+    let mut ports = HashSet::new();
+    if let Some(spec) = &s.spec {
+        for ip in meshwork_ips(spec) {
+            if let IpAddr::V4(v4) = ip {
+                ips.insert(v4);
+            }
+        }
+        for p in spec.ports.iter().flatten() {
+            if let Some(np) = p.node_port {
+                ports.insert((np as u16, p.protocol.clone().unwrap_or_else(|| "TCP".into())));
+            }
+        }
+    }
+    (ips, ports)
+}
+
+fn meshwork_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<IpAddr> {
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}

@@ -1,0 +1,162 @@
+//! The controllers of the bundled orchestrator (kube-controller-manager's role), run against
+//! the API through kube-rs like any client: ReplicaSet, Deployment, EndpointSlice, garbage
+//! collection by ownerReferences, node pod-CIDR allocation and node lifecycle. ClusterIP and
+//! NodePort allocation live in the API server (`api::alloc`), as in kube-apiserver.
+//!
+//! Each controller is level-triggered: it reads shared watch caches and converges every object
+//! on any change, and on a timer (for time-driven transitions). Writes are idempotent or
+//! guarded by expectations (what a controller created or deleted but its cache has not shown
+//! yet), so a stale cache never doubles a create.
+
+mod deployment;
+mod endpointslice;
+mod gc;
+mod nodes;
+mod replicaset;
+mod util;
+
+use std::{future::Future, time::Duration};
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    api::Api,
+    runtime::{reflector::Store, watcher},
+    Client,
+};
+use meshwork_kube_watch::{reflect, Changes};
+use tokio::task::JoinHandle;
+
+pub use util::{pod_ready, template_hash};
+
+/// Settings of the controllers (kube-controller-manager's flags of the same meaning).
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Pod addresses of the whole cluster; each node gets a slice of it.
+    pub cluster_cidr: Ipv4Net,
+    pub node_cidr_prefix: u8,
+    /// A node whose runtime has not reported for this long turns NotReady (Unknown).
+    pub node_monitor_grace: Duration,
+    /// Every controller re-converges at least this often.
+    pub resync: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            cluster_cidr: "10.244.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+            node_cidr_prefix: 24,
+            node_monitor_grace: Duration::from_secs(40),
+            resync: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The watch caches every controller reads.
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub replicasets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub nodes: Store<Node>,
+}
+
+impl Caches {
+    pub fn start(client: &Client, changes: &Changes) -> (Self, Vec<JoinHandle<()>>) {
+        let cfg = watcher::Config::default;
+        let (pods, t1) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (replicasets, t2) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (deployments, t3) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (services, t4) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (slices, t5) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (nodes, t6) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        (
+            Caches {
+                pods,
+                replicasets,
+                deployments,
+                services,
+                slices,
+                nodes,
+            },
+            vec![t1, t2, t3, t4, t5, t6],
+        )
+    }
+
+    pub async fn synced(&self) {
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.replicasets.wait_until_ready().await;
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+    }
+}
+
+/// Starts every controller and the scheduler; they run until the tasks are aborted.
+pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>> {
+    let changes = Changes::new();
+    let (caches, mut tasks) = Caches::start(&client, &changes);
+    caches.synced().await;
+    tracing::info!("controller caches synced");
+    let rs = replicaset::Controller::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop("replicaset", &changes, cfg.resync, rs, |c| {
+        Box::pin(c.reconcile_all())
+    }));
+    let dc = deployment::Controller::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop("deployment", &changes, cfg.resync, dc, |c| {
+        Box::pin(c.reconcile_all())
+    }));
+    let ec = endpointslice::Controller::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop("endpointslice", &changes, cfg.resync, ec, |c| {
+        Box::pin(c.reconcile_all())
+    }));
+    let gc = gc::Controller::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop("garbage-collector", &changes, cfg.resync, gc, |c| {
+        Box::pin(c.reconcile_all())
+    }));
+    let nc = nodes::Controller::new(client.clone(), caches.clone(), cfg.clone());
+    let every = cfg.resync.min(cfg.node_monitor_grace / 4);
+    tasks.push(spawn_loop("node", &changes, every, nc, |c| {
+        Box::pin(c.reconcile_all())
+    }));
+    let sc = crate::scheduler::Scheduler::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop("scheduler", &changes, cfg.resync, sc, |c| {
+        Box::pin(c.schedule_all())
+    }));
+    tasks
+}
+
+type BoxFut<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+
+/// Runs `f` now, then after every batch of changes (coalesced for a few milliseconds) and at
+/// least every `every`. A failed pass is logged and retried on the next trigger.
+fn spawn_loop<C: Send + 'static>(
+    name: &'static str,
+    changes: &Changes,
+    every: Duration,
+    mut ctl: C,
+    f: for<'a> fn(&'a mut C) -> BoxFut<'a>,
+) -> JoinHandle<()> {
+    let mut rx = changes.subscribe();
+    tokio::spawn(async move {
+        loop {
+            rx.mark_unchanged();
+            if let Err(e) = f(&mut ctl).await {
+                tracing::warn!(controller = name, error = format!("{e:#}"), "pass failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(every) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}

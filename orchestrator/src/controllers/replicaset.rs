@@ -1,0 +1,185 @@
+//! ReplicaSet: keeps `spec.replicas` active pods from the template, owned by the ReplicaSet,
+//! and reports replicas/ready/available in its status.
+
+use std::collections::HashSet;
+
+use anyhow::Context;
+use k8s_openapi::api::{
+    apps::v1::{ReplicaSet, ReplicaSetStatus},
+    core::v1::Pod,
+};
+use kube::{
+    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    Client, ResourceExt,
+};
+
+use super::{
+    util::{controller_ref, controller_uid, pod_active, pod_ready, selector_matches, Expectations},
+    Caches,
+};
+
+/// At most this many pod creates or deletes per ReplicaSet per pass (kube: a slow-start burst).
+const BURST: usize = 100;
+
+pub struct Controller {
+    client: Client,
+    caches: Caches,
+    expect: Expectations,
+}
+
+impl Controller {
+    pub fn new(client: Client, caches: Caches) -> Self {
+        Controller {
+            client,
+            caches,
+            expect: Expectations::default(),
+        }
+    }
+
+    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        for rs in self.caches.replicasets.state() {
+            if let Err(e) = self.reconcile(&rs).await {
+                first_err.get_or_insert(e.context(format!("replicaset {}", rs.name_any())));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn reconcile(&mut self, rs: &ReplicaSet) -> anyhow::Result<()> {
+        let ns = rs.namespace().unwrap_or_default();
+        let uid = rs.uid().unwrap_or_default();
+        let spec = rs.spec.clone().unwrap_or_default();
+        let mut owned: Vec<std::sync::Arc<Pod>> = self
+            .caches
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && controller_uid(&p.metadata) == Some(uid.as_str())
+            })
+            .collect();
+        // Adopt active orphans the selector matches (kube's ControllerRefManager).
+        if rs.metadata.deletion_timestamp.is_none() {
+            let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            for p in self.caches.pods.state() {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                if p.namespace().as_deref() != Some(ns.as_str())
+                    || controller_uid(&p.metadata).is_some()
+                    || !pod_active(&p)
+                    || labels.is_empty()
+                    || !selector_matches(&spec.selector, &labels)
+                {
+                    continue;
+                }
+                let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
+                refs.push(controller_ref("apps/v1", "ReplicaSet", &rs.metadata));
+                let patch = serde_json::json!({"metadata": {
+                    "ownerReferences": refs, "resourceVersion": p.resource_version()}});
+                match pods_api
+                    .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    Ok(adopted) => owned.push(std::sync::Arc::new(adopted)),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e).context("adopting pod"),
+                }
+            }
+        }
+        let names: HashSet<String> = owned
+            .iter()
+            .filter(|p| pod_active(p))
+            .map(|p| p.name_any())
+            .collect();
+        let (pending, gone) = self.expect.observe(&uid, &names);
+        owned.retain(|p| !gone.contains(&p.name_any()));
+        let active: Vec<&std::sync::Arc<Pod>> = owned.iter().filter(|p| pod_active(p)).collect();
+        let want = if rs.metadata.deletion_timestamp.is_some() {
+            0
+        } else {
+            spec.replicas.unwrap_or(1).max(0) as usize
+        };
+        let have = active.len() + pending;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if have < want && rs.metadata.deletion_timestamp.is_none() {
+            let template = spec.template.clone().unwrap_or_default();
+            for _ in 0..(want - have).min(BURST) {
+                let mut meta = template.metadata.clone().unwrap_or_default();
+                meta.generate_name = Some(format!("{}-", rs.name_any()));
+                meta.namespace = Some(ns.clone());
+                meta.owner_references =
+                    Some(vec![controller_ref("apps/v1", "ReplicaSet", &rs.metadata)]);
+                let pod = Pod {
+                    metadata: meta,
+                    spec: template.spec.clone(),
+                    status: None,
+                };
+                let made = pods
+                    .create(&PostParams::default(), &pod)
+                    .await
+                    .context("creating pod")?;
+                self.expect.created(&uid, made.name_any());
+            }
+        } else if have > want && pending == 0 {
+            // Least useful first: unscheduled, then not running, then not ready, then newest.
+            let mut victims = active.clone();
+            victims.sort_by_key(|p| {
+                let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+                let running =
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let created = p
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| -t.0.as_second())
+                    .unwrap_or(0);
+                (scheduled, running, pod_ready(p), created)
+            });
+            for p in victims.into_iter().take((have - want).min(BURST)) {
+                match pods.delete(&p.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => self.expect.deleted(&uid, p.name_any()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e).context("deleting pod"),
+                }
+            }
+        }
+        // Status from what the cache shows.
+        let labels_ok = |p: &Pod| {
+            spec.template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.as_ref())
+                .is_none_or(|want| {
+                    let got = p.metadata.labels.clone().unwrap_or_default();
+                    want.iter().all(|(k, v)| got.get(k) == Some(v))
+                })
+        };
+        let ready = active.iter().filter(|p| pod_ready(p)).count() as i32;
+        let status = ReplicaSetStatus {
+            replicas: active.len() as i32,
+            fully_labeled_replicas: Some(active.iter().filter(|p| labels_ok(p)).count() as i32),
+            ready_replicas: Some(ready),
+            available_replicas: Some(ready),
+            observed_generation: rs.metadata.generation,
+            conditions: None,
+            terminating_replicas: None,
+        };
+        if rs.status.as_ref() != Some(&status) {
+            let rss: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
+            match rss
+                .patch_status(
+                    &rs.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "status": status })),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => self.expect.forget(&uid),
+                Err(e) => return Err(e).context("updating status"),
+            }
+        }
+        Ok(())
+    }
+}
