@@ -84,8 +84,12 @@ fn allocatable(n: &Node) -> Resources {
         .and_then(|s| s.allocatable.clone().or_else(|| s.capacity.clone()))
         .unwrap_or_default();
     Resources {
-        cpu_milli: a.get("cpu").map_or(i64::MAX / 4, |q| parse_quantity(q, true)),
-        memory: a.get("memory").map_or(i64::MAX / 4, |q| parse_quantity(q, false)),
+        cpu_milli: a
+            .get("cpu")
+            .map_or(i64::MAX / 4, |q| parse_quantity(q, true)),
+        memory: a
+            .get("memory")
+            .map_or(i64::MAX / 4, |q| parse_quantity(q, false)),
         pods: a.get("pods").map_or(110, |q| parse_quantity(q, false)),
     }
 }
@@ -98,7 +102,11 @@ fn node_ready(n: &Node) -> bool {
 }
 
 /// The best node for `pod` given what is already placed (`used` per node), or why none fits.
-pub fn pick<'a>(pod: &Pod, nodes: &'a [&'a Node], used: &HashMap<String, Resources>) -> Result<&'a Node, String> {
+pub fn pick<'a>(
+    pod: &Pod,
+    nodes: &'a [&'a Node],
+    used: &HashMap<String, Resources>,
+) -> Result<&'a Node, String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let want = requests(pod);
     let mut reasons: Vec<String> = Vec::new();
@@ -137,7 +145,13 @@ pub fn pick<'a>(pod: &Pod, nodes: &'a [&'a Node], used: &HashMap<String, Resourc
             reasons.push(format!("{name}: Too many pods"));
             continue;
         }
-        let free = |used: i64, cap: i64| if cap <= 0 { 0 } else { (cap - used).max(0) * 100 / cap };
+        let free = |used: i64, cap: i64| {
+            if cap <= 0 {
+                0
+            } else {
+                (cap - used).max(0) * 100 / cap
+            }
+        };
         let score = (free(u.cpu_milli + want.cpu_milli, cap.cpu_milli)
             + free(u.memory + want.memory, cap.memory))
             / 2;
@@ -215,12 +229,7 @@ impl Scheduler {
                         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
                     });
                     let res: Result<serde_json::Value, _> = api
-                        .create_subresource(
-                            "binding",
-                            &p.name_any(),
-                            &PostParams::default(),
-                            &body,
-                        )
+                        .create_subresource("binding", &p.name_any(), &PostParams::default(), &body)
                         .await;
                     match res {
                         Ok(_) => {
@@ -260,7 +269,10 @@ impl Scheduler {
         {
             return Ok(());
         }
-        let mut all: Vec<_> = conds.into_iter().filter(|c| c.type_ != "PodScheduled").collect();
+        let mut all: Vec<_> = conds
+            .into_iter()
+            .filter(|c| c.type_ != "PodScheduled")
+            .collect();
         all.push(k8s_openapi::api::core::v1::PodCondition {
             type_: "PodScheduled".into(),
             status: "False".into(),
@@ -292,7 +304,12 @@ mod tests {
         Node {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: None,
@@ -326,8 +343,12 @@ mod tests {
         Pod {
             spec: Some(PodSpec {
                 containers: vec![c],
-                node_selector: (!selector.is_empty())
-                    .then(|| selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                node_selector: (!selector.is_empty()).then(|| {
+                    selector
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -348,14 +369,41 @@ mod tests {
         let b = node("b", "2", &[]);
         let nodes = [&a, &b];
         let mut used = HashMap::new();
-        used.insert("a".to_string(), Resources { cpu_milli: 1000, memory: 0, pods: 1 });
-        assert_eq!(pick(&pod(Some("500m"), &[]), &nodes, &used).unwrap().name_any(), "b");
-        assert_eq!(pick(&pod(None, &[("disk", "ssd")]), &nodes, &used).unwrap().name_any(), "a");
+        used.insert(
+            "a".to_string(),
+            Resources {
+                cpu_milli: 1000,
+                memory: 0,
+                pods: 1,
+            },
+        );
+        assert_eq!(
+            pick(&pod(Some("500m"), &[]), &nodes, &used)
+                .unwrap()
+                .name_any(),
+            "b"
+        );
+        assert_eq!(
+            pick(&pod(None, &[("disk", "ssd")]), &nodes, &used)
+                .unwrap()
+                .name_any(),
+            "a"
+        );
         let err = pick(&pod(Some("3"), &[]), &nodes, &used).unwrap_err();
         assert!(err.contains("Insufficient cpu"), "{err}");
         // Equal scores: fewer pods wins, so replicas spread.
         let mut used = HashMap::new();
-        used.insert("a".to_string(), Resources { cpu_milli: 0, memory: 0, pods: 2 });
-        assert_eq!(pick(&pod(None, &[]), &nodes, &used).unwrap().name_any(), "b");
+        used.insert(
+            "a".to_string(),
+            Resources {
+                cpu_milli: 0,
+                memory: 0,
+                pods: 2,
+            },
+        );
+        assert_eq!(
+            pick(&pod(None, &[]), &nodes, &used).unwrap().name_any(),
+            "b"
+        );
     }
 }

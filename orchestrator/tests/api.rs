@@ -110,6 +110,101 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn services_get_cluster_ips_and_node_ports() {
+                let c = Cluster::start($b).await;
+                let api: Api<Service> = Api::namespaced(c.client.clone(), "default");
+                let svc = |name: &str, extra: Value| -> Service {
+                    let mut v = json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}});
+                    if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+                        spec.extend(extra.clone());
+                    }
+                    serde_json::from_value(v).unwrap()
+                };
+                let mut ips = std::collections::BTreeSet::new();
+                for i in 0..20 {
+                    let s = api.create(&PostParams::default(), &svc(&format!("s{i}"), json!({}))).await.unwrap();
+                    let ip: std::net::Ipv4Addr = s.spec.as_ref().unwrap().cluster_ip.as_ref().unwrap().parse().unwrap();
+                    let net: ipnet::Ipv4Net = "10.96.0.0/12".parse().unwrap();
+                    assert!(net.contains(&ip), "{ip}");
+                    assert_ne!(ip.to_string(), "10.96.0.10", "the DNS address is reserved");
+                    assert!(ips.insert(ip), "{ip} handed out twice");
+                    assert_eq!(s.spec.as_ref().unwrap().cluster_ips.as_ref().unwrap(), &vec![ip.to_string()]);
+                }
+                // The reserved DNS address goes to the Service asking for it, once.
+                let dns = api.create(&PostParams::default(), &svc("kube-dns", json!({"clusterIP": "10.96.0.10"}))).await.unwrap();
+                assert_eq!(dns.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
+                let (code, _) = api_code(api.create(&PostParams::default(), &svc("again", json!({"clusterIP": "10.96.0.10"}))).await.unwrap_err());
+                assert_eq!(code, 422);
+                let (code, _) = api_code(api.create(&PostParams::default(), &svc("outside", json!({"clusterIP": "192.168.1.1"}))).await.unwrap_err());
+                assert_eq!(code, 422);
+                // Deleting frees the address for a new request.
+                api.delete("kube-dns", &DeleteParams::default()).await.unwrap();
+                api.create(&PostParams::default(), &svc("kube-dns2", json!({"clusterIP": "10.96.0.10"}))).await.unwrap();
+                // Headless keeps None; an update that omits the clusterIP keeps it.
+                let h = api.create(&PostParams::default(), &svc("headless", json!({"clusterIP": "None"}))).await.unwrap();
+                assert_eq!(h.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+                let s0 = api.get("s0").await.unwrap();
+                let mut again = s0.clone();
+                again.spec.as_mut().unwrap().cluster_ip = None;
+                again.spec.as_mut().unwrap().cluster_ips = None;
+                let kept = api.replace("s0", &PostParams::default(), &again).await.unwrap();
+                assert_eq!(kept.spec.unwrap().cluster_ip, s0.spec.unwrap().cluster_ip);
+                // NodePorts: allocated in range, distinct, and a taken one is refused.
+                let np1 = api.create(&PostParams::default(), &svc("np1", json!({"type": "NodePort"}))).await.unwrap();
+                let p1 = np1.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+                assert!((30000..=32767).contains(&p1), "{p1}");
+                let np2 = api.create(&PostParams::default(), &svc("np2", json!({"type": "NodePort"}))).await.unwrap();
+                assert_ne!(np2.spec.unwrap().ports.unwrap()[0].node_port.unwrap(), p1);
+                let taken = svc("np3", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": p1}]}));
+                let (code, _) = api_code(api.create(&PostParams::default(), &taken).await.unwrap_err());
+                assert_eq!(code, 422);
+            }
+
+            #[tokio::test]
+            async fn bound_pods_delete_gracefully_and_orphan_deletes_keep_dependents() {
+                let c = Cluster::start($b).await;
+                let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": "p"},
+                    "spec": {"terminationGracePeriodSeconds": 20, "containers": [{"name": "c", "image": "busybox"}]}
+                })).unwrap();
+                // Unbound: goes at once.
+                pods.create(&PostParams::default(), &pod).await.unwrap();
+                pods.delete("p", &DeleteParams::default()).await.unwrap();
+                assert_eq!(api_code(pods.get("p").await.unwrap_err()).0, 404);
+                // Bound through pods/binding; a second binding is a conflict.
+                pods.create(&PostParams::default(), &pod).await.unwrap();
+                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+                let _: Value = pods.create_subresource("binding", "p", &PostParams::default(), &binding).await.unwrap();
+                let bound = pods.get("p").await.unwrap();
+                assert_eq!(bound.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+                let e = pods.create_subresource::<_, Value>("binding", "p", &PostParams::default(), &binding).await.unwrap_err();
+                assert_eq!(api_code(e).0, 409);
+                // Bound: marked with its grace period, stays for the node to stop it.
+                pods.delete("p", &DeleteParams::default()).await.unwrap();
+                let marked = pods.get("p").await.unwrap();
+                assert!(marked.metadata.deletion_timestamp.is_some());
+                assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(20));
+                // Status writes during the grace period do not delete it.
+                pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}}))).await.unwrap();
+                assert!(pods.get("p").await.is_ok());
+                // The node's final delete (grace 0) removes it.
+                pods.delete("p", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+                assert_eq!(api_code(pods.get("p").await.unwrap_err()).0, 404);
+
+                // Orphan: the owner gets the orphan finalizer (the garbage collector's cue).
+                let deps: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+                deps.create(&PostParams::default(), &deployment("o")).await.unwrap();
+                deps.delete("o", &DeleteParams::orphan()).await.unwrap();
+                let d = deps.get("o").await.unwrap();
+                assert!(d.metadata.deletion_timestamp.is_some());
+                assert_eq!(d.metadata.finalizers, Some(vec!["orphan".to_string()]));
+                // A repeated delete of a terminating object is accepted and changes nothing.
+                deps.delete("o", &DeleteParams::default()).await.unwrap();
+                assert_eq!(deps.get("o").await.unwrap().metadata.finalizers, Some(vec!["orphan".to_string()]));
+            }
+
+            #[tokio::test]
             async fn patches_merge_json_and_strategic() {
                 let c = Cluster::start($b).await;
                 let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");

@@ -67,7 +67,12 @@ impl Drop for Orch {
     }
 }
 
-fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>, dump: impl Fn() -> String) -> T {
+fn until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    dump: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -157,7 +162,12 @@ impl Orch {
             std::fs::write(dir.join("10-meshwork.conflist"), conf.to_string()).unwrap();
         }
         for n in o.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() {
-            o.kubectl(&["wait", "--for=condition=Ready", &format!("node/{n}"), "--timeout=30s"]);
+            o.kubectl(&[
+                "wait",
+                "--for=condition=Ready",
+                &format!("node/{n}"),
+                "--timeout=30s",
+            ]);
         }
         o
     }
@@ -177,13 +187,25 @@ impl Orch {
             let out = Command::new(lab_binary("meshwork-orchestrator"))
                 .args(["kubeconfig", "--data-dir"])
                 .arg(&self.data)
-                .args(["--user", &format!("system:node:{}", n.name), "--group", "system:nodes"])
-                .args(["--server", &format!("https://{}:6443", self.nodes[0].underlay_ip)])
+                .args([
+                    "--user",
+                    &format!("system:node:{}", n.name),
+                    "--group",
+                    "system:nodes",
+                ])
+                .args([
+                    "--server",
+                    &format!("https://{}:6443", self.nodes[0].underlay_ip),
+                ])
                 .arg("--out")
                 .arg(&kc)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let cgroup = self.lab.cgroup(n).join("pods");
         let ip = n.underlay_ip.to_string();
@@ -234,7 +256,13 @@ impl Orch {
 
     fn kubectl_out(&self, args: &[&str]) -> std::process::Output {
         Command::new("ip")
-            .args(["netns", "exec", &self.nodes[0].netns, KUBECTL, "--kubeconfig"])
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[0].netns,
+                KUBECTL,
+                "--kubeconfig",
+            ])
             .arg(&self.kubeconfig)
             .args(args)
             .output()
@@ -290,7 +318,9 @@ impl Orch {
                     p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
                     p["status"]["phase"].as_str().unwrap_or("").to_string(),
                     ready,
-                    p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0),
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(0),
                     p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
                 )
             })
@@ -303,7 +333,10 @@ impl Orch {
         self.lab
             .open(&self.nodes[0].netns)
             .run(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     let client = meshwork_kube_watch::client(Some(&kc)).await.unwrap();
                     let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
@@ -313,7 +346,12 @@ impl Orch {
                         .unwrap();
                     let mut out = Vec::new();
                     for s in list.items {
-                        let port = s.ports.as_ref().and_then(|p| p.first()).and_then(|p| p.port).unwrap_or(0);
+                        let port = s
+                            .ports
+                            .as_ref()
+                            .and_then(|p| p.first())
+                            .and_then(|p| p.port)
+                            .unwrap_or(0);
                         for e in s.endpoints {
                             let ready = e.conditions.and_then(|c| c.ready).unwrap_or(false);
                             out.push((e.addresses[0].clone(), ready, port));
@@ -328,7 +366,13 @@ impl Orch {
 
     fn dump(&self) -> String {
         let mut s = String::new();
-        let out = self.kubectl_out(&["get", "nodes,pods,rs,deploy,endpointslices", "-A", "-o", "wide"]);
+        let out = self.kubectl_out(&[
+            "get",
+            "nodes,pods,rs,deploy,endpointslices",
+            "-A",
+            "-o",
+            "wide",
+        ]);
         s.push_str(&String::from_utf8_lossy(&out.stdout));
         s.push_str(&String::from_utf8_lossy(&out.stderr));
         for p in self.procs.iter().chain(self.runtimes.iter()) {
@@ -367,7 +411,10 @@ fn pids_in(cgroup: &Path, needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in walk(cgroup) {
         let procs = std::fs::read_to_string(e.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(needle) && !cmd.contains(" shim ") {
@@ -389,10 +436,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn web(replicas: i32, extra_env: &[(&str, &str)]) -> Value {
-    let env: Vec<Value> = [json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})]
-        .into_iter()
-        .chain(extra_env.iter().map(|(k, v)| json!({"name": k, "value": v})))
-        .collect();
+    let env: Vec<Value> =
+        [json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})]
+            .into_iter()
+            .chain(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| json!({"name": k, "value": v})),
+            )
+            .collect();
     json!({
         "apiVersion": "v1", "kind": "List", "items": [
         {
@@ -435,7 +487,11 @@ fn deployment_service_and_endpoints_through_kubectl() {
         (p.len() == 3 && p.iter().all(|p| p.2 == "Running" && p.3)).then_some(p)
     });
     let nodes: BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
-    assert_eq!(nodes.len(), 2, "replicas should spread over both nodes: {pods:?}");
+    assert_eq!(
+        nodes.len(),
+        2,
+        "replicas should spread over both nodes: {pods:?}"
+    );
     let eps = o.wait("3 ready endpoints", || {
         let e = o.endpoints();
         (e.len() == 3 && e.iter().all(|e| e.1 && e.2 == 8080)).then_some(e)
@@ -451,18 +507,26 @@ fn deployment_service_and_endpoints_through_kubectl() {
     assert_eq!(pod_ips, ep_ips);
     // The Service got a ClusterIP from the service CIDR.
     let cip = o.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    assert!(cip.starts_with("10.9") || cip.starts_with("10.10"), "clusterIP {cip}");
+    assert!(
+        cip.starts_with("10.9") || cip.starts_with("10.10"),
+        "clusterIP {cip}"
+    );
 
     // kubectl logs reaches the node: the pod saw its own name and the cluster DNS resolv.conf.
     let first = &pods[0].0;
     let logs = o.kubectl(&["logs", first]);
     assert!(logs.contains(&format!("serving {first}")), "{logs}");
     assert!(logs.contains("nameserver 10.96.0.10"), "{logs}");
-    assert!(logs.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{logs}");
+    assert!(
+        logs.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{logs}"
+    );
 
     // A pod failing its readiness probe drops out of the ready endpoints, and comes back.
     let (victim, vnode, _, _, _, vuid) = pods[1].clone();
-    let health = o.rootfs(o.node_index(&vnode), &vuid, "web").join("www/healthz");
+    let health = o
+        .rootfs(o.node_index(&vnode), &vuid, "web")
+        .join("www/healthz");
     std::fs::remove_file(&health).unwrap();
     let vip = ips["items"]
         .as_array()
@@ -475,14 +539,21 @@ fn deployment_service_and_endpoints_through_kubectl() {
         .to_string();
     o.wait("the unready pod's endpoint to turn not ready", || {
         let e = o.endpoints();
-        (e.iter().filter(|e| e.1).count() == 2 && e.iter().any(|e| e.0 == vip && !e.1)).then_some(())
+        (e.iter().filter(|e| e.1).count() == 2 && e.iter().any(|e| e.0 == vip && !e.1))
+            .then_some(())
     });
     std::fs::write(&health, "ok").unwrap();
-    o.wait("it to be ready again", || (o.endpoints().iter().filter(|e| e.1).count() == 3).then_some(()));
+    o.wait("it to be ready again", || {
+        (o.endpoints().iter().filter(|e| e.1).count() == 3).then_some(())
+    });
 
     // Killing the container's process restarts it (restartPolicy Always).
     let kill_node = o.node_index(&pods[0].1);
-    let cg = o.lab.cgroup(&o.nodes[kill_node]).join("pods").join(format!("pod{}", pods[0].5));
+    let cg = o
+        .lab
+        .cgroup(&o.nodes[kill_node])
+        .join("pods")
+        .join(format!("pod{}", pods[0].5));
     let pids = pids_in(&cg, "httpd");
     assert_eq!(pids.len(), 1, "httpd in {}: {pids:?}", cg.display());
     // SAFETY: a pid read from the pod's own cgroup.
@@ -517,10 +588,19 @@ fn deployment_service_and_endpoints_through_kubectl() {
         .iter()
         .map(|r| r["spec"]["replicas"].as_i64().unwrap())
         .collect();
-    assert_eq!(sizes.iter().sum::<i64>(), 2, "old ReplicaSets scaled to 0: {sizes:?}");
+    assert_eq!(
+        sizes.iter().sum::<i64>(),
+        2,
+        "old ReplicaSets scaled to 0: {sizes:?}"
+    );
     assert_eq!(rs["items"].as_array().unwrap().len(), 2);
     let pods = o.json(&["get", "pods", "-l", "app=web"]);
-    for p in pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+    for p in pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+    {
         let env = &p["spec"]["containers"][0]["env"];
         assert!(env.to_string().contains("COLOUR"), "{p}");
     }
@@ -538,7 +618,12 @@ fn deployment_service_and_endpoints_through_kubectl() {
             "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1},
         }]}
     }));
-    o.kubectl(&["wait", "--for=condition=Ready", "pod/nginx", "--timeout=60s"]);
+    o.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/nginx",
+        "--timeout=60s",
+    ]);
     o.kubectl(&["delete", "pod", "nginx", "--wait=true", "--timeout=60s"]);
 
     // Delete cascades: ReplicaSets, pods and slices go; the pods' namespaces and cgroups too.
@@ -549,11 +634,16 @@ fn deployment_service_and_endpoints_through_kubectl() {
         (rs.is_empty() && pods.is_empty()).then_some(())
     });
     o.kubectl(&["delete", "service", "web"]);
-    o.wait("the slices to go", || o.endpoints().is_empty().then_some(()));
+    o.wait("the slices to go", || {
+        o.endpoints().is_empty().then_some(())
+    });
     let netns = std::fs::read_dir("/run/netns")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("-p-") && e.file_name().to_string_lossy().starts_with(o.lab.prefix()))
+        .filter(|e| {
+            e.file_name().to_string_lossy().contains("-p-")
+                && e.file_name().to_string_lossy().starts_with(o.lab.prefix())
+        })
         .count();
     assert_eq!(netns, 0, "pod network namespaces left behind");
 }
@@ -572,7 +662,12 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| p["status"]["containerStatuses"][0]["containerID"].as_str().unwrap_or("").to_string())
+            .map(|p| {
+                p["status"]["containerStatuses"][0]["containerID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect()
     };
 
@@ -582,8 +677,17 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
     }
     for p in &pods {
         let i = o.node_index(&p.1);
-        let cg = o.lab.cgroup(&o.nodes[i]).join("pods").join(format!("pod{}", p.5));
-        assert_eq!(pids_in(&cg, "httpd").len(), 1, "pod {} died with its runtime", p.0);
+        let cg = o
+            .lab
+            .cgroup(&o.nodes[i])
+            .join("pods")
+            .join(format!("pod{}", p.5));
+        assert_eq!(
+            pids_in(&cg, "httpd").len(),
+            1,
+            "pod {} died with its runtime",
+            p.0
+        );
     }
     for i in 0..o.nodes.len() {
         let rt = o.start_runtime(i);
@@ -591,13 +695,22 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let after = o.json(&["get", "pods", "-l", "app=web"]);
-    assert_eq!(ids(&before), ids(&after), "containers were restarted, not adopted");
+    assert_eq!(
+        ids(&before),
+        ids(&after),
+        "containers were restarted, not adopted"
+    );
     for p in o.web_pods() {
-        assert!(p.3 && p.4 == 0, "adopted pod {p:?} should be ready with no restarts");
+        assert!(
+            p.3 && p.4 == 0,
+            "adopted pod {p:?} should be ready with no restarts"
+        );
     }
     // The adopted pods are still managed: a scale-down stops one.
     o.kubectl(&["scale", "deployment/web", "--replicas=1"]);
-    o.wait("scale-down by the adopting runtime", || (o.web_pods().len() == 1).then_some(()));
+    o.wait("scale-down by the adopting runtime", || {
+        (o.web_pods().len() == 1).then_some(())
+    });
     o.kubectl(&["scale", "deployment/web", "--replicas=2"]);
     let pods = o.wait("2 ready pods again", || {
         let p = o.web_pods();
@@ -609,7 +722,13 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
     let i = o.node_index(&silent);
     o.runtimes[i].kill(libc::SIGKILL);
     o.wait("the silent node to turn Unknown", || {
-        let s = o.kubectl(&["get", "node", &silent, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        let s = o.kubectl(&[
+            "get",
+            "node",
+            &silent,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
         (s == "Unknown").then_some(())
     });
     let silent_ips: BTreeSet<String> = o.json(&["get", "pods", "-l", "app=web"])["items"]

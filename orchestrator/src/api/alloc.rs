@@ -42,8 +42,6 @@ impl Default for ServiceRanges {
 #[derive(Default)]
 struct Used {
     loaded: bool,
-    /// Just re-read from the store: a conflict is real, not a stale view.
-    fresh: bool,
     ips: HashSet<Ipv4Addr>,
     ports: HashSet<(u16, String)>,
 }
@@ -89,7 +87,6 @@ impl Allocator {
     pub fn reload<'a>(&self, services: impl IntoIterator<Item = &'a Service>) {
         let mut u = Used {
             loaded: true,
-            fresh: true,
             ..Used::default()
         };
         for s in services {
@@ -103,7 +100,14 @@ impl Allocator {
     /// Fills in (and records) the clusterIP and node ports `svc` needs; `old` is the stored
     /// Service on update, whose values carry over when the update omits them. `Err(None)`
     /// means the in-memory view may be stale: reload and call again.
-    pub fn assign(&self, svc: &mut Service, old: Option<&Service>) -> Result<(), Option<Cause>> {
+    ///
+    /// `fresh`: the in-memory view was just re-read from the store, so a conflict is real.
+    pub fn assign(
+        &self,
+        svc: &mut Service,
+        old: Option<&Service>,
+        fresh: bool,
+    ) -> Result<(), Option<Cause>> {
         let mut used = self.lock();
         let old_held = old.map(held).unwrap_or_default();
         let spec = svc.spec.get_or_insert_with(Default::default);
@@ -150,11 +154,13 @@ impl Allocator {
                     )));
                 }
                 if used.ips.contains(&ip) && !old_held.0.contains(&ip) {
-                    return Err(if used.loaded_fresh() {
+                    return Err(if fresh {
                         Some(invalid(
                             "spec.clusterIPs[0]",
                             text,
-                            format!("failed to allocate IP {text}: provided IP is already allocated"),
+                            format!(
+                                "failed to allocate IP {text}: provided IP is already allocated"
+                            ),
                         ))
                     } else {
                         None
@@ -162,7 +168,7 @@ impl Allocator {
                 }
                 Some(ip)
             }
-            None => Some(self.free_ip(&used).ok_or(None)?),
+            None => Some(self.free_ip(&used, fresh).ok_or(None)?),
         };
         match ip {
             Some(ip) => {
@@ -170,7 +176,8 @@ impl Allocator {
                 spec.cluster_ip = Some(ip.to_string());
                 spec.cluster_ips = Some(vec![ip.to_string()]);
                 spec.ip_families = Some(vec!["IPv4".into()]);
-                spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+                spec.ip_family_policy
+                    .get_or_insert_with(|| "SingleStack".into());
             }
             None => {
                 spec.cluster_ip = Some("None".into());
@@ -198,7 +205,7 @@ impl Allocator {
                         if (used.ports.contains(&key) && !old_held.1.contains(&key))
                             || taken_here.contains(&key)
                         {
-                            return Err(if used.loaded_fresh() {
+                            return Err(if fresh {
                                 Some(invalid(
                                     &format!("spec.ports[{i}].nodePort"),
                                     &np.to_string(),
@@ -210,18 +217,19 @@ impl Allocator {
                         }
                         key.0
                     }
-                    None => self.free_port(&used, &taken_here, &proto).ok_or(None)?,
+                    None => self
+                        .free_port(&used, &taken_here, &proto, fresh)
+                        .ok_or(None)?,
                 };
                 taken_here.insert((port, proto));
                 p.node_port = Some(port.into());
             }
             used.ports.extend(taken_here);
         }
-        used.fresh = false;
         Ok(())
     }
 
-    fn free_ip(&self, used: &Used) -> Option<Ipv4Addr> {
+    fn free_ip(&self, used: &Used, fresh: bool) -> Option<Ipv4Addr> {
         let net = self.ranges.cidr;
         let base = u32::from(net.network());
         let size = 1u64 << (32 - net.prefix_len());
@@ -238,7 +246,7 @@ impl Allocator {
             .map(|_| pick(random_u32() as u64 % size))
             .find(|ip| ok(*ip))
             .or_else(|| {
-                if used.loaded_fresh() {
+                if fresh {
                     (0..size).map(pick).find(|ip| ok(*ip))
                 } else {
                     None
@@ -246,7 +254,13 @@ impl Allocator {
             })
     }
 
-    fn free_port(&self, used: &Used, here: &HashSet<(u16, String)>, proto: &str) -> Option<u16> {
+    fn free_port(
+        &self,
+        used: &Used,
+        here: &HashSet<(u16, String)>,
+        proto: &str,
+        fresh: bool,
+    ) -> Option<u16> {
         let r = &self.ranges.node_ports;
         let size = (*r.end() - *r.start()) as u32 + 1;
         let free = |p: u16| {
@@ -257,18 +271,12 @@ impl Allocator {
             .map(|_| *r.start() + (random_u32() % size) as u16)
             .find(|p| free(*p))
             .or_else(|| {
-                if used.loaded_fresh() {
+                if fresh {
                     r.clone().find(|p| free(*p))
                 } else {
                     None
                 }
             })
-    }
-}
-
-impl Used {
-    fn loaded_fresh(&self) -> bool {
-        self.fresh
     }
 }
 
@@ -284,7 +292,10 @@ fn held(s: &Service) -> (HashSet<Ipv4Addr>, HashSet<(u16, String)>) {
         }
         for p in spec.ports.iter().flatten() {
             if let Some(np) = p.node_port {
-                ports.insert((np as u16, p.protocol.clone().unwrap_or_else(|| "TCP".into())));
+                ports.insert((
+                    np as u16,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                ));
             }
         }
     }

@@ -135,7 +135,10 @@ pub struct DeleteOpts {
 impl DeleteOpts {
     /// From a DeleteOptions body merged over the query (`gracePeriodSeconds`,
     /// `propagationPolicy`, the deprecated `orphanDependents`).
-    pub fn from_options(opts: &Value, query: impl Fn(&str) -> Option<String>) -> Result<Self, ApiError> {
+    pub fn from_options(
+        opts: &Value,
+        query: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ApiError> {
         let grace = match opts.get("gracePeriodSeconds") {
             Some(v) => v.as_i64(),
             None => match query("gracePeriodSeconds") {
@@ -553,7 +556,11 @@ impl<K: Rules> Typed<K> {
         // The update that removes the last finalizer of a terminating object deletes it (a pod
         // in its grace period has none and stays until its node deletes it).
         let terminating = new.metadata().deletion_timestamp.is_some();
-        let had_finalizers = old.metadata().finalizers.as_ref().is_some_and(|f| !f.is_empty());
+        let had_finalizers = old
+            .metadata()
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty());
         if terminating
             && had_finalizers
             && new.metadata().finalizers.as_ref().is_none_or(Vec::is_empty)

@@ -6,8 +6,8 @@ mod delete;
 pub mod error;
 pub mod kind;
 mod object;
-pub mod pods;
 pub mod openapi;
+pub mod pods;
 pub mod registry;
 mod rules;
 pub mod selector;
@@ -362,7 +362,8 @@ impl Api {
             None => {}
             Some("status") if t.kind.info().status => {}
             Some("scale") if t.kind.info().scale => {}
-            Some("binding" | "log") if t.kind.info().plural == "pods" && t.kind.info().group.is_empty() => {}
+            Some("binding" | "log")
+                if t.kind.info().plural == "pods" && t.kind.info().group.is_empty() => {}
             Some(_) => return Err(ApiError::UnknownPath),
         }
         Ok(t)

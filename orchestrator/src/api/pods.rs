@@ -107,10 +107,7 @@ impl Api {
             )));
         }
         let node_name = spec.node_name.ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "pod {} does not have a host assigned",
-                t.name()
-            ))
+            ApiError::BadRequest(format!("pod {} does not have a host assigned", t.name()))
         })?;
         let node_kind = self
             .registry
@@ -145,7 +142,13 @@ impl Api {
             .unwrap_or(DEFAULT_NODE_PORT);
         let qs = {
             let mut q = form_urlencoded::Serializer::new(String::new());
-            for k in ["follow", "previous", "tailLines", "timestamps", "limitBytes"] {
+            for k in [
+                "follow",
+                "previous",
+                "tailLines",
+                "timestamps",
+                "limitBytes",
+            ] {
                 if let Some(v) = ctx.query.get(k) {
                     q.append_pair(k, v);
                 }
@@ -162,17 +165,18 @@ impl Api {
             t.name(),
             qs
         );
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Empty<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
         let uri: http::Uri = url
             .parse()
             .map_err(|e| ApiError::Internal(format!("log URL {url}: {e}")))?;
         let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
             .await
             .map_err(|_| {
-                ApiError::ServiceUnavailable(format!("node {node_name} ({ip}:{port}) did not answer"))
+                ApiError::ServiceUnavailable(format!(
+                    "node {node_name} ({ip}:{port}) did not answer"
+                ))
             })?
             .map_err(|e| {
                 ApiError::ServiceUnavailable(format!("node {node_name} ({ip}:{port}): {e}"))

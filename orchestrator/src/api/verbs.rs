@@ -1,8 +1,8 @@
 //! get, list, create, update, patch, delete, deletecollection.
 
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::Service;
 use http::{header, HeaderValue, Response, StatusCode};
+use k8s_openapi::api::core::v1::Service;
 use meshwork_orchestrator_patch::{PatchType, Schema};
 use meshwork_orchestrator_store::{Revision, Store, StoreError, Stored};
 use serde_json::{json, Value};
@@ -474,7 +474,11 @@ impl Api {
     }
 
     /// Gives a Service its clusterIP and node ports (see `alloc`).
-    async fn assign_service(&self, bytes: Vec<u8>, old: Option<&[u8]>) -> Result<Vec<u8>, ApiError> {
+    async fn assign_service(
+        &self,
+        bytes: Vec<u8>,
+        old: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ApiError> {
         if !self.alloc.loaded() {
             self.reload_allocations().await?;
         }
@@ -483,7 +487,7 @@ impl Api {
         let old: Option<Service> = old.and_then(|o| serde_json::from_slice(o).ok());
         for attempt in 0..2 {
             let mut s = svc.clone();
-            match self.alloc.assign(&mut s, old.as_ref()) {
+            match self.alloc.assign(&mut s, old.as_ref(), attempt == 1) {
                 Ok(()) => {
                     return serde_json::to_vec(&s).map_err(|e| ApiError::Internal(e.to_string()))
                 }

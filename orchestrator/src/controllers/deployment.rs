@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use k8s_openapi::{
-    api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec},
+    api::apps::v1::{
+        Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+    },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use kube::{
@@ -161,8 +163,10 @@ impl Controller {
         let total_spec: i32 = all.iter().map(|r| replicas(r)).sum();
         let new_spec = replicas(&new_rs);
         let (_, _, new_avail) = status_of(&new_rs);
-        let active_olds: Vec<&Arc<ReplicaSet>> =
-            olds.iter().filter(|r| replicas(r) > 0 || status_of(r).0 > 0).collect();
+        let active_olds: Vec<&Arc<ReplicaSet>> = olds
+            .iter()
+            .filter(|r| replicas(r) > 0 || status_of(r).0 > 0)
+            .collect();
 
         if recreate {
             if active_olds.iter().any(|r| replicas(r) > 0) {
@@ -223,8 +227,11 @@ impl Controller {
             avail += c;
         }
         let (updated, _, _) = status_of(&new_rs);
-        let complete = updated == desired && rep == desired && avail == desired
-            && new_rs.status.as_ref().and_then(|s| s.observed_generation) == new_rs.metadata.generation;
+        let complete = updated == desired
+            && rep == desired
+            && avail == desired
+            && new_rs.status.as_ref().and_then(|s| s.observed_generation)
+                == new_rs.metadata.generation;
         let old_status = d.status.clone().unwrap_or_default();
         let cond = |type_: &str, ok: bool, reason: &str, message: String| {
             let prev = old_status
@@ -233,7 +240,8 @@ impl Controller {
                 .flatten()
                 .find(|c| c.type_ == type_);
             let status = if ok { "True" } else { "False" }.to_string();
-            let same = prev.is_some_and(|p| p.status == status && p.reason.as_deref() == Some(reason));
+            let same =
+                prev.is_some_and(|p| p.status == status && p.reason.as_deref() == Some(reason));
             DeploymentCondition {
                 type_: type_.into(),
                 status,
@@ -285,7 +293,10 @@ impl Controller {
                         "ReplicaSetUpdated"
                     },
                     if complete {
-                        format!("ReplicaSet \"{}\" has successfully progressed.", new_rs.name_any())
+                        format!(
+                            "ReplicaSet \"{}\" has successfully progressed.",
+                            new_rs.name_any()
+                        )
                     } else {
                         format!("ReplicaSet \"{}\" is progressing.", new_rs.name_any())
                     },

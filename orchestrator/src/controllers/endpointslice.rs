@@ -109,24 +109,29 @@ pub fn desired(svc: &Service, pods: &[&Pod]) -> BTreeMap<String, EndpointSlice> 
             ..Default::default()
         };
         let key = serde_json::to_string(&ports).unwrap_or_default();
-        groups.entry(key).or_insert_with(|| (ports, Vec::new())).1.push(ep);
+        groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(ep);
     }
     let base: String = name.chars().take(50).collect();
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.insert(SERVICE_NAME_LABEL.into(), name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
-    let slice = |slice_name: String, ports: Option<Vec<EndpointPort>>, eps: Vec<Endpoint>| EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(slice_name),
-            namespace: Some(ns.clone()),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![controller_ref("v1", "Service", &svc.metadata)]),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: eps,
-        ports,
-    };
+    let slice =
+        |slice_name: String, ports: Option<Vec<EndpointPort>>, eps: Vec<Endpoint>| EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(slice_name),
+                namespace: Some(ns.clone()),
+                labels: Some(labels.clone()),
+                owner_references: Some(vec![controller_ref("v1", "Service", &svc.metadata)]),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps,
+            ports,
+        };
     if groups.is_empty() {
         let n = format!("{base}-{}", &template_hash(&serde_json::json!([]))[..5]);
         out.insert(n.clone(), slice(n, None, Vec::new()));
@@ -158,7 +163,10 @@ impl Controller {
         let pods = self.caches.pods.state();
         let mut by_ns: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
         for p in &pods {
-            by_ns.entry(p.namespace().unwrap_or_default()).or_default().push(p);
+            by_ns
+                .entry(p.namespace().unwrap_or_default())
+                .or_default()
+                .push(p);
         }
         let mut existing: BTreeMap<(String, String), Vec<std::sync::Arc<EndpointSlice>>> =
             BTreeMap::new();
@@ -180,7 +188,9 @@ impl Controller {
             }
             let ns = svc.namespace().unwrap_or_default();
             let want = desired(&svc, by_ns.get(&ns).map_or(&[][..], Vec::as_slice));
-            let have = existing.remove(&(ns.clone(), svc.name_any())).unwrap_or_default();
+            let have = existing
+                .remove(&(ns.clone(), svc.name_any()))
+                .unwrap_or_default();
             if let Err(e) = self.apply(&ns, want, have).await {
                 first_err.get_or_insert(e.context(format!("service {ns}/{}", svc.name_any())));
             }
@@ -240,7 +250,11 @@ mod tests {
                 name: Some(name.into()),
                 namespace: Some("d".into()),
                 uid: Some(format!("uid-{name}")),
-                labels: Some([("app".to_string(), "web".to_string())].into_iter().collect()),
+                labels: Some(
+                    [("app".to_string(), "web".to_string())]
+                        .into_iter()
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -278,7 +292,11 @@ mod tests {
                 ..Default::default()
             },
             spec: Some(ServiceSpec {
-                selector: Some([("app".to_string(), "web".to_string())].into_iter().collect()),
+                selector: Some(
+                    [("app".to_string(), "web".to_string())]
+                        .into_iter()
+                        .collect(),
+                ),
                 ports: Some(vec![ServicePort {
                     name: Some("http".into()),
                     port: 80,
@@ -308,14 +326,28 @@ mod tests {
         assert_eq!(b_ep.conditions.as_ref().unwrap().ready, Some(false));
         assert_eq!(b_ep.target_ref.as_ref().unwrap().name.as_deref(), Some("b"));
         let s = by_port[&8080];
-        assert_eq!(s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL], "web");
-        assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].uid, "svc-uid");
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL],
+            "web"
+        );
+        assert_eq!(
+            s.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "svc-uid"
+        );
     }
 
     #[test]
     fn at_most_100_endpoints_per_slice() {
         let pods: Vec<Pod> = (0..250)
-            .map(|i| pod(&format!("p{i:03}"), &format!("10.0.{}.{}", i / 200, i % 200 + 1), true, "http", 80))
+            .map(|i| {
+                pod(
+                    &format!("p{i:03}"),
+                    &format!("10.0.{}.{}", i / 200, i % 200 + 1),
+                    true,
+                    "http",
+                    80,
+                )
+            })
             .collect();
         let refs: Vec<&Pod> = pods.iter().collect();
         let out = desired(&svc(), &refs);
@@ -331,7 +363,13 @@ mod tests {
             crate::api::kind::now_seconds(),
         ));
         let out = desired(&svc(), &[&a]);
-        let c = out.values().next().unwrap().endpoints[0].conditions.clone().unwrap();
-        assert_eq!((c.ready, c.serving, c.terminating), (Some(false), Some(true), Some(true)));
+        let c = out.values().next().unwrap().endpoints[0]
+            .conditions
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (c.ready, c.serving, c.terminating),
+            (Some(false), Some(true), Some(true))
+        );
     }
 }

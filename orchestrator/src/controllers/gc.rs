@@ -81,14 +81,23 @@ impl Controller {
         let mut owners: HashMap<String, Owner> = HashMap::new();
         let mut deps: Vec<Dependent> = Vec::new();
         for d in c.deployments.state() {
-            owners.insert(d.uid().unwrap_or_default(), owner_of("Deployment", &d.metadata));
+            owners.insert(
+                d.uid().unwrap_or_default(),
+                owner_of("Deployment", &d.metadata),
+            );
         }
         for r in c.replicasets.state() {
-            owners.insert(r.uid().unwrap_or_default(), owner_of("ReplicaSet", &r.metadata));
+            owners.insert(
+                r.uid().unwrap_or_default(),
+                owner_of("ReplicaSet", &r.metadata),
+            );
             deps.extend(dependent("ReplicaSet", &r.metadata));
         }
         for s in c.services.state() {
-            owners.insert(s.uid().unwrap_or_default(), owner_of("Service", &s.metadata));
+            owners.insert(
+                s.uid().unwrap_or_default(),
+                owner_of("Service", &s.metadata),
+            );
         }
         for p in c.pods.state() {
             owners.insert(p.uid().unwrap_or_default(), owner_of("Pod", &p.metadata));
@@ -198,7 +207,10 @@ impl Controller {
         let c = self.client.clone();
         let dp = DeleteParams::background();
         let res = match d.kind {
-            "Pod" => Api::<Pod>::namespaced(c, &d.ns).delete(&d.name, &dp).await.map(|_| ()),
+            "Pod" => Api::<Pod>::namespaced(c, &d.ns)
+                .delete(&d.name, &dp)
+                .await
+                .map(|_| ()),
             "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, &d.ns)
                 .delete(&d.name, &dp)
                 .await
@@ -225,7 +237,10 @@ impl Controller {
         let pp = PatchParams::default();
         let c = self.client.clone();
         let res = match d.kind {
-            "Pod" => Api::<Pod>::namespaced(c, &d.ns).patch(&d.name, &pp, &patch).await.map(|_| ()),
+            "Pod" => Api::<Pod>::namespaced(c, &d.ns)
+                .patch(&d.name, &pp, &patch)
+                .await
+                .map(|_| ()),
             "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, &d.ns)
                 .patch(&d.name, &pp, &patch)
                 .await

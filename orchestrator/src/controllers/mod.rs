@@ -118,9 +118,13 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
         Box::pin(c.reconcile_all())
     }));
     let gc = gc::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop("garbage-collector", &changes, cfg.resync, gc, |c| {
-        Box::pin(c.reconcile_all())
-    }));
+    tasks.push(spawn_loop(
+        "garbage-collector",
+        &changes,
+        cfg.resync,
+        gc,
+        |c| Box::pin(c.reconcile_all()),
+    ));
     let nc = nodes::Controller::new(client.clone(), caches.clone(), cfg.clone());
     let every = cfg.resync.min(cfg.node_monitor_grace / 4);
     tasks.push(spawn_loop("node", &changes, every, nc, |c| {

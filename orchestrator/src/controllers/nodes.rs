@@ -24,10 +24,11 @@ pub struct Controller {
 
 /// The first `prefix`-sized subnet of `cluster` not in `used`.
 pub fn next_cidr(cluster: Ipv4Net, prefix: u8, used: &HashSet<Ipv4Net>) -> Option<Ipv4Net> {
-    cluster
-        .subnets(prefix)
-        .ok()?
-        .find(|n| !used.iter().any(|u| u.contains(&n.network()) || n.contains(&u.network())))
+    cluster.subnets(prefix).ok()?.find(|n| {
+        !used
+            .iter()
+            .any(|u| u.contains(&n.network()) || n.contains(&u.network()))
+    })
 }
 
 impl Controller {
@@ -58,7 +59,9 @@ impl Controller {
             api.patch(
                 &n.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}})),
+                &Patch::Merge(
+                    json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}}),
+                ),
             )
             .await
             .with_context(|| format!("assigning {cidr} to node {}", n.name_any()))?;
@@ -88,7 +91,11 @@ impl Controller {
                 c.message = Some("Kubelet stopped posting node status.".into());
                 c.last_transition_time =
                     Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                let others: Vec<_> = conds.iter().filter(|x| x.type_ != "Ready").cloned().collect();
+                let others: Vec<_> = conds
+                    .iter()
+                    .filter(|x| x.type_ != "Ready")
+                    .cloned()
+                    .collect();
                 let mut all = others;
                 all.push(c);
                 api.patch_status(
@@ -110,7 +117,8 @@ impl Controller {
     /// kube's MarkPodsNotReady: the node can no longer vouch for its pods.
     async fn mark_pods_not_ready(&self, node: &str) -> anyhow::Result<()> {
         for p in self.caches.pods.state() {
-            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) || !pod_ready(&p) {
+            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) || !pod_ready(&p)
+            {
                 continue;
             }
             let mut conds = p
@@ -121,11 +129,12 @@ impl Controller {
             for c in conds.iter_mut().filter(|c| c.type_ == "Ready") {
                 c.status = "False".into();
                 c.reason = Some("NodeNotReady".into());
-                c.last_transition_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    now_seconds(),
-                ));
+                c.last_transition_time = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now_seconds()),
+                );
             }
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace().unwrap_or_default());
+            let api: Api<Pod> =
+                Api::namespaced(self.client.clone(), &p.namespace().unwrap_or_default());
             match api
                 .patch_status(
                     &p.name_any(),
@@ -155,7 +164,10 @@ mod tests {
         assert_eq!(a.to_string(), "10.244.1.0/24");
         used.insert(a);
         used.insert("10.244.2.0/23".parse().unwrap());
-        assert_eq!(next_cidr(cluster, 24, &used).unwrap().to_string(), "10.244.4.0/24");
+        assert_eq!(
+            next_cidr(cluster, 24, &used).unwrap().to_string(),
+            "10.244.4.0/24"
+        );
         let full: HashSet<Ipv4Net> = [cluster].into_iter().collect();
         assert!(next_cidr(cluster, 24, &full).is_none());
     }

@@ -126,8 +126,7 @@ impl Controller {
             let mut victims = active.clone();
             victims.sort_by_key(|p| {
                 let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-                let running =
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                 let created = p
                     .metadata
                     .creation_timestamp

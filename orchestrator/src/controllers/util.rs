@@ -143,7 +143,12 @@ impl Expectations {
 }
 
 /// `intstr` percent-or-count against `total` (round up for surge, down for unavailable).
-pub fn scaled(v: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, total: i32, default_pct: i32, round_up: bool) -> i32 {
+pub fn scaled(
+    v: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    total: i32,
+    default_pct: i32,
+    round_up: bool,
+) -> i32 {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let pct = |p: i32| {
         let x = p as i64 * total as i64;
@@ -168,10 +173,15 @@ mod tests {
 
     #[test]
     fn selectors() {
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())]
+            .into_iter()
+            .collect();
         let sel = |ml: &[(&str, &str)], op: Option<(&str, &str, &[&str])>| LabelSelector {
-            match_labels: Some(ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_labels: Some(
+                ml.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             match_expressions: op.map(|(k, o, v)| {
                 vec![LabelSelectorRequirement {
                     key: k.into(),
@@ -182,9 +192,18 @@ mod tests {
         };
         assert!(selector_matches(&sel(&[("app", "web")], None), &labels));
         assert!(!selector_matches(&sel(&[("app", "db")], None), &labels));
-        assert!(selector_matches(&sel(&[], Some(("app", "In", &["web", "x"]))), &labels));
-        assert!(!selector_matches(&sel(&[], Some(("app", "NotIn", &["web"]))), &labels));
-        assert!(selector_matches(&sel(&[], Some(("tier", "DoesNotExist", &[]))), &labels));
+        assert!(selector_matches(
+            &sel(&[], Some(("app", "In", &["web", "x"]))),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(&[], Some(("app", "NotIn", &["web"]))),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(&[], Some(("tier", "DoesNotExist", &[]))),
+            &labels
+        ));
     }
 
     #[test]

@@ -132,14 +132,19 @@ impl Catalog {
 /// Builds a busybox root at `dir`: `bin/busybox` (hard link when on the same filesystem, else
 /// a copy), a link per applet, and the directories programs expect.
 pub fn build_busybox_root(binary: &Path, dir: &Path) -> std::io::Result<()> {
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "var/www", "root", "proc", "dev", "home"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "var/www", "root", "proc", "dev",
+        "home",
+    ] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     let target = dir.join("bin/busybox");
     if !target.exists() && std::fs::hard_link(binary, &target).is_err() {
         std::fs::copy(binary, &target)?;
     }
-    let out = std::process::Command::new(binary).arg("--list-full").output()?;
+    let out = std::process::Command::new(binary)
+        .arg("--list-full")
+        .output()?;
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         let link = dir.join(applet);
         if link.exists() || applet == "bin/busybox" {
@@ -150,7 +155,10 @@ pub fn build_busybox_root(binary: &Path, dir: &Path) -> std::io::Result<()> {
         }
         std::os::unix::fs::symlink("/bin/busybox", &link)?;
     }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")?;
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+    )?;
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     Ok(())
 }
@@ -163,7 +171,10 @@ mod tests {
     fn references_resolve_to_catalog_names() {
         assert_eq!(image_name("busybox"), "busybox");
         assert_eq!(image_name("busybox:1.36"), "busybox");
-        assert_eq!(image_name("docker.io/library/nginx:1.25@sha256:abc"), "nginx");
+        assert_eq!(
+            image_name("docker.io/library/nginx:1.25@sha256:abc"),
+            "nginx"
+        );
         let c = Catalog::default();
         assert!(c.find("registry.k8s.io/busybox:latest").is_some());
         assert!(c.find("redis").is_none());

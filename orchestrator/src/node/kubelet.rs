@@ -14,11 +14,14 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::{
         Container as CSpec, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-        ContainerStateWaiting, ContainerStatus, Node, NodeAddress, NodeCondition,
-        NodeDaemonEndpoints, NodeStatus, NodeSystemInfo, DaemonEndpoint, Pod, PodCondition,
-        PodIP, HostIP, PodStatus,
+        ContainerStateWaiting, ContainerStatus, DaemonEndpoint, HostIP, Node, NodeAddress,
+        NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodIP,
+        PodStatus,
     },
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::{ObjectMeta, Time}},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{ObjectMeta, Time},
+    },
 };
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions},
@@ -30,7 +33,9 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
     probe,
-    runtime::{find_cni_config, Container, ContainerConfig, Exit, PodRuntime, Sandbox, SandboxConfig},
+    runtime::{
+        find_cni_config, Container, ContainerConfig, Exit, PodRuntime, Sandbox, SandboxConfig,
+    },
     NodeArgs,
 };
 use crate::api::kind::now_seconds;
@@ -59,7 +64,12 @@ impl Settings {
         let mut labels: BTreeMap<String, String> = BTreeMap::new();
         labels.insert("kubernetes.io/hostname".into(), a.node_name.clone());
         labels.insert("kubernetes.io/os".into(), "linux".into());
-        labels.insert("kubernetes.io/arch".into(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"));
+        labels.insert(
+            "kubernetes.io/arch".into(),
+            std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
+        );
         for l in &a.labels {
             if let Some((k, v)) = l.split_once('=') {
                 labels.insert(k.into(), v.into());
@@ -152,9 +162,13 @@ pub(crate) struct State {
 /// What the log endpoint needs: per (namespace, pod), per container, its dir and current run.
 pub type LogIndex = Arc<StdMutex<LogView>>;
 
+/// One container's logs: its dir, current run, running.
+pub type LogEntry = (PathBuf, u32, bool);
+
 #[derive(Default)]
 pub struct LogView {
-    pub pods: HashMap<(String, String), HashMap<String, (PathBuf, u32, bool)>>,
+    /// (namespace, pod) → container → logs.
+    pub pods: HashMap<(String, String), HashMap<String, LogEntry>>,
     pub timings: Vec<StartTiming>,
 }
 
@@ -206,7 +220,10 @@ fn pod_resolv_conf(s: &Settings, pod: &Pod) -> String {
         }
         for o in cfg.options.iter().flatten() {
             match &o.value {
-                Some(v) => text.push_str(&format!("options {}:{v}\n", o.name.clone().unwrap_or_default())),
+                Some(v) => text.push_str(&format!(
+                    "options {}:{v}\n",
+                    o.name.clone().unwrap_or_default()
+                )),
                 None => text.push_str(&format!("options {}\n", o.name.clone().unwrap_or_default())),
             }
         }
@@ -271,7 +288,13 @@ fn field_ref(pod: &Pod, sb: &Sandbox, path: &str, node_ip: IpAddr) -> String {
     }
 }
 
-fn container_config(pod: &Pod, sb: &Sandbox, c: &CSpec, attempt: u32, node_ip: IpAddr) -> ContainerConfig {
+fn container_config(
+    pod: &Pod,
+    sb: &Sandbox,
+    c: &CSpec,
+    attempt: u32,
+    node_ip: IpAddr,
+) -> ContainerConfig {
     let mut env: Vec<(String, String)> = Vec::new();
     for e in c.env.iter().flatten() {
         let v = match (&e.value, &e.value_from) {
@@ -288,7 +311,12 @@ fn container_config(pod: &Pod, sb: &Sandbox, c: &CSpec, attempt: u32, node_ip: I
     ContainerConfig {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
-        command: c.command.iter().flatten().map(|a| expand(a, &env)).collect(),
+        command: c
+            .command
+            .iter()
+            .flatten()
+            .map(|a| expand(a, &env))
+            .collect(),
         args: c.args.iter().flatten().map(|a| expand(a, &env)).collect(),
         env,
         workdir: c.working_dir.clone(),
@@ -338,7 +366,9 @@ impl<R: PodRuntime> Kubelet<R> {
 
     /// Registers the node, adopts what is running, then syncs pods until the process ends.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.heartbeat_once().await.context("registering the node")?;
+        self.heartbeat_once()
+            .await
+            .context("registering the node")?;
         let hb = {
             let k = self.clone();
             tokio::spawn(async move {
@@ -497,7 +527,10 @@ impl<R: PodRuntime> Kubelet<R> {
         let mut view = LogView::default();
         for p in st.pods.values() {
             let Some(sb) = &p.sandbox else { continue };
-            let m = view.pods.entry((p.namespace.clone(), p.name.clone())).or_default();
+            let m = view
+                .pods
+                .entry((p.namespace.clone(), p.name.clone()))
+                .or_default();
             for (name, c) in &p.containers {
                 if let Some(run) = &c.run {
                     m.insert(
@@ -551,7 +584,10 @@ impl<R: PodRuntime> Kubelet<R> {
         let Some(sb) = p.sandbox.clone() else {
             return Ok(());
         };
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let mut to_watch = Vec::new();
         let mut to_probe = Vec::new();
         let mut to_stop = Vec::new();
@@ -594,7 +630,8 @@ impl<R: PodRuntime> Kubelet<R> {
                 continue;
             }
             let restart = match &c.last_exit {
-                None => c.run.is_none() || true,
+                // Never ran, or adopted without an exit: start it.
+                None => true,
                 Some((exit, _, _)) => match policy.as_str() {
                     "Never" => false,
                     "OnFailure" => exit.code != 0,
@@ -665,7 +702,11 @@ impl<R: PodRuntime> Kubelet<R> {
             self.spawn_waiter(uid.clone(), run.clone());
             let probes = probe::spawn_all(self.clone(), uid.clone(), &cs, &run, sb.ip);
             let mut st = self.inner.state.lock().await;
-            if let Some(c) = st.pods.get_mut(&uid).and_then(|p| p.containers.get_mut(&cs.name)) {
+            if let Some(c) = st
+                .pods
+                .get_mut(&uid)
+                .and_then(|p| p.containers.get_mut(&cs.name))
+            {
                 if probes.is_empty() {
                     c.ready = true;
                 }
@@ -675,7 +716,11 @@ impl<R: PodRuntime> Kubelet<R> {
         for (cs, run) in to_probe {
             let probes = probe::spawn_all(self.clone(), uid.clone(), &cs, &run, sb.ip);
             let mut st = self.inner.state.lock().await;
-            if let Some(c) = st.pods.get_mut(&uid).and_then(|p| p.containers.get_mut(&cs.name)) {
+            if let Some(c) = st
+                .pods
+                .get_mut(&uid)
+                .and_then(|p| p.containers.get_mut(&cs.name))
+            {
                 if probes.is_empty() {
                     c.ready = true;
                 }
@@ -755,7 +800,10 @@ impl<R: PodRuntime> Kubelet<R> {
         if pod.status.as_ref() == Some(&status) {
             return Ok(());
         }
-        let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &pod.namespace().unwrap_or_default());
+        let api: Api<Pod> = Api::namespaced(
+            self.inner.client.clone(),
+            &pod.namespace().unwrap_or_default(),
+        );
         let mut new = pod.clone();
         new.status = Some(status);
         match api
@@ -812,7 +860,12 @@ impl<R: PodRuntime> Kubelet<R> {
             }
         };
         let ready = if network {
-            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+            cond(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            )
         } else {
             cond(
                 "Ready",
@@ -845,9 +898,24 @@ impl<R: PodRuntime> Kubelet<R> {
             allocatable: Some(capacity.clone()),
             capacity: Some(capacity),
             conditions: Some(vec![
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                cond(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                cond(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
                 ready,
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -902,7 +970,10 @@ fn condition(old: &Option<PodStatus>, type_: &str, ok: bool, reason: Option<&str
 pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
     let spec = pod.spec.clone().unwrap_or_default();
     let old = pod.status.clone();
-    let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let mut statuses = Vec::new();
     let (mut all_ready, mut any_running, mut all_done, mut all_ok) = (true, false, true, true);
     for cs in &spec.containers {
@@ -987,10 +1058,7 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
         statuses.push(ContainerStatus {
             name: cs.name.clone(),
             image: image.clone(),
-            image_id: format!(
-                "meshwork-catalog://{}",
-                super::catalog::image_name(&image)
-            ),
+            image_id: format!("meshwork-catalog://{}", super::catalog::image_name(&image)),
             container_id: run.map(|r| format!("meshwork://{}", r.id())),
             ready,
             started: Some(running),
@@ -1025,17 +1093,30 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
         condition(&old, "PodReadyToStartContainers", p.sandbox.is_some(), None),
         condition(&old, "Initialized", true, None),
         condition(&old, "Ready", all_ready, Some("ContainersNotReady")),
-        condition(&old, "ContainersReady", all_ready, Some("ContainersNotReady")),
+        condition(
+            &old,
+            "ContainersReady",
+            all_ready,
+            Some("ContainersNotReady"),
+        ),
         scheduled,
     ];
-    let ip = p.sandbox.as_ref().and_then(|sb| sb.ip).map(|i| i.to_string());
+    let ip = p
+        .sandbox
+        .as_ref()
+        .and_then(|sb| sb.ip)
+        .map(|i| i.to_string());
     let qos = {
         let any = spec.containers.iter().any(|c| {
             c.resources
                 .as_ref()
                 .is_some_and(|r| r.requests.is_some() || r.limits.is_some())
         });
-        if any { "Burstable" } else { "BestEffort" }
+        if any {
+            "Burstable"
+        } else {
+            "BestEffort"
+        }
     };
     PodStatus {
         phase: Some(phase.into()),
@@ -1062,7 +1143,10 @@ mod tests {
 
     #[test]
     fn dollar_references_expand() {
-        let env = vec![("A".to_string(), "x".to_string()), ("B".to_string(), "y".to_string())];
+        let env = vec![
+            ("A".to_string(), "x".to_string()),
+            ("B".to_string(), "y".to_string()),
+        ];
         assert_eq!(expand("$(A)-$(B)", &env), "x-y");
         assert_eq!(expand("$$(A) $(C)", &env), "$(A) $(C)");
         assert_eq!(expand("cost $5", &env), "cost $5");

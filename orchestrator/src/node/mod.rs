@@ -32,7 +32,11 @@ pub struct NodeArgs {
     pub root_dir: PathBuf,
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "/opt/cni/bin,/usr/lib/cni")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/opt/cni/bin,/usr/lib/cni"
+    )]
     pub cni_bin_dir: Vec<PathBuf>,
     /// cgroup v2 directory the pods' cgroups go under (default: `meshwork-pods` in the
     /// cgroup2 mount).

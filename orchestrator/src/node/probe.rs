@@ -138,8 +138,9 @@ async fn check<R: PodRuntime>(
         let Ok(uri) = format!("http://{host}:{port}{path}").parse::<http::Uri>() else {
             return false;
         };
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
         let mut req = http::Request::get(uri).header("User-Agent", "kube-probe/1.33");
         for hd in h.http_headers.iter().flatten() {
             req = req.header(hd.name.as_str(), hd.value.as_str());

@@ -116,7 +116,10 @@ pub struct Exit {
 }
 
 pub trait PodRuntime: Send + Sync + 'static {
-    fn run_sandbox(&self, cfg: &SandboxConfig) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
+    fn run_sandbox(
+        &self,
+        cfg: &SandboxConfig,
+    ) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
     fn stop_sandbox(&self, sb: &Sandbox) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn start_container(
         &self,
@@ -245,8 +248,9 @@ async fn pidfd_wait(pid: i32) {
     // SAFETY: a fresh fd we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: `owned` is a valid, open pidfd the AsyncFd takes ownership of.
-    let registered =
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) };
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    };
     match registered {
         Ok(afd) => {
             let _ = afd.readable().await;
@@ -262,10 +266,8 @@ async fn pidfd_wait(pid: i32) {
 impl ProcessRuntime {
     pub fn new(cfg: ProcessRuntimeConfig) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(cfg.root_dir.join("pods")).map_err(io("creating root dir"))?;
-        std::fs::create_dir_all(&cfg.cgroup_root).map_err(io(format!(
-            "creating cgroup {}",
-            cfg.cgroup_root.display()
-        )))?;
+        std::fs::create_dir_all(&cfg.cgroup_root)
+            .map_err(io(format!("creating cgroup {}", cfg.cgroup_root.display())))?;
         Ok(ProcessRuntime { cfg })
     }
 
@@ -287,7 +289,10 @@ impl ProcessRuntime {
                 ("IgnoreUnknown".into(), "1".into()),
                 ("K8S_POD_NAMESPACE".into(), ns.into()),
                 ("K8S_POD_NAME".into(), name.into()),
-                ("K8S_POD_INFRA_CONTAINER_ID".into(), format!("meshwork-{sb_uid}")),
+                (
+                    "K8S_POD_INFRA_CONTAINER_ID".into(),
+                    format!("meshwork-{sb_uid}"),
+                ),
                 ("K8S_POD_UID".into(), sb_uid.into()),
             ],
             capability_args: Default::default(),
@@ -357,10 +362,12 @@ impl PodRuntime for ProcessRuntime {
             .find(|a| a.is_ipv4())
             .or_else(|| res.ips.first().map(|i| i.address.addr()));
         let etc = dir.join("etc");
-        std::fs::write(etc.join("resolv.conf"), &cfg.resolv_conf).map_err(io("writing resolv.conf"))?;
+        std::fs::write(etc.join("resolv.conf"), &cfg.resolv_conf)
+            .map_err(io("writing resolv.conf"))?;
         let hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-            ip.map(|i| i.to_string()).unwrap_or_else(|| "127.0.1.1".into()),
+            ip.map(|i| i.to_string())
+                .unwrap_or_else(|| "127.0.1.1".into()),
             cfg.hostname
         );
         std::fs::write(etc.join("hosts"), hosts).map_err(io("writing hosts"))?;
@@ -410,7 +417,11 @@ impl PodRuntime for ProcessRuntime {
         Ok(())
     }
 
-    async fn start_container(&self, sb: &Sandbox, c: &ContainerConfig) -> Result<Container, RuntimeError> {
+    async fn start_container(
+        &self,
+        sb: &Sandbox,
+        c: &ContainerConfig,
+    ) -> Result<Container, RuntimeError> {
         let image = self
             .cfg
             .catalog
@@ -445,7 +456,11 @@ impl PodRuntime for ProcessRuntime {
             binds.push(format!("{}:{}", src.display(), w.display()));
         }
         let (cmd, args) = if c.command.is_empty() {
-            let args = if c.args.is_empty() { image.cmd.clone() } else { c.args.clone() };
+            let args = if c.args.is_empty() {
+                image.cmd.clone()
+            } else {
+                c.args.clone()
+            };
             (image.entrypoint.clone(), args)
         } else {
             (c.command.clone(), c.args.clone())
@@ -486,7 +501,11 @@ impl PodRuntime for ProcessRuntime {
             .arg(&sb.hostname)
             .arg("--exit-file")
             .arg(&exit_file);
-        if let Some(w) = c.workdir.clone().or(image.workdir.as_ref().map(|w| w.display().to_string())) {
+        if let Some(w) = c
+            .workdir
+            .clone()
+            .or(image.workdir.as_ref().map(|w| w.display().to_string()))
+        {
             cmd.arg("--workdir").arg(w);
         }
         for b in &binds {
@@ -500,7 +519,9 @@ impl PodRuntime for ProcessRuntime {
             .stdout(logf)
             .stderr(errf)
             .env("MESHWORK_LOG", "warn");
-        let child = cmd.spawn().map_err(io(format!("starting shim {}", self.cfg.shim.display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(io(format!("starting shim {}", self.cfg.shim.display())))?;
         let pid = child.id() as i32;
         // The shim is reaped by a thread of its own: it must outlive us, not block us.
         std::thread::spawn(move || {
@@ -551,7 +572,12 @@ impl PodRuntime for ProcessRuntime {
         kill_cgroup(&c.cgroup).await;
     }
 
-    async fn exec(&self, c: &Container, cmd: &[String], timeout: Duration) -> Result<(i32, Vec<u8>), RuntimeError> {
+    async fn exec(
+        &self,
+        c: &Container,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, Vec<u8>), RuntimeError> {
         let mut command = tokio::process::Command::new(&self.cfg.shim);
         command
             .arg("shim")
@@ -573,7 +599,11 @@ impl PodRuntime for ProcessRuntime {
 
     fn list(&self) -> Vec<(Sandbox, Vec<Container>)> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(self.cfg.root_dir.join("pods")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.cfg.root_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let Ok(text) = std::fs::read_to_string(e.path().join("sandbox.json")) else {
                 continue;
             };
@@ -581,7 +611,11 @@ impl PodRuntime for ProcessRuntime {
                 continue;
             };
             let mut runs = Vec::new();
-            for c in std::fs::read_dir(e.path().join("containers")).into_iter().flatten().flatten() {
+            for c in std::fs::read_dir(e.path().join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if let Some(run) = std::fs::read_to_string(c.path().join("state.json"))
                     .ok()
                     .and_then(|t| serde_json::from_str::<Container>(&t).ok())

@@ -41,9 +41,10 @@ pub async fn serve(listener: tokio::net::TcpListener, logs: LogIndex) {
 
 async fn handle(req: Request<Incoming>, logs: LogIndex) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let q: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let q: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
@@ -86,7 +87,10 @@ async fn handle(req: Request<Incoming>, logs: LogIndex) -> Response<Body> {
             let tail = get("tailLines").and_then(|v| v.parse::<usize>().ok());
             let limit = get("limitBytes").and_then(|v| v.parse::<usize>().ok());
             let Ok(content) = tokio::fs::read(&file).await else {
-                return text(StatusCode::NOT_FOUND, format!("log of {container} not found"));
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("log of {container} not found"),
+                );
             };
             let mut start = 0;
             if let Some(n) = tail {
@@ -125,7 +129,9 @@ async fn handle(req: Request<Incoming>, logs: LogIndex) -> Response<Body> {
                 if tx.send(Bytes::from(first)).await.is_err() {
                     return;
                 }
-                let Ok(mut f) = tokio::fs::File::open(&file).await else { return };
+                let Ok(mut f) = tokio::fs::File::open(&file).await else {
+                    return;
+                };
                 let _ = f.seek(SeekFrom::Start(offset)).await;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {

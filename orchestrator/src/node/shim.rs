@@ -84,7 +84,12 @@ fn setns_path(path: &Path, flag: libc::c_int) -> std::io::Result<()> {
     )
 }
 
-fn mount(src: &Path, dst: &Path, fstype: Option<&str>, flags: libc::c_ulong) -> std::io::Result<()> {
+fn mount(
+    src: &Path,
+    dst: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+) -> std::io::Result<()> {
     let s = cstr(src)?;
     let d = cstr(dst)?;
     let t = fstype.map(|t| CString::new(t).unwrap_or_default());
@@ -106,7 +111,10 @@ fn mount(src: &Path, dst: &Path, fstype: Option<&str>, flags: libc::c_ulong) -> 
 fn chroot_to(root: &Path) -> std::io::Result<()> {
     let r = cstr(root)?;
     // SAFETY: valid C strings.
-    check(unsafe { libc::chroot(r.as_ptr()) }, &format!("chroot {}", root.display()))?;
+    check(
+        unsafe { libc::chroot(r.as_ptr()) },
+        &format!("chroot {}", root.display()),
+    )?;
     std::env::set_current_dir("/")
 }
 
@@ -119,22 +127,34 @@ fn setup(a: &ShimArgs) -> std::io::Result<()> {
         setns_path(&proc.join("ns/uts"), libc::CLONE_NEWUTS)?;
         setns_path(&proc.join("ns/mnt"), libc::CLONE_NEWNS)?;
         // SAFETY: a valid directory fd.
-        check(unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&root)) }, "fchdir")?;
+        check(
+            unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&root)) },
+            "fchdir",
+        )?;
         chroot_to(Path::new("."))?;
         return Ok(());
     }
     // SAFETY: plain syscalls on our own process.
     unsafe { libc::setsid() };
     if let Some(cg) = &a.cgroup {
-        std::fs::write(cg.join("cgroup.procs"), b"0")
-            .map_err(|e| std::io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display())))?;
+        std::fs::write(cg.join("cgroup.procs"), b"0").map_err(|e| {
+            std::io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display()))
+        })?;
     }
     if let Some(ns) = &a.netns {
         setns_path(ns, libc::CLONE_NEWNET)?;
     }
     // SAFETY: single-threaded here (checked by the caller's design: no runtime started).
-    check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) }, "unshare")?;
-    mount(Path::new("none"), Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)?;
+    check(
+        unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) },
+        "unshare",
+    )?;
+    mount(
+        Path::new("none"),
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+    )?;
     if let Some(h) = &a.hostname {
         // SAFETY: pointer and length of a live buffer.
         check(
@@ -154,7 +174,10 @@ fn setup(a: &ShimArgs) -> std::io::Result<()> {
     }
     for b in &a.binds {
         let (src, dst) = b.split_once(':').ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bind {b:?} is not SRC:DST"))
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bind {b:?} is not SRC:DST"),
+            )
         })?;
         let target = inside(dst);
         if Path::new(src).is_dir() {
@@ -215,7 +238,11 @@ pub fn main(a: ShimArgs) -> ExitCode {
         Err(e) => {
             eprintln!("meshwork shim: starting {:?}: {e}", a.command[0]);
             record(
-                if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 },
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                },
                 "StartError",
             );
             return ExitCode::from(128);
