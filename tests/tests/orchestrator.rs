@@ -5,7 +5,8 @@
 //! Deployment of busybox httpd behind a Service spreads over both nodes, its EndpointSlice
 //! follows readiness, scaling, rolling updates and deletes; a killed container restarts; a
 //! restarted node runtime adopts its pods; a silent node turns NotReady and its endpoints not
-//! ready; nginx from Debian runs offline; `kubectl logs` reaches the node.
+//! ready; nginx from Debian runs offline; `kubectl logs` reaches the node. With a control agent
+//! per node, a client pod reaches the Deployment's pods on both nodes through the ClusterIP.
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,
@@ -13,468 +14,13 @@
     reason = "test code: a panic with its location is the failure report"
 )]
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+#[path = "support/orch.rs"]
+mod orch;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::{api::ListParams, Api};
-use meshwork_lab::{cgroup::lab_binary, conflist, Lab, Node};
+use std::{collections::BTreeSet, time::Duration};
+
+use orch::{pids_in, web, Orch};
 use serde_json::{json, Value};
-
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-const GRACE_SECS: u64 = 5;
-
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn kill(&mut self, sig: i32) {
-        if let Some(c) = self.child.as_mut() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, sig) };
-            let _ = c.wait();
-        }
-        self.child = None;
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill(libc::SIGKILL);
-    }
-}
-
-struct Orch {
-    procs: Vec<Proc>,
-    runtimes: Vec<Proc>,
-    nodes: Vec<Node>,
-    kubeconfig: PathBuf,
-    data: PathBuf,
-    /// Dropped last: kills what is left in the pod cgroups and deletes the namespaces.
-    lab: Lab,
-}
-
-impl Drop for Orch {
-    fn drop(&mut self) {
-        self.runtimes.clear();
-        self.procs.clear();
-    }
-}
-
-fn until<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    dump: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", dump());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-impl Orch {
-    fn start(name: &str) -> Orch {
-        let lab = Lab::new(name);
-        let nodes = vec![lab.node("n1"), lab.node("n2")];
-        let data = lab.dir().join("apiserver");
-        let api_ip = nodes[0].underlay_ip.to_string();
-        let listen = format!("{api_ip}:6443");
-        let grace = GRACE_SECS.to_string();
-        let log = lab.dir().join("apiserver.log");
-        let child = lab
-            .command_in_node(
-                &nodes[0],
-                &nodes[0].netns,
-                "meshwork-orchestrator",
-                &[
-                    "apiserver",
-                    "--data-dir",
-                    data.to_str().unwrap(),
-                    "--listen",
-                    &listen,
-                    "--advertise-address",
-                    &api_ip,
-                    "--sqlite-sync",
-                    "normal",
-                    "--node-monitor-grace-period",
-                    &grace,
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("meshwork-orchestrator (cargo build --bins)");
-        let mut o = Orch {
-            procs: vec![Proc {
-                child: Some(child),
-                log,
-            }],
-            runtimes: Vec::new(),
-            nodes,
-            kubeconfig: data.join("admin.kubeconfig"),
-            data,
-            lab,
-        };
-        until(
-            "the API server",
-            Duration::from_secs(30),
-            || {
-                (o.kubeconfig.exists()
-                    && o.kubectl_out(&["get", "--raw", "/readyz"]).status.success())
-                .then_some(())
-            },
-            || o.dump(),
-        );
-        for i in 0..o.nodes.len() {
-            let rt = o.start_runtime(i);
-            o.runtimes.push(rt);
-        }
-        // The CNI daemon's part: once the controllers gave the node a pod CIDR, the node's CNI
-        // config appears and the node turns Ready.
-        for i in 0..o.nodes.len() {
-            let node = o.nodes[i].name.clone();
-            let cidr = until(
-                "a pod CIDR",
-                Duration::from_secs(30),
-                || {
-                    let c = o.kubectl(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]);
-                    (!c.is_empty()).then_some(c)
-                },
-                || o.dump(),
-            );
-            let mut conf = conflist(&o.lab, &format!("mesh-{node}"), &cidr, &[] as &[&str]);
-            conf["plugins"][0]["dataDir"] = json!(o.lab.dir().join(format!("{node}-cni-state")));
-            let dir = o.cni_dir(i);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("10-meshwork.conflist"), conf.to_string()).unwrap();
-        }
-        for n in o.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() {
-            o.kubectl(&[
-                "wait",
-                "--for=condition=Ready",
-                &format!("node/{n}"),
-                "--timeout=30s",
-            ]);
-        }
-        o
-    }
-
-    fn cni_dir(&self, i: usize) -> PathBuf {
-        self.lab.dir().join(format!("{}-cni", self.nodes[i].name))
-    }
-
-    fn root_dir(&self, i: usize) -> PathBuf {
-        self.lab.dir().join(format!("{}-root", self.nodes[i].name))
-    }
-
-    fn start_runtime(&self, i: usize) -> Proc {
-        let n = &self.nodes[i];
-        let kc = self.data.join(format!("{}.kubeconfig", n.name));
-        if !kc.exists() {
-            let out = Command::new(lab_binary("meshwork-orchestrator"))
-                .args(["kubeconfig", "--data-dir"])
-                .arg(&self.data)
-                .args([
-                    "--user",
-                    &format!("system:node:{}", n.name),
-                    "--group",
-                    "system:nodes",
-                ])
-                .args([
-                    "--server",
-                    &format!("https://{}:6443", self.nodes[0].underlay_ip),
-                ])
-                .arg("--out")
-                .arg(&kc)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let cgroup = self.lab.cgroup(n).join("pods");
-        let ip = n.underlay_ip.to_string();
-        let log = self.lab.dir().join(format!("{}-runtime.log", n.name));
-        let prefix = format!("{}{}-p-", self.lab.prefix(), n.name);
-        let args: Vec<String> = vec![
-            "node".into(),
-            "--kubeconfig".into(),
-            kc.display().to_string(),
-            "--node-name".into(),
-            n.name.clone(),
-            "--node-ip".into(),
-            ip,
-            "--root-dir".into(),
-            self.root_dir(i).display().to_string(),
-            "--cni-conf-dir".into(),
-            self.cni_dir(i).display().to_string(),
-            "--cni-bin-dir".into(),
-            self.lab.cni_bin_dir().display().to_string(),
-            "--cgroup-root".into(),
-            cgroup.display().to_string(),
-            "--netns-prefix".into(),
-            prefix,
-            "--heartbeat-seconds".into(),
-            "1".into(),
-            "--restart-backoff-seconds".into(),
-            "1".into(),
-        ];
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self
-            .lab
-            .command_in_node(n, &n.netns, "meshwork-orchestrator", &argv)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        Proc {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn kubectl_out(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.nodes[0].netns,
-                KUBECTL,
-                "--kubeconfig",
-            ])
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.kubectl_out(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.dump()
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// `kubectl apply` of an object or of each item of a List.
-    fn apply(&self, manifest: &Value) {
-        let items = match manifest["items"].as_array() {
-            Some(items) => items.clone(),
-            None => vec![manifest.clone()],
-        };
-        for (i, item) in items.iter().enumerate() {
-            let path = self.lab.dir().join(format!("manifest-{i}.json"));
-            std::fs::write(&path, item.to_string()).unwrap();
-            self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&a)).unwrap()
-    }
-
-    /// Pods of the `web` app: (name, node, phase, ready, restarts, uid).
-    fn web_pods(&self) -> Vec<(String, String, String, bool, i64, String)> {
-        let v = self.json(&["get", "pods", "-l", "app=web"]);
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .map(|p| {
-                let ready = p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                (
-                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
-                    p["status"]["phase"].as_str().unwrap_or("").to_string(),
-                    ready,
-                    p["status"]["containerStatuses"][0]["restartCount"]
-                        .as_i64()
-                        .unwrap_or(0),
-                    p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// The `web` Service's endpoints through kube-rs: (address, ready, port).
-    fn endpoints(&self) -> Vec<(String, bool, i32)> {
-        let kc = self.kubeconfig.clone();
-        self.lab
-            .open(&self.nodes[0].netns)
-            .run(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let client = meshwork_kube_watch::client(Some(&kc)).await.unwrap();
-                    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
-                    let list = slices
-                        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-                        .await
-                        .unwrap();
-                    let mut out = Vec::new();
-                    for s in list.items {
-                        let port = s
-                            .ports
-                            .as_ref()
-                            .and_then(|p| p.first())
-                            .and_then(|p| p.port)
-                            .unwrap_or(0);
-                        for e in s.endpoints {
-                            let ready = e.conditions.and_then(|c| c.ready).unwrap_or(false);
-                            out.push((e.addresses[0].clone(), ready, port));
-                        }
-                    }
-                    out.sort();
-                    out
-                })
-            })
-            .unwrap()
-    }
-
-    fn dump(&self) -> String {
-        let mut s = String::new();
-        let out = self.kubectl_out(&[
-            "get",
-            "nodes,pods,rs,deploy,endpointslices",
-            "-A",
-            "-o",
-            "wide",
-        ]);
-        s.push_str(&String::from_utf8_lossy(&out.stdout));
-        s.push_str(&String::from_utf8_lossy(&out.stderr));
-        for p in self.procs.iter().chain(self.runtimes.iter()) {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            s.push_str(&format!("\n--- {} (tail)\n", p.log.display()));
-            for l in tail.into_iter().rev() {
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
-        s
-    }
-
-    fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
-        until(what, Duration::from_secs(60), f, || self.dump())
-    }
-
-    /// A pod's container root (the busybox root the runtime built for it).
-    fn rootfs(&self, node_index: usize, uid: &str, container: &str) -> PathBuf {
-        self.root_dir(node_index)
-            .join("pods")
-            .join(uid)
-            .join("containers")
-            .join(container)
-            .join("rootfs")
-    }
-
-    fn node_index(&self, name: &str) -> usize {
-        self.nodes.iter().position(|n| n.name == name).unwrap()
-    }
-}
-
-/// pids in a cgroup (and below) whose command line contains `needle`.
-fn pids_in(cgroup: &Path, needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in walk(cgroup) {
-        let procs = std::fs::read_to_string(e.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) && !cmd.contains(" shim ") {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(walk(&e.path()));
-        }
-    }
-    out
-}
-
-fn web(replicas: i32, extra_env: &[(&str, &str)]) -> Value {
-    let env: Vec<Value> =
-        [json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})]
-            .into_iter()
-            .chain(
-                extra_env
-                    .iter()
-                    .map(|(k, v)| json!({"name": k, "value": v})),
-            )
-            .collect();
-    json!({
-        "apiVersion": "v1", "kind": "List", "items": [
-        {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 2,
-                        "containers": [{
-                            "name": "web", "image": "busybox:1.36",
-                            "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && cat /etc/resolv.conf && echo serving $(POD_NAME) && exec httpd -f -p 8080 -h /www"],
-                            "env": env,
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
-                        }]
-                    }
-                }
-            }
-        },
-        {
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
-        }]
-    })
-}
 
 #[test]
 fn deployment_service_and_endpoints_through_kubectl() {
@@ -626,6 +172,34 @@ fn deployment_service_and_endpoints_through_kubectl() {
     ]);
     o.kubectl(&["delete", "pod", "nginx", "--wait=true", "--timeout=60s"]);
 
+    // Orphan delete of the ReplicaSet: its pods live on; the Deployment's new ReplicaSet (same
+    // template, same name) adopts them instead of starting new ones.
+    let before: BTreeSet<String> = o.web_pods().into_iter().map(|p| p.0).collect();
+    let rs_name = o.kubectl(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[?(@.spec.replicas==2)].metadata.name}"]);
+    let old_uid = o.kubectl(&["get", "rs", &rs_name, "-o", "jsonpath={.metadata.uid}"]);
+    o.kubectl(&["delete", "rs", &rs_name, "--cascade=orphan"]);
+    o.wait("the pods to be adopted by the recreated ReplicaSet", || {
+        let new_uid = o.kubectl_out(&["get", "rs", &rs_name, "-o", "jsonpath={.metadata.uid}"]);
+        let new_uid = String::from_utf8_lossy(&new_uid.stdout).trim().to_string();
+        if new_uid.is_empty() || new_uid == old_uid {
+            return None;
+        }
+        let owners = o.kubectl(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].uid}"]);
+        (owners.split_whitespace().count() == 2 && owners.split_whitespace().all(|u| u == new_uid)).then_some(())
+    });
+    let after: BTreeSet<String> = o.web_pods().into_iter().map(|p| p.0).collect();
+    assert_eq!(before, after, "orphaned pods were replaced instead of adopted");
+
+    // Namespace deletion stops the pods in it and the namespace goes when they are gone.
+    o.kubectl(&["create", "namespace", "tmp"]);
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "namespace": "tmp"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}
+    }));
+    o.kubectl(&["wait", "-n", "tmp", "--for=condition=Ready", "pod/sleeper", "--timeout=60s"]);
+    o.kubectl(&["delete", "namespace", "tmp", "--wait=true", "--timeout=60s"]);
+    assert!(!o.kubectl_out(&["get", "namespace", "tmp"]).status.success());
+
     // Delete cascades: ReplicaSets, pods and slices go; the pods' namespaces and cgroups too.
     o.kubectl(&["delete", "deployment", "web", "--wait=true"]);
     o.wait("the ReplicaSets and pods to go", || {
@@ -746,4 +320,51 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
             .all(|e| !e.1)
             .then_some(())
     });
+}
+
+#[test]
+fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
+    let mut o = Orch::start_with("orch_svc", &["10.244.0.0/16"]);
+    for i in 0..o.nodes.len() {
+        let a = o.start_agent(i);
+        o.procs.push(a);
+    }
+    let mut m = web(4, &[]);
+    // Each backend answers with its pod name.
+    m["items"][0]["spec"]["template"]["spec"]["containers"][0]["command"] = json!(
+        ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && echo $(POD_NAME) > /www/id && exec httpd -f -p 8080 -h /www"]
+    );
+    o.apply(&m);
+    let pods = o.wait("4 ready pods", || {
+        let p = o.web_pods();
+        (p.len() == 4 && p.iter().all(|p| p.3)).then_some(p)
+    });
+    let on: BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+    assert_eq!(on.len(), 2, "{pods:?}");
+    let vip = o.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    // A client pod on node 1 fetches through the ClusterIP (port 80 → targetPort http/8080).
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "n1"},
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
+                &format!("sleep 2; for i in $(seq 40); do wget -q -T 2 -O - http://{vip}/id || echo FAIL; done")]}]
+        }
+    }));
+    o.wait("the client to finish", || {
+        let phase = o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Succeeded" || phase == "Failed").then_some(())
+    });
+    let out = o.kubectl(&["logs", "client"]);
+    let names: BTreeSet<&str> = pods.iter().map(|p| p.0.as_str()).collect();
+    let answered: BTreeSet<&str> = out.lines().filter(|l| names.contains(l.trim())).collect();
+    assert!(!out.contains("FAIL"), "connections through {vip} failed:\n{out}\n{}", o.dump());
+    assert!(answered.len() >= 3, "backends answering through {vip}: {answered:?}\n{out}");
+    let remote: Vec<&&str> = answered
+        .iter()
+        .filter(|n| pods.iter().any(|p| p.0 == **n && p.1 == "n2"))
+        .collect();
+    assert!(!remote.is_empty(), "no answer from node 2's pods over the overlay: {answered:?}");
 }

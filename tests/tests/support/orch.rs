@@ -1,0 +1,509 @@
+//! The lab harness of the orchestrator scenarios (test and benchmark): the API server with its
+//! controllers on node 1, a node runtime per node, kubectl and kube-rs from inside the lab.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report; each user takes a part"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::{api::ListParams, Api};
+use meshwork_lab::{cgroup::lab_binary, conflist, Lab, Node};
+use serde_json::{json, Value};
+
+pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+pub const GRACE_SECS: u64 = 5;
+
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self, sig: i32) {
+        if let Some(c) = self.child.as_mut() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill(libc::SIGKILL);
+    }
+}
+
+pub struct Orch {
+    pub procs: Vec<Proc>,
+    pub runtimes: Vec<Proc>,
+    pub nodes: Vec<Node>,
+    pub kubeconfig: PathBuf,
+    pub data: PathBuf,
+    /// Dropped last: kills what is left in the pod cgroups and deletes the namespaces.
+    pub lab: Lab,
+}
+
+impl Drop for Orch {
+    fn drop(&mut self) {
+        self.runtimes.clear();
+        self.procs.clear();
+    }
+}
+
+pub fn until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    dump: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", dump());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+impl Orch {
+    pub fn start(name: &str) -> Orch {
+        Self::start_with(name, &[])
+    }
+
+    /// `routes`: extra pod routes in the CNI config (e.g. the cluster CIDR over an overlay).
+    pub fn start_with(name: &str, routes: &[&str]) -> Orch {
+        let lab = Lab::new(name);
+        let nodes = vec![lab.node("n1"), lab.node("n2")];
+        let data = lab.dir().join("apiserver");
+        let api_ip = nodes[0].underlay_ip.to_string();
+        let listen = format!("{api_ip}:6443");
+        let grace = GRACE_SECS.to_string();
+        let log = lab.dir().join("apiserver.log");
+        let child = lab
+            .command_in_node(
+                &nodes[0],
+                &nodes[0].netns,
+                "meshwork-orchestrator",
+                &[
+                    "apiserver",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--listen",
+                    &listen,
+                    "--advertise-address",
+                    &api_ip,
+                    "--sqlite-sync",
+                    "normal",
+                    "--node-monitor-grace-period",
+                    &grace,
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("meshwork-orchestrator (cargo build --bins)");
+        let mut o = Orch {
+            procs: vec![Proc {
+                child: Some(child),
+                log,
+            }],
+            runtimes: Vec::new(),
+            nodes,
+            kubeconfig: data.join("admin.kubeconfig"),
+            data,
+            lab,
+        };
+        until(
+            "the API server",
+            Duration::from_secs(30),
+            || {
+                (o.kubeconfig.exists()
+                    && o.kubectl_out(&["get", "--raw", "/readyz"]).status.success())
+                .then_some(())
+            },
+            || o.dump(),
+        );
+        for i in 0..o.nodes.len() {
+            let rt = o.start_runtime(i);
+            o.runtimes.push(rt);
+        }
+        // The CNI daemon's part: once the controllers gave the node a pod CIDR, the node's CNI
+        // config appears and the node turns Ready.
+        for i in 0..o.nodes.len() {
+            let node = o.nodes[i].name.clone();
+            let cidr = until(
+                "a pod CIDR",
+                Duration::from_secs(30),
+                || {
+                    let c = o.kubectl(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]);
+                    (!c.is_empty()).then_some(c)
+                },
+                || o.dump(),
+            );
+            let mut conf = conflist(&o.lab, &format!("mesh-{node}"), &cidr, routes);
+            conf["plugins"][0]["dataDir"] = json!(o.lab.dir().join(format!("{node}-cni-state")));
+            let dir = o.cni_dir(i);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("10-meshwork.conflist"), conf.to_string()).unwrap();
+        }
+        for n in o.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() {
+            o.kubectl(&[
+                "wait",
+                "--for=condition=Ready",
+                &format!("node/{n}"),
+                "--timeout=30s",
+            ]);
+        }
+        o
+    }
+
+    /// `meshwork-control` for node `i` with node credentials, its own pin dir and cgroup (the
+    /// pods' cgroups are below it), programming the VXLAN overlay from Node objects.
+    pub fn start_agent(&self, i: usize) -> Proc {
+        let n = &self.nodes[i];
+        let kc = self.data.join(format!("{}.kubeconfig", n.name));
+        let cidr = self.kubectl(&["get", "node", &n.name, "-o", "jsonpath={.spec.podCIDR}"]);
+        let ip = n.underlay_ip.to_string();
+        let admin = format!("{ip}:10256");
+        let log = self.lab.dir().join(format!("{}-control.log", n.name));
+        let cg = self.lab.cgroup(n).display().to_string();
+        let pins = self.lab.bpf_pin_dir(n).display().to_string();
+        let args = [
+            "--kubeconfig", kc.to_str().unwrap(), "--node-name", &n.name, "--cgroup", &cg,
+            "--pin-dir", &pins, "--admin-listen", &admin, "--node-ip", &ip, "--uplink", &n.uplink,
+            "--overlay-uplink", &n.uplink, "--overlay-ip", &ip, "--pod-cidr", &cidr,
+        ];
+        let child = self
+            .lab
+            .command_in_node(n, &n.netns, "meshwork-control", &args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("meshwork-control (cargo build --bins)");
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn cni_dir(&self, i: usize) -> PathBuf {
+        self.lab.dir().join(format!("{}-cni", self.nodes[i].name))
+    }
+
+    pub fn root_dir(&self, i: usize) -> PathBuf {
+        self.lab.dir().join(format!("{}-root", self.nodes[i].name))
+    }
+
+    pub fn start_runtime(&self, i: usize) -> Proc {
+        let n = &self.nodes[i];
+        let kc = self.data.join(format!("{}.kubeconfig", n.name));
+        if !kc.exists() {
+            let out = Command::new(lab_binary("meshwork-orchestrator"))
+                .args(["kubeconfig", "--data-dir"])
+                .arg(&self.data)
+                .args([
+                    "--user",
+                    &format!("system:node:{}", n.name),
+                    "--group",
+                    "system:nodes",
+                ])
+                .args([
+                    "--server",
+                    &format!("https://{}:6443", self.nodes[0].underlay_ip),
+                ])
+                .arg("--out")
+                .arg(&kc)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cgroup = self.lab.cgroup(n).join("pods");
+        let ip = n.underlay_ip.to_string();
+        let log = self.lab.dir().join(format!("{}-runtime.log", n.name));
+        let prefix = format!("{}{}-p-", self.lab.prefix(), n.name);
+        let args: Vec<String> = vec![
+            "node".into(),
+            "--kubeconfig".into(),
+            kc.display().to_string(),
+            "--node-name".into(),
+            n.name.clone(),
+            "--node-ip".into(),
+            ip,
+            "--root-dir".into(),
+            self.root_dir(i).display().to_string(),
+            "--cni-conf-dir".into(),
+            self.cni_dir(i).display().to_string(),
+            "--cni-bin-dir".into(),
+            self.lab.cni_bin_dir().display().to_string(),
+            "--cgroup-root".into(),
+            cgroup.display().to_string(),
+            "--netns-prefix".into(),
+            prefix,
+            "--heartbeat-seconds".into(),
+            "1".into(),
+            "--restart-backoff-seconds".into(),
+            "1".into(),
+        ];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self
+            .lab
+            .command_in_node(n, &n.netns, "meshwork-orchestrator", &argv)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn kubectl_out(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[0].netns,
+                KUBECTL,
+                "--kubeconfig",
+            ])
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_out(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.dump()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `kubectl apply` of an object or of each item of a List.
+    pub fn apply(&self, manifest: &Value) {
+        let items = match manifest["items"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![manifest.clone()],
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = self.lab.dir().join(format!("manifest-{i}.json"));
+            std::fs::write(&path, item.to_string()).unwrap();
+            self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        }
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&a)).unwrap()
+    }
+
+    /// Pods of the `web` app: (name, node, phase, ready, restarts, uid).
+    pub fn web_pods(&self) -> Vec<(String, String, String, bool, i64, String)> {
+        let v = self.json(&["get", "pods", "-l", "app=web"]);
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                (
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                    p["status"]["phase"].as_str().unwrap_or("").to_string(),
+                    ready,
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(0),
+                    p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The `web` Service's endpoints through kube-rs: (address, ready, port).
+    pub fn endpoints(&self) -> Vec<(String, bool, i32)> {
+        let kc = self.kubeconfig.clone();
+        self.lab
+            .open(&self.nodes[0].netns)
+            .run(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let client = meshwork_kube_watch::client(Some(&kc)).await.unwrap();
+                    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+                    let list = slices
+                        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                        .await
+                        .unwrap();
+                    let mut out = Vec::new();
+                    for s in list.items {
+                        let port = s
+                            .ports
+                            .as_ref()
+                            .and_then(|p| p.first())
+                            .and_then(|p| p.port)
+                            .unwrap_or(0);
+                        for e in s.endpoints {
+                            let ready = e.conditions.and_then(|c| c.ready).unwrap_or(false);
+                            out.push((e.addresses[0].clone(), ready, port));
+                        }
+                    }
+                    out.sort();
+                    out
+                })
+            })
+            .unwrap()
+    }
+
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        let out = self.kubectl_out(&[
+            "get",
+            "nodes,pods,rs,deploy,endpointslices",
+            "-A",
+            "-o",
+            "wide",
+        ]);
+        s.push_str(&String::from_utf8_lossy(&out.stdout));
+        s.push_str(&String::from_utf8_lossy(&out.stderr));
+        for p in self.procs.iter().chain(self.runtimes.iter()) {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            s.push_str(&format!("\n--- {} (tail)\n", p.log.display()));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    pub fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        until(what, Duration::from_secs(60), f, || self.dump())
+    }
+
+    pub fn wait_long<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+        until(what, timeout, f, || self.dump())
+    }
+
+    /// A pod's container root (the busybox root the runtime built for it).
+    pub fn rootfs(&self, node_index: usize, uid: &str, container: &str) -> PathBuf {
+        self.root_dir(node_index)
+            .join("pods")
+            .join(uid)
+            .join("containers")
+            .join(container)
+            .join("rootfs")
+    }
+
+    pub fn node_index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).unwrap()
+    }
+}
+
+/// pids in a cgroup (and below) whose command line contains `needle`.
+pub fn pids_in(cgroup: &Path, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in walk(cgroup) {
+        let procs = std::fs::read_to_string(e.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && !cmd.contains(" shim ") {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+pub fn web(replicas: i32, extra_env: &[(&str, &str)]) -> Value {
+    let env: Vec<Value> =
+        [json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})]
+            .into_iter()
+            .chain(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| json!({"name": k, "value": v})),
+            )
+            .collect();
+    json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+        {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [{
+                            "name": "web", "image": "busybox:1.36",
+                            "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && cat /etc/resolv.conf && echo serving $(POD_NAME) && exec httpd -f -p 8080 -h /www"],
+                            "env": env,
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+                        }]
+                    }
+                }
+            }
+        },
+        {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+        }]
+    })
+}
+
