@@ -42,6 +42,9 @@ const REPLICAS: usize = 50;
 const PODMAN_RUNS: usize = 20;
 const FLIPS: usize = 10;
 
+/// When a watching client saw the pod or the slice, and whether it was ready.
+type Seen = (Instant, &'static str, bool);
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -61,7 +64,9 @@ fn http_get(o: &Orch, node: usize, url_path: &str) -> String {
             write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
-            out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default()
         })
         .unwrap()
 }
@@ -100,7 +105,11 @@ impl Podman {
         for d in ["cni/bin", "cni/net.d", "root", "run", "tmp", "runc"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        std::os::unix::fs::symlink(o.lab.cni_bin_dir().join("meshwork"), dir.join("cni/bin/meshwork")).unwrap();
+        std::os::unix::fs::symlink(
+            o.lab.cni_bin_dir().join("meshwork"),
+            dir.join("cni/bin/meshwork"),
+        )
+        .unwrap();
         let conf = json!({
             "cniVersion": "1.0.0", "name": "mwbench",
             "plugins": [{"type": "meshwork", "bridge": "mwpm0", "dataDir": dir.join("cni-state"),
@@ -108,7 +117,14 @@ impl Podman {
         });
         std::fs::write(dir.join("cni/net.d/10-mwbench.conflist"), conf.to_string()).unwrap();
         let wrap = dir.join("runc-wrap");
-        std::fs::write(&wrap, format!("#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n", dir.display())).unwrap();
+        std::fs::write(
+            &wrap,
+            format!(
+                "#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(
@@ -121,7 +137,10 @@ impl Podman {
         .unwrap();
         std::fs::write(
             dir.join("storage.conf"),
-            format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n", dir.display()),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
+                dir.display()
+            ),
         )
         .unwrap();
         Podman {
@@ -163,9 +182,15 @@ impl Podman {
 }
 
 fn busybox_archive() -> PathBuf {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let out = ws.join("target/test-images");
-    let o = Command::new(ws.join("scripts/busybox-image.sh")).arg(&out).output().unwrap();
+    let o = Command::new(ws.join("scripts/busybox-image.sh"))
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
 }
@@ -179,7 +204,13 @@ fn main() {
     let t0 = Instant::now();
     o.kubectl(&["apply", "-f", path.to_str().unwrap()]);
     o.wait_long("50 ready replicas", Duration::from_secs(300), || {
-        let r = o.kubectl(&["get", "deploy", "fifty", "-o", "jsonpath={.status.readyReplicas}"]);
+        let r = o.kubectl(&[
+            "get",
+            "deploy",
+            "fifty",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
         (r == REPLICAS.to_string()).then_some(())
     });
     let to_ready = t0.elapsed();
@@ -191,10 +222,17 @@ fn main() {
         timings.extend(serde_json::from_str::<Vec<Value>>(&body).unwrap());
     }
     let col = |k: &str| -> Vec<f64> { timings.iter().filter_map(|t| t[k].as_f64()).collect() };
-    let (mut total, mut sandbox, mut cni, mut process) = (col("total_ms"), col("sandbox_ms"), col("cni_ms"), col("process_ms"));
+    let (mut total, mut sandbox, mut cni, mut process) = (
+        col("total_ms"),
+        col("sandbox_ms"),
+        col("cni_ms"),
+        col("process_ms"),
+    );
     o.kubectl(&["delete", "deploy", "fifty", "--wait=true"]);
     o.wait_long("the 50 pods to go", Duration::from_secs(300), || {
-        o.kubectl(&["get", "pods", "-l", "app=fifty", "-o", "name"]).is_empty().then_some(())
+        o.kubectl(&["get", "pods", "-l", "app=fifty", "-o", "name"])
+            .is_empty()
+            .then_some(())
     });
 
     // 3. The peer: podman starting the same busybox with the same plugin on node 1.
@@ -205,7 +243,18 @@ fn main() {
     for i in 0..PODMAN_RUNS {
         let name = format!("b{i}");
         let t = Instant::now();
-        pm.ok(&o, &["run", "-d", "--name", &name, "localhost/meshwork-busybox:latest", "sleep", "600"]);
+        pm.ok(
+            &o,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "localhost/meshwork-busybox:latest",
+                "sleep",
+                "600",
+            ],
+        );
         podman_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let _ = pm.run(&o, &["rm", "-f", "-a", "-t", "0"]);
@@ -215,7 +264,13 @@ fn main() {
     std::fs::write(&path, deployment("flip", 3, true).to_string()).unwrap();
     o.kubectl(&["apply", "-f", path.to_str().unwrap()]);
     o.wait_long("3 ready flip pods", Duration::from_secs(120), || {
-        let r = o.kubectl(&["get", "deploy", "flip", "-o", "jsonpath={.status.readyReplicas}"]);
+        let r = o.kubectl(&[
+            "get",
+            "deploy",
+            "flip",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
         (r == "3").then_some(())
     });
     let pods = o.json(&["get", "pods", "-l", "app=flip"]);
@@ -227,7 +282,7 @@ fn main() {
     let health = o.rootfs(node, &uid, "web").join("www/healthz");
 
     // (time, "pod"/"slice", ready) as one watching client sees them.
-    let seen: Arc<Mutex<Vec<(Instant, &'static str, bool)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let (kc, ns_path) = (o.kubeconfig.clone(), o.nodes[0].netns.clone());
     let watcher_thread = {
@@ -281,8 +336,14 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let s = seen.lock().unwrap().clone();
-            let pod_t = s.iter().find(|(t, k, r)| *t >= t_flip && *k == "pod" && *r == want_ready).map(|x| x.0);
-            let slice_t = s.iter().find(|(t, k, r)| *t >= t_flip && *k == "slice" && *r == want_ready).map(|x| x.0);
+            let pod_t = s
+                .iter()
+                .find(|(t, k, r)| *t >= t_flip && *k == "pod" && *r == want_ready)
+                .map(|x| x.0);
+            let slice_t = s
+                .iter()
+                .find(|(t, k, r)| *t >= t_flip && *k == "slice" && *r == want_ready)
+                .map(|x| x.0);
             if let (Some(p), Some(sl)) = (pod_t, slice_t) {
                 ctl_ms.push(sl.saturating_duration_since(p).as_secs_f64() * 1e3);
                 e2e_ms.push(sl.duration_since(t_flip).as_secs_f64() * 1e3);
@@ -297,7 +358,10 @@ fn main() {
     watcher_thread.join().unwrap();
 
     println!("\n## orchestrator (two lab nodes)");
-    println!("kubectl apply of a {REPLICAS}-replica Deployment -> {REPLICAS} Ready: {:.2} s", to_ready.as_secs_f64());
+    println!(
+        "kubectl apply of a {REPLICAS}-replica Deployment -> {REPLICAS} Ready: {:.2} s",
+        to_ready.as_secs_f64()
+    );
     println!(
         "pod start, meshwork node runtime ({} pods): p50 {:.1} ms, p90 {:.1} ms [sandbox p50 {:.1}, CNI ADD p50 {:.1}, process p50 {:.1}]",
         total.len(),
@@ -307,10 +371,17 @@ fn main() {
         pct(&mut cni, 0.5),
         pct(&mut process, 0.5),
     );
-    let (p50, p90) = (pct(&mut podman_ms.clone(), 0.5), pct(&mut podman_ms.clone(), 0.9));
+    let (p50, p90) = (
+        pct(&mut podman_ms.clone(), 0.5),
+        pct(&mut podman_ms.clone(), 0.9),
+    );
     println!("pod start, podman run -d (same plugin, same node, {PODMAN_RUNS} runs): p50 {p50:.1} ms, p90 {p90:.1} ms");
     let mut t2 = col("total_ms");
-    println!("ratio meshwork/podman: p50 {:.2}x, p90 {:.2}x", pct(&mut t2.clone(), 0.5) / p50, pct(&mut t2, 0.9) / p90);
+    println!(
+        "ratio meshwork/podman: p50 {:.2}x, p90 {:.2}x",
+        pct(&mut t2.clone(), 0.5) / p50,
+        pct(&mut t2, 0.9) / p90
+    );
     println!(
         "EndpointSlice after a readiness change ({} flips): pod status -> slice p50 {:.1} ms, p90 {:.1} ms; probe file change -> slice p50 {:.0} ms, p90 {:.0} ms (1 s probe period)",
         ctl_ms.len(),

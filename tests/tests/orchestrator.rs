@@ -175,7 +175,14 @@ fn deployment_service_and_endpoints_through_kubectl() {
     // Orphan delete of the ReplicaSet: its pods live on; the Deployment's new ReplicaSet (same
     // template, same name) adopts them instead of starting new ones.
     let before: BTreeSet<String> = o.web_pods().into_iter().map(|p| p.0).collect();
-    let rs_name = o.kubectl(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[?(@.spec.replicas==2)].metadata.name}"]);
+    let rs_name = o.kubectl(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[?(@.spec.replicas==2)].metadata.name}",
+    ]);
     let old_uid = o.kubectl(&["get", "rs", &rs_name, "-o", "jsonpath={.metadata.uid}"]);
     o.kubectl(&["delete", "rs", &rs_name, "--cascade=orphan"]);
     o.wait("the pods to be adopted by the recreated ReplicaSet", || {
@@ -184,19 +191,38 @@ fn deployment_service_and_endpoints_through_kubectl() {
         if new_uid.is_empty() || new_uid == old_uid {
             return None;
         }
-        let owners = o.kubectl(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].uid}"]);
-        (owners.split_whitespace().count() == 2 && owners.split_whitespace().all(|u| u == new_uid)).then_some(())
+        let owners = o.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].metadata.ownerReferences[0].uid}",
+        ]);
+        (owners.split_whitespace().count() == 2 && owners.split_whitespace().all(|u| u == new_uid))
+            .then_some(())
     });
     let after: BTreeSet<String> = o.web_pods().into_iter().map(|p| p.0).collect();
-    assert_eq!(before, after, "orphaned pods were replaced instead of adopted");
+    assert_eq!(
+        before, after,
+        "orphaned pods were replaced instead of adopted"
+    );
 
     // Namespace deletion stops the pods in it and the namespace goes when they are gone.
-    o.kubectl(&["create", "namespace", "tmp"]);
+    // (kubectl create namespace sends protobuf, which the API server refuses with 415.)
+    o.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}));
     o.apply(&json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "namespace": "tmp"},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}
     }));
-    o.kubectl(&["wait", "-n", "tmp", "--for=condition=Ready", "pod/sleeper", "--timeout=60s"]);
+    o.kubectl(&[
+        "wait",
+        "-n",
+        "tmp",
+        "--for=condition=Ready",
+        "pod/sleeper",
+        "--timeout=60s",
+    ]);
     o.kubectl(&["delete", "namespace", "tmp", "--wait=true", "--timeout=60s"]);
     assert!(!o.kubectl_out(&["get", "namespace", "tmp"]).status.success());
 
@@ -350,7 +376,7 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
             "nodeSelector": {"kubernetes.io/hostname": "n1"},
             "restartPolicy": "Never",
             "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
-                &format!("sleep 2; for i in $(seq 40); do wget -q -T 2 -O - http://{vip}/id || echo FAIL; done")]}]
+                &format!("sleep 2; for i in $(seq 40); do timeout 3 wget -q -O - http://{vip}/id || echo FAIL; done")]}]
         }
     }));
     o.wait("the client to finish", || {
@@ -360,11 +386,21 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
     let out = o.kubectl(&["logs", "client"]);
     let names: BTreeSet<&str> = pods.iter().map(|p| p.0.as_str()).collect();
     let answered: BTreeSet<&str> = out.lines().filter(|l| names.contains(l.trim())).collect();
-    assert!(!out.contains("FAIL"), "connections through {vip} failed:\n{out}\n{}", o.dump());
-    assert!(answered.len() >= 3, "backends answering through {vip}: {answered:?}\n{out}");
+    assert!(
+        !out.contains("FAIL"),
+        "connections through {vip} failed:\n{out}\n{}",
+        o.dump()
+    );
+    assert!(
+        answered.len() >= 3,
+        "backends answering through {vip}: {answered:?}\n{out}"
+    );
     let remote: Vec<&&str> = answered
         .iter()
         .filter(|n| pods.iter().any(|p| p.0 == **n && p.1 == "n2"))
         .collect();
-    assert!(!remote.is_empty(), "no answer from node 2's pods over the overlay: {answered:?}");
+    assert!(
+        !remote.is_empty(),
+        "no answer from node 2's pods over the overlay: {answered:?}"
+    );
 }

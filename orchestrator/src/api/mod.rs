@@ -278,6 +278,16 @@ impl Api {
         } else {
             Bytes::new()
         };
+        // Bodies are JSON (patches have their own types); protobuf and CBOR are not spoken.
+        if matches!(parts.method, Method::POST | Method::PUT)
+            && !body.is_empty()
+            && !content_type.starts_with("application/json")
+            && !content_type.starts_with("*/*")
+        {
+            return Err(ApiError::UnsupportedMediaType {
+                accepted: "application/json",
+            });
+        }
         let ctx = verbs::Ctx {
             target,
             query,

@@ -39,6 +39,11 @@ impl Controller {
     pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
         let mut first_err = None;
         for rs in self.caches.replicasets.state() {
+            // A ReplicaSet being deleted is left alone: its pods go with the garbage collector
+            // (Background, Foreground) or stay as orphans (Orphan).
+            if rs.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
             if let Err(e) = self.reconcile(&rs).await {
                 first_err.get_or_insert(e.context(format!("replicaset {}", rs.name_any())));
             }
@@ -95,11 +100,7 @@ impl Controller {
         let (pending, gone) = self.expect.observe(&uid, &names);
         owned.retain(|p| !gone.contains(&p.name_any()));
         let active: Vec<&std::sync::Arc<Pod>> = owned.iter().filter(|p| pod_active(p)).collect();
-        let want = if rs.metadata.deletion_timestamp.is_some() {
-            0
-        } else {
-            spec.replicas.unwrap_or(1).max(0) as usize
-        };
+        let want = spec.replicas.unwrap_or(1).max(0) as usize;
         let have = active.len() + pending;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         if have < want && rs.metadata.deletion_timestamp.is_none() {

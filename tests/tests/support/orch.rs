@@ -182,9 +182,26 @@ impl Orch {
         let cg = self.lab.cgroup(n).display().to_string();
         let pins = self.lab.bpf_pin_dir(n).display().to_string();
         let args = [
-            "--kubeconfig", kc.to_str().unwrap(), "--node-name", &n.name, "--cgroup", &cg,
-            "--pin-dir", &pins, "--admin-listen", &admin, "--node-ip", &ip, "--uplink", &n.uplink,
-            "--overlay-uplink", &n.uplink, "--overlay-ip", &ip, "--pod-cidr", &cidr,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--node-name",
+            &n.name,
+            "--cgroup",
+            &cg,
+            "--pin-dir",
+            &pins,
+            "--admin-listen",
+            &admin,
+            "--node-ip",
+            &ip,
+            "--uplink",
+            &n.uplink,
+            "--overlay-uplink",
+            &n.uplink,
+            "--overlay-ip",
+            &ip,
+            "--pod-cidr",
+            &cidr,
         ];
         let child = self
             .lab
@@ -506,4 +523,3 @@ pub fn web(replicas: i32, extra_env: &[(&str, &str)]) -> Value {
         }]
     })
 }
-
