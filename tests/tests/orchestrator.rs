@@ -391,10 +391,7 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
         "connections through {vip} failed:\n{out}\n{}",
         o.dump()
     );
-    assert!(
-        answered.len() >= 3,
-        "backends answering through {vip}: {answered:?}\n{out}"
-    );
+    assert_eq!(answered, names, "every backend answers through {vip}:\n{out}");
     let remote: Vec<&&str> = answered
         .iter()
         .filter(|n| pods.iter().any(|p| p.0 == **n && p.1 == "n2"))
@@ -403,4 +400,30 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
         !remote.is_empty(),
         "no answer from node 2's pods over the overlay: {answered:?}"
     );
+
+    // Scaling to 2 is reflected: only the remaining pods answer.
+    o.kubectl(&["scale", "deployment/web", "--replicas=2"]);
+    let left = o.wait("2 pods and 2 endpoints", || {
+        let p = o.web_pods();
+        (p.len() == 2 && o.endpoints().len() == 2).then_some(p)
+    });
+    o.kubectl(&["delete", "pod", "client", "--wait=true"]);
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "n1"},
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
+                &format!("for i in $(seq 30); do timeout 3 wget -q -O - http://{vip}/id || echo FAIL; done")]}]
+        }
+    }));
+    o.wait("the second client to finish", || {
+        let phase = o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Succeeded" || phase == "Failed").then_some(())
+    });
+    let out = o.kubectl(&["logs", "client"]);
+    let names: BTreeSet<&str> = left.iter().map(|p| p.0.as_str()).collect();
+    let answered: BTreeSet<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(answered, names, "after scaling to 2, only they answer:\n{out}");
 }
