@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{Config, LbAlgorithm},
-    desired::{self, Desired, NodeInfo, Options},
+    desired::{Desired, NodeInfo, Options},
     metrics::{now_ms, Metrics},
     plan::{plan, Op},
 };
@@ -156,6 +156,9 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         watch.synced().await;
         let _ = nodes.wait_until_ready().await;
         let mut pending = true;
+        // A full pass first and after any failed apply; otherwise only what changed.
+        let mut full = true;
+        let mut tracker = Some(crate::incremental::Tracker::default());
         loop {
             if !pending {
                 if rx.changed().await.is_err() {
@@ -172,28 +175,43 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             let svcs = services.state();
             let eps = slices.state();
             let (node, opts, dp, m2) = (node.clone(), opts.clone(), dp.clone(), m.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                let want = desired::desired(
-                    &node,
-                    &opts,
-                    &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
-                    &eps.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
-                );
+            let mut t = tracker.take().unwrap_or_default();
+            let was_full = full;
+            let res = tokio::task::spawn_blocking(move || {
+                let svcs: Vec<_> = svcs.iter().map(|s| s.as_ref()).collect();
+                let eps: Vec<_> = eps.iter().map(|s| s.as_ref()).collect();
+                let (want, scope) = if was_full {
+                    (t.full(&node, &opts, &svcs, &eps), None)
+                } else {
+                    let (w, s) = t.changes(&node, &opts, &svcs, &eps);
+                    (w, Some(s))
+                };
                 let Ok(mut g) = dp.lock() else {
-                    return usize::MAX;
+                    return (t, usize::MAX);
                 };
                 let (dp, have) = &mut *g;
-                let failed = apply(dp, have, plan(&want, have));
+                let ops = match &scope {
+                    None => plan(&want, have),
+                    Some(scope) => plan(&want, &crate::incremental::within(have, scope)),
+                };
+                let failed = apply(dp, have, ops);
                 m2.services
                     .set(i64::try_from(have.len()).unwrap_or(i64::MAX));
                 m2.endpoints.set(
                     i64::try_from(have.values().map(|s| s.backends.len()).sum::<usize>())
                         .unwrap_or(i64::MAX),
                 );
-                failed
+                (t, failed)
             })
-            .await
-            .unwrap_or(usize::MAX);
+            .await;
+            let done = match res {
+                Ok((t, failed)) => {
+                    tracker = Some(t);
+                    failed
+                }
+                Err(_) => usize::MAX,
+            };
+            full = done != 0;
             // The overlay to every other node, from Node objects (idempotent; a node that
             // joins or leaves changes routes, FDB and neighbours here).
             let mut done = done;

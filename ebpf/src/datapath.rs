@@ -471,30 +471,7 @@ impl Datapath {
 
     /// Backend ids of a programmed service (distinct, in slot order for random).
     fn read_ids(&self, v: &Svc) -> Vec<u32> {
-        if v.algo == abi::ALGO_MAGLEV {
-            let mut ids = self
-                .maglev
-                .get(&v.table, 0)
-                .map(|t| t.slot.to_vec())
-                .unwrap_or_default();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        } else {
-            (0..v.slots)
-                .filter_map(|slot| {
-                    self.slots
-                        .get(
-                            &SlotKey {
-                                table: v.table,
-                                slot,
-                            },
-                            0,
-                        )
-                        .ok()
-                })
-                .collect()
-        }
+        read_ids(&self.slots, &self.maglev, v)
     }
 
     fn drop_table(&mut self, v: &Svc) {
@@ -802,19 +779,7 @@ impl Datapath {
     }
 
     fn read_backend(&self, v4: bool, id: u32) -> Result<Backend, Error> {
-        Ok(if v4 {
-            let b = self
-                .backends
-                .get(&id, 0)
-                .map_err(Error::map("mw_backends"))?;
-            Backend::new(Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port))
-        } else {
-            let b = self
-                .backends6
-                .get(&id, 0)
-                .map_err(Error::map("mw_backends6"))?;
-            Backend::new(Ipv6Addr::from(b.addr), u16::from_be(b.port))
-        })
+        read_backend(&self.backends, &self.backends6, v4, id)
     }
 
     pub fn stats(&self, f: &Frontend) -> Result<Option<Stats>, Error> {
@@ -975,4 +940,111 @@ fn check_families(s: &Service) -> Result<(), Error> {
 fn extra_refs(ids: &[u32]) -> Vec<u32> {
     let mut seen = HashSet::new();
     ids.iter().filter(|i| !seen.insert(**i)).copied().collect()
+}
+
+/// The backend ids of a service: its slot table (random) or the distinct ids of its Maglev
+/// table.
+fn read_ids(
+    slots: &HashMap<MapData, SlotKey, u32>,
+    maglev: &HashMap<MapData, u32, MaglevTable>,
+    v: &Svc,
+) -> Vec<u32> {
+    if v.algo == abi::ALGO_MAGLEV {
+        let mut ids = maglev
+            .get(&v.table, 0)
+            .map(|t| t.slot.to_vec())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    } else {
+        (0..v.slots)
+            .filter_map(|slot| {
+                slots
+                    .get(
+                        &SlotKey {
+                            table: v.table,
+                            slot,
+                        },
+                        0,
+                    )
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+fn read_backend(
+    backends: &HashMap<MapData, u32, BackendVal>,
+    backends6: &HashMap<MapData, u32, Backend6Val>,
+    v4: bool,
+    id: u32,
+) -> Result<Backend, Error> {
+    Ok(if v4 {
+        let b = backends.get(&id, 0).map_err(Error::map("mw_backends"))?;
+        Backend::new(Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port))
+    } else {
+        let b = backends6.get(&id, 0).map_err(Error::map("mw_backends6"))?;
+        Backend::new(Ipv6Addr::from(b.addr), u16::from_be(b.port))
+    })
+}
+
+/// A read-only view of what a node has programmed, straight from its pinned maps: for another
+/// process (a benchmark timing convergence, a status command) without loading programs or
+/// reading the whole table.
+pub struct Observer {
+    services: HashMap<MapData, SvcKey, Svc>,
+    services6: HashMap<MapData, Svc6Key, Svc>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    maglev: HashMap<MapData, u32, MaglevTable>,
+    backends: HashMap<MapData, u32, BackendVal>,
+    backends6: HashMap<MapData, u32, Backend6Val>,
+}
+
+fn pinned<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, Error> {
+    let data = MapData::from_pin(dir.join(name)).map_err(|e| Error::Pin {
+        path: dir.join(name),
+        detail: e.to_string(),
+    })?;
+    HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(Error::map(name))
+}
+
+impl Observer {
+    /// Opens the maps pinned in `pin_dir` (a running or stopped agent's).
+    pub fn open(pin_dir: &Path) -> Result<Observer, Error> {
+        Ok(Observer {
+            services: pinned(pin_dir, "mw_services")?,
+            services6: pinned(pin_dir, "mw_services6")?,
+            slots: pinned(pin_dir, "mw_slots")?,
+            maglev: pinned(pin_dir, "mw_maglev")?,
+            backends: pinned(pin_dir, "mw_backends")?,
+            backends6: pinned(pin_dir, "mw_backends6")?,
+        })
+    }
+
+    /// The backends programmed for `f` now (None: no such frontend).
+    pub fn backends(&self, f: &Frontend) -> Result<Option<Vec<Backend>>, Error> {
+        let v = match f.key() {
+            FrontKey::V4(k) => self.services.get(&k, 0).ok(),
+            FrontKey::V6(k) => self.services6.get(&k, 0).ok(),
+        };
+        let Some(v) = v else { return Ok(None) };
+        read_ids(&self.slots, &self.maglev, &v)
+            .into_iter()
+            .map(|id| read_backend(&self.backends, &self.backends6, f.addr.is_ipv4(), id))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// How many frontends are programmed.
+    pub fn len(&self) -> usize {
+        self.services.keys().count() + self.services6.keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

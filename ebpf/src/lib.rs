@@ -12,7 +12,8 @@ pub mod maglev;
 mod sys;
 
 pub use datapath::{
-    uninstall_dir, Algorithm, Backend, Config, Datapath, Frontend, Proto, Service, Stats, Uplink,
+    uninstall_dir, Algorithm, Backend, Config, Datapath, Frontend, Observer, Proto, Service, Stats,
+    Uplink,
 };
 pub use error::Error;
 

@@ -391,7 +391,10 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
         "connections through {vip} failed:\n{out}\n{}",
         o.dump()
     );
-    assert_eq!(answered, names, "every backend answers through {vip}:\n{out}");
+    assert_eq!(
+        answered, names,
+        "every backend answers through {vip}:\n{out}"
+    );
     let remote: Vec<&&str> = answered
         .iter()
         .filter(|n| pods.iter().any(|p| p.0 == **n && p.1 == "n2"))
@@ -424,6 +427,13 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
     });
     let out = o.kubectl(&["logs", "client"]);
     let names: BTreeSet<&str> = left.iter().map(|p| p.0.as_str()).collect();
-    let answered: BTreeSet<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    assert_eq!(answered, names, "after scaling to 2, only they answer:\n{out}");
+    let answered: BTreeSet<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        answered, names,
+        "after scaling to 2, only they answer:\n{out}"
+    );
 }
