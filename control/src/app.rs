@@ -178,8 +178,6 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             let mut t = tracker.take().unwrap_or_default();
             let was_full = full;
             let res = tokio::task::spawn_blocking(move || {
-                let svcs: Vec<_> = svcs.iter().map(|s| s.as_ref()).collect();
-                let eps: Vec<_> = eps.iter().map(|s| s.as_ref()).collect();
                 let (want, scope) = if was_full {
                     (t.full(&node, &opts, &svcs, &eps), None)
                 } else {

@@ -125,6 +125,7 @@ fn main() {
     let pins = lab.bpf_pin_dir(&n);
     let cg = lab.cgroup(&n).display().to_string();
     let admin = format!("{ip}:10256");
+    let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
     let agent = Kill(
         lab.command_in_node(
             &n,
@@ -229,7 +230,9 @@ fn main() {
                                 return acked.elapsed().as_secs_f64() * 1e3;
                             }
                             assert!(acked.elapsed() < Duration::from_secs(30), "service {i} never converged");
-                            tokio::task::yield_now().await;
+                            // Poll without spinning: a busy poller would take a core from the
+                            // agent on a 2-core machine (the timer rounds to ~1 ms).
+                            tokio::time::sleep(Duration::from_micros(200)).await;
                         }
                     }
                 };
@@ -265,11 +268,29 @@ fn main() {
                 let churned = churn.await.unwrap();
                 let churn_rate = churned as f64 / t_churn.elapsed().as_secs_f64();
                 let rss_after = rss_mib(agent_pid);
+                let metrics = {
+                    use std::io::{Read, Write};
+                    let mut c = std::net::TcpStream::connect(admin_addr).unwrap();
+                    write!(c, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+                    let mut out = String::new();
+                    c.read_to_string(&mut out).unwrap();
+                    out
+                };
+                let field = |name: &str| -> f64 {
+                    metrics
+                        .lines()
+                        .find(|l| l.contains(name) && !l.starts_with('#'))
+                        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+                        .unwrap_or(f64::NAN)
+                };
+                let passes = field("sync_duration_seconds_count");
+                let mean_pass_ms = field("sync_duration_seconds_sum") / passes * 1e3;
                 format!(
                     "\n## control agent convergence ({services} services, {} endpoints)\n\
                      bulk: written in {:.1} s, programmed {:.1} s after the first write; agent RSS {:.0} MiB\n\
                      quiet: write acknowledged -> datapath, {PROBES} changes: p50 {:.2} ms, p99 {:.2} ms\n\
-                     churn ({churn_rate:.0} other updates/s): p50 {:.2} ms, p99 {:.2} ms; agent RSS {:.0} MiB\n",
+                     churn ({churn_rate:.0} other updates/s): p50 {:.2} ms, p99 {:.2} ms; agent RSS {:.0} MiB\n\
+                     agent sync passes: {passes:.0}, mean {mean_pass_ms:.2} ms (bulk load included)\n",
                     services * PER_SERVICE,
                     written.as_secs_f64(),
                     loaded.as_secs_f64(),
