@@ -11,7 +11,13 @@ pub fn server_config(a: &ApiserverArgs) -> ServerConfig {
     cfg.listen = a.listen;
     cfg.advertise = a.advertise.clone();
     cfg.history = a.history;
-    cfg.api.services.cidr = a.service_cluster_ip_range;
+    cfg.api.services.cidr6 = None;
+    for net in &a.service_cluster_ip_range {
+        match net {
+            ipnet::IpNet::V4(v4) => cfg.api.services.cidr = *v4,
+            ipnet::IpNet::V6(v6) => cfg.api.services.cidr6 = Some(*v6),
+        }
+    }
     cfg.api.services.dns_ip = a.cluster_dns;
     cfg.store = match a.store {
         StoreKind::Sqlite => StoreChoice::Sqlite {

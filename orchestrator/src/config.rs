@@ -107,9 +107,15 @@ pub struct ApiserverArgs {
     /// Run the controllers and the scheduler in this process.
     #[arg(long, env = "MESHWORK_CONTROLLERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub controllers: bool,
-    /// ClusterIPs come from here.
-    #[arg(long, env = "MESHWORK_SERVICE_CIDR", default_value = "10.96.0.0/12")]
-    pub service_cluster_ip_range: ipnet::Ipv4Net,
+    /// ClusterIPs come from here: an IPv4 range and optionally an IPv6 one (comma separated,
+    /// as kube-apiserver takes them).
+    #[arg(
+        long,
+        env = "MESHWORK_SERVICE_CIDR",
+        value_delimiter = ',',
+        default_value = "10.96.0.0/12,fd00::/108"
+    )]
+    pub service_cluster_ip_range: Vec<ipnet::IpNet>,
     /// Reserved in the service CIDR for cluster DNS (given only to a Service asking for it).
     #[arg(long, env = "MESHWORK_CLUSTER_DNS", default_value = "10.96.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,

@@ -149,6 +149,14 @@ macro_rules! conformance {
                 again.spec.as_mut().unwrap().cluster_ips = None;
                 let kept = api.replace("s0", &PostParams::default(), &again).await.unwrap();
                 assert_eq!(kept.spec.unwrap().cluster_ip, s0.spec.unwrap().cluster_ip);
+                // IPv6 and dual-stack from the IPv6 service range.
+                let v6 = api.create(&PostParams::default(), &svc("v6", json!({"ipFamilies": ["IPv6"]}))).await.unwrap();
+                let v6ip: std::net::Ipv6Addr = v6.spec.as_ref().unwrap().cluster_ip.as_ref().unwrap().parse().unwrap();
+                assert!("fd00::/108".parse::<ipnet::Ipv6Net>().unwrap().contains(&v6ip), "{v6ip}");
+                let ds = api.create(&PostParams::default(), &svc("ds", json!({"ipFamilyPolicy": "RequireDualStack"}))).await.unwrap();
+                let ds = ds.spec.unwrap();
+                assert_eq!(ds.cluster_ips.as_ref().unwrap().len(), 2, "{ds:?}");
+                assert_eq!(ds.ip_families.unwrap(), vec!["IPv4".to_string(), "IPv6".to_string()]);
                 // NodePorts: allocated in range, distinct, and a taken one is refused.
                 let np1 = api.create(&PostParams::default(), &svc("np1", json!({"type": "NodePort"}))).await.unwrap();
                 let p1 = np1.spec.unwrap().ports.unwrap()[0].node_port.unwrap();

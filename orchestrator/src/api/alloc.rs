@@ -15,7 +15,7 @@ use std::{
     sync::Mutex,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Service;
 
 use super::error::Cause;
@@ -24,6 +24,8 @@ use super::error::Cause;
 #[derive(Clone, Debug)]
 pub struct ServiceRanges {
     pub cidr: Ipv4Net,
+    /// The IPv6 service range (dual-stack and IPv6 Services), if any.
+    pub cidr6: Option<Ipv6Net>,
     /// Reserved for cluster DNS: allocated only on request.
     pub dns_ip: Ipv4Addr,
     pub node_ports: RangeInclusive<u16>,
@@ -33,16 +35,36 @@ impl Default for ServiceRanges {
     fn default() -> Self {
         ServiceRanges {
             cidr: "10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!()),
+            cidr6: Some("fd00::/108".parse().unwrap_or_else(|_| unreachable!())),
             dns_ip: Ipv4Addr::new(10, 96, 0, 10),
             node_ports: 30000..=32767,
         }
     }
 }
 
+impl ServiceRanges {
+    /// Why `ip` cannot be a clusterIP here (None: it can).
+    fn outside(&self, ip: IpAddr) -> Option<String> {
+        let (inside, range) = match ip {
+            IpAddr::V4(v4) => (
+                self.cidr.contains(&v4) && v4 != self.cidr.network(),
+                self.cidr.to_string(),
+            ),
+            IpAddr::V6(v6) => match self.cidr6 {
+                Some(n) => (n.contains(&v6) && v6 != n.network(), n.to_string()),
+                None => return Some("IPv6 is not configured on this cluster".into()),
+            },
+        };
+        (!inside).then(|| {
+            format!("provided IP is not in the valid range. The range of valid IPs is {range}")
+        })
+    }
+}
+
 #[derive(Default)]
 struct Used {
     loaded: bool,
-    ips: HashSet<Ipv4Addr>,
+    ips: HashSet<IpAddr>,
     ports: HashSet<(u16, String)>,
 }
 
@@ -132,31 +154,45 @@ impl Allocator {
                 }
             }
         }
-        let want = spec.cluster_ip.clone().filter(|ip| !ip.is_empty());
-        let ip = match want.as_deref() {
-            Some("None") => None,
-            Some(text) => {
-                let ip: Ipv4Addr = text.parse().map_err(|_| {
-                    Some(invalid(
-                        "spec.clusterIPs[0]",
-                        text,
-                        "must be a valid IP address".into(),
-                    ))
+        let requested: Vec<String> = spec
+            .cluster_ips
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                spec.cluster_ip
+                    .clone()
+                    .filter(|ip| !ip.is_empty())
+                    .map(|ip| vec![ip])
+            })
+            .unwrap_or_default();
+        if requested.first().map(String::as_str) == Some("None") {
+            spec.cluster_ip = Some("None".into());
+            spec.cluster_ips = Some(vec!["None".into()]);
+        } else {
+            let mut ips: Vec<IpAddr> = Vec::new();
+            for (i, text) in requested.iter().enumerate() {
+                let field = format!("spec.clusterIPs[{i}]");
+                let ip: IpAddr = text.parse().map_err(|_| {
+                    Some(invalid(&field, text, "must be a valid IP address".into()))
                 })?;
-                if !self.ranges.cidr.contains(&ip) || ip == self.ranges.cidr.network() {
+                if let Some(why) = self.ranges.outside(ip) {
                     return Err(Some(invalid(
-                        "spec.clusterIPs[0]",
+                        &field,
                         text,
-                        format!(
-                            "failed to allocate IP {text}: provided IP is not in the valid range. The range of valid IPs is {}",
-                            self.ranges.cidr
-                        ),
+                        format!("failed to allocate IP {text}: {why}"),
+                    )));
+                }
+                if ips.iter().any(|x| x.is_ipv4() == ip.is_ipv4()) {
+                    return Err(Some(invalid(
+                        &field,
+                        text,
+                        "may not have more than one IP of each family".into(),
                     )));
                 }
                 if used.ips.contains(&ip) && !old_held.0.contains(&ip) {
                     return Err(if fresh {
                         Some(invalid(
-                            "spec.clusterIPs[0]",
+                            &field,
                             text,
                             format!(
                                 "failed to allocate IP {text}: provided IP is already allocated"
@@ -166,23 +202,54 @@ impl Allocator {
                         None
                     });
                 }
-                Some(ip)
+                ips.push(ip);
             }
-            None => Some(self.free_ip(&used, fresh).ok_or(None)?),
-        };
-        match ip {
-            Some(ip) => {
-                used.ips.insert(ip);
-                spec.cluster_ip = Some(ip.to_string());
-                spec.cluster_ips = Some(vec![ip.to_string()]);
-                spec.ip_families = Some(vec!["IPv4".into()]);
-                spec.ip_family_policy
-                    .get_or_insert_with(|| "SingleStack".into());
+            if ips.is_empty() {
+                let v6_first = spec
+                    .ip_families
+                    .as_ref()
+                    .and_then(|f| f.first())
+                    .is_some_and(|f| f == "IPv6");
+                if v6_first && self.ranges.cidr6.is_none() {
+                    return Err(Some(invalid(
+                        "spec.ipFamilies[0]",
+                        "IPv6",
+                        "not configured on this cluster (no IPv6 service range)".into(),
+                    )));
+                }
+                ips.push(self.free_ip(&used, !v6_first, fresh).ok_or(None)?);
             }
-            None => {
-                spec.cluster_ip = Some("None".into());
-                spec.cluster_ips = Some(vec!["None".into()]);
+            let dual = matches!(
+                spec.ip_family_policy.as_deref(),
+                Some("RequireDualStack" | "PreferDualStack")
+            );
+            if dual && ips.len() == 1 {
+                let want_v4 = !ips[0].is_ipv4();
+                let have_range = if want_v4 {
+                    true
+                } else {
+                    self.ranges.cidr6.is_some()
+                };
+                if have_range {
+                    ips.push(self.free_ip(&used, want_v4, fresh).ok_or(None)?);
+                } else if spec.ip_family_policy.as_deref() == Some("RequireDualStack") {
+                    return Err(Some(invalid(
+                        "spec.ipFamilyPolicy",
+                        "RequireDualStack",
+                        "this cluster is not configured for dual-stack services".into(),
+                    )));
+                }
             }
+            used.ips.extend(ips.iter().copied());
+            spec.cluster_ip = Some(ips[0].to_string());
+            spec.cluster_ips = Some(ips.iter().map(IpAddr::to_string).collect());
+            spec.ip_families = Some(
+                ips.iter()
+                    .map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_string())
+                    .collect(),
+            );
+            spec.ip_family_policy
+                .get_or_insert_with(|| "SingleStack".into());
         }
         if ty == "NodePort" || ty == "LoadBalancer" {
             let mut taken_here = HashSet::new();
@@ -229,29 +296,44 @@ impl Allocator {
         Ok(())
     }
 
-    fn free_ip(&self, used: &Used, fresh: bool) -> Option<Ipv4Addr> {
-        let net = self.ranges.cidr;
-        let base = u32::from(net.network());
-        let size = 1u64 << (32 - net.prefix_len());
-        let first = u32::from(net.network()).wrapping_add(1);
-        let pick = |off: u64| Ipv4Addr::from(base.wrapping_add(off as u32));
-        let ok = |ip: Ipv4Addr| {
-            ip != net.network()
-                && ip != net.broadcast()
-                && u32::from(ip) != first
-                && ip != self.ranges.dns_ip
-                && !used.ips.contains(&ip)
+    fn free_ip(&self, used: &Used, v4: bool, fresh: bool) -> Option<IpAddr> {
+        // Offsets into the range; the network address, the first host (the `kubernetes`
+        // Service's) and the DNS address are never handed out.
+        let (base, size, reserved): (u128, u128, Vec<IpAddr>) = if v4 {
+            let n = self.ranges.cidr;
+            (
+                u32::from(n.network()) as u128,
+                1u128 << (32 - n.prefix_len()),
+                vec![IpAddr::V4(n.broadcast()), IpAddr::V4(self.ranges.dns_ip)],
+            )
+        } else {
+            let n = self.ranges.cidr6?;
+            (
+                u128::from(n.network()),
+                1u128 << (128 - n.prefix_len()).min(64),
+                vec![],
+            )
         };
+        let at = |off: u128| -> IpAddr {
+            if v4 {
+                IpAddr::V4(Ipv4Addr::from((base + off) as u32))
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::from(base + off))
+            }
+        };
+        let ok =
+            |off: u128| off >= 2 && !reserved.contains(&at(off)) && !used.ips.contains(&at(off));
         (0..RANDOM_TRIES)
-            .map(|_| pick(random_u32() as u64 % size))
-            .find(|ip| ok(*ip))
+            .map(|_| (u128::from(random_u32()) << 32 | u128::from(random_u32())) % size)
+            .find(|o| ok(*o))
             .or_else(|| {
                 if fresh {
-                    (0..size).map(pick).find(|ip| ok(*ip))
+                    (0..size.min(1 << 24)).find(|o| ok(*o))
                 } else {
                     None
                 }
             })
+            .map(at)
     }
 
     fn free_port(
@@ -281,15 +363,11 @@ impl Allocator {
 }
 
 /// The clusterIP and node ports a stored Service holds.
-fn held(s: &Service) -> (HashSet<Ipv4Addr>, HashSet<(u16, String)>) {
+fn held(s: &Service) -> (HashSet<IpAddr>, HashSet<(u16, String)>) {
     let mut ips = HashSet::new();
     let mut ports = HashSet::new();
     if let Some(spec) = &s.spec {
-        for ip in meshwork_ips(spec) {
-            if let IpAddr::V4(v4) = ip {
-                ips.insert(v4);
-            }
-        }
+        ips.extend(meshwork_ips(spec));
         for p in spec.ports.iter().flatten() {
             if let Some(np) = p.node_port {
                 ports.insert((
