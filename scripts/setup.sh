@@ -15,6 +15,7 @@ PACKAGES=(
   etcd-server                 # the API server's etcd store is tested against a real etcd
   bind9-dnsutils              # dig: the cluster DNS tests
   dnsperf knot                # the DNS benchmark and its peer
+  nginx                       # the node runtime's catalog image "nginx" (Debian's, offline)
 )
 
 missing=()
@@ -40,3 +41,7 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 # podman/containerd install may enable services we don't want racing our tests.
 systemctl disable --now containerd.service >/dev/null 2>&1 || true
+# nginx's package starts a host nginx on :80; pods run their own, the host needs none.
+systemctl disable --now nginx.service >/dev/null 2>&1 || true
+# (without systemd the package's init script may have started it: its pid file is the host's)
+[[ -s /run/nginx.pid ]] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true

@@ -196,7 +196,7 @@ fn busybox_archive() -> PathBuf {
 }
 
 fn main() {
-    let o = Orch::start("bench_orch");
+    let o = Orch::start_opts("bench_orch", &[], false);
 
     // 1. kubectl apply of 50 replicas → 50 Ready (no readiness probe: Ready when started).
     let path = o.lab.dir().join("deploy50.json");

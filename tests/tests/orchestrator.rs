@@ -58,6 +58,22 @@ fn deployment_service_and_endpoints_through_kubectl() {
         "clusterIP {cip}"
     );
 
+    // The node runtime called the CNI plugin as containerd's CRI plugin does.
+    let first_pods = pods.clone();
+    let calls = o.cni_calls();
+    for (name, _, _, _, _, uid) in &first_pods {
+        let want = format!("ADD|meshwork-{uid}|eth0|/run/netns/{}", o.lab.prefix());
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=meshwork-{uid};K8S_POD_UID={uid}"
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with(&want) && c.ends_with(&args)),
+            "no ADD with containerd's CNI_ARGS for {name}: {calls:#?}"
+        );
+    }
+
     // kubectl logs reaches the node: the pod saw its own name and the cluster DNS resolv.conf.
     let first = &pods[0].0;
     let logs = o.kubectl(&["logs", first]);
@@ -237,6 +253,17 @@ fn deployment_service_and_endpoints_through_kubectl() {
     o.wait("the slices to go", || {
         o.endpoints().is_empty().then_some(())
     });
+    // Every sandbox torn down went through CNI DEL with the same identity.
+    let calls = o.cni_calls();
+    for (name, _, _, _, _, uid) in &first_pods {
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with(&format!("DEL|meshwork-{uid}|eth0|"))
+                    && c.contains(&format!("K8S_POD_NAME={name};"))),
+            "no DEL for {name}: {calls:#?}"
+        );
+    }
     let netns = std::fs::read_dir("/run/netns")
         .unwrap()
         .flatten()
@@ -316,6 +343,49 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
         let p = o.web_pods();
         (p.len() == 2 && p.iter().all(|p| p.3)).then_some(p)
     });
+
+    // exec readiness and tcpSocket liveness probes: not ready until the file exists.
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed", "namespace": "default"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "busybox",
+            "command": ["sh", "-c", "sleep 4; touch /tmp/ready; exec httpd -f -p 9090 -h /tmp"],
+            "ports": [{"name": "p", "containerPort": 9090}],
+            "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
+            "livenessProbe": {"tcpSocket": {"port": "p"}, "initialDelaySeconds": 6, "periodSeconds": 1, "failureThreshold": 2},
+        }]}
+    }));
+    o.wait("the probed pod to run", || {
+        let phase = o.kubectl(&["get", "pod", "probed", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Running").then_some(())
+    });
+    let ready = o.kubectl(&[
+        "get",
+        "pod",
+        "probed",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].ready}",
+    ]);
+    assert_eq!(ready, "false", "ready before its exec probe could pass");
+    o.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/probed",
+        "--timeout=30s",
+    ]);
+    std::thread::sleep(Duration::from_secs(4));
+    let restarts = o.kubectl(&[
+        "get",
+        "pod",
+        "probed",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(
+        restarts, "0",
+        "the tcp liveness probe failed a listening container"
+    );
+    o.kubectl(&["delete", "pod", "probed", "--wait=true"]);
 
     // A node whose runtime goes silent turns NotReady (Unknown) and its endpoints not ready.
     let silent = pods[0].1.clone();

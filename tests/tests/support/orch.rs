@@ -80,11 +80,17 @@ pub fn until<T>(
 
 impl Orch {
     pub fn start(name: &str) -> Orch {
-        Self::start_with(name, &[])
+        Self::start_opts(name, &[], true)
+    }
+
+    pub fn start_with(name: &str, routes: &[&str]) -> Orch {
+        Self::start_opts(name, routes, true)
     }
 
     /// `routes`: extra pod routes in the CNI config (e.g. the cluster CIDR over an overlay).
-    pub fn start_with(name: &str, routes: &[&str]) -> Orch {
+    /// `record`: chain a plugin after ours that logs what the runtime passed (CNI_* and
+    /// CNI_ARGS) to `cni-calls.log` in the lab dir (off for benchmarks: it costs a fork).
+    pub fn start_opts(name: &str, routes: &[&str], record: bool) -> Orch {
         let lab = Lab::new(name);
         let nodes = vec![lab.node("n1"), lab.node("n2")];
         let data = lab.dir().join("apiserver");
@@ -155,6 +161,13 @@ impl Orch {
             );
             let mut conf = conflist(&o.lab, &format!("mesh-{node}"), &cidr, routes);
             conf["plugins"][0]["dataDir"] = json!(o.lab.dir().join(format!("{node}-cni-state")));
+            if record {
+                o.install_recorder();
+                conf["plugins"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "mwrecord"}));
+            }
             let dir = o.cni_dir(i);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("10-meshwork.conflist"), conf.to_string()).unwrap();
@@ -214,6 +227,36 @@ impl Orch {
             child: Some(child),
             log,
         }
+    }
+
+    /// The CNI calls the recorder saw: `COMMAND|CONTAINERID|IFNAME|NETNS|CNI_ARGS` per line.
+    pub fn cni_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.lab.dir().join("cni-calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn install_recorder(&self) {
+        let path = self.lab.cni_bin_dir().join("mwrecord");
+        if path.exists() {
+            return;
+        }
+        let log = self.lab.dir().join("cni-calls.log");
+        let script = format!(
+            "#!/bin/sh\n\
+             echo \"$CNI_COMMAND|$CNI_CONTAINERID|$CNI_IFNAME|$CNI_NETNS|$CNI_ARGS\" >> {}\n\
+             case \"$CNI_COMMAND\" in\n\
+             ADD) jq -c '.prevResult' ;;\n\
+             VERSION) echo '{{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"1.0.0\",\"1.1.0\"]}}' ;;\n\
+             *) cat >/dev/null ;;\n\
+             esac\n",
+            log.display()
+        );
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     pub fn cni_dir(&self, i: usize) -> PathBuf {
