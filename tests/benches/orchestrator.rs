@@ -17,6 +17,8 @@
 
 #[path = "../tests/support/orch.rs"]
 mod orch;
+#[path = "../tests/support/podman.rs"]
+mod podman_setup;
 
 use std::{
     io::{Read, Write},
@@ -102,47 +104,17 @@ struct Podman {
 impl Podman {
     fn new(o: &Orch) -> Podman {
         let dir = o.lab.dir().join("podman");
-        for d in ["cni/bin", "cni/net.d", "root", "run", "tmp", "runc"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::os::unix::fs::symlink(
-            o.lab.cni_bin_dir().join("meshwork"),
-            dir.join("cni/bin/meshwork"),
-        )
-        .unwrap();
         let conf = json!({
             "cniVersion": "1.0.0", "name": "mwbench",
             "plugins": [{"type": "meshwork", "bridge": "mwpm0", "dataDir": dir.join("cni-state"),
                          "ipam": {"subnet": "10.250.0.0/24"}}]
         });
-        std::fs::write(dir.join("cni/net.d/10-mwbench.conflist"), conf.to_string()).unwrap();
-        let wrap = dir.join("runc-wrap");
-        std::fs::write(
-            &wrap,
-            format!(
-                "#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\nlog_driver = \"k8s-file\"\ncgroupns = \"private\"\n\n[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{d}/cni/bin\"]\nnetwork_config_dir = \"{d}/cni/net.d\"\ndefault_network = \"mwbench\"\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{d}/events.log\"\ntmp_dir = \"{d}/tmp\"\nlock_type = \"file\"\nnum_locks = 64\n\n[engine.runtimes]\nrunc = [\"{d}/runc-wrap\"]\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
+        podman_setup::setup(
+            &dir,
+            &o.lab.cni_bin_dir().join("meshwork"),
+            &conf,
+            "mwbench",
+        );
         Podman {
             dir,
             netns: o.nodes[0].netns.clone(),
@@ -151,20 +123,12 @@ impl Podman {
     }
 
     fn run(&self, o: &Orch, args: &[&str]) -> std::process::Output {
-        let mut all: Vec<String> = vec![
-            "--root".into(),
-            self.dir.join("root").display().to_string(),
-            "--runroot".into(),
-            self.dir.join("run").display().to_string(),
-            "--storage-driver".into(),
-            "vfs".into(),
-        ];
+        let mut all = podman_setup::global_args(&self.dir);
         all.extend(args.iter().map(|a| a.to_string()));
         let argv: Vec<&str> = all.iter().map(String::as_str).collect();
         o.lab
             .command_in_node(&self.node, &self.netns, "/usr/bin/podman", &argv)
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .envs(podman_setup::env(&self.dir))
             .output()
             .unwrap()
     }

@@ -418,6 +418,25 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
     });
 }
 
+/// Runs a client pod on node 1 that fetches `http://<vip>/id` `n` times; its log.
+fn client(o: &Orch, vip: &str, n: u32) -> String {
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "n1"},
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
+                &format!("sleep 1; for i in $(seq {n}); do timeout 3 wget -q -O - http://{vip}/id || echo FAIL; done")]}]
+        }
+    }));
+    o.wait("the client to finish", || {
+        let phase = o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Succeeded" || phase == "Failed").then_some(())
+    });
+    o.kubectl(&["logs", "client"])
+}
+
 #[test]
 fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
     let mut o = Orch::start_with("orch_svc", &["10.244.0.0/16"]);
@@ -439,21 +458,7 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
     assert_eq!(on.len(), 2, "{pods:?}");
     let vip = o.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     // A client pod on node 1 fetches through the ClusterIP (port 80 → targetPort http/8080).
-    o.apply(&json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "client", "namespace": "default"},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": "n1"},
-            "restartPolicy": "Never",
-            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
-                &format!("sleep 2; for i in $(seq 40); do timeout 3 wget -q -O - http://{vip}/id || echo FAIL; done")]}]
-        }
-    }));
-    o.wait("the client to finish", || {
-        let phase = o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
-        (phase == "Succeeded" || phase == "Failed").then_some(())
-    });
-    let out = o.kubectl(&["logs", "client"]);
+    let out = client(&o, &vip, 40);
     let names: BTreeSet<&str> = pods.iter().map(|p| p.0.as_str()).collect();
     let answered: BTreeSet<&str> = out.lines().filter(|l| names.contains(l.trim())).collect();
     assert!(
@@ -481,21 +486,7 @@ fn control_agents_serve_a_kubectl_deployment_through_its_cluster_ip() {
         (p.len() == 2 && o.endpoints().len() == 2).then_some(p)
     });
     o.kubectl(&["delete", "pod", "client", "--wait=true"]);
-    o.apply(&json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "client", "namespace": "default"},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": "n1"},
-            "restartPolicy": "Never",
-            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
-                &format!("for i in $(seq 30); do timeout 3 wget -q -O - http://{vip}/id || echo FAIL; done")]}]
-        }
-    }));
-    o.wait("the second client to finish", || {
-        let phase = o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
-        (phase == "Succeeded" || phase == "Failed").then_some(())
-    });
-    let out = o.kubectl(&["logs", "client"]);
+    let out = client(&o, &vip, 30);
     let names: BTreeSet<&str> = left.iter().map(|p| p.0.as_str()).collect();
     let answered: BTreeSet<&str> = out
         .lines()

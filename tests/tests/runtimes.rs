@@ -661,6 +661,9 @@ disabled_plugins = [
     }
 }
 
+#[path = "support/podman.rs"]
+mod podman_setup;
+
 mod podman {
     use super::*;
 
@@ -670,74 +673,16 @@ mod podman {
 
     impl Podman {
         fn new(dir: &Path, conflist: &serde_json::Value, net: &str) -> Podman {
-            let p = dir.to_path_buf();
-            for d in ["cni/bin", "cni/net.d", "root", "run", "tmp", "runc"] {
-                std::fs::create_dir_all(p.join(d)).unwrap();
+            podman_setup::setup(dir, Path::new(INSTALLED_PLUGIN), conflist, net);
+            Podman {
+                dir: dir.to_path_buf(),
             }
-            std::os::unix::fs::symlink(INSTALLED_PLUGIN, p.join("cni/bin/meshwork")).unwrap();
-            std::fs::write(
-                p.join(format!("cni/net.d/10-{net}.conflist")),
-                conflist.to_string(),
-            )
-            .unwrap();
-            let wrap = p.join("runc-wrap");
-            std::fs::write(
-                &wrap,
-                format!(
-                    "#!/bin/sh\nexec /usr/sbin/runc --root {}/runc \"$@\"\n",
-                    p.display()
-                ),
-            )
-            .unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::write(
-                p.join("containers.conf"),
-                format!(
-                    r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-log_driver = "k8s-file"
-cgroupns = "private"
-
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["{d}/cni/bin"]
-network_config_dir = "{d}/cni/net.d"
-default_network = "{net}"
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{d}/events.log"
-tmp_dir = "{d}/tmp"
-lock_type = "file"
-num_locks = 64
-
-[engine.runtimes]
-runc = ["{d}/runc-wrap"]
-"#,
-                    d = p.display()
-                ),
-            )
-            .unwrap();
-            std::fs::write(
-                p.join("storage.conf"),
-                format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n", p.display()),
-            )
-            .unwrap();
-            Podman { dir: p }
         }
 
         fn run(&self, args: &[&str]) -> std::process::Output {
             Command::new("podman")
-                .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-                .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-                .arg("--root")
-                .arg(self.dir.join("root"))
-                .arg("--runroot")
-                .arg(self.dir.join("run"))
-                .args(["--storage-driver", "vfs"])
+                .envs(podman_setup::env(&self.dir))
+                .args(podman_setup::global_args(&self.dir))
                 .args(args)
                 .output()
                 .expect("running podman")

@@ -698,22 +698,11 @@ impl<R: PodRuntime> Kubelet<R> {
             st.timings.push(timing);
         }
         drop(st);
-        for (cs, run) in to_watch {
+        // Started runs get a waiter; they and adopted runs get their probes.
+        for (_, run) in &to_watch {
             self.spawn_waiter(uid.clone(), run.clone());
-            let probes = probe::spawn_all(self.clone(), uid.clone(), &cs, &run, sb.ip);
-            let mut st = self.inner.state.lock().await;
-            if let Some(c) = st
-                .pods
-                .get_mut(&uid)
-                .and_then(|p| p.containers.get_mut(&cs.name))
-            {
-                if probes.is_empty() {
-                    c.ready = true;
-                }
-                c.probes = probes;
-            }
         }
-        for (cs, run) in to_probe {
+        for (cs, run) in to_watch.into_iter().chain(to_probe) {
             let probes = probe::spawn_all(self.clone(), uid.clone(), &cs, &run, sb.ip);
             let mut st = self.inner.state.lock().await;
             if let Some(c) = st
