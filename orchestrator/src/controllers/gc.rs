@@ -15,7 +15,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
-    api::{Api, DeleteParams, Patch, PatchParams},
+    api::{Api, DeleteParams, Patch, PatchParams, Preconditions},
     Client, Resource, ResourceExt,
 };
 use serde::de::DeserializeOwned;
@@ -45,6 +45,8 @@ struct Dependent {
     ns: String,
     name: String,
     refs: Vec<OwnerReference>,
+    /// As cached: writes based on the cache are pinned to it.
+    rv: Option<String>,
 }
 
 fn owner_of(kind: &'static str, m: &ObjectMeta) -> Owner {
@@ -64,6 +66,7 @@ fn dependent(kind: &'static str, m: &ObjectMeta) -> Option<Dependent> {
         ns: m.namespace.clone().unwrap_or_default(),
         name: m.name.clone().unwrap_or_default(),
         refs,
+        rv: m.resource_version.clone(),
     })
 }
 
@@ -203,28 +206,48 @@ impl Controller {
         }
     }
 
+    /// Deletes `d` if the API still shows it with the owners the cache had: like kube's GC, the
+    /// dependent is re-read first, because a cache lagging an orphaning (its references just
+    /// removed) must not get the pod deleted. The delete is pinned to what was read.
     async fn delete(&self, d: &Dependent) -> anyhow::Result<()> {
+        async fn pinned<K>(api: Api<K>, d: &Dependent) -> kube::Result<()>
+        where
+            K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+        {
+            let live = match api.get(&d.name).await {
+                Ok(o) => o,
+                Err(e) if is_404(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let uids = |refs: &[OwnerReference]| -> std::collections::BTreeSet<String> {
+                refs.iter().map(|r| r.uid.clone()).collect()
+            };
+            let now = live.meta().owner_references.clone().unwrap_or_default();
+            if now.is_empty() || uids(&now) != uids(&d.refs) {
+                return Ok(());
+            }
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: live.meta().uid.clone(),
+                    resource_version: live.meta().resource_version.clone(),
+                }),
+                ..DeleteParams::background()
+            };
+            tracing::info!(kind = d.kind, name = %d.name, "deleting a dependent whose owners are gone");
+            match api.delete(&d.name, &dp).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
         let c = self.client.clone();
-        let dp = DeleteParams::background();
         let res = match d.kind {
-            "Pod" => Api::<Pod>::namespaced(c, &d.ns)
-                .delete(&d.name, &dp)
-                .await
-                .map(|_| ()),
-            "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, &d.ns)
-                .delete(&d.name, &dp)
-                .await
-                .map(|_| ()),
-            "EndpointSlice" => Api::<EndpointSlice>::namespaced(c, &d.ns)
-                .delete(&d.name, &dp)
-                .await
-                .map(|_| ()),
+            "Pod" => pinned(Api::<Pod>::namespaced(c, &d.ns), d).await,
+            "ReplicaSet" => pinned(Api::<ReplicaSet>::namespaced(c, &d.ns), d).await,
+            "EndpointSlice" => pinned(Api::<EndpointSlice>::namespaced(c, &d.ns), d).await,
             _ => Ok(()),
         };
-        match res {
-            Err(e) if !is_404(&e) => Err(e).context("deleting"),
-            _ => Ok(()),
-        }
+        res.context("deleting")
     }
 
     async fn drop_refs(&self, d: &Dependent, gone: &[&OwnerReference]) -> anyhow::Result<()> {
@@ -233,7 +256,8 @@ impl Controller {
             .iter()
             .filter(|r| !gone.iter().any(|g| g.uid == r.uid))
             .collect();
-        let patch = Patch::Merge(json!({"metadata": {"ownerReferences": keep}}));
+        let patch =
+            Patch::Merge(json!({"metadata": {"ownerReferences": keep, "resourceVersion": d.rv}}));
         let pp = PatchParams::default();
         let c = self.client.clone();
         let res = match d.kind {
@@ -252,8 +276,10 @@ impl Controller {
             _ => Ok(()),
         };
         match res {
-            Err(e) if !is_404(&e) => Err(e).context("removing owner references"),
-            _ => Ok(()),
+            // Gone, or changed since the cache saw it: the next pass looks again.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(e).context("removing owner references"),
+            Ok(()) => Ok(()),
         }
     }
 

@@ -137,6 +137,7 @@ impl Controller {
                 (scheduled, running, pod_ready(p), created)
             });
             for p in victims.into_iter().take((have - want).min(BURST)) {
+                tracing::info!(replicaset = %rs.name_any(), pod = %p.name_any(), have, want, "scaling down");
                 match pods.delete(&p.name_any(), &DeleteParams::default()).await {
                     Ok(_) => self.expect.deleted(&uid, p.name_any()),
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
