@@ -43,6 +43,28 @@ use serde_json::{json, Value};
 const REPLICAS: usize = 50;
 const PODMAN_RUNS: usize = 20;
 const FLIPS: usize = 10;
+/// podman's cgroup parent (cgroupfs manager: created in every hierarchy, removed after the runs).
+const PODMAN_CGROUP: &str = "/mwbench-podman";
+
+/// Removes podman's cgroup parent from every hierarchy (v1 and the unified one), deepest first.
+fn remove_podman_cgroups() {
+    fn rm_tree(dir: &Path) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rm_tree(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        rm_tree(&h.path().join(PODMAN_CGROUP.trim_start_matches('/')));
+    }
+    rm_tree(&Path::new("/sys/fs/cgroup").join(PODMAN_CGROUP.trim_start_matches('/')));
+}
 
 /// When a watching client saw the pod or the slice, and whether it was ready.
 type Seen = (Instant, &'static str, bool);
@@ -212,6 +234,8 @@ fn main() {
             &[
                 "run",
                 "-d",
+                "--cgroup-parent",
+                PODMAN_CGROUP,
                 "--name",
                 &name,
                 "localhost/meshwork-busybox:latest",
@@ -222,6 +246,7 @@ fn main() {
         podman_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let _ = pm.run(&o, &["rm", "-f", "-a", "-t", "0"]);
+    remove_podman_cgroups();
 
     // 4. EndpointSlice latency after readiness flips.
     let path = o.lab.dir().join("flip.json");
