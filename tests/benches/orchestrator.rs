@@ -56,14 +56,25 @@ fn remove_podman_cgroups() {
         }
         let _ = std::fs::remove_dir(dir);
     }
-    for h in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        rm_tree(&h.path().join(PODMAN_CGROUP.trim_start_matches('/')));
+    let name = PODMAN_CGROUP.trim_start_matches('/');
+    // conmon leaves its cgroup a moment after `podman rm` returns: retry for a few seconds.
+    for _ in 0..50 {
+        let mut left = false;
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let d = h.path().join(name);
+            rm_tree(&d);
+            left |= d.exists();
+        }
+        if !left {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    rm_tree(&Path::new("/sys/fs/cgroup").join(PODMAN_CGROUP.trim_start_matches('/')));
+    eprintln!("warning: podman's cgroup parent {PODMAN_CGROUP} could not be removed");
 }
 
 /// When a watching client saw the pod or the slice, and whether it was ready.
