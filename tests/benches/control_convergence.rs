@@ -16,7 +16,6 @@
 
 use std::{
     net::Ipv4Addr,
-    process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -32,19 +31,14 @@ use kube::{
 };
 use meshwork_ebpf::{Frontend, Observer};
 use meshwork_lab::Lab;
+
+#[path = "../tests/support/orch.rs"]
+mod orch;
 use serde_json::json;
 
 const PER_SERVICE: u32 = 10;
 const PROBES: usize = 200;
 const CHURN_PER_S: u64 = 100;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn endpoint_ip(i: u32, j: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + i * PER_SERVICE + j)
@@ -88,72 +82,12 @@ fn main() {
     let lab = Lab::new("bench_conv");
     let n = lab.node("n1");
     let ip = n.underlay_ip.to_string();
-    let data = lab.dir().join("apiserver");
-    let listen = format!("{ip}:6443");
-    let _api = Kill(
-        lab.command_in_node(
-            &n,
-            &n.netns,
-            "meshwork-orchestrator",
-            &[
-                "apiserver",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &listen,
-                "--advertise-address",
-                &ip,
-                "--sqlite-sync",
-                "normal",
-                "--controllers=false",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(lab.dir().join("apiserver.log")).unwrap())
-        .spawn()
-        .unwrap(),
-    );
+    let (_api, data) = orch::start_apiserver(&lab, &n, &["--controllers=false"]);
     let kc = data.join("admin.kubeconfig");
-    let t = Instant::now();
-    while !kc.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "API server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let pins = lab.bpf_pin_dir(&n);
-    let cg = lab.cgroup(&n).display().to_string();
-    let admin = format!("{ip}:10256");
-    let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
-    let agent = Kill(
-        lab.command_in_node(
-            &n,
-            &n.netns,
-            "meshwork-control",
-            &[
-                "--kubeconfig",
-                kc.to_str().unwrap(),
-                "--node-name",
-                "n1",
-                "--cgroup",
-                &cg,
-                "--pin-dir",
-                pins.to_str().unwrap(),
-                "--admin-listen",
-                &admin,
-                "--node-ip",
-                &ip,
-                "--uplink",
-                &n.uplink,
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(lab.dir().join("control.log")).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let agent_pid = agent.0.id();
+    let admin_addr: std::net::SocketAddr = format!("{ip}:10256").parse().unwrap();
+    let agent = orch::start_agent(&lab, &n, &kc, &[]);
+    let agent_pid = agent.child.as_ref().unwrap().id();
     let t = Instant::now();
     let obs = loop {
         if let Ok(o) = Observer::open(&pins) {

@@ -23,7 +23,6 @@ mod podman_setup;
 use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -178,20 +177,6 @@ impl Podman {
     }
 }
 
-fn busybox_archive() -> PathBuf {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let out = ws.join("target/test-images");
-    let o = Command::new(ws.join("scripts/busybox-image.sh"))
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-}
-
 fn main() {
     let o = Orch::start_opts("bench_orch", &[], false);
 
@@ -233,7 +218,7 @@ fn main() {
     });
 
     // 3. The peer: podman starting the same busybox with the same plugin on node 1.
-    let archive = busybox_archive();
+    let archive = podman_setup::busybox_archive();
     let pm = Podman::new(&o);
     pm.ok(&o, &["load", "-q", "-i", archive.to_str().unwrap()]);
     let mut podman_ms = Vec::new();

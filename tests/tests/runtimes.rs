@@ -29,13 +29,6 @@ const PREFIX: &str = "mwrt";
 const RUNTIME_SUBNET_CTD: &str = "198.19.1.0/24";
 const RUNTIME_SUBNET_PODMAN: &str = "198.19.2.0/24";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn require_installed_plugin() {
     assert!(
         Path::new(INSTALLED_PLUGIN).is_file(),
@@ -43,23 +36,8 @@ fn require_installed_plugin() {
     );
 }
 
-/// Builds (or reuses) the offline busybox OCI archive; serialised by a lock because the script
-/// must not run twice at once on one output dir.
 fn busybox_archive() -> PathBuf {
-    let out = workspace().join("target/test-images");
-    std::fs::create_dir_all(&out).unwrap();
-    let lock = std::fs::File::create(out.join(".lock")).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on an fd we own; released when `lock` drops.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let path = sh(&[
-        workspace()
-            .join("scripts/busybox-image.sh")
-            .to_str()
-            .unwrap(),
-        out.to_str().unwrap(),
-    ]);
-    PathBuf::from(path.trim())
+    podman_setup::busybox_archive()
 }
 
 /// Host state outside the test dir that a runtime test may create; removed on drop (also on

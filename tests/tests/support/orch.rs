@@ -60,6 +60,86 @@ impl Drop for Orch {
     }
 }
 
+/// `meshwork-orchestrator apiserver` on `node`'s underlay address:6443 with its data under the
+/// lab dir, waited for until its admin kubeconfig exists; returns it and the data dir.
+pub fn start_apiserver(lab: &Lab, node: &Node, extra: &[&str]) -> (Proc, PathBuf) {
+    let data = lab.dir().join("apiserver");
+    let ip = node.underlay_ip.to_string();
+    let listen = format!("{ip}:6443");
+    let log = lab.dir().join("apiserver.log");
+    let mut args = vec![
+        "apiserver",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--advertise-address",
+        &ip,
+        "--sqlite-sync",
+        "normal",
+    ];
+    args.extend_from_slice(extra);
+    let child = lab
+        .command_in_node(node, &node.netns, "meshwork-orchestrator", &args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("meshwork-orchestrator (cargo build --bins)");
+    let kc = data.join("admin.kubeconfig");
+    let t = Instant::now();
+    while !kc.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the API server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (
+        Proc {
+            child: Some(child),
+            log,
+        },
+        data,
+    )
+}
+
+/// `meshwork-control` for `node` with `kubeconfig`, its own pin dir and cgroup (the pods'
+/// cgroups are below it), admin on the node's address:10256, plus `extra` flags.
+pub fn start_agent(lab: &Lab, n: &Node, kubeconfig: &Path, extra: &[&str]) -> Proc {
+    let ip = n.underlay_ip.to_string();
+    let admin = format!("{ip}:10256");
+    let log = lab.dir().join(format!("{}-control.log", n.name));
+    let cg = lab.cgroup(n).display().to_string();
+    let pins = lab.bpf_pin_dir(n).display().to_string();
+    let mut args = vec![
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        &n.name,
+        "--cgroup",
+        &cg,
+        "--pin-dir",
+        &pins,
+        "--admin-listen",
+        &admin,
+        "--node-ip",
+        &ip,
+        "--uplink",
+        &n.uplink,
+    ];
+    args.extend_from_slice(extra);
+    let child = lab
+        .command_in_node(n, &n.netns, "meshwork-control", &args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("meshwork-control (cargo build --bins)");
+    Proc {
+        child: Some(child),
+        log,
+    }
+}
+
 pub fn until<T>(
     what: &str,
     timeout: Duration,
@@ -93,39 +173,11 @@ impl Orch {
     pub fn start_opts(name: &str, routes: &[&str], record: bool) -> Orch {
         let lab = Lab::new(name);
         let nodes = vec![lab.node("n1"), lab.node("n2")];
-        let data = lab.dir().join("apiserver");
-        let api_ip = nodes[0].underlay_ip.to_string();
-        let listen = format!("{api_ip}:6443");
         let grace = GRACE_SECS.to_string();
-        let log = lab.dir().join("apiserver.log");
-        let child = lab
-            .command_in_node(
-                &nodes[0],
-                &nodes[0].netns,
-                "meshwork-orchestrator",
-                &[
-                    "apiserver",
-                    "--data-dir",
-                    data.to_str().unwrap(),
-                    "--listen",
-                    &listen,
-                    "--advertise-address",
-                    &api_ip,
-                    "--sqlite-sync",
-                    "normal",
-                    "--node-monitor-grace-period",
-                    &grace,
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("meshwork-orchestrator (cargo build --bins)");
+        let (api, data) =
+            start_apiserver(&lab, &nodes[0], &["--node-monitor-grace-period", &grace]);
         let mut o = Orch {
-            procs: vec![Proc {
-                child: Some(child),
-                log,
-            }],
+            procs: vec![api],
             runtimes: Vec::new(),
             nodes,
             kubeconfig: data.join("admin.kubeconfig"),
@@ -190,43 +242,15 @@ impl Orch {
         let kc = self.data.join(format!("{}.kubeconfig", n.name));
         let cidr = self.kubectl(&["get", "node", &n.name, "-o", "jsonpath={.spec.podCIDR}"]);
         let ip = n.underlay_ip.to_string();
-        let admin = format!("{ip}:10256");
-        let log = self.lab.dir().join(format!("{}-control.log", n.name));
-        let cg = self.lab.cgroup(n).display().to_string();
-        let pins = self.lab.bpf_pin_dir(n).display().to_string();
-        let args = [
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--node-name",
-            &n.name,
-            "--cgroup",
-            &cg,
-            "--pin-dir",
-            &pins,
-            "--admin-listen",
-            &admin,
-            "--node-ip",
-            &ip,
-            "--uplink",
-            &n.uplink,
+        let overlay = [
             "--overlay-uplink",
-            &n.uplink,
+            n.uplink.as_str(),
             "--overlay-ip",
             &ip,
             "--pod-cidr",
             &cidr,
         ];
-        let child = self
-            .lab
-            .command_in_node(n, &n.netns, "meshwork-control", &args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("meshwork-control (cargo build --bins)");
-        Proc {
-            child: Some(child),
-            log,
-        }
+        start_agent(&self.lab, n, &kc, &overlay)
     }
 
     /// The CNI calls the recorder saw: `COMMAND|CONTAINERID|IFNAME|NETNS|CNI_ARGS` per line.

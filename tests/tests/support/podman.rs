@@ -89,3 +89,28 @@ pub fn global_args(dir: &Path) -> Vec<String> {
         "vfs".into(),
     ]
 }
+
+/// Builds (or reuses) the offline busybox OCI archive (scripts/busybox-image.sh); serialised by
+/// a lock because the script must not run twice at once on one output dir.
+pub fn busybox_archive() -> PathBuf {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let out = ws.join("target/test-images");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = std::fs::File::create(out.join(".lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own; released when `lock` drops.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let o = std::process::Command::new(ws.join("scripts/busybox-image.sh"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "busybox-image.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
