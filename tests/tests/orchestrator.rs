@@ -221,8 +221,10 @@ fn deployment_service_and_endpoints_through_kubectl() {
     });
     let after: BTreeSet<String> = o.web_pods().into_iter().map(|p| p.0).collect();
     assert_eq!(
-        before, after,
-        "orphaned pods were replaced instead of adopted"
+        before,
+        after,
+        "orphaned pods were replaced instead of adopted\n{}",
+        o.dump()
     );
 
     // Namespace deletion stops the pods in it and the namespace goes when they are gone.

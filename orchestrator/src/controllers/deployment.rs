@@ -124,8 +124,20 @@ impl Controller {
                     .and_then(|m| m.labels.clone())
                     .unwrap_or_default();
                 rs_labels.insert(HASH_LABEL.into(), hash.clone());
-                // The first ReplicaSet starts at full size; later ones grow as the rollout allows.
-                let start = if owned.is_empty() { desired } else { 0 };
+                // Sized as kube's NewRSNewReplicas: what the surge budget leaves beside the
+                // old ReplicaSets (all of it when there are none, or they are scaled to 0 —
+                // e.g. a ReplicaSet recreated after an orphaning delete adopts its pods at full
+                // size instead of scaling them away); Recreate waits for the old ones.
+                let old_total: i32 = olds.iter().map(|r| replicas(r)).sum();
+                let start = if recreate {
+                    if old_total == 0 {
+                        desired
+                    } else {
+                        0
+                    }
+                } else {
+                    (desired + surge - old_total).clamp(0, desired)
+                };
                 let rs = ReplicaSet {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),

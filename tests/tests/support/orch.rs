@@ -577,7 +577,9 @@ pub fn web(replicas: i32, extra_env: &[(&str, &str)]) -> Value {
                             "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && cat /etc/resolv.conf && echo serving $(POD_NAME) && exec httpd -f -p 8080 -h /www"],
                             "env": env,
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+                            // Three misses, 2 s each: a probe slowed by a loaded 2-core machine must not flap
+                            // readiness (the RS would then pick the flapping pod to scale down).
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 3},
                         }]
                     }
                 }
