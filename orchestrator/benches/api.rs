@@ -2,8 +2,8 @@
 //! binary), SQLite vs etcd in the same run: create/get/list at 10k objects, create throughput,
 //! watch fan-out to 50 watchers, `kubectl apply` of 1000 Services, server RSS.
 //!
-//! Run: `cargo bench -p meshwork-orchestrator --bench api` (etcd and kubectl from the machine;
-//! scripts/setup.sh checks both).
+//! Run: `cargo bench -p meshwork-orchestrator --bench api` (etcd and kubectl 1.33 from the
+//! machine, as scripts/setup.sh installs them).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -26,6 +26,7 @@ use kube::{
     api::{PostParams, WatchEvent, WatchParams},
     Api, ResourceExt,
 };
+use meshwork_lab::kubectl::KUBECTL;
 use meshwork_orchestrator_store::testing::Etcd;
 use serde_json::json;
 
@@ -35,7 +36,6 @@ const CONCURRENT: usize = 2_000;
 const WATCHERS: usize = 50;
 const FANOUT_WRITES: usize = 200;
 const APPLY: usize = 1_000;
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();

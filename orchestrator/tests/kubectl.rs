@@ -17,9 +17,8 @@ use std::{
 };
 
 use common::ServerProc;
+use meshwork_lab::kubectl::KUBECTL;
 use serde_json::Value;
-
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 
 const APP: &str = r#"apiVersion: apps/v1
 kind: Deployment
@@ -66,7 +65,7 @@ impl Kubectl<'_> {
     fn command(&self, args: &[&str]) -> Command {
         assert!(
             Path::new(KUBECTL).exists(),
-            "{KUBECTL} is missing (the google-cloud-cli kubectl package of these machines)"
+            "{KUBECTL} (kubectl 1.33) is missing: scripts/setup.sh installs it"
         );
         let mut c = Command::new(KUBECTL);
         c.arg("--kubeconfig")

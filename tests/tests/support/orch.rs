@@ -18,7 +18,7 @@ use kube::{api::ListParams, Api};
 use meshwork_lab::{cgroup::lab_binary, conflist, Lab, Node};
 use serde_json::{json, Value};
 
-pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+pub use meshwork_lab::kubectl::KUBECTL;
 pub const GRACE_SECS: u64 = 5;
 
 pub struct Proc {
