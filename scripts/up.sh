@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The main job: build and install the CNI plugin, then `mesh-ctl up` — a two-node lab cluster
-# whose pods talk over the VXLAN overlay, with the API server, a control agent per node and
-# cluster DNS on it. Extra arguments go to `mesh-ctl up` (e.g. --keep).
+# The main job: build the release binaries, install the CNI plugin, then `mesh-ctl up` — a
+# local cluster (lab nodes in network namespaces, API server, a node runtime and a control
+# agent per node, cluster DNS) that keeps running until `mesh-ctl down`. Extra arguments go to
+# `mesh-ctl up` (e.g. --nodes 3, --monitoring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# mesh-ctl finds meshwork-control, meshwork-dns and mwlab-client next to itself.
-cargo build --release --locked -p meshwork-cni -p mesh-ctl -p meshwork-control -p meshwork-dns -p meshwork-lab
-install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/meshwork-cni" /opt/cni/bin/meshwork
-exec "${CARGO_TARGET_DIR:-target}/release/mesh-ctl" up --cni-plugin /opt/cni/bin/meshwork "$@"
+# mesh-ctl finds meshwork-orchestrator, meshwork-control and meshwork-dns next to itself.
+cargo build --release --locked -p meshwork-cni -p mesh-ctl -p meshwork-orchestrator \
+  -p meshwork-control -p meshwork-dns
+target=${CARGO_TARGET_DIR:-target}/release
+install -D -m 0755 "$target/meshwork-cni" /opt/cni/bin/meshwork
+# `mesh-ctl status|logs|down` from any directory (the link resolves to the build dir).
+ln -sfn "$(realpath "$target/mesh-ctl")" /usr/local/bin/mesh-ctl
+exec "$target/mesh-ctl" up --cni-plugin /opt/cni/bin/meshwork "$@"

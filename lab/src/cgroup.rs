@@ -85,25 +85,31 @@ impl Lab {
     }
 
     pub(crate) fn remove_node_state(&self) {
-        let root = cgroup2_root();
-        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&self.prefix) {
-                kill_cgroup(&e.path());
-                remove_tree(&e.path());
-            }
-        }
-        for e in std::fs::read_dir(BPF_PIN_ROOT)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with(&self.prefix) {
-                // Unlinking bpffs pins drops them; links with no other holder detach.
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(BPF_PIN_ROOT);
+        remove_node_state(&self.prefix);
     }
+}
+
+/// Kills and removes the cgroups and bpffs pin dirs of the lab `prefix` (also those of a lab
+/// whose owner died: `mesh-ctl down` after a crashed supervisor).
+pub fn remove_node_state(prefix: &str) {
+    let root = cgroup2_root();
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            kill_cgroup(&e.path());
+            remove_tree(&e.path());
+        }
+    }
+    for e in std::fs::read_dir(BPF_PIN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            // Unlinking bpffs pins drops them; links with no other holder detach.
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(BPF_PIN_ROOT);
 }
 
 /// Removes a cgroup and the cgroups under it (a node runtime's pod cgroups), deepest first:

@@ -1,5 +1,11 @@
 //! `mesh-ctl`: the Meshwork CLI.
 
+mod bringup;
+mod check;
+mod kubeconfig;
+mod procs;
+mod state;
+mod status;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -13,15 +19,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Bring up a two-node lab cluster, wire a pod on each node with the CNI plugin over the
-    /// VXLAN overlay, show them talk, start the API server, control agents and cluster DNS,
-    /// reach a Service by name from a pod, then tear it all down.
-    Up(up::Args),
+    /// Start a local cluster (lab nodes in network namespaces, the API server, a node runtime
+    /// and a control agent per node, cluster DNS) and leave it running until `mesh-ctl down`.
+    Up(bringup::UpArgs),
+    /// Stop the cluster and remove everything `up` made.
+    Down(up::DownArgs),
+    /// Components, nodes, Services programmed per node, certificate expiry.
+    Status(status::StatusArgs),
+    /// The pre-flight `up` runs: kernel features, packages, permissions, addresses.
+    Check(bringup::UpArgs),
+    /// A component's log (apiserver, dns, node-<node>, control-<node>, supervisor, ...).
+    Logs(status::LogsArgs),
+    /// Internal: the supervisor `up` starts in the background.
+    #[command(hide = true)]
+    Supervise(bringup::UpArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // Two workers: the API server keeps serving while `up` blocks one on kube-rs calls.
+    if matches!(cli.cmd, Cmd::Supervise(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    // Two workers: kube-rs calls and the supervised children's waits share them.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -33,9 +58,26 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(70);
         }
     };
-    let res = match cli.cmd {
-        Cmd::Up(args) => rt.block_on(up::run(args)),
-    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Up(a) => up::up(a).await,
+            Cmd::Down(a) => up::down(a).await,
+            Cmd::Status(a) => status::status(a).await,
+            Cmd::Check(a) => {
+                let checks = check::run(&a);
+                if check::report(&checks, true) {
+                    println!("all {} checks passed", checks.len());
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "some checks failed; each says how to fix it"
+                    ))
+                }
+            }
+            Cmd::Logs(a) => status::logs(a).await,
+            Cmd::Supervise(a) => bringup::supervise(a).await,
+        }
+    });
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,256 +1,254 @@
-//! `mesh-ctl up`: the two-node pod network end to end, then the control plane on it: the
-//! bundled API server, a control agent per node and cluster DNS, with a Service reached by
-//! name from a pod.
+//! `mesh-ctl up` and `mesh-ctl down`: a local cluster that stays. `up` runs the pre-flight,
+//! starts the supervisor (`mesh-ctl supervise`, detached, its log in the state dir), relays
+//! its progress with timings and returns once the cluster is usable; `down` stops the
+//! supervisor and sweeps whatever a crashed one may have left.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    io::BufRead,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
-use mesh_ctl::{
-    cluster::{LabCluster, Pod},
-    stack::{start_agent, start_dns, LabApi},
-};
-use meshwork_lab::Lab;
-use serde_json::json;
 
-/// The cluster DNS Service address (kubeadm's default) and the demo Service's.
-const DNS_VIP: &str = "10.96.0.10";
-const WEB_VIP: &str = "10.96.0.20";
+use crate::{
+    bringup::{UpArgs, DNS_VIP},
+    check,
+    state::{StateDir, DEFAULT_STATE_DIR},
+};
+
+pub async fn up(a: UpArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let st = StateDir(a.state_dir.clone());
+    if let Some(pid) = st.running() {
+        println!(
+            "a cluster is already running (supervisor pid {pid}); `mesh-ctl down` removes it.\n"
+        );
+        return crate::status::status(crate::status::StatusArgs {
+            state_dir: a.state_dir,
+        })
+        .await;
+    }
+    let checks = check::run(&a);
+    if !check::report(&checks, false) {
+        bail!("pre-flight failed: fix the above and run `mesh-ctl up` again (`mesh-ctl check` lists every check)");
+    }
+    println!(
+        "pre-flight: {} checks passed ({:.2}s)",
+        checks.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    std::fs::create_dir_all(st.logs()).with_context(|| st.logs().display().to_string())?;
+    let user_kc = crate::kubeconfig::user_path(a.kubeconfig.as_deref());
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("supervise")
+        .arg("--nodes")
+        .arg(a.nodes.to_string())
+        .arg("--state-dir")
+        .arg(&a.state_dir)
+        .arg("--cni-plugin")
+        .arg(&a.cni_plugin)
+        .arg("--lab-name")
+        .arg(&a.lab_name)
+        .arg("--host-link")
+        .arg(&a.host_link);
+    if let Some(k) = &user_kc {
+        cmd.arg("--kubeconfig").arg(k);
+    }
+    if a.monitoring {
+        cmd.arg("--monitoring");
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(st.log("supervisor"))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    // SAFETY: setsid between fork and exec only: the supervisor outlives this terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the supervisor")?;
+    let stdout = child.stdout.take().context("supervisor stdout")?;
+    let (st2, outcome) = (
+        st.clone(),
+        tokio::task::spawn_blocking(move || relay(stdout)),
+    );
+    let outcome = outcome.await?;
+    // The supervisor carries on; it is not ours to wait for (it was made a session leader).
+    drop(child);
+    match outcome {
+        Relay::Ready => {}
+        Relay::Failed(msg) => bail!(
+            "{msg}\n(the supervisor cleaned up; its log: mesh-ctl logs supervisor, or {})",
+            st2.log("supervisor").display()
+        ),
+        Relay::Gone => bail!(
+            "the supervisor exited during start-up; see {}",
+            st2.log("supervisor").display()
+        ),
+    }
+    let info = st.cluster()?;
+    println!(
+        "\ncluster ready in {:.1}s: {} nodes, API {}, cluster DNS {DNS_VIP}",
+        t0.elapsed().as_secs_f64(),
+        info.nodes.len(),
+        info.api_url
+    );
+    if let Some(k) = &info.user_kubeconfig {
+        println!("kubectl context `meshwork` is current in {}", k.display());
+    }
+    println!(
+        "\nnext:\n\
+         \x20 kubectl get nodes\n\
+         \x20 kubectl run nginx --image=nginx && kubectl wait --for=condition=Ready pod/nginx\n\
+         \x20 curl http://$(kubectl get pod nginx -o jsonpath='{{.status.podIP}}')/\n\
+         \x20 mesh-ctl status            components, nodes, Services programmed, certificates\n\
+         \x20 mesh-ctl logs COMPONENT    e.g. apiserver, dns, node-n1, control-n1, supervisor\n\
+         \x20 mesh-ctl down              remove it all"
+    );
+    if info.monitoring {
+        println!("  Prometheus: http://{}", crate::bringup::PROMETHEUS);
+    }
+    Ok(())
+}
+
+enum Relay {
+    Ready,
+    Failed(String),
+    Gone,
+}
+
+/// Prints the supervisor's progress lines until it says it is ready or failed.
+fn relay(stdout: std::process::ChildStdout) -> Relay {
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let mut f = line.splitn(3, '\t');
+        match (f.next(), f.next(), f.next()) {
+            (Some("step"), Some(secs), Some(what)) => println!("  {what:<64} {secs:>6}s"),
+            (Some("ready"), ..) => return Relay::Ready,
+            (Some("failed"), Some(msg), _) => return Relay::Failed(msg.to_string()),
+            _ => println!("  {line}"),
+        }
+    }
+    Relay::Gone
+}
 
 #[derive(clap::Args)]
-pub struct Args {
-    /// The CNI plugin binary to wire pods with.
-    #[arg(
-        long,
-        env = "MESHWORK_CNI_BIN",
-        default_value = "/opt/cni/bin/meshwork"
-    )]
-    cni_plugin: PathBuf,
-    /// Keep the cluster until Ctrl-C (inspect it with `ip netns`).
+pub struct DownArgs {
+    /// Keep the state dir (API server data, logs) for the next `up`.
     #[arg(long)]
-    keep: bool,
-    /// Bytes for the TCP transfer between the pods.
-    #[arg(long, default_value_t = 10 * 1024 * 1024)]
-    bytes: usize,
+    pub keep_state: bool,
+    #[arg(long, env = "MESHWORK_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The kubeconfig `up` merged into (default as for `up`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "mesh", hide = true)]
+    pub lab_name: String,
+    #[arg(long, default_value = "mw-host", hide = true)]
+    pub host_link: String,
 }
 
-/// Runs `up` until done or until SIGINT/SIGTERM; either way the lab is torn down (the cluster
-/// is dropped with the work future), so a signal never leaves namespaces behind.
-pub async fn run(args: Args) -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = work(args) => r,
-                // The work future (and with it the cluster) is already dropped here: torn down.
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the lab cluster was torn down"),
-        _ = term.recv() => anyhow::bail!("terminated; the lab cluster was torn down"),
-    }
-}
+/// What `up` writes into the state dir (the dir itself may hold other things: it is
+/// /var/lib/meshwork, where the standalone binaries keep their defaults too).
+const STATE_ENTRIES: &[&str] = &[
+    "supervisor.pid",
+    "cluster.json",
+    "components.json",
+    "logs",
+    "apiserver",
+    "nodes",
+    "prometheus",
+    "prometheus.yml",
+];
 
-async fn work(args: Args) -> Result<()> {
-    if !args.cni_plugin.is_file() {
-        bail!(
-            "CNI plugin {} not found: run scripts/up.sh (it builds and installs it)",
-            args.cni_plugin.display()
-        );
-    }
-    let lab = Lab::with_plugin("mesh_ctl_up", &args.cni_plugin);
-    let c = LabCluster::new(lab, 2)
-        .await
-        .context("bringing up the lab cluster")?;
-    println!("nodes (network namespaces on an isolated underlay bridge, VXLAN overlay):");
-    for n in &c.nodes {
-        println!(
-            "  {:<4} underlay {:<12} pod CIDRs {}  overlay mw.vxlan mtu {}",
-            n.node.name,
-            n.node.underlay_ip,
-            n.pod_cidrs
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            n.overlay.mtu
-        );
-    }
-    let a = c.add_pod(0, "a")?;
-    let b = c.add_pod(1, "b")?;
-    println!("pods (wired by {} via CNI ADD):", args.cni_plugin.display());
-    for p in [&a, &b] {
-        println!(
-            "  {:<2} on {}  {} {}  mtu {}",
-            p.ns.name,
-            c.nodes[p.node].node.name,
-            p.ip(),
-            p.ip6().map(|i| i.to_string()).unwrap_or_default(),
-            p.result.interfaces[2].mtu.unwrap_or_default()
-        );
-    }
-
-    let ping = c.lab.exec_out(
-        &a.ns.netns,
-        &[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &b.ip().to_string(),
-        ],
-    );
-    let summary = String::from_utf8_lossy(&ping.stdout);
-    println!("ping a → b:");
-    for line in summary
-        .lines()
-        .filter(|l| l.contains("transmitted") || l.contains("rtt"))
-    {
-        println!("  {line}");
-    }
-    if !ping.status.success() {
-        bail!("pod a cannot ping pod b across the overlay");
-    }
-
-    for (family, dst) in [("IPv4", Some(b.ip())), ("IPv6", b.ip6())] {
-        let Some(dst) = dst else { continue };
-        let t = c.lab.transfer(
-            &a.ns.netns,
-            &b.ns.netns,
-            SocketAddr::new(dst, 8080),
-            args.bytes,
-        );
-        println!(
-            "TCP a → b over {family}: {} bytes {} in {:.0} ms ({:.0} Mbit/s), b saw peer {}",
-            t.bytes,
-            if t.intact { "intact" } else { "CORRUPTED" },
-            t.elapsed.as_secs_f64() * 1e3,
-            t.mbit_per_s(),
-            t.peer.ip()
-        );
-        if !t.intact {
-            bail!("transfer over {family} arrived damaged");
+pub async fn down(a: DownArgs) -> Result<()> {
+    let st = StateDir(a.state_dir.clone());
+    let info = st.cluster().ok();
+    if let Some(pid) = st.running() {
+        // SAFETY: signalling the supervisor we found by pid file and cmdline.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while st.running().is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if st.running().is_some() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            println!("supervisor {pid} did not stop in 30 s: killed");
+        } else {
+            println!("stopped the supervisor (pid {pid}) and its components");
         }
     }
-
-    let api = LabApi::start(&c, 0).await?;
-    let _agents = (0..c.nodes.len())
-        .map(|i| start_agent(&c, i, &api.kubeconfig))
-        .collect::<Result<Vec<_>>>()?;
-    let _dns = start_dns(&c, 0, &api.kubeconfig, DNS_VIP)?;
-    let _web = c
-        .lab
-        .identity_server(&b.ns.netns, SocketAddr::new(b.ip(), 8080), "b");
-    let (dns_ip, b_ip) = (c.nodes[0].node.underlay_ip.to_string(), b.ip().to_string());
-    // kube-rs calls run on their own thread inside node 1; the runtime keeps serving the API.
-    tokio::task::block_in_place(|| {
-        api.kube(&c, move |k| Box::pin(create_objects(k, dns_ip, b_ip)))
-    })??;
-    println!("control plane:");
-    println!(
-        "  API server {} on n1 (kubeconfig {})",
-        api.url,
-        api.kubeconfig.display()
-    );
-    println!("  meshwork-control on n1 and n2, meshwork-dns on n1 behind kube-dns {DNS_VIP}");
-    let (name, reply) = service_by_name(&c, &a).await?;
-    println!("  pod a: web.default.svc.cluster.local → {name} (via {DNS_VIP}, eBPF socket LB); {WEB_VIP}:80 answered by {reply}");
-
-    if args.keep {
-        println!(
-            "cluster kept; namespaces start with {}. Ctrl-C to tear down.",
-            c.lab.prefix()
-        );
-        // Until a signal ends `run`, which drops this future and with it the cluster.
-        std::future::pending::<()>().await;
-    }
-    c.del_pod(&a)?;
-    c.del_pod(&b)?;
-    drop(c);
-    println!("torn down: pods deleted through CNI DEL, lab namespaces removed.");
-    Ok(())
-}
-
-/// The demo objects: kube-dns (its endpoint is the host-network DNS on n1) and `web`
-/// (pod b's port 8080). EndpointSlices are written here until the orchestrator's controller
-/// writes them.
-async fn create_objects(k: kube::Client, dns_ip: String, b_ip: String) -> Result<()> {
-    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-    use kube::api::{Api, PostParams};
-    let pp = PostParams::default();
-    let objs = [
-        (
-            "kube-system",
-            "kube-dns",
-            DNS_VIP,
-            json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]),
-            dns_ip,
-            "n1",
-        ),
-        (
-            "default",
-            "web",
-            WEB_VIP,
-            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
-            b_ip,
-            "n2",
-        ),
-    ];
-    for (ns, name, vip, ports, ep, node) in objs {
-        let svc_ports: Vec<_> = ports
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| json!({"name": p["name"], "protocol": p["protocol"], "port": if name == "web" { json!(80) } else { p["port"].clone() }, "targetPort": p["name"]}))
-            .collect();
-        let svc: Service = serde_json::from_value(
-            json!({"metadata": {"name": name}, "spec": {"clusterIP": vip, "ports": svc_ports}}),
-        )?;
-        Api::<Service>::namespaced(k.clone(), ns)
-            .create(&pp, &svc)
-            .await?;
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": ports,
-            "endpoints": [{"addresses": [ep], "nodeName": node, "conditions": {"ready": true}}]}))?;
-        Api::<EndpointSlice>::namespaced(k.clone(), ns)
-            .create(&pp, &slice)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Resolves `web` through the DNS VIP from pod a and connects to the answer (both through
-/// node 1's eBPF socket LB, programmed by its agent); waits up to 20 s for the agents.
-async fn service_by_name(c: &LabCluster, a: &Pod) -> Result<(String, String)> {
-    let n1 = &c.nodes[0].node;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let dig = c.lab.run_in_node(
-            n1,
-            &a.ns.netns,
-            "/usr/bin/dig",
-            &[
-                &format!("@{DNS_VIP}"),
-                "+short",
-                "+time=1",
-                "+tries=1",
-                "web.default.svc.cluster.local",
-            ],
-        );
-        let name = String::from_utf8_lossy(&dig.stdout).trim().to_string();
-        if name == WEB_VIP {
-            let out = c.lab.run_in_node(
-                n1,
-                &a.ns.netns,
-                "mwlab-client",
-                &["tcp", &format!("{WEB_VIP}:80"), "1"],
-            );
-            let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if reply.starts_with('b') {
-                return Ok((name, reply));
+    // Host-side components of a supervisor that died (node-side ones die with their cgroups).
+    for c in st.components() {
+        if let (Some(pid), "host") = (c.pid, c.on.as_str()) {
+            let cmdline =
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.contains(&c.name) {
+                // SAFETY: a pid we started, checked by its command line.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
-        if std::time::Instant::now() > deadline {
-            bail!("pod a could not reach web by name through {DNS_VIP} (dig said {name:?})");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    let prefix = info
+        .as_ref()
+        .map(|i| i.prefix.clone())
+        .unwrap_or_else(|| format!("mwl-{}-", a.lab_name));
+    let left: Vec<String> = std::fs::read_dir(meshwork_lab::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    meshwork_lab::cgroup::remove_node_state(&prefix);
+    meshwork_lab::sweep(&prefix);
+    if !left.is_empty() {
+        println!("removed {} leftover namespaces ({prefix}*)", left.len());
+    }
+    let link = info
+        .as_ref()
+        .map(|i| i.host_link.clone())
+        .unwrap_or(a.host_link);
+    if std::path::Path::new("/sys/class/net").join(&link).exists() {
+        let nl = meshwork_netlink::Netlink::connect()?;
+        if let Some(l) = nl.link_by_name(&link).await? {
+            nl.delete_link(l.index).await?;
+            println!("removed the host link {link}");
+        }
+    }
+    let kc = info
+        .as_ref()
+        .and_then(|i| i.user_kubeconfig.clone())
+        .or_else(|| crate::kubeconfig::user_path(a.kubeconfig.as_deref()));
+    if let Some(kc) = kc {
+        match crate::kubeconfig::remove(&kc) {
+            Ok(true) => println!("removed context `meshwork` from {}", kc.display()),
+            Ok(false) => {}
+            Err(e) => println!("could not edit {}: {e:#}", kc.display()),
+        }
+    }
+    if a.keep_state {
+        let _ = std::fs::remove_file(st.pid_file());
+        println!("kept the state in {}", st.0.display());
+    } else {
+        for e in STATE_ENTRIES {
+            let p = st.0.join(e);
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+        let _ = std::fs::remove_dir(&st.0);
+    }
+    println!("down: no cluster left");
+    Ok(())
 }

@@ -1,0 +1,576 @@
+//! The supervisor behind `mesh-ctl up`: builds the lab nodes and the host link, starts every
+//! component under [`Supervisor`], waits until the cluster is usable (nodes Ready, cluster DNS
+//! answering through the eBPF datapath from the host), then supervises until SIGTERM (`down`).
+//!
+//! Progress goes to stdout, a pipe that `up` reads and relays; after the last line the pipe is
+//! closed and the supervisor carries on detached. Order matters: nodes register with the API
+//! server and get a pod CIDR from its controllers; only then does the node's CNI config appear
+//! (the part a CNI daemonset plays on a real cluster) and its control agent start with that CIDR
+//! for the VXLAN overlay.
+
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use k8s_openapi::api::core::v1::Node as KNode;
+use kube::{api::PostParams, Api};
+use meshwork_lab::{host::HostLink, Lab, Node};
+use serde_json::json;
+
+use crate::{
+    procs::{Spec, Supervisor},
+    state::{now_secs, write_json, ClusterInfo, NodeInfo, StateDir},
+};
+
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The host's address on the lab underlay (198.18.0.0/24; nodes count up from .1).
+pub const HOST_ADDR: &str = "198.18.0.254/24";
+pub const API_PORT: u16 = 6443;
+pub const PROMETHEUS: &str = "127.0.0.1:9090";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct UpArgs {
+    /// Number of lab nodes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub nodes: u8,
+    /// Where the cluster's state and logs live.
+    #[arg(long, env = "MESHWORK_STATE_DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The CNI plugin binary that wires pods.
+    #[arg(
+        long,
+        env = "MESHWORK_CNI_BIN",
+        default_value = "/opt/cni/bin/meshwork"
+    )]
+    pub cni_plugin: PathBuf,
+    /// Also run Prometheus (Debian's package) scraping every component, on 127.0.0.1:9090.
+    #[arg(long)]
+    pub monitoring: bool,
+    /// kubeconfig to merge the `meshwork` context into (default: $KUBECONFIG's first file,
+    /// else ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of the lab (namespaces, cgroups and pins are `mwl-<name>-*`).
+    #[arg(long, default_value = "mesh", hide = true)]
+    pub lab_name: String,
+    /// Name of the host's link into the lab underlay.
+    #[arg(long, default_value = "mw-host", hide = true)]
+    pub host_link: String,
+}
+
+/// Writes one progress line for `up` (and the supervisor log).
+fn progress(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    tracing::info!("{line}");
+}
+
+/// A step: runs `f`, reports its duration.
+async fn step<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let t = Instant::now();
+    let v = f.await.with_context(|| what.to_string())?;
+    progress(&format!("step\t{:.2}\t{what}", t.elapsed().as_secs_f64()));
+    Ok(v)
+}
+
+pub async fn supervise(a: UpArgs) -> Result<()> {
+    let st = StateDir(a.state_dir.clone());
+    std::fs::write(st.pid_file(), std::process::id().to_string())?;
+    let mut sup = Supervisor::new(st.clone());
+    let res = tokio::select! {
+        r = bring_up(&a, &st, &mut sup) => r,
+        _ = meshwork_kube_watch::shutdown_signal() => Err(anyhow!("stopped during start-up")),
+    };
+    let lab = match res {
+        Ok(lab) => {
+            progress("ready");
+            // Detach from `up`: nothing reads this pipe any more.
+            // SAFETY: replacing fd 1 with /dev/null; no Rust handle owns fd 1 exclusively.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                if null >= 0 {
+                    libc::dup2(null, 1);
+                    libc::close(null);
+                }
+            }
+            let _ = meshwork_kube_watch::shutdown_signal().await;
+            tracing::info!("stopping the cluster");
+            Some(lab)
+        }
+        Err(e) => {
+            progress(&format!("failed\t{e:#}"));
+            None
+        }
+    };
+    sup.stop(Duration::from_secs(5)).await;
+    // Dropping the lab kills what is left in its cgroups and deletes its namespaces (the host
+    // link goes with the underlay namespace) and pins.
+    drop(lab);
+    let _ = std::fs::remove_file(st.pid_file());
+    let _ = std::fs::remove_file(st.components_file());
+    Ok(())
+}
+
+struct Cluster {
+    lab: Arc<Lab>,
+    nodes: Vec<Node>,
+}
+
+async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc<Lab>> {
+    let c = step(
+        &format!("{} lab nodes on an isolated underlay", a.nodes),
+        async {
+            let plugin = a.cni_plugin.clone();
+            let lab = Lab::with_plugin(&a.lab_name, &plugin);
+            let nodes: Vec<Node> = (1..=a.nodes).map(|i| lab.node(&format!("n{i}"))).collect();
+            Ok(Cluster {
+                lab: Arc::new(lab),
+                nodes,
+            })
+        },
+    )
+    .await?;
+    let n1 = c.nodes[0].clone();
+    let api_ip = IpAddr::V4(n1.underlay_ip);
+    let api_url = format!("https://{api_ip}:{API_PORT}");
+    let user_kc = crate::kubeconfig::user_path(a.kubeconfig.as_deref());
+    write_json(
+        &st.cluster_file(),
+        &ClusterInfo {
+            prefix: c.lab.prefix().to_string(),
+            nodes: c
+                .nodes
+                .iter()
+                .map(|n| NodeInfo {
+                    name: n.name.clone(),
+                    netns: n.netns.clone(),
+                    ip: n.underlay_ip,
+                })
+                .collect(),
+            api_url: api_url.clone(),
+            host_link: a.host_link.clone(),
+            user_kubeconfig: user_kc.clone(),
+            monitoring: a.monitoring,
+            started: now_secs(),
+        },
+    )?;
+    step(
+        "host link into the lab: pod and Service ranges routed via n1",
+        async {
+            c.lab
+                .add_host_link(&HostLink {
+                    name: a.host_link.clone(),
+                    addr: HOST_ADDR.parse()?,
+                    routes: vec![(POD_CIDR.parse()?, api_ip), (SERVICE_CIDR.parse()?, api_ip)],
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        },
+    )
+    .await?;
+
+    let data = st.apiserver();
+    std::fs::create_dir_all(&data)?;
+    let admin_kc = st.admin_kubeconfig();
+    // A kept state dir holds the previous run's kubeconfig: wait for this run's.
+    let _ = std::fs::remove_file(&admin_kc);
+    let client = step("API server, controllers and scheduler on n1", async {
+        let listen = format!("{api_ip}:{API_PORT}");
+        let args: Vec<String> = vec![
+            "apiserver".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            listen,
+            "--advertise-address".into(),
+            api_ip.to_string(),
+            "--sqlite-sync".into(),
+            "normal".into(),
+            "--cluster-cidr".into(),
+            POD_CIDR.into(),
+            "--node-monitor-grace-period".into(),
+            "20".into(),
+        ];
+        sup.start(in_node(&c, 0, "apiserver", "meshwork-orchestrator", args))?;
+        wait_for("the admin kubeconfig", Duration::from_secs(30), || async {
+            Ok(admin_kc.exists().then_some(()))
+        })
+        .await?;
+        let client = meshwork_kube_watch::client(Some(&admin_kc)).await?;
+        wait_for("the API server to answer", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get("/readyz").body(Vec::new())?;
+                Ok(client.request_text(req).await.ok().map(|_| ()))
+            }
+        })
+        .await?;
+        Ok(client)
+    })
+    .await?;
+
+    step("a node runtime per node", async {
+        for (i, n) in c.nodes.iter().enumerate() {
+            let dir = st.node(&n.name);
+            std::fs::create_dir_all(dir.join("cni"))?;
+            let kc = dir.join("kubeconfig");
+            meshwork_orchestrator::server::issue_kubeconfig(
+                &data,
+                &api_url,
+                &format!("system:node:{}", n.name),
+                &["system:nodes".to_string()],
+                &kc,
+            )?;
+            let args: Vec<String> = vec![
+                "node".into(),
+                "--kubeconfig".into(),
+                kc.display().to_string(),
+                "--node-name".into(),
+                n.name.clone(),
+                "--node-ip".into(),
+                n.underlay_ip.to_string(),
+                "--root-dir".into(),
+                dir.join("root").display().to_string(),
+                "--cni-conf-dir".into(),
+                dir.join("cni").display().to_string(),
+                "--cni-bin-dir".into(),
+                c.lab.cni_bin_dir().display().to_string(),
+                "--cgroup-root".into(),
+                c.lab.cgroup(n).join("pods").display().to_string(),
+                "--netns-prefix".into(),
+                format!("{}{}-p-", c.lab.prefix(), n.name),
+                "--heartbeat-seconds".into(),
+                "2".into(),
+                "--restart-backoff-seconds".into(),
+                "2".into(),
+            ];
+            sup.start(in_node(
+                &c,
+                i,
+                &format!("node-{}", n.name),
+                "meshwork-orchestrator",
+                args,
+            ))?;
+        }
+        Ok(())
+    })
+    .await?;
+
+    let cidrs = step("pod CIDRs assigned; CNI config written per node", async {
+        let nodes: Api<KNode> = Api::all(client.clone());
+        let mut cidrs = Vec::new();
+        for n in &c.nodes {
+            let cidr = wait_for(
+                &format!("a pod CIDR for {}", n.name),
+                Duration::from_secs(30),
+                || {
+                    let nodes = nodes.clone();
+                    async move {
+                        Ok(nodes
+                            .get_opt(&n.name)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|k| k.spec?.pod_cidr))
+                    }
+                },
+            )
+            .await?;
+            let conf = node_conflist(&cidr, &c.lab.dir().join("cni-state").join(&n.name))?;
+            let path = st.node(&n.name).join("cni").join("10-meshwork.conflist");
+            std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)?;
+            cidrs.push(cidr);
+        }
+        Ok(cidrs)
+    })
+    .await?;
+
+    step(
+        "a control agent per node (eBPF Service LB, VXLAN overlay)",
+        async {
+            for (i, n) in c.nodes.iter().enumerate() {
+                let ip = n.underlay_ip.to_string();
+                let kc = st.node(&n.name).join("kubeconfig");
+                let args: Vec<String> = [
+                    "--kubeconfig",
+                    &kc.display().to_string(),
+                    "--node-name",
+                    &n.name,
+                    "--cgroup",
+                    &c.lab.cgroup(n).display().to_string(),
+                    "--pin-dir",
+                    &c.lab.bpf_pin_dir(n).display().to_string(),
+                    "--admin-listen",
+                    &format!("{ip}:10256"),
+                    "--node-ip",
+                    &ip,
+                    "--uplink",
+                    &n.uplink,
+                    "--overlay-uplink",
+                    &n.uplink,
+                    "--overlay-ip",
+                    &ip,
+                    "--pod-cidr",
+                    &cidrs[i],
+                ]
+                .map(String::from)
+                .to_vec();
+                sup.start(in_node(
+                    &c,
+                    i,
+                    &format!("control-{}", n.name),
+                    "meshwork-control",
+                    args,
+                ))?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+
+    step("cluster DNS on n1 behind kube-dns 10.96.0.10", async {
+        create_kube_dns(&client, n1.underlay_ip, &n1.name).await?;
+        let ip = n1.underlay_ip;
+        let args: Vec<String> = [
+            "--kubeconfig",
+            &admin_kc.display().to_string(),
+            "--listen",
+            &format!("{ip}:53"),
+            "--admin-listen",
+            &format!("{ip}:9153"),
+            // The lab has no route out: names outside the cluster get a quick SERVFAIL.
+            "--upstream",
+            "127.0.0.1:9",
+            "--dns-ip",
+            &DNS_VIP.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        sup.start(in_node(&c, 0, "dns", "meshwork-dns", args))
+    })
+    .await?;
+
+    step("kubeconfig context `meshwork` made current", async {
+        match &user_kc {
+            Some(p) => crate::kubeconfig::merge(p, &admin_kc),
+            None => Ok(()),
+        }
+    })
+    .await?;
+
+    step("nodes Ready, DNS answering from the host", async {
+        let nodes: Api<KNode> = Api::all(client.clone());
+        let want = c.nodes.len();
+        wait_for("every node Ready", Duration::from_secs(30), || {
+            let nodes = nodes.clone();
+            async move {
+                let list = nodes.list(&Default::default()).await?;
+                let ready = list.items.iter().filter(|n| node_ready(n)).count();
+                Ok((ready == want).then_some(()))
+            }
+        })
+        .await?;
+        wait_for(
+            "cluster DNS through 10.96.0.10",
+            Duration::from_secs(30),
+            || async {
+                Ok(dns_answers(DNS_VIP, "kube-dns.kube-system.svc.cluster.local").then_some(()))
+            },
+        )
+        .await
+    })
+    .await?;
+
+    if a.monitoring {
+        step("Prometheus on 127.0.0.1:9090", async {
+            let cfg = prometheus_config(&c.nodes);
+            let path = st.0.join("prometheus.yml");
+            std::fs::write(&path, cfg)?;
+            let tsdb = st.0.join("prometheus");
+            sup.start(Spec {
+                name: "prometheus".into(),
+                on: "host".into(),
+                make: Box::new(move || {
+                    let mut cmd = std::process::Command::new("prometheus");
+                    cmd.arg(format!("--config.file={}", path.display()))
+                        .arg(format!("--storage.tsdb.path={}", tsdb.display()))
+                        .arg(format!("--web.listen-address={PROMETHEUS}"));
+                    cmd
+                }),
+            })?;
+            wait_for(
+                "Prometheus to be ready",
+                Duration::from_secs(30),
+                || async {
+                    Ok(crate::status::http_get(PROMETHEUS.parse()?, "/-/ready")
+                        .is_some_and(|(code, _)| code == 200)
+                        .then_some(()))
+                },
+            )
+            .await
+        })
+        .await?;
+    }
+    let Cluster { lab, .. } = c;
+    Ok(lab)
+}
+
+/// A supervised lab binary in node `i`'s namespace and cgroup.
+fn in_node(c: &Cluster, i: usize, name: &str, bin: &'static str, args: Vec<String>) -> Spec {
+    let (lab, node) = (c.lab.clone(), c.nodes[i].clone());
+    Spec {
+        name: name.to_string(),
+        on: node.name.clone(),
+        make: Box::new(move || {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut cmd = lab.command_in_node(&node, &node.netns, bin, &argv);
+            cmd.env("MESHWORK_LOG", "info");
+            cmd
+        }),
+    }
+}
+
+/// Polls `f` every 100 ms until it yields a value or `timeout` passes.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e),
+        }
+        if Instant::now() > deadline {
+            let why = last
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default();
+            bail!("timed out after {timeout:?} waiting for {what}{why}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn node_ready(n: &KNode) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The example conflist (cni-plugin/examples) for one node: its IPv4 pod CIDR (the
+/// controllers assign no IPv6 one), routes to the cluster and to the underlay (DNS on n1, the
+/// host, NodePort clients), no default route.
+fn node_conflist(cidr: &str, state: &Path) -> Result<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(mesh_ctl::cluster::EXAMPLE_CONFLIST)?;
+    let p = &mut v["plugins"][0];
+    p["dataDir"] = json!(state);
+    let ipam = p["ipam"]
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("example conflist has no ipam"))?;
+    ipam.remove("subnet6");
+    ipam.insert("subnet".into(), json!(cidr));
+    ipam.insert(
+        "routes".into(),
+        json!([{"dst": POD_CIDR}, {"dst": meshwork_lab::UNDERLAY_SUBNET}]),
+    );
+    Ok(v)
+}
+
+/// kube-dns: a Service without a selector, and its EndpointSlice naming DNS on n1's address
+/// (host network, as CoreDNS would run there); created once, kept across restarts.
+async fn create_kube_dns(client: &kube::Client, ip: Ipv4Addr, node: &str) -> Result<()> {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    let pp = PostParams::default();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": DNS_VIP.to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}
+    }))?;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "kube-dns-host", "namespace": "kube-system",
+                     "labels": {"kubernetes.io/service-name": "kube-dns",
+                                "endpointslice.kubernetes.io/managed-by": "mesh-ctl"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                  {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                  {"name": "metrics", "port": 9153, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip.to_string()], "nodeName": node,
+                       "conditions": {"ready": true}}]
+    }))?;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    if svcs.get_opt("kube-dns").await?.is_none() {
+        svcs.create(&pp, &svc).await?;
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    if slices.get_opt("kube-dns-host").await?.is_none() {
+        slices.create(&pp, &slice).await?;
+    }
+    Ok(())
+}
+
+/// One A query over UDP from the host; true when it gets a NOERROR answer with a record.
+pub fn dns_answers(server: Ipv4Addr, name: &str) -> bool {
+    let mut q = vec![0x4d, 0x77, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+    if sock
+        .send_to(&q, SocketAddr::new(server.into(), 53))
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 1500];
+    match sock.recv(&mut buf) {
+        // Same id, a response, rcode 0, at least one answer.
+        Ok(n) if n >= 12 => {
+            buf[0..2] == q[0..2]
+                && buf[2] & 0x80 != 0
+                && buf[3] & 0x0f == 0
+                && u16::from_be_bytes([buf[6], buf[7]]) > 0
+        }
+        _ => false,
+    }
+}
+
+/// Scrape targets: every node's agent and runtime, DNS on n1 (all reached over the host link).
+fn prometheus_config(nodes: &[Node]) -> String {
+    let list = |port: u16| {
+        nodes
+            .iter()
+            .map(|n| format!("'{}:{port}'", n.underlay_ip))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
+         scrape_configs:\n\
+         - job_name: meshwork-control\n  static_configs:\n  - targets: [{}]\n\
+         - job_name: meshwork-node\n  static_configs:\n  - targets: [{}]\n\
+         - job_name: meshwork-dns\n  static_configs:\n  - targets: ['{}:9153']\n",
+        list(10256),
+        list(10250),
+        nodes[0].underlay_ip
+    )
+}
