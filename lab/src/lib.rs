@@ -8,6 +8,7 @@ use std::{
 };
 
 pub mod cgroup;
+pub mod host;
 pub mod kubectl;
 pub mod servers;
 pub mod tcp;
