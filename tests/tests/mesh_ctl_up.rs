@@ -1,0 +1,389 @@
+//! `mesh-ctl up` and `down` driven as a user drives them: the binary, kubectl with the merged
+//! kubeconfig context, curl from the host through the host link. Its own lab name, host link,
+//! state dir and kubeconfig, so it never touches a user's `mesh-ctl up` cluster (if one is up,
+//! the pre-flight fails on the shared host routes and says so).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use meshwork_lab::{cgroup::lab_binary, kubectl::KUBECTL, require_root};
+use serde_json::Value;
+
+const LAB: &str = "mesh_ctl_e2e";
+const PREFIX: &str = "mwl-mesh_ctl_e2e-";
+const LINK: &str = "mwl-e2e-host";
+
+struct Cluster {
+    state: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn mesh_ctl(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(lab_binary("mesh-ctl"));
+        c.args(args);
+        if matches!(args[0], "up" | "down" | "check") {
+            c.args(["--lab-name", LAB, "--host-link", LINK, "--kubeconfig"])
+                .arg(&self.kubeconfig);
+        }
+        if args[0] == "up" {
+            c.arg("--cni-plugin").arg(meshwork_lab::cni_plugin_binary());
+        }
+        c.arg("--state-dir").arg(&self.state);
+        c.output().unwrap()
+    }
+
+    fn kubectl_out(&self, args: &[&str]) -> Output {
+        // The context `up` merged: what a user's plain `kubectl` would use.
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_out(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.dump()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&a)).unwrap()
+    }
+
+    fn components(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.state.join("components.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    fn dump(&self) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(self.state.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            s += &format!("\n--- {} (tail)\n", e.path().display());
+            for l in tail.iter().rev() {
+                s += l;
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    fn down(&self) -> Output {
+        self.mesh_ctl(&["down"])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.down();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// curl from the host (the root namespace, through the host link); the body or None.
+fn curl(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-f", "-m", "2", url])
+        .output()
+        .expect("curl (scripts/setup.sh installs it)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Asks `url` until every name in `want` answered (at most `tries` requests).
+fn answers(url: &str, want: &BTreeSet<String>, tries: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        if let Some(b) = curl(url) {
+            seen.insert(b);
+        }
+        if want.is_subset(&seen) {
+            break;
+        }
+    }
+    seen
+}
+
+fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const WEB: &str = r#"{"apiVersion": "apps/v1", "kind": "Deployment",
+  "metadata": {"name": "web"},
+  "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+    "template": {"metadata": {"labels": {"app": "web"}},
+      "spec": {"containers": [{"name": "httpd", "image": "busybox",
+        "command": ["sh", "-c", "echo $HOSTNAME > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1}}]}}}}"#;
+
+fn web_pods(c: &Cluster) -> BTreeSet<String> {
+    c.json(&["get", "pods", "-l", "app=web"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn leftovers(state: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir(meshwork_lab::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(PREFIX) {
+            left.push(format!("netns {n}"));
+        }
+    }
+    if Path::new("/sys/class/net").join(LINK).exists() {
+        left.push(format!("link {LINK}"));
+    }
+    let cg = meshwork_lab::cgroup::cgroup2_root();
+    for dir in [cg.as_path(), Path::new(meshwork_lab::cgroup::BPF_PIN_ROOT)] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(PREFIX) {
+                left.push(format!("{}", e.path().display()));
+            }
+        }
+    }
+    let state = state.to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&state) || cmd.contains(PREFIX) {
+            left.push(format!(
+                "process {}: {cmd}",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    left
+}
+
+#[test]
+fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
+    require_root();
+    let state = std::env::temp_dir().join(format!("{PREFIX}state"));
+    let c = Cluster {
+        kubeconfig: state.join("user-kubeconfig"),
+        state: state.clone(),
+    };
+    // A crashed earlier run of this test: `down` sweeps it by its prefix.
+    let _ = c.down();
+
+    let out = c.mesh_ctl(&["up", "--nodes", "2"]);
+    assert!(
+        out.status.success(),
+        "mesh-ctl up failed:\n{}{}",
+        text(&out),
+        c.dump()
+    );
+    assert!(text(&out).contains("cluster ready"), "{}", text(&out));
+    let again = c.mesh_ctl(&["up", "--nodes", "2"]);
+    assert!(
+        again.status.success() && text(&again).contains("already running"),
+        "a second up should report the running cluster:\n{}",
+        text(&again)
+    );
+
+    // Nodes Ready, through the merged context.
+    assert_eq!(c.kubectl(&["config", "current-context"]), "meshwork");
+    let ready = c.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}"#,
+    ]);
+    assert_eq!(ready, "n1=True n2=True", "{}", c.dump());
+
+    // kubectl run nginx; curl its pod IP from the host.
+    c.kubectl(&["run", "nginx", "--image=nginx"]);
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/nginx",
+        "--timeout=60s",
+    ]);
+    let ip = c.kubectl(&["get", "pod", "nginx", "-o", "jsonpath={.status.podIP}"]);
+    let page = until(
+        "nginx answers on its pod IP from the host",
+        Duration::from_secs(10),
+        || curl(&format!("http://{ip}/")),
+    );
+    assert!(page.contains("Welcome to nginx"), "{page}");
+
+    // A Deployment of 3 and `kubectl expose` (NodePort).
+    let manifest = state.join("web.json");
+    std::fs::write(&manifest, WEB).unwrap();
+    c.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    c.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
+    c.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let pods = web_pods(&c);
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let svc = c.json(&["get", "service", "web"]);
+    let vip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+
+    // A pod resolves the name and reaches all 3 through the eBPF socket LB.
+    c.kubectl(&[
+        "run",
+        "client",
+        "--image=busybox",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 60); do timeout 3 wget -qO- http://web/index.html; done",
+    ]);
+    let seen = until("the client pod to finish", Duration::from_secs(60), || {
+        let phase = c.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Succeeded" || phase == "Failed").then(|| c.kubectl(&["logs", "client"]))
+    });
+    let names: BTreeSet<String> = seen.lines().map(str::to_string).collect();
+    assert_eq!(
+        names, pods,
+        "backends the pod reached by name (all 3 expected)"
+    );
+
+    // The ClusterIP and each node's NodePort from the host reach every backend, also those on
+    // the other node (the tc program SNATs to the node for remote backends).
+    let mut urls = vec![format!("http://{vip}/index.html")];
+    for n in ["198.18.0.1", "198.18.0.2"] {
+        urls.push(format!("http://{n}:{node_port}/index.html"));
+    }
+    for url in &urls {
+        let got = answers(url, &pods, 60);
+        assert_eq!(&got, &pods, "backends answering {url} from the host");
+    }
+
+    // Scale down: only the remaining pod answers, within 2 s of the scale.
+    c.kubectl(&["scale", "deployment/web", "--replicas=1"]);
+    let scaled = Instant::now();
+    let left = until(
+        "the scale-down to show in the API",
+        Duration::from_secs(10),
+        || {
+            let p = web_pods(&c);
+            (p.len() == 1).then_some(p)
+        },
+    );
+    let settled = until(
+        "only the remaining pod answering",
+        Duration::from_secs(10),
+        || {
+            let all: Vec<Option<String>> = (0..10).map(|_| curl(&urls[0])).collect();
+            all.iter()
+                .all(|b| b.as_ref().is_some_and(|b| left.contains(b)))
+                .then(|| scaled.elapsed())
+        },
+    );
+    assert!(
+        settled < Duration::from_secs(2),
+        "scale-down took {settled:?} to be reflected (goal: 2 s)"
+    );
+    for url in &urls[1..] {
+        let got = answers(url, &left, 10);
+        assert_eq!(&got, &left, "NodePort {url} after the scale-down");
+    }
+
+    // kill -9 of a component: the supervisor starts it again.
+    let victim = c
+        .components()
+        .into_iter()
+        .find(|v| v["name"] == "control-n2")
+        .expect("control-n2 in components.json");
+    let pid = victim["pid"].as_u64().unwrap() as i32;
+    // SAFETY: killing the agent the cluster runs (found in its status file).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let new_pid = until(
+        "control-n2 restarted by the supervisor",
+        Duration::from_secs(15),
+        || {
+            c.components()
+                .into_iter()
+                .find(|v| v["name"] == "control-n2" && v["restarts"].as_u64() >= Some(1))
+                .and_then(|v| v["pid"].as_u64())
+        },
+    );
+    assert_ne!(new_pid as i32, pid);
+    until(
+        "the restarted agent serving healthz",
+        Duration::from_secs(15),
+        || curl("http://198.18.0.2:10256/healthz"),
+    );
+    let status = text(&c.mesh_ctl(&["status"]));
+    assert!(
+        status.contains("control-n2") && status.contains("SIGKILL"),
+        "{status}"
+    );
+
+    // down removes everything.
+    let out = c.down();
+    assert!(out.status.success(), "mesh-ctl down:\n{}", text(&out));
+    let left = leftovers(&state);
+    assert!(left.is_empty(), "left behind after down: {left:#?}");
+    let contexts = c.kubectl(&["config", "get-contexts", "-o", "name"]);
+    assert!(!contexts.contains("meshwork"), "context left: {contexts}");
+    assert!(
+        !state.join("apiserver").exists(),
+        "state left in {}",
+        state.display()
+    );
+}
