@@ -153,6 +153,9 @@ pub(crate) struct PodRt {
     pub process_ms: f64,
 }
 
+/// Pod starts kept for `/debug/pod-starts` (the metrics count them all).
+const MAX_TIMINGS: usize = 1000;
+
 #[derive(Default)]
 pub(crate) struct State {
     pub pods: HashMap<String, PodRt>,
@@ -179,6 +182,7 @@ pub(crate) struct Inner<R: PodRuntime> {
     pub state: tokio::sync::Mutex<State>,
     pub notify: Notify,
     pub logs: LogIndex,
+    pub metrics: Arc<super::metrics::NodeMetrics>,
 }
 
 pub struct Kubelet<R: PodRuntime> {
@@ -352,12 +356,17 @@ impl<R: PodRuntime> Kubelet<R> {
                 state: tokio::sync::Mutex::new(State::default()),
                 notify: Notify::new(),
                 logs: Arc::new(StdMutex::new(LogView::default())),
+                metrics: super::metrics::NodeMetrics::new(),
             }),
         }
     }
 
     pub fn logs(&self) -> LogIndex {
         self.inner.logs.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<super::metrics::NodeMetrics> {
+        self.inner.metrics.clone()
     }
 
     pub(crate) fn poke(&self) {
@@ -695,6 +704,12 @@ impl<R: PodRuntime> Kubelet<R> {
                 process_ms: p.process_ms,
                 total_ms: p.seen.elapsed().as_secs_f64() * 1e3,
             };
+            self.inner.metrics.observe(&timing);
+            // The debug list keeps the latest starts only: a long-lived node would grow it
+            // (and the copy the log view takes of it) without end.
+            if st.timings.len() >= MAX_TIMINGS {
+                st.timings.remove(0);
+            }
             st.timings.push(timing);
         }
         drop(st);

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 mod kubelet;
+mod metrics;
 mod probe;
 pub mod runtime;
 mod server;
@@ -106,7 +107,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", a.node_ip, a.port))?;
     tracing::info!(node = %a.node_name, addr = %listener.local_addr()?, "node runtime starting");
-    let srv = tokio::spawn(server::serve(listener, k.logs()));
+    let srv = tokio::spawn(server::serve(listener, k.logs(), k.metrics()));
     tokio::select! {
         r = k.clone().run() => r?,
         r = meshwork_kube_watch::shutdown_signal() => {

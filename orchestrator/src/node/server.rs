@@ -1,8 +1,9 @@
 //! The node agent's HTTP endpoint (the kubelet's port): `/containerLogs/<ns>/<pod>/<container>`
 //! with `follow`, `previous`, `tailLines`, `limitBytes` (what the API server proxies
-//! `pods/log` to), `/healthz`, and `/debug/pod-starts` (start-latency breakdown, JSON).
+//! `pods/log` to), `/healthz`, `/metrics` (Prometheus) and `/debug/pod-starts` (start-latency
+//! breakdown, JSON).
 
-use std::{convert::Infallible, io::SeekFrom, time::Duration};
+use std::{convert::Infallible, io::SeekFrom, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -11,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::kubelet::LogIndex;
+use super::{kubelet::LogIndex, metrics::NodeMetrics};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -21,16 +22,16 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, logs: LogIndex) {
+pub async fn serve(listener: tokio::net::TcpListener, logs: LogIndex, metrics: Arc<NodeMetrics>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let logs = logs.clone();
+        let (logs, metrics) = (logs.clone(), metrics.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let logs = logs.clone();
-                async move { Ok::<_, Infallible>(handle(req, logs).await) }
+                let (logs, metrics) = (logs.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(handle(req, logs, &metrics).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -39,7 +40,7 @@ pub async fn serve(listener: tokio::net::TcpListener, logs: LogIndex) {
     }
 }
 
-async fn handle(req: Request<Incoming>, logs: LogIndex) -> Response<Body> {
+async fn handle(req: Request<Incoming>, logs: LogIndex, metrics: &NodeMetrics) -> Response<Body> {
     let path = req.uri().path().to_string();
     let q: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
@@ -49,6 +50,7 @@ async fn handle(req: Request<Incoming>, logs: LogIndex) -> Response<Body> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
+        ["metrics"] => text(StatusCode::OK, metrics.encode()),
         ["debug", "pod-starts"] => {
             let view = logs.lock().unwrap_or_else(|p| p.into_inner());
             let body = serde_json::to_vec(&view.timings).unwrap_or_default();
