@@ -221,7 +221,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     // A crashed earlier run of this test: `down` sweeps it by its prefix.
     let _ = c.down();
 
-    let out = c.mesh_ctl(&["up", "--nodes", "2"]);
+    let out = c.mesh_ctl(&["up", "--nodes", "2", "--monitoring"]);
     assert!(
         out.status.success(),
         "mesh-ctl up failed:\n{}{}",
@@ -245,6 +245,31 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}"#,
     ]);
     assert_eq!(ready, "n1=True n2=True", "{}", c.dump());
+
+    // Prometheus scrapes every component: each node's agent and runtime, and DNS.
+    let targets = until(
+        "Prometheus to scrape every target",
+        Duration::from_secs(30),
+        || {
+            let v: Value =
+                serde_json::from_str(&curl("http://127.0.0.1:9090/api/v1/targets")?).ok()?;
+            let t: Vec<(String, String)> = v["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .map(|t| {
+                    let job = t["labels"]["job"].as_str().unwrap_or_default().to_string();
+                    (job, t["health"].as_str().unwrap_or_default().to_string())
+                })
+                .collect();
+            (t.len() == 5 && t.iter().all(|(_, h)| h == "up")).then_some(t)
+        },
+    );
+    for job in ["meshwork-control", "meshwork-node", "meshwork-dns"] {
+        assert!(
+            targets.iter().any(|(j, _)| j == job),
+            "{job} not scraped: {targets:?}"
+        );
+    }
 
     // kubectl run nginx; curl its pod IP from the host.
     c.kubectl(&["run", "nginx", "--image=nginx"]);
