@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod host;
 pub mod kubectl;
 pub mod servers;
+pub mod stats;
 pub mod tcp;
 
 use meshwork_cni_spec::Invoker;

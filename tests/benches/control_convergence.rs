@@ -60,10 +60,7 @@ fn slice(i: u32, first: Ipv4Addr) -> EndpointSlice {
     .unwrap()
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use meshwork_lab::stats::pct;
 
 fn rss_mib(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -79,13 +79,7 @@ fn remove_podman_cgroups() {
 /// When a watching client saw the pod or the slice, and whether it was ready.
 type Seen = (Instant, &'static str, bool);
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use meshwork_lab::stats::pct;
 
 /// GET from inside a node's namespace (the agent's port is on the lab network).
 fn http_get(o: &Orch, node: usize, url_path: &str) -> String {
