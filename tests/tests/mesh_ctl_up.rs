@@ -151,6 +151,29 @@ fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// Polls `f` until it yields an empty list or `timeout` passes; the last list either way
+/// (`initial` if `f` never answered).
+fn until_or_last<T>(
+    timeout: Duration,
+    initial: Vec<T>,
+    mut f: impl FnMut() -> Option<Vec<T>>,
+) -> Vec<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = initial;
+    loop {
+        if let Some(v) = f() {
+            if v.is_empty() {
+                return v;
+            }
+            last = v;
+        }
+        if Instant::now() > deadline {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 const WEB: &str = r#"{"apiVersion": "apps/v1", "kind": "Deployment",
   "metadata": {"name": "web"},
   "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
@@ -367,6 +390,45 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         let got = answers(url, &left, 10);
         assert_eq!(&got, &left, "NodePort {url} after the scale-down");
     }
+
+    // Every metric the Grafana dashboard charts is one Prometheus has scraped (the cluster has
+    // served DNS, started pods and programmed Services by now).
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/meshwork-dashboard.json"),
+    )
+    .unwrap();
+    let wanted: BTreeSet<String> = dashboard
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .filter(|w| w.starts_with("meshwork_"))
+        .map(str::to_string)
+        .collect();
+    assert!(wanted.len() > 10, "{wanted:?}");
+    let missing = until_or_last(
+        Duration::from_secs(20),
+        wanted.iter().cloned().collect(),
+        || {
+            let v: Value =
+                serde_json::from_str(&curl("http://127.0.0.1:9090/api/v1/label/__name__/values")?)
+                    .ok()?;
+            let have: BTreeSet<String> = v["data"]
+                .as_array()?
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            // A histogram's name stands for its _bucket/_sum/_count series.
+            Some(
+                wanted
+                    .iter()
+                    .filter(|w| !have.contains(*w) && !have.contains(&format!("{w}_bucket")))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        },
+    );
+    assert!(
+        missing.is_empty(),
+        "dashboard metrics Prometheus never saw: {missing:?}"
+    );
 
     // kill -9 of a component: the supervisor starts it again.
     let victim = c
