@@ -79,6 +79,14 @@ fn datapath_config(cfg: &Config) -> Result<meshwork_ebpf::Config, Error> {
         .uplink
         .clone()
         .map(|name| meshwork_ebpf::Uplink { netns: None, name });
+    // Flows from outside to backends on other nodes are SNATed to this node's (first IPv4)
+    // address: their replies come back to it, through the uplink.
+    if d.uplink.is_some() {
+        d.snat = cfg.node_ips.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V4(a) => Some(*a),
+            std::net::IpAddr::V6(_) => None,
+        });
+    }
     Ok(d)
 }
 

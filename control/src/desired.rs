@@ -7,6 +7,8 @@
 //!   ports resolve per endpoint this way), ready ones, else serving+terminating ones;
 //!   `internalTrafficPolicy: Local` (ClusterIP) and `externalTrafficPolicy: Local` (the rest)
 //!   keep this node's endpoints only, with the same fallback among them;
+//! - backends on another node (endpoint nodeName) are marked remote: tc SNATs flows from
+//!   outside the node to them (externalTrafficPolicy Cluster, ClusterIP from outside);
 //! - sessionAffinity ClientIP with its timeout (default 10800 s);
 //! - no VIP for headless and ExternalName services; services labelled
 //!   `service.kubernetes.io/service-proxy-name` belong to another proxy unless it names us.
@@ -126,7 +128,7 @@ fn select(
         let mut b: Vec<Backend> = candidates
             .iter()
             .filter(|e| f(e))
-            .map(|e| Backend::new(e.addr, e.ports[key]))
+            .map(|e| Backend::new(e.addr, e.ports[key]).with_remote(remote(e, node)))
             .collect();
         b.sort();
         b.dedup();
@@ -138,6 +140,13 @@ fn select(
     } else {
         ready
     }
+}
+
+/// On another node (by the endpoint's nodeName; hostNetwork endpoints at another node's
+/// address too): flows from outside to it are SNATed by tc so replies return through this
+/// node. An endpoint without nodeName counts as local (no SNAT), as before SNAT existed.
+fn remote(e: &Ep, node: &str) -> bool {
+    e.node.as_deref().is_some_and(|n| n != node)
 }
 
 fn ours(svc: &Service, opts: &Options) -> bool {
@@ -524,6 +533,53 @@ mod tests {
                 ("10.96.0.5:80/tcp", &["10.244.1.2:8080"]),
                 ("[fd00:96::5]:80/tcp", &["[fd00:10:244:1::2]:8080"])
             ])
+        );
+    }
+
+    #[test]
+    fn backends_on_other_nodes_are_remote() {
+        let sl = slice(
+            "web",
+            http(),
+            json!([
+                ep("10.244.1.2", "n1", json!({})),
+                ep("10.244.2.2", "n2", json!({})),
+                // hostNetwork endpoints: at this node's address (local) and another's.
+                ep("198.18.0.1", "n1", json!({})),
+                ep("198.18.0.2", "n2", json!({})),
+                {"addresses": ["10.244.9.9"]}
+            ]),
+        );
+        let s = web(
+            json!({"type": "NodePort", "externalTrafficPolicy": "Cluster",
+                            "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}),
+        );
+        let d = run(&[s], &[sl]);
+        let remote = |f: &str| -> Vec<(String, bool)> {
+            let s = d
+                .values()
+                .find(|s| s.frontend.addr.to_string() == f)
+                .unwrap();
+            s.backends
+                .iter()
+                .map(|b| (b.addr.to_string(), b.remote))
+                .collect()
+        };
+        let want: Vec<(String, bool)> = [
+            ("10.244.1.2", false),
+            ("10.244.2.2", true),
+            ("10.244.9.9", false),
+            ("198.18.0.1", false),
+            ("198.18.0.2", true),
+        ]
+        .iter()
+        .map(|(a, r)| (a.to_string(), *r))
+        .collect();
+        assert_eq!(remote("10.96.0.5"), want, "ClusterIP");
+        assert_eq!(
+            remote("198.18.0.1"),
+            want,
+            "NodePort, externalTrafficPolicy Cluster"
         );
     }
 

@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* NodePort and ExternalIPs for traffic arriving from outside the node: tc on the node's uplink.
- * Ingress DNATs a packet for a frontend to a backend (the flow stays on its backend through
- * mw_np_fwd); egress rewrites the backend's replies back to the frontend through mw_np_rev.
- * Local connects to NodeIP:nodePort never get here: the socket hooks translate them. */
+/* NodePort, ExternalIPs and ClusterIPs for traffic arriving from outside the node: tc on the
+ * node's uplink. Ingress DNATs a packet for a frontend to a backend (the flow stays on its
+ * backend through mw_np_fwd); egress rewrites a local backend's replies back to the frontend
+ * through mw_np_rev. A flow to a backend on another node (MW_BACKEND_REMOTE) is also SNATed to
+ * the node's address and an allocated port (mw_np_cfg, mw_np_snat), so the backend replies to
+ * this node: that reply arrives on the uplink's ingress and is translated back to the client,
+ * from the frontend. Local connects to NodeIP:nodePort never get here: the socket hooks
+ * translate them. */
 #include "lib/common.h"
 #include "lib/lb_maps.h"
 #include "lib/lb.h"
@@ -79,6 +83,95 @@ static __always_inline int mw_rewrite(struct __sk_buff *skb, struct mw_pkt *p, i
 	return 0;
 }
 
+/* SNAT port candidates tried per new flow before it is dropped. */
+#define MW_SNAT_TRIES 8
+
+/* The node's SNAT settings, or NULL if SNAT is off. */
+static __always_inline struct mw_np_cfg *mw_snat_cfg(void)
+{
+	__u32 zero = 0;
+	struct mw_np_cfg *cfg = bpf_map_lookup_elem(&mw_np_cfg, &zero);
+
+	if (!cfg || !cfg->snat_addr || cfg->snat_port_min == 0 ||
+	    cfg->snat_port_max < cfg->snat_port_min)
+		return NULL;
+	return cfg;
+}
+
+/* A remote backend's reply to a SNATed flow (it arrives here because the backend replies to
+ * the node address): back to the client, from the frontend. 1: translated, 0: not ours. */
+static __always_inline int mw_snat_reply(struct __sk_buff *skb, struct mw_pkt *p,
+					 struct mw_flow_key *k)
+{
+	struct mw_np_cfg *cfg = mw_snat_cfg();
+
+	/* Only packets to the SNAT address can be replies: skip the lookup for the rest. */
+	if (!cfg || p->daddr != cfg->snat_addr)
+		return 0;
+	struct mw_snat_val *sv = bpf_map_lookup_elem(&mw_np_snat, k);
+
+	if (!sv)
+		return 0;
+	struct mw_snat_val v = *sv;
+
+	if (mw_rewrite(skb, p, 1, v.client_addr, v.client_port) ||
+	    mw_rewrite(skb, p, 0, v.front_addr, v.front_port))
+		return -1;
+	return 1;
+}
+
+/* The reverse entry of a SNATed flow, keyed as the backend's reply arrives. */
+static __always_inline struct mw_flow_key mw_snat_key(struct mw_pkt *p, struct mw_flow_val *c)
+{
+	struct mw_flow_key rk = {
+		.saddr = c->addr, .daddr = c->nat_addr, .sport = c->port, .dport = c->nat_port,
+		.proto = p->proto,
+	};
+	return rk;
+}
+
+/* Allocates a source port on the node address for a new flow to a remote backend: a random
+ * candidate in the range, reserved by inserting its reverse entry BPF_NOEXIST (the key holds
+ * the backend, so ports are per backend address:port). -1: every try collided. */
+static __always_inline int mw_snat_alloc(struct mw_pkt *p, struct mw_flow_val *c,
+					 struct mw_np_cfg *cfg)
+{
+	struct mw_snat_val sv = {
+		.client_addr = p->saddr, .front_addr = p->daddr,
+		.client_port = p->sport, .front_port = p->dport, .svc = c->svc,
+	};
+	__u32 min = cfg->snat_port_min;
+	__u32 range = (__u32)cfg->snat_port_max - min + 1;
+
+	c->nat_addr = cfg->snat_addr;
+	for (int i = 0; i < MW_SNAT_TRIES; i++) {
+		c->nat_port = bpf_htons((__u16)(min + bpf_get_prandom_u32() % range));
+		struct mw_flow_key rk = mw_snat_key(p, c);
+
+		if (!bpf_map_update_elem(&mw_np_snat, &rk, &sv, BPF_NOEXIST))
+			return 0;
+	}
+	c->nat_addr = 0;
+	c->nat_port = 0;
+	return -1;
+}
+
+/* A packet of an established SNATed flow: its reverse entry must still be there (the LRU may
+ * have evicted it under pressure; the lookup also marks it used). */
+static __always_inline void mw_snat_keep(struct mw_pkt *p, struct mw_flow_val *c)
+{
+	struct mw_flow_key rk = mw_snat_key(p, c);
+
+	if (bpf_map_lookup_elem(&mw_np_snat, &rk))
+		return;
+	struct mw_snat_val sv = {
+		.client_addr = p->saddr, .front_addr = p->daddr,
+		.client_port = p->sport, .front_port = p->dport, .svc = c->svc,
+	};
+
+	bpf_map_update_elem(&mw_np_snat, &rk, &sv, BPF_NOEXIST);
+}
+
 SEC("classifier")
 int mw_nodeport_in(struct __sk_buff *skb)
 {
@@ -91,11 +184,18 @@ int mw_nodeport_in(struct __sk_buff *skb)
 	struct mw_flow_key fk = {
 		.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport, .proto = p.proto,
 	};
+	int reply = mw_snat_reply(skb, &p, &fk);
+
+	if (reply)
+		return reply < 0 ? MW_TC_ACT_SHOT : MW_TC_ACT_OK;
+
 	struct mw_flow_val *fv = bpf_map_lookup_elem(&mw_np_fwd, &fk);
 	struct mw_flow_val chosen = {};
 
 	if (fv) {
 		chosen = *fv;
+		if (chosen.nat_port)
+			mw_snat_keep(&p, &chosen);
 	} else {
 		struct mw_svc_key key = { .addr = p.daddr, .port = p.dport, .proto = p.proto };
 		struct mw_svc *svc = bpf_map_lookup_elem(&mw_services, &key);
@@ -110,28 +210,53 @@ int mw_nodeport_in(struct __sk_buff *skb)
 			mw_count(svc->id, 1);
 			return MW_TC_ACT_OK;
 		}
-				chosen.addr = be->addr;
+		chosen.addr = be->addr;
 		chosen.port = be->port;
 		chosen.svc = svc->id;
+		/* A backend on another node would reply to the client directly, past this node's
+		 * reverse NAT: SNAT the flow to the node (externalTrafficPolicy Cluster). Local
+		 * backends see the client's address. */
+		if (be->flags & MW_BACKEND_REMOTE) {
+			struct mw_np_cfg *cfg = mw_snat_cfg();
+
+			if (cfg && mw_snat_alloc(&p, &chosen, cfg)) {
+				/* No free port: counted as a failed connect, and dropped. */
+				mw_count(chosen.svc, 1);
+				return MW_TC_ACT_SHOT;
+			}
+		}
 		/* First packets of one flow on two CPUs: the first pick wins and records the reverse
 		 * entry and the connect; the other follows the winner's choice. */
 		if (!bpf_map_update_elem(&mw_np_fwd, &fk, &chosen, BPF_NOEXIST)) {
-			struct mw_flow_key rk = {
-				.saddr = chosen.addr, .daddr = p.saddr, .sport = chosen.port,
-				.dport = p.sport, .proto = p.proto,
-			};
-			struct mw_flow_val rv = { .addr = p.daddr, .port = p.dport, .svc = chosen.svc };
+			if (!chosen.nat_port) {
+				struct mw_flow_key rk = {
+					.saddr = chosen.addr, .daddr = p.saddr, .sport = chosen.port,
+					.dport = p.sport, .proto = p.proto,
+				};
+				struct mw_flow_val rv = {
+					.addr = p.daddr, .port = p.dport, .svc = chosen.svc,
+				};
 
-			bpf_map_update_elem(&mw_np_rev, &rk, &rv, BPF_ANY);
+				bpf_map_update_elem(&mw_np_rev, &rk, &rv, BPF_ANY);
+			}
 			mw_count(chosen.svc, 0);
 		} else {
 			fv = bpf_map_lookup_elem(&mw_np_fwd, &fk);
-			if (fv)
+			if (fv) {
+				/* The loser gives its SNAT port back. */
+				if (chosen.nat_port) {
+					struct mw_flow_key rk = mw_snat_key(&p, &chosen);
+
+					bpf_map_delete_elem(&mw_np_snat, &rk);
+				}
 				chosen = *fv;
+			}
 		}
 	}
 	mw_count_bytes(chosen.svc, p.len);
 	if (mw_rewrite(skb, &p, 1, chosen.addr, chosen.port))
+		return MW_TC_ACT_SHOT;
+	if (chosen.nat_port && mw_rewrite(skb, &p, 0, chosen.nat_addr, chosen.nat_port))
 		return MW_TC_ACT_SHOT;
 	return MW_TC_ACT_OK;
 }

@@ -4,6 +4,8 @@
 
 pub const ALGO_RANDOM: u16 = 0;
 pub const ALGO_MAGLEV: u16 = 1;
+/// `BackendVal::flags`: the backend is on another node (tc flows to it are SNATed).
+pub const BACKEND_REMOTE: u8 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -45,7 +47,8 @@ pub struct BackendVal {
     pub addr: u32,
     pub port: u16,
     pub proto: u8,
-    pub pad: u8,
+    /// `BACKEND_*` flags.
+    pub flags: u8,
 }
 
 #[repr(C)]
@@ -63,7 +66,8 @@ pub struct Backend6Val {
     pub addr: [u8; 16],
     pub port: u16,
     pub proto: u8,
-    pub pad: u8,
+    /// `BACKEND_*` flags.
+    pub flags: u8,
 }
 
 #[repr(C)]
@@ -80,6 +84,49 @@ pub struct StatsVal {
     pub no_backend: u64,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// tc NodePort: a flow as one direction sees it (`mw_np_fwd`, `mw_np_rev`, `mw_np_snat` keys).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// `mw_np_fwd`: backend and SNAT source (`nat_port` 0: none); `mw_np_rev`: the frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowVal {
+    pub addr: u32,
+    pub port: u16,
+    pub nat_port: u16,
+    pub svc: u32,
+    pub nat_addr: u32,
+}
+
+/// `mw_np_snat`: a SNATed flow's client and frontend, by the backend's reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatVal {
+    pub client_addr: u32,
+    pub front_addr: u32,
+    pub client_port: u16,
+    pub front_port: u16,
+    pub svc: u32,
+}
+
+/// `mw_np_cfg[0]`: the node's SNAT source address (0: off) and port range (host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NpCfg {
+    pub snat_addr: u32,
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 // SAFETY: plain `#[repr(C)]` integers with explicit padding fields: every bit pattern is valid
@@ -101,6 +148,14 @@ unsafe impl aya::Pod for Backend6Val {}
 unsafe impl aya::Pod for MemberKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for StatsVal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowVal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SnatVal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for NpCfg {}
 
 /// One struct's layout: (name in C, size, [(field, byte offset)]).
 pub type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
@@ -146,6 +201,17 @@ pub fn layouts() -> Vec<Layout> {
                 ("addr", offset_of!(BackendVal, addr)),
                 ("port", offset_of!(BackendVal, port)),
                 ("proto", offset_of!(BackendVal, proto)),
+                ("flags", offset_of!(BackendVal, flags)),
+            ],
+        ),
+        (
+            "mw_backend6",
+            size_of::<Backend6Val>(),
+            vec![
+                ("addr", offset_of!(Backend6Val, addr)),
+                ("port", offset_of!(Backend6Val, port)),
+                ("proto", offset_of!(Backend6Val, proto)),
+                ("flags", offset_of!(Backend6Val, flags)),
             ],
         ),
         (
@@ -169,6 +235,48 @@ pub fn layouts() -> Vec<Layout> {
                 ("no_backend", offset_of!(StatsVal, no_backend)),
                 ("packets", offset_of!(StatsVal, packets)),
                 ("bytes", offset_of!(StatsVal, bytes)),
+            ],
+        ),
+        (
+            "mw_flow_key",
+            size_of::<FlowKey>(),
+            vec![
+                ("saddr", offset_of!(FlowKey, saddr)),
+                ("daddr", offset_of!(FlowKey, daddr)),
+                ("sport", offset_of!(FlowKey, sport)),
+                ("dport", offset_of!(FlowKey, dport)),
+                ("proto", offset_of!(FlowKey, proto)),
+            ],
+        ),
+        (
+            "mw_flow_val",
+            size_of::<FlowVal>(),
+            vec![
+                ("addr", offset_of!(FlowVal, addr)),
+                ("port", offset_of!(FlowVal, port)),
+                ("nat_port", offset_of!(FlowVal, nat_port)),
+                ("svc", offset_of!(FlowVal, svc)),
+                ("nat_addr", offset_of!(FlowVal, nat_addr)),
+            ],
+        ),
+        (
+            "mw_snat_val",
+            size_of::<SnatVal>(),
+            vec![
+                ("client_addr", offset_of!(SnatVal, client_addr)),
+                ("front_addr", offset_of!(SnatVal, front_addr)),
+                ("client_port", offset_of!(SnatVal, client_port)),
+                ("front_port", offset_of!(SnatVal, front_port)),
+                ("svc", offset_of!(SnatVal, svc)),
+            ],
+        ),
+        (
+            "mw_np_cfg",
+            size_of::<NpCfg>(),
+            vec![
+                ("snat_addr", offset_of!(NpCfg, snat_addr)),
+                ("snat_port_min", offset_of!(NpCfg, snat_port_min)),
+                ("snat_port_max", offset_of!(NpCfg, snat_port_max)),
             ],
         ),
     ]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
         tc::TcAttachOptions,
@@ -21,8 +21,8 @@ use meshwork_netlink::Netns;
 
 use crate::{
     abi::{
-        self, Backend6Val, BackendVal, MaglevTable, MemberKey, SlotKey, StatsVal, Svc, Svc6Key,
-        SvcKey,
+        self, Backend6Val, BackendVal, MaglevTable, MemberKey, NpCfg, SlotKey, StatsVal, Svc,
+        Svc6Key, SvcKey,
     },
     maglev, sys, Error, SOCK_LB_OBJ, TC_NODEPORT_OBJ,
 };
@@ -56,7 +56,12 @@ const MAPS: &[&str] = &[
     "mw_revnat",
     "mw_np_fwd",
     "mw_np_rev",
+    "mw_np_snat",
+    "mw_np_cfg",
 ];
+
+/// Source ports NodePort SNAT allocates from (per backend address:port), unless configured.
+pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -145,6 +150,10 @@ impl Frontend {
 pub struct Backend {
     pub addr: IpAddr,
     pub port: u16,
+    /// Not on this node: a flow from outside (tc on the uplink) to it is SNATed to
+    /// [`Config::snat`], so the backend's replies come back through this node. The socket hooks
+    /// ignore it. The caller decides what is remote.
+    pub remote: bool,
 }
 
 impl Backend {
@@ -152,7 +161,13 @@ impl Backend {
         Backend {
             addr: addr.into(),
             port,
+            remote: false,
         }
+    }
+    /// This backend with [`Backend::remote`] set to `remote`.
+    pub fn with_remote(mut self, remote: bool) -> Self {
+        self.remote = remote;
+        self
     }
     fn identity(&self) -> Vec<u8> {
         let mut v = match self.addr {
@@ -163,18 +178,19 @@ impl Backend {
         v
     }
     fn key(&self, proto: Proto) -> BackKey {
+        let flags = if self.remote { abi::BACKEND_REMOTE } else { 0 };
         match self.addr {
             IpAddr::V4(a) => BackKey::V4(BackendVal {
                 addr: u32::from(a).to_be(),
                 port: self.port.to_be(),
                 proto: proto as u8,
-                pad: 0,
+                flags,
             }),
             IpAddr::V6(a) => BackKey::V6(Backend6Val {
                 addr: a.octets(),
                 port: self.port.to_be(),
                 proto: proto as u8,
-                pad: 0,
+                flags,
             }),
         }
     }
@@ -222,6 +238,14 @@ pub struct Config {
     /// cgroup v2 directory whose sockets are load balanced (the node's subtree).
     pub cgroup: PathBuf,
     pub uplink: Option<Uplink>,
+    /// The node address tc SNATs flows from outside to [`Backend::remote`] backends to (their
+    /// replies must reach this node's uplink at it); None: no SNAT, remote backends are only
+    /// DNATed. Applied only with an uplink; then `net.ipv4.conf.<uplink>.accept_local` is set
+    /// to 1 in the uplink's namespace: the kernel would otherwise drop the SNATed packets (and
+    /// replies from a NodeIP frontend) as martians with a local source.
+    pub snat: Option<Ipv4Addr>,
+    /// Source ports SNAT allocates from.
+    pub snat_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Config {
@@ -232,6 +256,8 @@ impl Config {
             pin_dir: Path::new(Self::BPFFS).join("meshwork").join(node),
             cgroup: cgroup.into(),
             uplink: None,
+            snat: None,
+            snat_ports: SNAT_PORTS,
         }
     }
 }
@@ -325,6 +351,10 @@ impl Datapath {
             })?;
         attach_sock(&mut sock, &cfg.cgroup, &links)?;
         if let Some(up) = &cfg.uplink {
+            write_np_cfg(&mut sock, &cfg)?;
+            if cfg.snat.is_some() {
+                accept_local(up)?;
+            }
             attach_tc(&cfg.pin_dir, &links, up)?;
         }
 
@@ -884,6 +914,48 @@ fn attach_sock(sock: &mut Ebpf, cgroup: &Path, links: &Path) -> Result<(), Error
     Ok(())
 }
 
+/// Writes the tc settings (SNAT address and ports) into `mw_np_cfg`: on every open by a
+/// loader that has the uplink (the tc path's owner), so they follow its configuration; a loader
+/// without one (a tool) leaves them alone.
+fn write_np_cfg(sock: &mut Ebpf, cfg: &Config) -> Result<(), Error> {
+    let (min, max) = (*cfg.snat_ports.start(), *cfg.snat_ports.end());
+    if cfg.snat.is_some() && (min == 0 || max < min) {
+        return Err(Error::Invalid(format!(
+            "SNAT port range {min}..={max} is empty or includes 0"
+        )));
+    }
+    let map = sock
+        .map_mut("mw_np_cfg")
+        .ok_or_else(|| Error::Invalid("map mw_np_cfg missing from the object".into()))?;
+    let mut arr: Array<&mut MapData, NpCfg> =
+        Array::try_from(map).map_err(Error::map("mw_np_cfg"))?;
+    let v = NpCfg {
+        snat_addr: cfg.snat.map_or(0, |a| u32::from(a).to_be()),
+        snat_port_min: min,
+        snat_port_max: max,
+    };
+    arr.set(0, v, 0).map_err(Error::map("mw_np_cfg"))
+}
+
+/// `net.ipv4.conf.<uplink>.accept_local = 1` in the uplink's namespace (a per-namespace
+/// sysctl: /proc/sys/net resolves to the namespace of the thread that opens it). SNATed
+/// packets carry the node's own address as source on the way in (to a remote backend) and,
+/// for a NodeIP frontend, on the way back out; without it the kernel drops them as martians.
+fn accept_local(up: &Uplink) -> Result<(), Error> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{}/accept_local", up.name));
+    let write = || {
+        std::fs::write(&path, b"1").map_err(|source| Error::Io {
+            what: "setting",
+            path: path.clone(),
+            source,
+        })
+    };
+    match &up.netns {
+        Some(ns) => Netns::open(ns)?.run(write)?,
+        None => write(),
+    }
+}
+
 fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
     if TC_PROGS.iter().all(|(n, _)| links.join(n).exists()) {
         return Ok(());
@@ -983,9 +1055,11 @@ fn read_backend(
     Ok(if v4 {
         let b = backends.get(&id, 0).map_err(Error::map("mw_backends"))?;
         Backend::new(Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port))
+            .with_remote(b.flags & abi::BACKEND_REMOTE != 0)
     } else {
         let b = backends6.get(&id, 0).map_err(Error::map("mw_backends6"))?;
         Backend::new(Ipv6Addr::from(b.addr), u16::from_be(b.port))
+            .with_remote(b.flags & abi::BACKEND_REMOTE != 0)
     })
 }
 

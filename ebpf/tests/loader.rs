@@ -99,11 +99,13 @@ fn programs_stay_attached_and_maps_survive_the_loader() {
     let lab = Lab::new("ebpf_restart");
     let node = lab.node("n1");
     let mut dp = Datapath::open(config(&lab, &node)).unwrap();
-    let a = svc(
+    let mut a = svc(
         [10, 96, 0, 10],
         80,
-        &[([10, 244, 1, 2], 8080), ([10, 244, 1, 3], 8080)],
+        &[([10, 244, 1, 2], 8080), ([10, 244, 2, 3], 8080)],
     );
+    // A backend on another node (SNATed by tc) is read back as such.
+    a.backends[1].remote = true;
     let mut b = svc([10, 96, 0, 11], 53, &[([10, 244, 1, 4], 53)]);
     b.algorithm = Algorithm::Maglev;
     b.affinity = Some(Duration::from_secs(30));

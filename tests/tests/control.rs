@@ -4,6 +4,8 @@
 //! A client pod on node 1 reaches every backend through the ClusterIP; readiness, traffic
 //! policy and deletes are followed; kill -9 of the agent under a connect loop fails no
 //! connect and the restarted agent converges without flushing; `uninstall` removes it all.
+//! From a host on the underlay, a NodePort (externalTrafficPolicy Cluster) and a ClusterIP
+//! reach a backend on node 2 through node 1 (tc DNAT + SNAT on node 1's uplink).
 //!
 //! EndpointSlices are written by the test: the EndpointSlice controller comes with the
 //! orchestrator's controllers (not built yet).
@@ -123,16 +125,15 @@ fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn world() -> World {
+/// `name`: the lab's name (tests running in parallel need their own).
+fn world(name: &str) -> World {
     meshwork_lab::require_root();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let c = rt
-        .block_on(LabCluster::new(Lab::new("control"), 2))
-        .unwrap();
+    let c = rt.block_on(LabCluster::new(Lab::new(name), 2)).unwrap();
     let client = c.add_pod(0, "client").unwrap();
     let backends: Vec<Pod> = [(0, "b0"), (1, "b1"), (1, "b2")]
         .iter()
@@ -175,7 +176,7 @@ fn slice(w: &World, ready: [bool; 3]) -> EndpointSlice {
 
 #[test]
 fn agent_programs_services_from_the_api_and_survives_kill_9() {
-    let w = world();
+    let w = world("control");
     let s = slice(&w, [true, true, true]);
     w.kube(move |c| {
         Box::pin(async move {
@@ -336,6 +337,113 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
         "pins left in {}",
         pins.display()
     );
+}
+
+/// One connection from namespace `from` to `to`: the client must only ever see `to` as its
+/// peer, get the backend's identity line, then its 256 KiB payload echoed back intact (many
+/// full-size segments through the translation, both ways).
+fn exchange(w: &World, from: &str, to: SocketAddr, seed: u64) -> Result<String, String> {
+    use std::io::{BufRead, Read, Write};
+    let s =
+        w.c.lab
+            .tcp_connect(from, to)
+            .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let peer = s.peer_addr().map_err(|e| e.to_string())?;
+    if peer != to {
+        return Err(format!("peer {peer}, not {to}"));
+    }
+    let mut r = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut s = s;
+    s.write_all(b"hi\n").map_err(|e| format!("write: {e}"))?;
+    let mut identity = String::new();
+    r.read_line(&mut identity)
+        .map_err(|e| format!("identity: {e}"))?;
+    let data = meshwork_lab::tcp::payload(256 * 1024, seed);
+    // Written while the echo is read (the server echoes as it reads).
+    let back = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            s.write_all(&data)?;
+            s.shutdown(std::net::Shutdown::Write)
+        });
+        let mut back = Vec::new();
+        let read = r.read_to_end(&mut back);
+        let written = writer.join().map_err(|_| "writer panicked".to_string())?;
+        written.map_err(|e| format!("write: {e}"))?;
+        read.map_err(|e| format!("echo: {e} after {} bytes", back.len()))?;
+        Ok::<_, String>(back)
+    })?;
+    if back != data {
+        return Err(format!(
+            "echo corrupted: {} bytes back of {}",
+            back.len(),
+            data.len()
+        ));
+    }
+    Ok(identity.trim().to_string())
+}
+
+/// externalTrafficPolicy Cluster from outside the cluster: a NodePort Service whose only
+/// backend is a pod on node 2, reached at node 1's address:nodePort from a host on the underlay
+/// (a namespace that is no node), and its ClusterIP reached from that host through a route
+/// via node 1. Node 1's tc DNATs to the remote pod and SNATs to its own address, so the pod's
+/// replies come back through node 1 and leave it from the frontend the client asked for.
+#[test]
+fn node_port_and_cluster_ip_from_outside_reach_a_backend_on_another_node() {
+    let w = world("control_snat");
+    let b1 = w.backends[1].ip().to_string();
+    w.kube(move |c| {
+        Box::pin(async move {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": "np"}, "spec": {
+                "type": "NodePort", "clusterIP": "10.96.7.9", "externalTrafficPolicy": "Cluster",
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30081}]}}))
+            .unwrap();
+            Api::<Service>::namespaced(c.clone(), "default")
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap();
+            let s: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {"name": "np-1", "labels": {"kubernetes.io/service-name": "np"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [b1], "nodeName": "n2"}]}))
+            .unwrap();
+            Api::<EndpointSlice>::namespaced(c, "default")
+                .create(&PostParams::default(), &s)
+                .await
+                .unwrap();
+        })
+    });
+    let _agent = w.agent();
+    // A host on the underlay that is not a node: it reaches the Service range via node 1.
+    let ext = w.c.lab.node("ext");
+    let n1_ip = w.c.nodes[0].node.underlay_ip.to_string();
+    w.c.lab.exec(
+        &ext.netns,
+        &["ip", "route", "add", "10.96.0.0/12", "via", &n1_ip],
+    );
+    let b1_name = w.names(&[1]).into_iter().next().unwrap();
+    for (what, to) in [
+        (
+            "NodePort",
+            SocketAddr::new(w.c.nodes[0].node.underlay_ip.into(), 30081),
+        ),
+        ("ClusterIP", "10.96.7.9:80".parse().unwrap()),
+    ] {
+        eventually(&format!("{what} from outside answers"), || {
+            exchange(&w, &ext.netns, to, 1).is_ok()
+        });
+        for i in 0..8 {
+            assert_eq!(
+                exchange(&w, &ext.netns, to, i + 2).as_deref(),
+                Ok(b1_name.as_str()),
+                "{what} {to}, connection {i}: node 2's pod, through node 1"
+            );
+        }
+    }
 }
 
 /// The overlay from Node objects: three lab nodes start with no overlay routes; agents on n1

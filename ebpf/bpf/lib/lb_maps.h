@@ -45,11 +45,15 @@ struct mw_maglev {
 	__u32 slot[MW_MAGLEV_SIZE];
 };
 
+/* The backend is not on this node: tc flows from outside to it are SNATed to the node (see
+ * mw_np_cfg), so its replies come back through this node's uplink. */
+#define MW_BACKEND_REMOTE 1
+
 struct mw_backend {
 	__be32 addr;
 	__be16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 flags; /* MW_BACKEND_* (tc path only; socket LB ignores them) */
 };
 
 /* IPv6 frontends, backends and socket reverse translation. Service ids, slot tables, Maglev
@@ -65,7 +69,7 @@ struct mw_backend6 {
 	__be32 addr[4];
 	__be16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 flags; /* MW_BACKEND_* (kept for the loader; no IPv6 tc path yet) */
 };
 
 struct mw_revnat6_key {
@@ -131,12 +135,32 @@ struct mw_flow_key {
 	__u8 pad[3];
 };
 
+/* mw_np_fwd: the backend, and the source the flow is SNATed to (nat_port 0: no SNAT).
+ * mw_np_rev: the frontend the backend's replies must appear from (nat_* unused). */
 struct mw_flow_val {
 	__be32 addr;
 	__be16 port;
-	__u16 pad;
+	__be16 nat_port;
 	__u32 svc;
-	__u32 pad2;
+	__be32 nat_addr;
+};
+
+/* mw_np_snat: a SNATed flow's reply (backend → node address:allocated port) back to the
+ * client, from the frontend it asked for. */
+struct mw_snat_val {
+	__be32 client_addr;
+	__be32 front_addr;
+	__be16 client_port;
+	__be16 front_port;
+	__u32 svc;
+};
+
+/* The node's tc settings, written by the loader (one entry). snat_addr 0: no SNAT (remote
+ * backends are DNATed only, as if local). Ports are host order, inclusive. */
+struct mw_np_cfg {
+	__be32 snat_addr;
+	__u16 snat_port_min;
+	__u16 snat_port_max;
 };
 
 struct {
@@ -252,5 +276,23 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_np_rev SEC(".maps");
+
+/* NodePort SNAT reverse: a remote backend's reply to the allocated node port → client and
+ * frontend. An entry is what reserves its port (inserted BPF_NOEXIST). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mw_flow_key);
+	__type(value, struct mw_snat_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_np_snat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mw_np_cfg);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_np_cfg SEC(".maps");
 
 #endif
