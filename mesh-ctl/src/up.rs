@@ -80,7 +80,14 @@ pub async fn up(a: UpArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || relay(stdout)),
     );
     let outcome = outcome.await?;
-    // The supervisor carries on; it is not ours to wait for (it was made a session leader).
+    if !matches!(outcome, Relay::Ready) {
+        // It is tearing down what it built: let it finish, so a new `up` finds a clean host.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // On success the supervisor carries on (a session leader of its own).
     drop(child);
     match outcome {
         Relay::Ready => {}

@@ -474,3 +474,66 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         state.display()
     );
 }
+
+/// What a user gets wrong gets a clear message, and nothing is created or lost.
+#[test]
+fn mesh_ctl_refuses_bad_input_clearly() {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("mwl-mesh_ctl_bad-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(lab_binary("mesh-ctl"));
+        c.args(args).arg("--state-dir").arg(&state);
+        if matches!(args[0], "up" | "down") {
+            c.args(["--lab-name", "mesh_ctl_bad", "--host-link", "mwl-bad-host"]);
+            c.arg("--kubeconfig").arg(dir.path().join("kubeconfig"));
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["up", "--cni-plugin", "/nonexistent/meshwork"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("FAIL  CNI plugin /nonexistent/meshwork") && t.contains("fix: scripts/up.sh"),
+        "{t}"
+    );
+    assert!(
+        !std::fs::read_dir(meshwork_lab::NETNS_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("mwl-mesh_ctl_bad-")),
+        "a refused up created namespaces"
+    );
+    let out = run(&["up", "--nodes", "0"]);
+    assert!(
+        !out.status.success() && text(&out).contains("--nodes"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(&["status"]);
+    assert!(
+        out.status.success() && text(&out).contains("no cluster is running"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["logs", "nosuch"]);
+    assert!(
+        !out.status.success() && text(&out).contains("no log for \"nosuch\""),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["down"]);
+    assert!(
+        out.status.success() && text(&out).contains("no cluster left"),
+        "{}",
+        text(&out)
+    );
+}
