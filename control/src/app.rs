@@ -179,7 +179,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             }
             rx.borrow_and_update();
             let seen = Instant::now();
-            // Convert before locking the datapath (STYLE.md habit 5).
+            // Convert before locking the datapath: the lock is held for the writes only.
             let svcs = services.state();
             let eps = slices.state();
             let (node, opts, dp, m2) = (node.clone(), opts.clone(), dp.clone(), m.clone());

@@ -1,5 +1,5 @@
 //! The datapath this node should have, as a pure function of the watched Services and
-//! EndpointSlices (Service semantics in specs.md — what kube-proxy honours):
+//! EndpointSlices (Service semantics as kube-proxy honours them; ARCHITECTURE.md lists them):
 //!
 //! - frontends: every ClusterIP (dual-stack), NodePort on this node's addresses, ExternalIPs
 //!   and LoadBalancer ingress IPs, per service port (TCP/UDP);

@@ -1,4 +1,4 @@
-//! Desired vs programmed → the operations to apply (pure; STYLE.md habit 3). Operations are
+//! Desired vs programmed → the operations to apply (pure, table-tested; ARCHITECTURE.md, mechanism and policy). Operations are
 //! idempotent, so a failed apply is simply planned again.
 
 use meshwork_ebpf::{Frontend, Service as LbService};

@@ -1,5 +1,5 @@
 //! The cluster zone as an immutable snapshot, built by a pure function from Services and
-//! EndpointSlices (Kubernetes DNS-Based Service Discovery 1.1.0, see specs.md):
+//! EndpointSlices (the Kubernetes DNS-Based Service Discovery specification 1.1.0):
 //!
 //! - ClusterIP service: A/AAAA `<svc>.<ns>.svc.<zone>`, SRV `_<port>._<proto>.<svc>...` per
 //!   named port, PTR for each ClusterIP;

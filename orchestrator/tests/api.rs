@@ -1,5 +1,5 @@
 //! API conformance over HTTPS with kube-rs as the client, run on SQLite and on a real etcd
-//! through one macro (STYLE.md habit 8).
+//! through one macro, so each case runs on both stores.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -7,8 +7,8 @@
 //! From a host on the underlay, a NodePort (externalTrafficPolicy Cluster) and a ClusterIP
 //! reach a backend on node 2 through node 1 (tc DNAT + SNAT on node 1's uplink).
 //!
-//! EndpointSlices are written by the test: the EndpointSlice controller comes with the
-//! orchestrator's controllers (not built yet).
+//! EndpointSlices are written by the test (no controllers run here), so each case controls
+//! exactly what the agent sees.
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,

@@ -149,7 +149,7 @@ pub async fn raw_with(
     (status, warnings, v)
 }
 
-/// Bounded polling, the only kind allowed (STYLE.md).
+/// Bounded polling, the only kind allowed: a test waits on a condition, never on a bare sleep.
 #[macro_export]
 macro_rules! assert_eventually {
     ($cond:expr, $what:expr) => {{
