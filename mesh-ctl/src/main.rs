@@ -37,6 +37,12 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Supervise(_)) {
+        // `mesh-ctl status | head` ends quietly, as a shell user expects. (The supervisor keeps
+        // SIGPIPE ignored: `up` going away mid start-up must not kill it before it cleans up.)
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if matches!(cli.cmd, Cmd::Supervise(_)) {
         tracing_subscriber::fmt()
             .with_env_filter(
