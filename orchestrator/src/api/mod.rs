@@ -11,6 +11,7 @@ pub mod pods;
 pub mod registry;
 mod rules;
 pub mod selector;
+mod stream;
 pub mod table;
 pub mod validation;
 mod verbs;
@@ -258,6 +259,12 @@ impl Api {
             _ => return Err(ApiError::UnknownPath),
         };
         let target = self.target(group, version, rest)?;
+        if matches!(
+            target.sub.as_deref(),
+            Some("exec" | "attach" | "portforward")
+        ) {
+            return self.clone().pod_stream(target, parts).await;
+        }
         let query = Query::parse(parts.uri.query());
         let accept = parts
             .headers
@@ -372,7 +379,7 @@ impl Api {
             None => {}
             Some("status") if t.kind.info().status => {}
             Some("scale") if t.kind.info().scale => {}
-            Some("binding" | "log")
+            Some("binding" | "log" | "exec" | "attach" | "portforward")
                 if t.kind.info().plural == "pods" && t.kind.info().group.is_empty() => {}
             Some(_) => return Err(ApiError::UnknownPath),
         }

@@ -78,37 +78,22 @@ impl Api {
         ))
     }
 
-    /// GET pods/<name>/log: streams from the node runtime of the pod's node.
-    pub(crate) async fn pod_log(&self, ctx: Ctx) -> Result<Response<Body>, ApiError> {
-        let t = &ctx.target;
+    /// The pod a subresource request names.
+    pub(crate) async fn pod_of(&self, t: &super::Target) -> Result<Pod, ApiError> {
         let cur = self.current(t).await?;
-        let pod: Pod =
-            serde_json::from_slice(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let spec = pod.spec.clone().unwrap_or_default();
-        let container = match ctx.query.get("container") {
-            Some(c) if !c.is_empty() => c.to_string(),
-            _ if spec.containers.len() == 1 => spec.containers[0].name.clone(),
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "a container name must be specified for pod {}, choose one of: [{}]",
-                    t.name(),
-                    spec.containers
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )))
-            }
-        };
-        if !spec.containers.iter().any(|c| c.name == container) {
-            return Err(ApiError::BadRequest(format!(
-                "container {container} is not valid for pod {}",
-                t.name()
-            )));
-        }
-        let node_name = spec.node_name.ok_or_else(|| {
-            ApiError::BadRequest(format!("pod {} does not have a host assigned", t.name()))
-        })?;
+        serde_json::from_slice(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// The node runtime endpoint (host as in a URL, port) of the node a pod runs on.
+    pub(crate) async fn node_endpoint(&self, pod: &Pod) -> Result<(String, i32), ApiError> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("pod {name} does not have a host assigned"))
+            })?;
         let node_kind = self
             .registry
             .find("", "v1", "nodes")
@@ -140,6 +125,25 @@ impl Api {
             .map(|e| e.port)
             .filter(|p| *p > 0)
             .unwrap_or(DEFAULT_NODE_PORT);
+        let host = match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => ip.clone(),
+        };
+        Ok((host, port))
+    }
+
+    /// GET pods/<name>/log: streams from the node runtime of the pod's node.
+    pub(crate) async fn pod_log(&self, ctx: Ctx) -> Result<Response<Body>, ApiError> {
+        let t = &ctx.target;
+        let pod = self.pod_of(t).await?;
+        let container = pod_container(&pod, ctx.query.get("container"))?;
+        let (host, port) = self.node_endpoint(&pod).await?;
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let ip = &host;
         let qs = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             for k in [
@@ -154,10 +158,6 @@ impl Api {
                 }
             }
             q.finish()
-        };
-        let host = match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-            _ => ip.clone(),
         };
         let url = format!(
             "http://{host}:{port}/containerLogs/{}/{}/{container}?{}",
@@ -212,4 +212,31 @@ impl Api {
         );
         Ok(r)
     }
+}
+
+/// The container a request names (`container=`), or the pod's only one; kube-apiserver's
+/// wording when it is missing or unknown.
+pub(crate) fn pod_container(pod: &Pod, asked: Option<&str>) -> Result<String, ApiError> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let container = match asked {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ if spec.containers.len() == 1 => spec.containers[0].name.clone(),
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                spec.containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )))
+        }
+    };
+    if !spec.containers.iter().any(|c| c.name == container) {
+        return Err(ApiError::BadRequest(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    Ok(container)
 }

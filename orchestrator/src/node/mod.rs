@@ -6,12 +6,15 @@
 //! gracefully. A restarted node runtime adopts the pods it finds running.
 
 pub mod catalog;
+mod exec;
 mod kubelet;
 mod metrics;
+mod portforward;
 mod probe;
 pub mod runtime;
 mod server;
 pub mod shim;
+mod spdy;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -83,6 +86,44 @@ fn cgroup2_mount() -> Option<PathBuf> {
         .map(|f| PathBuf::from(f[1]))
 }
 
+/// Where exec, attach and port-forward may come from: the API server (the addresses of its
+/// URL in the kubeconfig), and this node itself (its address, loopback) — not from pods.
+async fn stream_peers(a: &NodeArgs) -> Vec<IpAddr> {
+    let mut ips = vec![
+        a.node_ip,
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    let cfg = match &a.kubeconfig {
+        Some(p) => match kube::config::Kubeconfig::read_from(p) {
+            Ok(kc) => kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .ok(),
+            Err(_) => None,
+        },
+        None => kube::Config::infer().await.ok(),
+    };
+    if let Some(url) = cfg.map(|c| c.cluster_url) {
+        let host = url
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = url.port_u16().unwrap_or(443);
+        match host.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => {
+                if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
+                    ips.extend(addrs.map(|a| a.ip()));
+                }
+            }
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     let client = meshwork_kube_watch::client(a.kubeconfig.as_deref()).await?;
     let catalog = catalog::Catalog::load(a.image_catalog.as_deref())?;
@@ -107,7 +148,14 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", a.node_ip, a.port))?;
     tracing::info!(node = %a.node_name, addr = %listener.local_addr()?, "node runtime starting");
-    let srv = tokio::spawn(server::serve(listener, k.logs(), k.metrics()));
+    let streams_from = stream_peers(&a).await;
+    tracing::info!(from = ?streams_from, "exec, attach and port-forward accepted from");
+    let srv = tokio::spawn(server::serve(
+        listener,
+        k.logs(),
+        k.metrics(),
+        std::sync::Arc::new(streams_from),
+    ));
     tokio::select! {
         r = k.clone().run() => r?,
         r = meshwork_kube_watch::shutdown_signal() => {

@@ -5,8 +5,8 @@
 //! needs, chroots into the image root, then runs the command as its child: it forwards
 //! SIGTERM/SIGINT/SIGHUP to it and records its exit code in `--exit-file` when it ends.
 //!
-//! `--enter PID` instead joins the namespaces and root of a running container's process and
-//! execs the command there (exec probes).
+//! `--enter PID` instead joins the namespaces and root of a running container's process (and,
+//! with `--cgroup`, its cgroup) and execs the command there (exec probes, `kubectl exec`).
 //!
 //! Runs before any thread exists: entering mount namespaces needs a single-threaded process.
 
@@ -123,6 +123,12 @@ fn setup(a: &ShimArgs) -> std::io::Result<()> {
     if let Some(pid) = a.enter {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let root = std::fs::File::open(proc.join("root"))?;
+        // kubectl exec runs in the container's cgroup too (exec probes pass none).
+        if let Some(cg) = &a.cgroup {
+            std::fs::write(cg.join("cgroup.procs"), b"0").map_err(|e| {
+                std::io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display()))
+            })?;
+        }
         setns_path(&proc.join("ns/net"), libc::CLONE_NEWNET)?;
         setns_path(&proc.join("ns/uts"), libc::CLONE_NEWUTS)?;
         setns_path(&proc.join("ns/mnt"), libc::CLONE_NEWNS)?;

@@ -1,6 +1,7 @@
 //! Authorization, the small fixed policy of a single-machine cluster:
 //! `system:masters` may do anything; `system:nodes` (node agents) may read everything and
 //! write Nodes, Pods (with their status) and Events; any other authenticated user may read.
+//! exec, attach and port-forward into pods are for `system:masters` only.
 
 use http::Method;
 
@@ -9,6 +10,24 @@ use super::auth::User;
 pub fn allowed(user: &User, method: &Method, path: &str) -> bool {
     if user.groups.iter().any(|g| g == "system:masters") {
         return true;
+    }
+    // exec, attach and port-forward are `create` on their subresource whatever the method
+    // (WebSocket clients send GET): only system:masters, as no other group may write pods'
+    // subresources of that kind.
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if matches!(
+        segs.as_slice(),
+        [
+            "api",
+            "v1",
+            "namespaces",
+            _,
+            "pods",
+            _,
+            "exec" | "attach" | "portforward"
+        ]
+    ) {
+        return false;
     }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
@@ -53,6 +72,24 @@ mod tests {
             (&node, Method::POST, "/api/v1/namespaces/d/services", false),
             (&node, Method::DELETE, "/api/v1/namespaces/d", false),
             (&other, Method::GET, "/api/v1/pods", true),
+            (
+                &other,
+                Method::GET,
+                "/api/v1/namespaces/d/pods/p/exec",
+                false,
+            ),
+            (
+                &node,
+                Method::POST,
+                "/api/v1/namespaces/d/pods/p/portforward",
+                false,
+            ),
+            (
+                &admin,
+                Method::GET,
+                "/api/v1/namespaces/d/pods/p/exec",
+                true,
+            ),
             (
                 &other,
                 Method::POST,

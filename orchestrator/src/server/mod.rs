@@ -266,7 +266,8 @@ async fn serve_conn(
         async move { Ok::<_, std::convert::Infallible>(authenticated(api, &tokens, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    // Upgrades: pods/exec, attach and portforward (api/stream.rs).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection") },
