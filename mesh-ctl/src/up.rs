@@ -42,6 +42,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
     );
     std::fs::create_dir_all(st.logs()).with_context(|| st.logs().display().to_string())?;
     let user_kc = crate::kubeconfig::user_path(a.kubeconfig.as_deref());
+    // The lab links the plugin into its CNI bin dir: a relative path would dangle there.
+    let cni_plugin = std::fs::canonicalize(&a.cni_plugin)
+        .with_context(|| a.cni_plugin.display().to_string())?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("supervise")
@@ -50,7 +53,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         .arg("--state-dir")
         .arg(&a.state_dir)
         .arg("--cni-plugin")
-        .arg(&a.cni_plugin)
+        .arg(&cni_plugin)
         .arg("--lab-name")
         .arg(&a.lab_name)
         .arg("--host-link")
