@@ -1,355 +1,629 @@
-//! Deployment: one ReplicaSet per pod template (named by its `pod-template-hash`), rolled with
-//! RollingUpdate (maxSurge/maxUnavailable) or Recreate, and a status `kubectl rollout status`
-//! reads (observedGeneration, updated/ready/available replicas, Available and Progressing).
+//! Deployment, as kube's deployment controller: one ReplicaSet per pod template (found by
+//! template, named by its `pod-template-hash`), rolled with RollingUpdate (maxSurge /
+//! maxUnavailable) or Recreate, revisions on ReplicaSets and the Deployment (a ReplicaSet
+//! brought back by `kubectl rollout undo` is reused and gets the next revision), old
+//! ReplicaSets beyond `revisionHistoryLimit` deleted, `spec.paused` (scales, does not roll),
+//! proportional scaling mid-rollout, and a status `kubectl rollout status` reads: replica
+//! counts, Available, and Progressing with `progressDeadlineSeconds`. The arithmetic is in
+//! `rollout.rs`; this file reads the caches and writes.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use k8s_openapi::{
-    api::apps::v1::{
-        Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
-    },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    api::{Api, Patch, PatchParams, PostParams},
+    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
     Client, ResourceExt,
 };
 use serde_json::json;
 
 use super::{
-    util::{controller_ref, controller_uid, scaled, template_hash},
+    rollout::{self, Budget, Counts, Rs},
+    util::{
+        controller_ref, controller_uid, pod_template_hash, scaled, templates_equal, Fresh,
+        POD_TEMPLATE_HASH,
+    },
     Caches,
 };
-
-const HASH_LABEL: &str = "pod-template-hash";
-const REVISION: &str = "deployment.kubernetes.io/revision";
+use crate::api::kind::now_seconds;
 
 pub struct Controller {
     client: Client,
     caches: Caches,
+    fresh_rs: Fresh<ReplicaSet>,
+    fresh_d: Fresh<Deployment>,
+    wake: Option<Duration>,
 }
 
 fn replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
-fn status_of(rs: &ReplicaSet) -> (i32, i32, i32) {
-    let s = rs.status.clone().unwrap_or_default();
-    (
-        s.replicas,
-        s.ready_replicas.unwrap_or(0),
-        s.available_replicas.unwrap_or(0),
-    )
-}
+
 fn revision(rs: &ReplicaSet) -> i64 {
     rs.annotations()
-        .get(REVISION)
+        .get(rollout::REVISION)
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
 }
 
+fn view(r: &ReplicaSet) -> Rs {
+    let st = r.status.clone().unwrap_or_default();
+    let ann = |k: &str| r.annotations().get(k).and_then(|v| v.parse().ok());
+    Rs {
+        name: r.name_any(),
+        spec: replicas(r),
+        replicas: st.replicas,
+        ready: st.ready_replicas.unwrap_or(0),
+        available: st.available_replicas.unwrap_or(0),
+        revision: revision(r),
+        created: r
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+        desired_ann: ann(rollout::DESIRED_REPLICAS),
+        max_ann: ann(rollout::MAX_REPLICAS),
+        generation: r.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        deleting: r.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+fn budget(spec: &DeploymentSpec) -> Budget {
+    let desired = spec.replicas.unwrap_or(1).max(0);
+    let strategy = spec.strategy.clone().unwrap_or_default();
+    let rolling = strategy.type_.as_deref() != Some("Recreate");
+    let ru = strategy.rolling_update.unwrap_or_default();
+    Budget::new(
+        desired,
+        rolling,
+        scaled(ru.max_surge.as_ref(), desired, 25, true),
+        scaled(ru.max_unavailable.as_ref(), desired, 25, false),
+    )
+}
+
+/// The counts a Deployment's status holds now.
+fn status_counts(s: &DeploymentStatus) -> Counts {
+    Counts {
+        replicas: s.replicas.unwrap_or(0),
+        updated: s.updated_replicas.unwrap_or(0),
+        ready: s.ready_replicas.unwrap_or(0),
+        available: s.available_replicas.unwrap_or(0),
+        unavailable: s.unavailable_replicas.unwrap_or(0),
+    }
+}
+
+/// Which status kube would compute: the rollout's (with the Progressing evaluation) or the
+/// plain one of `sync` (paused, scaling).
+#[derive(PartialEq)]
+enum StatusKind {
+    Rollout,
+    Sync,
+}
+
 impl Controller {
     pub fn new(client: Client, caches: Caches) -> Self {
-        Controller { client, caches }
+        Controller {
+            client,
+            caches,
+            fresh_rs: Fresh::default(),
+            fresh_d: Fresh::default(),
+            wake: None,
+        }
+    }
+
+    /// How soon a pass should run again for a time-driven change (a progress deadline).
+    pub fn wake(&self) -> Option<Duration> {
+        self.wake
     }
 
     pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
+        self.wake = None;
         let mut first_err = None;
-        for d in self.caches.deployments.state() {
+        let rss = self.fresh_rs.overlay(self.caches.replicasets.state());
+        let deployments = self.fresh_d.overlay(self.caches.deployments.state());
+        for d in deployments {
             if d.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            if let Err(e) = self.reconcile(&d).await {
+            if let Err(e) = self.reconcile(&d, &rss).await {
                 first_err.get_or_insert(e.context(format!("deployment {}", d.name_any())));
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    async fn reconcile(&mut self, d: &Deployment) -> anyhow::Result<()> {
+    async fn reconcile(
+        &mut self,
+        d: &Deployment,
+        all_rs: &[Arc<ReplicaSet>],
+    ) -> anyhow::Result<()> {
         let ns = d.namespace().unwrap_or_default();
         let uid = d.uid().unwrap_or_default();
         let spec = d.spec.clone().unwrap_or_default();
-        let desired = spec.replicas.unwrap_or(1).max(0);
-        let mut template = spec.template.clone();
-        let hash = template_hash(&serde_json::to_value(&template)?);
+        let b = budget(&spec);
+        let now = now_seconds();
         let rss: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
-        let owned: Vec<Arc<ReplicaSet>> = self
-            .caches
-            .replicasets
-            .state()
-            .into_iter()
+        let mut owned: Vec<Arc<ReplicaSet>> = all_rs
+            .iter()
             .filter(|r| {
                 r.namespace().as_deref() == Some(ns.as_str())
                     && controller_uid(&r.metadata) == Some(uid.as_str())
+                    && r.metadata.deletion_timestamp.is_none()
             })
-            .collect();
-        let new_rs = owned
-            .iter()
-            .find(|r| r.labels().get(HASH_LABEL) == Some(&hash))
-            .cloned();
-        let mut olds: Vec<Arc<ReplicaSet>> = owned
-            .iter()
-            .filter(|r| r.labels().get(HASH_LABEL) != Some(&hash))
             .cloned()
             .collect();
-        olds.sort_by_key(|r| revision(r));
-        let max_rev = owned.iter().map(|r| revision(r)).max().unwrap_or(0);
-        let strategy = spec.strategy.clone().unwrap_or_default();
-        let recreate = strategy.type_.as_deref() == Some("Recreate");
-        let ru = strategy.rolling_update.unwrap_or_default();
-        let surge = scaled(ru.max_surge.as_ref(), desired, 25, true);
-        let mut unavailable = scaled(ru.max_unavailable.as_ref(), desired, 25, false);
-        if surge == 0 && unavailable == 0 {
-            unavailable = 1;
+        owned.sort_by_key(|r| {
+            let v = view(r);
+            (v.created, v.name)
+        });
+        // kube's FindNewReplicaSet: the oldest ReplicaSet with the Deployment's template.
+        let mut new_rs = owned
+            .iter()
+            .position(|r| {
+                r.spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| templates_equal(t, &spec.template))
+            })
+            .map(|i| owned.remove(i));
+        let mut olds = owned;
+        let old_status = d.status.clone().unwrap_or_default();
+        let mut status = old_status.clone();
+        let mut conds = status.conditions.take().unwrap_or_default();
+        let deadline = spec.progress_deadline_seconds.filter(|s| *s != i32::MAX);
+        let paused = spec.paused == Some(true);
+        rollout::paused_condition(&mut conds, paused, now);
+        let new_revision = olds.iter().map(|r| revision(r)).max().unwrap_or(0) + 1;
+        let d_ann = d.annotations().clone();
+
+        // The existing new ReplicaSet: annotations (a rolled-back-to one gets the next
+        // revision) and minReadySeconds follow the Deployment.
+        if let Some(n) = new_rs.clone() {
+            let mut ann = n.annotations().clone();
+            let changed = rollout::new_rs_annotations(&d_ann, &mut ann, new_revision, true, &b);
+            let mrs = spec.min_ready_seconds.unwrap_or(0);
+            let rs_mrs = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.min_ready_seconds)
+                .unwrap_or(0);
+            if changed || mrs != rs_mrs {
+                let patch =
+                    json!({"metadata": {"annotations": ann}, "spec": {"minReadySeconds": mrs}});
+                new_rs = Some(self.patch_rs(&rss, &n, patch).await?);
+            }
+            if deadline.is_some() && rollout::condition(&conds, rollout::PROGRESSING).is_none() {
+                rollout::new_rs_condition(
+                    &mut conds,
+                    rollout::FOUND_NEW_RS,
+                    format!("Found new replica set \"{}\"", n.name_any()),
+                    now,
+                );
+            }
         }
 
-        let new_rs = match new_rs {
-            Some(r) => r,
-            None => {
-                let name = format!("{}-{hash}", d.name_any());
-                let labels = template.metadata.get_or_insert_with(Default::default);
-                labels
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .insert(HASH_LABEL.into(), hash.clone());
-                let mut selector = spec.selector.clone();
-                selector
-                    .match_labels
-                    .get_or_insert_with(Default::default)
-                    .insert(HASH_LABEL.into(), hash.clone());
-                let mut rs_labels = template
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                rs_labels.insert(HASH_LABEL.into(), hash.clone());
-                // Sized as kube's NewRSNewReplicas: what the surge budget leaves beside the
-                // old ReplicaSets (all of it when there are none, or they are scaled to 0 —
-                // e.g. a ReplicaSet recreated after an orphaning delete adopts its pods at full
-                // size instead of scaling them away); Recreate waits for the old ones.
-                let old_total: i32 = olds.iter().map(|r| replicas(r)).sum();
-                let start = if recreate {
-                    if old_total == 0 {
-                        desired
-                    } else {
-                        0
+        let all_views: Vec<Rs> = olds.iter().chain(new_rs.iter()).map(|r| view(r)).collect();
+        let all_refs: Vec<&Rs> = all_views.iter().collect();
+        let kind = if paused || rollout::is_scaling_event(&b, &all_refs) {
+            // kube's sync: scale (proportionally), and while paused, clean up history.
+            let old_views: Vec<Rs> = olds.iter().map(|r| view(r)).collect();
+            let new_view = new_rs.as_deref().map(view);
+            let plan = rollout::scale(
+                &b,
+                old_status.replicas.unwrap_or(0),
+                new_view.as_ref(),
+                &old_views,
+            );
+            for (name, size) in plan {
+                self.scale_named(&rss, &mut olds, &mut new_rs, &name, size, &b)
+                    .await?;
+            }
+            if paused {
+                self.cleanup(&rss, &olds, spec.revision_history_limit)
+                    .await?;
+            }
+            StatusKind::Sync
+        } else if b.rolling {
+            let n = match new_rs.clone() {
+                Some(n) => n,
+                None => {
+                    let old_spec: i32 = olds.iter().map(|r| replicas(r)).sum();
+                    let size = rollout::new_rs_replicas(&b, old_spec, 0);
+                    match self
+                        .create_new_rs(d, &rss, &mut status, &mut conds, new_revision, size, &b)
+                        .await?
+                    {
+                        Some(n) => n,
+                        None => return Ok(()),
                     }
-                } else {
-                    (desired + surge - old_total).clamp(0, desired)
-                };
-                let rs = ReplicaSet {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(ns.clone()),
-                        labels: Some(rs_labels),
-                        annotations: Some(
-                            [(REVISION.to_string(), (max_rev + 1).to_string())]
-                                .into_iter()
-                                .collect(),
-                        ),
-                        owner_references: Some(vec![controller_ref(
-                            "apps/v1",
-                            "Deployment",
-                            &d.metadata,
-                        )]),
-                        ..Default::default()
-                    },
-                    spec: Some(ReplicaSetSpec {
-                        replicas: Some(start),
-                        min_ready_seconds: spec.min_ready_seconds,
-                        selector,
-                        template: Some(template),
-                    }),
-                    status: None,
-                };
-                match rss.create(&PostParams::default(), &rs).await {
-                    Ok(made) => Arc::new(made),
-                    Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
-                    Err(e) => return Err(e).context("creating replicaset"),
+                }
+            };
+            new_rs = Some(n.clone());
+            let all_spec: i32 = olds.iter().map(|r| replicas(r)).sum::<i32>() + replicas(&n);
+            if let Some(size) = rollout::reconcile_new(&b, all_spec, replicas(&n)) {
+                new_rs = Some(self.scale_rs(&rss, &n, size, &b).await?);
+            } else {
+                let old_views: Vec<Rs> = olds.iter().map(|r| view(r)).collect();
+                let sizes = rollout::reconcile_olds(&b, &old_views, &view(&n));
+                let mut scaled_down = false;
+                for (i, size) in sizes.into_iter().enumerate() {
+                    if size != replicas(&olds[i]) {
+                        olds[i] = self.scale_rs(&rss, &olds[i], size, &b).await?;
+                        scaled_down = true;
+                    }
+                }
+                if !scaled_down && self.was_complete(d, &b) {
+                    self.cleanup(&rss, &olds, spec.revision_history_limit)
+                        .await?;
                 }
             }
+            StatusKind::Rollout
+        } else {
+            // Recreate: old ReplicaSets to 0, wait until their pods are gone, then the new one.
+            let mut scaled_down = false;
+            for r in olds.iter_mut() {
+                if replicas(r) > 0 {
+                    *r = self.scale_rs(&rss, r, 0, &b).await?;
+                    scaled_down = true;
+                }
+            }
+            if !scaled_down && !self.old_pods_running(&olds) {
+                let n = match new_rs.clone() {
+                    Some(n) => n,
+                    None => match self
+                        .create_new_rs(
+                            d,
+                            &rss,
+                            &mut status,
+                            &mut conds,
+                            new_revision,
+                            b.replicas,
+                            &b,
+                        )
+                        .await?
+                    {
+                        Some(n) => n,
+                        None => return Ok(()),
+                    },
+                };
+                new_rs = Some(if replicas(&n) != b.replicas {
+                    self.scale_rs(&rss, &n, b.replicas, &b).await?
+                } else {
+                    n
+                });
+                if self.was_complete(d, &b) {
+                    self.cleanup(&rss, &olds, spec.revision_history_limit)
+                        .await?;
+                }
+            }
+            StatusKind::Rollout
         };
 
-        let all: Vec<&Arc<ReplicaSet>> = olds.iter().chain(std::iter::once(&new_rs)).collect();
-        let total_spec: i32 = all.iter().map(|r| replicas(r)).sum();
-        let new_spec = replicas(&new_rs);
-        let (_, _, new_avail) = status_of(&new_rs);
-        let active_olds: Vec<&Arc<ReplicaSet>> = olds
-            .iter()
-            .filter(|r| replicas(r) > 0 || status_of(r).0 > 0)
-            .collect();
-
-        if recreate {
-            if active_olds.iter().any(|r| replicas(r) > 0) {
-                for r in &active_olds {
-                    self.scale(&rss, r, 0).await?;
-                }
-            } else if active_olds.is_empty() && new_spec != desired {
-                self.scale(&rss, &new_rs, desired).await?;
-            }
-        } else if active_olds.is_empty() {
-            if new_spec != desired {
-                self.scale(&rss, &new_rs, desired).await?;
-            }
-        } else {
-            // Grow the new ReplicaSet within the surge budget.
-            if new_spec < desired {
-                let room = desired + surge - total_spec;
-                let up = room.min(desired - new_spec);
-                if up > 0 {
-                    self.scale(&rss, &new_rs, new_spec + up).await?;
-                }
-            } else if new_spec > desired {
-                self.scale(&rss, &new_rs, desired).await?;
-            }
-            // Shrink old ones while enough stay available (kube's reconcileOldReplicaSets):
-            // unhealthy old pods first, then available ones down to minAvailable.
-            let all_pods: i32 = all.iter().map(|r| status_of(r).0).sum();
-            let min_available = desired - unavailable;
-            let new_unavailable = (new_spec - new_avail).max(0);
-            let mut max_down = all_pods - min_available - new_unavailable;
-            if max_down > 0 {
-                let mut targets: Vec<i32> = active_olds.iter().map(|r| replicas(r)).collect();
-                for (i, r) in active_olds.iter().enumerate() {
-                    let unhealthy = (targets[i] - status_of(r).2).max(0);
-                    let cut = unhealthy.min(max_down);
-                    targets[i] -= cut;
-                    max_down -= cut;
-                }
-                let available_all: i32 = all.iter().map(|r| status_of(r).2).sum();
-                let mut total_down = (available_all - min_available).max(0);
-                for t in targets.iter_mut() {
-                    let cut = (*t).min(total_down);
-                    *t -= cut;
-                    total_down -= cut;
-                }
-                for (r, t) in active_olds.iter().zip(targets) {
-                    self.scale(&rss, r, t).await?;
-                }
+        // The Deployment's revision is its new ReplicaSet's.
+        if let Some(n) = &new_rs {
+            let rev = revision(n).to_string();
+            if d_ann.get(rollout::REVISION) != Some(&rev) {
+                let deps: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+                let made = deps
+                    .patch(
+                        &d.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            json!({"metadata": {"annotations": {rollout::REVISION: rev}}}),
+                        ),
+                    )
+                    .await
+                    .context("annotating revision")?;
+                self.fresh_d.wrote(made, false);
             }
         }
 
         // Status.
-        let (mut rep, mut ready, mut avail) = (0, 0, 0);
-        for r in &all {
-            let (a, b, c) = status_of(r);
-            rep += a;
-            ready += b;
-            avail += c;
-        }
-        let (updated, _, _) = status_of(&new_rs);
-        let complete = updated == desired
-            && rep == desired
-            && avail == desired
-            && new_rs.status.as_ref().and_then(|s| s.observed_generation)
-                == new_rs.metadata.generation;
-        let old_status = d.status.clone().unwrap_or_default();
-        let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-            let prev = old_status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == type_);
-            let status = if ok { "True" } else { "False" }.to_string();
-            let same =
-                prev.is_some_and(|p| p.status == status && p.reason.as_deref() == Some(reason));
-            DeploymentCondition {
-                type_: type_.into(),
-                status,
-                reason: Some(reason.into()),
-                message: Some(message),
-                last_transition_time: if same {
-                    prev.and_then(|p| p.last_transition_time.clone())
-                } else {
-                    Some(Time(crate::api::kind::now_seconds()))
-                },
-                last_update_time: if same {
-                    prev.and_then(|p| p.last_update_time.clone())
-                } else {
-                    Some(Time(crate::api::kind::now_seconds()))
-                },
-            }
-        };
-        let available_ok = avail >= desired - unavailable;
-        let status = DeploymentStatus {
-            replicas: Some(rep),
-            updated_replicas: Some(updated),
-            ready_replicas: Some(ready),
-            available_replicas: Some(avail),
-            unavailable_replicas: Some((desired - avail).max(0)),
-            observed_generation: d.metadata.generation,
-            collision_count: old_status.collision_count,
-            terminating_replicas: None,
-            conditions: Some(vec![
-                cond(
-                    "Available",
-                    available_ok,
-                    if available_ok {
-                        "MinimumReplicasAvailable"
-                    } else {
-                        "MinimumReplicasUnavailable"
-                    },
-                    if available_ok {
-                        "Deployment has minimum availability.".into()
-                    } else {
-                        "Deployment does not have minimum availability.".into()
-                    },
-                ),
-                cond(
-                    "Progressing",
-                    true,
-                    if complete {
-                        "NewReplicaSetAvailable"
-                    } else {
-                        "ReplicaSetUpdated"
-                    },
-                    if complete {
-                        format!(
-                            "ReplicaSet \"{}\" has successfully progressed.",
-                            new_rs.name_any()
-                        )
-                    } else {
-                        format!("ReplicaSet \"{}\" is progressing.", new_rs.name_any())
-                    },
-                ),
-            ]),
-        };
-        let rev = revision(&new_rs).to_string();
-        if d.annotations().get(REVISION) != Some(&rev) {
-            let deps: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-            deps.patch(
+        let all_views: Vec<Rs> = olds.iter().chain(new_rs.iter()).map(|r| view(r)).collect();
+        let new_view = new_rs.as_deref().map(view);
+        let all_refs: Vec<&Rs> = all_views.iter().collect();
+        let c = rollout::counts(&all_refs, new_view.as_ref());
+        rollout::available_condition(&mut conds, &b, &c, now);
+        let observed = new_view
+            .as_ref()
+            .is_none_or(|n| n.observed_generation >= n.generation);
+        let complete = rollout::complete(b.replicas, &c, observed);
+        if kind == StatusKind::Rollout {
+            rollout::rollout_conditions(
+                &mut conds,
+                deadline,
+                &status_counts(&old_status),
+                &c,
+                complete,
+                new_rs.as_ref().map(|n| n.name_any()).as_deref(),
                 &d.name_any(),
+                now,
+            );
+            if let Some(w) = rollout::recheck_in(&conds, deadline, complete, now) {
+                self.wake = Some(self.wake.map_or(w, |x| x.min(w)));
+            }
+        }
+        let new_status = DeploymentStatus {
+            replicas: Some(c.replicas),
+            updated_replicas: Some(c.updated),
+            ready_replicas: Some(c.ready),
+            available_replicas: Some(c.available),
+            unavailable_replicas: Some(c.unavailable),
+            observed_generation: d.metadata.generation,
+            collision_count: status.collision_count,
+            terminating_replicas: None,
+            conditions: Some(conds),
+        };
+        if d.status.as_ref() != Some(&new_status) {
+            self.write_status(d, &new_status).await?;
+        }
+        Ok(())
+    }
+
+    /// kube's DeploymentComplete over the status read at the start of the pass.
+    fn was_complete(&self, d: &Deployment, b: &Budget) -> bool {
+        let s = d.status.clone().unwrap_or_default();
+        rollout::complete(
+            b.replicas,
+            &status_counts(&s),
+            s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0),
+        )
+    }
+
+    /// kube's oldPodsRunning (Recreate): an old ReplicaSet still reports pods, or a pod of one
+    /// has not finished (terminating pods count until they are gone or Succeeded/Failed).
+    fn old_pods_running(&self, olds: &[Arc<ReplicaSet>]) -> bool {
+        if olds
+            .iter()
+            .any(|r| r.status.as_ref().is_some_and(|s| s.replicas > 0))
+        {
+            return true;
+        }
+        let uids: Vec<String> = olds.iter().filter_map(|r| r.uid()).collect();
+        self.caches.pods.state().iter().any(|p| {
+            controller_uid(&p.metadata).is_some_and(|u| uids.iter().any(|x| x == u))
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        })
+    }
+
+    /// kube's getNewReplicaSet when there is none: creates `<name>-<hash>` with the template
+    /// (plus the hash label) at `size`. None: not now (the name is held by a ReplicaSet being
+    /// deleted, or by another template — then collisionCount goes up and the next pass hashes
+    /// differently).
+    #[allow(clippy::too_many_arguments, reason = "the parts of one sync pass")]
+    async fn create_new_rs(
+        &mut self,
+        d: &Deployment,
+        rss: &Api<ReplicaSet>,
+        status: &mut DeploymentStatus,
+        conds: &mut Vec<k8s_openapi::api::apps::v1::DeploymentCondition>,
+        new_revision: i64,
+        size: i32,
+        b: &Budget,
+    ) -> anyhow::Result<Option<Arc<ReplicaSet>>> {
+        let spec = d.spec.clone().unwrap_or_default();
+        let ns = d.namespace().unwrap_or_default();
+        let hash = pod_template_hash(&spec.template, status.collision_count);
+        let mut template = spec.template.clone();
+        template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(POD_TEMPLATE_HASH.into(), hash.clone());
+        let mut selector = spec.selector.clone();
+        selector
+            .match_labels
+            .get_or_insert_with(Default::default)
+            .insert(POD_TEMPLATE_HASH.into(), hash.clone());
+        let labels = template.metadata.as_ref().and_then(|m| m.labels.clone());
+        let mut annotations = BTreeMap::new();
+        rollout::new_rs_annotations(d.annotations(), &mut annotations, new_revision, false, b);
+        let name = format!("{}-{hash}", d.name_any());
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                labels,
+                annotations: Some(annotations),
+                owner_references: Some(vec![controller_ref("apps/v1", "Deployment", &d.metadata)]),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(size),
+                min_ready_seconds: spec.min_ready_seconds,
+                selector,
+                template: Some(template),
+            }),
+            status: None,
+        };
+        match rss.create(&PostParams::default(), &rs).await {
+            Ok(made) => {
+                tracing::info!(deployment = %d.name_any(), replicaset = %name, size, revision = new_revision, "created new replica set");
+                if spec
+                    .progress_deadline_seconds
+                    .is_some_and(|s| s != i32::MAX)
+                {
+                    rollout::new_rs_condition(
+                        conds,
+                        rollout::NEW_RS_CREATED,
+                        format!("Created new replica set \"{name}\""),
+                        now_seconds(),
+                    );
+                }
+                Ok(Some(self.fresh_rs.wrote(made, true)))
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let existing = match rss.get_opt(&name).await.context("reading replicaset")? {
+                    Some(r) => r,
+                    None => return Ok(None),
+                };
+                let ours = controller_uid(&existing.metadata) == d.uid().as_deref();
+                let same = existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| templates_equal(t, &spec.template));
+                if ours && same {
+                    if existing.metadata.deletion_timestamp.is_some() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.fresh_rs.wrote(existing, false)));
+                }
+                status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);
+                tracing::info!(deployment = %d.name_any(), replicaset = %name, collisions = ?status.collision_count, "replica set name taken by another template");
+                let deps: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+                let made = deps
+                    .patch_status(
+                        &d.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            json!({"status": {"collisionCount": status.collision_count}}),
+                        ),
+                    )
+                    .await
+                    .context("recording a hash collision")?;
+                self.fresh_d.wrote(made, false);
+                Ok(None)
+            }
+            Err(e) => Err(e).context("creating replicaset"),
+        }
+    }
+
+    /// kube's cleanupDeployment: deletes old, empty ReplicaSets beyond `revisionHistoryLimit`.
+    async fn cleanup(
+        &mut self,
+        rss: &Api<ReplicaSet>,
+        olds: &[Arc<ReplicaSet>],
+        limit: Option<i32>,
+    ) -> anyhow::Result<()> {
+        let Some(limit) = limit.filter(|l| *l != i32::MAX) else {
+            return Ok(());
+        };
+        let views: Vec<Rs> = olds.iter().map(|r| view(r)).collect();
+        for name in rollout::cleanup(&views, limit) {
+            let Some(r) = olds.iter().find(|r| r.name_any() == name) else {
+                continue;
+            };
+            tracing::info!(replicaset = %name, limit, "deleting old replica set beyond the history limit");
+            let dp = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: r.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match rss.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e).context("deleting old replicaset"),
+            }
+            if let Some(u) = r.uid() {
+                self.fresh_rs.forget(&u);
+            }
+        }
+        Ok(())
+    }
+
+    async fn scale_named(
+        &mut self,
+        rss: &Api<ReplicaSet>,
+        olds: &mut [Arc<ReplicaSet>],
+        new_rs: &mut Option<Arc<ReplicaSet>>,
+        name: &str,
+        size: i32,
+        b: &Budget,
+    ) -> anyhow::Result<()> {
+        if let Some(n) = new_rs.as_ref().filter(|n| n.name_any() == name) {
+            *new_rs = Some(self.scale_rs(rss, &n.clone(), size, b).await?);
+        } else if let Some(r) = olds.iter_mut().find(|r| r.name_any() == name) {
+            *r = self.scale_rs(rss, &r.clone(), size, b).await?;
+        }
+        Ok(())
+    }
+
+    /// kube's scaleReplicaSet: the size, with the replica annotations of today's Deployment.
+    async fn scale_rs(
+        &mut self,
+        rss: &Api<ReplicaSet>,
+        rs: &Arc<ReplicaSet>,
+        n: i32,
+        b: &Budget,
+    ) -> anyhow::Result<Arc<ReplicaSet>> {
+        let mut ann = rs.annotations().clone();
+        let ann_changed = rollout::replica_annotations(&mut ann, b);
+        if replicas(rs) == n && !ann_changed {
+            return Ok(rs.clone());
+        }
+        if replicas(rs) != n {
+            tracing::info!(replicaset = %rs.name_any(), from = replicas(rs), to = n, "scaling");
+        }
+        let patch = json!({
+            "metadata": {"annotations": {
+                rollout::DESIRED_REPLICAS: ann.get(rollout::DESIRED_REPLICAS),
+                rollout::MAX_REPLICAS: ann.get(rollout::MAX_REPLICAS),
+            }},
+            "spec": {"replicas": n},
+        });
+        self.patch_rs(rss, rs, patch)
+            .await
+            .with_context(|| format!("scaling {} to {n}", rs.name_any()))
+    }
+
+    async fn patch_rs(
+        &mut self,
+        rss: &Api<ReplicaSet>,
+        rs: &ReplicaSet,
+        patch: serde_json::Value,
+    ) -> anyhow::Result<Arc<ReplicaSet>> {
+        match rss
+            .patch(
+                &rs.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {REVISION: rev}}})),
+                &Patch::Merge(patch),
             )
             .await
-            .context("annotating revision")?;
+        {
+            Ok(made) => Ok(self.fresh_rs.wrote(made, false)),
+            Err(e) => {
+                if let (kube::Error::Api(ae), Some(u)) = (&e, rs.uid()) {
+                    if ae.code == 404 {
+                        self.fresh_rs.forget(&u);
+                    }
+                }
+                Err(e).context(format!("updating replicaset {}", rs.name_any()))
+            }
         }
-        if d.status.as_ref() != Some(&status) {
-            let deps: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-            deps.patch_status(
+    }
+
+    async fn write_status(
+        &mut self,
+        d: &Deployment,
+        status: &DeploymentStatus,
+    ) -> anyhow::Result<()> {
+        let deps: Api<Deployment> =
+            Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
+        match deps
+            .patch_status(
                 &d.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(json!({ "status": status })),
             )
             .await
-            .context("updating status")?;
+        {
+            Ok(made) => {
+                self.fresh_d.wrote(made, false);
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e).context("updating status"),
         }
-        Ok(())
-    }
-
-    async fn scale(&self, rss: &Api<ReplicaSet>, rs: &ReplicaSet, n: i32) -> anyhow::Result<()> {
-        if replicas(rs) == n {
-            return Ok(());
-        }
-        rss.patch(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": n}})),
-        )
-        .await
-        .with_context(|| format!("scaling {} to {n}", rs.name_any()))?;
-        Ok(())
     }
 }

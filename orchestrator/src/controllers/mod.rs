@@ -13,6 +13,7 @@ mod endpointslice;
 mod gc;
 mod nodes;
 mod replicaset;
+mod rollout;
 mod util;
 
 use std::{future::Future, time::Duration};
@@ -106,13 +107,23 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
     caches.synced().await;
     tracing::info!("controller caches synced");
     let rs = replicaset::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop("replicaset", &changes, cfg.resync, rs, |c| {
-        Box::pin(c.reconcile_all())
-    }));
+    tasks.push(spawn_loop_waking(
+        "replicaset",
+        &changes,
+        cfg.resync,
+        rs,
+        |c| Box::pin(c.reconcile_all()),
+        |c| c.wake(),
+    ));
     let dc = deployment::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop("deployment", &changes, cfg.resync, dc, |c| {
-        Box::pin(c.reconcile_all())
-    }));
+    tasks.push(spawn_loop_waking(
+        "deployment",
+        &changes,
+        cfg.resync,
+        dc,
+        |c| Box::pin(c.reconcile_all()),
+        |c| c.wake(),
+    ));
     let ec = endpointslice::Controller::new(client.clone(), caches.clone());
     tasks.push(spawn_loop("endpointslice", &changes, cfg.resync, ec, |c| {
         Box::pin(c.reconcile_all())
@@ -145,8 +156,21 @@ fn spawn_loop<C: Send + 'static>(
     name: &'static str,
     changes: &Changes,
     every: Duration,
+    ctl: C,
+    f: for<'a> fn(&'a mut C) -> BoxFut<'a>,
+) -> JoinHandle<()> {
+    spawn_loop_waking(name, changes, every, ctl, f, |_| None)
+}
+
+/// `spawn_loop`, and also as soon as `wake` asks after a pass (for time-driven transitions:
+/// minReadySeconds, progress deadlines).
+fn spawn_loop_waking<C: Send + 'static>(
+    name: &'static str,
+    changes: &Changes,
+    every: Duration,
     mut ctl: C,
     f: for<'a> fn(&'a mut C) -> BoxFut<'a>,
+    wake: fn(&C) -> Option<Duration>,
 ) -> JoinHandle<()> {
     let mut rx = changes.subscribe();
     tokio::spawn(async move {
@@ -156,9 +180,10 @@ fn spawn_loop<C: Send + 'static>(
                 tracing::warn!(controller = name, error = format!("{e:#}"), "pass failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            let sleep = wake(&ctl).map_or(every, |w| w.min(every));
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(sleep) => {}
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

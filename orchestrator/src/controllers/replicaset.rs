@@ -14,7 +14,10 @@ use kube::{
 };
 
 use super::{
-    util::{controller_ref, controller_uid, pod_active, pod_ready, selector_matches, Expectations},
+    util::{
+        controller_ref, controller_uid, pod_active, pod_available, pod_ready, selector_matches,
+        Expectations,
+    },
     Caches,
 };
 
@@ -25,6 +28,7 @@ pub struct Controller {
     client: Client,
     caches: Caches,
     expect: Expectations,
+    wake: Option<std::time::Duration>,
 }
 
 impl Controller {
@@ -33,10 +37,17 @@ impl Controller {
             client,
             caches,
             expect: Expectations::default(),
+            wake: None,
         }
     }
 
+    /// How soon a pass should run again: when a Ready pod turns available (minReadySeconds).
+    pub fn wake(&self) -> Option<std::time::Duration> {
+        self.wake
+    }
+
     pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
+        self.wake = None;
         let mut first_err = None;
         for rs in self.caches.replicasets.state() {
             // A ReplicaSet being deleted is left alone: its pods go with the garbage collector
@@ -157,11 +168,28 @@ impl Controller {
                 })
         };
         let ready = active.iter().filter(|p| pod_ready(p)).count() as i32;
+        // Available: Ready for longer than minReadySeconds (kube's IsPodAvailable); wake up
+        // when the next one gets there.
+        let now = crate::api::kind::now_seconds();
+        let min_ready = spec.min_ready_seconds.unwrap_or(0);
+        let mut available = 0;
+        for p in &active {
+            match pod_available(p, min_ready, now) {
+                Ok(()) => available += 1,
+                Err(Some(at)) => {
+                    let left =
+                        now.duration_until(at) + k8s_openapi::jiff::SignedDuration::from_secs(1);
+                    let left = std::time::Duration::try_from(left).unwrap_or_default();
+                    self.wake = Some(self.wake.map_or(left, |w| w.min(left)));
+                }
+                Err(None) => {}
+            }
+        }
         let status = ReplicaSetStatus {
             replicas: active.len() as i32,
             fully_labeled_replicas: Some(active.iter().filter(|p| labels_ok(p)).count() as i32),
             ready_replicas: Some(ready),
-            available_replicas: Some(ready),
+            available_replicas: Some(available),
             observed_generation: rs.metadata.generation,
             conditions: None,
             terminating_replicas: None,

@@ -7,8 +7,9 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::Pod,
+    api::core::v1::{Pod, PodTemplateSpec},
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+    jiff::{SignedDuration, Timestamp},
 };
 
 /// The pod's Ready condition is True.
@@ -83,6 +84,164 @@ pub fn template_hash(template: &serde_json::Value) -> String {
         h /= ALPHABET.len() as u64;
     }
     out
+}
+
+/// A pod template as JSON with what Go's encoding would leave out dropped — nulls, empty
+/// strings, objects and arrays — and without the `pod-template-hash` label: two templates are
+/// the same for a Deployment when these are equal (kube's EqualIgnoreHash, which compares
+/// decoded Go structs). A template that went through a Go client (kubectl's `rollout undo`
+/// writes `resources: {}` and `creationTimestamp: null`) still matches its original.
+pub fn template_for_compare(t: &PodTemplateSpec) -> serde_json::Value {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    if let Some(labels) = v
+        .pointer_mut("/metadata/labels")
+        .and_then(|l| l.as_object_mut())
+    {
+        labels.remove(POD_TEMPLATE_HASH);
+    }
+    prune(&mut v);
+    v
+}
+
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+fn prune(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                prune(x);
+            }
+            a.is_empty()
+        }
+        Value::Object(m) => {
+            m.retain(|_, x| !prune(x));
+            m.is_empty()
+        }
+        _ => false,
+    }
+}
+
+/// kube's EqualIgnoreHash.
+pub fn templates_equal(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+    template_for_compare(a) == template_for_compare(b)
+}
+
+/// The `pod-template-hash` of a Deployment's template (kube's ComputeHash: the template and,
+/// after name collisions, the collision count).
+pub fn pod_template_hash(t: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+    let mut v = template_for_compare(t);
+    if let Some(n) = collision_count.filter(|n| *n > 0) {
+        v = serde_json::json!({"template": v, "collisionCount": n});
+    }
+    template_hash(&v)
+}
+
+/// When the pod's Ready condition last turned True, if it is Ready.
+pub fn ready_since(p: &Pod) -> Option<Timestamp> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .map(|c| {
+            c.last_transition_time
+                .as_ref()
+                .map_or(Timestamp::UNIX_EPOCH, |t| t.0)
+        })
+}
+
+/// kube's IsPodAvailable: Ready, and for `min_ready_seconds` > 0 Ready for longer than that.
+/// Otherwise, for a Ready pod, when it becomes available.
+pub fn pod_available(
+    p: &Pod,
+    min_ready_seconds: i32,
+    now: Timestamp,
+) -> Result<(), Option<Timestamp>> {
+    let Some(since) = ready_since(p) else {
+        return Err(None);
+    };
+    if min_ready_seconds <= 0 {
+        return Ok(());
+    }
+    let at = since + SignedDuration::from_secs(min_ready_seconds as i64);
+    if at < now {
+        Ok(())
+    } else {
+        Err(Some(at))
+    }
+}
+
+/// Read-your-writes over a watch cache: the objects a controller wrote (by uid, with the
+/// resourceVersion the API returned) replace older cached copies until the cache catches up,
+/// and objects it created show before the cache has them (for a few seconds). The API server's
+/// resourceVersions are its store's global revision, so they compare as numbers.
+pub struct Fresh<K> {
+    written: HashMap<String, (u64, std::sync::Arc<K>, Instant, bool)>,
+}
+
+impl<K> Default for Fresh<K> {
+    fn default() -> Self {
+        Fresh {
+            written: HashMap::new(),
+        }
+    }
+}
+
+const FRESH_CREATED_TTL: Duration = Duration::from_secs(5);
+
+fn rv_of(m: &ObjectMeta) -> Option<u64> {
+    m.resource_version.as_deref().and_then(|r| r.parse().ok())
+}
+
+impl<K: kube::Resource> Fresh<K> {
+    /// Records an object the API returned from a write; `created` for a create.
+    pub fn wrote(&mut self, obj: K, created: bool) -> std::sync::Arc<K> {
+        let obj = std::sync::Arc::new(obj);
+        if let (Some(uid), Some(rv)) = (obj.meta().uid.clone(), rv_of(obj.meta())) {
+            self.written
+                .insert(uid, (rv, obj.clone(), Instant::now(), created));
+        }
+        obj
+    }
+
+    pub fn forget(&mut self, uid: &str) {
+        self.written.remove(uid);
+    }
+
+    /// The newer of the cached object and our last write of it.
+    pub fn get(&mut self, cached: std::sync::Arc<K>) -> std::sync::Arc<K> {
+        let Some(uid) = cached.meta().uid.clone() else {
+            return cached;
+        };
+        match self.written.get(&uid) {
+            Some((rv, obj, _, _)) if rv_of(cached.meta()).is_some_and(|c| c < *rv) => obj.clone(),
+            Some(_) => {
+                self.written.remove(&uid);
+                cached
+            }
+            None => cached,
+        }
+    }
+
+    /// `cached` with our writes laid over, plus what we created that the cache lacks yet.
+    /// Written objects the cache no longer has (deleted) are dropped.
+    pub fn overlay(&mut self, cached: Vec<std::sync::Arc<K>>) -> Vec<std::sync::Arc<K>> {
+        let seen: HashSet<String> = cached.iter().filter_map(|o| o.meta().uid.clone()).collect();
+        let mut out: Vec<std::sync::Arc<K>> = cached.into_iter().map(|o| self.get(o)).collect();
+        self.written.retain(|uid, (_, obj, at, created)| {
+            if seen.contains(uid) {
+                return true;
+            }
+            let keep = *created && at.elapsed() < FRESH_CREATED_TTL;
+            if keep {
+                out.push(obj.clone());
+            }
+            keep
+        });
+        out
+    }
 }
 
 /// What a controller wrote but its cache may not show yet, per owner: names created (count as
@@ -237,5 +396,44 @@ mod tests {
         assert!(e.observe("rs", &seen).1.contains("p1"));
         let seen: HashSet<String> = ["p2".to_string()].into_iter().collect();
         assert!(e.observe("rs", &seen).1.is_empty());
+    }
+
+    #[test]
+    fn templates_compare_as_go_would_encode_them() {
+        let t = |v: serde_json::Value| -> PodTemplateSpec { serde_json::from_value(v).unwrap() };
+        let a = t(serde_json::json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}));
+        // What kubectl sends back from a ReplicaSet: hash label, empty structs, nulls.
+        let b = t(
+            serde_json::json!({"metadata": {"labels": {"app": "web", "pod-template-hash": "x"},
+            "creationTimestamp": null},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {}}], "securityContext": {}}}),
+        );
+        assert!(templates_equal(&a, &b));
+        assert_eq!(pod_template_hash(&a, None), pod_template_hash(&b, None));
+        assert_ne!(pod_template_hash(&a, None), pod_template_hash(&a, Some(1)));
+        let c = t(serde_json::json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "env": [{"name": "A", "value": "1"}]}]}}));
+        assert!(!templates_equal(&a, &c));
+    }
+
+    #[test]
+    fn availability_waits_min_ready_seconds() {
+        let pod = |ready: bool, since: i64| -> Pod {
+            serde_json::from_value(serde_json::json!({"status": {"conditions": [{
+                "type": "Ready", "status": if ready { "True" } else { "False" },
+                "lastTransitionTime": Timestamp::from_second(since).unwrap().to_string()}]}}))
+            .unwrap()
+        };
+        let now = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(pod_available(&pod(true, 990), 0, now), Ok(()));
+        assert_eq!(pod_available(&pod(false, 990), 0, now), Err(None));
+        assert_eq!(pod_available(&pod(true, 990), 5, now), Ok(()));
+        // kube's IsPodAvailable: Ready for strictly longer than minReadySeconds.
+        assert_eq!(
+            pod_available(&pod(true, 995), 5, now),
+            Err(Some(Timestamp::from_second(1_000).unwrap()))
+        );
+        assert!(pod_available(&pod(true, 998), 5, now).is_err());
     }
 }
