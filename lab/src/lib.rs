@@ -8,6 +8,7 @@ use std::{
 };
 
 pub mod cgroup;
+pub mod components;
 pub mod host;
 pub mod kubectl;
 pub mod servers;

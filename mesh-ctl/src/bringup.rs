@@ -57,6 +57,14 @@ pub struct UpArgs {
     /// else ~/.kube/config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub lab: LabFlags,
+}
+
+/// Names `up` gives what it creates on the host; tests set their own so they never meet a
+/// user's cluster.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LabFlags {
     /// Name of the lab (namespaces, cgroups and pins are `mwl-<name>-*`).
     #[arg(long, default_value = "mesh", hide = true)]
     pub lab_name: String,
@@ -129,7 +137,7 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
         &format!("{} lab nodes on an isolated underlay", a.nodes),
         async {
             let plugin = a.cni_plugin.clone();
-            let lab = Lab::with_plugin(&a.lab_name, &plugin);
+            let lab = Lab::with_plugin(&a.lab.lab_name, &plugin);
             let nodes: Vec<Node> = (1..=a.nodes).map(|i| lab.node(&format!("n{i}"))).collect();
             Ok(Cluster {
                 lab: Arc::new(lab),
@@ -156,7 +164,7 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                 })
                 .collect(),
             api_url: api_url.clone(),
-            host_link: a.host_link.clone(),
+            host_link: a.lab.host_link.clone(),
             user_kubeconfig: user_kc.clone(),
             monitoring: a.monitoring,
             started: now_secs(),
@@ -167,7 +175,7 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
         async {
             c.lab
                 .add_host_link(&HostLink {
-                    name: a.host_link.clone(),
+                    name: a.lab.host_link.clone(),
                     addr: HOST_ADDR.parse()?,
                     routes: vec![(POD_CIDR.parse()?, api_ip), (SERVICE_CIDR.parse()?, api_ip)],
                 })
@@ -229,29 +237,15 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                 &["system:nodes".to_string()],
                 &kc,
             )?;
-            let args: Vec<String> = vec![
-                "node".into(),
-                "--kubeconfig".into(),
-                kc.display().to_string(),
-                "--node-name".into(),
-                n.name.clone(),
-                "--node-ip".into(),
-                n.underlay_ip.to_string(),
-                "--root-dir".into(),
-                dir.join("root").display().to_string(),
-                "--cni-conf-dir".into(),
-                dir.join("cni").display().to_string(),
-                "--cni-bin-dir".into(),
-                c.lab.cni_bin_dir().display().to_string(),
-                "--cgroup-root".into(),
-                c.lab.cgroup(n).join("pods").display().to_string(),
-                "--netns-prefix".into(),
-                format!("{}{}-p-", c.lab.prefix(), n.name),
-                "--heartbeat-seconds".into(),
-                "2".into(),
-                "--restart-backoff-seconds".into(),
-                "2".into(),
-            ];
+            let args = meshwork_lab::components::NodeRuntime {
+                node: n,
+                kubeconfig: &kc,
+                root_dir: &dir.join("root"),
+                cni_conf_dir: &dir.join("cni"),
+                heartbeat_seconds: 2,
+                restart_backoff_seconds: 2,
+            }
+            .args(&c.lab);
             sup.start(in_node(
                 &c,
                 i,
@@ -297,32 +291,15 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
         "a control agent per node (eBPF Service LB, VXLAN overlay)",
         async {
             for (i, n) in c.nodes.iter().enumerate() {
-                let ip = n.underlay_ip.to_string();
                 let kc = st.node(&n.name).join("kubeconfig");
-                let args: Vec<String> = [
-                    "--kubeconfig",
-                    &kc.display().to_string(),
-                    "--node-name",
-                    &n.name,
-                    "--cgroup",
-                    &c.lab.cgroup(n).display().to_string(),
-                    "--pin-dir",
-                    &c.lab.bpf_pin_dir(n).display().to_string(),
-                    "--admin-listen",
-                    &format!("{ip}:10256"),
-                    "--node-ip",
-                    &ip,
-                    "--uplink",
-                    &n.uplink,
-                    "--overlay-uplink",
-                    &n.uplink,
-                    "--overlay-ip",
-                    &ip,
-                    "--pod-cidr",
-                    &cidrs[i],
-                ]
-                .map(String::from)
-                .to_vec();
+                let args = meshwork_lab::components::Agent {
+                    node: n,
+                    kubeconfig: &kc,
+                    // The underlay address: Prometheus and `status` reach it over the host link.
+                    admin_listen: format!("{}:10256", n.underlay_ip),
+                    overlay_pod_cidr: Some(cidrs[i].clone()),
+                }
+                .args(&c.lab);
                 sup.start(in_node(
                     &c,
                     i,

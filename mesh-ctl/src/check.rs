@@ -155,10 +155,10 @@ pub fn run(a: &UpArgs) -> Vec<Check> {
             "stop what listens there (ss -ltnp 'sport = :9090'), e.g. systemctl stop prometheus",
         ));
     }
-    let link_taken = Path::new("/sys/class/net").join(&a.host_link).exists();
+    let link_taken = Path::new("/sys/class/net").join(&a.lab.host_link).exists();
     out.push(check(
         !link_taken,
-        format!("no link named {} in the root namespace", a.host_link),
+        format!("no link named {} in the root namespace", a.lab.host_link),
         "a cluster (or its leftovers) is there: mesh-ctl down",
     ));
     // The host link's subnet and routes must not shadow the machine's own networks.
@@ -170,7 +170,7 @@ pub fn run(a: &UpArgs) -> Vec<Check> {
         .into_iter()
         .filter(|(r, dev)| {
             r.prefix_len() > 0
-                && dev != &a.host_link
+                && dev != &a.lab.host_link
                 && ours.iter().any(|o| o.contains(r) || r.contains(o))
         })
         .map(|(r, dev)| format!("{r} dev {dev}"))

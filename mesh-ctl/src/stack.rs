@@ -108,41 +108,20 @@ pub fn start_agent_with(
         .get(node)
         .ok_or_else(|| anyhow!("no node #{node}"))?;
     let n = &cn.node;
-    let cidrs = cn
-        .pod_cidrs
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let ip = n.underlay_ip.to_string();
-    // NodePorts on the node's underlay address, served by tc on its uplink.
-    let mut extra: Vec<&str> = vec!["--node-ip", &ip, "--uplink", &n.uplink];
-    if overlay {
-        extra.extend([
-            "--overlay-uplink",
-            &n.uplink,
-            "--overlay-ip",
-            &ip,
-            "--pod-cidr",
-            &cidrs,
-        ]);
+    let args = meshwork_lab::components::Agent {
+        node: n,
+        kubeconfig,
+        admin_listen: "127.0.0.1:10256".into(),
+        overlay_pod_cidr: overlay.then(|| {
+            cn.pod_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
     }
-    let (cg, pins) = (c.lab.cgroup(n), c.lab.bpf_pin_dir(n));
-    let arg = |p: &Path| p.to_string_lossy().into_owned();
-    let (kc, cg, pins) = (arg(kubeconfig), arg(&cg), arg(&pins));
-    let mut args: Vec<&str> = vec![
-        "--kubeconfig",
-        &kc,
-        "--node-name",
-        &n.name,
-        "--cgroup",
-        &cg,
-        "--pin-dir",
-        &pins,
-        "--admin-listen",
-        "127.0.0.1:10256",
-    ];
-    args.extend(extra);
+    .args(&c.lab);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = c
         .lab
         .command_in_node(n, &n.netns, "meshwork-control", &args)

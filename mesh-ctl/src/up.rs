@@ -43,8 +43,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
     std::fs::create_dir_all(st.logs()).with_context(|| st.logs().display().to_string())?;
     let user_kc = crate::kubeconfig::user_path(a.kubeconfig.as_deref());
     // The lab links the plugin into its CNI bin dir: a relative path would dangle there.
-    let cni_plugin = std::fs::canonicalize(&a.cni_plugin)
-        .with_context(|| a.cni_plugin.display().to_string())?;
+    let cni_plugin =
+        std::fs::canonicalize(&a.cni_plugin).with_context(|| a.cni_plugin.display().to_string())?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("supervise")
@@ -55,9 +55,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         .arg("--cni-plugin")
         .arg(&cni_plugin)
         .arg("--lab-name")
-        .arg(&a.lab_name)
+        .arg(&a.lab.lab_name)
         .arg("--host-link")
-        .arg(&a.host_link);
+        .arg(&a.lab.host_link);
     if let Some(k) = &user_kc {
         cmd.arg("--kubeconfig").arg(k);
     }
@@ -159,10 +159,8 @@ pub struct DownArgs {
     /// The kubeconfig `up` merged into (default as for `up`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    #[arg(long, default_value = "mesh", hide = true)]
-    pub lab_name: String,
-    #[arg(long, default_value = "mw-host", hide = true)]
-    pub host_link: String,
+    #[command(flatten)]
+    pub lab: crate::bringup::LabFlags,
 }
 
 /// What `up` writes into the state dir (the dir itself may hold other things: it is
@@ -210,7 +208,7 @@ pub async fn down(a: DownArgs) -> Result<()> {
     let prefix = info
         .as_ref()
         .map(|i| i.prefix.clone())
-        .unwrap_or_else(|| format!("mwl-{}-", a.lab_name));
+        .unwrap_or_else(|| format!("mwl-{}-", a.lab.lab_name));
     let left: Vec<String> = std::fs::read_dir(meshwork_lab::NETNS_DIR)
         .into_iter()
         .flatten()
@@ -226,7 +224,7 @@ pub async fn down(a: DownArgs) -> Result<()> {
     let link = info
         .as_ref()
         .map(|i| i.host_link.clone())
-        .unwrap_or(a.host_link);
+        .unwrap_or(a.lab.host_link);
     if std::path::Path::new("/sys/class/net").join(&link).exists() {
         let nl = meshwork_netlink::Netlink::connect()?;
         if let Some(l) = nl.link_by_name(&link).await? {

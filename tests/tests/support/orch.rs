@@ -103,33 +103,25 @@ pub fn start_apiserver(lab: &Lab, node: &Node, extra: &[&str]) -> (Proc, PathBuf
     )
 }
 
-/// `meshwork-control` for `node` with `kubeconfig`, its own pin dir and cgroup (the pods'
-/// cgroups are below it), admin on the node's address:10256, plus `extra` flags.
-pub fn start_agent(lab: &Lab, n: &Node, kubeconfig: &Path, extra: &[&str]) -> Proc {
-    let ip = n.underlay_ip.to_string();
-    let admin = format!("{ip}:10256");
+/// `meshwork-control` for `node` with `kubeconfig` (meshwork_lab::components::Agent), admin on
+/// the node's address:10256; with `overlay_pod_cidr`, it owns the node's overlay too.
+pub fn start_agent(
+    lab: &Lab,
+    n: &Node,
+    kubeconfig: &Path,
+    overlay_pod_cidr: Option<String>,
+) -> Proc {
     let log = lab.dir().join(format!("{}-control.log", n.name));
-    let cg = lab.cgroup(n).display().to_string();
-    let pins = lab.bpf_pin_dir(n).display().to_string();
-    let mut args = vec![
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        &n.name,
-        "--cgroup",
-        &cg,
-        "--pin-dir",
-        &pins,
-        "--admin-listen",
-        &admin,
-        "--node-ip",
-        &ip,
-        "--uplink",
-        &n.uplink,
-    ];
-    args.extend_from_slice(extra);
+    let args = meshwork_lab::components::Agent {
+        node: n,
+        kubeconfig,
+        admin_listen: format!("{}:10256", n.underlay_ip),
+        overlay_pod_cidr,
+    }
+    .args(lab);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = lab
-        .command_in_node(n, &n.netns, "meshwork-control", &args)
+        .command_in_node(n, &n.netns, "meshwork-control", &argv)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -241,16 +233,7 @@ impl Orch {
         let n = &self.nodes[i];
         let kc = self.data.join(format!("{}.kubeconfig", n.name));
         let cidr = self.kubectl(&["get", "node", &n.name, "-o", "jsonpath={.spec.podCIDR}"]);
-        let ip = n.underlay_ip.to_string();
-        let overlay = [
-            "--overlay-uplink",
-            n.uplink.as_str(),
-            "--overlay-ip",
-            &ip,
-            "--pod-cidr",
-            &cidr,
-        ];
-        start_agent(&self.lab, n, &kc, &overlay)
+        start_agent(&self.lab, n, &kc, Some(cidr))
     }
 
     /// The CNI calls the recorder saw: `COMMAND|CONTAINERID|IFNAME|NETNS|CNI_ARGS` per line.
@@ -318,33 +301,16 @@ impl Orch {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let cgroup = self.lab.cgroup(n).join("pods");
-        let ip = n.underlay_ip.to_string();
         let log = self.lab.dir().join(format!("{}-runtime.log", n.name));
-        let prefix = format!("{}{}-p-", self.lab.prefix(), n.name);
-        let args: Vec<String> = vec![
-            "node".into(),
-            "--kubeconfig".into(),
-            kc.display().to_string(),
-            "--node-name".into(),
-            n.name.clone(),
-            "--node-ip".into(),
-            ip,
-            "--root-dir".into(),
-            self.root_dir(i).display().to_string(),
-            "--cni-conf-dir".into(),
-            self.cni_dir(i).display().to_string(),
-            "--cni-bin-dir".into(),
-            self.lab.cni_bin_dir().display().to_string(),
-            "--cgroup-root".into(),
-            cgroup.display().to_string(),
-            "--netns-prefix".into(),
-            prefix,
-            "--heartbeat-seconds".into(),
-            "1".into(),
-            "--restart-backoff-seconds".into(),
-            "1".into(),
-        ];
+        let args = meshwork_lab::components::NodeRuntime {
+            node: n,
+            kubeconfig: &kc,
+            root_dir: &self.root_dir(i),
+            cni_conf_dir: &self.cni_dir(i),
+            heartbeat_seconds: 1,
+            restart_backoff_seconds: 1,
+        }
+        .args(&self.lab);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = self
             .lab
