@@ -133,6 +133,7 @@ struct Cluster {
 }
 
 async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc<Lab>> {
+    let started = now_secs() as i64;
     let c = step(
         &format!("{} lab nodes on an isolated underlay", a.nodes),
         async {
@@ -350,7 +351,11 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
             let nodes = nodes.clone();
             async move {
                 let list = nodes.list(&Default::default()).await?;
-                let ready = list.items.iter().filter(|n| node_ready(n)).count();
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|n| node_ready_since(n, started))
+                    .count();
                 Ok((ready == want).then_some(()))
             }
         })
@@ -440,10 +445,24 @@ where
 }
 
 pub fn node_ready(n: &KNode) -> bool {
+    node_ready_since(n, 0)
+}
+
+/// Ready with a heartbeat at or after `since` (unix seconds): with a kept state dir, the Node
+/// objects of the last run still say Ready until their node runtimes report again.
+fn node_ready_since(n: &KNode, since: i64) -> bool {
     n.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && c.last_heartbeat_time
+                        .as_ref()
+                        .is_some_and(|t| t.0.as_second() >= since)
+            })
+        })
 }
 
 /// The example conflist (cni-plugin/examples) for one node: its IPv4 pod CIDR (the

@@ -461,6 +461,34 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         "{status}"
     );
 
+    // down --keep-state, then up: the cluster's objects come back, and the node runtimes give
+    // the pods new sandboxes (theirs went with the namespaces) instead of adopting nothing.
+    let out = c.mesh_ctl(&["down", "--keep-state"]);
+    assert!(
+        out.status.success(),
+        "mesh-ctl down --keep-state:\n{}",
+        text(&out)
+    );
+    let out = c.mesh_ctl(&["up", "--nodes", "2"]);
+    assert!(
+        out.status.success(),
+        "up on kept state:\n{}{}",
+        text(&out),
+        c.dump()
+    );
+    c.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let back = web_pods(&c);
+    assert_eq!(back, left, "the kept Deployment's pod");
+    let got = until(
+        "the kept Service answering from the host",
+        Duration::from_secs(15),
+        || curl(&urls[0]),
+    );
+    assert!(
+        back.contains(&got),
+        "{got} answered, expected one of {back:?}"
+    );
+
     // down removes everything.
     let out = c.down();
     assert!(out.status.success(), "mesh-ctl down:\n{}", text(&out));

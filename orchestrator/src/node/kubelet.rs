@@ -421,6 +421,17 @@ impl<R: PodRuntime> Kubelet<R> {
     async fn adopt(&self) {
         let mut st = self.inner.state.lock().await;
         for (sb, runs) in self.inner.rt.list() {
+            // A sandbox whose network namespace is gone (the node rebooted, or its namespaces
+            // were removed) cannot be adopted: its containers would be started into nothing.
+            // Release it (CNI DEL frees the address; the spec allows a missing netns) and let
+            // the sync give the pod a new sandbox, as the kubelet does after a reboot.
+            if !sb.netns_path.exists() {
+                tracing::info!(pod = %sb.name, netns = %sb.netns, "sandbox gone; replacing it");
+                if let Err(e) = self.inner.rt.stop_sandbox(&sb).await {
+                    tracing::warn!(pod = %sb.name, error = %e, "releasing a vanished sandbox");
+                }
+                continue;
+            }
             let mut p = PodRt {
                 namespace: sb.namespace.clone(),
                 name: sb.name.clone(),
