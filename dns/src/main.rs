@@ -4,13 +4,7 @@ use clap::Parser;
 use meshwork_dns::{app, config::Config};
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    meshwork_kube_watch::init_logging();
     let cfg = Config::parse();
     // The UDP path runs on its own threads; tokio serves TCP, forwarding and the watch.
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -156,6 +156,18 @@ pub fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<std::n
         .collect()
 }
 
+/// Logs to stderr at `MESHWORK_LOG` (an env-filter; `info` when unset): one logging set-up for
+/// every Meshwork binary.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Resolves on SIGINT or SIGTERM: how node components know to stop (an error means no signal
 /// handler could be installed).
 pub async fn shutdown_signal() -> std::io::Result<()> {

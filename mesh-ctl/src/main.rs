@@ -44,13 +44,7 @@ fn main() -> std::process::ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     if matches!(cli.cmd, Cmd::Supervise(_)) {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+        meshwork_kube_watch::init_logging();
     }
     // Two workers: kube-rs calls and the supervised children's waits share them.
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -4,13 +4,7 @@ use clap::Parser;
 use meshwork_orchestrator::{app, config};
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    meshwork_kube_watch::init_logging();
     let cli = config::Cli::parse();
     // The shim enters namespaces, which needs a single-threaded process: no runtime for it.
     let cli = match cli.cmd {
