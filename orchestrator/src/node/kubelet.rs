@@ -596,6 +596,8 @@ impl<R: PodRuntime> Kubelet<R> {
                     p.sandbox_error = None;
                 }
                 Err(e) => {
+                    // The kubelet's FailedCreatePodSandBox: in the pod's status and the log.
+                    tracing::warn!(pod = %p.name, error = %e, "creating the pod sandbox failed");
                     p.sandbox_error = Some(e.to_string());
                     return Ok(());
                 }
