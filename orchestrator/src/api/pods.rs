@@ -183,13 +183,7 @@ impl Api {
             })?;
         let code = resp.status();
         if !code.is_success() {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let msg = String::from_utf8_lossy(&body).trim().to_string();
+            let msg = node_message(resp.into_body()).await;
             return Err(if code == StatusCode::NOT_FOUND {
                 ApiError::BadRequest(msg)
             } else {
@@ -239,4 +233,17 @@ pub(crate) fn pod_container(pod: &Pod, asked: Option<&str>) -> Result<String, Ap
         )));
     }
     Ok(container)
+}
+
+/// The text of a node runtime's refusal (its body), for the Status the client gets.
+pub(super) async fn node_message<B>(body: B) -> String
+where
+    B: hyper::body::Body,
+{
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim().to_string()
 }

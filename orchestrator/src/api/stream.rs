@@ -135,13 +135,7 @@ impl Api {
                 .map_err(|e| unavailable(&e))?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let code = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let msg = String::from_utf8_lossy(&body).trim().to_string();
+            let msg = super::pods::node_message(resp.into_body()).await;
             return Err(if code.is_client_error() {
                 ApiError::BadRequest(msg)
             } else {

@@ -309,13 +309,9 @@ fn stream(mut req: Request<Incoming>, logs: &LogIndex) -> Response<Body> {
             };
             let resp = ws_accept(&req, proto);
             tokio::spawn(async move {
-                let Ok(up) = on_upgrade.await else { return };
-                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(up),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    None,
-                )
-                .await;
+                let Some(ws) = server_websocket(on_upgrade).await else {
+                    return;
+                };
                 if attach {
                     super::exec::serve_attach(ws, target).await;
                 } else {
@@ -349,13 +345,9 @@ fn stream(mut req: Request<Incoming>, logs: &LogIndex) -> Response<Body> {
                 }
                 let resp = ws_accept(&req, super::portforward::TUNNEL_PROTOCOL);
                 tokio::spawn(async move {
-                    let Ok(up) = on_upgrade.await else { return };
-                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        TokioIo::new(up),
-                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                        None,
-                    )
-                    .await;
+                    let Some(ws) = server_websocket(on_upgrade).await else {
+                        return;
+                    };
                     let io = super::portforward::ws_bytes(ws);
                     super::portforward::serve_spdy(io, netns, pod).await;
                 });
@@ -383,4 +375,20 @@ fn stream(mut req: Request<Incoming>, logs: &LogIndex) -> Response<Body> {
             resp
         }
     }
+}
+
+/// The server side of an accepted WebSocket upgrade (exec, attach and port-forward share it);
+/// None if the client went away before the upgrade completed.
+async fn server_websocket(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let up = on_upgrade.await.ok()?;
+    Some(
+        tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(up),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await,
+    )
 }
