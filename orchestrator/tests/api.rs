@@ -258,6 +258,28 @@ macro_rules! conformance {
                 // Server-side apply is not implemented: a clean 415.
                 let (code, _, body) = c.raw("PATCH", "/apis/apps/v1/namespaces/default/deployments/web", "application/apply-patch+yaml", b"{}".to_vec()).await;
                 assert_eq!((code, body["reason"].as_str()), (415, Some("UnsupportedMediaType")));
+
+                // Protobuf bodies: bad ones are a 400 naming the problem and create nothing.
+                const PB: &str = "application/vnd.kubernetes.protobuf";
+                let cms = "/api/v1/namespaces/default/configmaps";
+                for (bad, says) in [
+                    (&b"k8s\0\x0a\xff"[..], "runtime.Unknown"),
+                    (&br#"{"kind":"ConfigMap"}"#[..], "envelope prefix"),
+                    (&b""[..], "empty"),
+                ] {
+                    let (code, _, body) = c.raw("POST", cms, PB, bad.to_vec()).await;
+                    let msg = body["message"].as_str().unwrap_or_default();
+                    assert!(code == 400 && msg.contains(says), "{code} {body}");
+                }
+                let good = meshwork_kube_protobuf::encode_object(&json!({
+                    "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pb"}, "data": {"a": "1"}
+                })).unwrap();
+                let (code, _, body) = c.raw("POST", cms, PB, good).await;
+                assert_eq!((code, &body["data"]["a"]), (201, &json!("1")), "{body}");
+                let (_, _, list) = c.raw("GET", cms, "application/json", Vec::new()).await;
+                let names: Vec<&str> = list["items"].as_array().unwrap().iter()
+                    .map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+                assert_eq!(names, ["pb"]);
             }
 
             #[tokio::test]

@@ -228,7 +228,6 @@ fn deployment_service_and_endpoints_through_kubectl() {
     );
 
     // Namespace deletion stops the pods in it and the namespace goes when they are gone.
-    // (kubectl create namespace sends protobuf, which the API server refuses with 415.)
     o.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}));
     o.apply(&json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "namespace": "tmp"},

@@ -183,7 +183,12 @@ impl Api {
     {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        match self.route(req).await {
+        let protobuf = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(meshwork_kube_protobuf::prefers_protobuf);
+        let r = match self.route(req).await {
             Ok(r) => r,
             Err(e) => {
                 if matches!(e, ApiError::Internal(_)) {
@@ -191,6 +196,11 @@ impl Api {
                 }
                 error_response(&e)
             }
+        };
+        if protobuf {
+            as_protobuf(r).await
+        } else {
+            r
         }
     }
 
@@ -285,14 +295,25 @@ impl Api {
         } else {
             Bytes::new()
         };
-        // Bodies are JSON (patches have their own types); protobuf and CBOR are not spoken.
+        // The verbs speak JSON (patches have their own types); protobuf bodies (kubectl's
+        // `create` generators, client-go typed clients) are transcoded here. CBOR is not spoken.
+        let (body, content_type) = if !body.is_empty()
+            && content_type.starts_with(meshwork_kube_protobuf::MEDIA_TYPE)
+        {
+            let obj = meshwork_kube_protobuf::decode_body(&body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let json = serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
+            (Bytes::from(json), "application/json".to_string())
+        } else {
+            (body, content_type)
+        };
         if matches!(parts.method, Method::POST | Method::PUT)
             && !body.is_empty()
             && !content_type.starts_with("application/json")
             && !content_type.starts_with("*/*")
         {
             return Err(ApiError::UnsupportedMediaType {
-                accepted: "application/json",
+                accepted: "application/json, application/vnd.kubernetes.protobuf",
             });
         }
         let ctx = verbs::Ctx {
@@ -401,6 +422,40 @@ where
             "reading the request body: {e}"
         ))),
     }
+}
+
+/// A whole JSON answer re-encoded as protobuf for a client that prefers it. Streams (watch,
+/// logs) and renderings protobuf has no message for (Table) stay JSON, which every such
+/// client also accepts.
+async fn as_protobuf(r: Response<Body>) -> Response<Body> {
+    use hyper::body::Body as _;
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "application/json");
+    if !json || r.body().size_hint().exact().is_none() {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| meshwork_kube_protobuf::encode_object(&v).ok());
+    let body = match encoded {
+        Some(pb) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(meshwork_kube_protobuf::MEDIA_TYPE),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(pb)
+        }
+        None => bytes,
+    };
+    Response::from_parts(parts, Full::new(body).boxed())
 }
 
 fn with_kind(mut v: Value, kind: &str, api_version: Option<&str>) -> Value {

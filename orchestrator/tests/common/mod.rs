@@ -5,6 +5,8 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+pub mod kubectl;
+
 use std::time::Duration;
 
 use bytes::Bytes;
