@@ -126,6 +126,8 @@ fn apply(dp: &mut Datapath, have: &mut Desired, ops: Vec<Op>) -> usize {
 }
 
 pub async fn start(cfg: Config) -> Result<Running, Error> {
+    let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
+    let cfg = crate::discover::resolve(cfg, &client).await?;
     let node = NodeInfo {
         name: cfg.node().map_err(Error::Config)?,
         addresses: cfg.node_ips.clone(),
@@ -142,7 +144,6 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     tracing::info!(frontends = have.len(), "datapath read back");
     let dp = Arc::new(Mutex::new((dp, have)));
 
-    let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let changes = Changes::new();
     let mut rx = changes.subscribe();
     let overlay = overlay(&cfg).await?;

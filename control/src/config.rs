@@ -22,16 +22,18 @@ pub struct Config {
     /// This node's name (Local traffic policies keep endpoints with this nodeName).
     #[arg(long, env = "NODE_NAME", global = true)]
     pub node_name: Option<String>,
-    /// Addresses NodePorts are served on (repeatable).
-    #[arg(long = "node-ip", value_delimiter = ',')]
+    /// Addresses NodePorts are served on (repeatable; a DaemonSet passes status.hostIP).
+    #[arg(long = "node-ip", env = "NODE_IP", value_delimiter = ',')]
     pub node_ips: Vec<std::net::IpAddr>,
-    /// cgroup v2 directory whose sockets are load balanced.
+    /// cgroup v2 directory whose sockets are load balanced; `auto`: the directory the node
+    /// runtime puts pods under, found from this agent's own pod cgroup.
     #[arg(long, default_value = DEFAULT_CGROUP)]
     pub cgroup: PathBuf,
     /// bpffs pin directory (default /sys/fs/bpf/meshwork/<node>).
     #[arg(long, global = true)]
     pub pin_dir: Option<PathBuf>,
-    /// Uplink device for NodePort/ExternalIP traffic from outside (tc); none: socket LB only.
+    /// Uplink device for NodePort/ExternalIP traffic from outside (tc); none: socket LB only;
+    /// `auto`: the link holding the first --node-ip.
     #[arg(long)]
     pub uplink: Option<String>,
     /// /healthz (kube-proxy compatible) and /metrics.
@@ -43,13 +45,13 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "random")]
     pub lb_algorithm: LbAlgorithm,
     /// Program the VXLAN overlay to every other node from Node objects, over this underlay
-    /// device (with --overlay-ip and --pod-cidr); unset: the overlay is someone else's.
+    /// device (`auto`: the link holding --overlay-ip); unset: the overlay is someone else's.
     #[arg(long)]
     pub overlay_uplink: Option<String>,
-    /// This node's underlay IPv4 (the VTEP address).
+    /// This node's underlay IPv4 (the VTEP address; default: the first IPv4 --node-ip).
     #[arg(long)]
     pub overlay_ip: Option<std::net::Ipv4Addr>,
-    /// This node's pod CIDRs (one per family).
+    /// This node's pod CIDRs (one per family; default: the Node's spec.podCIDRs).
     #[arg(long = "pod-cidr", value_delimiter = ',')]
     pub pod_cidrs: Vec<ipnet::IpNet>,
 }

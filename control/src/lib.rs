@@ -6,6 +6,7 @@
 pub mod app;
 pub mod config;
 pub mod desired;
+pub mod discover;
 pub mod incremental;
 pub mod metrics;
 pub mod nodes;
