@@ -16,7 +16,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::controllers::Caches;
+use crate::controllers::{node_unfit, Caches};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
@@ -94,13 +94,6 @@ fn allocatable(n: &Node) -> Resources {
     }
 }
 
-fn node_ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// The best node for `pod` given what is already placed (`used` per node), or why none fits.
 pub fn pick<'a>(
     pod: &Pod,
@@ -113,22 +106,9 @@ pub fn pick<'a>(
     let mut best: Option<(i64, i64, &'a Node)> = None;
     for &n in nodes {
         let name = n.name_any();
-        if !node_ready(n) {
-            reasons.push(format!("{name}: not ready"));
-            continue;
-        }
-        if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-            reasons.push(format!("{name}: unschedulable"));
-            continue;
-        }
-        let labels = n.labels();
-        if !spec
-            .node_selector
-            .iter()
-            .flatten()
-            .all(|(k, v)| labels.get(k) == Some(v))
-        {
-            reasons.push(format!("{name}: didn't match Pod's node affinity/selector"));
+        let tolerations = spec.tolerations.as_deref().unwrap_or_default();
+        if let Some(why) = node_unfit(n, spec.node_selector.as_ref(), tolerations) {
+            reasons.push(format!("{name}: {why}"));
             continue;
         }
         let cap = allocatable(n);

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::{Backend, Cluster};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
-    apps::v1::Deployment,
+    apps::v1::{DaemonSet, Deployment},
     core::v1::{ConfigMap, Event, Pod, Service},
 };
 use kube::{
@@ -48,6 +48,35 @@ fn deployment(name: &str) -> Deployment {
         }
     }))
     .unwrap()
+}
+
+fn daemonset(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "agent", "image": "busybox"}]}
+            }
+        }
+    })
+}
+
+/// The causes of a 422, as (field, message).
+fn causes(st: &Value) -> Vec<(String, String)> {
+    st["details"]["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap_or("").to_string(),
+                c["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
 
 fn api_code(e: kube::Error) -> (u16, String) {
@@ -304,6 +333,113 @@ macro_rules! conformance {
                 let (code, _, _) = c.raw("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale",
                     "application/merge-patch+json", br#"{"spec":{"replicas":-1}}"#.to_vec()).await;
                 assert_eq!(code, 422);
+            }
+
+            #[tokio::test]
+            async fn daemonsets_defaults_validation_status_and_tables() {
+                let c = Cluster::start($b).await;
+                let api: Api<DaemonSet> = Api::namespaced(c.client.clone(), "default");
+                let ds = api.create(&PostParams::default(), &serde_json::from_value(daemonset("agent")).unwrap()).await.unwrap();
+                // kube-apiserver's defaults.
+                assert_eq!(ds.metadata.generation, Some(1));
+                let spec = ds.spec.clone().unwrap();
+                let strategy = spec.update_strategy.clone().unwrap();
+                assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+                let ru = strategy.rolling_update.unwrap();
+                use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+                assert_eq!((ru.max_unavailable, ru.max_surge), (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))));
+                assert_eq!(spec.revision_history_limit, Some(10));
+                let pod = spec.template.spec.clone().unwrap();
+                assert_eq!((pod.restart_policy.as_deref(), pod.dns_policy.as_deref()), (Some("Always"), Some("ClusterFirst")));
+                assert_eq!(pod.termination_grace_period_seconds, Some(30));
+                assert_eq!(pod.containers[0].image_pull_policy.as_deref(), Some("Always"));
+                // OnDelete gets no rollingUpdate block.
+                let mut on_delete = daemonset("od");
+                on_delete["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+                let od = api.create(&PostParams::default(), &serde_json::from_value(on_delete).unwrap()).await.unwrap();
+                assert_eq!(od.spec.unwrap().update_strategy.unwrap().rolling_update, None);
+
+                // Validation: 422 Invalid naming each field.
+                let path = "/apis/apps/v1/namespaces/default/daemonsets";
+                let invalid = |mut body: Value, edit: &dyn Fn(&mut Value)| { edit(&mut body); serde_json::to_vec(&body).unwrap() };
+                let (code, _, st) = c.raw("POST", path, "application/json",
+                    invalid(daemonset("bad"), &|b| b["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"}))).await;
+                assert_eq!((code, st["reason"].as_str()), (422, Some("Invalid")), "{st}");
+                assert_eq!(causes(&st), [("spec.template.metadata.labels".to_string(),
+                    r#"Invalid value: {"app": "other"}: `selector` does not match template `labels`"#.to_string())]);
+                assert!(st["message"].as_str().unwrap().starts_with(r#"DaemonSet.apps "bad" is invalid: "#), "{st}");
+                let (code, _, st) = c.raw("POST", path, "application/json",
+                    invalid(daemonset("bad"), &|b| b["spec"]["template"]["spec"]["restartPolicy"] = json!("Never"))).await;
+                assert_eq!(code, 422);
+                assert_eq!(causes(&st), [("spec.template.spec.restartPolicy".to_string(),
+                    r#"Unsupported value: "Never": supported values: "Always""#.to_string())]);
+                let (code, _, st) = c.raw("POST", path, "application/json",
+                    invalid(daemonset("bad"), &|b| b["spec"]["selector"] = json!({}))).await;
+                assert_eq!(code, 422);
+                assert!(causes(&st)[0].1.ends_with("empty selector is invalid for daemonset"), "{st}");
+                let (code, _, st) = c.raw("POST", path, "application/json",
+                    invalid(daemonset("bad"), &|b| b["spec"]["updateStrategy"] = json!({"rollingUpdate": {"maxUnavailable": 0}}))).await;
+                assert_eq!(code, 422);
+                assert_eq!(causes(&st), [("spec.updateStrategy.rollingUpdate.maxUnavailable".to_string(),
+                    "Required value: cannot be 0 when maxSurge is 0".to_string())]);
+                let (code, _, st) = c.raw("POST", path, "application/json",
+                    invalid(daemonset("bad"), &|b| b["spec"]["updateStrategy"] = json!({"type": "Recreate"}))).await;
+                assert_eq!(code, 422);
+                assert_eq!(causes(&st)[0].0, "spec.updateStrategy");
+                assert_eq!(api_code(api.get("bad").await.unwrap_err()).0, 404, "nothing invalid was stored");
+
+                // Generation follows the spec only; the selector is immutable.
+                let p = api.patch("agent", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tier": "node"}}}))).await.unwrap();
+                assert_eq!(p.metadata.generation, Some(1));
+                let p = api.patch("agent", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {
+                    "containers": [{"name": "agent", "image": "nginx"}]}}}}))).await.unwrap();
+                assert_eq!(p.metadata.generation, Some(2));
+                let (code, _) = api_code(api.patch("agent", &PatchParams::default(), &Patch::Merge(json!({"spec": {"selector": {"matchLabels": {"app": "x"}}}}))).await.unwrap_err());
+                assert_eq!(code, 422);
+
+                // The status subresource: status writes ignore spec, main writes keep status.
+                let st = api.patch_status("agent", &PatchParams::default(), &Patch::Merge(json!({
+                    "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 2, "numberReady": 1,
+                               "updatedNumberScheduled": 2, "numberAvailable": 1, "numberMisscheduled": 0},
+                    "spec": {"minReadySeconds": 9}}))).await.unwrap();
+                assert_eq!(st.status.as_ref().unwrap().number_ready, 1);
+                assert_eq!(st.spec.as_ref().unwrap().min_ready_seconds, None, "status writes ignore spec");
+                assert_eq!(st.metadata.generation, Some(2));
+                let mut d = api.get("agent").await.unwrap();
+                d.status = None;
+                let d = api.replace("agent", &PostParams::default(), &d).await.unwrap();
+                assert_eq!(d.status.unwrap().desired_number_scheduled, 3, "main writes keep status");
+                // No scale subresource.
+                let (code, _, _) = c.raw("GET", &format!("{path}/agent/scale"), "application/json", Vec::new()).await;
+                assert_eq!(code, 404);
+
+                // kubectl get's columns, from the server.
+                api.patch("od", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd", "zone": "a"}}}}}))).await.unwrap();
+                let req = http::Request::get(path)
+                    .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+                    .body(Vec::new()).unwrap();
+                let t: Value = c.client.request(req).await.unwrap();
+                let cols: Vec<(&str, i64)> = t["columnDefinitions"].as_array().unwrap().iter()
+                    .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_i64().unwrap())).collect();
+                assert_eq!(cols, [("Name", 0), ("Desired", 0), ("Current", 0), ("Ready", 0), ("Up-to-date", 0), ("Available", 0),
+                    ("Node Selector", 0), ("Age", 0), ("Containers", 1), ("Images", 1), ("Selector", 1)]);
+                let rows = t["rows"].as_array().unwrap();
+                let cells = |name: &str| rows.iter().find(|r| r["cells"][0] == name).unwrap()["cells"].as_array().unwrap().clone();
+                let agent = cells("agent");
+                assert_eq!(agent[1..7], [json!(3), json!(2), json!(1), json!(2), json!(1), json!("<none>")]);
+                assert_eq!(agent[8..], [json!("agent"), json!("nginx"), json!("app=agent")]);
+                assert_eq!(cells("od")[6], "disk=ssd,zone=a");
+
+                // Discovery and openapi.
+                let apps = c.client.list_api_group_resources("apps/v1").await.unwrap();
+                let r = apps.resources.iter().find(|r| r.name == "daemonsets").unwrap();
+                assert_eq!((r.kind.as_str(), r.namespaced, r.singular_name.as_str()), ("DaemonSet", true, "daemonset"));
+                assert_eq!(r.short_names.as_deref(), Some(&["ds".to_string()][..]));
+                assert_eq!(r.categories.as_deref(), Some(&["all".to_string()][..]));
+                assert!(apps.resources.iter().any(|r| r.name == "daemonsets/status"));
+                assert!(!apps.resources.iter().any(|r| r.name == "daemonsets/scale"));
+                let doc: Value = c.client.request(http::Request::get("/openapi/v3/apis/apps/v1").body(Vec::new()).unwrap()).await.unwrap();
+                assert_eq!(doc["paths"]["/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}"]["patch"]["x-kubernetes-group-version-kind"]["kind"], "DaemonSet");
             }
 
             #[tokio::test]

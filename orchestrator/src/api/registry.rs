@@ -2,7 +2,7 @@
 
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, ReplicaSet},
+        apps::v1::{DaemonSet, Deployment, ReplicaSet},
         core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount},
         discovery::v1::EndpointSlice,
     },
@@ -41,6 +41,7 @@ impl Registry {
             Box::new(Typed::<ConfigMap>::new()),
             Box::new(Typed::<Secret>::new()),
             Box::new(Typed::<ServiceAccount>::new()),
+            Box::new(Typed::<DaemonSet>::new()),
             Box::new(Typed::<Deployment>::new()),
             Box::new(Typed::<ReplicaSet>::new()),
             Box::new(Typed::<EndpointSlice>::new()),

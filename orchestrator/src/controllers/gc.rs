@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, ReplicaSet},
+        apps::v1::{DaemonSet, Deployment, ReplicaSet},
         core::v1::{Pod, Service},
         discovery::v1::EndpointSlice,
     },
@@ -87,6 +87,12 @@ impl Controller {
             owners.insert(
                 d.uid().unwrap_or_default(),
                 owner_of("Deployment", &d.metadata),
+            );
+        }
+        for d in c.daemonsets.state() {
+            owners.insert(
+                d.uid().unwrap_or_default(),
+                owner_of("DaemonSet", &d.metadata),
             );
         }
         for r in c.replicasets.state() {
@@ -171,6 +177,7 @@ impl Controller {
             let patch = json!({"metadata": {"finalizers": keep}});
             let res = match o.kind {
                 "Deployment" => self.patch_owner::<Deployment>(o, &patch).await,
+                "DaemonSet" => self.patch_owner::<DaemonSet>(o, &patch).await,
                 "ReplicaSet" => self.patch_owner::<ReplicaSet>(o, &patch).await,
                 "Service" => self.patch_owner::<Service>(o, &patch).await,
                 "Pod" => self.patch_owner::<Pod>(o, &patch).await,
@@ -198,6 +205,7 @@ impl Controller {
         let c = self.client.clone();
         match r.kind.as_str() {
             "Deployment" => get(Api::<Deployment>::namespaced(c, ns), r).await,
+            "DaemonSet" => get(Api::<DaemonSet>::namespaced(c, ns), r).await,
             "ReplicaSet" => get(Api::<ReplicaSet>::namespaced(c, ns), r).await,
             "Service" => get(Api::<Service>::namespaced(c, ns), r).await,
             "Pod" => get(Api::<Pod>::namespaced(c, ns), r).await,

@@ -1,13 +1,14 @@
 //! The controllers of the bundled orchestrator (kube-controller-manager's role), run against
-//! the API through kube-rs like any client: ReplicaSet, Deployment, EndpointSlice, garbage
-//! collection by ownerReferences, node pod-CIDR allocation and node lifecycle. ClusterIP and
-//! NodePort allocation live in the API server (`api::alloc`), as in kube-apiserver.
+//! the API through kube-rs like any client: ReplicaSet, Deployment, DaemonSet, EndpointSlice,
+//! garbage collection by ownerReferences, node pod-CIDR allocation and node lifecycle. ClusterIP
+//! and NodePort allocation live in the API server (`api::alloc`), as in kube-apiserver.
 //!
 //! Each controller is level-triggered: it reads shared watch caches and converges every object
 //! on any change, and on a timer (for time-driven transitions). Writes are idempotent or
 //! guarded by expectations (what a controller created or deleted but its cache has not shown
 //! yet), so a stale cache never doubles a create.
 
+mod daemonset;
 mod deployment;
 mod endpointslice;
 mod gc;
@@ -20,7 +21,7 @@ use std::{future::Future, time::Duration};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
+    apps::v1::{DaemonSet, Deployment, ReplicaSet},
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
@@ -32,7 +33,7 @@ use kube::{
 use meshwork_kube_watch::{reflect, Changes};
 use tokio::task::JoinHandle;
 
-pub use util::{pod_ready, template_hash};
+pub use util::{node_ready, node_unfit, pod_ready, template_hash};
 
 /// Settings of the controllers (kube-controller-manager's flags of the same meaning).
 #[derive(Clone, Debug)]
@@ -63,6 +64,7 @@ pub struct Caches {
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
+    pub daemonsets: Store<DaemonSet>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub nodes: Store<Node>,
@@ -77,16 +79,18 @@ impl Caches {
         let (services, t4) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         let (slices, t5) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         let (nodes, t6) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (daemonsets, t7) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         (
             Caches {
                 pods,
                 replicasets,
                 deployments,
+                daemonsets,
                 services,
                 slices,
                 nodes,
             },
-            vec![t1, t2, t3, t4, t5, t6],
+            vec![t1, t2, t3, t4, t5, t6, t7],
         )
     }
 
@@ -94,6 +98,7 @@ impl Caches {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.replicasets.wait_until_ready().await;
         let _ = self.deployments.wait_until_ready().await;
+        let _ = self.daemonsets.wait_until_ready().await;
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
@@ -121,6 +126,15 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
         &changes,
         cfg.resync,
         dc,
+        |c| Box::pin(c.reconcile_all()),
+        |c| c.wake(),
+    ));
+    let ds = daemonset::Controller::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop_waking(
+        "daemonset",
+        &changes,
+        cfg.resync,
+        ds,
         |c| Box::pin(c.reconcile_all()),
         |c| c.wake(),
     ));

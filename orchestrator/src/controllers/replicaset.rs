@@ -16,13 +16,10 @@ use kube::{
 use super::{
     util::{
         controller_ref, controller_uid, pod_active, pod_available, pod_ready, selector_matches,
-        Expectations,
+        wake_for, Expectations, BURST,
     },
     Caches,
 };
-
-/// At most this many pod creates or deletes per ReplicaSet per pass (kube: a slow-start burst).
-const BURST: usize = 100;
 
 pub struct Controller {
     client: Client,
@@ -176,12 +173,7 @@ impl Controller {
         for p in &active {
             match pod_available(p, min_ready, now) {
                 Ok(()) => available += 1,
-                Err(Some(at)) => {
-                    let left =
-                        now.duration_until(at) + k8s_openapi::jiff::SignedDuration::from_secs(1);
-                    let left = std::time::Duration::try_from(left).unwrap_or_default();
-                    self.wake = Some(self.wake.map_or(left, |w| w.min(left)));
-                }
+                Err(Some(at)) => wake_for(&mut self.wake, now, at),
                 Err(None) => {}
             }
         }

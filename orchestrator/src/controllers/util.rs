@@ -7,7 +7,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Pod, PodTemplateSpec},
+    api::core::v1::{Node, Pod, PodTemplateSpec, Toleration},
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
     jiff::{SignedDuration, Timestamp},
 };
@@ -19,6 +19,65 @@ pub fn pod_ready(p: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+/// The node's Ready condition is True.
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The NoSchedule taints kube's node lifecycle controller puts on NotReady and cordoned nodes
+/// (TaintNodesByCondition); this cluster derives them from the node instead of storing them.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// Whether `tolerations` allow scheduling onto the NoSchedule taint `key` (which has no value).
+pub fn tolerates(tolerations: &[Toleration], key: &str) -> bool {
+    tolerations.iter().any(|t| {
+        let effect = matches!(t.effect.as_deref(), None | Some("" | "NoSchedule"));
+        let k = t.key.as_deref().unwrap_or_default();
+        let matched = match t.operator.as_deref() {
+            Some("Exists") => k.is_empty() || k == key,
+            _ => k == key && t.value.as_deref().unwrap_or_default().is_empty(),
+        };
+        effect && matched
+    })
+}
+
+/// Why a pod with `node_selector` and `tolerations` may not be placed on `n` (not Ready or
+/// cordoned, as the taints above, unless tolerated; labels), in the scheduler's words; None
+/// when it may. The scheduler and the DaemonSet controller agree on this, so a daemon pod
+/// lands where an ordinary pod with its tolerations could (a CNI or agent DaemonSet tolerates
+/// not-ready: readying the node is its job).
+pub fn node_unfit(
+    n: &Node,
+    node_selector: Option<&BTreeMap<String, String>>,
+    tolerations: &[Toleration],
+) -> Option<&'static str> {
+    if !node_ready(n) && !tolerates(tolerations, TAINT_NOT_READY) {
+        return Some("not ready");
+    }
+    if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+        && !tolerates(tolerations, TAINT_UNSCHEDULABLE)
+    {
+        return Some("unschedulable");
+    }
+    let labels = n.metadata.labels.as_ref();
+    if !node_selector
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    {
+        return Some("didn't match Pod's node affinity/selector");
+    }
+    None
+}
+
+/// At most this many pod creates or deletes per owner per pass, so one large owner cannot
+/// starve the others of a pass (kube: a slow-start burst).
+pub const BURST: usize = 100;
 
 /// Not finished and not being deleted: counts towards a ReplicaSet's replicas.
 pub fn pod_active(p: &Pod) -> bool {
@@ -171,6 +230,14 @@ pub fn pod_available(
     } else {
         Err(Some(at))
     }
+}
+
+/// Brings `wake` forward to just after `at` (a Ready pod turning available after
+/// minReadySeconds), so the pass that counts it runs then rather than at the next resync.
+pub fn wake_for(wake: &mut Option<Duration>, now: Timestamp, at: Timestamp) {
+    let left = now.duration_until(at) + SignedDuration::from_secs(1);
+    let left = Duration::try_from(left).unwrap_or_default();
+    *wake = Some(wake.map_or(left, |w| w.min(left)));
 }
 
 /// Read-your-writes over a watch cache: the objects a controller wrote (by uid, with the

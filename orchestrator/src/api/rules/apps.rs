@@ -1,9 +1,10 @@
-//! apps/v1 Deployments and ReplicaSets, and discovery.k8s.io/v1 EndpointSlices.
+//! apps/v1 Deployments, ReplicaSets and DaemonSets, and discovery.k8s.io/v1 EndpointSlices.
 
 use k8s_openapi::{
     api::{
         apps::v1::{
-            Deployment, DeploymentStatus, DeploymentStrategy, ReplicaSet, ReplicaSetStatus,
+            DaemonSet, DaemonSetStatus, DaemonSetUpdateStrategy, Deployment, DeploymentStatus,
+            DeploymentStrategy, ReplicaSet, ReplicaSetStatus, RollingUpdateDaemonSet,
             RollingUpdateDeployment,
         },
         core::v1::PodTemplateSpec,
@@ -46,11 +47,13 @@ fn default_template(t: &mut PodTemplateSpec) {
     }
 }
 
-/// Selector present, non-empty and matching the template's labels (apps/v1 rules).
+/// Selector present, non-empty and matching the template's labels (apps/v1 rules). `what`
+/// names the kind in the empty-selector message as kube does (ReplicaSets say "deployment").
 fn validate_workload(
     selector: &LabelSelector,
     template: &PodTemplateSpec,
     replicas: Option<i32>,
+    what: &str,
     causes: &mut Vec<Cause>,
 ) {
     let sel = label_selector_string(Some(selector));
@@ -58,7 +61,7 @@ fn validate_workload(
         causes.push(Cause {
             reason: "FieldValueInvalid",
             field: "spec.selector".into(),
-            message: "Invalid value: v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: empty selector is invalid for deployment".into(),
+            message: format!("Invalid value: v1.LabelSelector{{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}}: empty selector is invalid for {what}"),
         });
     } else {
         let labels = template
@@ -159,7 +162,13 @@ impl Rules for Deployment {
         let Some(spec) = &self.spec else {
             return causes.push(Cause::required("spec"));
         };
-        validate_workload(&spec.selector, &spec.template, spec.replicas, causes);
+        validate_workload(
+            &spec.selector,
+            &spec.template,
+            spec.replicas,
+            "deployment",
+            causes,
+        );
         const STRATEGIES: &[&str] = &["Recreate", "RollingUpdate"];
         if let Some(t) = spec
             .strategy
@@ -243,7 +252,7 @@ impl Rules for ReplicaSet {
             return causes.push(Cause::required("spec"));
         };
         match &spec.template {
-            Some(t) => validate_workload(&spec.selector, t, spec.replicas, causes),
+            Some(t) => validate_workload(&spec.selector, t, spec.replicas, "deployment", causes),
             None => causes.push(Cause::required("spec.template")),
         }
     }
@@ -287,6 +296,196 @@ impl Rules for ReplicaSet {
     fn set_replicas(&mut self, n: i32) {
         self.spec.get_or_insert_with(Default::default).replicas = Some(n);
     }
+}
+
+/// kube's ValidatePositiveIntOrPercent and IsNotMoreThan100Percent; the value as a number
+/// (count or percent) for the surge/unavailable checks, 0 when unset or malformed.
+fn int_or_percent(v: Option<&IntOrString>, field: &str, causes: &mut Vec<Cause>) -> i64 {
+    match v {
+        None => 0,
+        Some(IntOrString::Int(n)) => {
+            if *n < 0 {
+                causes.push(Cause::invalid(
+                    field,
+                    &n.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+            }
+            i64::from(*n)
+        }
+        Some(IntOrString::String(s)) => {
+            let Some(n) = s
+                .strip_suffix('%')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<i64>().ok())
+            else {
+                causes.push(Cause::invalid(
+                    field,
+                    s,
+                    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                ));
+                return 0;
+            };
+            if n > 100 {
+                causes.push(Cause::invalid(field, s, "must not be greater than 100%"));
+            }
+            n
+        }
+    }
+}
+
+fn non_negative(v: Option<i32>, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(n) = v.filter(|n| *n < 0) {
+        causes.push(Cause::invalid(
+            field,
+            &n.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+impl Rules for DaemonSet {
+    const NAMESPACED: bool = true;
+    const SINGULAR: &'static str = "daemonset";
+    const SHORT_NAMES: &'static [&'static str] = &["ds"];
+    const CATEGORIES: &'static [&'static str] = &["all"];
+    const HAS_STATUS: bool = true;
+    const COLUMNS: &'static [Column] = &[
+        NAME,
+        Column::new("Desired", "integer", 0),
+        Column::new("Current", "integer", 0),
+        Column::new("Ready", "integer", 0),
+        Column::new("Up-to-date", "integer", 0),
+        Column::new("Available", "integer", 0),
+        Column::new("Node Selector", "string", 0),
+        AGE,
+        Column::new("Containers", "string", 1),
+        Column::new("Images", "string", 1),
+        Column::new("Selector", "string", 1),
+    ];
+
+    fn default(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.revision_history_limit.get_or_insert(10);
+        let strategy = spec
+            .update_strategy
+            .get_or_insert_with(DaemonSetUpdateStrategy::default);
+        let ty = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if ty == "RollingUpdate" {
+            let ru = strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateDaemonSet::default);
+            ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+            ru.max_surge.get_or_insert(IntOrString::Int(0));
+        }
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, causes: &mut Vec<Cause>) {
+        let Some(spec) = &self.spec else {
+            return causes.push(Cause::required("spec"));
+        };
+        validate_workload(&spec.selector, &spec.template, None, "daemonset", causes);
+        if let Some(pod) = &spec.template.spec {
+            // A daemon pod that exits would be replaced on its node at once, forever.
+            let policy = pod.restart_policy.as_deref().unwrap_or("");
+            if policy != "Always" {
+                causes.push(Cause::unsupported(
+                    "spec.template.spec.restartPolicy",
+                    policy,
+                    &["Always"],
+                ));
+            }
+            if let Some(s) = pod.active_deadline_seconds {
+                causes.push(Cause::invalid(
+                    "spec.template.spec.activeDeadlineSeconds",
+                    &s.to_string(),
+                    "activeDeadlineSeconds in DaemonSet is not Supported",
+                ));
+            }
+        }
+        non_negative(spec.min_ready_seconds, "spec.minReadySeconds", causes);
+        non_negative(
+            spec.revision_history_limit,
+            "spec.revisionHistoryLimit",
+            causes,
+        );
+        let strategy = spec.update_strategy.clone().unwrap_or_default();
+        const STRATEGIES: &[&str] = &["RollingUpdate", "OnDelete"];
+        match strategy.type_.as_deref().unwrap_or("") {
+            "OnDelete" => {}
+            "RollingUpdate" => match &strategy.rolling_update {
+                None => causes.push(Cause::required("spec.updateStrategy.rollingUpdate")),
+                Some(ru) => {
+                    let at = "spec.updateStrategy.rollingUpdate";
+                    let unavailable = int_or_percent(
+                        ru.max_unavailable.as_ref(),
+                        &format!("{at}.maxUnavailable"),
+                        causes,
+                    );
+                    let surge =
+                        int_or_percent(ru.max_surge.as_ref(), &format!("{at}.maxSurge"), causes);
+                    if unavailable != 0 && surge != 0 {
+                        causes.push(Cause {
+                            reason: "FieldValueInvalid",
+                            field: format!("{at}.maxSurge"),
+                            message: format!(
+                                "Invalid value: {}: may not be set when maxUnavailable is non-zero",
+                                match &ru.max_surge {
+                                    Some(IntOrString::Int(n)) => n.to_string(),
+                                    Some(IntOrString::String(s)) => s.clone(),
+                                    None => String::new(),
+                                }
+                            ),
+                        });
+                    } else if unavailable == 0 && surge == 0 {
+                        causes.push(Cause {
+                            reason: "FieldValueRequired",
+                            field: format!("{at}.maxUnavailable"),
+                            message: "Required value: cannot be 0 when maxSurge is 0".into(),
+                        });
+                    }
+                }
+            },
+            other => causes.push(Cause::unsupported("spec.updateStrategy", other, STRATEGIES)),
+        }
+    }
+
+    fn validate_update(&self, old: &Self, causes: &mut Vec<Cause>) {
+        if let (Some(n), Some(o)) = (&self.spec, &old.spec) {
+            selector_immutable(&n.selector, &o.selector, causes);
+        }
+    }
+
+    fn row(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let st = self.status.clone().unwrap_or_default();
+        let (containers, images) = containers_and_images(&spec.template);
+        let node_selector = spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| selector_string(s.node_selector.as_ref()))
+            .unwrap_or_default();
+        vec![
+            Value::from(st.desired_number_scheduled),
+            Value::from(st.current_number_scheduled),
+            Value::from(st.number_ready),
+            Value::from(st.updated_number_scheduled.unwrap_or(0)),
+            Value::from(st.number_available.unwrap_or(0)),
+            Value::String(if node_selector.is_empty() {
+                "<none>".into()
+            } else {
+                node_selector
+            }),
+            age(&self.metadata, now),
+            Value::String(containers),
+            Value::String(images),
+            Value::String(label_selector_string(Some(&spec.selector))),
+        ]
+    }
+
+    status_slot!(DaemonSet, DaemonSetStatus);
 }
 
 impl Rules for EndpointSlice {
