@@ -583,12 +583,20 @@ impl<R: PodRuntime> Kubelet<R> {
             return Ok(());
         }
         if p.sandbox.is_none() {
+            let host_network = spec.host_network == Some(true);
             let cfg = SandboxConfig {
                 uid: uid.clone(),
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
-                hostname: spec.hostname.clone().unwrap_or_else(|| pod.name_any()),
+                // A host-network pod shares the node's name, as it shares its network.
+                hostname: if host_network {
+                    self.inner.s.node_name.clone()
+                } else {
+                    spec.hostname.clone().unwrap_or_else(|| pod.name_any())
+                },
                 resolv_conf: pod_resolv_conf(&self.inner.s, pod),
+                host_network,
+                host_ip: self.inner.s.node_ip,
             };
             match self.inner.rt.run_sandbox(&cfg).await {
                 Ok(sb) => {

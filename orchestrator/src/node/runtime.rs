@@ -55,6 +55,9 @@ pub struct SandboxConfig {
     pub hostname: String,
     /// Contents of the pod's /etc/resolv.conf.
     pub resolv_conf: String,
+    /// `hostNetwork: true`: the node's own network namespace, no CNI, the node's address.
+    pub host_network: bool,
+    pub host_ip: IpAddr,
 }
 
 /// A running sandbox (recorded as `sandbox.json`).
@@ -66,6 +69,9 @@ pub struct Sandbox {
     pub hostname: String,
     pub netns: String,
     pub netns_path: PathBuf,
+    /// In the node's network namespace (the runtime's own): no netns or CNI to tear down.
+    #[serde(default)]
+    pub host_network: bool,
     pub cgroup: PathBuf,
     pub dir: PathBuf,
     pub ip: Option<IpAddr>,
@@ -317,8 +323,60 @@ impl ProcessRuntime {
     }
 }
 
+/// /etc/resolv.conf, hosts and hostname of a pod (bound into its containers).
+fn write_etc(dir: &Path, cfg: &SandboxConfig, ip: Option<IpAddr>) -> Result<(), RuntimeError> {
+    let etc = dir.join("etc");
+    std::fs::write(etc.join("resolv.conf"), &cfg.resolv_conf).map_err(io("writing resolv.conf"))?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+        ip.map(|i| i.to_string())
+            .unwrap_or_else(|| "127.0.1.1".into()),
+        cfg.hostname
+    );
+    std::fs::write(etc.join("hosts"), hosts).map_err(io("writing hosts"))?;
+    std::fs::write(etc.join("hostname"), format!("{}\n", cfg.hostname))
+        .map_err(io("writing hostname"))
+}
+
+/// The network namespace of whoever opens it: a host-network pod's shim (a child of the
+/// runtime, which runs in the node's namespace) joins the namespace it is already in, and
+/// port-forward connects from the runtime's own.
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
+impl ProcessRuntime {
+    /// A host-network sandbox: only the cgroup and the pod's files. It needs no CNI config,
+    /// so it starts on a node whose network is not ready yet (the agent DaemonSet that
+    /// readies it, as a CNI DaemonSet does on a kubelet node).
+    fn run_host_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+        let dir = self.cfg.root_dir.join("pods").join(&cfg.uid);
+        std::fs::create_dir_all(dir.join("etc")).map_err(io("creating pod dir"))?;
+        let cgroup = self.cfg.cgroup_root.join(format!("pod{}", cfg.uid));
+        std::fs::create_dir_all(&cgroup).map_err(io(format!("creating {}", cgroup.display())))?;
+        write_etc(&dir, cfg, Some(cfg.host_ip))?;
+        let sb = Sandbox {
+            uid: cfg.uid.clone(),
+            namespace: cfg.namespace.clone(),
+            name: cfg.name.clone(),
+            hostname: cfg.hostname.clone(),
+            netns: String::new(),
+            netns_path: OWN_NETNS.into(),
+            host_network: true,
+            cgroup,
+            dir: dir.clone(),
+            ip: Some(cfg.host_ip),
+            netns_ms: 0.0,
+            cni_ms: 0.0,
+        };
+        write_json(&dir.join("sandbox.json"), &sb)?;
+        Ok(sb)
+    }
+}
+
 impl PodRuntime for ProcessRuntime {
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+        if cfg.host_network {
+            return self.run_host_sandbox(cfg);
+        }
         let conf_path = find_cni_config(&self.cfg.cni_conf_dir).ok_or_else(|| {
             RuntimeError::NetworkNotReady(self.cfg.cni_conf_dir.display().to_string())
         })?;
@@ -361,18 +419,7 @@ impl PodRuntime for ProcessRuntime {
             .map(|i| i.address.addr())
             .find(|a| a.is_ipv4())
             .or_else(|| res.ips.first().map(|i| i.address.addr()));
-        let etc = dir.join("etc");
-        std::fs::write(etc.join("resolv.conf"), &cfg.resolv_conf)
-            .map_err(io("writing resolv.conf"))?;
-        let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-            ip.map(|i| i.to_string())
-                .unwrap_or_else(|| "127.0.1.1".into()),
-            cfg.hostname
-        );
-        std::fs::write(etc.join("hosts"), hosts).map_err(io("writing hosts"))?;
-        std::fs::write(etc.join("hostname"), format!("{}\n", cfg.hostname))
-            .map_err(io("writing hostname"))?;
+        write_etc(&dir, cfg, ip)?;
         let sb = Sandbox {
             uid: cfg.uid.clone(),
             namespace: cfg.namespace.clone(),
@@ -380,6 +427,7 @@ impl PodRuntime for ProcessRuntime {
             hostname: cfg.hostname.clone(),
             netns,
             netns_path,
+            host_network: false,
             cgroup,
             dir: dir.clone(),
             ip,
@@ -393,6 +441,10 @@ impl PodRuntime for ProcessRuntime {
     async fn stop_sandbox(&self, sb: &Sandbox) -> Result<(), RuntimeError> {
         kill_cgroup(&sb.cgroup).await;
         remove_cgroup_tree(&sb.cgroup);
+        if sb.host_network {
+            return std::fs::remove_dir_all(&sb.dir)
+                .map_err(io(format!("removing {}", sb.dir.display())));
+        }
         let conf: Option<NetConfList> = std::fs::read_to_string(sb.dir.join("cni-config.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
