@@ -15,13 +15,15 @@ pub struct NodeRuntime<'a> {
     pub cni_conf_dir: &'a Path,
     pub heartbeat_seconds: u32,
     pub restart_backoff_seconds: u32,
+    /// Image catalog (JSON) beyond the built-in busybox and nginx.
+    pub image_catalog: Option<&'a Path>,
 }
 
 impl NodeRuntime<'_> {
     pub fn args(&self, lab: &Lab) -> Vec<String> {
         let n = self.node;
         let p = |p: &Path| p.display().to_string();
-        vec![
+        let mut a = vec![
             "node".into(),
             "--kubeconfig".into(),
             p(self.kubeconfig),
@@ -43,7 +45,11 @@ impl NodeRuntime<'_> {
             self.heartbeat_seconds.to_string(),
             "--restart-backoff-seconds".into(),
             self.restart_backoff_seconds.to_string(),
-        ]
+        ];
+        if let Some(c) = self.image_catalog {
+            a.extend(["--image-catalog".into(), p(c)]);
+        }
+        a
     }
 }
 

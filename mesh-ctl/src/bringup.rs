@@ -5,8 +5,9 @@
 //! Progress goes to stdout, a pipe that `up` reads and relays; after the last line the pipe is
 //! closed and the supervisor carries on detached. Order matters: nodes register with the API
 //! server and get a pod CIDR from its controllers; only then does the node's CNI config appear
-//! (the part a CNI daemonset plays on a real cluster) and its control agent start with that CIDR
-//! for the VXLAN overlay.
+//! (the part a CNI daemonset plays on a real cluster). The add-ons then run as workloads from
+//! deploy/addons (`addons.rs`): the control agent as a host-network DaemonSet (it reads its pod
+//! CIDR from its Node for the VXLAN overlay) and DNS as a Deployment behind kube-dns.
 
 use std::{
     io::Write,
@@ -17,8 +18,11 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use k8s_openapi::api::core::v1::Node as KNode;
-use kube::{api::PostParams, Api};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment},
+    core::v1::Node as KNode,
+};
+use kube::Api;
 use meshwork_lab::{host::HostLink, Lab, Node};
 use serde_json::json;
 
@@ -226,6 +230,8 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
     })
     .await?;
 
+    let catalog = st.0.join("image-catalog.json");
+    write_json(&catalog, &crate::addons::catalog()?)?;
     step("a node runtime per node", async {
         for (i, n) in c.nodes.iter().enumerate() {
             let dir = st.node(&n.name);
@@ -245,6 +251,7 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                 cni_conf_dir: &dir.join("cni"),
                 heartbeat_seconds: 2,
                 restart_backoff_seconds: 2,
+                image_catalog: Some(&catalog),
             }
             .args(&c.lab);
             sup.start(in_node(
@@ -259,9 +266,8 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
     })
     .await?;
 
-    let cidrs = step("pod CIDRs assigned; CNI config written per node", async {
+    step("pod CIDRs assigned; CNI config written per node", async {
         let nodes: Api<KNode> = Api::all(client.clone());
-        let mut cidrs = Vec::new();
         for n in &c.nodes {
             let cidr = wait_for(
                 &format!("a pod CIDR for {}", n.name),
@@ -282,58 +288,71 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
             let conf = node_conflist(&cidr, &c.lab.dir().join("cni-state").join(&n.name))?;
             let path = st.node(&n.name).join("cni").join("10-meshwork.conflist");
             std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)?;
-            cidrs.push(cidr);
         }
-        Ok(cidrs)
+        Ok(())
     })
     .await?;
 
     step(
-        "a control agent per node (eBPF Service LB, VXLAN overlay)",
+        "add-ons from deploy/addons: the agent DaemonSet and cluster DNS",
         async {
-            for (i, n) in c.nodes.iter().enumerate() {
-                let kc = st.node(&n.name).join("kubeconfig");
-                let args = meshwork_lab::components::Agent {
-                    node: n,
-                    kubeconfig: &kc,
-                    // The underlay address: Prometheus and `status` reach it over the host link.
-                    admin_listen: format!("{}:10256", n.underlay_ip),
-                    overlay_pod_cidr: Some(cidrs[i].clone()),
-                }
-                .args(&c.lab);
-                sup.start(in_node(
-                    &c,
-                    i,
-                    &format!("control-{}", n.name),
-                    "meshwork-control",
-                    args,
-                ))?;
+            let addons = st.addons();
+            std::fs::create_dir_all(&addons)?;
+            meshwork_orchestrator::server::issue_kubeconfig(
+                &data,
+                &api_url,
+                "system:serviceaccount:kube-system:meshwork-dns",
+                &["system:serviceaccounts".to_string()],
+                &addons.join("meshwork-dns.kubeconfig"),
+            )?;
+            let state = st.0.display().to_string();
+            let dns = DNS_VIP.to_string();
+            // Where the lab's sweep finds a node's pins (meshwork_lab::Lab::bpf_pin_dir).
+            let pins = Path::new(meshwork_lab::cgroup::BPF_PIN_ROOT)
+                .join(c.lab.prefix())
+                .display()
+                .to_string();
+            let vars = [
+                ("STATE_DIR", state.as_str()),
+                ("PIN_DIR_PREFIX", pins.as_str()),
+                ("CLUSTER_DNS", dns.as_str()),
+                // The lab has no route out: names outside the cluster get a quick SERVFAIL.
+                ("DNS_UPSTREAM", "127.0.0.1:9"),
+            ];
+            for m in [crate::addons::CONTROL, crate::addons::DNS] {
+                let yaml = crate::addons::render(m, &vars)?;
+                crate::addons::apply(&admin_kc, &yaml)?;
             }
-            Ok(())
+            let want = c.nodes.len() as i32;
+            let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+            wait_for(
+                "an agent Ready on every node (DaemonSet meshwork-control)",
+                Duration::from_secs(60),
+                || {
+                    let ds = ds.clone();
+                    async move {
+                        let st = ds.get("meshwork-control").await?.status.unwrap_or_default();
+                        Ok((st.number_ready >= want).then_some(()))
+                    }
+                },
+            )
+            .await?;
+            let deploys: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+            wait_for(
+                "cluster DNS available (Deployment meshwork-dns)",
+                Duration::from_secs(60),
+                || {
+                    let deploys = deploys.clone();
+                    async move {
+                        let d = deploys.get("meshwork-dns").await?;
+                        let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                        Ok((ready >= 1).then_some(()))
+                    }
+                },
+            )
+            .await
         },
     )
-    .await?;
-
-    step("cluster DNS on n1 behind kube-dns 10.96.0.10", async {
-        create_kube_dns(&client, n1.underlay_ip, &n1.name).await?;
-        let ip = n1.underlay_ip;
-        let args: Vec<String> = [
-            "--kubeconfig",
-            &admin_kc.display().to_string(),
-            "--listen",
-            &format!("{ip}:53"),
-            "--admin-listen",
-            &format!("{ip}:9153"),
-            // The lab has no route out: names outside the cluster get a quick SERVFAIL.
-            "--upstream",
-            "127.0.0.1:9",
-            "--dns-ip",
-            &DNS_VIP.to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
-        sup.start(in_node(&c, 0, "dns", "meshwork-dns", args))
-    })
     .await?;
 
     step("kubeconfig context `meshwork` made current", async {
@@ -486,39 +505,6 @@ fn node_conflist(cidr: &str, state: &Path) -> Result<serde_json::Value> {
 
 /// kube-dns: a Service without a selector, and its EndpointSlice naming DNS on n1's address
 /// (host network, as CoreDNS would run there); created once, kept across restarts.
-async fn create_kube_dns(client: &kube::Client, ip: Ipv4Addr, node: &str) -> Result<()> {
-    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-    let pp = PostParams::default();
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
-        "spec": {"clusterIP": DNS_VIP.to_string(), "ports": [
-            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-            {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}
-    }))?;
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "kube-dns-host", "namespace": "kube-system",
-                     "labels": {"kubernetes.io/service-name": "kube-dns",
-                                "endpointslice.kubernetes.io/managed-by": "mesh-ctl"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
-                  {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-                  {"name": "metrics", "port": 9153, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip.to_string()], "nodeName": node,
-                       "conditions": {"ready": true}}]
-    }))?;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "kube-system");
-    if svcs.get_opt("kube-dns").await?.is_none() {
-        svcs.create(&pp, &svc).await?;
-    }
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
-    if slices.get_opt("kube-dns-host").await?.is_none() {
-        slices.create(&pp, &slice).await?;
-    }
-    Ok(())
-}
-
 /// One A query over UDP from the host; true when it gets a NOERROR answer with a record.
 pub fn dns_answers(server: Ipv4Addr, name: &str) -> bool {
     let mut q = vec![0x4d, 0x77, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -551,6 +537,8 @@ pub fn dns_answers(server: Ipv4Addr, name: &str) -> bool {
 }
 
 /// Scrape targets: every node's agent and runtime, DNS on n1 (all reached over the host link).
+/// DNS is scraped through its Service (a pod that may move); agents and runtimes on their
+/// nodes' addresses.
 fn prometheus_config(nodes: &[Node]) -> String {
     let list = |port: u16| {
         nodes
@@ -564,9 +552,8 @@ fn prometheus_config(nodes: &[Node]) -> String {
          scrape_configs:\n\
          - job_name: meshwork-control\n  static_configs:\n  - targets: [{}]\n\
          - job_name: meshwork-node\n  static_configs:\n  - targets: [{}]\n\
-         - job_name: meshwork-dns\n  static_configs:\n  - targets: ['{}:9153']\n",
+         - job_name: meshwork-dns\n  static_configs:\n  - targets: ['{DNS_VIP}:9153']\n",
         list(10256),
         list(10250),
-        nodes[0].underlay_ip
     )
 }

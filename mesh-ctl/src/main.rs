@@ -1,5 +1,6 @@
 //! `mesh-ctl`: the Meshwork CLI.
 
+mod addons;
 mod bringup;
 mod check;
 mod kubeconfig;
@@ -28,7 +29,8 @@ enum Cmd {
     Status(status::StatusArgs),
     /// The pre-flight `up` runs: kernel features, packages, permissions, addresses.
     Check(bringup::UpArgs),
-    /// A component's log (apiserver, dns, node-<node>, control-<node>, supervisor, ...).
+    /// A supervised component's log (apiserver, node-<node>, supervisor, prometheus); the
+    /// add-ons are pods: `kubectl -n kube-system logs ds/meshwork-control`.
     Logs(status::LogsArgs),
     /// Internal: the supervisor `up` starts in the background.
     #[command(hide = true)]

@@ -23,7 +23,7 @@ pub struct StatusArgs {
 
 #[derive(clap::Args)]
 pub struct LogsArgs {
-    /// A component: apiserver, dns, node-<node>, control-<node>, prometheus or supervisor.
+    /// A component: apiserver, node-<node>, prometheus or supervisor.
     pub component: String,
     /// Keep printing what is appended.
     #[arg(short, long)]

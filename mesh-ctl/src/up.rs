@@ -119,7 +119,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
          \x20 kubectl run nginx --image=nginx && kubectl wait --for=condition=Ready pod/nginx\n\
          \x20 curl http://$(kubectl get pod nginx -o jsonpath='{{.status.podIP}}')/\n\
          \x20 mesh-ctl status            components, nodes, Services programmed, certificates\n\
-         \x20 mesh-ctl logs COMPONENT    e.g. apiserver, dns, node-n1, control-n1, supervisor\n\
+         \x20 mesh-ctl logs COMPONENT    e.g. apiserver, node-n1, supervisor\n\
+         \x20 kubectl -n kube-system get ds,deploy,pods   the add-ons: agent DaemonSet, DNS\n\
          \x20 mesh-ctl down              remove it all"
     );
     if info.monitoring {

@@ -112,6 +112,22 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The pid of `node`'s agent (the DaemonSet pod's process) of the cluster kept in `state`.
+fn agent_pid(state: &Path, node: &str) -> Option<i32> {
+    let kc = format!("{}/nodes/{node}/kubeconfig", state.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (args.first()?.ends_with("/meshwork-control")
+            && args.iter().any(|a| a == &format!("--kubeconfig={kc}")))
+        .then_some(pid)
+    })
+}
+
 /// curl from the host (the root namespace, through the host link); the body or None.
 fn curl(url: &str) -> Option<String> {
     let out = Command::new("curl")
@@ -268,6 +284,63 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}"#,
     ]);
     assert_eq!(ready, "n1=True n2=True", "{}", c.dump());
+
+    // The add-ons run as workloads from deploy/addons: the agent DaemonSet on both nodes in
+    // their host network, DNS as a Deployment whose pod (not a host) backs kube-dns.
+    let ds = c.json(&["get", "ds", "-n", "kube-system", "meshwork-control"]);
+    assert_eq!(ds["status"]["numberReady"], 2, "{ds}");
+    let agents = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "k8s-app=meshwork-control",
+    ]);
+    let mut placed: Vec<(String, String)> = agents["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["spec"]["hostNetwork"], true);
+            assert_eq!(
+                p["status"]["podIP"], p["status"]["hostIP"],
+                "host network: {p}"
+            );
+            (
+                p["spec"]["nodeName"].as_str().unwrap().to_string(),
+                p["status"]["phase"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        [
+            ("n1".into(), "Running".into()),
+            ("n2".into(), "Running".into())
+        ]
+    );
+    let dns = c.json(&["get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-dns"]);
+    let dns_ip = dns["items"][0]["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        dns_ip.starts_with("10.244."),
+        "DNS runs on the pod network: {dns}"
+    );
+    let slices = c.kubectl(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "kube-system",
+        "-l",
+        "kubernetes.io/service-name=kube-dns",
+        "-o",
+        "jsonpath={.items[*].endpoints[*].addresses[*]}",
+    ]);
+    assert_eq!(slices.trim(), dns_ip, "kube-dns endpoints");
 
     // Prometheus scrapes every component: each node's agent and runtime, and DNS.
     let targets = until(
@@ -430,36 +503,62 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         "dashboard metrics Prometheus never saw: {missing:?}"
     );
 
-    // kill -9 of a component: the supervisor starts it again.
+    // kill -9 of a supervised component (node-n2's runtime): the supervisor starts it again.
     let victim = c
         .components()
         .into_iter()
-        .find(|v| v["name"] == "control-n2")
-        .expect("control-n2 in components.json");
+        .find(|v| v["name"] == "node-n2")
+        .expect("node-n2 in components.json");
     let pid = victim["pid"].as_u64().unwrap() as i32;
-    // SAFETY: killing the agent the cluster runs (found in its status file).
+    // SAFETY: killing the node runtime the cluster runs (found in its status file).
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let new_pid = until(
-        "control-n2 restarted by the supervisor",
+        "node-n2 restarted by the supervisor",
         Duration::from_secs(15),
         || {
             c.components()
                 .into_iter()
-                .find(|v| v["name"] == "control-n2" && v["restarts"].as_u64() >= Some(1))
+                .find(|v| v["name"] == "node-n2" && v["restarts"].as_u64() >= Some(1))
                 .and_then(|v| v["pid"].as_u64())
         },
     );
     assert_ne!(new_pid as i32, pid);
+    let status = text(&c.mesh_ctl(&["status"]));
+    assert!(
+        status.contains("node-n2") && status.contains("SIGKILL"),
+        "{status}"
+    );
+
+    // kill -9 of an add-on (n2's agent, a DaemonSet pod): its node runtime restarts the
+    // container, as the kubelet would, and the agent serves again.
+    let agent = agent_pid(&state, "n2").expect("n2's agent process");
+    // SAFETY: killing the agent this test's cluster runs (matched by its state dir and node).
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    until(
+        "n2's agent pod restarted by its node runtime",
+        Duration::from_secs(30),
+        || {
+            let n = c.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "kube-system",
+                "-l",
+                "k8s-app=meshwork-control",
+                "--field-selector",
+                "spec.nodeName=n2",
+                "-o",
+                "jsonpath={.items[0].status.containerStatuses[0].restartCount}",
+            ]);
+            (n.parse::<u32>().ok()? >= 1).then_some(())
+        },
+    );
     until(
         "the restarted agent serving healthz",
         Duration::from_secs(15),
         || curl("http://198.18.0.2:10256/healthz"),
     );
-    let status = text(&c.mesh_ctl(&["status"]));
-    assert!(
-        status.contains("control-n2") && status.contains("SIGKILL"),
-        "{status}"
-    );
+    assert_ne!(agent_pid(&state, "n2"), Some(agent));
 
     // down --keep-state, then up: the cluster's objects come back, and the node runtimes give
     // the pods new sandboxes (theirs went with the namespaces) instead of adopting nothing.

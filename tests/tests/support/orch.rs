@@ -309,6 +309,7 @@ impl Orch {
             cni_conf_dir: &self.cni_dir(i),
             heartbeat_seconds: 1,
             restart_backoff_seconds: 1,
+            image_catalog: None,
         }
         .args(&self.lab);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
