@@ -79,6 +79,61 @@ fn objects_survive_json_to_protobuf_and_back() {
     }));
 }
 
+/// What `kubectl rollout undo` reads back (a ReplicaSet's template) must be the template stored:
+/// named probe ports, fieldRef env, ints and bools that are not zero-omitted.
+#[test]
+fn pod_templates_survive() {
+    round_trip(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-1", "namespace": "default", "generation": 1,
+                     "labels": {"app": "web", "pod-template-hash": "abc"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                          "uid": "u1", "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                   "spec": {"terminationGracePeriodSeconds": 2, "restartPolicy": "Always",
+                            "volumes": [{"name": "conf", "configMap": {"name": "cm", "defaultMode": 420}},
+                                        {"name": "tok", "projected": {"sources": [
+                                            {"serviceAccountToken": {"audience": "mesh", "expirationSeconds": 3600, "path": "token"}},
+                                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}},
+                                        {"name": "scratch", "emptyDir": {}}],
+                            "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler",
+                            "securityContext": {},
+                            "containers": [{
+                     "name": "web", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent",
+                     "command": ["sh", "-c", "exec httpd -f -p 8080 -h /www"],
+                     "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+                             {"name": "COLOUR", "value": "red"},
+                             {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "a"}}},
+                             {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "b", "optional": false}}}],
+                     "envFrom": [{"configMapRef": {"name": "cm"}}],
+                     "volumeMounts": [{"name": "conf", "mountPath": "/conf"}],
+                     "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
+                     "livenessProbe": {"exec": {"command": ["true"]}},
+                     "startupProbe": {"tcpSocket": {"port": 8080}},
+                     "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                     "resources": {},
+                     "terminationMessagePath": "/dev/termination-log",
+                     "terminationMessagePolicy": "File",
+                     "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"},
+                                        "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 3,
+                                        "successThreshold": 1}}]}}},
+        "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2,
+                   "fullyLabeledReplicas": 2, "observedGeneration": 1}
+    }));
+}
+
+#[test]
+fn renamed_fields_use_their_json_names() {
+    round_trip(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"audiences": ["mesh"], "expirationSeconds": 600,
+                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": "u-1"}},
+        "status": {"token": "x.y.z", "expirationTimestamp": "2026-12-06T11:00:00Z"}
+    }));
+}
+
 /// What a Go client writes: every non-pointer field, zero or not, and a zero Time as an empty
 /// message. JSON would carry none of the zeros, but keeps required fields and set pointers.
 #[test]

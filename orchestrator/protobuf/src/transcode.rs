@@ -85,6 +85,74 @@ pub static POINTERS: &[&str] = &[
     "apimachinery.pkg.apis.meta.v1.OwnerReference.controller",
 ];
 
+/// Go structs embedded with `json:",inline"`: protobuf nests them in a field, JSON spreads their
+/// fields into the parent (a Probe's `httpGet`, a Volume's `configMap`, a key selector's `name`).
+/// Derived from the vendored protos: every message field whose name is not a JSON key of the
+/// parent's k8s-openapi type, less the renamed ones below (README.md says how).
+pub static INLINE: &[&str] = &[
+    "api.admissionregistration.v1.NamedRuleWithOperations.ruleWithOperations",
+    "api.admissionregistration.v1.RuleWithOperations.rule",
+    "api.core.v1.ConfigMapEnvSource.localObjectReference",
+    "api.core.v1.ConfigMapKeySelector.localObjectReference",
+    "api.core.v1.ConfigMapProjection.localObjectReference",
+    "api.core.v1.ConfigMapVolumeSource.localObjectReference",
+    "api.core.v1.EphemeralContainer.ephemeralContainerCommon",
+    "api.core.v1.PersistentVolumeSpec.persistentVolumeSource",
+    "api.core.v1.Probe.handler",
+    "api.core.v1.SecretEnvSource.localObjectReference",
+    "api.core.v1.SecretKeySelector.localObjectReference",
+    "api.core.v1.SecretProjection.localObjectReference",
+    "api.core.v1.Volume.volumeSource",
+    "api.networking.v1.IngressRule.ingressRuleValue",
+];
+
+/// Fields whose protobuf name is not their JSON name (a Go struct tag says otherwise).
+pub static RENAMED: &[(&str, &str)] = &[
+    (
+        "api.admissionregistration.v1.MutatingWebhookConfiguration.Webhooks",
+        "webhooks",
+    ),
+    (
+        "api.admissionregistration.v1.ValidatingWebhookConfiguration.Webhooks",
+        "webhooks",
+    ),
+    (
+        "api.admissionregistration.v1.Variable.Expression",
+        "expression",
+    ),
+    ("api.admissionregistration.v1.Variable.Name", "name"),
+    ("api.authentication.v1.BoundObjectReference.uID", "uid"),
+    (
+        "api.networking.v1.IngressClassParametersReference.aPIGroup",
+        "apiGroup",
+    ),
+];
+
+fn is_inline(field: &FieldDescriptor) -> bool {
+    INLINE.contains(&field.full_name())
+}
+
+fn json_name(field: &FieldDescriptor) -> &str {
+    RENAMED
+        .iter()
+        .find(|(f, _)| *f == field.full_name())
+        .map_or(field.name(), |(_, j)| j)
+}
+
+/// The field of `desc` that JSON key `key` names (after renames).
+fn field_for_json(desc: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
+    desc.fields().find(|f| json_name(f) == key)
+}
+
+/// Whether `key` belongs to the inline message of `field` (or to one inline in it).
+fn inline_has(field: &FieldDescriptor, key: &str) -> bool {
+    let Kind::Message(d) = field.kind() else {
+        return false;
+    };
+    field_for_json(&d, key).is_some_and(|f| !is_inline(&f))
+        || d.fields().any(|f| is_inline(&f) && inline_has(&f, key))
+}
+
 const TIME: &str = "apimachinery.pkg.apis.meta.v1.Time";
 const MICRO_TIME: &str = "apimachinery.pkg.apis.meta.v1.MicroTime";
 const DURATION: &str = "apimachinery.pkg.apis.meta.v1.Duration";
@@ -175,8 +243,12 @@ fn message_to_json(msg: &DynamicMessage) -> Result<Option<Value>, String> {
         if is_unwanted_zero(&field, value) {
             continue;
         }
-        if let Some(v) = value_to_json(&field, value)? {
-            out.insert(field.name().to_string(), v);
+        match value_to_json(&field, value)? {
+            Some(Value::Object(inner)) if is_inline(&field) => out.extend(inner),
+            Some(v) => {
+                out.insert(json_name(&field).to_string(), v);
+            }
+            None => {}
         }
     }
     Ok(Some(Value::Object(out)))
@@ -320,15 +392,29 @@ pub fn from_json(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, 
     let obj = v
         .as_object()
         .ok_or_else(|| format!("{} must be an object", desc.name()))?;
+    let inline: Vec<FieldDescriptor> = desc.fields().filter(is_inline).collect();
+    let mut spread: Vec<Map<String, Value>> = vec![Map::new(); inline.len()];
     for (k, v) in obj {
         if v.is_null() {
             continue;
         }
-        let Some(field) = desc.get_field_by_name(k) else {
-            continue;
-        };
-        let value = json_to_value(&field, v).map_err(|e| format!("{k}: {e}"))?;
-        msg.set_field(&field, value);
+        match field_for_json(desc, k).filter(|f| !is_inline(f)) {
+            Some(field) => {
+                let value = json_to_value(&field, v).map_err(|e| format!("{k}: {e}"))?;
+                msg.set_field(&field, value);
+            }
+            None => {
+                if let Some(i) = inline.iter().position(|f| inline_has(f, k)) {
+                    spread[i].insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    for (field, sub) in inline.iter().zip(spread) {
+        if let (false, Kind::Message(d)) = (sub.is_empty(), field.kind()) {
+            let inner = from_json(&d, &Value::Object(sub))?;
+            msg.set_field(field, PValue::Message(inner));
+        }
     }
     Ok(msg)
 }
