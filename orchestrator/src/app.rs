@@ -19,6 +19,9 @@ pub fn server_config(a: &ApiserverArgs) -> ServerConfig {
         }
     }
     cfg.api.services.dns_ip = a.cluster_dns;
+    cfg.sa_issuer = a.service_account_issuer.clone();
+    cfg.sa_jwks_uri = a.service_account_jwks_uri.clone();
+    cfg.sa_max_expiration = Some(a.service_account_max_token_expiration).filter(|d| !d.is_zero());
     cfg.store = match a.store {
         StoreKind::Sqlite => StoreChoice::Sqlite {
             sync: match a.sqlite_sync {

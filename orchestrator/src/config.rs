@@ -119,6 +119,22 @@ pub struct ApiserverArgs {
     /// Reserved in the service CIDR for cluster DNS (given only to a Service asking for it).
     #[arg(long, env = "MESHWORK_CLUSTER_DNS", default_value = "10.96.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
+    /// `iss` of the ServiceAccount tokens this server issues, and the audience it accepts
+    /// them for (kube-apiserver's flag of the same name).
+    #[arg(
+        long,
+        env = "MESHWORK_SERVICE_ACCOUNT_ISSUER",
+        default_value = crate::server::satoken::DEFAULT_ISSUER
+    )]
+    pub service_account_issuer: String,
+    /// Longest ServiceAccount token a TokenRequest gets (longer ones are shortened, with a
+    /// warning); `0` for no limit.
+    #[arg(long, default_value = "48h", value_parser = parse_duration)]
+    pub service_account_max_token_expiration: std::time::Duration,
+    /// The key set URL in `/.well-known/openid-configuration` (default: this server's URL +
+    /// `/openid/v1/jwks`).
+    #[arg(long)]
+    pub service_account_jwks_uri: Option<String>,
     #[command(flatten)]
     pub ctl: ControllerFlags,
 }
@@ -138,4 +154,37 @@ pub struct KubeconfigArgs {
     pub server: String,
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// A duration as kube's flags take them (`48h`, `90m`, `3600s`, `1h30m`) or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_like_kube_flags() {
+        for (s, secs) in [
+            ("48h", 172_800),
+            ("10m", 600),
+            ("1h30m", 5_400),
+            ("0", 0),
+            ("90", 90),
+        ] {
+            assert_eq!(
+                super::parse_duration(s),
+                Ok(std::time::Duration::from_secs(secs)),
+                "{s}"
+            );
+        }
+        assert!(super::parse_duration("-1h").is_err());
+        assert!(super::parse_duration("soon").is_err());
+    }
 }

@@ -5,6 +5,7 @@ pub mod alloc;
 mod delete;
 pub mod error;
 pub mod kind;
+mod kubernetes_service;
 mod object;
 pub mod openapi;
 pub mod pods;
@@ -13,6 +14,7 @@ mod rules;
 pub mod selector;
 mod stream;
 pub mod table;
+mod tokens;
 pub mod validation;
 mod verbs;
 mod watch;
@@ -62,6 +64,9 @@ pub struct Api {
     registry: &'static Registry,
     cfg: ApiConfig,
     alloc: alloc::Allocator,
+    /// Token authentication and issuing (serviceaccounts/token, tokenreviews, issuer
+    /// discovery); None: those answer 404.
+    authn: Option<Arc<crate::server::auth::Authenticator>>,
 }
 
 /// Where a request points inside a group/version.
@@ -139,7 +144,14 @@ impl Api {
             registry: &registry::REGISTRY,
             alloc: alloc::Allocator::new(cfg.services.clone()),
             cfg,
+            authn: None,
         }
+    }
+
+    /// The API with service account tokens: TokenRequest, TokenReview and issuer discovery.
+    pub fn with_authenticator(mut self, authn: Arc<crate::server::auth::Authenticator>) -> Self {
+        self.authn = Some(authn);
+        self
     }
 
     pub fn store(&self) -> &AnyStore {
@@ -243,6 +255,11 @@ impl Api {
             ["apis", group, version] if get && self.registry.serves(group, version) => {
                 return Ok(self.resource_list(group, version));
             }
+            // Service account issuer discovery. kube binds its system:service-account-issuer-
+            // discovery role to service accounts; here every authenticated caller reads it, as
+            // it reads everything (server/authz.rs).
+            [".well-known", "openid-configuration"] if get => return self.openid_configuration(),
+            ["openid", "v1", "jwks"] if get => return self.jwks(),
             ["openapi", "v3"] if get => {
                 return Ok(value_response(
                     StatusCode::OK,
@@ -268,6 +285,17 @@ impl Api {
             ["apis", g, v, rest @ ..] => (*g, *v, rest),
             _ => return Err(ApiError::UnknownPath),
         };
+        // TokenReview is a create-only, never-stored kind (kube: a REST with only Create).
+        if (group, version, rest.first()) == (tokens::AUTHN_GROUP, "v1", Some(&"tokenreviews")) {
+            if rest.len() > 1 {
+                return Err(ApiError::UnknownPath);
+            }
+            if parts.method != Method::POST {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let (body, _) = self.request_body(&parts, body).await?;
+            return self.token_review(&body).await;
+        }
         let target = self.target(group, version, rest)?;
         if matches!(
             target.sub.as_deref(),
@@ -281,41 +309,7 @@ impl Api {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
-        let body = if matches!(
-            parts.method,
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-        ) {
-            read_body(body, self.cfg.max_body).await?
-        } else {
-            Bytes::new()
-        };
-        // The verbs speak JSON (patches have their own types); protobuf bodies (kubectl's
-        // `create` generators, client-go typed clients) are transcoded here. CBOR is not spoken.
-        let (body, content_type) = if !body.is_empty()
-            && content_type.starts_with(meshwork_kube_protobuf::MEDIA_TYPE)
-        {
-            let obj = meshwork_kube_protobuf::decode_body(&body)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let json = serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
-            (Bytes::from(json), "application/json".to_string())
-        } else {
-            (body, content_type)
-        };
-        if matches!(parts.method, Method::POST | Method::PUT)
-            && !body.is_empty()
-            && !content_type.starts_with("application/json")
-            && !content_type.starts_with("*/*")
-        {
-            return Err(ApiError::UnsupportedMediaType {
-                accepted: "application/json, application/vnd.kubernetes.protobuf",
-            });
-        }
+        let (body, content_type) = self.request_body(&parts, body).await?;
         let ctx = verbs::Ctx {
             target,
             query,
@@ -339,7 +333,10 @@ impl Api {
             (&Method::GET, true) if ctx.target.sub.as_deref() == Some("log") => {
                 self.pod_log(ctx).await
             }
-            (_, true) if matches!(ctx.target.sub.as_deref(), Some("binding" | "log")) => {
+            (&Method::POST, true) if ctx.target.sub.as_deref() == Some("token") => {
+                self.token_request(ctx).await
+            }
+            (_, true) if matches!(ctx.target.sub.as_deref(), Some("binding" | "log" | "token")) => {
                 Err(ApiError::MethodNotAllowed)
             }
             (&Method::DELETE, true) if sub => Err(ApiError::MethodNotAllowed),
@@ -350,6 +347,54 @@ impl Api {
             (&Method::DELETE, true) => self.delete(ctx).await,
             _ => Err(ApiError::MethodNotAllowed),
         }
+    }
+
+    /// The request body as JSON with its content type. The verbs speak JSON (patches have
+    /// their own types); protobuf bodies (kubectl's `create` generators, client-go typed
+    /// clients) are transcoded here. CBOR is not spoken.
+    async fn request_body<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: B,
+    ) -> Result<(Bytes, String), ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let body = if matches!(
+            parts.method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        ) {
+            read_body(body, self.cfg.max_body).await?
+        } else {
+            Bytes::new()
+        };
+        let (body, content_type) = if !body.is_empty()
+            && content_type.starts_with(meshwork_kube_protobuf::MEDIA_TYPE)
+        {
+            let obj = meshwork_kube_protobuf::decode_body(&body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let json = serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
+            (Bytes::from(json), "application/json".to_string())
+        } else {
+            (body, content_type)
+        };
+        if matches!(parts.method, Method::POST | Method::PUT)
+            && !body.is_empty()
+            && !content_type.starts_with("application/json")
+            && !content_type.starts_with("*/*")
+        {
+            return Err(ApiError::UnsupportedMediaType {
+                accepted: "application/json, application/vnd.kubernetes.protobuf",
+            });
+        }
+        Ok((body, content_type))
     }
 
     fn resource_list(&self, group: &str, version: &str) -> Response<Body> {
@@ -402,6 +447,8 @@ impl Api {
             Some("scale") if t.kind.info().scale => {}
             Some("binding" | "log" | "exec" | "attach" | "portforward")
                 if t.kind.info().plural == "pods" && t.kind.info().group.is_empty() => {}
+            Some("token")
+                if t.kind.info().plural == "serviceaccounts" && t.kind.info().group.is_empty() => {}
             Some(_) => return Err(ApiError::UnknownPath),
         }
         Ok(t)

@@ -105,6 +105,30 @@ pub fn document(registry: &Registry, group: &str, version: &str) -> Value {
             }),
         );
     }
+    // Create-only kinds answered by `tokens.rs`. kubectl's create decides whether the server
+    // validates fields by looking for a PATCH operation with `fieldValidation` on the kind; a
+    // TokenReview has no PATCH (it is refused with 405) but is declared with one, or
+    // `kubectl create -f` would fall back to client-side validation against /openapi/v2, which
+    // is not served.
+    let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
+    if (group, version) == ("authentication.k8s.io", "v1") {
+        let gvk = json!({"group": group, "version": version, "kind": "TokenReview"});
+        paths.insert(
+            "/apis/authentication.k8s.io/v1/tokenreviews".into(),
+            json!({
+                "post": op("create", &gvk, &write, &["application/json"]),
+                "patch": op("patch", &gvk, &write, &["application/merge-patch+json"]),
+            }),
+        );
+    }
+    if (group, version) == ("", "v1") {
+        let gvk =
+            json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"});
+        paths.insert(
+            "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token".into(),
+            json!({"post": op("create", &gvk, &write, &["application/json"])}),
+        );
+    }
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},

@@ -20,9 +20,15 @@ pub struct Registry {
     kinds: Vec<Box<dyn KindOps>>,
 }
 
-/// The group/versions served, in discovery order (the core group is "").
-pub const GROUP_VERSIONS: &[(&str, &str)] =
-    &[("", "v1"), ("apps", "v1"), ("discovery.k8s.io", "v1")];
+/// The group/versions served, in discovery order (the core group is ""). authentication.k8s.io
+/// has no stored kind: its TokenReview (and core's serviceaccounts/token, a TokenRequest) are
+/// answered by `tokens.rs`.
+pub const GROUP_VERSIONS: &[(&str, &str)] = &[
+    ("", "v1"),
+    ("apps", "v1"),
+    ("discovery.k8s.io", "v1"),
+    ("authentication.k8s.io", "v1"),
+];
 
 impl Default for Registry {
     fn default() -> Self {
@@ -144,6 +150,29 @@ impl Registry {
                     &["get", "patch", "update"],
                 ));
             }
+            if i.group.is_empty() && i.plural == "serviceaccounts" {
+                out.push(sub(
+                    i,
+                    "token",
+                    "TokenRequest",
+                    Some(("authentication.k8s.io", "v1")),
+                    &["create"],
+                ));
+            }
+        }
+        if group == "authentication.k8s.io" && version == "v1" {
+            out.push(APIResource {
+                categories: None,
+                group: None,
+                kind: "TokenReview".into(),
+                name: "tokenreviews".into(),
+                namespaced: false,
+                short_names: None,
+                singular_name: "tokenreview".into(),
+                storage_version_hash: None,
+                verbs: vec!["create".into()],
+                version: None,
+            });
         }
         APIResourceList {
             group_version: if group.is_empty() {

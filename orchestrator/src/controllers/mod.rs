@@ -1,7 +1,8 @@
 //! The controllers of the bundled orchestrator (kube-controller-manager's role), run against
 //! the API through kube-rs like any client: ReplicaSet, Deployment, DaemonSet, EndpointSlice,
-//! garbage collection by ownerReferences, node pod-CIDR allocation and node lifecycle. ClusterIP
-//! and NodePort allocation live in the API server (`api::alloc`), as in kube-apiserver.
+//! garbage collection by ownerReferences, node pod-CIDR allocation and node lifecycle, and the
+//! `default` ServiceAccount of each namespace. ClusterIP and NodePort allocation live in the API
+//! server (`api::alloc`), as in kube-apiserver, and so does the `kubernetes` Service.
 //!
 //! Each controller is level-triggered: it reads shared watch caches and converges every object
 //! on any change, and on a timer (for time-driven transitions). Writes are idempotent or
@@ -15,6 +16,7 @@ mod gc;
 mod nodes;
 mod replicaset;
 mod rollout;
+mod serviceaccount;
 mod util;
 
 use std::{future::Future, time::Duration};
@@ -22,7 +24,7 @@ use std::{future::Future, time::Duration};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet},
-    core::v1::{Node, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -33,6 +35,7 @@ use kube::{
 use meshwork_kube_watch::{reflect, Changes};
 use tokio::task::JoinHandle;
 
+pub use endpointslice::MANAGED_BY_LABEL;
 pub use util::{node_ready, node_unfit, pod_ready, template_hash};
 
 /// Settings of the controllers (kube-controller-manager's flags of the same meaning).
@@ -68,6 +71,8 @@ pub struct Caches {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub nodes: Store<Node>,
+    pub namespaces: Store<Namespace>,
+    pub serviceaccounts: Store<ServiceAccount>,
 }
 
 impl Caches {
@@ -80,6 +85,8 @@ impl Caches {
         let (slices, t5) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         let (nodes, t6) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         let (daemonsets, t7) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (namespaces, t8) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (serviceaccounts, t9) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         (
             Caches {
                 pods,
@@ -89,8 +96,10 @@ impl Caches {
                 services,
                 slices,
                 nodes,
+                namespaces,
+                serviceaccounts,
             },
-            vec![t1, t2, t3, t4, t5, t6, t7],
+            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9],
         )
     }
 
@@ -102,6 +111,8 @@ impl Caches {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.serviceaccounts.wait_until_ready().await;
     }
 }
 
@@ -155,6 +166,14 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
     tasks.push(spawn_loop("node", &changes, every, nc, |c| {
         Box::pin(c.reconcile_all())
     }));
+    let sa = serviceaccount::Controller::new(client.clone(), caches.clone());
+    tasks.push(spawn_loop(
+        "serviceaccount",
+        &changes,
+        cfg.resync,
+        sa,
+        |c| Box::pin(c.reconcile_all()),
+    ));
     let sc = crate::scheduler::Scheduler::new(client.clone(), caches.clone());
     tasks.push(spawn_loop("scheduler", &changes, cfg.resync, sc, |c| {
         Box::pin(c.schedule_all())

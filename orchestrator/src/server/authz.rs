@@ -1,7 +1,12 @@
 //! Authorization, the small fixed policy of a single-machine cluster:
 //! `system:masters` may do anything; `system:nodes` (node agents) may read everything and
 //! write Nodes, Pods (with their status) and Events; any other authenticated user may read.
-//! exec, attach and port-forward into pods are for `system:masters` only.
+//! exec, attach and port-forward into pods are for `system:masters` only. Service accounts
+//! (`system:serviceaccounts`) are such other users: they read until RBAC lands.
+//!
+//! TokenReview is a create that nodes and service accounts may also make: kube grants it to
+//! `system:auth-delegator`, which is how a delegating component (the planned mesh identity
+//! service, with its own service account token) checks the tokens presented to it.
 
 use http::Method;
 
@@ -32,6 +37,14 @@ pub fn allowed(user: &User, method: &Method, path: &str) -> bool {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
     }
+    if *method == Method::POST
+        && segs.as_slice() == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]
+    {
+        return user
+            .groups
+            .iter()
+            .any(|g| g == "system:nodes" || g == "system:serviceaccounts");
+    }
     if user.groups.iter().any(|g| g == "system:nodes") {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         return matches!(
@@ -50,6 +63,7 @@ mod tests {
         User {
             name: "u".into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..User::default()
         }
     }
 
@@ -58,6 +72,12 @@ mod tests {
         let node = user(&["system:nodes"]);
         let admin = user(&["system:masters"]);
         let other = user(&[]);
+        let sa = user(&[
+            "system:serviceaccounts",
+            "system:serviceaccounts:d",
+            "system:authenticated",
+        ]);
+        let review = "/apis/authentication.k8s.io/v1/tokenreviews";
         let cases = [
             (&admin, Method::DELETE, "/api/v1/namespaces/x", true),
             (&node, Method::GET, "/apis/apps/v1/deployments", true),
@@ -96,6 +116,19 @@ mod tests {
                 "/api/v1/namespaces/d/configmaps",
                 false,
             ),
+            (&sa, Method::GET, "/api/v1/namespaces/d/pods", true),
+            (&sa, Method::POST, "/api/v1/namespaces/d/configmaps", false),
+            (
+                &sa,
+                Method::POST,
+                "/api/v1/namespaces/d/serviceaccounts/x/token",
+                false,
+            ),
+            (&sa, Method::POST, review, true),
+            (&node, Method::POST, review, true),
+            (&admin, Method::POST, review, true),
+            (&other, Method::POST, review, false),
+            (&sa, Method::DELETE, review, false),
         ];
         for (u, m, p, want) in cases {
             assert_eq!(allowed(u, &m, p), want, "{:?} {m} {p}", u.groups);

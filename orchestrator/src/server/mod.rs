@@ -1,10 +1,12 @@
 //! Transport: HTTPS (rustls, HTTP/1.1 and h2) with bearer-token authentication in front of
-//! `api::Api`, plus the data-dir files a cluster needs (CA, tokens, admin kubeconfig).
+//! `api::Api`, plus the data-dir files a cluster needs (CA, service account key, tokens, admin
+//! kubeconfig).
 
 pub mod auth;
 pub mod authz;
 pub mod kubeconfig;
 pub mod pki;
+pub mod satoken;
 
 use std::{
     io::Write,
@@ -72,6 +74,14 @@ pub struct ServerConfig {
     pub advertise: Vec<IpAddr>,
     pub history: i64,
     pub api: ApiConfig,
+    /// `iss` of the service account tokens this server issues, and its own audience
+    /// (kube-apiserver's `--service-account-issuer`).
+    pub sa_issuer: String,
+    /// Where the discovery document says the key set is; None: this server's external URL
+    /// (first advertise address, else the listen address) + `/openid/v1/jwks`, as kube.
+    pub sa_jwks_uri: Option<String>,
+    /// Longest token a TokenRequest gets (`--service-account-max-token-expiration`).
+    pub sa_max_expiration: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -85,6 +95,9 @@ impl ServerConfig {
             advertise: Vec::new(),
             history: DEFAULT_HISTORY,
             api: ApiConfig::default(),
+            sa_issuer: satoken::DEFAULT_ISSUER.to_string(),
+            sa_jwks_uri: None,
+            sa_max_expiration: Some(DEFAULT_MAX_TOKEN_EXPIRATION),
         }
     }
     pub fn admin_kubeconfig(&self) -> PathBuf {
@@ -94,6 +107,10 @@ impl ServerConfig {
         self.data_dir.join("tokens.csv")
     }
 }
+
+/// The cap on TokenRequest expirations unless configured otherwise (48 h).
+pub const DEFAULT_MAX_TOKEN_EXPIRATION: std::time::Duration =
+    std::time::Duration::from_secs(48 * 3600);
 
 /// A running server; dropping it (or `shutdown`) stops accepting connections.
 pub struct Running {
@@ -163,6 +180,17 @@ pub fn issue_kubeconfig(
     kubeconfig::write(out, server, &pki.ca_pem, user, &token)
 }
 
+/// The address the `kubernetes` Service's EndpointSlice names: kube's `--advertise-address`
+/// (its first address here), else the listen address, else loopback.
+fn endpoint_address(cfg: &ServerConfig, bound: SocketAddr) -> IpAddr {
+    cfg.advertise
+        .iter()
+        .copied()
+        .find(|ip| !ip.is_unspecified())
+        .or_else(|| Some(bound.ip()).filter(|ip| !ip.is_unspecified()))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
 fn url_of(addr: SocketAddr) -> String {
     let host = match addr.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
@@ -197,11 +225,9 @@ pub async fn start_with_listener(
     let pki = pki::Pki::ensure(&cfg.data_dir, &sans)?;
     let tls = TlsAcceptor::from(Arc::new(pki.tls_config()?));
     let token = admin_token(&cfg)?;
-    let tokens = Arc::new(auth::Tokens::open(&cfg.tokens_path())?);
-    let api = Arc::new(Api::new(store, cfg.api.clone()));
-    api.bootstrap()
-        .await
-        .map_err(|e| Error::Bootstrap(e.to_string()))?;
+    let tokens = auth::Tokens::open(&cfg.tokens_path())?;
+    // Bound before the API exists (nothing is accepted until the end), so the discovery
+    // document and the `kubernetes` Service can name the actual port.
     let listener = match listener {
         Some(l) => {
             l.set_nonblocking(true)
@@ -216,6 +242,35 @@ pub async fn start_with_listener(
         .local_addr()
         .map_err(|e| Error::Listen(cfg.listen, e))?;
     let url = url_of(addr);
+    let external = cfg
+        .advertise
+        .iter()
+        .find(|ip| !ip.is_unspecified())
+        .map_or_else(
+            || url.clone(),
+            |ip| url_of(SocketAddr::new(*ip, addr.port())),
+        );
+    let jwks_uri = cfg
+        .sa_jwks_uri
+        .clone()
+        .unwrap_or_else(|| format!("{external}/openid/v1/jwks"));
+    let signer = Arc::new(satoken::Signer::ensure(
+        &cfg.data_dir,
+        &cfg.sa_issuer,
+        &jwks_uri,
+    )?);
+    let authn = Arc::new(auth::Authenticator::new(
+        tokens,
+        signer,
+        cfg.sa_max_expiration,
+    ));
+    let api = Arc::new(Api::new(store, cfg.api.clone()).with_authenticator(authn.clone()));
+    api.bootstrap()
+        .await
+        .map_err(|e| Error::Bootstrap(e.to_string()))?;
+    api.ensure_kubernetes_service(endpoint_address(&cfg, addr), addr.port())
+        .await
+        .map_err(|e| Error::Bootstrap(format!("the kubernetes Service: {e}")))?;
     kubeconfig::write(&cfg.admin_kubeconfig(), &url, &pki.ca_pem, "admin", &token)?;
     let (stop, mut stopped) = watch::channel(false);
     let served = api.clone();
@@ -228,9 +283,9 @@ pub async fn start_with_listener(
                 },
                 _ = stopped.changed() => return,
             };
-            let (tls, api, tokens, stop) =
-                (tls.clone(), served.clone(), tokens.clone(), stopped.clone());
-            tokio::spawn(serve_conn(tcp, peer, tls, api, tokens, stop));
+            let (tls, api, authn, stop) =
+                (tls.clone(), served.clone(), authn.clone(), stopped.clone());
+            tokio::spawn(serve_conn(tcp, peer, tls, api, authn, stop));
         }
     });
     tracing::info!(%url, kubeconfig = %cfg.admin_kubeconfig().display(), "API server listening");
@@ -250,7 +305,7 @@ async fn serve_conn(
     peer: SocketAddr,
     tls: TlsAcceptor,
     api: Arc<Api>,
-    tokens: Arc<auth::Tokens>,
+    authn: Arc<auth::Authenticator>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -262,8 +317,8 @@ async fn serve_conn(
         }
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (api, tokens) = (api.clone(), tokens.clone());
-        async move { Ok::<_, std::convert::Infallible>(authenticated(api, &tokens, req).await) }
+        let (api, authn) = (api.clone(), authn.clone());
+        async move { Ok::<_, std::convert::Infallible>(authenticated(api, &authn, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Upgrades: pods/exec, attach and portforward (api/stream.rs).
@@ -276,10 +331,10 @@ async fn serve_conn(
 }
 
 /// Health, readiness and version are public (kube-apiserver's system:public-info-viewer);
-/// everything else needs a known bearer token.
+/// everything else needs a bearer token that authenticates for the API server's audience.
 async fn authenticated(
     api: Arc<Api>,
-    tokens: &auth::Tokens,
+    authn: &auth::Authenticator,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path();
@@ -293,9 +348,17 @@ async fn authenticated(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(user) = token.and_then(|t| tokens.authenticate(t)) else {
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
             return error_response(&ApiError::Unauthorized);
+        };
+        let user = match authn.authenticate(api.store(), token, None).await {
+            Ok(a) => a.user,
+            Err(refused) => {
+                tracing::debug!(%path, error = %refused.message(), "unable to authenticate the request");
+                return error_response(&ApiError::Unauthorized);
+            }
         };
         if !authz::allowed(&user, req.method(), path) {
             let msg = format!(
