@@ -175,6 +175,8 @@ const STATE_ENTRIES: &[&str] = &[
     "nodes",
     "prometheus",
     "prometheus.yml",
+    "addons",
+    "image-catalog.json",
 ];
 
 pub async fn down(a: DownArgs) -> Result<()> {

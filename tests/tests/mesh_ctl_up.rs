@@ -595,9 +595,15 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     assert!(left.is_empty(), "left behind after down: {left:#?}");
     let contexts = c.kubectl(&["config", "get-contexts", "-o", "name"]);
     assert!(!contexts.contains("meshwork"), "context left: {contexts}");
+    // Only the test's own files stay in the state dir (its kubeconfig and manifest live there).
+    let kept: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !matches!(n.as_str(), "user-kubeconfig" | "web.json"))
+        .collect();
     assert!(
-        !state.join("apiserver").exists(),
-        "state left in {}",
+        kept.is_empty(),
+        "state left in {}: {kept:?}",
         state.display()
     );
 }
