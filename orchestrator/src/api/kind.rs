@@ -441,15 +441,7 @@ impl<K: Rules> Typed<K> {
             }
         }
         let body = Value::Object(map);
-        let obj: K = serde_path_to_error::deserialize(&body).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            cannot(if path == "." {
-                inner.to_string()
-            } else {
-                format!("{path}: {inner}")
-            })
-        })?;
+        let obj: K = deserialize_at_path(&body, cannot)?;
         let mut warnings = Vec::new();
         if fv != FieldValidation::Ignore {
             let back = serde_json::to_value(&obj).map_err(internal)?;
@@ -791,6 +783,23 @@ impl<K: Rules> KindOps for Typed<K> {
 pub fn now_seconds() -> Timestamp {
     let now = Timestamp::now();
     Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// `v` as a `T`; a failure names the JSON path where it happened (kube's decoder says
+/// `spec.replicas: invalid type ...`), worded by `cannot`.
+pub(crate) fn deserialize_at_path<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    cannot: impl FnOnce(String) -> ApiError,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        cannot(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
 }
 
 #[cfg(test)]

@@ -67,15 +67,7 @@ fn decode<K: DeserializeOwned>(body: &[u8], kind: &str) -> Result<K, ApiError> {
             }
         }
     }
-    serde_path_to_error::deserialize(&v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        cannot(if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        })
-    })
+    super::kind::deserialize_at_path(&v, cannot)
 }
 
 /// An Invalid TokenRequest, named "" as kube names it (its validation runs before any name).
