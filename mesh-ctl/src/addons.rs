@@ -6,7 +6,7 @@
 use std::{io::Write, path::Path, process::Stdio};
 
 use anyhow::{bail, Context, Result};
-use meshwork_orchestrator::node::catalog::{Catalog, Image, Root};
+use meshwork_orchestrator::node::catalog::{self, Catalog, Image, Root};
 
 pub const CONTROL: &str = include_str!("../../deploy/addons/meshwork-control.yaml");
 pub const DNS: &str = include_str!("../../deploy/addons/meshwork-dns.yaml");
@@ -42,11 +42,7 @@ pub fn catalog() -> Result<Catalog> {
                 root: Root::Host,
                 entrypoint: vec![path.display().to_string()],
                 cmd: vec![],
-                env: [(
-                    "PATH".to_string(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-                )]
-                .into(),
+                env: [("PATH".to_string(), catalog::PATH.to_string())].into(),
                 writable: vec![],
                 workdir: None,
             },

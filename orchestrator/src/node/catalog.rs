@@ -45,7 +45,7 @@ pub struct Catalog {
     pub images: BTreeMap<String, Image>,
 }
 
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Default for Catalog {
     fn default() -> Self {
