@@ -45,6 +45,7 @@ pub struct Catalog {
     pub images: BTreeMap<String, Image>,
 }
 
+/// The PATH every image of the catalog runs with.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Default for Catalog {
