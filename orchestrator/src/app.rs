@@ -38,6 +38,11 @@ pub fn server_config(a: &ApiserverArgs) -> ServerConfig {
 
 /// Serves until SIGINT/SIGTERM.
 pub async fn run_apiserver(a: ApiserverArgs) -> Result<(), server::Error> {
+    // Flags are checked before anything starts.
+    let mut ctl = a
+        .ctl
+        .config()
+        .map_err(|e| server::Error::Config(format!("{e:#}")))?;
     let running = server::start(server_config(&a)).await?;
     println!("API server listening on {}", running.url);
     println!("admin kubeconfig: {}", running.admin_kubeconfig.display());
@@ -46,7 +51,8 @@ pub async fn run_apiserver(a: ApiserverArgs) -> Result<(), server::Error> {
         let client = meshwork_kube_watch::client(Some(&running.admin_kubeconfig))
             .await
             .map_err(|e| server::Error::Config(format!("controller client: {e}")))?;
-        let cfg = a.ctl.config();
+        ctl.root_ca.get_or_insert_with(|| running.ca_pem.clone());
+        let cfg = ctl;
         tasks.push(tokio::spawn(async move {
             let inner = crate::controllers::start(client, cfg).await;
             futures::future::join_all(inner).await;
@@ -74,7 +80,7 @@ pub fn run_kubeconfig(a: KubeconfigArgs) -> Result<(), server::Error> {
 /// The controllers and scheduler against any API server, until SIGINT/SIGTERM.
 pub async fn run_controllers(a: crate::config::ControllersArgs) -> anyhow::Result<()> {
     let client = meshwork_kube_watch::client(a.kubeconfig.as_deref()).await?;
-    let tasks = crate::controllers::start(client, a.flags.config()).await;
+    let tasks = crate::controllers::start(client, a.flags.config()?).await;
     meshwork_kube_watch::shutdown_signal().await?;
     for t in tasks {
         t.abort();

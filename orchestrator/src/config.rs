@@ -46,16 +46,28 @@ pub struct ControllerFlags {
     /// Seconds without a node heartbeat before the node turns NotReady.
     #[arg(long, default_value_t = 40)]
     pub node_monitor_grace_period: u64,
+    /// The cluster CA (PEM file) to publish as `kube-root-ca.crt` in every namespace
+    /// (kube-controller-manager's flag). The API server's own controllers use its CA.
+    #[arg(long)]
+    pub root_ca_file: Option<PathBuf>,
 }
 
 impl ControllerFlags {
-    pub fn config(&self) -> crate::controllers::ControllerConfig {
-        crate::controllers::ControllerConfig {
+    pub fn config(&self) -> anyhow::Result<crate::controllers::ControllerConfig> {
+        let root_ca = match &self.root_ca_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("--root-ca-file {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(crate::controllers::ControllerConfig {
             cluster_cidr: self.cluster_cidr,
             node_cidr_prefix: self.node_cidr_mask_size,
             node_monitor_grace: std::time::Duration::from_secs(self.node_monitor_grace_period),
+            root_ca,
             ..Default::default()
-        }
+        })
     }
 }
 

@@ -266,11 +266,58 @@ async fn token_requests_reviews_bearer_use_and_discovery() {
         "invalid bearer token",
     );
 
-    // As a bearer credential: an authenticated non-admin user — reads, no writes; it may
-    // review tokens (the delegating-authenticator role).
+    // As a bearer credential: a user RBAC knows as the service account. Nothing is granted
+    // to it at first (kube's wording on the 403); a RoleBinding to `view` lets it read, one
+    // to system:auth-delegator lets it review tokens (the delegating-authenticator role).
     let sa_client = client_with(c.dir.path(), &c.running.url, &token).await;
     let pods: Api<Pod> = Api::namespaced(sa_client.clone(), "default");
-    assert_eq!(code_of(pods.list(&ListParams::default()).await).await, 200);
+    match pods.list(&ListParams::default()).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+            assert_eq!(
+                e.message,
+                "pods is forbidden: User \"system:serviceaccount:default:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+            );
+        }
+        other => panic!("a service account with no role listed pods: {other:?}"),
+    }
+    let grant = |kind: &str, name: &str, role: &str| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}],
+        })
+    };
+    let rb: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(c.client.clone(), "default");
+    rb.create(
+        &PostParams::default(),
+        &serde_json::from_value(grant("RoleBinding", "robot-view", "view")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let crb: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(c.client.clone());
+    crb.create(
+        &PostParams::default(),
+        &serde_json::from_value(grant(
+            "ClusterRoleBinding",
+            "robot-delegator",
+            "system:auth-delegator",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    // RBAC reads a watch cache: the grant holds once the watch delivers it.
+    let t = std::time::Instant::now();
+    while code_of(pods.list(&ListParams::default()).await).await != 200 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the RoleBinding never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let cms: Api<ConfigMap> = Api::namespaced(sa_client.clone(), "default");
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
     assert_eq!(
@@ -902,10 +949,30 @@ async fn kubectl_create_token_and_the_cluster_objects() {
         .to_string();
     let client = client_with(&data, &server.url, &for_api).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    assert_eq!(
-        pods.list(&ListParams::default()).await.unwrap().items.len(),
-        1
+    assert_eq!(code_of(pods.list(&ListParams::default()).await).await, 403);
+    k.ok(
+        &[
+            "create",
+            "rolebinding",
+            "default-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:default",
+        ],
+        "",
     );
+    // RBAC reads a watch cache: the binding holds once the watch delivers it.
+    let t = std::time::Instant::now();
+    let listed = loop {
+        if let Ok(l) = pods.list(&ListParams::default()).await {
+            break l;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the RoleBinding never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(listed.items.len(), 1);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
     assert_eq!(

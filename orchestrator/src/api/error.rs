@@ -42,6 +42,14 @@ pub enum ApiError {
     UnsupportedMediaType { accepted: &'static str },
     #[error("{0}")]
     Forbidden(String),
+    /// An authorization denial, worded as kube-apiserver's `NewForbidden`: `resource` is the
+    /// qualified plural (empty for a non-resource path), `why` says who cannot do what.
+    #[error("{}", denied_message(resource, name, why))]
+    Denied {
+        resource: String,
+        name: String,
+        why: String,
+    },
     #[error("Unauthorized")]
     Unauthorized,
     #[error("the request is too large: limit is {limit} bytes")]
@@ -51,6 +59,14 @@ pub enum ApiError {
     Expired { requested: i64, oldest: i64 },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn denied_message(resource: &str, name: &str, why: &str) -> String {
+    match (resource, name) {
+        ("", _) => format!("forbidden: {why}"),
+        (r, "") => format!("{r} is forbidden: {why}"),
+        (r, n) => format!("{r} \"{n}\" is forbidden: {why}"),
+    }
 }
 
 /// One field-level problem of an Invalid object.
@@ -105,7 +121,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::Unauthorized => 401,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => 403,
             ApiError::TooLarge { .. } => 413,
             ApiError::Expired { .. } => 410,
             ApiError::Internal(_) => 500,
@@ -126,7 +142,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::Unauthorized => "Unauthorized",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => "Forbidden",
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::Expired { .. } => "Expired",
             ApiError::Internal(_) => "InternalError",
@@ -141,6 +157,15 @@ impl ApiError {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
                 Some(StatusDetails {
                     name: Some(name.clone()),
+                    group: (!group.is_empty()).then(|| group.to_string()),
+                    kind: Some(kind.to_string()),
+                    ..Default::default()
+                })
+            }
+            ApiError::Denied { resource, name, .. } if !resource.is_empty() => {
+                let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
+                Some(StatusDetails {
+                    name: (!name.is_empty()).then(|| name.clone()),
                     group: (!group.is_empty()).then(|| group.to_string()),
                     kind: Some(kind.to_string()),
                     ..Default::default()

@@ -24,6 +24,9 @@ pub enum NameRule {
     Subdomain,
     Label,
     Dns1035,
+    /// Any name usable as a path segment (RBAC objects: `system:node`), kube's
+    /// `ValidatePathSegmentName`.
+    PathSegment,
 }
 
 /// A table column (meta.k8s.io/v1 TableColumnDefinition); priority 1 shows with `-o wide`.
@@ -379,7 +382,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     let mut buf = [0u8; 5];
     // A failed getrandom leaves zeros: still a valid (if predictable) name.
     let _ = getrandom::fill(&mut buf);
@@ -478,6 +481,7 @@ impl<K: Rules> Typed<K> {
                 NameRule::Subdomain => validation::dns1123_subdomain(&name),
                 NameRule::Label => validation::dns1123_label(&name),
                 NameRule::Dns1035 => validation::dns1035_label(&name),
+                NameRule::PathSegment => validation::path_segment(&name),
             };
             if let Some(why) = why {
                 causes.push(Cause::invalid("metadata.name", &name, why));

@@ -11,22 +11,20 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{
-    error::ApiError,
-    kind::{KindOps, Sub},
-    validation::FieldValidation,
-    verbs::Ctx,
-    Api, Query, Target,
-};
+use super::{error::ApiError, Api};
 
 pub const NAME: &str = "kubernetes";
 pub const NAMESPACE: &str = "default";
 /// Tells the EndpointSlice controller the slice is not its own (kube's apiserver writes the
 /// same label with its own value).
 pub const MANAGED_BY: &str = "meshwork-apiserver";
+
+/// The `kubernetes` Service's address: the first of the service CIDR.
+pub fn cluster_ip(ranges: &super::alloc::ServiceRanges) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ranges.cidr.network()).saturating_add(1))
+}
 
 impl Api {
     /// Creates or reconciles the `kubernetes` Service and EndpointSlice for an API server
@@ -36,8 +34,7 @@ impl Api {
         endpoint: IpAddr,
         port: u16,
     ) -> Result<(), ApiError> {
-        let net = self.cfg.services.cidr;
-        let cluster_ip = Ipv4Addr::from(u32::from(net.network()).saturating_add(1));
+        let cluster_ip = cluster_ip(&self.cfg.services);
         let service = json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -53,12 +50,20 @@ impl Api {
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
             },
         });
-        self.ensure("", "v1", "services", service, |cur, want| {
-            // The clusterIP is immutable: a cluster whose service CIDR moved keeps the old
-            // one, as kube's reconciler does (it only logs the mismatch).
-            merge_labels(cur, want);
-            cur["spec"]["ports"] = want["spec"]["ports"].clone();
-        })
+        self.ensure(
+            "",
+            "v1",
+            "services",
+            Some(NAMESPACE),
+            NAME,
+            service,
+            |cur, want| {
+                // The clusterIP is immutable: a cluster whose service CIDR moved keeps the old
+                // one, as kube's reconciler does (it only logs the mismatch).
+                merge_labels(cur, want);
+                cur["spec"]["ports"] = want["spec"]["ports"].clone();
+            },
+        )
         .await?;
         let family = if endpoint.is_ipv4() { "IPv4" } else { "IPv6" };
         let slice = json!({
@@ -80,6 +85,8 @@ impl Api {
             "discovery.k8s.io",
             "v1",
             "endpointslices",
+            Some(NAMESPACE),
+            NAME,
             slice,
             |cur, want| {
                 merge_labels(cur, want);
@@ -89,61 +96,6 @@ impl Api {
             },
         )
         .await
-    }
-
-    /// `want` created, or the stored object with `fix(stored, want)` applied when that changes
-    /// it (through the usual pipeline: defaults, validation, ClusterIP allocation).
-    async fn ensure(
-        &self,
-        group: &str,
-        version: &str,
-        plural: &str,
-        want: Value,
-        fix: impl Fn(&mut Value, &Value),
-    ) -> Result<(), ApiError> {
-        let kind: &'static dyn KindOps = self
-            .registry
-            .find(group, version, plural)
-            .ok_or(ApiError::UnknownPath)?;
-        let target = |name: Option<&str>| Target {
-            kind,
-            ns: Some(NAMESPACE.to_string()),
-            name: name.map(str::to_string),
-            sub: None,
-        };
-        match self.current(&target(Some(NAME))).await {
-            Err(ApiError::NotFound { .. }) => {
-                let ctx = Ctx {
-                    target: target(None),
-                    query: Query::parse(None),
-                    accept: None,
-                    content_type: "application/json".into(),
-                    body: Bytes::from(
-                        serde_json::to_vec(&want).map_err(|e| ApiError::Internal(e.to_string()))?,
-                    ),
-                };
-                match self.create(ctx).await {
-                    Ok(_) => return Ok(()),
-                    // Another server on the same store made it first: reconcile below.
-                    Err(ApiError::AlreadyExists { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        let t = target(Some(NAME));
-        self.update_with(&t, false, |cur| {
-            let mut v: Value = serde_json::from_slice(&cur.value)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            fix(&mut v, &want);
-            Ok((
-                kind.update(&cur.value, v, Sub::Main, FieldValidation::Ignore)?,
-                None,
-            ))
-        })
-        .await
-        .map(|_| ())
     }
 }
 

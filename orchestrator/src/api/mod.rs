@@ -1,15 +1,18 @@
 //! The Kubernetes API: routing, the verbs, list/watch, discovery and openapi, on top of a
 //! `Store`. Transport (TLS, authentication) lives in `server/`.
 
+pub mod admission;
 pub mod alloc;
 mod delete;
+mod ensure;
 pub mod error;
 pub mod kind;
-mod kubernetes_service;
+pub mod kubernetes_service;
 mod object;
 pub mod openapi;
 pub mod pods;
 pub mod registry;
+mod reviews;
 mod rules;
 pub mod selector;
 mod stream;
@@ -67,6 +70,9 @@ pub struct Api {
     /// Token authentication and issuing (serviceaccounts/token, tokenreviews, issuer
     /// discovery); None: those answer 404.
     authn: Option<Arc<crate::server::auth::Authenticator>>,
+    /// RBAC decisions for the access reviews and the escalation check; None: reviews
+    /// answer 404 and role writes are not checked.
+    authz: Option<Arc<crate::server::authz::Authorizer>>,
 }
 
 /// Where a request points inside a group/version.
@@ -75,6 +81,8 @@ pub(crate) struct Target {
     pub ns: Option<String>,
     pub name: Option<String>,
     pub sub: Option<String>,
+    /// Who asks (None: the server itself, e.g. its bootstrap writes).
+    pub user: Option<Arc<crate::server::auth::User>>,
 }
 
 impl Target {
@@ -145,12 +153,19 @@ impl Api {
             alloc: alloc::Allocator::new(cfg.services.clone()),
             cfg,
             authn: None,
+            authz: None,
         }
     }
 
     /// The API with service account tokens: TokenRequest, TokenReview and issuer discovery.
     pub fn with_authenticator(mut self, authn: Arc<crate::server::auth::Authenticator>) -> Self {
         self.authn = Some(authn);
+        self
+    }
+
+    /// The API with RBAC: access reviews and the escalation check on roles and bindings.
+    pub fn with_authorizer(mut self, authz: Arc<crate::server::authz::Authorizer>) -> Self {
+        self.authz = Some(authz);
         self
     }
 
@@ -255,9 +270,8 @@ impl Api {
             ["apis", group, version] if get && self.registry.serves(group, version) => {
                 return Ok(self.resource_list(group, version));
             }
-            // Service account issuer discovery. kube binds its system:service-account-issuer-
-            // discovery role to service accounts; here every authenticated caller reads it, as
-            // it reads everything (server/authz.rs).
+            // Service account issuer discovery: the system:service-account-issuer-discovery
+            // role lets service accounts read it (server/authz/bootstrap.rs).
             [".well-known", "openid-configuration"] if get => return self.openid_configuration(),
             ["openid", "v1", "jwks"] if get => return self.jwks(),
             ["openapi", "v3"] if get => {
@@ -285,18 +299,32 @@ impl Api {
             ["apis", g, v, rest @ ..] => (*g, *v, rest),
             _ => return Err(ApiError::UnknownPath),
         };
-        // TokenReview is a create-only, never-stored kind (kube: a REST with only Create).
-        if (group, version, rest.first()) == (tokens::AUTHN_GROUP, "v1", Some(&"tokenreviews")) {
-            if rest.len() > 1 {
+        let user = parts
+            .extensions
+            .get::<Arc<crate::server::auth::User>>()
+            .cloned();
+        // Reviews are create-only, never-stored kinds (kube: a REST with only Create).
+        let (review_ns, review_rest) = match rest {
+            ["namespaces", ns, tail @ ..] => (Some(*ns), tail),
+            _ => (None, rest),
+        };
+        if let Some(c) = registry::CREATE_ONLY.iter().find(|c| {
+            version == "v1"
+                && c.group == group
+                && review_rest.first() == Some(&c.plural)
+                && c.namespaced == review_ns.is_some()
+        }) {
+            if review_rest.len() > 1 {
                 return Err(ApiError::UnknownPath);
             }
             if parts.method != Method::POST {
                 return Err(ApiError::MethodNotAllowed);
             }
             let (body, _) = self.request_body(&parts, body).await?;
-            return self.token_review(&body).await;
+            return self.review(c, review_ns, &body, user.as_deref()).await;
         }
-        let target = self.target(group, version, rest)?;
+        let mut target = self.target(group, version, rest)?;
+        target.user = user;
         if matches!(
             target.sub.as_deref(),
             Some("exec" | "attach" | "portforward")
@@ -425,6 +453,7 @@ impl Api {
                     ns: Some(ns.to_string()),
                     name: tail.first().and_then(owned),
                     sub: tail.get(1).and_then(owned),
+                    user: None,
                 }
             }
             [plural, tail @ ..] => Target {
@@ -432,6 +461,7 @@ impl Api {
                 ns: None,
                 name: tail.first().and_then(owned),
                 sub: tail.get(1).and_then(owned),
+                user: None,
             },
             [] => return Err(ApiError::UnknownPath),
         };

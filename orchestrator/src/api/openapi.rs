@@ -111,10 +111,21 @@ pub fn document(registry: &Registry, group: &str, version: &str) -> Value {
     // `kubectl create -f` would fall back to client-side validation against /openapi/v2, which
     // is not served.
     let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
-    if (group, version) == ("authentication.k8s.io", "v1") {
-        let gvk = json!({"group": group, "version": version, "kind": "TokenReview"});
+    for c in super::registry::CREATE_ONLY
+        .iter()
+        .filter(|c| c.group == group && version == "v1")
+    {
+        let gvk = json!({"group": group, "version": version, "kind": c.kind});
+        let path = if c.namespaced {
+            format!(
+                "/apis/{group}/{version}/namespaces/{{namespace}}/{}",
+                c.plural
+            )
+        } else {
+            format!("/apis/{group}/{version}/{}", c.plural)
+        };
         paths.insert(
-            "/apis/authentication.k8s.io/v1/tokenreviews".into(),
+            path,
             json!({
                 "post": op("create", &gvk, &write, &["application/json"]),
                 "patch": op("patch", &gvk, &write, &["application/merge-patch+json"]),

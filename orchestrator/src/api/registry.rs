@@ -5,6 +5,7 @@ use k8s_openapi::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet},
         core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount},
         discovery::v1::EndpointSlice,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::{
         APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
@@ -20,14 +21,64 @@ pub struct Registry {
     kinds: Vec<Box<dyn KindOps>>,
 }
 
-/// The group/versions served, in discovery order (the core group is ""). authentication.k8s.io
-/// has no stored kind: its TokenReview (and core's serviceaccounts/token, a TokenRequest) are
-/// answered by `tokens.rs`.
+/// The group/versions served, in discovery order (the core group is "").
+/// authentication.k8s.io and authorization.k8s.io have no stored kind: their reviews are
+/// `CREATE_ONLY` (and core's serviceaccounts/token, a TokenRequest, is `tokens.rs`).
 pub const GROUP_VERSIONS: &[(&str, &str)] = &[
     ("", "v1"),
     ("apps", "v1"),
     ("discovery.k8s.io", "v1"),
     ("authentication.k8s.io", "v1"),
+    ("authorization.k8s.io", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
+];
+
+/// A kind that is only ever created and answered, never stored (kube: a REST with only
+/// Create): the token and access reviews.
+pub struct CreateOnly {
+    pub group: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+}
+
+pub const CREATE_ONLY: &[CreateOnly] = &[
+    CreateOnly {
+        group: "authentication.k8s.io",
+        plural: "tokenreviews",
+        kind: "TokenReview",
+        namespaced: false,
+    },
+    CreateOnly {
+        group: "authentication.k8s.io",
+        plural: "selfsubjectreviews",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+    },
+    CreateOnly {
+        group: "authorization.k8s.io",
+        plural: "selfsubjectaccessreviews",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+    },
+    CreateOnly {
+        group: "authorization.k8s.io",
+        plural: "selfsubjectrulesreviews",
+        kind: "SelfSubjectRulesReview",
+        namespaced: false,
+    },
+    CreateOnly {
+        group: "authorization.k8s.io",
+        plural: "subjectaccessreviews",
+        kind: "SubjectAccessReview",
+        namespaced: false,
+    },
+    CreateOnly {
+        group: "authorization.k8s.io",
+        plural: "localsubjectaccessreviews",
+        kind: "LocalSubjectAccessReview",
+        namespaced: true,
+    },
 ];
 
 impl Default for Registry {
@@ -51,6 +102,10 @@ impl Registry {
             Box::new(Typed::<Deployment>::new()),
             Box::new(Typed::<ReplicaSet>::new()),
             Box::new(Typed::<EndpointSlice>::new()),
+            Box::new(Typed::<Role>::new()),
+            Box::new(Typed::<ClusterRole>::new()),
+            Box::new(Typed::<RoleBinding>::new()),
+            Box::new(Typed::<ClusterRoleBinding>::new()),
         ];
         Registry { kinds }
     }
@@ -160,15 +215,18 @@ impl Registry {
                 ));
             }
         }
-        if group == "authentication.k8s.io" && version == "v1" {
+        for c in CREATE_ONLY
+            .iter()
+            .filter(|c| c.group == group && version == "v1")
+        {
             out.push(APIResource {
                 categories: None,
                 group: None,
-                kind: "TokenReview".into(),
-                name: "tokenreviews".into(),
-                namespaced: false,
+                kind: c.kind.into(),
+                name: c.plural.into(),
+                namespaced: c.namespaced,
                 short_names: None,
-                singular_name: "tokenreview".into(),
+                singular_name: c.kind.to_lowercase(),
                 storage_version_hash: None,
                 verbs: vec!["create".into()],
                 version: None,

@@ -30,7 +30,6 @@ use crate::server::{
     satoken::{Claims, KubeClaims, ObjectRef},
 };
 
-pub const AUTHN_GROUP: &str = "authentication.k8s.io";
 const AUTHN_VERSION: &str = "authentication.k8s.io/v1";
 /// kube's TokenRequest validation: at least 10 minutes, at most 2^32 seconds.
 const MIN_EXPIRATION: i64 = 10 * 60;
@@ -41,6 +40,15 @@ const DEFAULT_EXPIRATION: i64 = 3600;
 /// A body decoded as kube's decoder would: the k8s-openapi type, with kube's 400 wording.
 /// The status is output only and dropped unread (a Go client sends its zero value, which the
 /// k8s-openapi type would refuse for a missing required field).
+/// A field of a request body (null when absent) as `K`; a 400 naming the kind otherwise.
+pub(crate) fn decode_value<K: DeserializeOwned>(v: &Value, kind: &str) -> Result<K, ApiError> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{kind} in version \"v1\" cannot be handled as a {kind}: {e}"
+        ))
+    })
+}
+
 fn decode<K: DeserializeOwned>(body: &[u8], kind: &str) -> Result<K, ApiError> {
     let mut v = parse_json(body)?;
     if let Some(m) = v.as_object_mut() {
@@ -113,9 +121,20 @@ impl Api {
             ns: ns.map(str::to_string),
             name: Some(name.to_string()),
             sub: None,
+            user: None,
         };
         let cur = self.current(&t).await?;
         serde_json::from_slice(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// A core/v1 object as stored, or NotFound.
+    pub(crate) async fn core_json(
+        &self,
+        plural: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.core_object(plural, ns, name).await
     }
 
     /// `GET /.well-known/openid-configuration`.
@@ -145,6 +164,28 @@ impl Api {
         let ns = t.ns.clone().unwrap_or_default();
         let name = t.name().to_string();
         let req: TokenRequest = decode(&ctx.body, "TokenRequest")?;
+        // kube's NodeRestriction admission: a node asks for tokens only for pods it runs.
+        let node_user = t
+            .user
+            .as_deref()
+            .filter(|u| u.groups.iter().any(|g| g == "system:nodes"))
+            .filter(|u| !u.groups.iter().any(|g| g == crate::server::authz::MASTERS))
+            .and_then(|u| u.name.strip_prefix("system:node:"))
+            .map(str::to_string);
+        let node_denied = |why: &str| ApiError::Denied {
+            resource: "serviceaccounts".into(),
+            name: name.clone(),
+            why: why.into(),
+        };
+        if node_user.is_some()
+            && req
+                .spec
+                .bound_object_ref
+                .as_ref()
+                .is_none_or(|r| r.kind.as_deref() != Some("Pod"))
+        {
+            return Err(node_denied("node requested token not bound to a pod"));
+        }
         // Name and namespace in the body must match the URL if given.
         if let Some(n) = req
             .metadata
@@ -221,6 +262,14 @@ impl Api {
                 ("", "Pod") => {
                     let pod: Pod = self.core_object("pods", Some(&ns), &obj).await?;
                     let spec = pod.spec.unwrap_or_default();
+                    if node_user
+                        .as_ref()
+                        .is_some_and(|n| spec.node_name.as_ref() != Some(n))
+                    {
+                        return Err(node_denied(
+                            "node requested token bound to a pod scheduled on a different node",
+                        ));
+                    }
                     // kube's ServiceAccount admission sets "default" on pods naming none.
                     let pod_sa = spec
                         .service_account_name

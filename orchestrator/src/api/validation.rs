@@ -84,6 +84,17 @@ pub fn dns1123_label(s: &str) -> Option<&'static str> {
     None
 }
 
+/// A name usable as one path segment (kube's `path.ValidatePathSegmentName`).
+pub fn path_segment(s: &str) -> Option<&'static str> {
+    match s {
+        "." => Some("may not be '.'"),
+        ".." => Some("may not be '..'"),
+        _ if s.contains('/') => Some("may not contain '/'"),
+        _ if s.contains('%') => Some("may not contain '%'"),
+        _ => None,
+    }
+}
+
 /// RFC 1035 label: Service names (they become DNS labels that must not start with a digit).
 pub fn dns1035_label(s: &str) -> Option<&'static str> {
     let b = s.as_bytes();

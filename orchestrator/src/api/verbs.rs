@@ -274,6 +274,12 @@ impl Api {
         if is_service(t.kind) {
             bytes = self.assign_service(bytes, None).await?;
         }
+        if let (true, Some(ns)) = (is_pod(t.kind), &t.ns) {
+            bytes = self.admit_pod(bytes, ns).await?;
+        }
+        if let Some(u) = &t.user {
+            self.check_escalation(t.kind, &bytes, u)?;
+        }
         let meta = t.kind.metadata(&bytes)?;
         let name = meta.name.unwrap_or_default();
         let key = t.kind.info().key(t.ns.as_deref(), &name);
@@ -316,6 +322,9 @@ impl Api {
         for _ in 0..UPDATE_RETRIES {
             let cur = self.current(t).await?;
             let (mut out, pinned) = f(&cur)?;
+            if let (Write::Put(bytes), Some(u)) = (&out.write, &t.user) {
+                self.check_escalation(t.kind, bytes, u)?;
+            }
             if let (Write::Put(bytes), true) = (&mut out.write, is_service(t.kind)) {
                 *bytes = self
                     .assign_service(std::mem::take(bytes), Some(&cur.value))
@@ -449,6 +458,11 @@ impl Api {
 }
 
 /// `metadata.resourceVersion` of a body: the client's optimistic-concurrency precondition.
+fn is_pod(kind: &dyn KindOps) -> bool {
+    let i = kind.info();
+    i.group.is_empty() && i.plural == "pods"
+}
+
 fn is_service(kind: &dyn KindOps) -> bool {
     let i = kind.info();
     i.group.is_empty() && i.plural == "services"

@@ -16,6 +16,7 @@ mod gc;
 mod nodes;
 mod replicaset;
 mod rollout;
+mod rootca;
 mod serviceaccount;
 mod util;
 
@@ -24,7 +25,7 @@ use std::{future::Future, time::Duration};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet},
-    core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -48,6 +49,9 @@ pub struct ControllerConfig {
     pub node_monitor_grace: Duration,
     /// Every controller re-converges at least this often.
     pub resync: Duration,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace; None: not
+    /// published (kube-controller-manager's `--root-ca-file`).
+    pub root_ca: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -57,6 +61,7 @@ impl Default for ControllerConfig {
             node_cidr_prefix: 24,
             node_monitor_grace: Duration::from_secs(40),
             resync: Duration::from_secs(5),
+            root_ca: None,
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct Caches {
     pub nodes: Store<Node>,
     pub namespaces: Store<Namespace>,
     pub serviceaccounts: Store<ServiceAccount>,
+    /// Only the `kube-root-ca.crt` ConfigMaps (a field selector keeps the rest out).
+    pub root_ca_maps: Store<ConfigMap>,
 }
 
 impl Caches {
@@ -87,6 +94,11 @@ impl Caches {
         let (daemonsets, t7) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         let (namespaces, t8) = reflect(Api::all(client.clone()), cfg(), changes.clone());
         let (serviceaccounts, t9) = reflect(Api::all(client.clone()), cfg(), changes.clone());
+        let (root_ca_maps, t10) = reflect(
+            Api::all(client.clone()),
+            cfg().fields(&format!("metadata.name={}", rootca_name())),
+            changes.clone(),
+        );
         (
             Caches {
                 pods,
@@ -98,8 +110,9 @@ impl Caches {
                 nodes,
                 namespaces,
                 serviceaccounts,
+                root_ca_maps,
             },
-            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9],
+            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10],
         )
     }
 
@@ -113,6 +126,7 @@ impl Caches {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.serviceaccounts.wait_until_ready().await;
+        let _ = self.root_ca_maps.wait_until_ready().await;
     }
 }
 
@@ -174,11 +188,30 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
         sa,
         |c| Box::pin(c.reconcile_all()),
     ));
+    match cfg.root_ca.clone() {
+        Some(ca) => {
+            let rc = rootca::Controller::new(client.clone(), caches.clone(), ca);
+            tasks.push(spawn_loop(
+                "root-ca-publisher",
+                &changes,
+                cfg.resync,
+                rc,
+                |c| Box::pin(c.reconcile_all()),
+            ));
+        }
+        None => tracing::warn!(
+            "no root CA given: kube-root-ca.crt is not published and pods get no ca.crt"
+        ),
+    }
     let sc = crate::scheduler::Scheduler::new(client.clone(), caches.clone());
     tasks.push(spawn_loop("scheduler", &changes, cfg.resync, sc, |c| {
         Box::pin(c.schedule_all())
     }));
     tasks
+}
+
+fn rootca_name() -> &'static str {
+    crate::api::admission::ROOT_CA_CONFIGMAP
 }
 
 type BoxFut<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;

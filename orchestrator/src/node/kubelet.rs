@@ -16,7 +16,7 @@ use k8s_openapi::{
         Container as CSpec, ContainerState, ContainerStateRunning, ContainerStateTerminated,
         ContainerStateWaiting, ContainerStatus, DaemonEndpoint, HostIP, Node, NodeAddress,
         NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodIP,
-        PodStatus,
+        PodStatus, Service,
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -145,7 +145,10 @@ pub(crate) struct PodRt {
     pub namespace: String,
     pub name: String,
     pub sandbox: Option<Sandbox>,
-    pub sandbox_error: Option<String>,
+    /// Why the pod cannot start yet: its sandbox or volumes failed (shown as
+    /// ContainerCreating with this message, retried on every sync).
+    pub setup_error: Option<String>,
+    pub volumes: Option<super::volumes::PodVolumes>,
     pub containers: HashMap<String, Ctr>,
     pub terminating: bool,
     pub seen: Instant,
@@ -298,8 +301,11 @@ fn container_config(
     c: &CSpec,
     attempt: u32,
     node_ip: IpAddr,
+    service_env: &[(String, String)],
+    mounts: Vec<String>,
 ) -> ContainerConfig {
-    let mut env: Vec<(String, String)> = Vec::new();
+    // Service variables come first: the container's own env may refer to them, and wins.
+    let mut env: Vec<(String, String)> = service_env.to_vec();
     for e in c.env.iter().flatten() {
         let v = match (&e.value, &e.value_from) {
             (Some(v), _) => expand(v, &env),
@@ -325,6 +331,7 @@ fn container_config(
         env,
         workdir: c.working_dir.clone(),
         attempt,
+        mounts,
     }
 }
 
@@ -396,12 +403,20 @@ impl<R: PodRuntime> Kubelet<R> {
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.inner.s.node_name)),
             changes.clone(),
         );
+        // Every Service, for the containers' service variables (envvars.rs); a change to
+        // them does not wake the pod sync (the kubelet does not restart containers either).
+        let (services, stask) = meshwork_kube_watch::reflect(
+            Api::<Service>::all(self.inner.client.clone()),
+            watcher::Config::default(),
+            meshwork_kube_watch::Changes::new(),
+        );
         let _ = pods.wait_until_ready().await;
+        let _ = services.wait_until_ready().await;
         let mut rx = changes.subscribe();
         let res: anyhow::Result<()> = async {
             loop {
                 rx.mark_unchanged();
-                if let Err(e) = self.sync_all(&pods).await {
+                if let Err(e) = self.sync_all(&pods, &services).await {
                     tracing::warn!(error = format!("{e:#}"), "pod sync failed");
                 }
                 tokio::select! {
@@ -414,6 +429,7 @@ impl<R: PodRuntime> Kubelet<R> {
         .await;
         hb.abort();
         task.abort();
+        stask.abort();
         res
     }
 
@@ -436,7 +452,8 @@ impl<R: PodRuntime> Kubelet<R> {
                 namespace: sb.namespace.clone(),
                 name: sb.name.clone(),
                 sandbox: Some(sb.clone()),
-                sandbox_error: None,
+                setup_error: None,
+                volumes: None,
                 containers: HashMap::new(),
                 terminating: false,
                 seen: Instant::now(),
@@ -498,8 +515,9 @@ impl<R: PodRuntime> Kubelet<R> {
         });
     }
 
-    async fn sync_all(&self, pods: &Store<Pod>) -> anyhow::Result<()> {
+    async fn sync_all(&self, pods: &Store<Pod>, services: &Store<Service>) -> anyhow::Result<()> {
         let pods = pods.state();
+        let services = services.state();
         let mut first_err = None;
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         for pod in &pods {
@@ -516,7 +534,7 @@ impl<R: PodRuntime> Kubelet<R> {
                 }
                 continue;
             }
-            if let Err(e) = self.sync_pod(pod).await {
+            if let Err(e) = self.sync_pod(pod, &services).await {
                 first_err.get_or_insert(e.context(format!("pod {}", pod.name_any())));
             }
             if let Err(e) = self.report(pod).await {
@@ -564,7 +582,7 @@ impl<R: PodRuntime> Kubelet<R> {
         *self.inner.logs.lock().unwrap_or_else(|p| p.into_inner()) = view;
     }
 
-    async fn sync_pod(&self, pod: &Pod) -> anyhow::Result<()> {
+    async fn sync_pod(&self, pod: &Pod, services: &[Arc<Service>]) -> anyhow::Result<()> {
         let uid = pod.uid().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
         let mut st = self.inner.state.lock().await;
@@ -572,7 +590,8 @@ impl<R: PodRuntime> Kubelet<R> {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
             sandbox: None,
-            sandbox_error: None,
+            setup_error: None,
+            volumes: None,
             containers: HashMap::new(),
             terminating: false,
             seen: Instant::now(),
@@ -601,12 +620,12 @@ impl<R: PodRuntime> Kubelet<R> {
             match self.inner.rt.run_sandbox(&cfg).await {
                 Ok(sb) => {
                     p.sandbox = Some(sb);
-                    p.sandbox_error = None;
+                    p.setup_error = None;
                 }
                 Err(e) => {
                     // The kubelet's FailedCreatePodSandBox: in the pod's status and the log.
                     tracing::warn!(pod = %p.name, error = %e, "creating the pod sandbox failed");
-                    p.sandbox_error = Some(e.to_string());
+                    p.setup_error = Some(e.to_string());
                     return Ok(());
                 }
             }
@@ -614,6 +633,41 @@ impl<R: PodRuntime> Kubelet<R> {
         let Some(sb) = p.sandbox.clone() else {
             return Ok(());
         };
+        let mounter = super::volumes::Mounter {
+            client: &self.inner.client,
+            pod,
+            root: sb.dir.join("volumes"),
+        };
+        match &mut p.volumes {
+            None => match mounter.mount_all().await {
+                Ok(v) => {
+                    p.volumes = Some(v);
+                    p.setup_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %p.name, error = %e, "setting up volumes failed");
+                    p.setup_error = Some(e);
+                    return Ok(());
+                }
+            },
+            Some(v) => {
+                let now = std::time::SystemTime::now();
+                for t in v.tokens.iter_mut().filter(|t| t.refresh_at <= now) {
+                    // A failed refresh keeps the current token (still valid for another
+                    // fifth of its life) and is retried on the next sync.
+                    match mounter.refresh(t).await {
+                        Ok(()) => tracing::debug!(pod = %p.name, path = %t.path, "token refreshed"),
+                        Err(e) => tracing::warn!(pod = %p.name, error = %e, "refreshing a token"),
+                    }
+                }
+            }
+        }
+        let vols = p.volumes.clone().unwrap_or_default();
+        let svc_env = super::envvars::service_env(
+            services.iter().map(|s| s.as_ref()),
+            &p.namespace,
+            spec.enable_service_links != Some(false),
+        );
         let policy = spec
             .restart_policy
             .clone()
@@ -684,7 +738,24 @@ impl<R: PodRuntime> Kubelet<R> {
                 continue;
             }
             let attempt = c.run.as_ref().map_or(0, |r| r.attempt + 1);
-            let cfg = container_config(pod, &sb, cs, attempt, self.inner.s.node_ip);
+            let mounts =
+                match super::volumes::binds(&vols, cs.volume_mounts.as_deref().unwrap_or_default())
+                {
+                    Ok(m) => m,
+                    Err(e) => {
+                        c.waiting = Some(("CreateContainerConfigError".into(), e));
+                        continue;
+                    }
+                };
+            let cfg = container_config(
+                pod,
+                &sb,
+                cs,
+                attempt,
+                self.inner.s.node_ip,
+                &svc_env,
+                mounts,
+            );
             match self.inner.rt.start_container(&sb, &cfg).await {
                 Ok(run) => {
                     if c.run.is_some() {
@@ -1047,7 +1118,7 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
                 )
             }
             _ => {
-                let (reason, message) = match &p.sandbox_error {
+                let (reason, message) = match &p.setup_error {
                     Some(e) => ("ContainerCreating".to_string(), Some(e.clone())),
                     None => ("ContainerCreating".to_string(), None),
                 };

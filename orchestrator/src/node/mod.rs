@@ -6,6 +6,7 @@
 //! gracefully. A restarted node runtime adopts the pods it finds running.
 
 pub mod catalog;
+mod envvars;
 mod exec;
 mod kubelet;
 mod metrics;
@@ -15,6 +16,7 @@ pub mod runtime;
 mod server;
 pub mod shim;
 mod spdy;
+mod volumes;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 

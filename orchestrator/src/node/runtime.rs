@@ -90,6 +90,8 @@ pub struct ContainerConfig {
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
     pub attempt: u32,
+    /// Volume bind mounts, `SRC:DST[:ro]` (node/volumes.rs).
+    pub mounts: Vec<String>,
 }
 
 /// One run of a container (recorded as `containers/<name>/state.json`).
@@ -502,6 +504,7 @@ impl PodRuntime for ProcessRuntime {
         for f in ["resolv.conf", "hosts", "hostname"] {
             binds.push(format!("{}:/etc/{f}", etc.join(f).display()));
         }
+        binds.extend(c.mounts.iter().cloned());
         for (i, w) in image.writable.iter().enumerate() {
             let src = cdir.join("writable").join(i.to_string());
             std::fs::create_dir_all(&src).map_err(io("creating writable dir"))?;

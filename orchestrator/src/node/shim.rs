@@ -30,7 +30,7 @@ pub struct ShimArgs {
     /// Root filesystem to chroot into ("/" for none).
     #[arg(long, default_value = "/")]
     pub rootfs: PathBuf,
-    /// SRC:DST bind mounts; DST is inside the root filesystem.
+    /// SRC:DST[:ro] bind mounts; DST is inside the root filesystem.
     #[arg(long = "bind")]
     pub binds: Vec<String>,
     #[arg(long)]
@@ -179,6 +179,10 @@ fn setup(a: &ShimArgs) -> std::io::Result<()> {
         mount(Path::new("/dev"), &dev, None, libc::MS_BIND | libc::MS_REC)?;
     }
     for b in &a.binds {
+        let (b, read_only) = match b.strip_suffix(":ro") {
+            Some(rest) => (rest, true),
+            None => (b.as_str(), false),
+        };
         let (src, dst) = b.split_once(':').ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -195,6 +199,15 @@ fn setup(a: &ShimArgs) -> std::io::Result<()> {
             std::fs::write(&target, b"")?;
         }
         mount(Path::new(src), &target, None, libc::MS_BIND)?;
+        if read_only {
+            // A bind mount takes its read-only flag only on a remount.
+            mount(
+                Path::new("none"),
+                &target,
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            )?;
+        }
     }
     chroot_to(root)?;
     if let Some(w) = &a.workdir {

@@ -222,6 +222,8 @@ pub async fn start_with_listener(
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io(cfg.data_dir.clone(), e))?;
     let mut sans = cfg.advertise.clone();
     sans.push(cfg.listen.ip());
+    // In-cluster clients dial the `kubernetes` Service's address.
+    sans.push(crate::api::kubernetes_service::cluster_ip(&cfg.api.services).into());
     let pki = pki::Pki::ensure(&cfg.data_dir, &sans)?;
     let tls = TlsAcceptor::from(Arc::new(pki.tls_config()?));
     let token = admin_token(&cfg)?;
@@ -264,15 +266,24 @@ pub async fn start_with_listener(
         signer,
         cfg.sa_max_expiration,
     ));
-    let api = Arc::new(Api::new(store, cfg.api.clone()).with_authenticator(authn.clone()));
+    let (stop, mut stopped) = watch::channel(false);
+    let authz = authz::Authorizer::start(store.clone(), stopped.clone());
+    let api = Arc::new(
+        Api::new(store, cfg.api.clone())
+            .with_authenticator(authn.clone())
+            .with_authorizer(authz.clone()),
+    );
     api.bootstrap()
         .await
         .map_err(|e| Error::Bootstrap(e.to_string()))?;
+    authz::bootstrap::ensure(&api)
+        .await
+        .map_err(|e| Error::Bootstrap(format!("the default RBAC policy: {e}")))?;
+    authz.ready().await;
     api.ensure_kubernetes_service(endpoint_address(&cfg, addr), addr.port())
         .await
         .map_err(|e| Error::Bootstrap(format!("the kubernetes Service: {e}")))?;
     kubeconfig::write(&cfg.admin_kubeconfig(), &url, &pki.ca_pem, "admin", &token)?;
-    let (stop, mut stopped) = watch::channel(false);
     let served = api.clone();
     let task = tokio::spawn(async move {
         loop {
@@ -283,9 +294,14 @@ pub async fn start_with_listener(
                 },
                 _ = stopped.changed() => return,
             };
-            let (tls, api, authn, stop) =
-                (tls.clone(), served.clone(), authn.clone(), stopped.clone());
-            tokio::spawn(serve_conn(tcp, peer, tls, api, authn, stop));
+            let (tls, api, authn, authz, stop) = (
+                tls.clone(),
+                served.clone(),
+                authn.clone(),
+                authz.clone(),
+                stopped.clone(),
+            );
+            tokio::spawn(serve_conn(tcp, peer, tls, api, authn, authz, stop));
         }
     });
     tracing::info!(%url, kubeconfig = %cfg.admin_kubeconfig().display(), "API server listening");
@@ -306,6 +322,7 @@ async fn serve_conn(
     tls: TlsAcceptor,
     api: Arc<Api>,
     authn: Arc<auth::Authenticator>,
+    authz: Arc<authz::Authorizer>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -317,8 +334,8 @@ async fn serve_conn(
         }
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (api, authn) = (api.clone(), authn.clone());
-        async move { Ok::<_, std::convert::Infallible>(authenticated(api, &authn, req).await) }
+        let (api, authn, authz) = (api.clone(), authn.clone(), authz.clone());
+        async move { Ok::<_, std::convert::Infallible>(authenticated(api, &authn, &authz, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Upgrades: pods/exec, attach and portforward (api/stream.rs).
@@ -335,7 +352,8 @@ async fn serve_conn(
 async fn authenticated(
     api: Arc<Api>,
     authn: &auth::Authenticator,
-    req: Request<Incoming>,
+    authz: &authz::Authorizer,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path();
     let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
@@ -360,14 +378,24 @@ async fn authenticated(
                 return error_response(&ApiError::Unauthorized);
             }
         };
-        if !authz::allowed(&user, req.method(), path) {
-            let msg = format!(
-                "User \"{}\" cannot {} {path}",
-                user.name,
-                req.method().as_str().to_lowercase()
-            );
-            return error_response(&ApiError::Forbidden(msg));
+        let a = authz::Attributes::from_request(req.method(), path, req.uri().query());
+        if let authz::Decision::Deny(reason) = authz.authorize(&user, &a) {
+            let mut why = a.denial(&user.name);
+            if !reason.is_empty() {
+                why = format!("{why}: {reason}");
+            }
+            let resource = if a.resource_request {
+                a.qualified_resource()
+            } else {
+                String::new()
+            };
+            return error_response(&ApiError::Denied {
+                resource,
+                name: a.name.clone(),
+                why,
+            });
         }
+        req.extensions_mut().insert(Arc::new(user));
     }
     api.handle(req).await
 }

@@ -45,6 +45,16 @@ fn read(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
+/// The names in-cluster clients use for the API server (the `kubernetes` Service), as
+/// kube-apiserver's serving certificate carries them.
+const DNS_NAMES: [&str; 5] = [
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+];
+
 impl Pki {
     /// Loads the CA and serving certificate from `<data>/pki`, creating what is missing. The
     /// serving certificate names localhost, 127.0.0.1, ::1 and every `extra` address.
@@ -72,9 +82,14 @@ impl Pki {
         // The serving certificate is kept while it names every address asked for; a new
         // --listen/--advertise-address gets a new one from the same CA.
         let sans_file = dir.join("apiserver.sans");
+        let names: Vec<String> = DNS_NAMES
+            .iter()
+            .map(|n| n.to_string())
+            .chain(ips.iter().map(IpAddr::to_string))
+            .collect();
         let covered = read(&sans_file)?.is_some_and(|have| {
             let have: Vec<&str> = have.lines().collect();
-            ips.iter().all(|ip| have.contains(&ip.to_string().as_str()))
+            names.iter().all(|n| have.contains(&n.as_str()))
         });
         if let (true, Some(cert_pem), Some(key_pem)) = (covered, read(&crt)?, read(&key)?) {
             return Ok(Pki {
@@ -85,7 +100,8 @@ impl Pki {
             });
         }
         let issuer = Issuer::new(params, ca_key_pair);
-        let mut p = CertificateParams::new(vec!["localhost".to_string()]).map_err(Error::Pki)?;
+        let dns: Vec<String> = DNS_NAMES.iter().map(|n| n.to_string()).collect();
+        let mut p = CertificateParams::new(dns).map_err(Error::Pki)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "meshwork-apiserver");
         p.distinguished_name = dn;
@@ -99,7 +115,6 @@ impl Pki {
         let key_pem = k.serialize_pem();
         write_private(&key, key_pem.as_bytes())?;
         write_private(&crt, cert_pem.as_bytes())?;
-        let names: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
         write_private(&sans_file, names.join("\n").as_bytes())?;
         Ok(Pki {
             dir,

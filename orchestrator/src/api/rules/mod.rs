@@ -2,3 +2,4 @@
 
 pub mod apps;
 pub mod core;
+pub mod rbac;

@@ -1,0 +1,333 @@
+//! The access reviews and who-am-I (authorization.k8s.io/v1 SelfSubjectAccessReview,
+//! SubjectAccessReview, LocalSubjectAccessReview, SelfSubjectRulesReview;
+//! authentication.k8s.io/v1 SelfSubjectReview), answered from the same RBAC decision every
+//! request gets (`server/authz`): `kubectl auth can-i`, `kubectl auth can-i --list` and
+//! `kubectl auth whoami` read them.
+//!
+//! Also RBAC's escalation check on writes of roles and bindings (kube's
+//! `pkg/registry/rbac/{role,clusterrole,rolebinding,clusterrolebinding}/policybased`): a user
+//! may grant only what they hold, unless allowed to `escalate` roles or `bind` the role.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use k8s_openapi::api::{
+    authorization::v1::{NonResourceAttributes, ResourceAttributes},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+};
+use serde_json::{json, Value};
+
+use super::{
+    error::ApiError, kind::KindOps, registry::CreateOnly, tokens, value_response, Api, Body,
+};
+use crate::server::{
+    auth::User,
+    authz::{rbac::covers, Attributes, Authorizer, Decision},
+};
+
+fn attrs_of(
+    res: Option<&ResourceAttributes>,
+    non: Option<&NonResourceAttributes>,
+) -> Result<Attributes, ApiError> {
+    match (res, non) {
+        (Some(r), None) => Ok(Attributes {
+            verb: r.verb.clone().unwrap_or_default(),
+            resource_request: true,
+            api_group: r.group.clone().unwrap_or_default(),
+            api_version: r.version.clone().unwrap_or_default(),
+            namespace: r.namespace.clone().unwrap_or_default(),
+            resource: r.resource.clone().unwrap_or_default(),
+            subresource: r.subresource.clone().unwrap_or_default(),
+            name: r.name.clone().unwrap_or_default(),
+            path: String::new(),
+        }),
+        (None, Some(n)) => Ok(Attributes {
+            verb: n.verb.clone().unwrap_or_default(),
+            path: n.path.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        (Some(_), Some(_)) => Err(invalid_spec(
+            "cannot specify both resourceAttributes and nonResourceAttributes",
+        )),
+        (None, None) => Err(invalid_spec(
+            "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        )),
+    }
+}
+
+fn invalid_spec(why: &str) -> ApiError {
+    ApiError::Invalid {
+        kind: "SubjectAccessReview.authorization.k8s.io".into(),
+        name: String::new(),
+        causes: vec![super::error::Cause {
+            reason: "FieldValueRequired",
+            field: "spec.resourceAttributes".into(),
+            message: why.into(),
+        }],
+    }
+}
+
+fn status_of(d: &Decision) -> Value {
+    match d {
+        Decision::Allow => json!({"allowed": true, "reason": "RBAC: allowed"}),
+        Decision::Deny(reason) if reason.is_empty() => json!({"allowed": false}),
+        Decision::Deny(reason) => json!({"allowed": false, "reason": reason}),
+    }
+}
+
+fn rule_json(r: &PolicyRule) -> (Option<Value>, Option<Value>) {
+    match r.non_resource_urls.as_ref().filter(|u| !u.is_empty()) {
+        Some(urls) => (
+            None,
+            Some(json!({"verbs": r.verbs, "nonResourceURLs": urls})),
+        ),
+        None => {
+            let mut v =
+                json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+            if let Some(n) = r.resource_names.as_ref().filter(|n| !n.is_empty()) {
+                v["resourceNames"] = json!(n);
+            }
+            (Some(v), None)
+        }
+    }
+}
+
+impl Api {
+    fn authz(&self) -> Result<&Arc<Authorizer>, ApiError> {
+        self.authz.as_ref().ok_or(ApiError::UnknownPath)
+    }
+
+    /// A create of one of `CREATE_ONLY`.
+    pub(crate) async fn review(
+        &self,
+        c: &CreateOnly,
+        ns: Option<&str>,
+        body: &[u8],
+        user: Option<&User>,
+    ) -> Result<Response<Body>, ApiError> {
+        if c.plural == "tokenreviews" {
+            return self.token_review(body).await;
+        }
+        let me = user.cloned().unwrap_or_default();
+        let mut v = super::verbs::parse_json(body)?;
+        if !v.is_object() {
+            return Err(ApiError::BadRequest(format!(
+                "{} must be a JSON object",
+                c.kind
+            )));
+        }
+        let api_version = format!("{}/v1", c.group);
+        v["apiVersion"] = json!(api_version);
+        v["kind"] = json!(c.kind);
+        v.as_object_mut().map(|m| m.remove("status"));
+        if v["metadata"].is_null() {
+            v["metadata"] = json!({"creationTimestamp": null});
+        }
+        let spec = v["spec"].clone();
+        let status = match c.plural {
+            "selfsubjectreviews" => {
+                let mut ui = json!({"username": me.name, "groups": me.groups});
+                if !me.uid.is_empty() {
+                    ui["uid"] = json!(me.uid);
+                }
+                if !me.extra.is_empty() {
+                    ui["extra"] = json!(me.extra);
+                }
+                json!({"userInfo": ui})
+            }
+            "selfsubjectaccessreviews" | "subjectaccessreviews" | "localsubjectaccessreviews" => {
+                let res: Option<ResourceAttributes> =
+                    tokens::decode_value(&spec["resourceAttributes"], c.kind)?;
+                let non: Option<NonResourceAttributes> =
+                    tokens::decode_value(&spec["nonResourceAttributes"], c.kind)?;
+                let mut a = attrs_of(res.as_ref(), non.as_ref())?;
+                let subject = if c.plural == "selfsubjectaccessreviews" {
+                    me
+                } else {
+                    let groups: Vec<String> =
+                        tokens::decode_value::<Option<Vec<String>>>(&spec["groups"], c.kind)?
+                            .unwrap_or_default();
+                    let subject = User {
+                        name: spec["user"].as_str().unwrap_or_default().to_string(),
+                        uid: spec["uid"].as_str().unwrap_or_default().to_string(),
+                        groups,
+                        extra: tokens::decode_value::<Option<_>>(&spec["extra"], c.kind)?
+                            .unwrap_or_default(),
+                    };
+                    if subject.name.is_empty() && subject.groups.is_empty() {
+                        return Err(invalid_spec(
+                            "at least one of user or group must be specified",
+                        ));
+                    }
+                    subject
+                };
+                if c.plural == "localsubjectaccessreviews" {
+                    let want = ns.unwrap_or_default();
+                    if a.namespace.is_empty() {
+                        a.namespace = want.to_string();
+                    } else if a.namespace != want {
+                        return Err(invalid_spec(
+                            "spec.resourceAttributes.namespace must match metadata.namespace",
+                        ));
+                    }
+                }
+                status_of(&self.authz()?.authorize(&subject, &a))
+            }
+            "selfsubjectrulesreviews" => {
+                let rns = spec["namespace"].as_str().unwrap_or_default();
+                let mut resource = Vec::new();
+                let mut non = Vec::new();
+                for r in self.authz()?.policy().rules_for(&me, rns) {
+                    let (a, b) = rule_json(&r);
+                    resource.extend(a);
+                    non.extend(b);
+                }
+                json!({"resourceRules": resource, "nonResourceRules": non, "incomplete": false})
+            }
+            _ => return Err(ApiError::UnknownPath),
+        };
+        v["status"] = status;
+        Ok(value_response(StatusCode::CREATED, &v))
+    }
+
+    /// RBAC's escalation check on a role or binding `bytes` about to be written by `user`.
+    pub(crate) fn check_escalation(
+        &self,
+        kind: &dyn KindOps,
+        bytes: &[u8],
+        user: &User,
+    ) -> Result<(), ApiError> {
+        let info = kind.info();
+        if info.group != "rbac.authorization.k8s.io" {
+            return Ok(());
+        }
+        let Some(authz) = &self.authz else {
+            return Ok(());
+        };
+        let bad = |e: serde_json::Error| ApiError::Internal(e.to_string());
+        let (ns, name, wanted, bind_ref): (
+            String,
+            String,
+            Vec<PolicyRule>,
+            Option<(String, String)>,
+        ) = match info.plural {
+            "roles" => {
+                let r: Role = serde_json::from_slice(bytes).map_err(bad)?;
+                (
+                    r.metadata.namespace.unwrap_or_default(),
+                    r.metadata.name.unwrap_or_default(),
+                    r.rules.unwrap_or_default(),
+                    None,
+                )
+            }
+            "clusterroles" => {
+                let r: ClusterRole = serde_json::from_slice(bytes).map_err(bad)?;
+                (
+                    String::new(),
+                    r.metadata.name.unwrap_or_default(),
+                    r.rules.unwrap_or_default(),
+                    None,
+                )
+            }
+            "rolebindings" => {
+                let b: RoleBinding = serde_json::from_slice(bytes).map_err(bad)?;
+                let ns = b.metadata.namespace.unwrap_or_default();
+                let rules = self.referenced_rules(authz, &b.role_ref.kind, &b.role_ref.name, &ns);
+                (
+                    ns,
+                    b.metadata.name.unwrap_or_default(),
+                    rules,
+                    Some((b.role_ref.kind, b.role_ref.name)),
+                )
+            }
+            "clusterrolebindings" => {
+                let b: ClusterRoleBinding = serde_json::from_slice(bytes).map_err(bad)?;
+                let rules = self.referenced_rules(authz, &b.role_ref.kind, &b.role_ref.name, "");
+                (
+                    String::new(),
+                    b.metadata.name.unwrap_or_default(),
+                    rules,
+                    Some((b.role_ref.kind, b.role_ref.name)),
+                )
+            }
+            _ => return Ok(()),
+        };
+        // `escalate` on the role itself, or `bind` on the role a binding names, skips the check.
+        let (verb, resource, target) = match &bind_ref {
+            None => ("escalate", info.plural.to_string(), name.clone()),
+            Some((k, n)) => (
+                "bind",
+                if k == "Role" {
+                    "roles".into()
+                } else {
+                    "clusterroles".into()
+                },
+                n.clone(),
+            ),
+        };
+        let a = Attributes {
+            verb: verb.into(),
+            resource_request: true,
+            api_group: "rbac.authorization.k8s.io".into(),
+            resource,
+            name: target,
+            namespace: ns.clone(),
+            ..Default::default()
+        };
+        if authz.authorize(user, &a) == Decision::Allow {
+            return Ok(());
+        }
+        let held = authz.policy().rules_for(user, &ns);
+        let missing: Vec<&PolicyRule> = wanted.iter().filter(|r| !covers(&held, r)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = missing
+            .iter()
+            .map(
+                |r| match r.non_resource_urls.as_ref().filter(|u| !u.is_empty()) {
+                    Some(u) => format!("{{NonResourceURLs:{u:?}, Verbs:{:?}}}", r.verbs),
+                    None => format!(
+                        "{{APIGroups:{:?}, Resources:{:?}{}, Verbs:{:?}}}",
+                        r.api_groups.clone().unwrap_or_default(),
+                        r.resources.clone().unwrap_or_default(),
+                        r.resource_names
+                            .as_ref()
+                            .filter(|n| !n.is_empty())
+                            .map(|n| format!(", ResourceNames:{n:?}"))
+                            .unwrap_or_default(),
+                        r.verbs
+                    ),
+                },
+            )
+            .collect();
+        Err(ApiError::Denied {
+            resource: info.qualified(),
+            name,
+            why: format!(
+                "user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+                user.name,
+                user.groups,
+                list.join("\n")
+            ),
+        })
+    }
+
+    fn referenced_rules(
+        &self,
+        authz: &Authorizer,
+        kind: &str,
+        name: &str,
+        ns: &str,
+    ) -> Vec<PolicyRule> {
+        let p = authz.policy();
+        match kind {
+            "Role" => p
+                .roles
+                .get(&(ns.to_string(), name.to_string()))
+                .and_then(|r| r.rules.clone()),
+            _ => p.cluster_roles.get(name).and_then(|r| r.rules.clone()),
+        }
+        .unwrap_or_default()
+    }
+}
