@@ -49,6 +49,8 @@ pub struct Orch {
     pub nodes: Vec<Node>,
     pub kubeconfig: PathBuf,
     pub data: PathBuf,
+    /// The node runtimes' image catalog (None: their built-in one).
+    pub image_catalog: Option<PathBuf>,
     /// Dropped last: kills what is left in the pod cgroups and deletes the namespaces.
     pub lab: Lab,
 }
@@ -163,17 +165,32 @@ impl Orch {
     /// `record`: chain a plugin after ours that logs what the runtime passed (CNI_* and
     /// CNI_ARGS) to `cni-calls.log` in the lab dir (off for benchmarks: it costs a fork).
     pub fn start_opts(name: &str, routes: &[&str], record: bool) -> Orch {
+        Self::start_full(name, routes, record, &[], |_| None)
+    }
+
+    /// `start_opts`, with more API server flags and an image catalog the node runtimes use
+    /// (`catalog` gets the lab dir and may write one there).
+    pub fn start_full(
+        name: &str,
+        routes: &[&str],
+        record: bool,
+        api_args: &[&str],
+        catalog: impl FnOnce(&Path) -> Option<PathBuf>,
+    ) -> Orch {
         let lab = Lab::new(name);
         let nodes = vec![lab.node("n1"), lab.node("n2")];
         let grace = GRACE_SECS.to_string();
-        let (api, data) =
-            start_apiserver(&lab, &nodes[0], &["--node-monitor-grace-period", &grace]);
+        let mut args = vec!["--node-monitor-grace-period", &grace];
+        args.extend_from_slice(api_args);
+        let (api, data) = start_apiserver(&lab, &nodes[0], &args);
+        let image_catalog = catalog(lab.dir());
         let mut o = Orch {
             procs: vec![api],
             runtimes: Vec::new(),
             nodes,
             kubeconfig: data.join("admin.kubeconfig"),
             data,
+            image_catalog,
             lab,
         };
         until(
@@ -309,7 +326,7 @@ impl Orch {
             cni_conf_dir: &self.cni_dir(i),
             heartbeat_seconds: 1,
             restart_backoff_seconds: 1,
-            image_catalog: None,
+            image_catalog: self.image_catalog.as_deref(),
         }
         .args(&self.lab);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
