@@ -25,6 +25,8 @@ pub enum Error {
         #[source]
         source: kube::config::KubeconfigError,
     },
+    #[error("in-cluster config (the pod's ServiceAccount token and CA): {0}")]
+    InCluster(#[source] kube::config::InClusterError),
     #[error("inferring the cluster config (in-cluster, $KUBECONFIG, ~/.kube/config): {0}")]
     Infer(#[source] kube::config::InferConfigError),
     #[error("building the client: {0}")]
@@ -46,6 +48,14 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
                     path: path.display().to_string(),
                     source,
                 })?
+        }
+        // In a pod, its own ServiceAccount before any kubeconfig in $HOME: a host-root image
+        // sees the host's ~/.kube/config, which is not the pod's identity. $KUBECONFIG still
+        // wins (controller-runtime's GetConfig order: flag, $KUBECONFIG, in-cluster, home).
+        None if std::env::var_os("KUBECONFIG").is_none()
+            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() =>
+        {
+            kube::Config::incluster().map_err(Error::InCluster)?
         }
         None => kube::Config::infer().await.map_err(Error::Infer)?,
     };

@@ -296,15 +296,6 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
     step(
         "add-ons from deploy/addons: the agent DaemonSet and cluster DNS",
         async {
-            let addons = st.addons();
-            std::fs::create_dir_all(&addons)?;
-            meshwork_orchestrator::server::issue_kubeconfig(
-                &data,
-                &api_url,
-                "system:serviceaccount:kube-system:meshwork-dns",
-                &["system:serviceaccounts".to_string()],
-                &addons.join("meshwork-dns.kubeconfig"),
-            )?;
             let state = st.0.display().to_string();
             let dns = DNS_VIP.to_string();
             // Where the lab's sweep finds a node's pins (meshwork_lab::Lab::bpf_pin_dir).

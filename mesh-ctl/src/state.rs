@@ -45,10 +45,6 @@ impl StateDir {
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.apiserver().join("admin.kubeconfig")
     }
-    /// Credentials the add-on workloads read from the host (deploy/addons).
-    pub fn addons(&self) -> PathBuf {
-        self.0.join("addons")
-    }
     pub fn node(&self, name: &str) -> PathBuf {
         self.0.join("nodes").join(name)
     }

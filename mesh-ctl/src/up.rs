@@ -175,6 +175,7 @@ const STATE_ENTRIES: &[&str] = &[
     "nodes",
     "prometheus",
     "prometheus.yml",
+    // Held the DNS add-on's credentials before it ran as its ServiceAccount.
     "addons",
     "image-catalog.json",
 ];

@@ -104,7 +104,10 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
             ]}}],
         }),
     ));
-    o.apply(&busybox("noauto", json!({"automountServiceAccountToken": false})));
+    o.apply(&busybox(
+        "noauto",
+        json!({"automountServiceAccountToken": false}),
+    ));
     let pod = wait_running(&o, "tok");
     wait_running(&o, "noauto");
 
@@ -120,7 +123,11 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
     );
     let mounts = &pod["spec"]["containers"][0]["volumeMounts"];
     assert!(
-        mounts.as_array().unwrap().iter().any(|m| m["mountPath"] == TOKEN_DIR && m["readOnly"] == true),
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == TOKEN_DIR && m["readOnly"] == true),
         "{mounts}"
     );
 
@@ -130,7 +137,10 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
     let c = claims(&token);
     assert_eq!(c["sub"], "system:serviceaccount:default:reader", "{c}");
     assert_eq!(c["kubernetes.io"]["pod"]["name"], "tok", "{c}");
-    assert_eq!(c["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"], "{c}");
+    assert_eq!(
+        c["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"],
+        "{c}"
+    );
     assert_eq!(
         c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
         12,
@@ -151,9 +161,20 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
 
     // The kubernetes Service's variables.
     let (_, env) = exec(&o, "tok", &["env"]);
-    assert!(env.lines().any(|l| l == "KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
-    assert!(env.lines().any(|l| l == "KUBERNETES_SERVICE_PORT=443"), "{env}");
-    assert!(env.lines().any(|l| l == "KUBERNETES_PORT=tcp://10.96.0.1:443"), "{env}");
+    assert!(
+        env.lines()
+            .any(|l| l == "KUBERNETES_SERVICE_HOST=10.96.0.1"),
+        "{env}"
+    );
+    assert!(
+        env.lines().any(|l| l == "KUBERNETES_SERVICE_PORT=443"),
+        "{env}"
+    );
+    assert!(
+        env.lines()
+            .any(|l| l == "KUBERNETES_PORT=tcp://10.96.0.1:443"),
+        "{env}"
+    );
 
     // No automount: no volume, nothing mounted.
     let p = o.json(&["get", "pod", "noauto"]);
@@ -168,7 +189,11 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
         if ok && now != token {
             break now;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "the token was never refreshed\n{}", o.dump());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the token was never refreshed\n{}",
+            o.dump()
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     let f = claims(&fresh);
@@ -185,7 +210,13 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
     let out = kubectl_as(
         &o,
         &other_kc,
-        &["create", "token", "reader", "--bound-object-kind=Pod", "--bound-object-name=tok"],
+        &[
+            "create",
+            "token",
+            "reader",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=tok",
+        ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -195,14 +226,27 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
     );
     let out = kubectl_as(&o, &other_kc, &["create", "token", "reader"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node requested token not bound to a pod"), "{err}");
+    assert!(
+        err.contains("node requested token not bound to a pod"),
+        "{err}"
+    );
     let own_kc = o.data.join(format!("{node}.kubeconfig"));
     let out = kubectl_as(
         &o,
         &own_kc,
-        &["create", "token", "reader", "--bound-object-kind=Pod", "--bound-object-name=tok"],
+        &[
+            "create",
+            "token",
+            "reader",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=tok",
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -227,9 +271,23 @@ fn kube_rs_in_a_pod_gets_what_rbac_allows_and_403_for_the_rest() {
     }
     o.kubectl(&["create", "namespace", "app"]);
     o.kubectl(&["create", "serviceaccount", "reader", "-n", "app"]);
-    o.kubectl(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", "app"]);
     o.kubectl(&[
-        "create", "rolebinding", "reader", "--role=pod-reader", "--serviceaccount=app:reader", "-n", "app",
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+        "-n",
+        "app",
+    ]);
+    o.kubectl(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=pod-reader",
+        "--serviceaccount=app:reader",
+        "-n",
+        "app",
     ]);
 
     // kubectl auth can-i with the account's own token.
@@ -240,8 +298,13 @@ fn kube_rs_in_a_pod_gets_what_rbac_allows_and_403_for_the_rest() {
         let out = o.kubectl_out(&a);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    o.wait("the RoleBinding in effect", || (can(&["list", "pods", "-n", "app"]) == "yes").then_some(()));
-    assert_eq!(can(&["get", "pods", "--subresource=log", "-n", "app"]), "no");
+    o.wait("the RoleBinding in effect", || {
+        (can(&["list", "pods", "-n", "app"]) == "yes").then_some(())
+    });
+    assert_eq!(
+        can(&["get", "pods", "--subresource=log", "-n", "app"]),
+        "no"
+    );
     assert_eq!(can(&["list", "secrets", "-n", "app"]), "no");
     assert_eq!(can(&["list", "pods", "-n", "default"]), "no");
     assert_eq!(can(&["delete", "pods", "-n", "app"]), "no");
@@ -263,7 +326,10 @@ fn kube_rs_in_a_pod_gets_what_rbac_allows_and_403_for_the_rest() {
     }));
     let phase = o.wait_long("the client pod to finish", Duration::from_secs(60), || {
         let p = o.json(&["get", "pod", "client", "-n", "app"]);
-        let phase = p["status"]["phase"].as_str().unwrap_or_default().to_string();
+        let phase = p["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
     });
     let logs = o.kubectl(&["logs", "client", "-n", "app"]);

@@ -198,7 +198,9 @@ fn setup(a: &ShimArgs) -> std::io::Result<()> {
             }
             std::fs::write(&target, b"")?;
         }
-        mount(Path::new(src), &target, None, libc::MS_BIND)?;
+        // Recursive, as runc binds volumes ("rbind"): a hostPath such as /sys/fs/bpf brings
+        // the mounts below it along.
+        mount(Path::new(src), &target, None, libc::MS_BIND | libc::MS_REC)?;
         if read_only {
             // A bind mount takes its read-only flag only on a remount.
             mount(
