@@ -1,0 +1,341 @@
+//! The client library the proxy (and later the gateway) uses to hold a mesh identity:
+//!
+//! - a key made here (ECDSA P-256) that never leaves the process, and a CSR for the workload's
+//!   SPIFFE ID;
+//! - Certify over TLS, verifying the identity service by its own SPIFFE ID against the
+//!   trust anchors the workload was given (Linkerd's proxy does the same with its
+//!   `LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS`); the token is re-read from its file each time,
+//!   as the node refreshes it;
+//! - rotation at ~70% of the certificate's life; a failed attempt is retried with jittered
+//!   exponential back-off while the current certificate stays in use;
+//! - rustls configs built on it: a server resolver with the current certificate, a client
+//!   config presenting it, both verifying peers with the SPIFFE verifier (`verify.rs`)
+//!   against the trust bundle the identity service last sent.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use hyper_util::rt::TokioIo;
+use rcgen::KeyPair;
+use rustls::{
+    client::ResolvesClientCert,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+    SignatureScheme,
+};
+use tokio::sync::watch;
+
+use crate::{
+    pb::{identity_client::IdentityClient, CertifyRequest},
+    spiffe::SpiffeId,
+    verify::{Bundle, ClientVerifier, Expect, ServerVerifier},
+};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `host:port` of the identity service.
+    pub addr: String,
+    /// The identity service's own SPIFFE ID (what its serving certificate names).
+    pub service_identity: SpiffeId,
+    /// This workload's SPIFFE ID.
+    pub identity: SpiffeId,
+    /// The projected ServiceAccount token for the mesh audience.
+    pub token_path: PathBuf,
+    /// The trust anchors to start from (PEM).
+    pub trust_anchors_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("trust anchors: {0}")]
+    Anchors(String),
+    #[error("key or CSR: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("reading the token {0}: {1}")]
+    Token(String, std::io::Error),
+    #[error("connecting to the identity service: {0}")]
+    Connect(String),
+    #[error("Certify refused: {0}")]
+    Refused(#[from] tonic::Status),
+    #[error("the answer: {0}")]
+    Answer(String),
+}
+
+/// The certificate in use.
+#[derive(Clone, Debug)]
+pub struct Current {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Current {
+    /// When to rotate: at 70% of the life.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life.mul_f64(0.7)
+    }
+}
+
+struct Inner {
+    cfg: Config,
+    key_der: Vec<u8>,
+    csr: Vec<u8>,
+    bundle: Bundle,
+    current: RwLock<Option<Current>>,
+    ready: watch::Sender<bool>,
+}
+
+/// A workload's identity; cheap to clone.
+#[derive(Clone)]
+pub struct Identity(Arc<Inner>);
+
+impl Identity {
+    pub fn new(cfg: Config) -> Result<Self, ClientError> {
+        let anchors = crate::ca::certs_from_pem("trust anchors", &cfg.trust_anchors_pem)
+            .map_err(|e| ClientError::Anchors(e.to_string()))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let csr = crate::ca::make_csr(&key, &cfg.identity)?;
+        let (ready, _) = watch::channel(false);
+        Ok(Identity(Arc::new(Inner {
+            key_der: key.serialize_der(),
+            csr,
+            bundle: Bundle::new(anchors),
+            current: RwLock::new(None),
+            ready,
+            cfg,
+        })))
+    }
+
+    pub fn id(&self) -> &SpiffeId {
+        &self.0.cfg.identity
+    }
+
+    pub fn bundle(&self) -> Bundle {
+        self.0.bundle.clone()
+    }
+
+    pub fn current(&self) -> Option<Current> {
+        self.0.current.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Waits for the first certificate.
+    pub async fn ready(&self) {
+        let mut rx = self.0.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// A TLS connection to the identity service, which must prove its own SPIFFE ID.
+    async fn channel(&self) -> Result<tonic::transport::Channel, ClientError> {
+        channel(
+            &self.0.cfg.addr,
+            &self.0.cfg.service_identity,
+            &self.0.bundle,
+        )
+        .await
+    }
+
+    /// One Certify: a new certificate for the key held here, and the current trust bundle.
+    pub async fn certify(&self) -> Result<Current, ClientError> {
+        let path = &self.0.cfg.token_path;
+        let token = tokio::fs::read(path)
+            .await
+            .map_err(|e| ClientError::Token(path.display().to_string(), e))?;
+        let mut client = IdentityClient::new(self.channel().await?);
+        let resp = client
+            .certify(CertifyRequest {
+                identity: self.0.cfg.identity.to_string(),
+                token,
+                certificate_signing_request: self.0.csr.clone(),
+            })
+            .await?
+            .into_inner();
+        let leaf = CertificateDer::from(resp.leaf_certificate);
+        let got =
+            crate::verify::peer_identity(&leaf).map_err(|e| ClientError::Answer(e.to_string()))?;
+        if &got != self.id() {
+            return Err(ClientError::Answer(format!(
+                "a certificate for {got}, not {}",
+                self.id()
+            )));
+        }
+        let anchors: Vec<CertificateDer<'static>> = resp
+            .trust_anchors
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let inter: Vec<CertificateDer<'static>> = resp
+            .intermediate_certificates
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let now = SystemTime::now();
+        let check_with = if anchors.is_empty() {
+            self.0.bundle.get().to_vec()
+        } else {
+            anchors.clone()
+        };
+        crate::verify::verify_chain(&check_with, &leaf, &inter, now, true)
+            .map_err(|e| ClientError::Answer(e.to_string()))?;
+        let not_after = crate::ca::not_after(&leaf)
+            .ok_or_else(|| ClientError::Answer("unreadable validity".into()))?;
+        let key = PrivateKeyDer::try_from(self.0.key_der.clone())
+            .map_err(|e| ClientError::Answer(e.to_string()))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| ClientError::Answer(e.to_string()))?;
+        let mut chain = vec![leaf];
+        chain.extend(inter);
+        let cur = Current {
+            key: Arc::new(CertifiedKey::new(chain, signer)),
+            not_before: now,
+            not_after,
+        };
+        if !anchors.is_empty() {
+            self.0.bundle.set(anchors);
+        }
+        if let Ok(mut g) = self.0.current.write() {
+            *g = Some(cur.clone());
+        }
+        self.0.ready.send_replace(true);
+        Ok(cur)
+    }
+
+    /// Keeps the certificate fresh until the task is dropped: Certify now, then at ~70% of
+    /// each certificate's life; failures back off (0.5 s doubling to 30 s, ±25% jitter) while
+    /// the current certificate stays in use.
+    pub fn spawn_rotation(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match me.certify().await {
+                    Ok(cur) => {
+                        backoff = Duration::from_millis(500);
+                        tracing::info!(identity = %me.id(), not_after = ?cur.not_after, "certificate renewed");
+                        let wait = cur
+                            .refresh_at()
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        tokio::time::sleep(jitter(wait, 0.05)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(identity = %me.id(), error = %e, retry_in = ?backoff, "certify failed; keeping the current certificate");
+                        tokio::time::sleep(jitter(backoff, 0.25)).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        })
+    }
+
+    /// A server config: the current certificate, mutual TLS with peers of `expect`.
+    pub fn server_config(&self, expect: Expect) -> rustls::ServerConfig {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|_| unreachable!("TLS 1.3 is in the ring provider"))
+        .with_client_cert_verifier(Arc::new(ClientVerifier {
+            bundle: self.bundle(),
+            expect,
+        }))
+        .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg
+    }
+
+    /// A client config: presents the current certificate, accepts a server of `expect`.
+    pub fn client_config(&self, expect: Expect) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|_| unreachable!("TLS 1.3 is in the ring provider"))
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+            bundle: self.bundle(),
+            expect,
+        }))
+        .with_client_cert_resolver(Arc::new(Resolver(self.clone())))
+    }
+}
+
+/// A gRPC channel to the identity service at `addr` (`host:port`) over TLS, the server
+/// proving `service_identity` against `bundle`.
+pub async fn channel(
+    addr: &str,
+    service_identity: &SpiffeId,
+    bundle: &Bundle,
+) -> Result<tonic::transport::Channel, ClientError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Connect(e.to_string()))?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+        bundle: bundle.clone(),
+        expect: Expect::Identity(service_identity.clone()),
+    }))
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let addr = addr.to_string();
+    let target = addr.clone();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_uri: http::Uri| {
+            let (connector, addr) = (connector.clone(), addr.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let _ = tcp.set_nodelay(true);
+                // The name is not checked (the verifier checks the SPIFFE ID); SNI only.
+                let name =
+                    ServerName::try_from("meshwork-identity").map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| ClientError::Connect(format!("{target}: {e}")))
+}
+
+fn jitter(d: Duration, frac: f64) -> Duration {
+    let f = 1.0 + frac * (rand::random::<f64>() * 2.0 - 1.0);
+    d.mul_f64(f.max(0.0))
+}
+
+/// Hands rustls the certificate in use at each handshake.
+#[derive(Clone)]
+struct Resolver(Identity);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resolver({})", self.0.id())
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.key)
+    }
+}
+
+impl ResolvesClientCert for Resolver {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.key)
+    }
+    fn has_certs(&self) -> bool {
+        self.0.current().is_some()
+    }
+}
