@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # mesh-ctl finds meshwork-orchestrator, meshwork-control and meshwork-dns next to itself.
 cargo build --release --locked -p meshwork-cni -p mesh-ctl -p meshwork-orchestrator \
-  -p meshwork-control -p meshwork-dns
+  -p meshwork-control -p meshwork-dns -p meshwork-identity
 target=${CARGO_TARGET_DIR:-target}/release
 install -D -m 0755 "$target/meshwork-cni" /opt/cni/bin/meshwork
 # `mesh-ctl status|logs|down` from any directory (the link resolves to the build dir).

@@ -10,6 +10,7 @@ use meshwork_orchestrator::node::catalog::{self, Catalog, Image, Root};
 
 pub const CONTROL: &str = include_str!("../../deploy/addons/meshwork-control.yaml");
 pub const DNS: &str = include_str!("../../deploy/addons/meshwork-dns.yaml");
+pub const IDENTITY: &str = include_str!("../../deploy/addons/meshwork-identity.yaml");
 
 /// `template` with each `%{NAME}%` of `vars` replaced; a placeholder left over is an error
 /// (a manifest and this code disagree).
@@ -29,11 +30,12 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String> {
     Ok(out)
 }
 
-/// The node runtime's catalog: the built-in images plus `meshwork/meshwork-control` and
-/// `meshwork/meshwork-dns`, which run this build's binaries on the host's root.
+/// The node runtime's catalog: the built-in images plus `meshwork/meshwork-control`,
+/// `meshwork/meshwork-dns` and `meshwork/meshwork-identity`, which run this build's
+/// binaries on the host's root.
 pub fn catalog() -> Result<Catalog> {
     let mut c = Catalog::default();
-    for bin in ["meshwork-control", "meshwork-dns"] {
+    for bin in ["meshwork-control", "meshwork-dns", "meshwork-identity"] {
         let path = crate::check::sibling(bin)
             .with_context(|| format!("{bin} is not next to mesh-ctl (scripts/up.sh builds it)"))?;
         c.images.insert(
@@ -86,8 +88,9 @@ mod tests {
             ("PIN_DIR_PREFIX", "/sys/fs/bpf/meshwork/mwl-mesh-"),
             ("CLUSTER_DNS", "10.96.0.10"),
             ("DNS_UPSTREAM", "127.0.0.1:9"),
+            ("TRUST_DOMAIN", "cluster.local"),
         ];
-        for m in [CONTROL, DNS] {
+        for m in [CONTROL, DNS, IDENTITY] {
             let out = render(m, &vars).unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 out.lines()

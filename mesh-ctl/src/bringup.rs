@@ -346,6 +346,35 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
     )
     .await?;
 
+    step(
+        "mesh identity: a CA, its issuer Secret, the identity service",
+        async {
+            let (anchors, cert, key) = crate::identity::ensure_ca(&st.identity())?;
+            crate::identity::install(&client, &anchors, &cert, &key).await?;
+            let yaml = crate::addons::render(
+                crate::addons::IDENTITY,
+                &[("TRUST_DOMAIN", crate::identity::TRUST_DOMAIN)],
+            )?;
+            crate::addons::apply(&admin_kc, &yaml)?;
+            let deploys: Api<Deployment> =
+                Api::namespaced(client.clone(), crate::identity::NAMESPACE);
+            wait_for(
+                "the identity service available (Deployment meshwork-identity)",
+                Duration::from_secs(60),
+                || {
+                    let deploys = deploys.clone();
+                    async move {
+                        let d = deploys.get("meshwork-identity").await?;
+                        let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                        Ok((ready >= 1).then_some(()))
+                    }
+                },
+            )
+            .await
+        },
+    )
+    .await?;
+
     step("kubeconfig context `meshwork` made current", async {
         match &user_kc {
             Some(p) => crate::kubeconfig::merge(p, &admin_kc),

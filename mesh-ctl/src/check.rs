@@ -131,11 +131,16 @@ pub fn run(a: &UpArgs) -> Vec<Check> {
         format!("kubectl ({})", kubectl.display()),
         "scripts/setup.sh (installs kubectl 1.33)",
     ));
-    for bin in ["meshwork-orchestrator", "meshwork-control", "meshwork-dns"] {
+    for bin in [
+        "meshwork-orchestrator",
+        "meshwork-control",
+        "meshwork-dns",
+        "meshwork-identity",
+    ] {
         out.push(check(
             sibling(bin).is_some(),
             format!("{bin} next to mesh-ctl"),
-            "scripts/up.sh builds them (cargo build --release -p meshwork-orchestrator -p meshwork-control -p meshwork-dns)",
+            "scripts/up.sh builds them (cargo build --release -p meshwork-orchestrator -p meshwork-control -p meshwork-dns -p meshwork-identity)",
         ));
     }
     out.push(check(

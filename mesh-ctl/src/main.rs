@@ -3,6 +3,7 @@
 mod addons;
 mod bringup;
 mod check;
+mod identity;
 mod kubeconfig;
 mod procs;
 mod state;

@@ -45,6 +45,10 @@ impl StateDir {
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.apiserver().join("admin.kubeconfig")
     }
+    /// The mesh CA: trust anchor and issuer (identity.rs).
+    pub fn identity(&self) -> PathBuf {
+        self.0.join("identity")
+    }
     pub fn node(&self, name: &str) -> PathBuf {
         self.0.join("nodes").join(name)
     }

@@ -178,6 +178,7 @@ const STATE_ENTRIES: &[&str] = &[
     // Held the DNS add-on's credentials before it ran as its ServiceAccount.
     "addons",
     "image-catalog.json",
+    "identity",
 ];
 
 pub async fn down(a: DownArgs) -> Result<()> {

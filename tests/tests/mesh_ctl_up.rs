@@ -342,6 +342,92 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     ]);
     assert_eq!(slices.trim(), dns_ip, "kube-dns endpoints");
 
+    // The mesh identity service runs as its ServiceAccount and certifies a pod's token, asked
+    // from the host through its ClusterIP, as a sidecar will ask from inside the pod.
+    let avail = c.kubectl(&[
+        "get",
+        "deploy",
+        "-n",
+        "meshwork-system",
+        "meshwork-identity",
+        "-o",
+        "jsonpath={.status.availableReplicas}",
+    ]);
+    assert_eq!(avail, "1", "{}", c.dump());
+    c.kubectl(&["create", "serviceaccount", "mesh-web"]);
+    c.kubectl(&[
+        "run",
+        "mesh-web",
+        "--image=busybox",
+        "--overrides={\"spec\":{\"serviceAccountName\":\"mesh-web\"}}",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/mesh-web",
+        "--timeout=60s",
+    ]);
+    let token = c.kubectl(&[
+        "create",
+        "token",
+        "mesh-web",
+        "--audience=identity.meshwork.io",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=mesh-web",
+    ]);
+    let token_path = state.join("mesh-web.token");
+    std::fs::write(&token_path, &token).unwrap();
+    let id_vip = c.kubectl(&[
+        "get",
+        "svc",
+        "-n",
+        "meshwork-system",
+        "meshwork-identity",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let anchors = c.kubectl(&[
+        "get",
+        "configmap",
+        "-n",
+        "meshwork-system",
+        "meshwork-identity-trust-roots",
+        "-o",
+        "jsonpath={.data.ca-bundle\\.crt}",
+    ]);
+    let td = meshwork_identity::DEFAULT_TRUST_DOMAIN;
+    let identity = meshwork_identity::client::Identity::new(meshwork_identity::client::Config {
+        addr: format!("{id_vip}:8080"),
+        service_identity: meshwork_identity::SpiffeId::service_account(
+            td,
+            "meshwork-system",
+            "meshwork-identity",
+        )
+        .unwrap(),
+        identity: meshwork_identity::SpiffeId::service_account(td, "default", "mesh-web").unwrap(),
+        token_path,
+        trust_anchors_pem: anchors,
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cert = rt
+        .block_on(identity.certify())
+        .unwrap_or_else(|e| panic!("Certify through {id_vip}: {e}\n{}", c.dump()));
+    std::fs::remove_file(state.join("mesh-web.token")).unwrap();
+    let leaf = &cert.key.cert[0];
+    assert_eq!(
+        meshwork_identity::verify::peer_identity(leaf)
+            .unwrap()
+            .to_string(),
+        "spiffe://cluster.local/ns/default/sa/mesh-web"
+    );
+
     // Prometheus scrapes every component: each node's agent and runtime, and DNS.
     let targets = until(
         "Prometheus to scrape every target",
