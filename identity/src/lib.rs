@@ -9,6 +9,7 @@ pub mod review;
 pub mod server;
 pub mod service;
 pub mod spiffe;
+pub mod token;
 pub mod verify;
 
 /// The generated gRPC code (proto/meshwork/identity/v1/identity.proto).

@@ -5,8 +5,8 @@
 //!
 //! | refusal | status |
 //! |---|---|
-//! | malformed identity, token or CSR; CSR with other names, a CA flag or another key type | InvalidArgument |
-//! | token invalid, expired, revoked (its pod deleted), for another audience, unbound | Unauthenticated |
+//! | malformed identity or CSR; CSR with other names, a CA flag or another key type | InvalidArgument |
+//! | token missing, malformed, invalid, expired, revoked (its pod deleted), for another audience, unbound | Unauthenticated |
 //! | token of another ServiceAccount than the identity asked for; pod gone | PermissionDenied |
 //! | the API server unreachable | Unavailable |
 
@@ -131,6 +131,11 @@ impl Service {
                     "token_missing",
                 )
             })?;
+        // Garbage is refused here, without a TokenReview; the claims label the audit line.
+        let peeked = crate::token::peek(token).map_err(|e| {
+            refuse(Status::unauthenticated(format!("token: {e}")), "token_malformed")
+        })?;
+        who.pod = format!("(claims {})", peeked.subject);
         let csr = check_csr(&req.certificate_signing_request, &id).map_err(csr_refusal)?;
         let r = self.reviewer.review(token).await.map_err(review_refusal)?;
         who.pod = format!("{}/{}", r.namespace, r.pod);

@@ -473,6 +473,9 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
             .contains("asks for names other than spiffe://cluster.local/ns/app/sa/web"),
         "{st:?}"
     );
+    let st = refused(&svc, &bundle, &web_id, "not.a-jwt", csr.clone()).await;
+    assert_eq!(st.code(), tonic::Code::Unauthenticated, "{st:?}");
+    assert!(st.message().contains("not a JWT"), "{st:?}");
     let st = refused(
         &svc,
         &bundle,
@@ -523,6 +526,7 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
         "identity_mismatch",
         "token_audience",
         "token_invalid",
+        "token_malformed",
         "csr_names",
         "csr_malformed",
         "identity_trust_domain",
