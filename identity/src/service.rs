@@ -133,7 +133,10 @@ impl Service {
             })?;
         // Garbage is refused here, without a TokenReview; the claims label the audit line.
         let peeked = crate::token::peek(token).map_err(|e| {
-            refuse(Status::unauthenticated(format!("token: {e}")), "token_malformed")
+            refuse(
+                Status::unauthenticated(format!("token: {e}")),
+                "token_malformed",
+            )
         })?;
         who.pod = format!("(claims {})", peeked.subject);
         let csr = check_csr(&req.certificate_signing_request, &id).map_err(csr_refusal)?;

@@ -42,23 +42,38 @@ pub fn peek(token: &str) -> Result<Peeked, TokenError> {
         return Err(TokenError::Shape("longer than 16 KiB"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(c), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(TokenError::Shape("not three dot-separated parts"));
     };
     if sig.is_empty() {
         return Err(TokenError::Unsigned);
     }
     let header = part(h)?;
-    let alg = header.get("alg").and_then(Value::as_str).ok_or(TokenError::Header)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Header)?;
     if alg.eq_ignore_ascii_case("none") {
         return Err(TokenError::Unsigned);
     }
     let claims = part(c)?;
-    let subject = claims.get("sub").and_then(Value::as_str).ok_or(TokenError::Claims)?.to_string();
-    let expires = claims.get("exp").and_then(Value::as_i64).ok_or(TokenError::Claims)?;
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Claims)?
+        .to_string();
+    let expires = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(TokenError::Claims)?;
     let audiences = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => Vec::new(),
     };
     Ok(Peeked {
@@ -78,7 +93,11 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let ok = format!("{}.{}.c2ln", b64(r#"{"alg":"ES256"}"#), b64(r#"{"sub":"system:serviceaccount:a:b","exp":5,"aud":["x"]}"#));
+        let ok = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"sub":"system:serviceaccount:a:b","exp":5,"aud":["x"]}"#)
+        );
         assert_eq!(
             peek(&ok).unwrap(),
             Peeked {
@@ -87,17 +106,36 @@ mod tests {
                 expires: 5
             }
         );
-        let none = format!("{}.{}.c2ln", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"s","exp":5}"#));
+        let none = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"none"}"#),
+            b64(r#"{"sub":"s","exp":5}"#)
+        );
         assert_eq!(peek(&none), Err(TokenError::Unsigned));
-        let unsigned = format!("{}.{}.", b64(r#"{"alg":"ES256"}"#), b64(r#"{"sub":"s","exp":5}"#));
+        let unsigned = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"sub":"s","exp":5}"#)
+        );
         assert_eq!(peek(&unsigned), Err(TokenError::Unsigned));
         assert!(matches!(peek("a.b"), Err(TokenError::Shape(_))));
         assert!(matches!(peek("a.b.c.d"), Err(TokenError::Shape(_))));
         assert!(matches!(peek("!!.b.c"), Err(TokenError::Shape(_))));
-        let no_exp = format!("{}.{}.c2ln", b64(r#"{"alg":"ES256"}"#), b64(r#"{"sub":"s"}"#));
+        let no_exp = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"sub":"s"}"#)
+        );
         assert_eq!(peek(&no_exp), Err(TokenError::Claims));
-        let no_alg = format!("{}.{}.c2ln", b64(r#"{"typ":"JWT"}"#), b64(r#"{"sub":"s","exp":1}"#));
+        let no_alg = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"typ":"JWT"}"#),
+            b64(r#"{"sub":"s","exp":1}"#)
+        );
         assert_eq!(peek(&no_alg), Err(TokenError::Header));
-        assert!(matches!(peek(&"a".repeat(MAX_LEN + 1)), Err(TokenError::Shape(_))));
+        assert!(matches!(
+            peek(&"a".repeat(MAX_LEN + 1)),
+            Err(TokenError::Shape(_))
+        ));
     }
 }

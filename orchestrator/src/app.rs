@@ -80,10 +80,41 @@ pub fn run_kubeconfig(a: KubeconfigArgs) -> Result<(), server::Error> {
 /// The controllers and scheduler against any API server, until SIGINT/SIGTERM.
 pub async fn run_controllers(a: crate::config::ControllersArgs) -> anyhow::Result<()> {
     let client = meshwork_kube_watch::client(a.kubeconfig.as_deref()).await?;
-    let tasks = crate::controllers::start(client, a.flags.config()?).await;
+    let mut cfg = a.flags.config()?;
+    if cfg.root_ca.is_none() {
+        // kube-controller-manager publishes its client's CA when given no --root-ca-file.
+        cfg.root_ca = client_ca(a.kubeconfig.as_deref()).await;
+    }
+    let tasks = crate::controllers::start(client, cfg).await;
     meshwork_kube_watch::shutdown_signal().await?;
     for t in tasks {
         t.abort();
     }
     Ok(())
+}
+
+/// The CA the controllers' own client trusts (kubeconfig or in-cluster), as PEM.
+async fn client_ca(kubeconfig: Option<&std::path::Path>) -> Option<String> {
+    use base64::Engine;
+    let conf = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p).ok()?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .ok()?
+        }
+        None => kube::Config::infer().await.ok()?,
+    };
+    let certs = conf.root_cert?;
+    let mut pem = String::new();
+    for der in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(chunk));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    (!pem.is_empty()).then_some(pem)
 }

@@ -746,9 +746,18 @@ macro_rules! conformance {
                 meshwork_orchestrator::server::issue_kubeconfig(c.dir.path(), &c.running.url, "system:node:n1", &["system:nodes".into()], &kc).unwrap();
                 let node = kube::Client::try_from(common::client_config(&kc).await).unwrap();
                 let pods: Api<Pod> = Api::namespaced(node.clone(), "default");
+                let admin_pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
                 let p: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
-                pods.create(&PostParams::default(), &p).await.unwrap();
+                // A node creates no pods (kube: mirror pods only) ...
+                let (code, _) = api_code(pods.create(&PostParams::default(), &p).await.unwrap_err());
+                assert_eq!(code, 403);
+                admin_pods.create(&PostParams::default(), &p).await.unwrap();
+                let q: Pod = serde_json::from_value(json!({"metadata": {"name": "q"}, "spec": {"nodeName": "n2", "containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
+                admin_pods.create(&PostParams::default(), &q).await.unwrap();
+                // ... and writes the status of its own pods only.
                 pods.patch_status("p", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}}))).await.unwrap();
+                let (code, _) = api_code(pods.patch_status("q", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}}))).await.unwrap_err());
+                assert_eq!(code, 403, "node n1 wrote the status of a pod on n2");
                 let svcs: Api<Service> = Api::namespaced(node.clone(), "default");
                 let names: Vec<String> = svcs.list(&ListParams::default()).await.unwrap().items.iter().map(|s| s.name_any()).collect();
                 assert_eq!(names, ["kubernetes"], "nodes read everything");

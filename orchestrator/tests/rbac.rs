@@ -323,6 +323,74 @@ fn roles_bindings_can_i_and_escalation_through_kubectl() {
         ],
         "",
     );
+    // A binding to a role that does not exist (yet) would grant whatever it later holds.
+    let err = alice.fails(
+        &[
+            "create",
+            "rolebinding",
+            "bob-later",
+            "-n",
+            "team",
+            "--clusterrole=not-yet",
+            "--user=bob",
+        ],
+        "",
+    );
+    assert!(
+        err.contains("clusterroles.rbac.authorization.k8s.io \"not-yet\" not found"),
+        "{err}"
+    );
+    // resourceNames allow a list or watch of that one name (what `get NAME -w` sends).
+    admin.ok(
+        &[
+            "create",
+            "configmap",
+            "named",
+            "-n",
+            "team",
+            "--from-literal=k=v",
+        ],
+        "",
+    );
+    admin.ok(
+        &[
+            "create",
+            "role",
+            "one-cm",
+            "-n",
+            "team",
+            "--verb=get,list,watch",
+            "--resource=configmaps",
+            "--resource-name=named",
+        ],
+        "",
+    );
+    admin.ok(
+        &[
+            "create",
+            "rolebinding",
+            "carol-one-cm",
+            "-n",
+            "team",
+            "--role=one-cm",
+            "--user=carol",
+        ],
+        "",
+    );
+    let carol_kc = kubeconfig_for(&data, &server.url, "carol", &[]);
+    let carol = Kubectl {
+        kubeconfig: &carol_kc,
+        home: &home,
+    };
+    let one = "/api/v1/namespaces/team/configmaps?fieldSelector=metadata.name%3Dnamed";
+    eventually("carol lists the one configmap", || {
+        carol.run_in(&["get", "--raw", one], "").0
+    });
+    let err = carol.fails(&["get", "--raw", "/api/v1/namespaces/team/configmaps"], "");
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
 
     // Bad objects are refused with kube's causes and change nothing.
     let bad = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: bad\n  namespace: team\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Secret\n  name: x\nsubjects:\n- kind: Robot\n  name: r\n";

@@ -95,9 +95,12 @@ async fn workloads(client: &kube::Client, n: usize, prefix: &str) -> Vec<Workloa
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
     for i in 0..n {
         let sa = format!("{prefix}{i}");
-        sas.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap())
-            .await
-            .unwrap();
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+        )
+        .await
+        .unwrap();
         let pod = pods
             .create(
                 &PostParams::default(),
@@ -114,7 +117,13 @@ async fn workloads(client: &kube::Client, n: usize, prefix: &str) -> Vec<Workloa
             "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": sa, "uid": pod.metadata.uid},
         }}))
         .unwrap();
-        let token = sas.create_token_request(&sa, &PostParams::default(), &req).await.unwrap().status.unwrap().token;
+        let token = sas
+            .create_token_request(&sa, &PostParams::default(), &req)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token;
         let id = SpiffeId::service_account(TD, "app", &sa).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = ca::make_csr(&key, &id).unwrap();
@@ -125,34 +134,68 @@ async fn workloads(client: &kube::Client, n: usize, prefix: &str) -> Vec<Workloa
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let dir = tempfile::Builder::new().prefix("mwid-bench-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("mwid-bench-")
+        .tempdir()
+        .unwrap();
     let data = dir.path().join("api");
     let (_api, _) = start(
         "meshwork-orchestrator",
-        &["apiserver", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--sqlite-sync", "normal", "--controllers=false"],
+        &[
+            "apiserver",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--sqlite-sync",
+            "normal",
+            "--controllers=false",
+        ],
         1,
     );
     let kc = data.join("admin.kubeconfig");
     let kube = meshwork_kube_watch::client(Some(&kc)).await.unwrap();
     let cadir = dir.path().join("ca");
-    let o = Command::new(lab_binary("meshwork-identity")).args(["init", "--out", cadir.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(lab_binary("meshwork-identity"))
+        .args(["init", "--out", cadir.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(o.status.success());
     let (_svc, lines) = start(
         "meshwork-identity",
-        &["serve", "--issuer-dir", cadir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--kubeconfig", kc.to_str().unwrap()],
+        &[
+            "serve",
+            "--issuer-dir",
+            cadir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ],
         2,
     );
-    let addr = lines[1].strip_prefix("identity service listening on ").unwrap().to_string();
+    let addr = lines[1]
+        .strip_prefix("identity service listening on ")
+        .unwrap()
+        .to_string();
     let nss: Api<Namespace> = Api::all(kube.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap())
-        .await
-        .unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let ws = Arc::new(workloads(&kube, WORKLOADS, "w").await);
     let anchors_pem = std::fs::read_to_string(cadir.join("ca.crt")).unwrap();
     let bundle = Bundle::new(ca::certs_from_pem("anchors", &anchors_pem).unwrap());
     let svc_id = SpiffeId::service_account(TD, "meshwork-system", "meshwork-identity").unwrap();
 
-    println!("identity issuance — {} logical CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "identity issuance — {} logical CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     // The floor: the same CSR checked and signed here.
     let local = ca::Ca::from_pem(
         &anchors_pem,
@@ -165,7 +208,9 @@ async fn main() {
     for _ in 0..FLOOR_N {
         let t = Instant::now();
         let csr = ca::check_csr(&ws[0].csr, &ws[0].id).unwrap();
-        local.sign_csr(csr, &ws[0].id, Duration::from_secs(86400)).unwrap();
+        local
+            .sign_csr(csr, &ws[0].id, Duration::from_secs(86400))
+            .unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     stats("floor: check + sign in process", ms, t0.elapsed());
@@ -176,7 +221,9 @@ async fn main() {
     let t0 = Instant::now();
     for i in 0..REVIEWS {
         let w = &ws[i % ws.len()];
-        let r: TokenReview = serde_json::from_value(json!({"spec": {"token": w.token, "audiences": [AUDIENCE]}})).unwrap();
+        let r: TokenReview =
+            serde_json::from_value(json!({"spec": {"token": w.token, "audiences": [AUDIENCE]}}))
+                .unwrap();
         let t = Instant::now();
         let got = reviews.create(&PostParams::default(), &r).await.unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -220,7 +267,11 @@ async fn main() {
         for t in tasks {
             all.extend(t.await.unwrap());
         }
-        stats(&format!("Certify (gRPC/TLS), {callers} callers"), all, t0.elapsed());
+        stats(
+            &format!("Certify (gRPC/TLS), {callers} callers"),
+            all,
+            t0.elapsed(),
+        );
     }
 
     // 500 pods rotating at once.
@@ -257,5 +308,8 @@ async fn main() {
     }
     let wall = t0.elapsed();
     stats(&format!("{ROTATING} pods rotating at once"), ms, wall);
-    println!("{ROTATING} pods rotating at once: all done in {:.3} s (goal < 2 s)", wall.as_secs_f64());
+    println!(
+        "{ROTATING} pods rotating at once: all done in {:.3} s (goal < 2 s)",
+        wall.as_secs_f64()
+    );
 }

@@ -82,9 +82,15 @@ impl Api {
     pub(crate) async fn admit_pod(&self, bytes: Vec<u8>, ns: &str) -> Result<Vec<u8>, ApiError> {
         let mut pod: Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // serviceAccountName, else the deprecated serviceAccount, else default (kube's order).
         let name = pod["spec"]["serviceAccountName"]
             .as_str()
             .filter(|s| !s.is_empty())
+            .or_else(|| {
+                pod["spec"]["serviceAccount"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or(DEFAULT_SA)
             .to_string();
         let sa: Option<Value> = match self.core_json("serviceaccounts", Some(ns), &name).await {

@@ -6,8 +6,10 @@ pub mod alloc;
 mod delete;
 mod ensure;
 pub mod error;
+mod escalation;
 pub mod kind;
 pub mod kubernetes_service;
+mod noderestriction;
 mod object;
 pub mod openapi;
 pub mod pods;
@@ -345,6 +347,7 @@ impl Api {
             content_type,
             body,
         };
+        self.restrict_node(&ctx, &parts.method).await?;
         // Writes to a namespaced kind need its namespace; subresources are not deletable.
         let scoped = ctx.target.ns.is_some() || !ctx.target.kind.info().namespaced;
         let sub = ctx.target.sub.is_some();
@@ -368,6 +371,10 @@ impl Api {
                 Err(ApiError::MethodNotAllowed)
             }
             (&Method::DELETE, true) if sub => Err(ApiError::MethodNotAllowed),
+            // A watch streams whole objects: none through a subresource (kube serves none).
+            (&Method::GET, true) if ctx.query.flag("watch") && sub => Err(ApiError::BadRequest(
+                "watch is not supported on subresources".into(),
+            )),
             (&Method::GET, true) if ctx.query.flag("watch") => self.clone().watch(ctx).await,
             (&Method::GET, true) => self.get(ctx).await,
             (&Method::PUT, true) => self.replace(ctx).await,

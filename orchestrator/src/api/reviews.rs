@@ -4,25 +4,21 @@
 //! request gets (`server/authz`): `kubectl auth can-i`, `kubectl auth can-i --list` and
 //! `kubectl auth whoami` read them.
 //!
-//! Also RBAC's escalation check on writes of roles and bindings (kube's
-//! `pkg/registry/rbac/{role,clusterrole,rolebinding,clusterrolebinding}/policybased`): a user
-//! may grant only what they hold, unless allowed to `escalate` roles or `bind` the role.
+//! RBAC's escalation check on writes of roles and bindings is `escalation.rs`.
 
 use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use k8s_openapi::api::{
     authorization::v1::{NonResourceAttributes, ResourceAttributes},
-    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+    rbac::v1::PolicyRule,
 };
 use serde_json::{json, Value};
 
-use super::{
-    error::ApiError, kind::KindOps, registry::CreateOnly, tokens, value_response, Api, Body,
-};
+use super::{error::ApiError, registry::CreateOnly, tokens, value_response, Api, Body};
 use crate::server::{
     auth::User,
-    authz::{rbac::covers, Attributes, Authorizer, Decision},
+    authz::{Attributes, Authorizer, Decision},
 };
 
 fn attrs_of(
@@ -188,146 +184,5 @@ impl Api {
         };
         v["status"] = status;
         Ok(value_response(StatusCode::CREATED, &v))
-    }
-
-    /// RBAC's escalation check on a role or binding `bytes` about to be written by `user`.
-    pub(crate) fn check_escalation(
-        &self,
-        kind: &dyn KindOps,
-        bytes: &[u8],
-        user: &User,
-    ) -> Result<(), ApiError> {
-        let info = kind.info();
-        if info.group != "rbac.authorization.k8s.io" {
-            return Ok(());
-        }
-        let Some(authz) = &self.authz else {
-            return Ok(());
-        };
-        let bad = |e: serde_json::Error| ApiError::Internal(e.to_string());
-        let (ns, name, wanted, bind_ref): (
-            String,
-            String,
-            Vec<PolicyRule>,
-            Option<(String, String)>,
-        ) = match info.plural {
-            "roles" => {
-                let r: Role = serde_json::from_slice(bytes).map_err(bad)?;
-                (
-                    r.metadata.namespace.unwrap_or_default(),
-                    r.metadata.name.unwrap_or_default(),
-                    r.rules.unwrap_or_default(),
-                    None,
-                )
-            }
-            "clusterroles" => {
-                let r: ClusterRole = serde_json::from_slice(bytes).map_err(bad)?;
-                (
-                    String::new(),
-                    r.metadata.name.unwrap_or_default(),
-                    r.rules.unwrap_or_default(),
-                    None,
-                )
-            }
-            "rolebindings" => {
-                let b: RoleBinding = serde_json::from_slice(bytes).map_err(bad)?;
-                let ns = b.metadata.namespace.unwrap_or_default();
-                let rules = self.referenced_rules(authz, &b.role_ref.kind, &b.role_ref.name, &ns);
-                (
-                    ns,
-                    b.metadata.name.unwrap_or_default(),
-                    rules,
-                    Some((b.role_ref.kind, b.role_ref.name)),
-                )
-            }
-            "clusterrolebindings" => {
-                let b: ClusterRoleBinding = serde_json::from_slice(bytes).map_err(bad)?;
-                let rules = self.referenced_rules(authz, &b.role_ref.kind, &b.role_ref.name, "");
-                (
-                    String::new(),
-                    b.metadata.name.unwrap_or_default(),
-                    rules,
-                    Some((b.role_ref.kind, b.role_ref.name)),
-                )
-            }
-            _ => return Ok(()),
-        };
-        // `escalate` on the role itself, or `bind` on the role a binding names, skips the check.
-        let (verb, resource, target) = match &bind_ref {
-            None => ("escalate", info.plural.to_string(), name.clone()),
-            Some((k, n)) => (
-                "bind",
-                if k == "Role" {
-                    "roles".into()
-                } else {
-                    "clusterroles".into()
-                },
-                n.clone(),
-            ),
-        };
-        let a = Attributes {
-            verb: verb.into(),
-            resource_request: true,
-            api_group: "rbac.authorization.k8s.io".into(),
-            resource,
-            name: target,
-            namespace: ns.clone(),
-            ..Default::default()
-        };
-        if authz.authorize(user, &a) == Decision::Allow {
-            return Ok(());
-        }
-        let held = authz.policy().rules_for(user, &ns);
-        let missing: Vec<&PolicyRule> = wanted.iter().filter(|r| !covers(&held, r)).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = missing
-            .iter()
-            .map(
-                |r| match r.non_resource_urls.as_ref().filter(|u| !u.is_empty()) {
-                    Some(u) => format!("{{NonResourceURLs:{u:?}, Verbs:{:?}}}", r.verbs),
-                    None => format!(
-                        "{{APIGroups:{:?}, Resources:{:?}{}, Verbs:{:?}}}",
-                        r.api_groups.clone().unwrap_or_default(),
-                        r.resources.clone().unwrap_or_default(),
-                        r.resource_names
-                            .as_ref()
-                            .filter(|n| !n.is_empty())
-                            .map(|n| format!(", ResourceNames:{n:?}"))
-                            .unwrap_or_default(),
-                        r.verbs
-                    ),
-                },
-            )
-            .collect();
-        Err(ApiError::Denied {
-            resource: info.qualified(),
-            name,
-            why: format!(
-                "user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
-                user.name,
-                user.groups,
-                list.join("\n")
-            ),
-        })
-    }
-
-    fn referenced_rules(
-        &self,
-        authz: &Authorizer,
-        kind: &str,
-        name: &str,
-        ns: &str,
-    ) -> Vec<PolicyRule> {
-        let p = authz.policy();
-        match kind {
-            "Role" => p
-                .roles
-                .get(&(ns.to_string(), name.to_string()))
-                .and_then(|r| r.rules.clone()),
-            _ => p.cluster_roles.get(name).and_then(|r| r.rules.clone()),
-        }
-        .unwrap_or_default()
     }
 }

@@ -106,7 +106,7 @@ impl Api {
     }
 
     /// A stored core/v1 object, decoded; 404 in kube's words when missing.
-    async fn core_object<K: DeserializeOwned>(
+    pub(crate) async fn core_object<K: DeserializeOwned>(
         &self,
         plural: &str,
         ns: Option<&str>,

@@ -278,7 +278,7 @@ impl Api {
             bytes = self.admit_pod(bytes, ns).await?;
         }
         if let Some(u) = &t.user {
-            self.check_escalation(t.kind, &bytes, u)?;
+            self.check_escalation(t.kind, &bytes, None, u).await?;
         }
         let meta = t.kind.metadata(&bytes)?;
         let name = meta.name.unwrap_or_default();
@@ -323,7 +323,8 @@ impl Api {
             let cur = self.current(t).await?;
             let (mut out, pinned) = f(&cur)?;
             if let (Write::Put(bytes), Some(u)) = (&out.write, &t.user) {
-                self.check_escalation(t.kind, bytes, u)?;
+                self.check_escalation(t.kind, bytes, Some(&cur.value), u)
+                    .await?;
             }
             if let (Write::Put(bytes), true) = (&mut out.write, is_service(t.kind)) {
                 *bytes = self

@@ -200,7 +200,8 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
             ));
         }
         None => tracing::warn!(
-            "no root CA given: kube-root-ca.crt is not published and pods get no ca.crt"
+            "no root CA known (--root-ca-file, or a CA in the client's kubeconfig): \
+             kube-root-ca.crt is not published, and pods with an automounted token wait for it"
         ),
     }
     let sc = crate::scheduler::Scheduler::new(client.clone(), caches.clone());

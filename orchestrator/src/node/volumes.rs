@@ -45,6 +45,9 @@ pub struct TokenFile {
 pub struct PodVolumes {
     /// Volume name → the host directory (or, for hostPath, file) to mount.
     pub paths: HashMap<String, PathBuf>,
+    /// Volumes the node writes (configMap, secret, downwardAPI, projected): mounted read-only
+    /// whatever the pod says, as the kubelet does, so a container cannot plant links in them.
+    pub read_only: std::collections::HashSet<String>,
     pub tokens: Vec<TokenFile>,
 }
 
@@ -68,8 +71,10 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(dir.join(p))
 }
 
-/// Writes `data` at `path` by rename, with `mode`.
+/// Writes `data` at `path` by rename, with `mode`. The temporary file is created anew and
+/// never through a symbolic link (`O_EXCL|O_NOFOLLOW`): this runs as root.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -78,7 +83,14 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
+    // A leftover (or a planted link) goes; remove_file removes a link, not its target.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     drop(f);
@@ -343,6 +355,9 @@ impl Mounter<'_> {
         } else {
             return Err("volume type not supported by the Meshwork node runtime (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected)".into());
         }
+        if v.empty_dir.is_none() {
+            out.read_only.insert(v.name.clone());
+        }
         out.paths.insert(v.name.clone(), dir);
         Ok(())
     }
@@ -403,6 +418,21 @@ pub fn binds(vols: &PodVolumes, mounts: &[VolumeMount]) -> Result<Vec<String>, S
         let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sp) => {
                 let p = inside(base, sp)?;
+                // A container may have made a component a link (to / or anywhere): refused, as
+                // the kubelet refuses subPaths that leave their volume.
+                let mut at = base.clone();
+                for c in Path::new(sp).components() {
+                    at.push(c);
+                    if at
+                        .symlink_metadata()
+                        .is_ok_and(|md| md.file_type().is_symlink())
+                    {
+                        return Err(format!(
+                            "volumeMount {:?}: subPath {sp:?} goes through a symbolic link",
+                            m.name
+                        ));
+                    }
+                }
                 if !p.exists() {
                     std::fs::create_dir_all(&p).map_err(|e| e.to_string())?;
                 }
@@ -416,7 +446,11 @@ pub fn binds(vols: &PodVolumes, mounts: &[VolumeMount]) -> Result<Vec<String>, S
                 m.name
             ));
         }
-        let ro = if m.read_only == Some(true) { ":ro" } else { "" };
+        let ro = if m.read_only == Some(true) || vols.read_only.contains(&m.name) {
+            ":ro"
+        } else {
+            ""
+        };
         out.push(format!("{}:{}{ro}", src.display(), m.mount_path));
     }
     Ok(out)

@@ -78,10 +78,16 @@ impl Attributes {
         if let Some(s) = rest.get(2) {
             a.subresource = s.to_string();
         }
-        let watch_query = query.is_some_and(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
-        });
+        // The last value of a repeated parameter counts, as in the API's own query parsing.
+        let param = |key: &str| {
+            query.and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .filter(|(k, _)| k == key)
+                    .last()
+                    .map(|(_, v)| v.into_owned())
+            })
+        };
+        let watch_query = matches!(param("watch").as_deref(), Some("true" | "1"));
         a.verb = match *method {
             Method::POST => "create",
             Method::GET | Method::HEAD if watch_path || watch_query => "watch",
@@ -94,6 +100,22 @@ impl Attributes {
             _ => a.verb.as_str(),
         }
         .to_string();
+        // A list or watch of one name (`fieldSelector=metadata.name=x`, what `kubectl get x -w`
+        // and reflectors of one object send) is about that name, as kube reads it, so that
+        // resourceNames rules can allow it.
+        if matches!(a.verb.as_str(), "list" | "watch") && a.name.is_empty() {
+            if let Some(sel) = param("fieldSelector") {
+                let one = sel
+                    .strip_prefix("metadata.name==")
+                    .or_else(|| sel.strip_prefix("metadata.name="))
+                    .filter(|n| {
+                        !n.contains(',') && crate::api::validation::path_segment(n).is_none()
+                    });
+                if let Some(n) = one {
+                    a.name = n.to_string();
+                }
+            }
+        }
         // exec, attach and port-forward are creates whatever the method: WebSocket clients
         // open them with GET, and kube (AuthorizePodWebsocketUpgradeCreatePermission, on
         // since 1.30) asks for `create` then too.
@@ -187,6 +209,24 @@ mod tests {
         );
         let a = at(Method::DELETE, "/api/v1/namespaces/d/configmaps", None);
         assert_eq!(a.verb, "deletecollection");
+        let a = at(
+            Method::GET,
+            "/api/v1/namespaces/d/pods",
+            Some("watch=true&watch=false"),
+        );
+        assert_eq!(a.verb, "list", "the last value counts");
+        let a = at(
+            Method::GET,
+            "/api/v1/namespaces/d/secrets",
+            Some("watch=1&fieldSelector=metadata.name%3Dissuer"),
+        );
+        assert_eq!((a.verb.as_str(), a.name.as_str()), ("watch", "issuer"));
+        let a = at(
+            Method::GET,
+            "/api/v1/namespaces/d/secrets",
+            Some("fieldSelector=metadata.name%3Da,type%3Dx"),
+        );
+        assert_eq!(a.name, "", "only a selector of one name names it");
         let a = at(
             Method::GET,
             "/api/v1/namespaces/d/pods/p/exec",

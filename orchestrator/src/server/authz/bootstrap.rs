@@ -8,8 +8,9 @@
 //! - admin/edit/view are written out flat; kube assembles them by aggregation labels, which
 //!   this server does not run (the labels are set, so a reader sees the same objects).
 //! - `system:node` is bound to the `system:nodes` group: kube decides node requests with its
-//!   Node authorizer and leaves the role unbound. Here the role plus the node restriction on
-//!   TokenRequest (`api/tokens.rs`: only for pods on the node) stand in for that authorizer.
+//!   Node authorizer and leaves the role unbound. Here the role says which kinds, and the node
+//!   restriction (`api/noderestriction.rs`, `api/tokens.rs`) which objects: its own Node, its
+//!   pods, the Secrets and ConfigMaps they use, tokens for them.
 //! - `system:node-proxier` is bound to `system:nodes` too: the Meshwork agent (kube-proxy's
 //!   role) runs with its node's credentials.
 
@@ -367,14 +368,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["", "events.k8s.io"],
                     &["events"],
                 ),
-                r(
-                    &["create", "delete", "get", "list", "watch"],
-                    &[""],
-                    &["pods"],
-                ),
+                r(&["delete", "get", "list", "watch"], &[""], &["pods"]),
                 r(&["patch", "update"], &[""], &["pods/status"]),
                 r(&["create"], &[""], &["pods/eviction"]),
-                r(READ, &[""], &["services", "configmaps", "secrets"]),
+                r(READ, &[""], &["services"]),
+                // Which ones, by name: only those its pods use (api/noderestriction.rs).
+                r(&["get"], &[""], &["configmaps", "secrets"]),
                 r(&["get"], &[""], &["serviceaccounts"]),
                 r(&["create"], &[""], &["serviceaccounts/token"]),
                 r(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),

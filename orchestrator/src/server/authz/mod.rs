@@ -128,6 +128,8 @@ impl Authorizer {
                 self.set(p);
             }
             tracing::debug!("RBAC watch ended; listing again");
+            // A watch that keeps failing must not turn into a busy relist loop.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 

@@ -186,25 +186,31 @@ pub fn covers(owner: &[PolicyRule], rule: &PolicyRule) -> bool {
             }
             continue;
         }
+        // Broken down to one group, resource and name each (kube's BreakdownRule): names
+        // held through different rules add up.
+        let names: Vec<Option<&String>> = match rule.resource_names.as_deref() {
+            Some(n) if !n.is_empty() => n.iter().map(Some).collect(),
+            _ => vec![None],
+        };
         for g in rule.api_groups.iter().flatten() {
             for r in rule.resources.iter().flatten() {
-                let names = rule.resource_names.clone().unwrap_or_default();
-                let ok = owner.iter().any(|o| {
-                    let o_names = o.resource_names.as_deref().unwrap_or_default();
-                    has(&o.verbs, verb)
-                        && has(o.api_groups.as_deref().unwrap_or_default(), g)
-                        && (has(o.resources.as_deref().unwrap_or_default(), r)
-                            || r.split_once('/').is_some_and(|(_, sub)| {
-                                o.resources
-                                    .iter()
-                                    .flatten()
-                                    .any(|x| *x == format!("*/{sub}"))
-                            }))
-                        && (o_names.is_empty()
-                            || (!names.is_empty() && names.iter().all(|n| o_names.contains(n))))
-                });
-                if !ok {
-                    return false;
+                for name in &names {
+                    let ok = owner.iter().any(|o| {
+                        let o_names = o.resource_names.as_deref().unwrap_or_default();
+                        has(&o.verbs, verb)
+                            && has(o.api_groups.as_deref().unwrap_or_default(), g)
+                            && (has(o.resources.as_deref().unwrap_or_default(), r)
+                                || r.split_once('/').is_some_and(|(_, sub)| {
+                                    o.resources
+                                        .iter()
+                                        .flatten()
+                                        .any(|x| *x == format!("*/{sub}"))
+                                }))
+                            && (o_names.is_empty() || name.is_some_and(|n| o_names.contains(n)))
+                    });
+                    if !ok {
+                        return false;
+                    }
                 }
             }
         }
@@ -333,5 +339,21 @@ mod tests {
         let admin = vec![rule(&["*"], &["*"], &["*"], &[])];
         assert!(covers(&admin, &rule(&["*"], &["*"], &["*"], &[])));
         assert!(!covers(&owner, &rule(&["*"], &["*"], &["*"], &[])));
+        let split = vec![
+            rule(&["get"], &[""], &["configmaps"], &["a"]),
+            rule(&["get"], &[""], &["configmaps"], &["b"]),
+        ];
+        assert!(covers(
+            &split,
+            &rule(&["get"], &[""], &["configmaps"], &["a", "b"])
+        ));
+        assert!(!covers(
+            &split,
+            &rule(&["get"], &[""], &["configmaps"], &["a", "c"])
+        ));
+        assert!(!covers(
+            &split,
+            &rule(&["get"], &[""], &["configmaps"], &[])
+        ));
     }
 }
