@@ -178,7 +178,7 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
     }
     let svc = service::Service {
         ca: running.ca.clone(),
-        reviewer: Reviewer::new(client, a.audience.clone()),
+        reviewer: Reviewer::with_pod_cache(client, a.audience.clone()).await,
         trust_domain: a.trust_domain.clone(),
         lifetime: a.cert_lifetime,
         metrics: metrics.clone(),

@@ -1,12 +1,18 @@
 //! Who presents a token: asked of the API server with a TokenReview (so the service works the
 //! same on any Kubernetes cluster, with the system:auth-delegator role), then whether the pod
-//! the token is bound to still exists with the same uid.
+//! the token is bound to still exists with the same uid — from a watch cache of pods (what
+//! Linkerd's controllers keep too), asking the API server only when the cache does not have
+//! it as the token says (a pod created a moment ago).
 
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
     core::v1::Pod,
 };
-use kube::{api::PostParams, Api, Client};
+use kube::{
+    api::PostParams,
+    runtime::reflector::{ObjectRef, Store},
+    Api, Client,
+};
 
 /// The workload a valid token belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,11 +57,32 @@ impl ReviewError {
 pub struct Reviewer {
     client: Client,
     audience: String,
+    pods: Option<Store<Pod>>,
 }
 
 impl Reviewer {
+    /// Checks pods with a GET each time.
     pub fn new(client: Client, audience: String) -> Self {
-        Reviewer { client, audience }
+        Reviewer {
+            client,
+            audience,
+            pods: None,
+        }
+    }
+
+    /// Checks pods in a watch cache first (list/watch on pods needed); ready once listed.
+    pub async fn with_pod_cache(client: Client, audience: String) -> Self {
+        let (pods, _task) = meshwork_kube_watch::reflect(
+            Api::<Pod>::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+            meshwork_kube_watch::Changes::new(),
+        );
+        let _ = pods.wait_until_ready().await;
+        Reviewer {
+            client,
+            audience,
+            pods: Some(pods),
+        }
     }
 
     pub async fn review(&self, token: &str) -> Result<Reviewed, ReviewError> {
@@ -103,13 +130,22 @@ impl Reviewer {
         ) else {
             return Err(ReviewError::Unbound);
         };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        match pods.get_opt(&pod).await {
-            Ok(Some(p))
-                if p.metadata.uid.as_deref() == Some(pod_uid.as_str())
-                    && p.metadata.deletion_timestamp.is_none() => {}
-            Ok(_) => return Err(ReviewError::PodGone(format!("{ns}/{pod}"))),
-            Err(e) => return Err(ReviewError::Unavailable(e.to_string())),
+        let live = |p: &Pod| {
+            p.metadata.uid.as_deref() == Some(pod_uid.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        };
+        let cached = self
+            .pods
+            .as_ref()
+            .and_then(|s| s.get(&ObjectRef::new(&pod).within(ns)))
+            .is_some_and(|p| live(&p));
+        if !cached {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            match pods.get_opt(&pod).await {
+                Ok(Some(p)) if live(&p) => {}
+                Ok(_) => return Err(ReviewError::PodGone(format!("{ns}/{pod}"))),
+                Err(e) => return Err(ReviewError::Unavailable(e.to_string())),
+            }
         }
         Ok(Reviewed {
             namespace: ns.to_string(),
