@@ -233,8 +233,13 @@ pub async fn down(a: DownArgs) -> Result<()> {
     if std::path::Path::new("/sys/class/net").join(&link).exists() {
         let nl = meshwork_netlink::Netlink::connect()?;
         if let Some(l) = nl.link_by_name(&link).await? {
-            nl.delete_link(l.index).await?;
-            println!("removed the host link {link}");
+            // The link is one end of a veth whose other end was in the underlay namespace the
+            // sweep just deleted: the kernel may remove it between the lookup and the delete.
+            match nl.delete_link(l.index).await {
+                Ok(()) => println!("removed the host link {link}"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     let kc = info
