@@ -119,6 +119,58 @@ pub fn generate_issuer(
     })
 }
 
+fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    f.write_all(data.as_bytes())
+}
+
+/// Writes a new issuer signed by the anchor into `dir` as `tls.crt` and `tls.key` (0600), the
+/// names the service reads (server.rs); returns it.
+pub fn write_issuer(
+    dir: &std::path::Path,
+    trust_domain: &str,
+    anchor_cert_pem: &str,
+    anchor_key_pem: &str,
+    lifetime: Duration,
+) -> Result<Generated, CaError> {
+    let issuer = generate_issuer(trust_domain, anchor_cert_pem, anchor_key_pem, lifetime)?;
+    let io = |e: std::io::Error| load("writing the issuer", e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    write_private(&dir.join("tls.crt"), &issuer.cert_pem).map_err(io)?;
+    write_private(&dir.join("tls.key"), &issuer.key_pem).map_err(io)?;
+    Ok(issuer)
+}
+
+/// Writes a new trust anchor (`ca.crt`, `ca.key`) and an issuer from it (`tls.crt`,
+/// `tls.key`) into `dir`; returns (anchor, issuer).
+pub fn write_new_ca(
+    dir: &std::path::Path,
+    trust_domain: &str,
+    anchor_lifetime: Duration,
+    issuer_lifetime: Duration,
+) -> Result<(Generated, Generated), CaError> {
+    let anchor = generate_anchor(trust_domain, anchor_lifetime)?;
+    let io = |e: std::io::Error| load("writing the trust anchor", e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    write_private(&dir.join("ca.crt"), &anchor.cert_pem).map_err(io)?;
+    write_private(&dir.join("ca.key"), &anchor.key_pem).map_err(io)?;
+    let issuer = write_issuer(
+        dir,
+        trust_domain,
+        &anchor.cert_pem,
+        &anchor.key_pem,
+        issuer_lifetime,
+    )?;
+    Ok((anchor, issuer))
+}
+
 /// Every certificate of a PEM bundle, DER.
 pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

@@ -82,33 +82,13 @@ struct NewIssuer {
     lifetime: Duration,
 }
 
-fn write_private(path: &std::path::Path, data: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| path.display().to_string())?;
-    f.write_all(data.as_bytes())?;
-    Ok(())
-}
-
 fn init(a: Init) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.out)?;
-    let anchor = ca::generate_anchor(&a.trust_domain, a.anchor_lifetime)?;
-    let issuer = ca::generate_issuer(
+    ca::write_new_ca(
+        &a.out,
         &a.trust_domain,
-        &anchor.cert_pem,
-        &anchor.key_pem,
+        a.anchor_lifetime,
         a.issuer_lifetime,
     )?;
-    write_private(&a.out.join("ca.crt"), &anchor.cert_pem)?;
-    write_private(&a.out.join("ca.key"), &anchor.key_pem)?;
-    write_private(&a.out.join("tls.crt"), &issuer.cert_pem)?;
-    write_private(&a.out.join("tls.key"), &issuer.key_pem)?;
     println!(
         "trust anchor and issuer for {} in {}",
         a.trust_domain,
@@ -122,10 +102,7 @@ fn new_issuer(a: NewIssuer) -> anyhow::Result<()> {
         .with_context(|| a.anchor_cert.display().to_string())?;
     let key = std::fs::read_to_string(&a.anchor_key)
         .with_context(|| a.anchor_key.display().to_string())?;
-    let issuer = ca::generate_issuer(&a.trust_domain, &cert, &key, a.lifetime)?;
-    std::fs::create_dir_all(&a.out)?;
-    write_private(&a.out.join("tls.crt"), &issuer.cert_pem)?;
-    write_private(&a.out.join("tls.key"), &issuer.key_pem)?;
+    ca::write_issuer(&a.out, &a.trust_domain, &cert, &key, a.lifetime)?;
     println!("issuer in {}", a.out.display());
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Secret},
     ByteString,
@@ -24,37 +24,14 @@ pub const TRUST_DOMAIN: &str = meshwork_identity::DEFAULT_TRUST_DOMAIN;
 const ANCHOR_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const ISSUER_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn write_private(path: &Path, data: &str) -> Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| path.display().to_string())?;
-    f.write_all(data.as_bytes())?;
-    Ok(())
-}
-
 /// The CA files in `dir`, made when missing; (anchors, issuer cert, issuer key) PEM.
 pub fn ensure_ca(dir: &Path) -> Result<(String, String, String)> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     if let (Some(a), Some(c), Some(k)) = (read("ca.crt"), read("tls.crt"), read("tls.key")) {
         return Ok((a, c, k));
     }
-    std::fs::create_dir_all(dir)?;
-    let anchor = meshwork_identity::ca::generate_anchor(TRUST_DOMAIN, ANCHOR_LIFE)?;
-    let issuer = meshwork_identity::ca::generate_issuer(
-        TRUST_DOMAIN,
-        &anchor.cert_pem,
-        &anchor.key_pem,
-        ISSUER_LIFE,
-    )?;
-    write_private(&dir.join("ca.crt"), &anchor.cert_pem)?;
-    write_private(&dir.join("ca.key"), &anchor.key_pem)?;
-    write_private(&dir.join("tls.crt"), &issuer.cert_pem)?;
-    write_private(&dir.join("tls.key"), &issuer.key_pem)?;
+    let (anchor, issuer) =
+        meshwork_identity::ca::write_new_ca(dir, TRUST_DOMAIN, ANCHOR_LIFE, ISSUER_LIFE)?;
     Ok((anchor.cert_pem, issuer.cert_pem, issuer.key_pem))
 }
 

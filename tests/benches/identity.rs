@@ -16,9 +16,11 @@
     reason = "bench code: a panic with its location is the failure report"
 )]
 
+#[path = "../tests/support/procs.rs"]
+mod procs;
+
 use std::{
-    io::BufRead,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -35,6 +37,7 @@ use meshwork_identity::{
     SpiffeId,
 };
 use meshwork_lab::{cgroup::lab_binary, stats::pct};
+use procs::start;
 use serde_json::json;
 
 const TD: &str = "cluster.local";
@@ -43,35 +46,6 @@ const WORKLOADS: usize = 64;
 const ROTATING: usize = 500;
 const FLOOR_N: usize = 2000;
 const REVIEWS: usize = 1000;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(bin: &str, args: &[&str], want: usize) -> (Proc, Vec<String>) {
-    let mut child = Command::new(lab_binary(bin))
-        .args(args)
-        .env("MESHWORK_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin} (cargo build --release --bins): {e}"));
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let lines = (0..want)
-        .map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("started"))
-        .collect();
-    (Proc(child), lines)
-}
 
 fn stats(what: &str, mut ms: Vec<f64>, wall: Duration) {
     let n = ms.len();
@@ -151,6 +125,8 @@ async fn main() {
             "normal",
             "--controllers=false",
         ],
+        &[("MESHWORK_LOG", "warn")],
+        None,
         1,
     );
     let kc = data.join("admin.kubeconfig");
@@ -174,6 +150,8 @@ async fn main() {
             "--kubeconfig",
             kc.to_str().unwrap(),
         ],
+        &[("MESHWORK_LOG", "warn")],
+        None,
         2,
     );
     let addr = lines[1]

@@ -15,10 +15,12 @@
     reason = "test code: a panic with its location is the failure report"
 )]
 
+#[path = "support/procs.rs"]
+mod procs;
+
 use std::{
-    io::BufRead,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -38,48 +40,11 @@ use meshwork_identity::{
     SpiffeId,
 };
 use meshwork_lab::cgroup::lab_binary;
+use procs::{start, Proc};
 use serde_json::{json, Value};
 
 const AUDIENCE: &str = "identity.meshwork.io";
 const TD: &str = "cluster.local";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `bin args`, returns it and the lines it printed until `want` lines came.
-fn start(bin: &str, args: &[&str], stderr: &Path, want: usize) -> (Proc, Vec<String>) {
-    let mut child = Command::new(lab_binary(bin))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin} (cargo build --bins): {e}"));
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut lines = Vec::new();
-    for _ in 0..want {
-        let l = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{bin} did not start: {}",
-                    std::fs::read_to_string(stderr).unwrap_or_default()
-                )
-            });
-        lines.push(l);
-    }
-    (Proc(child), lines)
-}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -102,7 +67,8 @@ impl Cluster {
                 "--sqlite-sync",
                 "normal",
             ],
-            &dir.path().join("apiserver.log"),
+            &[],
+            Some(&dir.path().join("apiserver.log")),
             1,
         );
         let client = meshwork_kube_watch::client(Some(&data.join("admin.kubeconfig")))
@@ -344,7 +310,8 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
             "--kubeconfig",
             c.path("api/admin.kubeconfig").to_str().unwrap(),
         ],
-        &log,
+        &[],
+        Some(&log),
         2,
     );
     let svc = IdentitySvc {

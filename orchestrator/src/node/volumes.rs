@@ -232,6 +232,38 @@ impl Mounter<'_> {
         out
     }
 
+    /// A ConfigMap's keys (or `items`) into `dir`; nothing when optional and missing.
+    async fn write_configmap(
+        &self,
+        dir: &Path,
+        name: &str,
+        optional: Option<bool>,
+        items: Option<&Vec<KeyToPath>>,
+        mode: u32,
+    ) -> Result<(), String> {
+        if let Some(cm) = self.configmap(name, optional == Some(true)).await? {
+            let what = format!("configmap \"{name}\"");
+            write_keys(dir, &Self::configmap_data(&cm), items, mode, &what)?;
+        }
+        Ok(())
+    }
+
+    /// A Secret's keys (or `items`) into `dir`; nothing when optional and missing.
+    async fn write_secret(
+        &self,
+        dir: &Path,
+        name: &str,
+        optional: Option<bool>,
+        items: Option<&Vec<KeyToPath>>,
+        mode: u32,
+    ) -> Result<(), String> {
+        if let Some(sec) = self.secret(name, optional == Some(true)).await? {
+            let what = format!("secret \"{name}\"");
+            write_keys(dir, &Self::secret_data(&sec), items, mode, &what)?;
+        }
+        Ok(())
+    }
+
     /// Sets up every volume of the pod.
     pub async fn mount_all(&self) -> Result<PodVolumes, String> {
         let mut out = PodVolumes::default();
@@ -280,30 +312,14 @@ impl Mounter<'_> {
         } else if let Some(c) = &v.config_map {
             mkdir(&dir)?;
             let mode = c.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
-            if let Some(cm) = self.configmap(&c.name, c.optional == Some(true)).await? {
-                let what = format!("configmap \"{}\"", c.name);
-                write_keys(
-                    &dir,
-                    &Self::configmap_data(&cm),
-                    c.items.as_ref(),
-                    mode,
-                    &what,
-                )?;
-            }
+            self.write_configmap(&dir, &c.name, c.optional, c.items.as_ref(), mode)
+                .await?;
         } else if let Some(s) = &v.secret {
             mkdir(&dir)?;
             let mode = s.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             let name = s.secret_name.clone().unwrap_or_default();
-            if let Some(sec) = self.secret(&name, s.optional == Some(true)).await? {
-                let what = format!("secret \"{name}\"");
-                write_keys(
-                    &dir,
-                    &Self::secret_data(&sec),
-                    s.items.as_ref(),
-                    mode,
-                    &what,
-                )?;
-            }
+            self.write_secret(&dir, &name, s.optional, s.items.as_ref(), mode)
+                .await?;
         } else if let Some(d) = &v.downward_api {
             mkdir(&dir)?;
             let mode = d.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
@@ -313,27 +329,11 @@ impl Mounter<'_> {
             let mode = p.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             for src in p.sources.iter().flatten() {
                 if let Some(c) = &src.config_map {
-                    if let Some(cm) = self.configmap(&c.name, c.optional == Some(true)).await? {
-                        let what = format!("configmap \"{}\"", c.name);
-                        write_keys(
-                            &dir,
-                            &Self::configmap_data(&cm),
-                            c.items.as_ref(),
-                            mode,
-                            &what,
-                        )?;
-                    }
-                } else if let Some(s) = &src.secret {
-                    if let Some(sec) = self.secret(&s.name, s.optional == Some(true)).await? {
-                        let what = format!("secret \"{}\"", s.name);
-                        write_keys(
-                            &dir,
-                            &Self::secret_data(&sec),
-                            s.items.as_ref(),
-                            mode,
-                            &what,
-                        )?;
-                    }
+                    self.write_configmap(&dir, &c.name, c.optional, c.items.as_ref(), mode)
+                        .await?;
+                } else if let Some(sec) = &src.secret {
+                    self.write_secret(&dir, &sec.name, sec.optional, sec.items.as_ref(), mode)
+                        .await?;
                 } else if let Some(d) = &src.downward_api {
                     downward(self.pod, &dir, d.items.as_deref().unwrap_or_default(), mode)?;
                 } else if let Some(t) = &src.service_account_token {

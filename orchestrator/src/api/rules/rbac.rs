@@ -195,70 +195,45 @@ impl Rules for ClusterRole {
     }
 }
 
-impl Rules for RoleBinding {
-    const NAMESPACED: bool = true;
-    const SINGULAR: &'static str = "rolebinding";
-    const NAME_RULE: NameRule = NameRule::PathSegment;
-    const COLUMNS: &'static [Column] = BINDING_COLUMNS;
+/// RoleBinding and ClusterRoleBinding differ only in scope (which roles and subjects they may
+/// name); one set of rules serves both.
+macro_rules! binding_rules {
+    ($kind:ty, $namespaced:expr, $singular:expr) => {
+        impl Rules for $kind {
+            const NAMESPACED: bool = $namespaced;
+            const SINGULAR: &'static str = $singular;
+            const NAME_RULE: NameRule = NameRule::PathSegment;
+            const COLUMNS: &'static [Column] = BINDING_COLUMNS;
 
-    fn default(&mut self) {
-        default_subjects(self.subjects.as_mut());
-    }
-    fn validate(&self, causes: &mut Vec<Cause>) {
-        validate_role_ref(&self.role_ref, true, causes);
-        validate_subjects(self.subjects.as_ref(), true, causes);
-    }
-    fn validate_update(&self, old: &Self, causes: &mut Vec<Cause>) {
-        if self.role_ref != old.role_ref {
-            causes.push(Cause::invalid(
-                "roleRef",
-                &self.role_ref.name,
-                "cannot change roleRef",
-            ));
+            fn default(&mut self) {
+                default_subjects(self.subjects.as_mut());
+            }
+            fn validate(&self, causes: &mut Vec<Cause>) {
+                validate_role_ref(&self.role_ref, $namespaced, causes);
+                validate_subjects(self.subjects.as_ref(), $namespaced, causes);
+            }
+            fn validate_update(&self, old: &Self, causes: &mut Vec<Cause>) {
+                if self.role_ref != old.role_ref {
+                    causes.push(Cause::invalid(
+                        "roleRef",
+                        &self.role_ref.name,
+                        "cannot change roleRef",
+                    ));
+                }
+            }
+            fn row(&self, now: Timestamp) -> Vec<Value> {
+                let [u, g, sa] = subject_cells(self.subjects.as_ref());
+                vec![
+                    role_ref_cell(&self.role_ref),
+                    age(&self.metadata, now),
+                    u,
+                    g,
+                    sa,
+                ]
+            }
         }
-    }
-    fn row(&self, now: Timestamp) -> Vec<Value> {
-        let [u, g, sa] = subject_cells(self.subjects.as_ref());
-        vec![
-            role_ref_cell(&self.role_ref),
-            age(&self.metadata, now),
-            u,
-            g,
-            sa,
-        ]
-    }
+    };
 }
 
-impl Rules for ClusterRoleBinding {
-    const NAMESPACED: bool = false;
-    const SINGULAR: &'static str = "clusterrolebinding";
-    const NAME_RULE: NameRule = NameRule::PathSegment;
-    const COLUMNS: &'static [Column] = BINDING_COLUMNS;
-
-    fn default(&mut self) {
-        default_subjects(self.subjects.as_mut());
-    }
-    fn validate(&self, causes: &mut Vec<Cause>) {
-        validate_role_ref(&self.role_ref, false, causes);
-        validate_subjects(self.subjects.as_ref(), false, causes);
-    }
-    fn validate_update(&self, old: &Self, causes: &mut Vec<Cause>) {
-        if self.role_ref != old.role_ref {
-            causes.push(Cause::invalid(
-                "roleRef",
-                &self.role_ref.name,
-                "cannot change roleRef",
-            ));
-        }
-    }
-    fn row(&self, now: Timestamp) -> Vec<Value> {
-        let [u, g, sa] = subject_cells(self.subjects.as_ref());
-        vec![
-            role_ref_cell(&self.role_ref),
-            age(&self.metadata, now),
-            u,
-            g,
-            sa,
-        ]
-    }
-}
+binding_rules!(RoleBinding, true, "rolebinding");
+binding_rules!(ClusterRoleBinding, false, "clusterrolebinding");
