@@ -9,15 +9,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshwork_ebpf::{Algorithm, Datapath};
+use meshwork_ebpf::{Algorithm, BpfDatapath, Datapath};
 use meshwork_kube_watch::{Changes, ServiceWatch};
 use tokio::net::TcpListener;
 
 use crate::{
+    apply::apply,
     config::{Config, LbAlgorithm},
     desired::{Desired, NodeInfo, Options},
     metrics::{now_ms, Metrics},
-    plan::{plan, Op},
+    plan::plan,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -97,34 +98,6 @@ pub fn uninstall(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies `ops`; returns how many failed (those are planned again on the next pass).
-fn apply(dp: &mut Datapath, have: &mut Desired, ops: Vec<Op>) -> usize {
-    let mut failed = 0;
-    for op in ops {
-        match op {
-            Op::Upsert(s) => match dp.upsert(&s) {
-                Ok(()) => {
-                    have.insert(s.frontend, s);
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(frontend = ?s.frontend, error = %e, "upsert");
-                }
-            },
-            Op::Remove(f) => match dp.remove(&f) {
-                Ok(_) => {
-                    have.remove(&f);
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(frontend = ?f, error = %e, "remove");
-                }
-            },
-        }
-    }
-    failed
-}
-
 pub async fn start(cfg: Config) -> Result<Running, Error> {
     let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let cfg = crate::discover::resolve(cfg, &client).await?;
@@ -139,7 +112,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
             LbAlgorithm::Maglev => Algorithm::Maglev,
         },
     };
-    let dp = Datapath::open(datapath_config(&cfg)?)?;
+    let dp = BpfDatapath::open(datapath_config(&cfg)?)?;
     let have: Desired = dp.list()?.into_iter().map(|s| (s.frontend, s)).collect();
     tracing::info!(frontends = have.len(), "datapath read back");
     let dp = Arc::new(Mutex::new((dp, have)));

@@ -4,6 +4,7 @@
 //! modules when the proxy lands.
 
 pub mod app;
+pub mod apply;
 pub mod config;
 pub mod desired;
 pub mod discover;

@@ -174,6 +174,15 @@ pub fn layouts() -> Vec<Layout> {
             ],
         ),
         (
+            "mw_svc6_key",
+            size_of::<Svc6Key>(),
+            vec![
+                ("addr", offset_of!(Svc6Key, addr)),
+                ("port", offset_of!(Svc6Key, port)),
+                ("proto", offset_of!(Svc6Key, proto)),
+            ],
+        ),
+        (
             "mw_svc",
             size_of::<Svc>(),
             vec![

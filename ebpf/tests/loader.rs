@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
-use meshwork_ebpf::{abi, Algorithm, Backend, Config, Datapath, Frontend, Service};
+use meshwork_ebpf::{abi, Algorithm, Backend, BpfDatapath, Config, Datapath, Frontend, Service};
 use meshwork_lab::{sh, Lab, Node};
 
 fn config(lab: &Lab, node: &Node) -> Config {
@@ -98,7 +98,7 @@ fn cgroup_progs(lab: &Lab, node: &Node) -> String {
 fn programs_stay_attached_and_maps_survive_the_loader() {
     let lab = Lab::new("ebpf_restart");
     let node = lab.node("n1");
-    let mut dp = Datapath::open(config(&lab, &node)).unwrap();
+    let mut dp = BpfDatapath::open(config(&lab, &node)).unwrap();
     let mut a = svc(
         [10, 96, 0, 10],
         80,
@@ -132,7 +132,7 @@ fn programs_stay_attached_and_maps_survive_the_loader() {
     assert!(lab.bpf_pin_dir(&node).join("mw_services").exists());
 
     // A new loader reads back what is programmed; nothing was flushed.
-    let mut dp = Datapath::open(config(&lab, &node)).unwrap();
+    let mut dp = BpfDatapath::open(config(&lab, &node)).unwrap();
     let listed = dp.list().unwrap();
     assert_eq!(listed, vec![a.clone(), b.clone()]);
     // And it does not attach a second copy.
@@ -170,8 +170,8 @@ fn programs_stay_attached_and_maps_survive_the_loader() {
 fn each_node_has_its_own_maps_and_cgroup() {
     let lab = Lab::new("ebpf_two_nodes");
     let (n1, n2) = (lab.node("n1"), lab.node("n2"));
-    let mut d1 = Datapath::open(config(&lab, &n1)).unwrap();
-    let mut d2 = Datapath::open(config(&lab, &n2)).unwrap();
+    let mut d1 = BpfDatapath::open(config(&lab, &n1)).unwrap();
+    let mut d2 = BpfDatapath::open(config(&lab, &n2)).unwrap();
     d1.upsert(&svc([10, 96, 0, 1], 80, &[([10, 244, 1, 2], 80)]))
         .unwrap();
     d2.upsert(&svc([10, 96, 0, 2], 80, &[([10, 244, 2, 2], 80)]))

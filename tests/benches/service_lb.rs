@@ -22,7 +22,7 @@ use std::{
 };
 
 use mesh_ctl::cluster::LabCluster;
-use meshwork_ebpf::{Algorithm, Backend, Config, Datapath, Frontend, Service};
+use meshwork_ebpf::{Algorithm, Backend, BpfDatapath, Config, Datapath, Frontend, Service};
 use meshwork_lab::{Lab, Node};
 
 const CONNECTS: &str = "2000";
@@ -118,7 +118,7 @@ async fn main() {
     );
     let mut cfg = Config::new(&n1.name, c.lab.cgroup(&n1));
     cfg.pin_dir = c.lab.bpf_pin_dir(&n1);
-    let mut dp = Datapath::open(cfg).unwrap();
+    let mut dp = BpfDatapath::open(cfg).unwrap();
     let backend = match a1 {
         SocketAddr::V4(a) => Backend::new(*a.ip(), a.port()),
         _ => unreachable!(),

@@ -14,7 +14,7 @@ use std::{
 };
 
 use mesh_ctl::cluster::{LabCluster, Pod};
-use meshwork_ebpf::{Algorithm, Backend, Config, Datapath, Frontend, Service, Uplink};
+use meshwork_ebpf::{Algorithm, Backend, BpfDatapath, Config, Datapath, Frontend, Service, Uplink};
 use meshwork_lab::{servers::IdentityServer, Lab};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -56,7 +56,7 @@ impl World {
         }
     }
 
-    fn datapath(&self, uplink: bool) -> Datapath {
+    fn datapath(&self, uplink: bool) -> BpfDatapath {
         let n1 = &self.c.nodes[0].node;
         let mut cfg = Config::new(&n1.name, self.c.lab.cgroup(n1));
         cfg.pin_dir = self.c.lab.bpf_pin_dir(n1);
@@ -66,7 +66,7 @@ impl World {
                 name: n1.uplink.clone(),
             });
         }
-        Datapath::open(cfg).unwrap()
+        BpfDatapath::open(cfg).unwrap()
     }
 
     fn backend_set(&self, idx: &[usize]) -> Vec<Backend> {

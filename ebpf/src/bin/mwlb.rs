@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use meshwork_ebpf::{Algorithm, Backend, Config, Datapath, Frontend, Service};
+use meshwork_ebpf::{Algorithm, Backend, BpfDatapath, Config, Datapath, Frontend, Service};
 
 #[derive(Parser)]
 #[command(
@@ -83,7 +83,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .iter()
                 .map(|s| parse(s))
                 .collect::<Result<_, _>>()?;
-            let mut dp = Datapath::open(cfg(cgroup)).map_err(|e| e.to_string())?;
+            let mut dp = BpfDatapath::open(cfg(cgroup)).map_err(|e| e.to_string())?;
             for s in &services {
                 dp.upsert(s).map_err(|e| e.to_string())?;
             }
@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::List { cgroup } => {
-            let dp = Datapath::open(cfg(cgroup)).map_err(|e| e.to_string())?;
+            let dp = BpfDatapath::open(cfg(cgroup)).map_err(|e| e.to_string())?;
             for s in dp.list().map_err(|e| e.to_string())? {
                 let backs: Vec<String> = s
                     .backends
