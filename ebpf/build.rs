@@ -2,7 +2,8 @@
 
 use std::{env, path::PathBuf, process::Command};
 
-const PROGRAMS: &[&str] = &["sock_lb", "tc_nodeport"];
+/// Entry objects; `tests/*` are the BPF_PROG_RUN harnesses (loaded by tests only).
+const PROGRAMS: &[&str] = &["sock_lb", "tc_nodeport", "tests/sock_lb_test"];
 
 fn main() {
     let clang = env::var("MESHWORK_CLANG").unwrap_or_else(|_| "clang-19".into());
@@ -13,7 +14,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MESHWORK_CLANG");
     for prog in PROGRAMS {
         let src = format!("bpf/{prog}.c");
-        let obj = out.join(format!("{prog}.o"));
+        let name = prog.rsplit('/').next().unwrap_or(prog);
+        let obj = out.join(format!("{name}.o"));
         let status = Command::new(&clang)
             .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g"])
             .args(["-Wall", "-Wextra", "-Werror", "-Ibpf/include", "-c"])

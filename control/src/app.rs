@@ -113,6 +113,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
         },
     };
     let dp = BpfDatapath::open(datapath_config(&cfg)?)?;
+    let pin_dir = dp.pin_dir().to_path_buf();
     let have: Desired = dp.list()?.into_iter().map(|s| (s.frontend, s)).collect();
     tracing::info!(frontends = have.len(), "datapath read back");
     let dp = Arc::new(Mutex::new((dp, have)));
@@ -131,6 +132,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     tasks.push(nodes_task);
     let me = node.name.clone();
     let metrics = Metrics::new();
+    metrics.follow_datapath(pin_dir);
     let m = metrics.clone();
     let reconcile = tokio::spawn(async move {
         // Nothing is planned before both lists are in: a partial view would remove live

@@ -9,7 +9,7 @@ use std::{
 };
 
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Unix ms of the oldest change not yet applied (0: none pending).
     pub pending_since_ms: AtomicI64,
     pub synced: AtomicBool,
+    /// The kernel's drop counters (`mw_drops`), followed at each scrape.
+    drops: Family<Vec<(&'static str, &'static str)>, Counter>,
+    pin_dir: std::sync::OnceLock<std::path::PathBuf>,
     registry: Registry,
 }
 
@@ -70,7 +73,15 @@ impl Metrics {
             "Unix time of the last successful sync",
             last_sync.clone(),
         );
+        let drops = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "datapath_drops",
+            "Connects refused and packets dropped by the eBPF datapath, by reason",
+            drops.clone(),
+        );
         Arc::new(Metrics {
+            drops,
+            pin_dir: std::sync::OnceLock::new(),
             services,
             endpoints,
             sync_duration,
@@ -82,7 +93,27 @@ impl Metrics {
         })
     }
 
+    /// Where the datapath's maps are pinned: its drop counters join the metrics.
+    pub fn follow_datapath(&self, pin_dir: std::path::PathBuf) {
+        let _ = self.pin_dir.set(pin_dir);
+    }
+
+    /// Brings the drop counters up to the kernel's (monotonic; per-CPU sums).
+    fn read_drops(&self) {
+        let Some(dir) = self.pin_dir.get() else {
+            return;
+        };
+        let Ok(drops) = meshwork_ebpf::Observer::open(dir).and_then(|o| o.drops()) else {
+            return;
+        };
+        for (reason, n) in drops {
+            let c = self.drops.get_or_create(&vec![("reason", reason.as_str())]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+    }
+
     pub fn encode(&self) -> String {
+        self.read_drops();
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

@@ -2,7 +2,7 @@
 //! knot (an equivalent zone file), the same run, server pinned to CPU 0 and dnsperf to CPU 1:
 //! server CPU per query at a fixed 50k queries/s, latency p50/p90/p99 at a fixed 20k
 //! queries/s (dnsperf -v logs each answer's latency), and unlimited-rate queries/s (dnsperf
-//! itself saturates near 120-130k/s here, so that figure only bounds a fast server from below).
+//! itself is near its own limit there, so that figure only bounds a fast server from below).
 //! Two query mixes: all existing names, and 10% NXDOMAIN.
 //!
 //! Run: `cargo bench -p meshwork-dns --bench dnsperf` (dnsperf, knot, util-linux from

@@ -1,5 +1,6 @@
 //! Cluster DNS (see README.md): `zone` (snapshot from the API objects), `answer` (query →
-//! response), `forward` (other names), `server` (UDP fast path, TCP), `app` (wiring).
+//! response), `forward` (other names), `server` (UDP fast path, TCP), `wire` (what the fast
+//! path reads without a decode), `metrics` (Prometheus and the admin endpoints), `app` (wiring).
 
 pub mod answer;
 pub mod app;

@@ -6,8 +6,9 @@
 //! flags and question case stamped in), anything else is decoded with hickory-proto and
 //! answered by `answer::answer`; names outside the zone go to the async forwarder. TCP is
 //! tokio, length-prefixed, through the same decode/answer path. hickory-server's request
-//! pipeline is not used: its per-request allocation and dispatch cost several times the whole
-//! fast path.
+//! pipeline is not used: it decodes every request before a handler sees it, so the cache of
+//! encoded answers could not sit in front of the decode (README.md, "Why hickory-proto and not
+//! hickory-server").
 
 use std::{
     collections::HashMap,

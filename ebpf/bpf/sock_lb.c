@@ -6,57 +6,54 @@
 #include "lib/common.h"
 #include "lib/lb_maps.h"
 #include "lib/lb.h"
+#include "lib/sock_xlate.h"
 
 /* A frontend with no usable backend: connect()/sendmsg() fail at once with ECONNREFUSED (what
  * kube-proxy's REJECT gives applications) instead of hanging on a dead VIP. */
-static __always_inline int mw_reject(__u32 svc)
+static __always_inline int mw_reject(void)
 {
-	mw_count(svc, 1);
 	bpf_set_retval(-MW_ECONNREFUSED);
 	return MW_SYS_REJECT;
 }
 
-static __always_inline int mw_xlate_fwd(struct bpf_sock_addr *ctx)
+/* The hooks copy their context into the decision's arguments and back (lib/sock_xlate.h). */
+static __always_inline struct mw_sock4 mw_sock4_of(struct bpf_sock_addr *ctx)
 {
-	struct mw_svc_key key = {
+	struct mw_sock4 s = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.netns_cookie = bpf_get_netns_cookie(ctx),
 		.addr = ctx->user_ip4,
 		.port = (__be16)ctx->user_port,
 		.proto = (__u8)ctx->protocol,
 	};
-	struct mw_svc *svc = bpf_map_lookup_elem(&mw_services, &key);
-	__u32 backend_id = 0;
+	return s;
+}
 
-	if (!svc)
-		return MW_SYS_PROCEED;
+static __always_inline int mw_xlate_fwd(struct bpf_sock_addr *ctx)
+{
+	struct mw_sock4 s = mw_sock4_of(ctx);
+	__be32 addr = s.addr;
+	__be16 port = s.port;
 
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct mw_backend *be = mw_pick(svc, bpf_get_netns_cookie(ctx), mw_hash64(cookie), &backend_id);
-
-	if (!be)
-		return mw_reject(svc->id);
-
-	struct mw_revnat_key rk = { .cookie = cookie, .addr = be->addr, .port = be->port };
-	struct mw_revnat_val rv = { .addr = key.addr, .port = key.port };
-
-	bpf_map_update_elem(&mw_revnat, &rk, &rv, BPF_ANY);
-	ctx->user_ip4 = be->addr;
-	ctx->user_port = be->port;
-	mw_count(svc->id, 0);
+	if (mw_sock_fwd4(&s))
+		return mw_reject();
+	if (s.addr != addr || s.port != port) {
+		ctx->user_ip4 = s.addr;
+		ctx->user_port = s.port;
+	}
 	return MW_SYS_PROCEED;
 }
 
 static __always_inline int mw_xlate_rev(struct bpf_sock_addr *ctx)
 {
-	struct mw_revnat_key rk = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
-		.port = (__be16)ctx->user_port,
-	};
-	struct mw_revnat_val *rv = bpf_map_lookup_elem(&mw_revnat, &rk);
+	struct mw_sock4 s = mw_sock4_of(ctx);
+	__be32 addr = s.addr;
+	__be16 port = s.port;
 
-	if (rv) {
-		ctx->user_ip4 = rv->addr;
-		ctx->user_port = rv->port;
+	mw_sock_rev4(&s);
+	if (s.addr != addr || s.port != port) {
+		ctx->user_ip4 = s.addr;
+		ctx->user_port = s.port;
 	}
 	return MW_SYS_PROCEED;
 }
@@ -85,65 +82,55 @@ int mw_getpeername4(struct bpf_sock_addr *ctx)
 	return mw_xlate_rev(ctx);
 }
 
-static __always_inline int mw_xlate_fwd6(struct bpf_sock_addr *ctx)
+static __always_inline struct mw_sock6 mw_sock6_of(struct bpf_sock_addr *ctx)
 {
-	struct mw_svc6_key key = {
+	struct mw_sock6 s = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.netns_cookie = bpf_get_netns_cookie(ctx),
 		.port = (__be16)ctx->user_port,
 		.proto = (__u8)ctx->protocol,
 	};
-	__u32 backend_id = 0;
 
-	key.addr[0] = ctx->user_ip6[0];
-	key.addr[1] = ctx->user_ip6[1];
-	key.addr[2] = ctx->user_ip6[2];
-	key.addr[3] = ctx->user_ip6[3];
-	struct mw_svc *svc = bpf_map_lookup_elem(&mw_services6, &key);
+	s.addr[0] = ctx->user_ip6[0];
+	s.addr[1] = ctx->user_ip6[1];
+	s.addr[2] = ctx->user_ip6[2];
+	s.addr[3] = ctx->user_ip6[3];
+	return s;
+}
 
-	if (!svc)
-		return MW_SYS_PROCEED;
+/* The context's user_ip6 takes 4-byte writes only. */
+static __always_inline void mw_sock6_to(struct bpf_sock_addr *ctx, struct mw_sock6 *s)
+{
+	ctx->user_ip6[0] = s->addr[0];
+	ctx->user_ip6[1] = s->addr[1];
+	ctx->user_ip6[2] = s->addr[2];
+	ctx->user_ip6[3] = s->addr[3];
+	ctx->user_port = s->port;
+}
 
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct mw_backend6 *be = NULL;
+static __always_inline int mw_xlate_fwd6(struct bpf_sock_addr *ctx)
+{
+	struct mw_sock6 s = mw_sock6_of(ctx);
+	__u32 svc_port = s.port;
 
-	be = MW_PICK(svc, bpf_get_netns_cookie(ctx), mw_hash64(cookie), &backend_id, &mw_backends6);
-	if (!be)
-		return mw_reject(svc->id);
-
-	struct mw_revnat6_key rk = { .cookie = cookie, .port = be->port };
-	struct mw_revnat6_val rv = { .port = key.port };
-
-	__builtin_memcpy(rk.addr, be->addr, sizeof(rk.addr));
-	__builtin_memcpy(rv.addr, key.addr, sizeof(rv.addr));
-	bpf_map_update_elem(&mw_revnat6, &rk, &rv, BPF_ANY);
-	ctx->user_ip6[0] = be->addr[0];
-	ctx->user_ip6[1] = be->addr[1];
-	ctx->user_ip6[2] = be->addr[2];
-	ctx->user_ip6[3] = be->addr[3];
-	ctx->user_port = be->port;
-	mw_count(svc->id, 0);
+	if (mw_sock_fwd6(&s))
+		return mw_reject();
+	/* Unchanged port and address: not a frontend (a backend never is one). */
+	if (s.port != svc_port || s.addr[0] != ctx->user_ip6[0] || s.addr[1] != ctx->user_ip6[1] ||
+	    s.addr[2] != ctx->user_ip6[2] || s.addr[3] != ctx->user_ip6[3])
+		mw_sock6_to(ctx, &s);
 	return MW_SYS_PROCEED;
 }
 
 static __always_inline int mw_xlate_rev6(struct bpf_sock_addr *ctx)
 {
-	struct mw_revnat6_key rk = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.port = (__be16)ctx->user_port,
-	};
+	struct mw_sock6 s = mw_sock6_of(ctx);
+	__u32 port = s.port;
 
-	rk.addr[0] = ctx->user_ip6[0];
-	rk.addr[1] = ctx->user_ip6[1];
-	rk.addr[2] = ctx->user_ip6[2];
-	rk.addr[3] = ctx->user_ip6[3];
-	struct mw_revnat6_val *rv = bpf_map_lookup_elem(&mw_revnat6, &rk);
-
-	if (rv) {
-		ctx->user_ip6[0] = rv->addr[0];
-		ctx->user_ip6[1] = rv->addr[1];
-		ctx->user_ip6[2] = rv->addr[2];
-		ctx->user_ip6[3] = rv->addr[3];
-		ctx->user_port = rv->port;
-	}
+	mw_sock_rev6(&s);
+	if (s.port != port || s.addr[0] != ctx->user_ip6[0] || s.addr[1] != ctx->user_ip6[1] ||
+	    s.addr[2] != ctx->user_ip6[2] || s.addr[3] != ctx->user_ip6[3])
+		mw_sock6_to(ctx, &s);
 	return MW_SYS_PROCEED;
 }
 

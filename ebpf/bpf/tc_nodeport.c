@@ -10,6 +10,7 @@
 #include "lib/common.h"
 #include "lib/lb_maps.h"
 #include "lib/lb.h"
+#include "lib/drop.h"
 
 #define MW_ETH_LEN 14
 #define MW_IP_CSUM_OFF (MW_ETH_LEN + 10)
@@ -186,8 +187,12 @@ int mw_nodeport_in(struct __sk_buff *skb)
 	};
 	int reply = mw_snat_reply(skb, &p, &fk);
 
+	if (reply < 0) {
+		mw_drop(MW_DROP_REWRITE_FAILED);
+		return MW_TC_ACT_SHOT;
+	}
 	if (reply)
-		return reply < 0 ? MW_TC_ACT_SHOT : MW_TC_ACT_OK;
+		return MW_TC_ACT_OK;
 
 	struct mw_flow_val *fv = bpf_map_lookup_elem(&mw_np_fwd, &fk);
 	struct mw_flow_val chosen = {};
@@ -222,6 +227,7 @@ int mw_nodeport_in(struct __sk_buff *skb)
 			if (cfg && mw_snat_alloc(&p, &chosen, cfg)) {
 				/* No free port: counted as a failed connect, and dropped. */
 				mw_count(chosen.svc, 1);
+				mw_drop(MW_DROP_SNAT_EXHAUSTED);
 				return MW_TC_ACT_SHOT;
 			}
 		}
@@ -254,10 +260,11 @@ int mw_nodeport_in(struct __sk_buff *skb)
 		}
 	}
 	mw_count_bytes(chosen.svc, p.len);
-	if (mw_rewrite(skb, &p, 1, chosen.addr, chosen.port))
+	if (mw_rewrite(skb, &p, 1, chosen.addr, chosen.port) ||
+	    (chosen.nat_port && mw_rewrite(skb, &p, 0, chosen.nat_addr, chosen.nat_port))) {
+		mw_drop(MW_DROP_REWRITE_FAILED);
 		return MW_TC_ACT_SHOT;
-	if (chosen.nat_port && mw_rewrite(skb, &p, 0, chosen.nat_addr, chosen.nat_port))
-		return MW_TC_ACT_SHOT;
+	}
 	return MW_TC_ACT_OK;
 }
 
@@ -279,8 +286,10 @@ int mw_nodeport_out(struct __sk_buff *skb)
 	__be32 addr = rv->addr;
 	__be16 port = rv->port;
 
-	if (mw_rewrite(skb, &p, 0, addr, port))
+	if (mw_rewrite(skb, &p, 0, addr, port)) {
+		mw_drop(MW_DROP_REWRITE_FAILED);
 		return MW_TC_ACT_SHOT;
+	}
 	return MW_TC_ACT_OK;
 }
 

@@ -7,6 +7,32 @@ pub const ALGO_MAGLEV: u16 = 1;
 /// `BackendVal::flags`: the backend is on another node (tc flows to it are SNATed).
 pub const BACKEND_REMOTE: u8 = 1;
 
+/// Why the datapath refused a connect or dropped a packet: `enum mw_drop_reason` in
+/// `bpf/lib/drop.h`, the index of the per-CPU counters in `mw_drops`. Values are ABI (the
+/// BPF_PROG_RUN tests check each one against what the C counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    NoBackend = 1,
+    SnatExhausted = 2,
+    RewriteFailed = 3,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::NoBackend,
+        DropReason::SnatExhausted,
+        DropReason::RewriteFailed,
+    ];
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NoBackend => "no_backend",
+            DropReason::SnatExhausted => "snat_exhausted",
+            DropReason::RewriteFailed => "rewrite_failed",
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SvcKey {

@@ -67,3 +67,7 @@ impl<M: maps::Maps + Send> Datapath for Programmer<M> {
 pub const SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
 pub const TC_NODEPORT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_nodeport.o"));
+/// The BPF_PROG_RUN harness of the socket LB's decision (`bpf/tests/sock_lb_test.c`): tests
+/// only, never attached.
+pub const SOCK_LB_TEST_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb_test.o"));

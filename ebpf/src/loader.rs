@@ -53,6 +53,7 @@ const MAPS: &[&str] = &[
     "mw_np_rev",
     "mw_np_snat",
     "mw_np_cfg",
+    "mw_drops",
 ];
 
 /// The kernel datapath of one node: its programs attached and pinned, its maps programmed.

@@ -153,7 +153,7 @@ impl KernelMaps {
     }
 
     /// The maps pinned in `dir` (another process's datapath, running or stopped).
-    pub(crate) fn pinned(dir: &Path) -> Result<KernelMaps, Error> {
+    pub fn pinned(dir: &Path) -> Result<KernelMaps, Error> {
         Ok(KernelMaps {
             services: pinned(dir, "mw_services")?,
             services6: pinned(dir, "mw_services6")?,

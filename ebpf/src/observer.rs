@@ -2,15 +2,19 @@
 //! process (a benchmark timing convergence, a status command) without loading programs or
 //! reading the whole table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{MapData, PerCpuArray};
 
 use crate::{
+    abi::DropReason,
     maps::{read_ids, BackKey, KernelMaps, Maps},
     Backend, Error, Frontend,
 };
 
 pub struct Observer {
     maps: KernelMaps,
+    pin_dir: PathBuf,
 }
 
 impl Observer {
@@ -18,6 +22,7 @@ impl Observer {
     pub fn open(pin_dir: &Path) -> Result<Observer, Error> {
         Ok(Observer {
             maps: KernelMaps::pinned(pin_dir)?,
+            pin_dir: pin_dir.to_path_buf(),
         })
     }
 
@@ -35,6 +40,26 @@ impl Observer {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
+    }
+
+    /// Drops and refusals so far, per reason (summed over CPUs).
+    pub fn drops(&self) -> Result<Vec<(DropReason, u64)>, Error> {
+        let path = self.pin_dir.join("mw_drops");
+        let data = MapData::from_pin(&path).map_err(|e| Error::Pin {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let arr: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+                .map_err(Error::map("mw_drops"))?;
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                arr.get(&(*r as u32), 0)
+                    .map(|per_cpu| (*r, per_cpu.iter().sum()))
+                    .map_err(Error::map("mw_drops"))
+            })
+            .collect()
     }
 
     /// How many frontends are programmed.

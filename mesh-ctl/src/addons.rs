@@ -1,7 +1,8 @@
 //! The cluster add-ons `up` installs as workloads from deploy/addons/ (the agent DaemonSet,
-//! cluster DNS): the manifests are compiled in, their `%{NAME}%` placeholders filled (k3s's
-//! packaged-manifest convention), and applied with kubectl like any user's manifest. The
-//! images they name are this build's binaries, through the node runtime's image catalog.
+//! cluster DNS, the mesh identity service): the manifests are compiled in, their `%{NAME}%`
+//! placeholders filled (k3s's packaged-manifest convention), and applied with kubectl like any
+//! user's manifest. The images they name are this build's binaries, through the node runtime's
+//! image catalog.
 
 use std::{io::Write, path::Path, process::Stdio};
 

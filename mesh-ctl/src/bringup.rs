@@ -7,7 +7,8 @@
 //! server and get a pod CIDR from its controllers; only then does the node's CNI config appear
 //! (the part a CNI daemonset plays on a real cluster). The add-ons then run as workloads from
 //! deploy/addons (`addons.rs`): the control agent as a host-network DaemonSet (it reads its pod
-//! CIDR from its Node for the VXLAN overlay) and DNS as a Deployment behind kube-dns.
+//! CIDR from its Node for the VXLAN overlay), DNS as a Deployment behind kube-dns, and the mesh
+//! identity service once `identity.rs` has put its CA in place.
 
 use std::{
     io::Write,

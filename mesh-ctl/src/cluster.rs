@@ -1,6 +1,7 @@
 //! A cluster of lab nodes wired the way a real node is: VXLAN overlay between nodes (what the
-//! control agent will program from Node objects) and pods added by the CNI plugin exactly as a
-//! runtime calls it, from the example conflist.
+//! control agent programs from Node objects in a real cluster) and pods added by the CNI plugin
+//! exactly as a runtime calls it, from the example conflist. The e2e tests build on it;
+//! `mesh-ctl up` uses only the example conflist from here.
 
 use std::path::Path;
 

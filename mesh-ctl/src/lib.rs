@@ -1,4 +1,5 @@
-//! mesh-ctl as a library: the lab cluster builder shared by `mesh-ctl up` and the e2e tests.
+//! mesh-ctl as a library: the lab cluster builder and stack helpers the e2e tests use
+//! (`mesh-ctl up` takes the example CNI config from `cluster`).
 
 pub mod cluster;
 pub mod stack;

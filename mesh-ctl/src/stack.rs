@@ -1,6 +1,6 @@
 //! The rest of the stack in a lab cluster: the bundled API server on a node's underlay
-//! address, cluster DNS and a control agent per node (shared by `mesh-ctl up` and the e2e
-//! tests).
+//! address, cluster DNS and a control agent per node, started directly (the e2e tests'
+//! helpers; `mesh-ctl up` runs the agent and DNS as workloads instead, from deploy/addons).
 
 use std::{net::SocketAddr, path::Path, path::PathBuf};
 

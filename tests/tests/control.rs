@@ -93,6 +93,20 @@ impl World {
         start_agent(&self.c, 0, &self.api.kubeconfig).unwrap()
     }
 
+    fn metrics(&self) -> String {
+        self.c.lab.exec(
+            &self.c.nodes[0].node.netns,
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1:10256/metrics",
+            ],
+        )
+    }
+
     fn healthz(&self) -> String {
         let out = self.c.lab.exec_out(
             &self.c.nodes[0].node.netns,
@@ -297,6 +311,28 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
     );
     eventually("restarted agent healthy", || w.healthz().contains("200 OK"));
     assert_eq!(w.reached(), w.names(&[0, 1]));
+
+    // No ready endpoint: connects are refused at once, and the kernel's count of refusals
+    // reaches the agent's metrics.
+    let s = slice(&w, [false, false, false]);
+    w.kube(move |c| {
+        Box::pin(async move {
+            Api::<EndpointSlice>::namespaced(c, "default")
+                .replace("web-1", &PostParams::default(), &s)
+                .await
+                .unwrap();
+        })
+    });
+    eventually("no endpoint: refused", || {
+        w.reached() == BTreeSet::from(["ERR".to_string()])
+    });
+    let m = w.metrics();
+    let refused = m
+        .lines()
+        .find(|l| l.starts_with("meshwork_control_datapath_drops_total{reason=\"no_backend\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no drop counter in\n{m}"));
+    assert!(refused > 0, "{m}");
 
     // Delete: the frontend goes (connects fail instead of reaching a backend).
     w.kube(|c| {
