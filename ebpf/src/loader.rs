@@ -213,6 +213,42 @@ fn attach_sock(sock: &mut Ebpf, cgroup: &Path, links: &Path) -> Result<(), Error
     Ok(())
 }
 
+/// A pinned tc link from an earlier loader holds only while it is attached to the uplink as it
+/// is now: after the uplink (or its namespace) was recreated, the kernel has detached it
+/// (ifindex 0) or it sits on another device. Such pins are removed so the programs are attached
+/// again, instead of "reading back" a link that carries no traffic.
+fn drop_stale_tc_pins(links: &Path, up: &Uplink) -> Result<(), Error> {
+    let pins: Vec<PathBuf> = TC_PROGS
+        .iter()
+        .map(|(n, _)| links.join(n))
+        .filter(|p| p.exists())
+        .collect();
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let name = std::ffi::CString::new(up.name.as_str())
+        .map_err(|_| Error::Invalid(format!("bad uplink name {:?}", up.name)))?;
+    // SAFETY: if_nametoindex with a NUL-terminated name.
+    let lookup = || Ok::<u32, Error>(unsafe { libc::if_nametoindex(name.as_ptr()) });
+    let ifindex = match &up.netns {
+        Some(ns) => Netns::open(ns)?.run(lookup)??,
+        None => lookup()?,
+    };
+    for pin in pins {
+        let on = sys::pinned_tcx_ifindex(&pin)?;
+        if on != Some(ifindex) || ifindex == 0 {
+            tracing::info!(pin = %pin.display(), attached_to = ?on, uplink_ifindex = ifindex,
+                "pinned tc link is not on the current uplink: attaching again");
+            std::fs::remove_file(&pin).map_err(|source| Error::Io {
+                what: "removing stale pin",
+                path: pin.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the tc settings (SNAT address and ports) into `mw_np_cfg`: on every open by a
 /// loader that has the uplink (the tc path's owner), so they follow its configuration; a loader
 /// without one (a tool) leaves them alone.
@@ -256,6 +292,7 @@ fn accept_local(up: &Uplink) -> Result<(), Error> {
 }
 
 fn attach_tc(pin_dir: &Path, links: &Path, up: &Uplink) -> Result<(), Error> {
+    drop_stale_tc_pins(links, up)?;
     if TC_PROGS.iter().all(|(n, _)| links.join(n).exists()) {
         return Ok(());
     }

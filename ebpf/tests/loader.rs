@@ -193,3 +193,130 @@ fn each_node_has_its_own_maps_and_cgroup() {
     );
     d2.uninstall().unwrap();
 }
+
+/// Sends UDP datagrams from `from` to `to` until the tc ingress program on the uplink counts
+/// one for `frontend`, or 3 s pass. Counting is the witness that tc runs on the
+/// device: Debian's bpftool 7.1 cannot list TCX attachments.
+fn tc_counts(
+    lab: &Lab,
+    from: &Node,
+    to: std::net::SocketAddr,
+    dp: &BpfDatapath,
+    f: &Frontend,
+) -> u64 {
+    let before = dp.stats(f).unwrap().unwrap().packets;
+    let t = std::time::Instant::now();
+    let mut sent = 0;
+    while t.elapsed() < Duration::from_secs(3) {
+        lab.open(&from.netns)
+            .run(|| {
+                let s = std::net::UdpSocket::bind("10.99.0.2:0").unwrap();
+                s.send_to(b"ping", to).unwrap();
+            })
+            .unwrap();
+        sent += 1;
+        if dp.stats(f).unwrap().unwrap().packets > before {
+            return sent;
+        }
+        // Polling a kernel counter: nothing to wait on.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    0
+}
+
+/// A pinned tc link survives its loader, but not its device: after the uplink is recreated
+/// (a node's namespace rebuilt, a device added again), the next loader attaches again instead
+/// of reading back a link the kernel has detached.
+#[test]
+fn tc_pins_on_a_recreated_uplink_are_attached_again() {
+    let lab = Lab::new("ebpf_stale_tc");
+    let node = lab.node("n1");
+    let peer = lab.node("n2");
+    let mut cfg = config(&lab, &node);
+    cfg.uplink = Some(meshwork_ebpf::Uplink {
+        netns: Some(node.path()),
+        name: "mwup0".into(),
+    });
+    // The uplink: a veth from n1 to n2 (addresses inside the lab only).
+    let uplink = || {
+        sh(&[
+            "ip",
+            "-n",
+            &node.netns,
+            "link",
+            "add",
+            "mwup0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "mwup0p",
+            "netns",
+            &peer.netns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &node.netns,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            "mwup0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &peer.netns,
+            "addr",
+            "add",
+            "10.99.0.2/24",
+            "dev",
+            "mwup0p",
+        ]);
+        sh(&["ip", "-n", &node.netns, "link", "set", "mwup0", "up"]);
+        sh(&["ip", "-n", &peer.netns, "link", "set", "mwup0p", "up"]);
+    };
+    let frontend = Frontend::udp(Ipv4Addr::new(10, 99, 0, 1), 30053);
+    let to: std::net::SocketAddr = "10.99.0.1:30053".parse().unwrap();
+    uplink();
+    let mut dp = BpfDatapath::open(cfg.clone()).unwrap();
+    dp.upsert(&Service {
+        frontend,
+        backends: vec![Backend::new(Ipv4Addr::new(10, 99, 0, 1), 53)],
+        algorithm: Algorithm::Random,
+        affinity: None,
+    })
+    .unwrap();
+    assert!(
+        tc_counts(&lab, &peer, to, &dp, &frontend) > 0,
+        "tc on the first uplink"
+    );
+    drop(dp);
+    assert!(lab.bpf_pin_dir(&node).join("links/mw_nodeport_in").exists());
+
+    sh(&["ip", "-n", &node.netns, "link", "del", "mwup0"]);
+    uplink();
+    let dp = BpfDatapath::open(cfg.clone()).unwrap();
+    assert!(
+        tc_counts(&lab, &peer, to, &dp, &frontend) > 0,
+        "tc attached again to the recreated uplink"
+    );
+    // A loader with the device unchanged keeps the links it finds (no second attachment: one
+    // datagram counts once).
+    drop(dp);
+    let dp = BpfDatapath::open(cfg).unwrap();
+    let before = dp.stats(&frontend).unwrap().unwrap().packets;
+    let sent = tc_counts(&lab, &peer, to, &dp, &frontend);
+    assert!(sent > 0);
+    let t = std::time::Instant::now();
+    let counted = loop {
+        let n = dp.stats(&frontend).unwrap().unwrap().packets - before;
+        if n >= sent || t.elapsed() > Duration::from_secs(3) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(counted, sent, "each datagram counted once");
+    dp.uninstall().unwrap();
+}

@@ -3,10 +3,11 @@
 //! short-lived certificates and is rotated on its own. The trust bundle may hold several
 //! anchors: during an anchor rotation it holds the old and the new side by side.
 //!
-//! Leaves are SPIFFE X.509-SVIDs (SPIFFE X509-SVID.md, section 4): exactly one URI SAN, the
-//! SPIFFE ID; `CA:false`; key usage digitalSignature; extended key usage serverAuth and
-//! clientAuth. The CSR only contributes its public key, after its signature has been checked:
-//! names, usages and lifetime are the CA's.
+//! Leaves are SPIFFE X.509-SVIDs (the SPIFFE X509-SVID standard, github.com/spiffe/spiffe
+//! `standards/X509-SVID.md`, section 4): exactly one URI SAN, the SPIFFE ID; `CA:false`; key
+//! usage digitalSignature; extended key usage serverAuth and clientAuth. The CSR only
+//! contributes its public key, after its signature has been checked: names, usages and
+//! lifetime are the CA's.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,4 +1,5 @@
-//! The client library the proxy (and later the gateway) uses to hold a mesh identity:
+//! The client library a workload uses to hold a mesh identity (the planned proxy will; today
+//! the identity tests and benchmark do):
 //!
 //! - a key made here (ECDSA P-256) that never leaves the process, and a CSR for the workload's
 //!   SPIFFE ID;

@@ -1,8 +1,9 @@
 //! SPIFFE IDs (`spiffe://<trust-domain>/<path>`), checked as the SPIFFE ID standard
-//! (SPIFFE-ID.md, sections 2.1-2.3) says: lowercase trust domain of `[a-z0-9.-_]`, path
-//! segments of `[A-Za-z0-9.-_]` that are neither empty nor `.`/`..`, no query, fragment,
-//! port or user info, at most 2048 bytes. The mesh names a workload after its
-//! ServiceAccount: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+//! (github.com/spiffe/spiffe `standards/SPIFFE-ID.md`, sections 2.1-2.3) says: lowercase trust
+//! domain of `[a-z0-9.-_]`, path segments of `[A-Za-z0-9.-_]` that are neither empty nor
+//! `.`/`..`, no query, fragment, port or user info, at most 2048 bytes. The mesh names a
+//! workload after its ServiceAccount:
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 
 use std::fmt;
 

@@ -1,7 +1,7 @@
 //! Verifying mesh peers: the certificate chain up to a trust anchor of the current bundle
 //! (webpki, as rustls itself does it), then the peer's identity from its one URI SAN — not a
-//! DNS name, which is what rustls's own verifier would check (SPIFFE X509-SVID.md, section 5:
-//! "validation of the SPIFFE ID").
+//! DNS name, which is what rustls's own verifier would check (the SPIFFE X509-SVID standard,
+//! github.com/spiffe/spiffe `standards/X509-SVID.md`, section 5: "validation of the SPIFFE ID").
 //!
 //! The bundle is shared and replaced as a whole when anchors rotate; verifiers read it on
 //! every handshake.

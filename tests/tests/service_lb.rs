@@ -373,10 +373,16 @@ async fn nodeport_from_another_node_and_locally() {
     let pin_dir = dp.pin_dir().to_path_buf();
     dp.uninstall().unwrap();
     assert!(!pin_dir.exists());
-    let tcx =
+    // Detached from the uplink: NodeIP:nodePort from outside is no longer translated, so
+    // nothing answers there (the kernel refuses: no listener on 30080). Debian's bpftool 7.1
+    // cannot list TCX attachments, so the traffic is the witness.
+    let refused =
         w.c.lab
-            .exec(&n1.netns, &["bpftool", "net", "show", "dev", "eth0"]);
-    assert!(!tcx.contains("mw_nodeport"), "uninstall detaches tc: {tcx}");
+            .tcp_connect(&n2.netns, SocketAddr::new(n1.underlay_ip.into(), 30080));
+    assert!(
+        refused.is_err(),
+        "NodePort still translated after uninstall"
+    );
 }
 
 #[tokio::test]
