@@ -13,18 +13,22 @@ exec 9>/run/meshwork-test.lock
 flock -n 9 || { echo "scripts/test.sh: another test run holds /run/meshwork-test.lock" >&2; exit 1; }
 
 # Leftovers of an interrupted earlier run, by test prefixes only (tests also sweep their own
-# prefix as they start). A kept `mesh-ctl up --keep` cluster (mwl-mesh_ctl_up-) is not ours.
-for ns in $(ip netns list 2>/dev/null | awk '/^mwl-/ && !/^mwl-mesh_ctl_up-/{print $1}'); do
+# prefix as they start). A user's `mesh-ctl up` cluster (lab name `mesh`: mwl-mesh-*) is not
+# ours; test labs never use that prefix (mesh_ctl_up's is mwl-mesh_ctl_up-).
+for ns in $(ip netns list 2>/dev/null | awk '/^mwl-/ && !/^mwl-mesh-/{print $1}'); do
   ip netns del "$ns" || true
 done
 for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^mwrt-'); do
   ip link del "$l" || true
 done
-rm -rf /sys/fs/bpf/meshwork/mwl-* 2>/dev/null || true
+for pin in /sys/fs/bpf/meshwork/mwl-*; do
+  [[ -e $pin && $pin != /sys/fs/bpf/meshwork/mwl-mesh-* ]] || continue
+  rm -rf "$pin" 2>/dev/null || true
+done
 rmdir /sys/fs/bpf/meshwork 2>/dev/null || true
 cg2=$(findmnt -n -o TARGET -t cgroup2 | head -1)
 for cg in "$cg2"/mwl-* /sys/fs/cgroup/mwrt /sys/fs/cgroup/*/mwrt; do
-  [[ -d $cg && $cg != "$cg2"/mwl-mesh_ctl_up-* ]] || continue
+  [[ -d $cg && $cg != "$cg2"/mwl-mesh-* ]] || continue
   echo 1 > "$cg/cgroup.kill" 2>/dev/null || true
   for _ in 1 2 3 4 5 6 7 8 9 10; do grep -q 'populated 1' "$cg/cgroup.events" 2>/dev/null || break; sleep 0.1; done
   find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true

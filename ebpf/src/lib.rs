@@ -1,7 +1,7 @@
 //! eBPF Service load balancing: the mechanism half of the kube-proxy replacement.
 //!
 //! The C programs in `bpf/` (socket LB on cgroup hooks, NodePort on tc) are compiled by
-//! `build.rs`. The crate, by layer (ARCHITECTURE.md, "eBPF datapath"):
+//! `build.rs`. The crate, by layer (README.md, "Rust side, by layer"):
 //! - `model`: what callers program (frontends, backends, services, the loader's config);
 //! - `loader`: [`BpfDatapath`] loads the objects with aya, attaches and pins programs and maps
 //!   under a per-node bpffs directory;

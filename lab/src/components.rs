@@ -1,6 +1,7 @@
-//! The command lines of a cluster's per-node components in a lab node, written once for
-//! `mesh-ctl up` and the e2e harness: the node runtime (`meshwork-orchestrator node`) and the
-//! control agent (`meshwork-control`). Where they differ (ports, back-off) is a field here.
+//! The command lines of a cluster's per-node components in a lab node, written once: the node
+//! runtime (`meshwork-orchestrator node`; `mesh-ctl up` and the e2e harness) and the control
+//! agent (`meshwork-control`; the e2e harness, while `mesh-ctl up` runs it as a DaemonSet).
+//! Where they differ (ports, back-off) is a field here.
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
-//! The bundled orchestrator (see README.md). Today: the Kubernetes API server subset.
-//! `api/` holds the resources and verbs over a `Store`; `server/` the transport (TLS, tokens,
-//! kubeconfig); `app.rs` wires them for the binary.
+//! The bundled orchestrator (see README.md): the Kubernetes API server subset (`api/`
+//! resources and verbs over a `Store`, `server/` transport, tokens, RBAC), `controllers/`, the
+//! scheduler and the node runtime (`node/`); `app.rs` wires them for the binary.
 
 pub mod api;
 pub mod app;

@@ -1,7 +1,7 @@
 //! ServiceAccount tokens over HTTPS, as kube-apiserver serves them: TokenRequest
 //! (`serviceaccounts/token`, also through `kubectl create token`, which sends protobuf),
-//! TokenReview, the tokens as bearer credentials (read allowed by the fixed policy, writes
-//! refused, refused outright once the ServiceAccount or the bound object is gone), issuer
+//! TokenReview, the tokens as bearer credentials under RBAC (403 until a RoleBinding grants
+//! reads; refused outright once the ServiceAccount or the bound object is gone), issuer
 //! discovery and the JWKS verifying a token, bad input; then, against the binary with its
 //! controllers: the `default` ServiceAccount of every namespace, the `kubernetes` Service and
 //! its EndpointSlice, and the signing key surviving a restart.

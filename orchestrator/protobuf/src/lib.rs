@@ -2,7 +2,7 @@
 //!
 //! Kubernetes frames a protobuf object as the four bytes `k8s\0` followed by a
 //! `runtime.Unknown` whose `typeMeta` names the kind and whose `raw` holds the object's message
-//! (apimachinery `runtime/serializer/protobuf`; ../ARCHITECTURE.md "API server"). The server
+//! (apimachinery `runtime/serializer/protobuf`; the repository's ARCHITECTURE.md, protobuf bodies). The server
 //! keeps JSON, so bodies are transcoded at the edge: [`decode_body`] for requests,
 //! [`encode_object`] for responses. Which message a kind is comes from the descriptors of the
 //! upstream protos (README.md), so no kind has a hand-written codec.

@@ -1,4 +1,4 @@
-//! The storage contract, run against every backend through one macro (etcd joins when it lands).
+//! The storage contract, run against every backend through one macro: SQLite and a real etcd.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
