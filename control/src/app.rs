@@ -1,24 +1,25 @@
-//! Wiring: reflectors → desired state → plan → the eBPF datapath, plus the admin endpoint.
+//! Wiring: the reflectors, the Service datapath loop (`sync.rs`), the overlay loop
+//! (`overlay.rs`) and the admin endpoint. Each reflector reports its objects to the loop that
+//! needs them: Services and EndpointSlices to the Service loop (per object), Nodes to the
+//! overlay loop (a change signal), so a Node heartbeat never wakes a Service pass.
 //!
 //! On start the datapath is opened on its pins and read back (`Datapath::list`); the first plan
 //! is against what is programmed, so a restart converges without flushing and traffic keeps
 //! flowing while the agent is down. Shutdown leaves the datapath in place.
 
-use std::{
-    sync::{atomic::Ordering, Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::sync::{Arc, Mutex};
 
 use meshwork_ebpf::{Algorithm, BpfDatapath, Datapath};
-use meshwork_kube_watch::{Changes, ServiceWatch};
-use tokio::net::TcpListener;
+use meshwork_kube_watch::{Changes, Seen, ServiceWatch};
+use meshwork_service_model::{service_key, slice_service};
+use tokio::{net::TcpListener, sync::mpsc};
 
 use crate::{
-    apply::apply,
     config::{Config, LbAlgorithm},
     desired::{Desired, NodeInfo, Options},
-    metrics::{now_ms, Metrics},
-    plan::plan,
+    incremental::Change,
+    metrics::Metrics,
+    sync::{ServiceSync, Stores},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,27 +37,6 @@ pub enum Error {
     #[error("netlink: {0}")]
     Netlink(#[from] meshwork_netlink::Error),
 }
-
-/// The VXLAN device this agent programs from Node objects, if it owns the overlay.
-async fn overlay(cfg: &Config) -> Result<Option<meshwork_overlay::Overlay>, Error> {
-    let Some(uplink) = &cfg.overlay_uplink else {
-        return Ok(None);
-    };
-    let ip = cfg
-        .overlay_ip
-        .ok_or_else(|| Error::Config("--overlay-uplink needs --overlay-ip".into()))?;
-    if cfg.pod_cidrs.is_empty() {
-        return Err(Error::Config("--overlay-uplink needs --pod-cidr".into()));
-    }
-    let oc = meshwork_overlay::OverlayConfig::new(uplink, ip, cfg.pod_cidrs.clone());
-    let nl = meshwork_netlink::Netlink::connect()?;
-    Ok(Some(meshwork_overlay::Overlay::ensure(nl, &oc).await?))
-}
-
-/// Changes arriving within this of each other are applied together.
-const DEBOUNCE: Duration = Duration::from_millis(2);
-/// A failed apply is retried after this.
-const RETRY: Duration = Duration::from_millis(500);
 
 pub struct Running {
     pub admin: std::net::SocketAddr,
@@ -98,6 +78,39 @@ pub fn uninstall(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reflector callbacks → the Service loop's changes.
+fn service_changes(client: &kube::Client, tx: mpsc::UnboundedSender<Change>) -> ServiceWatch {
+    let tx2 = tx.clone();
+    ServiceWatch::start_each(
+        client,
+        move |seen| {
+            let c = match seen {
+                Seen::Applied(s) | Seen::Deleted(s) => service_key(s).map(Change::Service),
+                Seen::Relisted => Some(Change::Relisted),
+            };
+            c.map(|c| tx.send(c));
+        },
+        move |seen| {
+            let c = match seen {
+                Seen::Applied(s) | Seen::Deleted(s) => {
+                    let deleted = matches!(seen, Seen::Deleted(_));
+                    s.metadata
+                        .namespace
+                        .clone()
+                        .zip(s.metadata.name.clone())
+                        .map(|slice| Change::Slice {
+                            slice,
+                            service: slice_service(s),
+                            deleted,
+                        })
+                }
+                Seen::Relisted => Some(Change::Relisted),
+            };
+            c.map(|c| tx2.send(c));
+        },
+    )
+}
+
 pub async fn start(cfg: Config) -> Result<Running, Error> {
     let client = meshwork_kube_watch::client(cfg.kubeconfig.as_deref()).await?;
     let cfg = crate::discover::resolve(cfg, &client).await?;
@@ -116,125 +129,55 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let pin_dir = dp.pin_dir().to_path_buf();
     let have: Desired = dp.list()?.into_iter().map(|s| (s.frontend, s)).collect();
     tracing::info!(frontends = have.len(), "datapath read back");
-    let dp = Arc::new(Mutex::new((dp, have)));
-
-    let changes = Changes::new();
-    let mut rx = changes.subscribe();
-    let overlay = overlay(&cfg).await?;
-    let (nodes, nodes_task) = meshwork_kube_watch::reflect(
-        kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
-        kube::runtime::watcher::Config::default(),
-        changes.clone(),
-    );
-    let mut watch = ServiceWatch::start(&client, &changes);
-    let (services, slices) = (watch.services.clone(), watch.slices.clone());
-    let mut tasks = std::mem::take(&mut watch.tasks);
-    tasks.push(nodes_task);
-    let me = node.name.clone();
     let metrics = Metrics::new();
     metrics.follow_datapath(pin_dir);
-    let m = metrics.clone();
-    let reconcile = tokio::spawn(async move {
-        // Nothing is planned before both lists are in: a partial view would remove live
-        // frontends of a restarted agent.
-        watch.synced().await;
-        let _ = nodes.wait_until_ready().await;
-        let mut pending = true;
-        // A full pass first and after any failed apply; otherwise only what changed.
-        let mut full = true;
-        let mut tracker = Some(crate::incremental::Tracker::default());
-        loop {
-            if !pending {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-                m.pending_since_ms
-                    .compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed)
-                    .ok();
-                tokio::time::sleep(DEBOUNCE).await;
-            }
-            rx.borrow_and_update();
-            let seen = Instant::now();
-            // Convert before locking the datapath: the lock is held for the writes only.
-            let svcs = services.state();
-            let eps = slices.state();
-            let (node, opts, dp, m2) = (node.clone(), opts.clone(), dp.clone(), m.clone());
-            let mut t = tracker.take().unwrap_or_default();
-            let was_full = full;
-            let res = tokio::task::spawn_blocking(move || {
-                let (want, scope) = if was_full {
-                    (t.full(&node, &opts, &svcs, &eps), None)
-                } else {
-                    let (w, s) = t.changes(&node, &opts, &svcs, &eps);
-                    (w, Some(s))
-                };
-                let Ok(mut g) = dp.lock() else {
-                    return (t, usize::MAX);
-                };
-                let (dp, have) = &mut *g;
-                let ops = match &scope {
-                    None => plan(&want, have),
-                    Some(scope) => plan(&want, &crate::incremental::within(have, scope)),
-                };
-                let failed = apply(dp, have, ops);
-                m2.services
-                    .set(i64::try_from(have.len()).unwrap_or(i64::MAX));
-                m2.endpoints.set(
-                    i64::try_from(have.values().map(|s| s.backends.len()).sum::<usize>())
-                        .unwrap_or(i64::MAX),
-                );
-                (t, failed)
-            })
-            .await;
-            let done = match res {
-                Ok((t, failed)) => {
-                    tracker = Some(t);
-                    failed
-                }
-                Err(_) => usize::MAX,
-            };
-            full = done != 0;
-            // The overlay to every other node, from Node objects (idempotent; a node that
-            // joins or leaves changes routes, FDB and neighbours here).
-            let mut done = done;
-            if let Some(ov) = &overlay {
-                let n = nodes.state();
-                let remotes =
-                    crate::nodes::remotes(&me, &n.iter().map(|x| x.as_ref()).collect::<Vec<_>>());
-                if let Err(e) = ov.sync(&remotes).await {
-                    tracing::warn!(error = %e, "overlay sync");
-                    done = done.saturating_add(1);
-                }
-            }
-            m.sync_duration.observe(seen.elapsed().as_secs_f64());
-            if done == 0 {
-                m.pending_since_ms.store(0, Ordering::Relaxed);
-                m.last_sync.set(now_ms() / 1000);
-                m.synced.store(true, Ordering::Relaxed);
-                pending = false;
-            } else {
-                m.sync_errors.inc();
-                tokio::time::sleep(RETRY).await;
-                pending = true;
-            }
-        }
-    });
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watch = service_changes(&client, tx);
+    let mut tasks = std::mem::take(&mut watch.tasks);
+    let sync = ServiceSync {
+        node: node.clone(),
+        opts,
+        stores: Stores {
+            services: watch.services.clone(),
+            slices: watch.slices.clone(),
+        },
+        dp: Arc::new(Mutex::new((dp, have))),
+        metrics: metrics.clone(),
+    };
+    tasks.push(tokio::spawn(sync.run(rx)));
+
+    if let Some(ov) = crate::overlay::open(&cfg).await? {
+        let changes = Changes::new();
+        let rx = changes.subscribe();
+        let (nodes, nodes_task) = meshwork_kube_watch::reflect(
+            kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+            changes,
+        );
+        tasks.push(nodes_task);
+        tasks.push(tokio::spawn(crate::overlay::follow(
+            ov,
+            node.name.clone(),
+            nodes,
+            rx,
+            metrics.clone(),
+        )));
+    }
+
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
     let admin_addr = admin
         .local_addr()
         .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
-    let serve = tokio::spawn(meshwork_kube_watch::admin::serve(
+    tasks.push(tokio::spawn(meshwork_kube_watch::admin::serve(
         admin,
         Metrics::admin(metrics.clone()),
-    ));
+    )));
     Ok(Running {
         admin: admin_addr,
         metrics,
-        tasks: {
-            tasks.extend([reconcile, serve]);
-            tasks
-        },
+        tasks,
     })
 }

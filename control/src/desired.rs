@@ -13,14 +13,13 @@
 //! - no VIP for headless and ExternalName services; services labelled
 //!   `service.kubernetes.io/service-proxy-name` belong to another proxy unless it names us.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use meshwork_ebpf::{Algorithm, Backend, Frontend, Proto, Service as LbService};
+use meshwork_service_model::{
+    endpoints, kind, ports, service_key, usable, Endpoint, Kind, Port, Protocol,
+};
 
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
@@ -43,109 +42,39 @@ pub struct Options {
 
 pub type Desired = BTreeMap<Frontend, LbService>;
 
-/// One endpoint address with its conditions and named ports (from its slice).
-#[derive(Clone, Debug)]
-struct Ep {
-    addr: IpAddr,
-    node: Option<String>,
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-    /// (port name, protocol) → port.
-    ports: HashMap<(String, Proto), u16>,
-}
-
-fn proto(p: Option<&String>) -> Option<Proto> {
-    match p.map_or("TCP", String::as_str) {
-        "TCP" => Some(Proto::Tcp),
-        "UDP" => Some(Proto::Udp),
-        // SCTP is not load balanced by the socket hooks.
-        _ => None,
+/// The socket hooks and tc balance TCP and UDP; SCTP is not load balanced.
+fn proto(p: Protocol) -> Option<Proto> {
+    match p {
+        Protocol::Tcp => Some(Proto::Tcp),
+        Protocol::Udp => Some(Proto::Udp),
+        Protocol::Sctp => None,
     }
 }
 
-/// EndpointSlices → endpoints per (namespace, service).
-fn endpoints(slices: &[&EndpointSlice]) -> HashMap<(String, String), Vec<Ep>> {
-    let mut out: HashMap<(String, String), Vec<Ep>> = HashMap::new();
-    for s in slices {
-        let Some((ns, svc)) = meshwork_kube_watch::slice_service(s) else {
-            continue;
-        };
-        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        let ports: HashMap<(String, Proto), u16> = s
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let port = u16::try_from(p.port?).ok()?;
-                Some((
-                    (
-                        p.name.clone().unwrap_or_default(),
-                        proto(p.protocol.as_ref())?,
-                    ),
-                    port,
-                ))
-            })
-            .collect();
-        for e in &s.endpoints {
-            // Consumers use the first address (the others are fungible per the API docs).
-            let Some(addr) = e.addresses.first().and_then(|a| a.parse().ok()) else {
-                continue;
-            };
-            let c = e.conditions.clone().unwrap_or_default();
-            // ready nil = ready; serving nil = ready; terminating nil = false.
-            let ready = c.ready.unwrap_or(true);
-            out.entry((ns.clone(), svc.clone())).or_default().push(Ep {
-                addr,
-                node: e.node_name.clone(),
-                ready,
-                serving: c.serving.unwrap_or(ready),
-                terminating: c.terminating.unwrap_or(false),
-                ports: ports.clone(),
-            });
-        }
-    }
-    out
-}
-
-/// Ready endpoints, else serving+terminating ones; `local` keeps this node's only.
-fn select(
-    eps: &[Ep],
-    node: &str,
-    local: bool,
-    key: &(String, Proto),
-    family_v4: bool,
-) -> Vec<Backend> {
-    let candidates: Vec<&Ep> = eps
+/// The usable endpoints (the model's rule: ready, else serving and terminating) of one family
+/// that have the service port's name; `local` keeps this node's only.
+fn select(eps: &[Endpoint], node: &str, local: bool, port: &Port, family_v4: bool) -> Vec<Backend> {
+    let candidates = eps
         .iter()
-        .filter(|e| e.addr.is_ipv4() == family_v4)
+        .filter(|e| e.addr().is_ipv4() == family_v4)
         .filter(|e| !local || e.node.as_deref() == Some(node))
-        .filter(|e| e.ports.contains_key(key))
+        .filter(|e| e.port(&port.name, port.protocol).is_some());
+    let mut b: Vec<Backend> = usable(candidates)
+        .into_iter()
+        .filter_map(|e| {
+            let p = e.port(&port.name, port.protocol)?;
+            Some(Backend::new(e.addr(), p).with_remote(remote(e, node)))
+        })
         .collect();
-    let pick = |f: &dyn Fn(&Ep) -> bool| -> Vec<Backend> {
-        let mut b: Vec<Backend> = candidates
-            .iter()
-            .filter(|e| f(e))
-            .map(|e| Backend::new(e.addr, e.ports[key]).with_remote(remote(e, node)))
-            .collect();
-        b.sort();
-        b.dedup();
-        b
-    };
-    let ready = pick(&|e| e.ready);
-    if ready.is_empty() {
-        pick(&|e| e.serving && e.terminating)
-    } else {
-        ready
-    }
+    b.sort();
+    b.dedup();
+    b
 }
 
 /// On another node (by the endpoint's nodeName; hostNetwork endpoints at another node's
 /// address too): flows from outside to it are SNATed by tc so replies return through this
 /// node. An endpoint without nodeName counts as local (no SNAT), as before SNAT existed.
-fn remote(e: &Ep, node: &str) -> bool {
+fn remote(e: &Endpoint, node: &str) -> bool {
     e.node.as_deref().is_some_and(|n| n != node)
 }
 
@@ -167,19 +96,21 @@ pub fn desired(
     services: &[&Service],
     slices: &[&EndpointSlice],
 ) -> Desired {
-    let eps = endpoints(slices);
+    let eps = endpoints(slices.iter().copied());
     let mut out = Desired::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
-        let (Some(ns), Some(name)) = (svc.metadata.namespace.clone(), svc.metadata.name.clone())
-        else {
+        let Some(key) = service_key(svc) else {
             continue;
         };
-        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if ty == "ExternalName" || spec.cluster_ip.as_deref() == Some("None") || !ours(svc, opts) {
+        // No VIP for headless, ExternalName or not-yet-allocated Services.
+        let Some(Kind::ClusterIp(cluster_ips)) = kind(svc) else {
+            continue;
+        };
+        if !ours(svc, opts) {
             continue;
         }
-        let cluster_ips = meshwork_kube_watch::cluster_ips(spec);
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
         let external: Vec<IpAddr> = spec
             .external_ips
             .iter()
@@ -208,22 +139,18 @@ pub fn desired(
                 .unwrap_or(DEFAULT_AFFINITY_SECONDS);
             Duration::from_secs(secs)
         });
-        let svc_eps = eps.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
-        for sp in spec.ports.iter().flatten() {
-            let Some(p) = proto(sp.protocol.as_ref()) else {
+        let svc_eps = eps.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        for sp in ports(spec) {
+            let Some(p) = proto(sp.protocol) else {
                 continue;
             };
-            let Ok(port) = u16::try_from(sp.port) else {
-                continue;
-            };
-            let key = (sp.name.clone().unwrap_or_default(), p);
             let mut add = |addr: IpAddr, port: u16, local: bool| {
                 let frontend = Frontend {
                     addr,
                     port,
                     proto: p,
                 };
-                let backends = select(svc_eps, &node.name, local, &key, addr.is_ipv4());
+                let backends = select(svc_eps, &node.name, local, &sp, addr.is_ipv4());
                 out.insert(
                     frontend,
                     LbService {
@@ -235,15 +162,12 @@ pub fn desired(
                 );
             };
             for ip in &cluster_ips {
-                add(*ip, port, internal_local);
+                add(*ip, sp.port, internal_local);
             }
             for ip in &external {
-                add(*ip, port, external_local);
+                add(*ip, sp.port, external_local);
             }
-            let node_port = sp
-                .node_port
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|_| ty != "ClusterIP");
+            let node_port = sp.node_port.filter(|_| ty != "ClusterIP");
             if let Some(np) = node_port {
                 for ip in &node.addresses {
                     add(*ip, np, external_local);

@@ -1,8 +1,8 @@
-//! Incremental desired state. The watch caches hand out the same `Arc` for an object until it
-//! changes, so a pass finds what changed by pointer (no string work per object), recomputes the
-//! desired frontends of those Services only and plans only them: one change among 10,000
-//! Services costs that Service plus a pointer walk, not the whole table. A full pass (first
-//! sync, after a failed apply) recomputes everything and plans against all that is programmed.
+//! Incremental desired state. The reflectors say which objects changed (`Seen` events: a
+//! Service, or a slice with the Service it belongs to); a pass recomputes the desired frontends
+//! of those Services only and plans only them: one change among 10,000 Services costs that
+//! Service, not a walk over the table. A full pass (first sync, a relist, after a failed apply)
+//! recomputes everything and plans against all that is programmed.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -11,125 +11,144 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use meshwork_ebpf::Frontend;
+use meshwork_service_model::Key;
 
 use crate::desired::{desired, Desired, NodeInfo, Options};
 
-type Key = (String, String);
+/// One change the reflectors reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A Service applied or deleted.
+    Service(Key),
+    /// A slice applied or deleted, with the Service its label names (None: no label).
+    Slice {
+        slice: Key,
+        service: Option<Key>,
+        deleted: bool,
+    },
+    /// A list completed: what changed meanwhile is not known object by object.
+    Relisted,
+}
+
+/// Where a pass reads the objects (the reflectors' stores; maps in tests).
+pub trait Objects {
+    fn service(&self, k: &Key) -> Option<Arc<Service>>;
+    fn slice(&self, k: &Key) -> Option<Arc<EndpointSlice>>;
+    fn services(&self) -> Vec<Arc<Service>>;
+    fn slices(&self) -> Vec<Arc<EndpointSlice>>;
+}
+
+fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Key> {
+    Some((m.namespace.clone()?, m.name.clone()?))
+}
 
 #[derive(Default)]
 pub struct Tracker {
-    /// Objects of the last pass by identity (held, so an address is never reused meanwhile).
-    svcs: HashMap<usize, (Arc<Service>, Option<Key>)>,
-    slices: HashMap<usize, (Arc<EndpointSlice>, Option<Key>)>,
-    svc_by_key: HashMap<Key, Arc<Service>>,
-    slices_by_key: HashMap<Key, Vec<Arc<EndpointSlice>>>,
+    /// slice → the Service it belongs to, and back.
+    owner: HashMap<Key, Key>,
+    slices_of: HashMap<Key, BTreeSet<Key>>,
+    /// The desired frontends last computed per Service.
     desired: HashMap<Key, Desired>,
-}
-
-fn id<T>(a: &Arc<T>) -> usize {
-    Arc::as_ptr(a) as usize
-}
-
-fn svc_key(s: &Service) -> Option<Key> {
-    Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?))
+    /// Services to recompute at the next pass.
+    dirty: HashSet<Key>,
+    /// A relist was seen: the next pass must be full.
+    relisted: bool,
 }
 
 impl Tracker {
-    /// Everything, recomputed (the cache is rebuilt).
-    pub fn full(
-        &mut self,
-        node: &NodeInfo,
-        opts: &Options,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-    ) -> Desired {
-        *self = Tracker::default();
-        self.changes(node, opts, services, slices).0
+    /// Takes one reported change into the next pass.
+    pub fn note(&mut self, c: Change) {
+        match c {
+            Change::Service(k) => {
+                self.dirty.insert(k);
+            }
+            Change::Slice {
+                slice,
+                service,
+                deleted,
+            } => {
+                let now = if deleted { None } else { service };
+                let was = self.owner.get(&slice).cloned();
+                if was == now {
+                    self.dirty.extend(now);
+                    return;
+                }
+                if let Some(old) = was {
+                    if let Some(set) = self.slices_of.get_mut(&old) {
+                        set.remove(&slice);
+                        if set.is_empty() {
+                            self.slices_of.remove(&old);
+                        }
+                    }
+                    self.owner.remove(&slice);
+                    self.dirty.insert(old);
+                }
+                if let Some(new) = now {
+                    self.slices_of
+                        .entry(new.clone())
+                        .or_default()
+                        .insert(slice.clone());
+                    self.owner.insert(slice, new.clone());
+                    self.dirty.insert(new);
+                }
+            }
+            Change::Relisted => self.relisted = true,
+        }
     }
 
-    /// The desired entries of the Services that changed since the last call (they or their
+    /// Whether the next pass must be full (a relist since the last one).
+    pub fn needs_full(&self) -> bool {
+        self.relisted
+    }
+
+    /// Everything, recomputed; the index is rebuilt from the objects.
+    pub fn full(&mut self, node: &NodeInfo, opts: &Options, objs: &impl Objects) -> Desired {
+        *self = Tracker::default();
+        for s in objs.slices() {
+            if let (Some(slice), Some(svc)) = (
+                key_of(&s.metadata),
+                meshwork_service_model::slice_service(&s),
+            ) {
+                self.slices_of
+                    .entry(svc.clone())
+                    .or_default()
+                    .insert(slice.clone());
+                self.owner.insert(slice, svc);
+            }
+        }
+        self.dirty = objs
+            .services()
+            .iter()
+            .filter_map(|s| key_of(&s.metadata))
+            .collect();
+        self.changes(node, opts, objs).0
+    }
+
+    /// The desired entries of the Services that changed since the last pass (they or their
     /// slices), and the frontends to plan: old and new ones of those Services.
     pub fn changes(
         &mut self,
         node: &NodeInfo,
         opts: &Options,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        objs: &impl Objects,
     ) -> (Desired, BTreeSet<Frontend>) {
-        let mut dirty: HashSet<Key> = HashSet::new();
-        let mut next = HashMap::with_capacity(services.len());
-        for s in services {
-            let e = match self.svcs.remove(&id(s)) {
-                Some(e) => e,
-                None => {
-                    let k = svc_key(s);
-                    if let Some(k) = &k {
-                        dirty.insert(k.clone());
-                        self.svc_by_key.insert(k.clone(), s.clone());
-                    }
-                    (s.clone(), k)
-                }
-            };
-            next.insert(id(s), e);
-        }
-        // Replaced or deleted since the last pass.
-        for (_, (_, k)) in self.svcs.drain() {
-            dirty.extend(k);
-        }
-        self.svcs = next;
-        let mut next = HashMap::with_capacity(slices.len());
-        for s in slices {
-            let e = match self.slices.remove(&id(s)) {
-                Some(e) => e,
-                None => {
-                    let k = meshwork_kube_watch::slice_service(s);
-                    if let Some(k) = &k {
-                        dirty.insert(k.clone());
-                        self.slices_by_key
-                            .entry(k.clone())
-                            .or_default()
-                            .push(s.clone());
-                    }
-                    (s.clone(), k)
-                }
-            };
-            next.insert(id(s), e);
-        }
-        for (_, (old, k)) in self.slices.drain() {
-            if let Some(k) = k {
-                if let Some(v) = self.slices_by_key.get_mut(&k) {
-                    v.retain(|x| !Arc::ptr_eq(x, &old));
-                    if v.is_empty() {
-                        self.slices_by_key.remove(&k);
-                    }
-                }
-                dirty.insert(k);
-            }
-        }
-        self.slices = next;
-
         let mut want = Desired::new();
         let mut scope = BTreeSet::new();
-        for k in dirty {
+        for k in std::mem::take(&mut self.dirty) {
             if let Some(old) = self.desired.remove(&k) {
                 scope.extend(old.keys().copied());
             }
-            let live = self
-                .svc_by_key
-                .get(&k)
-                .filter(|s| self.svcs.contains_key(&id(s)))
-                .cloned();
-            let Some(svc) = live else {
-                self.svc_by_key.remove(&k);
+            let Some(svc) = objs.service(&k) else {
                 continue;
             };
-            let its: Vec<&EndpointSlice> = self
-                .slices_by_key
+            let slices: Vec<Arc<EndpointSlice>> = self
+                .slices_of
                 .get(&k)
                 .into_iter()
                 .flatten()
-                .map(|s| s.as_ref())
+                .filter_map(|s| objs.slice(s))
                 .collect();
+            let its: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
             let d = desired(node, opts, &[svc.as_ref()], &its);
             scope.extend(d.keys().copied());
             want.extend(d.iter().map(|(f, s)| (*f, s.clone())));
@@ -153,19 +172,19 @@ mod tests {
     use crate::plan::{plan, Op};
     use serde_json::json;
 
-    fn svc(name: &str, ip: &str, rv: &str) -> Arc<Service> {
+    fn svc(name: &str, ip: &str) -> Arc<Service> {
         Arc::new(
             serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "d", "resourceVersion": rv},
+                "metadata": {"name": name, "namespace": "d"},
                 "spec": {"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080}]}
             }))
             .unwrap(),
         )
     }
 
-    fn slice(svc: &str, ips: &[&str], rv: &str) -> Arc<EndpointSlice> {
+    fn slice(name: &str, svc: &str, ips: &[&str]) -> Arc<EndpointSlice> {
         Arc::new(serde_json::from_value(json!({
-            "metadata": {"name": svc, "namespace": "d", "resourceVersion": rv,
+            "metadata": {"name": name, "namespace": "d",
                          "labels": {"kubernetes.io/service-name": svc}},
             "addressType": "IPv4",
             "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
@@ -181,96 +200,131 @@ mod tests {
         }
     }
 
-    /// The incremental plans, applied in turn, always end where a full recompute does.
+    /// The objects as the stores would hold them, and the changes a reflector reports.
+    #[derive(Default)]
+    struct World {
+        svcs: HashMap<Key, Arc<Service>>,
+        slices: HashMap<Key, Arc<EndpointSlice>>,
+    }
+
+    fn k(n: &str) -> Key {
+        ("d".into(), n.into())
+    }
+
+    impl World {
+        fn put_svc(&mut self, s: Arc<Service>) -> Change {
+            let key = key_of(&s.metadata).unwrap();
+            self.svcs.insert(key.clone(), s);
+            Change::Service(key)
+        }
+        fn del_svc(&mut self, n: &str) -> Change {
+            self.svcs.remove(&k(n));
+            Change::Service(k(n))
+        }
+        fn put_slice(&mut self, s: Arc<EndpointSlice>) -> Change {
+            let key = key_of(&s.metadata).unwrap();
+            let service = meshwork_service_model::slice_service(&s);
+            self.slices.insert(key.clone(), s);
+            Change::Slice {
+                slice: key,
+                service,
+                deleted: false,
+            }
+        }
+        fn del_slice(&mut self, n: &str) -> Change {
+            let s = self.slices.remove(&k(n)).unwrap();
+            Change::Slice {
+                slice: k(n),
+                service: meshwork_service_model::slice_service(&s),
+                deleted: true,
+            }
+        }
+    }
+
+    impl Objects for World {
+        fn service(&self, k: &Key) -> Option<Arc<Service>> {
+            self.svcs.get(k).cloned()
+        }
+        fn slice(&self, k: &Key) -> Option<Arc<EndpointSlice>> {
+            self.slices.get(k).cloned()
+        }
+        fn services(&self) -> Vec<Arc<Service>> {
+            self.svcs.values().cloned().collect()
+        }
+        fn slices(&self) -> Vec<Arc<EndpointSlice>> {
+            self.slices.values().cloned().collect()
+        }
+    }
+
+    /// Applies one incremental pass; checks it ends where a full recompute does; returns how
+    /// many operations it planned.
+    fn step(t: &mut Tracker, have: &mut Desired, w: &World, changes: Vec<Change>) -> usize {
+        let opts = Options::default();
+        for c in changes {
+            t.note(c);
+        }
+        let (want, scope) = t.changes(&node(), &opts, w);
+        let ops = plan(&want, &within(have, &scope));
+        let n = ops.len();
+        for op in ops {
+            match op {
+                Op::Upsert(s) => {
+                    have.insert(s.frontend, s);
+                }
+                Op::Remove(f) => {
+                    have.remove(&f);
+                }
+            }
+        }
+        let sv = w.services();
+        let sl = w.slices();
+        let sv: Vec<&Service> = sv.iter().map(|s| s.as_ref()).collect();
+        let sl: Vec<&EndpointSlice> = sl.iter().map(|s| s.as_ref()).collect();
+        let full = desired(&node(), &opts, &sv, &sl);
+        assert_eq!(plan(&full, have), vec![], "incremental state drifted");
+        n
+    }
+
+    /// The incremental plans, applied in turn, always end where a full recompute does, and
+    /// plan only what the reported changes touch.
     #[test]
     fn partial_plans_match_the_full_recompute() {
         let opts = Options::default();
+        let mut w = World::default();
+        w.put_svc(svc("a", "10.96.0.1"));
+        w.put_svc(svc("b", "10.96.0.2"));
+        w.put_slice(slice("a-1", "a", &["10.0.0.1"]));
+        w.put_slice(slice("b-1", "b", &["10.0.0.2", "10.0.0.3"]));
         let mut t = Tracker::default();
-        let (a, b) = (svc("a", "10.96.0.1", "1"), svc("b", "10.96.0.2", "2"));
-        let sa = slice("a", &["10.0.0.1"], "3");
-        let sb = slice("b", &["10.0.0.2", "10.0.0.3"], "4");
-        let mut have = t.full(
-            &node(),
-            &opts,
-            &[a.clone(), b.clone()],
-            &[sa.clone(), sb.clone()],
-        );
+        let mut have = t.full(&node(), &opts, &w);
         assert_eq!(have.len(), 2);
 
-        let step = |t: &mut Tracker,
-                    have: &mut Desired,
-                    svcs: &[Arc<Service>],
-                    slices: &[Arc<EndpointSlice>]|
-         -> usize {
-            let (want, scope) = t.changes(&node(), &opts, svcs, slices);
-            let ops = plan(&want, &within(have, &scope));
-            let n = ops.len();
-            for op in ops {
-                match op {
-                    Op::Upsert(s) => {
-                        have.insert(s.frontend, s);
-                    }
-                    Op::Remove(f) => {
-                        have.remove(&f);
-                    }
-                }
-            }
-            let sv: Vec<&Service> = svcs.iter().map(|s| s.as_ref()).collect();
-            let sl: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
-            let full = desired(&node(), &opts, &sv, &sl);
-            assert_eq!(plan(&full, have), vec![], "incremental state drifted");
-            n
-        };
-        // Nothing changed (same objects): nothing planned.
-        assert_eq!(
-            step(
-                &mut t,
-                &mut have,
-                &[a.clone(), b.clone()],
-                &[sa.clone(), sb.clone()]
-            ),
-            0
-        );
+        // Nothing reported: nothing planned.
+        assert_eq!(step(&mut t, &mut have, &w, vec![]), 0);
         // One slice changes: one upsert.
-        let sb2 = slice("b", &["10.0.0.9"], "5");
-        assert_eq!(
-            step(
-                &mut t,
-                &mut have,
-                &[a.clone(), b.clone()],
-                &[sa.clone(), sb2.clone()]
-            ),
-            1
-        );
+        let c = w.put_slice(slice("b-1", "b", &["10.0.0.9"]));
+        assert_eq!(step(&mut t, &mut have, &w, vec![c]), 1);
+        // A second slice of the same Service adds to it.
+        let c = w.put_slice(slice("b-2", "b", &["10.0.0.10"]));
+        assert_eq!(step(&mut t, &mut have, &w, vec![c]), 1);
         // A Service changes its clusterIP: the old frontend goes, the new one comes.
-        let a2 = svc("a", "10.96.0.7", "6");
-        assert_eq!(
-            step(
-                &mut t,
-                &mut have,
-                &[a2.clone(), b.clone()],
-                &[sa.clone(), sb2.clone()]
-            ),
-            2
-        );
+        let c = w.put_svc(svc("a", "10.96.0.7"));
+        assert_eq!(step(&mut t, &mut have, &w, vec![c]), 2);
+        // A slice is relabelled to another Service: both are replanned.
+        let c = w.put_slice(slice("b-2", "a", &["10.0.0.10"]));
+        assert_eq!(step(&mut t, &mut have, &w, vec![c]), 2);
         // A slice and then its Service disappear.
-        assert_eq!(
-            step(
-                &mut t,
-                &mut have,
-                &[a2.clone(), b.clone()],
-                std::slice::from_ref(&sb2)
-            ),
-            1
-        );
-        assert_eq!(
-            step(
-                &mut t,
-                &mut have,
-                std::slice::from_ref(&b),
-                std::slice::from_ref(&sb2)
-            ),
-            1
-        );
+        let c = w.del_slice("a-1");
+        assert_eq!(step(&mut t, &mut have, &w, vec![c]), 1);
+        let c1 = w.del_slice("b-2");
+        let c2 = w.del_svc("a");
+        assert_eq!(step(&mut t, &mut have, &w, vec![c1, c2]), 1);
+        assert_eq!(have.len(), 1);
+        // A relist asks for a full pass.
+        t.note(Change::Relisted);
+        assert!(t.needs_full());
+        let again = t.full(&node(), &opts, &w);
+        assert_eq!(again, have);
+        assert!(!t.needs_full());
     }
 }

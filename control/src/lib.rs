@@ -1,7 +1,10 @@
 //! The node agent (kube-proxy / cilium-agent role, see README.md): `desired` (pure Service
-//! semantics), `plan` (desired vs programmed), `app` (watch → plan → eBPF datapath), `metrics`
-//! (Prometheus and /healthz). The proxy's discovery and identity gRPC services join `app` as
-//! modules when the proxy lands.
+//! semantics over `meshwork-service-model`), `incremental` (which Services a pass replans, from
+//! the reflectors' per-object changes), `plan` (desired vs programmed), `apply` (operations
+//! onto a `meshwork_ebpf::Datapath`), `sync` (the Service datapath loop), `overlay` (the
+//! overlay loop from Node objects, via the pure `nodes`), `discover` (node-local settings in a
+//! DaemonSet pod), `app` (wiring only), `metrics` (Prometheus, /healthz, datapath drops). The
+//! proxy's discovery service is planned to hang off `app` beside the two loops.
 
 pub mod app;
 pub mod apply;
@@ -11,4 +14,6 @@ pub mod discover;
 pub mod incremental;
 pub mod metrics;
 pub mod nodes;
+pub mod overlay;
 pub mod plan;
+pub mod sync;

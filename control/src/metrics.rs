@@ -18,6 +18,8 @@ pub struct Metrics {
     pub endpoints: Gauge,
     pub sync_duration: Histogram,
     pub sync_errors: Counter,
+    /// Overlay syncs that reached the kernel (a Node set change or the periodic resync).
+    pub overlay_syncs: Counter,
     pub last_sync: Gauge,
     /// Unix ms of the oldest change not yet applied (0: none pending).
     pub pending_since_ms: AtomicI64,
@@ -47,6 +49,7 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(1e-4, 2.0, 16),
         );
         let sync_errors = Counter::default();
+        let overlay_syncs = Counter::default();
         let last_sync = Gauge::default();
         registry.register(
             "frontends_programmed",
@@ -69,6 +72,11 @@ impl Metrics {
             sync_errors.clone(),
         );
         registry.register(
+            "overlay_syncs",
+            "Overlay syncs applied to the kernel (Node set changes and periodic resyncs)",
+            overlay_syncs.clone(),
+        );
+        registry.register(
             "last_sync_timestamp_seconds",
             "Unix time of the last successful sync",
             last_sync.clone(),
@@ -86,6 +94,7 @@ impl Metrics {
             endpoints,
             sync_duration,
             sync_errors,
+            overlay_syncs,
             last_sync,
             pending_since_ms: AtomicI64::new(0),
             synced: AtomicBool::new(false),

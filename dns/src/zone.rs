@@ -22,6 +22,7 @@ use hickory_proto::rr::{
     LowerName, Name, RData, Record, RecordType,
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use meshwork_service_model as model;
 
 #[derive(Clone, Debug)]
 pub struct ZoneConfig {
@@ -73,82 +74,49 @@ pub struct EndpointView {
 
 /// Converts the watched objects (not-ready endpoints are left out here, per the spec).
 pub fn views(services: &[&Service], slices: &[&EndpointSlice]) -> Vec<ServiceView> {
-    let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-    for s in slices {
-        if let Some(key) = meshwork_kube_watch::slice_service(s) {
-            by_service.entry(key).or_default().push(s);
-        }
-    }
+    let eps = model::endpoints(slices.iter().copied());
+    let named = |name: &str, p: model::Protocol, port: u16| {
+        (!name.is_empty()).then(|| (name.to_string(), p.lower().to_string(), port))
+    };
     let mut out = Vec::new();
     for svc in services {
-        let (Some(ns), Some(name)) = (svc.metadata.namespace.clone(), svc.metadata.name.clone())
-        else {
+        let Some(key) = model::service_key(svc) else {
             continue;
         };
         let spec = svc.spec.clone().unwrap_or_default();
-        let proto = |p: Option<&String>| p.map_or("tcp".to_string(), |p| p.to_lowercase());
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let n = p.name.clone().filter(|n| !n.is_empty())?;
-                Some((n, proto(p.protocol.as_ref()), u16::try_from(p.port).ok()?))
-            })
+        let ports = model::ports(&spec)
+            .into_iter()
+            .filter_map(|p| named(&p.name, p.protocol, p.port))
             .collect();
-        let kind = if spec.type_.as_deref() == Some("ExternalName") {
-            match spec.external_name {
-                Some(n) if !n.is_empty() => ServiceKind::ExternalName(n),
-                _ => continue,
-            }
-        } else if spec.cluster_ip.as_deref() == Some("None") {
-            let mut eps = BTreeSet::new();
-            for s in by_service
-                .get(&(ns.clone(), name.clone()))
-                .into_iter()
-                .flatten()
-            {
-                let ports: Vec<_> = s
-                    .ports
-                    .iter()
+        let kind = match model::kind(svc) {
+            None => continue,
+            Some(model::Kind::ExternalName(n)) => ServiceKind::ExternalName(n),
+            Some(model::Kind::ClusterIp(ips)) => ServiceKind::ClusterIp(ips),
+            Some(model::Kind::Pending) => ServiceKind::Pending,
+            Some(model::Kind::Headless) => {
+                // Ready endpoints only (publishNotReadyAddresses is the controller's: it marks
+                // such endpoints ready).
+                let set: BTreeSet<EndpointView> = eps
+                    .get(&key)
+                    .into_iter()
                     .flatten()
-                    .filter_map(|p| {
-                        Some((
-                            p.name.clone().filter(|n| !n.is_empty())?,
-                            proto(p.protocol.as_ref()),
-                            u16::try_from(p.port?).ok()?,
-                        ))
+                    .filter(|e| e.conditions.ready)
+                    .map(|e| EndpointView {
+                        addresses: e.addresses.clone(),
+                        hostname: e.hostname.clone(),
+                        ports: e
+                            .ports
+                            .iter()
+                            .filter_map(|p| named(&p.name, p.protocol, p.port))
+                            .collect(),
                     })
                     .collect();
-                for e in &s.endpoints {
-                    // ready nil means ready (EndpointConditions).
-                    if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                        continue;
-                    }
-                    let addresses: Vec<IpAddr> =
-                        e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                    if addresses.is_empty() {
-                        continue;
-                    }
-                    eps.insert(EndpointView {
-                        addresses,
-                        hostname: e.hostname.clone().filter(|h| !h.is_empty()),
-                        ports: ports.clone(),
-                    });
-                }
-            }
-            ServiceKind::Headless(eps.into_iter().collect())
-        } else {
-            let ips = meshwork_kube_watch::cluster_ips(&spec);
-            if ips.is_empty() {
-                ServiceKind::Pending
-            } else {
-                ServiceKind::ClusterIp(ips)
+                ServiceKind::Headless(set.into_iter().collect())
             }
         };
         out.push(ServiceView {
-            namespace: ns,
-            name,
+            namespace: key.0,
+            name: key.1,
             kind,
             ports,
         });

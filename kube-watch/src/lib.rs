@@ -84,13 +84,30 @@ impl Changes {
     }
 }
 
+/// What a reflector saw of one object, after its store took it in.
+#[derive(Debug)]
+pub enum Seen<'a, K> {
+    Applied(&'a K),
+    Deleted(&'a K),
+    /// A (re)list completed: the store was replaced wholesale, and objects deleted meanwhile
+    /// are gone without a `Deleted` (after a 410 or a reconnect). Consumers rebuild fully.
+    Relisted,
+}
+
 /// Starts a reflector for `api` (filtered by `cfg`); its store fills from the initial list and
-/// follows the watch, with kube-rs's default backoff on errors (410s relist). Every applied or
-/// deleted object, and the end of each (re)list, bumps `changes`.
-pub fn reflect<K>(api: Api<K>, cfg: watcher::Config, changes: Changes) -> (Store<K>, JoinHandle<()>)
+/// follows the watch, with kube-rs's default backoff on errors (410s relist). `on` sees each
+/// applied or deleted object and the end of each (re)list, in order, after the store has it
+/// (the way kube-runtime's `reflector` stream yields): consumers that replan per object key
+/// their work by what they are told, instead of rediscovering what changed.
+pub fn reflect_each<K, F>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    mut on: F,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    F: FnMut(Seen<'_, K>) + Send + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
@@ -99,7 +116,9 @@ where
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changes.bump(),
+                Ok(watcher::Event::InitDone) => on(Seen::Relisted),
+                Ok(watcher::Event::Apply(o)) => on(Seen::Applied(&o)),
+                Ok(watcher::Event::Delete(o)) => on(Seen::Deleted(&o)),
                 Err(e) => tracing::warn!(error = %e, kind = %K::kind(&Default::default()), "watch"),
             }
         }
@@ -107,16 +126,14 @@ where
     (reader, task)
 }
 
-/// The label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// (namespace, service) an EndpointSlice belongs to, from its label.
-pub fn slice_service(
-    s: &k8s_openapi::api::discovery::v1::EndpointSlice,
-) -> Option<(String, String)> {
-    let ns = s.metadata.namespace.clone()?;
-    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
-    Some((ns, svc))
+/// [`reflect_each`] for consumers that rebuild from the store on any change: every applied or
+/// deleted object, and the end of each (re)list, bumps `changes`.
+pub fn reflect<K>(api: Api<K>, cfg: watcher::Config, changes: Changes) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    reflect_each(api, cfg, move |_| changes.bump())
 }
 
 /// What both DNS and the control agent watch: every Service and every EndpointSlice that
@@ -128,16 +145,27 @@ pub struct ServiceWatch {
 }
 
 impl ServiceWatch {
+    /// Both watches, bumping `changes` on any change.
     pub fn start(client: &Client, changes: &Changes) -> Self {
-        let (services, t1) = reflect(
+        let (c1, c2) = (changes.clone(), changes.clone());
+        Self::start_each(client, move |_| c1.bump(), move |_| c2.bump())
+    }
+
+    /// Both watches, each object seen by its callback (see [`reflect_each`]).
+    pub fn start_each(
+        client: &Client,
+        on_service: impl FnMut(Seen<'_, k8s_openapi::api::core::v1::Service>) + Send + 'static,
+        on_slice: impl FnMut(Seen<'_, k8s_openapi::api::discovery::v1::EndpointSlice>) + Send + 'static,
+    ) -> Self {
+        let (services, t1) = reflect_each(
             Api::all(client.clone()),
             watcher::Config::default(),
-            changes.clone(),
+            on_service,
         );
-        let (slices, t2) = reflect(
+        let (slices, t2) = reflect_each(
             Api::all(client.clone()),
-            watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            changes.clone(),
+            watcher::Config::default().labels(meshwork_service_model::SERVICE_NAME_LABEL),
+            on_slice,
         );
         ServiceWatch {
             services,
@@ -151,19 +179,6 @@ impl ServiceWatch {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
     }
-}
-
-/// A Service's cluster IPs: `clusterIPs` (dual-stack) or the single `clusterIP`, parsed
-/// ("None" and unallocated give none).
-pub fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<std::net::IpAddr> {
-    spec.cluster_ips
-        .clone()
-        .filter(|v| !v.is_empty())
-        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|ip| ip.parse().ok())
-        .collect()
 }
 
 /// Logs to stderr at `MESHWORK_LOG` (an env-filter; `info` when unset): one logging set-up for

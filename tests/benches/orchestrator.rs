@@ -21,7 +21,6 @@ mod orch;
 mod podman_setup;
 
 use std::{
-    io::{Read, Write},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -80,24 +79,6 @@ fn remove_podman_cgroups() {
 type Seen = (Instant, &'static str, bool);
 
 use meshwork_lab::stats::pct;
-
-/// GET from inside a node's namespace (the agent's port is on the lab network).
-fn http_get(o: &Orch, node: usize, url_path: &str) -> String {
-    let addr = std::net::SocketAddr::new(o.nodes[node].underlay_ip.into(), 10250);
-    let path = url_path.to_string();
-    o.lab
-        .open(&o.nodes[node].netns)
-        .run(move || {
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default()
-        })
-        .unwrap()
-}
 
 fn deployment(name: &str, replicas: usize, probe: bool) -> Value {
     let mut c = json!({
@@ -175,29 +156,15 @@ fn main() {
     let o = Orch::start_opts("bench_orch", &[], false);
 
     // 1. kubectl apply of 50 replicas → 50 Ready (no readiness probe: Ready when started).
-    let path = o.lab.dir().join("deploy50.json");
-    std::fs::write(&path, deployment("fifty", REPLICAS, false).to_string()).unwrap();
-    let t0 = Instant::now();
-    o.kubectl(&["apply", "-f", path.to_str().unwrap()]);
-    o.wait_long("50 ready replicas", Duration::from_secs(300), || {
-        let r = o.kubectl(&[
-            "get",
-            "deploy",
-            "fifty",
-            "-o",
-            "jsonpath={.status.readyReplicas}",
-        ]);
-        (r == REPLICAS.to_string()).then_some(())
-    });
-    let to_ready = t0.elapsed();
+    let to_ready = o.apply_ready(
+        &deployment("fifty", REPLICAS, false),
+        REPLICAS,
+        Duration::from_secs(300),
+    );
 
     // 2. Pod start breakdown from both agents.
-    let mut timings: Vec<Value> = Vec::new();
-    for i in 0..o.nodes.len() {
-        let body = http_get(&o, i, "/debug/pod-starts");
-        timings.extend(serde_json::from_str::<Vec<Value>>(&body).unwrap());
-    }
-    let col = |k: &str| -> Vec<f64> { timings.iter().filter_map(|t| t[k].as_f64()).collect() };
+    let timings: Vec<Value> = (0..o.nodes.len()).flat_map(|i| o.pod_starts(i)).collect();
+    let col = |k: &str| orch::start_column(&timings, k);
     let (mut total, mut sandbox, mut cni, mut process) = (
         col("total_ms"),
         col("sandbox_ms"),

@@ -209,15 +209,7 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
     assert!(h.contains("200 OK") && h.contains("lastUpdated"), "{h}");
 
     // Readiness: b2 turns not ready → it leaves the rotation.
-    let s = slice(&w, [true, true, false]);
-    w.kube(move |c| {
-        Box::pin(async move {
-            Api::<EndpointSlice>::namespaced(c, "default")
-                .replace("web-1", &PostParams::default(), &s)
-                .await
-                .unwrap();
-        })
-    });
+    set_ready(&w, [true, true, false]);
     eventually("not-ready endpoint removed", || {
         w.reached() == w.names(&[0, 1])
     });
@@ -314,15 +306,7 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
 
     // No ready endpoint: connects are refused at once, and the kernel's count of refusals
     // reaches the agent's metrics.
-    let s = slice(&w, [false, false, false]);
-    w.kube(move |c| {
-        Box::pin(async move {
-            Api::<EndpointSlice>::namespaced(c, "default")
-                .replace("web-1", &PostParams::default(), &s)
-                .await
-                .unwrap();
-        })
-    });
+    set_ready(&w, [false, false, false]);
     eventually("no endpoint: refused", || {
         w.reached() == BTreeSet::from(["ERR".to_string()])
     });
@@ -373,6 +357,19 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
         "pins left in {}",
         pins.display()
     );
+}
+
+/// Replaces web's slice with the three backends in these readiness states.
+fn set_ready(w: &World, ready: [bool; 3]) {
+    let s = slice(w, ready);
+    w.kube(move |c| {
+        Box::pin(async move {
+            Api::<EndpointSlice>::namespaced(c, "default")
+                .replace("web-1", &PostParams::default(), &s)
+                .await
+                .unwrap();
+        })
+    });
 }
 
 /// One connection from namespace `from` to `to`: the client must only ever see `to` as its

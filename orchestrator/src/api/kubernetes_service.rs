@@ -73,7 +73,7 @@ impl Api {
                 "name": NAME,
                 "namespace": NAMESPACE,
                 "labels": {
-                    (meshwork_kube_watch::SERVICE_NAME_LABEL): NAME,
+                    (meshwork_service_model::SERVICE_NAME_LABEL): NAME,
                     (crate::controllers::MANAGED_BY_LABEL): MANAGED_BY,
                 },
             },

@@ -9,15 +9,15 @@ use anyhow::Context;
 use k8s_openapi::{
     api::{
         core::v1::{ObjectReference, Pod, Service},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     api::{Api, DeleteParams, PostParams},
     Client, ResourceExt,
 };
-use meshwork_kube_watch::SERVICE_NAME_LABEL;
+use meshwork_service_model::{target_port, Conditions, SERVICE_NAME_LABEL};
 
 use super::{
     util::{controller_ref, pod_ready, template_hash},
@@ -65,17 +65,7 @@ pub fn desired(svc: &Service, pods: &[&Pod]) -> BTreeMap<String, EndpointSlice> 
         let pspec = pod.spec.clone().unwrap_or_default();
         let mut ports = Vec::new();
         for sp in spec.ports.iter().flatten() {
-            let port = match &sp.target_port {
-                Some(IntOrString::Int(n)) => Some(*n),
-                Some(IntOrString::String(pname)) => pspec
-                    .containers
-                    .iter()
-                    .flat_map(|c| c.ports.iter().flatten())
-                    .find(|cp| cp.name.as_deref() == Some(pname.as_str()))
-                    .map(|cp| cp.container_port),
-                None => Some(sp.port),
-            };
-            if let Some(port) = port {
+            if let Some(port) = target_port(sp, pod) {
                 ports.push(EndpointPort {
                     name: Some(sp.name.clone().unwrap_or_default()),
                     port: Some(port),
@@ -84,19 +74,18 @@ pub fn desired(svc: &Service, pods: &[&Pod]) -> BTreeMap<String, EndpointSlice> 
                 });
             }
         }
-        let terminating = pod.metadata.deletion_timestamp.is_some();
-        let ready = pod_ready(pod);
+        let conditions = Conditions::for_pod(
+            pod_ready(pod),
+            pod.metadata.deletion_timestamp.is_some(),
+            publish_not_ready,
+        );
         let hostname = pspec
             .hostname
             .clone()
             .filter(|_| pspec.subdomain.as_deref() == Some(name.as_str()));
         let ep = Endpoint {
             addresses: vec![ip],
-            conditions: Some(EndpointConditions {
-                ready: Some((ready || publish_not_ready) && !terminating),
-                serving: Some(ready || publish_not_ready),
-                terminating: Some(terminating),
-            }),
+            conditions: Some(conditions.to_api()),
             hostname,
             node_name: pspec.node_name.clone(),
             target_ref: Some(ObjectReference {
@@ -243,6 +232,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServicePort, ServiceSpec,
     };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i32) -> Pod {
         Pod {

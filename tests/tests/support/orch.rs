@@ -490,6 +490,54 @@ impl Orch {
         until(what, timeout, f, || self.dump())
     }
 
+    /// `kubectl apply -f` of `manifest` (a Deployment), then waits until `replicas` of it are
+    /// ready; returns how long that took.
+    pub fn apply_ready(&self, manifest: &Value, replicas: usize, timeout: Duration) -> Duration {
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
+        let path = self.lab.dir().join(format!("{name}.json"));
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        let t0 = Instant::now();
+        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        self.wait_long(&format!("{replicas} ready {name}"), timeout, || {
+            let r = self.kubectl(&[
+                "get",
+                "deploy",
+                &name,
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]);
+            (r == replicas.to_string()).then_some(())
+        });
+        t0.elapsed()
+    }
+
+    /// GET `path` on node `i`'s address:`port`, from inside its namespace: the whole response
+    /// (status line, headers, body); empty when nothing answers.
+    pub fn node_get(&self, i: usize, port: u16, path: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = std::net::SocketAddr::new(self.nodes[i].underlay_ip.into(), port);
+        let path = path.to_string();
+        self.lab
+            .open(&self.nodes[i].netns)
+            .run(move || {
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                    return String::new();
+                };
+                write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out
+            })
+            .unwrap()
+    }
+
+    /// Node `i`'s runtime's own timing of each pod start (`/debug/pod-starts`).
+    pub fn pod_starts(&self, i: usize) -> Vec<Value> {
+        let r = self.node_get(i, 10250, "/debug/pod-starts");
+        let body = r.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("pod starts {e}: {r}"))
+    }
+
     /// A pod's container root (the busybox root the runtime built for it).
     pub fn rootfs(&self, node_index: usize, uid: &str, container: &str) -> PathBuf {
         self.root_dir(node_index)
@@ -522,6 +570,11 @@ pub fn pids_in(cgroup: &Path, needle: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// One field of every pod start timing (`total_ms`, `sandbox_ms`, `cni_ms`, `process_ms`).
+pub fn start_column(timings: &[Value], key: &str) -> Vec<f64> {
+    timings.iter().filter_map(|t| t[key].as_f64()).collect()
 }
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
