@@ -14,6 +14,7 @@ use common::{Backend, Cluster};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
+    coordination::v1::Lease,
     core::v1::{ConfigMap, Event, Pod, Service},
 };
 use kube::{
@@ -764,6 +765,28 @@ macro_rules! conformance {
                 let s: Service = serde_json::from_value(json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
                 let (code, reason) = api_code(svcs.create(&PostParams::default(), &s).await.unwrap_err());
                 assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+                // Its heartbeat Lease in kube-node-lease: its own, created and renewed; another
+                // node's, or one elsewhere, refused.
+                let leases: Api<Lease> = Api::namespaced(node.clone(), "kube-node-lease");
+                let lease = |name: &str| -> Lease {
+                    serde_json::from_value(json!({"metadata": {"name": name},
+                        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                                 "renewTime": "2026-01-01T00:00:00.000000Z"}})).unwrap()
+                };
+                let mut mine = leases.create(&PostParams::default(), &lease("n1")).await.unwrap();
+                mine.spec.as_mut().unwrap().renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
+                leases.replace("n1", &PostParams::default(), &mine).await.unwrap();
+                let (code, _) = api_code(leases.create(&PostParams::default(), &lease("n2")).await.unwrap_err());
+                assert_eq!(code, 403, "node n1 wrote node n2's lease");
+                let elsewhere: Api<Lease> = Api::namespaced(node.clone(), "default");
+                let (code, _) = api_code(elsewhere.create(&PostParams::default(), &lease("n1")).await.unwrap_err());
+                assert_eq!(code, 403, "a node lease outside kube-node-lease");
+                let mut bad = lease("n1");
+                bad.metadata.name = Some("n1-bad".into());
+                bad.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+                let admin_leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
+                let (code, _) = api_code(admin_leases.create(&PostParams::default(), &bad).await.unwrap_err());
+                assert_eq!(code, 422, "leaseDurationSeconds 0 is invalid");
             }
 
             #[tokio::test]

@@ -322,7 +322,16 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
         let rt = o.start_runtime(i);
         o.runtimes[i] = rt;
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // The new runtimes say when they have taken over their containers and made a pass over
+    // their pods (statuses reported).
+    for i in 0..o.nodes.len() {
+        let want = pods.iter().filter(|p| o.node_index(&p.1) == i).count() as f64;
+        o.wait("the restarted runtime to adopt and sync", || {
+            (node_metric(&o, i, "meshwork_node_containers_adopted_total") >= want
+                && node_metric(&o, i, "meshwork_node_pod_syncs_total") >= 1.0)
+                .then_some(())
+        });
+    }
     let after = o.json(&["get", "pods", "-l", "app=web"]);
     assert_eq!(
         ids(&before),
@@ -375,7 +384,16 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
         "pod/probed",
         "--timeout=30s",
     ]);
-    std::thread::sleep(Duration::from_secs(4));
+    // Three passing liveness runs (the only liveness probe on its node), then no restart.
+    let probed_node =
+        o.node_index(&o.kubectl(&["get", "pod", "probed", "-o", "jsonpath={.spec.nodeName}"]));
+    let live_ok = "meshwork_node_probes_total{probe=\"liveness\",result=\"success\"}";
+    let base = node_metric(&o, probed_node, live_ok);
+    o.wait_long(
+        "three passing liveness probes",
+        Duration::from_secs(30),
+        || (node_metric(&o, probed_node, live_ok) >= base + 3.0).then_some(()),
+    );
     let restarts = o.kubectl(&[
         "get",
         "pod",
@@ -388,6 +406,77 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
         "the tcp liveness probe failed a listening container"
     );
     o.kubectl(&["delete", "pod", "probed", "--wait=true"]);
+
+    // A failing liveness probe restarts the container (the file it checks goes away after 2 s).
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dying", "namespace": "default"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "busybox",
+            "command": ["sh", "-c", "touch /tmp/alive; sleep 2; rm /tmp/alive; exec sleep 600"],
+            "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2},
+        }]}
+    }));
+    o.wait_long(
+        "the liveness failure to restart the container",
+        Duration::from_secs(60),
+        || {
+            let n = o.kubectl(&[
+                "get",
+                "pod",
+                "dying",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].restartCount}",
+            ]);
+            (n.parse::<u32>().unwrap_or(0) >= 1).then_some(())
+        },
+    );
+    let last = o.kubectl(&[
+        "get",
+        "pod",
+        "dying",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].lastState.terminated.reason}",
+    ]);
+    assert!(
+        !last.is_empty(),
+        "the restarted container's last state is its termination"
+    );
+    o.kubectl(&["delete", "pod", "dying", "--wait=true"]);
+
+    // Heartbeats are Lease renewals: the lease moves, the Node object does not (it is written
+    // only when its status changes).
+    let node0 = o.nodes[0].name.clone();
+    let renew = |o: &Orch| {
+        o.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            &node0,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let node_rv = |o: &Orch| {
+        o.kubectl(&[
+            "get",
+            "node",
+            &node0,
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let rv0 = node_rv(&o);
+    let mut seen = BTreeSet::from([renew(&o)]);
+    o.wait("three lease renewals", || {
+        seen.insert(renew(&o));
+        (seen.len() >= 4).then_some(())
+    });
+    assert_eq!(
+        node_rv(&o),
+        rv0,
+        "the Node object was rewritten by heartbeats"
+    );
 
     // A node whose runtime goes silent turns NotReady (Unknown) and its endpoints not ready.
     let silent = pods[0].1.clone();
@@ -418,6 +507,15 @@ fn node_runtime_restart_adopts_and_silence_turns_not_ready() {
             .all(|e| !e.1)
             .then_some(())
     });
+}
+
+/// A sample of node `i`'s runtime metrics (`name` with its labels as printed), 0 if absent.
+fn node_metric(o: &Orch, i: usize, name: &str) -> f64 {
+    let m = o.node_get(i, 10250, "/metrics");
+    m.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Runs a client pod on node 1 that fetches `http://<vip>/id` `n` times; its log.

@@ -9,7 +9,7 @@ pub mod error;
 mod escalation;
 pub mod kind;
 pub mod kubernetes_service;
-mod noderestriction;
+pub(crate) mod noderestriction;
 mod object;
 pub mod openapi;
 pub mod pods;

@@ -19,6 +19,9 @@ use super::{error::ApiError, verbs::Ctx, Api};
 use crate::server::auth::User;
 
 /// The node a user is, when it is a node (and not also a cluster admin).
+/// Where node heartbeat Leases live.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
 pub fn node_of(user: &User) -> Option<&str> {
     if user
         .groups
@@ -108,9 +111,6 @@ impl Api {
             return Ok(());
         };
         let info = t.kind.info();
-        if !info.group.is_empty() {
-            return Ok(());
-        }
         let ns = t.ns.clone().unwrap_or_default();
         let name = t.name().to_string();
         let forbid = |resource: &str, why: String| ApiError::Denied {
@@ -118,6 +118,27 @@ impl Api {
             name: name.clone(),
             why,
         };
+        if info.group == "coordination.k8s.io" && info.plural == "leases" {
+            // kube's NodeRestriction: a node writes only its own heartbeat Lease.
+            let target = if name.is_empty() {
+                serde_json::from_slice::<serde_json::Value>(&ctx.body)
+                    .ok()
+                    .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+                    .unwrap_or_default()
+            } else {
+                name.clone()
+            };
+            if is_write(method) && (ns != NODE_LEASE_NAMESPACE || target != node) {
+                return Err(forbid(
+                    "leases",
+                    "can only access node lease with the same name as the requesting node".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if !info.group.is_empty() {
+            return Ok(());
+        }
         match (info.plural, t.sub.as_deref()) {
             ("nodes", _) if is_write(method) => {
                 let target = if name.is_empty() {

@@ -3,6 +3,7 @@
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet},
+        coordination::v1::Lease,
         core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount},
         discovery::v1::EndpointSlice,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -31,6 +32,7 @@ pub const GROUP_VERSIONS: &[(&str, &str)] = &[
     ("authentication.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
     ("rbac.authorization.k8s.io", "v1"),
+    ("coordination.k8s.io", "v1"),
 ];
 
 /// A kind that is only ever created and answered, never stored (kube: a REST with only
@@ -106,6 +108,9 @@ impl Registry {
             Box::new(Typed::<ClusterRole>::new()),
             Box::new(Typed::<RoleBinding>::new()),
             Box::new(Typed::<ClusterRoleBinding>::new()),
+            // Node heartbeats (kube-node-lease), so Node objects change only when their
+            // status does.
+            Box::new(Typed::<Lease>::new()),
         ];
         Registry { kinds }
     }

@@ -80,6 +80,9 @@ pub struct Caches {
     pub serviceaccounts: Store<ServiceAccount>,
     /// Only the `kube-root-ca.crt` ConfigMaps (a field selector keeps the rest out).
     pub root_ca_maps: Store<ConfigMap>,
+    /// Node heartbeat Leases. Their renewals do not wake the controllers (they would, every
+    /// few seconds per node): the node lifecycle controller reads them on its own tick.
+    pub leases: Store<k8s_openapi::api::coordination::v1::Lease>,
 }
 
 impl Caches {
@@ -99,8 +102,17 @@ impl Caches {
             cfg().fields(&format!("metadata.name={}", rootca_name())),
             changes.clone(),
         );
+        let (leases, t11) = reflect(
+            Api::namespaced(
+                client.clone(),
+                crate::api::noderestriction::NODE_LEASE_NAMESPACE,
+            ),
+            cfg(),
+            Changes::new(),
+        );
         (
             Caches {
+                leases,
                 pods,
                 replicasets,
                 deployments,
@@ -112,7 +124,7 @@ impl Caches {
                 serviceaccounts,
                 root_ca_maps,
             },
-            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10],
+            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11],
         )
     }
 
@@ -127,6 +139,7 @@ impl Caches {
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.serviceaccounts.wait_until_ready().await;
         let _ = self.root_ca_maps.wait_until_ready().await;
+        let _ = self.leases.wait_until_ready().await;
     }
 }
 

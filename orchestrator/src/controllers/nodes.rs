@@ -1,6 +1,8 @@
 //! Nodes: each gets a pod CIDR from the cluster CIDR (spec.podCIDR), and a node whose runtime
-//! stops reporting (Ready's lastHeartbeatTime older than the grace period) turns Ready=Unknown
-//! and its pods' Ready condition False — which takes their endpoints out of service.
+//! stops reporting turns Ready=Unknown and its pods' Ready condition False — which takes their
+//! endpoints out of service. A node reports by renewing its Lease in `kube-node-lease` or by
+//! writing its Ready condition; the newer of the two counts (kube's node lifecycle
+//! controller).
 
 use std::collections::HashSet;
 
@@ -9,12 +11,13 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     api::{Api, Patch, PatchParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 use serde_json::json;
 
 use super::{util::pod_ready, Caches, ControllerConfig};
-use crate::api::kind::now_seconds;
+use crate::api::{kind::now_seconds, noderestriction::NODE_LEASE_NAMESPACE};
 
 pub struct Controller {
     client: Client,
@@ -78,11 +81,24 @@ impl Controller {
             let Some(ready) = conds.iter().find(|c| c.type_ == "Ready") else {
                 continue;
             };
-            let beat = ready
+            let status_beat = ready
                 .last_heartbeat_time
                 .as_ref()
                 .map(|t| t.0.as_second())
                 .unwrap_or(0);
+            let lease_beat = self
+                .caches
+                .leases
+                .get(&ObjectRef::new(&n.name_any()).within(NODE_LEASE_NAMESPACE))
+                .and_then(|l| {
+                    l.spec
+                        .as_ref()?
+                        .renew_time
+                        .as_ref()
+                        .map(|t| t.0.as_second())
+                })
+                .unwrap_or(0);
+            let beat = status_beat.max(lease_beat);
             let silent = now.as_second() - beat > grace;
             if silent && ready.status != "Unknown" {
                 let mut c = ready.clone();

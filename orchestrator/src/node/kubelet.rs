@@ -14,17 +14,13 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::{
         Container as CSpec, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-        ContainerStateWaiting, ContainerStatus, DaemonEndpoint, HostIP, Node, NodeAddress,
-        NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodIP,
-        PodStatus, Service,
+        ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+        Service,
     },
-    apimachinery::pkg::{
-        api::resource::Quantity,
-        apis::meta::v1::{ObjectMeta, Time},
-    },
+    apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
-    api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{Api, DeleteParams, PostParams, Preconditions},
     runtime::{reflector::Store, watcher},
     Client, ResourceExt,
 };
@@ -33,9 +29,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
     probe,
-    runtime::{
-        find_cni_config, Container, ContainerConfig, Exit, PodRuntime, Sandbox, SandboxConfig,
-    },
+    runtime::{Container, ContainerConfig, Exit, PodRuntime, Sandbox, SandboxConfig},
     NodeArgs,
 };
 use crate::api::kind::now_seconds;
@@ -382,17 +376,21 @@ impl<R: PodRuntime> Kubelet<R> {
 
     /// Registers the node, adopts what is running, then syncs pods until the process ends.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.heartbeat_once()
+        let mut reported = super::heartbeat::Reported::default();
+        self.report_node(&mut reported, true)
             .await
             .context("registering the node")?;
         let hb = {
             let k = self.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(k.inner.s.heartbeat).await;
-                    if let Err(e) = k.heartbeat_once().await {
-                        tracing::warn!(error = format!("{e:#}"), "node heartbeat failed");
+                    if let Err(e) = k.renew_lease(&mut reported).await {
+                        tracing::warn!(error = format!("{e:#}"), "node lease renewal failed");
                     }
+                    if let Err(e) = k.report_node(&mut reported, false).await {
+                        tracing::warn!(error = format!("{e:#}"), "node status failed");
+                    }
+                    tokio::time::sleep(k.inner.s.heartbeat).await;
                 }
             })
         };
@@ -469,6 +467,7 @@ impl<R: PodRuntime> Kubelet<R> {
                 if self.inner.rt.alive(&run) {
                     c.running = true;
                     c.adopted = true;
+                    self.inner.metrics.adopted.inc();
                     self.spawn_waiter(sb.uid.clone(), run.clone());
                 } else {
                     let exit = self.inner.rt.wait(&run).await;
@@ -557,6 +556,7 @@ impl<R: PodRuntime> Kubelet<R> {
             self.spawn_terminate(uid, Duration::ZERO, None);
         }
         self.publish_logs().await;
+        self.inner.metrics.syncs.inc();
         first_err.map_or(Ok(()), Err)
     }
 
@@ -911,137 +911,6 @@ impl<R: PodRuntime> Kubelet<R> {
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    async fn heartbeat_once(&self) -> anyhow::Result<()> {
-        let s = &self.inner.s;
-        let api: Api<Node> = Api::all(self.inner.client.clone());
-        let existing = match api.get_opt(&s.node_name).await? {
-            Some(n) => n,
-            None => {
-                let n = Node {
-                    metadata: ObjectMeta {
-                        name: Some(s.node_name.clone()),
-                        labels: Some(s.labels.clone()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                match api.create(&PostParams::default(), &n).await {
-                    Ok(n) => n,
-                    Err(kube::Error::Api(e)) if e.code == 409 => api.get(&s.node_name).await?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        let network = find_cni_config(&s.cni_conf_dir).is_some();
-        let now = Time(now_seconds());
-        let old = existing
-            .status
-            .as_ref()
-            .and_then(|st| st.conditions.clone())
-            .unwrap_or_default();
-        let cond = |type_: &str, status: &str, reason: &str, message: &str| {
-            let prev = old.iter().find(|c| c.type_ == type_);
-            NodeCondition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: Some(reason.into()),
-                message: Some(message.into()),
-                last_heartbeat_time: Some(now.clone()),
-                last_transition_time: match prev {
-                    Some(p) if p.status == status => p.last_transition_time.clone(),
-                    _ => Some(now.clone()),
-                },
-            }
-        };
-        let ready = if network {
-            cond(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-            )
-        } else {
-            cond(
-                "Ready",
-                "False",
-                "KubeletNotReady",
-                "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized",
-            )
-        };
-        let capacity: BTreeMap<String, Quantity> = [
-            ("cpu".to_string(), Quantity(s.cpu.clone())),
-            ("memory".to_string(), Quantity(s.memory.clone())),
-            ("pods".to_string(), Quantity(s.max_pods.to_string())),
-        ]
-        .into();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let status = NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: s.node_ip.to_string(),
-                },
-                NodeAddress {
-                    type_: "Hostname".into(),
-                    address: s.node_name.clone(),
-                },
-            ]),
-            allocatable: Some(capacity.clone()),
-            capacity: Some(capacity),
-            conditions: Some(vec![
-                cond(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                cond(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                ),
-                cond(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                ),
-                ready,
-            ]),
-            daemon_endpoints: Some(NodeDaemonEndpoints {
-                kubelet_endpoint: Some(DaemonEndpoint {
-                    port: s.port as i32,
-                }),
-            }),
-            node_info: Some(NodeSystemInfo {
-                architecture: std::env::consts::ARCH.replace("x86_64", "amd64"),
-                container_runtime_version: format!("meshwork://{}", env!("CARGO_PKG_VERSION")),
-                kernel_version: kernel,
-                kubelet_version: format!("v1.{}.0-meshwork", crate::api::KUBE_MINOR),
-                kube_proxy_version: String::new(),
-                operating_system: "linux".into(),
-                os_image: "Meshwork node runtime".into(),
-                boot_id: String::new(),
-                machine_id: String::new(),
-                system_uuid: String::new(),
-                swap: None,
-            }),
-            ..Default::default()
-        };
-        api.patch_status(
-            &s.node_name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
-        )
-        .await
-        .context("node status")?;
-        Ok(())
     }
 }
 

@@ -13,6 +13,13 @@ use prometheus_client::{
 use super::kubelet::StartTiming;
 
 pub struct NodeMetrics {
+    /// Probe runs by probe kind and result (bounded labels: two kinds, two results).
+    pub probes: Family<Vec<(String, String)>, Counter>,
+    /// Containers a restarted node runtime found running and took over.
+    pub adopted: Counter,
+    /// Completed passes over this node's pods (a restarted runtime has reported once it has
+    /// one).
+    pub syncs: Counter,
     starts: Counter,
     start_seconds: Histogram,
     phase_seconds: Family<Vec<(String, String)>, Histogram>,
@@ -48,7 +55,28 @@ impl NodeMetrics {
             "Pod start by phase: sandbox (netns + cgroup), cni (ADD), process",
             phase_seconds.clone(),
         );
+        let probes = Family::<Vec<(String, String)>, Counter>::default();
+        let adopted = Counter::default();
+        let syncs = Counter::default();
+        registry.register(
+            "probes",
+            "Probe runs by probe (readiness, liveness) and result (success, failure)",
+            probes.clone(),
+        );
+        registry.register(
+            "containers_adopted",
+            "Running containers taken over from an earlier node runtime",
+            adopted.clone(),
+        );
+        registry.register(
+            "pod_syncs",
+            "Passes over this node's pods (start, probe results, status reports)",
+            syncs.clone(),
+        );
         Arc::new(NodeMetrics {
+            probes,
+            adopted,
+            syncs,
             starts,
             start_seconds,
             phase_seconds,
@@ -68,6 +96,16 @@ impl NodeMetrics {
                 .get_or_create(&vec![("phase".to_string(), phase.to_string())])
                 .observe(ms / 1e3);
         }
+    }
+
+    pub fn probed(&self, probe: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.probes
+            .get_or_create(&vec![
+                ("probe".to_string(), probe.to_string()),
+                ("result".to_string(), result.to_string()),
+            ])
+            .inc();
     }
 
     pub fn encode(&self) -> String {

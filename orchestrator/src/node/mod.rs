@@ -1,5 +1,5 @@
-//! The node runtime (the kubelet's role) for one node: registers the Node and keeps its Ready
-//! condition fresh, watches the pods bound to it, runs them through a [`runtime::PodRuntime`]
+//! The node runtime (the kubelet's role) for one node: registers the Node and renews its
+//! heartbeat Lease (its status is written when it changes; `heartbeat.rs`), watches the pods bound to it, runs them through a [`runtime::PodRuntime`]
 //! (sandbox: network namespace + cgroup, wired by the CNI plugin from the config dir with the
 //! environment containerd uses; containers: processes from the image catalog), probes them,
 //! restarts them with back-off, reports their status, serves their logs, and stops them
@@ -8,6 +8,7 @@
 pub mod catalog;
 mod envvars;
 mod exec;
+mod heartbeat;
 mod kubelet;
 mod metrics;
 mod portforward;

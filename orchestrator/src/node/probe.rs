@@ -73,6 +73,13 @@ async fn probe_loop<R: PodRuntime>(
     let (mut ok_run, mut fail_run) = (0, 0);
     loop {
         let ok = check(&k, &cs, &run, ip, &probe, timeout).await;
+        k.inner.metrics.probed(
+            match kind {
+                Kind::Readiness => "readiness",
+                Kind::Liveness => "liveness",
+            },
+            ok,
+        );
         if ok {
             ok_run += 1;
             fail_run = 0;

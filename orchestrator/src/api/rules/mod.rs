@@ -1,5 +1,6 @@
 //! Per-kind `Rules` implementations (see `kind.rs`).
 
 pub mod apps;
+pub mod coordination;
 pub mod core;
 pub mod rbac;

@@ -363,6 +363,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["nodes"],
                 ),
                 r(&["patch", "update"], &[""], &["nodes/status"]),
+                // Its heartbeat Lease (only its own: api/noderestriction.rs).
+                r(
+                    &["create", "delete", "get", "patch", "update"],
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                ),
                 r(
                     &["create", "patch", "update"],
                     &["", "events.k8s.io"],
