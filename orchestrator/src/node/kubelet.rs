@@ -10,17 +10,10 @@ use std::{
 };
 
 use anyhow::Context;
-use jiff::Timestamp;
-use k8s_openapi::{
-    api::core::v1::{
-        Container as CSpec, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-        ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
-        Service,
-    },
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
-    api::{Api, DeleteParams, PostParams, Preconditions},
+    api::Api,
     runtime::{reflector::Store, watcher},
     Client, ResourceExt,
 };
@@ -28,13 +21,16 @@ use serde::Serialize;
 use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
+    container::{container_config, grace_of, pod_resolv_conf, spec_hash},
     probe,
-    runtime::{Container, ContainerConfig, Exit, PodRuntime, Sandbox, SandboxConfig},
+    runtime::{Container, Exit, PodRuntime, Sandbox, SandboxConfig},
     NodeArgs,
 };
 use crate::api::kind::now_seconds;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Pods synced at once (starts in flight on a node).
+const POD_WORKERS: usize = 16;
 
 /// Settings of the agent (from the command line).
 #[derive(Clone, Debug)]
@@ -136,6 +132,9 @@ pub(crate) struct Ctr {
 }
 
 pub(crate) struct PodRt {
+    /// Held across this pod's slow operations (start, terminate): one at a time per pod,
+    /// while other pods go on.
+    pub op: Arc<tokio::sync::Mutex<()>>,
     pub namespace: String,
     pub name: String,
     pub sandbox: Option<Sandbox>,
@@ -148,6 +147,24 @@ pub(crate) struct PodRt {
     pub seen: Instant,
     pub timed: bool,
     pub process_ms: f64,
+}
+
+impl PodRt {
+    pub(crate) fn new(namespace: String, name: String) -> Self {
+        PodRt {
+            op: Arc::default(),
+            namespace,
+            name,
+            sandbox: None,
+            setup_error: None,
+            volumes: None,
+            containers: HashMap::new(),
+            terminating: false,
+            seen: Instant::now(),
+            timed: false,
+            process_ms: 0.0,
+        }
+    }
 }
 
 /// Pod starts kept for `/debug/pod-starts` (the metrics count them all).
@@ -192,159 +209,6 @@ impl<R: PodRuntime> Clone for Kubelet<R> {
             inner: self.inner.clone(),
         }
     }
-}
-
-/// The pod's /etc/resolv.conf for dnsPolicy ClusterFirst: the cluster DNS address and the
-/// search path `<ns>.svc.<domain> svc.<domain> <domain>`, ndots 5 (as the kubelet writes it).
-pub fn resolv_conf(dns: IpAddr, domain: &str, ns: &str) -> String {
-    format!("search {ns}.svc.{domain} svc.{domain} {domain}\nnameserver {dns}\noptions ndots:5\n")
-}
-
-fn pod_resolv_conf(s: &Settings, pod: &Pod) -> String {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let ns = pod.namespace().unwrap_or_default();
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
-    let host_net = spec.host_network == Some(true);
-    let mut text = match policy {
-        "Default" => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        "None" => String::new(),
-        "ClusterFirstWithHostNet" => resolv_conf(s.cluster_dns, &s.cluster_domain, &ns),
-        _ if host_net => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        _ => resolv_conf(s.cluster_dns, &s.cluster_domain, &ns),
-    };
-    if let Some(cfg) = &spec.dns_config {
-        for n in cfg.nameservers.iter().flatten() {
-            text.push_str(&format!("nameserver {n}\n"));
-        }
-        if let Some(search) = &cfg.searches {
-            text.push_str(&format!("search {}\n", search.join(" ")));
-        }
-        for o in cfg.options.iter().flatten() {
-            match &o.value {
-                Some(v) => text.push_str(&format!(
-                    "options {}:{v}\n",
-                    o.name.clone().unwrap_or_default()
-                )),
-                None => text.push_str(&format!("options {}\n", o.name.clone().unwrap_or_default())),
-            }
-        }
-    }
-    text
-}
-
-/// `$(VAR)` references expanded from `env` (`$$` escapes), as the kubelet does for env values,
-/// command and args.
-pub fn expand(s: &str, env: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('(') {
-            match body.find(')') {
-                Some(end) => {
-                    let name = &body[..end];
-                    match env.iter().rev().find(|(k, _)| k == name) {
-                        Some((_, v)) => out.push_str(v),
-                        None => out.push_str(&format!("$({name})")),
-                    }
-                    rest = &body[end + 1..];
-                }
-                None => {
-                    out.push('$');
-                    rest = after;
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn field_ref(pod: &Pod, sb: &Sandbox, path: &str, node_ip: IpAddr) -> String {
-    let spec = pod.spec.clone().unwrap_or_default();
-    match path {
-        "metadata.name" => pod.name_any(),
-        "metadata.namespace" => pod.namespace().unwrap_or_default(),
-        "metadata.uid" => pod.uid().unwrap_or_default(),
-        "spec.nodeName" => spec.node_name.unwrap_or_default(),
-        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
-        "status.podIP" => sb.ip.map(|i| i.to_string()).unwrap_or_default(),
-        "status.hostIP" => node_ip.to_string(),
-        other => {
-            if let Some(k) = other
-                .strip_prefix("metadata.labels['")
-                .and_then(|k| k.strip_suffix("']"))
-            {
-                return pod.labels().get(k).cloned().unwrap_or_default();
-            }
-            String::new()
-        }
-    }
-}
-
-fn container_config(
-    pod: &Pod,
-    sb: &Sandbox,
-    c: &CSpec,
-    attempt: u32,
-    node_ip: IpAddr,
-    service_env: &[(String, String)],
-    mounts: Vec<String>,
-) -> ContainerConfig {
-    // Service variables come first: the container's own env may refer to them, and wins.
-    let mut env: Vec<(String, String)> = service_env.to_vec();
-    for e in c.env.iter().flatten() {
-        let v = match (&e.value, &e.value_from) {
-            (Some(v), _) => expand(v, &env),
-            (None, Some(from)) => from
-                .field_ref
-                .as_ref()
-                .map(|f| field_ref(pod, sb, &f.field_path, node_ip))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
-        env.push((e.name.clone(), v));
-    }
-    ContainerConfig {
-        name: c.name.clone(),
-        image: c.image.clone().unwrap_or_default(),
-        command: c
-            .command
-            .iter()
-            .flatten()
-            .map(|a| expand(a, &env))
-            .collect(),
-        args: c.args.iter().flatten().map(|a| expand(a, &env)).collect(),
-        env,
-        workdir: c.working_dir.clone(),
-        attempt,
-        mounts,
-    }
-}
-
-fn time(secs: i64) -> Time {
-    Time(Timestamp::from_second(secs).unwrap_or_else(|_| now_seconds()))
-}
-
-fn spec_hash(c: &CSpec) -> String {
-    crate::controllers::template_hash(&serde_json::to_value(c).unwrap_or_default())
-}
-
-fn grace_of(pod: &Pod) -> Duration {
-    let secs = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
-        .unwrap_or(30)
-        .max(0);
-    Duration::from_secs(secs as u64)
 }
 
 impl<R: PodRuntime> Kubelet<R> {
@@ -446,18 +310,9 @@ impl<R: PodRuntime> Kubelet<R> {
                 }
                 continue;
             }
-            let mut p = PodRt {
-                namespace: sb.namespace.clone(),
-                name: sb.name.clone(),
-                sandbox: Some(sb.clone()),
-                setup_error: None,
-                volumes: None,
-                containers: HashMap::new(),
-                terminating: false,
-                seen: Instant::now(),
-                timed: true,
-                process_ms: 0.0,
-            };
+            let mut p = PodRt::new(sb.namespace.clone(), sb.name.clone());
+            p.sandbox = Some(sb.clone());
+            p.timed = true;
             for run in runs {
                 let mut c = Ctr {
                     restart_count: run.attempt as i32,
@@ -519,6 +374,7 @@ impl<R: PodRuntime> Kubelet<R> {
         let services = services.state();
         let mut first_err = None;
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+        let mut live_pods = Vec::new();
         for pod in &pods {
             let uid = pod.uid().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -533,12 +389,27 @@ impl<R: PodRuntime> Kubelet<R> {
                 }
                 continue;
             }
-            if let Err(e) = self.sync_pod(pod, &services).await {
-                first_err.get_or_insert(e.context(format!("pod {}", pod.name_any())));
-            }
-            if let Err(e) = self.report(pod).await {
-                first_err.get_or_insert(e.context(format!("status of pod {}", pod.name_any())));
-            }
+            live_pods.push(pod);
+        }
+        // Pods side by side (each under its own operation lock), as the kubelet's pod
+        // workers: one slow start does not hold up the others.
+        let services = &services;
+        let errors = futures::stream::iter(live_pods)
+            .map(|pod| async move {
+                let mut errs = Vec::new();
+                if let Err(e) = self.sync_pod(pod, services).await {
+                    errs.push(e.context(format!("pod {}", pod.name_any())));
+                }
+                if let Err(e) = self.report(pod).await {
+                    errs.push(e.context(format!("status of pod {}", pod.name_any())));
+                }
+                errs
+            })
+            .buffer_unordered(POD_WORKERS)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = errors.into_iter().flatten().next() {
+            first_err.get_or_insert(e);
         }
         // Pods gone from the API (force-deleted) or never known to it: stop at once.
         let gone: Vec<String> = {
@@ -582,42 +453,57 @@ impl<R: PodRuntime> Kubelet<R> {
         *self.inner.logs.lock().unwrap_or_else(|p| p.into_inner()) = view;
     }
 
+    /// One pod brought towards its spec. The node-wide state lock is held only to read and
+    /// record; the slow steps (sandbox and CNI ADD, volumes and their API calls, container
+    /// starts) run under this pod's own operation lock, so pods start side by side and a
+    /// terminate waits for a start in progress instead of racing it.
     async fn sync_pod(&self, pod: &Pod, services: &[Arc<Service>]) -> anyhow::Result<()> {
         let uid = pod.uid().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
-        let mut st = self.inner.state.lock().await;
-        let p = st.pods.entry(uid.clone()).or_insert_with(|| PodRt {
-            namespace: pod.namespace().unwrap_or_default(),
-            name: pod.name_any(),
-            sandbox: None,
-            setup_error: None,
-            volumes: None,
-            containers: HashMap::new(),
-            terminating: false,
-            seen: Instant::now(),
-            timed: false,
-            process_ms: 0.0,
-        });
-        if p.terminating {
-            return Ok(());
-        }
-        if p.sandbox.is_none() {
-            let host_network = spec.host_network == Some(true);
-            let cfg = SandboxConfig {
-                uid: uid.clone(),
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                // A host-network pod shares the node's name, as it shares its network.
-                hostname: if host_network {
-                    self.inner.s.node_name.clone()
-                } else {
-                    spec.hostname.clone().unwrap_or_else(|| pod.name_any())
-                },
-                resolv_conf: pod_resolv_conf(&self.inner.s, pod),
-                host_network,
-                host_ip: self.inner.s.node_ip,
+        let op = {
+            let mut st = self.inner.state.lock().await;
+            st.pods
+                .entry(uid.clone())
+                .or_insert_with(|| PodRt::new(pod.namespace().unwrap_or_default(), pod.name_any()))
+                .op
+                .clone()
+        };
+        let _op = op.lock().await;
+
+        // 1. The sandbox (network namespace, cgroup, CNI ADD).
+        let want_sandbox = {
+            let st = self.inner.state.lock().await;
+            let Some(p) = st.pods.get(&uid) else {
+                return Ok(());
             };
-            match self.inner.rt.run_sandbox(&cfg).await {
+            if p.terminating {
+                return Ok(());
+            }
+            p.sandbox.is_none().then(|| {
+                let host_network = spec.host_network == Some(true);
+                SandboxConfig {
+                    uid: uid.clone(),
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    // A host-network pod shares the node's name, as it shares its network.
+                    hostname: if host_network {
+                        self.inner.s.node_name.clone()
+                    } else {
+                        spec.hostname.clone().unwrap_or_else(|| pod.name_any())
+                    },
+                    resolv_conf: pod_resolv_conf(&self.inner.s, pod),
+                    host_network,
+                    host_ip: self.inner.s.node_ip,
+                }
+            })
+        };
+        if let Some(cfg) = want_sandbox {
+            let res = self.inner.rt.run_sandbox(&cfg).await;
+            let mut st = self.inner.state.lock().await;
+            let Some(p) = st.pods.get_mut(&uid) else {
+                return Ok(());
+            };
+            match res {
                 Ok(sb) => {
                     p.sandbox = Some(sb);
                     p.setup_error = None;
@@ -630,181 +516,167 @@ impl<R: PodRuntime> Kubelet<R> {
                 }
             }
         }
-        let Some(sb) = p.sandbox.clone() else {
-            return Ok(());
+        let (sb, vols, name) = {
+            let mut st = self.inner.state.lock().await;
+            let Some(p) = st.pods.get_mut(&uid) else {
+                return Ok(());
+            };
+            let Some(sb) = p.sandbox.clone() else {
+                return Ok(());
+            };
+            // Taken out while this pod's operation lock is held: nobody else writes them.
+            (sb, p.volumes.take(), p.name.clone())
         };
+
+        // 2. Volumes: mounted once, projected tokens refreshed when due.
         let mounter = super::volumes::Mounter {
             client: &self.inner.client,
             pod,
             root: sb.dir.join("volumes"),
         };
-        match &mut p.volumes {
+        let vols = match vols {
             None => match mounter.mount_all().await {
-                Ok(v) => {
-                    p.volumes = Some(v);
-                    p.setup_error = None;
-                }
+                Ok(v) => Ok(v),
                 Err(e) => {
-                    tracing::warn!(pod = %p.name, error = %e, "setting up volumes failed");
-                    p.setup_error = Some(e);
-                    return Ok(());
+                    tracing::warn!(pod = %name, error = %e, "setting up volumes failed");
+                    Err(e)
                 }
             },
-            Some(v) => {
+            Some(mut v) => {
                 let now = std::time::SystemTime::now();
                 for t in v.tokens.iter_mut().filter(|t| t.refresh_at <= now) {
                     // A failed refresh keeps the current token (still valid for another
                     // fifth of its life) and is retried on the next sync.
                     match mounter.refresh(t).await {
-                        Ok(()) => tracing::debug!(pod = %p.name, path = %t.path, "token refreshed"),
-                        Err(e) => tracing::warn!(pod = %p.name, error = %e, "refreshing a token"),
+                        Ok(()) => tracing::debug!(pod = %name, path = %t.path, "token refreshed"),
+                        Err(e) => tracing::warn!(pod = %name, error = %e, "refreshing a token"),
                     }
                 }
+                Ok(v)
             }
-        }
-        let vols = p.volumes.clone().unwrap_or_default();
+        };
         let svc_env = super::envvars::service_env(
             services.iter().map(|s| s.as_ref()),
-            &p.namespace,
+            &pod.namespace().unwrap_or_default(),
             spec.enable_service_links != Some(false),
         );
-        let policy = spec
-            .restart_policy
-            .clone()
-            .unwrap_or_else(|| "Always".into());
-        let mut to_watch = Vec::new();
-        let mut to_probe = Vec::new();
-        let mut to_stop = Vec::new();
-        let t0 = Instant::now();
-        for cs in &spec.containers {
-            let c = p.containers.entry(cs.name.clone()).or_insert_with(|| Ctr {
-                backoff: self.inner.s.backoff,
-                ..Default::default()
-            });
-            let hash = spec_hash(cs);
-            if c.spec_hash.is_empty() {
-                c.spec_hash = hash.clone();
-            }
-            if c.running && c.adopted {
-                // Readiness as last reported for this very run, until the probes say more:
-                // an agent restart must not flap the pod's endpoints.
-                c.adopted = false;
-                let id = c.run.as_ref().map(|r| format!("meshwork://{}", r.id()));
-                c.ready = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .and_then(|list| list.iter().find(|x| x.name == cs.name))
-                    .is_some_and(|x| x.ready && x.container_id == id);
-                if let Some(run) = c.run.clone() {
-                    to_probe.push((cs.clone(), run));
-                }
-            }
-            if c.running {
-                if (c.spec_hash != hash || c.kill_requested) && !c.stopping {
-                    c.stopping = true;
-                    c.spec_hash = hash;
-                    if let Some(run) = c.run.clone() {
-                        to_stop.push(run);
-                    }
-                }
-                continue;
-            }
-            if c.stopping {
-                continue;
-            }
-            let restart = match &c.last_exit {
-                // Never ran, or adopted without an exit: start it.
-                None => true,
-                Some((exit, _, _)) => match policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => exit.code != 0,
-                    _ => true,
-                },
+
+        // 3. Containers: decided under the lock, started outside it, recorded under it.
+        let mut to_start = Vec::new();
+        let to_probe;
+        let to_stop;
+        {
+            let mut st = self.inner.state.lock().await;
+            let Some(p) = st.pods.get_mut(&uid) else {
+                return Ok(());
             };
-            if !restart {
-                continue;
-            }
-            if c.next_start.is_some_and(|t| Instant::now() < t) {
-                if c.last_exit.is_some() {
-                    c.waiting = Some((
-                        "CrashLoopBackOff".into(),
-                        format!(
-                            "back-off restarting failed container {} in pod {}_{}",
-                            cs.name, p.name, p.namespace
-                        ),
-                    ));
+            let vols = match vols {
+                Ok(v) => {
+                    p.setup_error = None;
+                    p.volumes = Some(v.clone());
+                    v
                 }
-                continue;
-            }
-            let attempt = c.run.as_ref().map_or(0, |r| r.attempt + 1);
-            let mounts =
-                match super::volumes::binds(&vols, cs.volume_mounts.as_deref().unwrap_or_default())
-                {
+                Err(e) => {
+                    p.setup_error = Some(e);
+                    return Ok(());
+                }
+            };
+            let plan = super::plan::containers(p, pod, Instant::now(), self.inner.s.backoff);
+            to_stop = plan.stop;
+            to_probe = plan.probe;
+            for (cs, attempt) in plan.start {
+                let hash = spec_hash(&cs);
+                let mounts = match super::volumes::binds(
+                    &vols,
+                    cs.volume_mounts.as_deref().unwrap_or_default(),
+                ) {
                     Ok(m) => m,
                     Err(e) => {
-                        c.waiting = Some(("CreateContainerConfigError".into(), e));
+                        if let Some(c) = p.containers.get_mut(&cs.name) {
+                            c.waiting = Some(("CreateContainerConfigError".into(), e));
+                        }
                         continue;
                     }
                 };
-            let cfg = container_config(
-                pod,
-                &sb,
-                cs,
-                attempt,
-                self.inner.s.node_ip,
-                &svc_env,
-                mounts,
-            );
-            match self.inner.rt.start_container(&sb, &cfg).await {
-                Ok(run) => {
-                    if c.run.is_some() {
-                        c.restart_count += 1;
-                    }
-                    c.run = Some(run.clone());
-                    c.running = true;
-                    c.waiting = None;
-                    c.ready = false;
-                    c.spec_hash = hash;
-                    to_watch.push((cs.clone(), run));
-                }
-                Err(e) => {
-                    let reason = match e {
-                        super::runtime::RuntimeError::ImageNotFound(_) => "ErrImageNeverPull",
-                        _ => "CreateContainerError",
-                    };
-                    c.waiting = Some((reason.into(), e.to_string()));
-                    c.next_start = Some(Instant::now() + c.backoff);
-                    c.backoff = (c.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
-                }
+                let cfg = container_config(
+                    pod,
+                    &sb,
+                    &cs,
+                    attempt,
+                    self.inner.s.node_ip,
+                    &svc_env,
+                    mounts,
+                );
+                to_start.push((cs, cfg, hash));
             }
         }
-        if !to_watch.is_empty() {
-            p.process_ms += t0.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
+        let mut started = Vec::new();
+        for (cs, cfg, hash) in to_start {
+            let res = self.inner.rt.start_container(&sb, &cfg).await;
+            started.push((cs, res, hash));
         }
-        let all_started = spec
-            .containers
-            .iter()
-            .all(|cs| p.containers.get(&cs.name).is_some_and(|c| c.run.is_some()));
-        if all_started && !p.timed {
-            p.timed = true;
-            let timing = StartTiming {
-                namespace: p.namespace.clone(),
-                pod: p.name.clone(),
-                sandbox_ms: sb.netns_ms,
-                cni_ms: sb.cni_ms,
-                process_ms: p.process_ms,
-                total_ms: p.seen.elapsed().as_secs_f64() * 1e3,
+        let process_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let mut to_watch = Vec::new();
+        {
+            let mut st = self.inner.state.lock().await;
+            let Some(p) = st.pods.get_mut(&uid) else {
+                return Ok(());
             };
-            self.inner.metrics.observe(&timing);
-            // The debug list keeps the latest starts only: a long-lived node would grow it
-            // (and the copy the log view takes of it) without end.
-            if st.timings.len() >= MAX_TIMINGS {
-                st.timings.remove(0);
+            for (cs, res, hash) in started {
+                let Some(c) = p.containers.get_mut(&cs.name) else {
+                    continue;
+                };
+                match res {
+                    Ok(run) => {
+                        if c.run.is_some() {
+                            c.restart_count += 1;
+                        }
+                        c.run = Some(run.clone());
+                        c.running = true;
+                        c.waiting = None;
+                        c.ready = false;
+                        c.spec_hash = hash;
+                        to_watch.push((cs, run));
+                    }
+                    Err(e) => {
+                        let reason = match e {
+                            super::runtime::RuntimeError::ImageNotFound(_) => "ErrImageNeverPull",
+                            _ => "CreateContainerError",
+                        };
+                        c.waiting = Some((reason.into(), e.to_string()));
+                        c.next_start = Some(Instant::now() + c.backoff);
+                        c.backoff = (c.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                    }
+                }
             }
-            st.timings.push(timing);
+            if !to_watch.is_empty() {
+                p.process_ms += process_ms;
+            }
+            let all_started = spec
+                .containers
+                .iter()
+                .all(|cs| p.containers.get(&cs.name).is_some_and(|c| c.run.is_some()));
+            if all_started && !p.timed {
+                p.timed = true;
+                let timing = StartTiming {
+                    namespace: p.namespace.clone(),
+                    pod: p.name.clone(),
+                    sandbox_ms: sb.netns_ms,
+                    cni_ms: sb.cni_ms,
+                    process_ms: p.process_ms,
+                    total_ms: p.seen.elapsed().as_secs_f64() * 1e3,
+                };
+                self.inner.metrics.observe(&timing);
+                // The debug list keeps the latest starts only: a long-lived node would grow it
+                // (and the copy the log view takes of it) without end.
+                if st.timings.len() >= MAX_TIMINGS {
+                    st.timings.remove(0);
+                }
+                st.timings.push(timing);
+            }
         }
-        drop(st);
         // Started runs get a waiter; they and adopted runs get their probes.
         for (_, run) in &to_watch {
             self.spawn_waiter(uid.clone(), run.clone());
@@ -829,299 +701,5 @@ impl<R: PodRuntime> Kubelet<R> {
             tokio::spawn(async move { k.inner.rt.stop_container(&run, grace).await });
         }
         Ok(())
-    }
-
-    fn spawn_terminate(&self, uid: String, grace: Duration, pod: Option<Pod>) {
-        let k = self.clone();
-        tokio::spawn(async move {
-            let (runs, sandbox) = {
-                let st = k.inner.state.lock().await;
-                match st.pods.get(&uid) {
-                    Some(p) => (
-                        p.containers
-                            .values()
-                            .filter(|c| c.running)
-                            .filter_map(|c| c.run.clone())
-                            .collect::<Vec<_>>(),
-                        p.sandbox.clone(),
-                    ),
-                    None => (Vec::new(), None),
-                }
-            };
-            let rt = &k.inner.rt;
-            futures::future::join_all(runs.iter().map(|r| rt.stop_container(r, grace))).await;
-            if let Some(sb) = &sandbox {
-                if let Err(e) = rt.stop_sandbox(sb).await {
-                    tracing::warn!(pod = %sb.name, error = %e, "tearing down sandbox");
-                }
-            }
-            if let Some(p) = k.inner.state.lock().await.pods.remove(&uid) {
-                for c in p.containers.into_values() {
-                    for t in c.probes {
-                        t.abort();
-                    }
-                }
-            }
-            if let Some(pod) = pod {
-                let api: Api<Pod> =
-                    Api::namespaced(k.inner.client.clone(), &pod.namespace().unwrap_or_default());
-                let dp = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions {
-                        uid: pod.uid(),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                match api.delete(&pod.name_any(), &dp).await {
-                    Ok(_) => tracing::info!(pod = %pod.name_any(), "pod stopped and deleted"),
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "deleting pod"),
-                }
-            }
-            k.poke();
-        });
-    }
-
-    /// Builds the pod's status from what runs and writes it when it differs.
-    async fn report(&self, pod: &Pod) -> anyhow::Result<()> {
-        let uid = pod.uid().unwrap_or_default();
-        let status = {
-            let st = self.inner.state.lock().await;
-            let Some(p) = st.pods.get(&uid) else {
-                return Ok(());
-            };
-            build_status(p, pod, &self.inner.s)
-        };
-        if pod.status.as_ref() == Some(&status) {
-            return Ok(());
-        }
-        let api: Api<Pod> = Api::namespaced(
-            self.inner.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
-        let mut new = pod.clone();
-        new.status = Some(status);
-        match api
-            .replace_status(&pod.name_any(), &PostParams::default(), &new)
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Someone else wrote first: the next pass sees their version.
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-fn condition(old: &Option<PodStatus>, type_: &str, ok: bool, reason: Option<&str>) -> PodCondition {
-    let status = if ok { "True" } else { "False" };
-    let prev = old
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
-    PodCondition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: if ok { None } else { reason.map(str::to_string) },
-        last_transition_time: match prev {
-            Some(p) if p.status == status => p.last_transition_time.clone(),
-            _ => Some(Time(now_seconds())),
-        },
-        ..Default::default()
-    }
-}
-
-pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let old = pod.status.clone();
-    let policy = spec
-        .restart_policy
-        .clone()
-        .unwrap_or_else(|| "Always".into());
-    let mut statuses = Vec::new();
-    let (mut all_ready, mut any_running, mut all_done, mut all_ok) = (true, false, true, true);
-    for cs in &spec.containers {
-        let image = cs.image.clone().unwrap_or_default();
-        let c = p.containers.get(&cs.name);
-        let run = c.and_then(|c| c.run.as_ref());
-        let terminated = |(e, started, finished): &(Exit, i64, i64)| ContainerStateTerminated {
-            exit_code: e.code,
-            reason: Some(e.reason.clone()),
-            started_at: Some(time(*started)),
-            finished_at: Some(time(*finished)),
-            container_id: run.map(|r| format!("meshwork://{}", r.id())),
-            ..Default::default()
-        };
-        let (state, last) = match c {
-            Some(c) if c.running => (
-                ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: run.map(|r| time(r.started_at)),
-                    }),
-                    ..Default::default()
-                },
-                c.last_exit.as_ref().map(terminated),
-            ),
-            Some(c) if c.waiting.is_some() => {
-                let (reason, message) = c.waiting.clone().unwrap_or_default();
-                (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason),
-                            message: Some(message),
-                        }),
-                        ..Default::default()
-                    },
-                    c.last_exit.as_ref().map(terminated),
-                )
-            }
-            Some(c) if c.last_exit.is_some() => {
-                let exit = c.last_exit.as_ref().map(terminated);
-                (
-                    ContainerState {
-                        terminated: exit.clone(),
-                        ..Default::default()
-                    },
-                    None,
-                )
-            }
-            _ => {
-                let (reason, message) = match &p.setup_error {
-                    Some(e) => ("ContainerCreating".to_string(), Some(e.clone())),
-                    None => ("ContainerCreating".to_string(), None),
-                };
-                (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason),
-                            message,
-                        }),
-                        ..Default::default()
-                    },
-                    None,
-                )
-            }
-        };
-        let running = c.is_some_and(|c| c.running);
-        let ready = running && c.is_some_and(|c| c.ready);
-        all_ready &= ready;
-        any_running |= running;
-        let will_restart = c.is_some_and(|c| match &c.last_exit {
-            None => true,
-            Some((e, _, _)) => match policy.as_str() {
-                "Never" => false,
-                "OnFailure" => e.code != 0,
-                _ => true,
-            },
-        });
-        let done = !running && c.is_some_and(|c| c.last_exit.is_some()) && !will_restart;
-        all_done &= done;
-        all_ok &= c
-            .and_then(|c| c.last_exit.as_ref())
-            .is_none_or(|(e, _, _)| e.code == 0);
-        statuses.push(ContainerStatus {
-            name: cs.name.clone(),
-            image: image.clone(),
-            image_id: format!("meshwork-catalog://{}", super::catalog::image_name(&image)),
-            container_id: run.map(|r| format!("meshwork://{}", r.id())),
-            ready,
-            started: Some(running),
-            restart_count: c.map_or(0, |c| c.restart_count),
-            state: Some(state),
-            last_state: Some(ContainerState {
-                terminated: last,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    let phase = if p.sandbox.is_none() {
-        "Pending"
-    } else if all_done && !spec.containers.is_empty() {
-        if all_ok {
-            "Succeeded"
-        } else {
-            "Failed"
-        }
-    } else if any_running || statuses.iter().any(|s| s.restart_count > 0) {
-        "Running"
-    } else {
-        "Pending"
-    };
-    let scheduled = old
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled").cloned())
-        .unwrap_or_else(|| condition(&old, "PodScheduled", true, None));
-    let conditions = vec![
-        condition(&old, "PodReadyToStartContainers", p.sandbox.is_some(), None),
-        condition(&old, "Initialized", true, None),
-        condition(&old, "Ready", all_ready, Some("ContainersNotReady")),
-        condition(
-            &old,
-            "ContainersReady",
-            all_ready,
-            Some("ContainersNotReady"),
-        ),
-        scheduled,
-    ];
-    let ip = p
-        .sandbox
-        .as_ref()
-        .and_then(|sb| sb.ip)
-        .map(|i| i.to_string());
-    let qos = {
-        let any = spec.containers.iter().any(|c| {
-            c.resources
-                .as_ref()
-                .is_some_and(|r| r.requests.is_some() || r.limits.is_some())
-        });
-        if any {
-            "Burstable"
-        } else {
-            "BestEffort"
-        }
-    };
-    PodStatus {
-        phase: Some(phase.into()),
-        conditions: Some(conditions),
-        host_ip: Some(s.node_ip.to_string()),
-        host_ips: Some(vec![HostIP {
-            ip: s.node_ip.to_string(),
-        }]),
-        pod_ip: ip.clone(),
-        pod_ips: ip.map(|ip| vec![PodIP { ip }]),
-        start_time: old
-            .as_ref()
-            .and_then(|s| s.start_time.clone())
-            .or_else(|| Some(Time(now_seconds()))),
-        container_statuses: Some(statuses),
-        qos_class: Some(qos.into()),
-        ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dollar_references_expand() {
-        let env = vec![
-            ("A".to_string(), "x".to_string()),
-            ("B".to_string(), "y".to_string()),
-        ];
-        assert_eq!(expand("$(A)-$(B)", &env), "x-y");
-        assert_eq!(expand("$$(A) $(C)", &env), "$(A) $(C)");
-        assert_eq!(expand("cost $5", &env), "cost $5");
-    }
-
-    #[test]
-    fn resolv_conf_has_the_kubernetes_search_path() {
-        let text = resolv_conf("10.96.0.10".parse().unwrap(), "cluster.local", "web");
-        assert!(text.contains("nameserver 10.96.0.10\n"));
-        assert!(text.contains("search web.svc.cluster.local svc.cluster.local cluster.local\n"));
-        assert!(text.contains("options ndots:5"));
     }
 }

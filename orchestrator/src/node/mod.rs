@@ -6,24 +6,29 @@
 //! gracefully. A restarted node runtime adopts the pods it finds running.
 
 pub mod catalog;
+mod container;
 mod envvars;
 mod exec;
 mod heartbeat;
 mod kubelet;
 mod metrics;
+mod plan;
 mod portforward;
 mod probe;
 pub mod runtime;
 mod server;
 pub mod shim;
 mod spdy;
+mod status;
+mod terminate;
 mod volumes;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
-pub use kubelet::{resolv_conf, StartTiming};
+pub use container::resolv_conf;
+pub use kubelet::StartTiming;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArgs {
