@@ -16,6 +16,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{what} {path}: {source}")]
+    NamedNetns {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("opening netlink socket: {0}")]
     Socket(#[source] io::Error),
     #[error("{op}: {source}")]
@@ -45,6 +52,7 @@ impl Error {
             } => msg.code.map(|c| -c.get()),
             Error::OpenNetns { source, .. }
             | Error::Setns { source, .. }
+            | Error::NamedNetns { source, .. }
             | Error::Socket(source) => source.raw_os_error(),
             _ => None,
         }

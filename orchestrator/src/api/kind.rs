@@ -87,6 +87,9 @@ pub trait Rules:
     const FIELDS: &'static [&'static str] = &[];
     const NAME_RULE: NameRule = NameRule::Subdomain;
     const COLUMNS: &'static [Column] = &[NAME, AGE];
+    /// Server-side steps that need the store or other objects, run by the generic verbs before
+    /// the object is written (kube: a registry strategy's allocation plus admission).
+    const WRITE_HOOKS: &'static [WriteHook] = &[];
 
     /// Server-side defaults (what kube-apiserver's defaulters fill in).
     fn default(&mut self) {}
@@ -239,8 +242,19 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 /// Static facts about a kind (discovery, keys, messages).
+/// A step of a kind's write path that needs more than the object (run by `Api::run_hooks` in
+/// `verbs.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteHook {
+    /// Cluster IPs and node ports from the allocator (create and update).
+    AllocateServiceAddresses,
+    /// ServiceAccount admission: the account, its token volume (create only).
+    AdmitPod,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Info {
+    pub hooks: &'static [WriteHook],
     pub group: &'static str,
     pub version: &'static str,
     pub kind: &'static str,
@@ -404,6 +418,7 @@ impl<K: Rules> Typed<K> {
             categories: K::CATEGORIES,
             status: K::HAS_STATUS,
             scale: K::HAS_SCALE,
+            hooks: K::WRITE_HOOKS,
         }
     }
 

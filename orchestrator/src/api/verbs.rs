@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{
     error::ApiError,
     json_response,
-    kind::{KindOps, Out, Sub, Write},
+    kind::{KindOps, Out, Sub, Write, WriteHook},
     object::{value_with_rv, with_rv},
     selector::{FieldSelector, LabelSelector},
     table::{self, Include, Render},
@@ -271,12 +271,7 @@ impl Api {
         let Write::Put(mut bytes) = out.write else {
             return Err(ApiError::Internal("create produced no object".into()));
         };
-        if is_service(t.kind) {
-            bytes = self.assign_service(bytes, None).await?;
-        }
-        if let (true, Some(ns)) = (is_pod(t.kind), &t.ns) {
-            bytes = self.admit_pod(bytes, ns).await?;
-        }
+        bytes = self.run_hooks(t, bytes, None).await?;
         if let Some(u) = &t.user {
             self.check_escalation(t.kind, &bytes, None, u).await?;
         }
@@ -326,9 +321,9 @@ impl Api {
                 self.check_escalation(t.kind, bytes, Some(&cur.value), u)
                     .await?;
             }
-            if let (Write::Put(bytes), true) = (&mut out.write, is_service(t.kind)) {
+            if let Write::Put(bytes) = &mut out.write {
                 *bytes = self
-                    .assign_service(std::mem::take(bytes), Some(&cur.value))
+                    .run_hooks(t, std::mem::take(bytes), Some(&cur.value))
                     .await?;
             }
             if pinned.is_some_and(|p| p != cur.mod_revision) {
@@ -458,18 +453,27 @@ impl Api {
     }
 }
 
-/// `metadata.resourceVersion` of a body: the client's optimistic-concurrency precondition.
-fn is_pod(kind: &dyn KindOps) -> bool {
-    let i = kind.info();
-    i.group.is_empty() && i.plural == "pods"
-}
-
-fn is_service(kind: &dyn KindOps) -> bool {
-    let i = kind.info();
-    i.group.is_empty() && i.plural == "services"
-}
-
 impl Api {
+    /// The kind's write hooks (`Rules::WRITE_HOOKS`), in order; `old` is the stored object of
+    /// an update (None: a create).
+    async fn run_hooks(
+        &self,
+        t: &Target,
+        mut bytes: Vec<u8>,
+        old: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ApiError> {
+        for hook in t.kind.info().hooks {
+            bytes = match hook {
+                WriteHook::AllocateServiceAddresses => self.assign_service(bytes, old).await?,
+                WriteHook::AdmitPod => match (&t.ns, old) {
+                    (Some(ns), None) => self.admit_pod(bytes, ns).await?,
+                    _ => bytes,
+                },
+            };
+        }
+        Ok(bytes)
+    }
+
     async fn reload_allocations(&self) -> Result<(), ApiError> {
         let kind = self
             .registry

@@ -18,6 +18,7 @@ use meshwork_cni_spec::{
     invoke::{read_conflist, Invoker, RuntimeConf},
     types::{CniResult, NetConfList},
 };
+use meshwork_netlink::{Netlink, Netns};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{build_busybox_root, Catalog, Root};
@@ -306,23 +307,19 @@ impl ProcessRuntime {
             capability_args: Default::default(),
         }
     }
+}
 
-    async fn ip(args: &[&str]) -> Result<(), RuntimeError> {
-        let out = tokio::process::Command::new("ip")
-            .args(args)
-            .output()
-            .await
-            .map_err(io("running ip"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(RuntimeError::Other(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
-    }
+/// Sets the new namespace's loopback up (the kernel creates it down), over netlink.
+async fn loopback_up(ns: &Netns) -> Result<(), RuntimeError> {
+    let nl = Netlink::connect_in(ns).map_err(|e| RuntimeError::Other(e.to_string()))?;
+    let lo = nl
+        .link_by_name("lo")
+        .await
+        .map_err(|e| RuntimeError::Other(e.to_string()))?
+        .ok_or_else(|| RuntimeError::Other(format!("no lo in {}", ns.path().display())))?;
+    nl.set_up(lo.index)
+        .await
+        .map_err(|e| RuntimeError::Other(e.to_string()))
 }
 
 /// /etc/resolv.conf, hosts and hostname of a pod (bound into its containers).
@@ -389,10 +386,13 @@ impl PodRuntime for ProcessRuntime {
         let netns = format!("{}{short}", self.cfg.netns_prefix);
         let netns_path = Path::new(NETNS_DIR).join(&netns);
         let t0 = Instant::now();
-        if !netns_path.exists() {
-            Self::ip(&["netns", "add", &netns]).await?;
+        let ns = if netns_path.exists() {
+            Netns::open(&netns_path)
+        } else {
+            Netns::create(&netns_path)
         }
-        Self::ip(&["-n", &netns, "link", "set", "lo", "up"]).await?;
+        .map_err(|e| RuntimeError::Other(e.to_string()))?;
+        loopback_up(&ns).await?;
         let cgroup = self.cfg.cgroup_root.join(format!("pod{}", cfg.uid));
         std::fs::create_dir_all(&cgroup).map_err(io(format!("creating {}", cgroup.display())))?;
         let netns_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -465,7 +465,7 @@ impl PodRuntime for ProcessRuntime {
             }
         }
         if sb.netns_path.exists() {
-            Self::ip(&["netns", "del", &sb.netns]).await?;
+            Netns::delete(&sb.netns_path).map_err(|e| RuntimeError::Other(e.to_string()))?;
         }
         std::fs::remove_dir_all(&sb.dir).map_err(io(format!("removing {}", sb.dir.display())))?;
         Ok(())

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::api::{
     error::Cause,
-    kind::{age, human_duration, Column, NameRule, Rules, AGE, NAME},
+    kind::{age, human_duration, Column, NameRule, Rules, WriteHook, AGE, NAME},
     validation,
 };
 
@@ -164,6 +164,7 @@ pub fn validate_pod_spec(spec: &PodSpec, at: &str, causes: &mut Vec<Cause>) {
 }
 
 impl Rules for Pod {
+    const WRITE_HOOKS: &'static [WriteHook] = &[WriteHook::AdmitPod];
     const NAMESPACED: bool = true;
     const SINGULAR: &'static str = "pod";
     const SHORT_NAMES: &'static [&'static str] = &["po"];
@@ -304,6 +305,7 @@ fn port_string(p: &ServicePort) -> String {
 }
 
 impl Rules for Service {
+    const WRITE_HOOKS: &'static [WriteHook] = &[WriteHook::AllocateServiceAddresses];
     const NAMESPACED: bool = true;
     const SINGULAR: &'static str = "service";
     const SHORT_NAMES: &'static [&'static str] = &["svc"];
