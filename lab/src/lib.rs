@@ -14,6 +14,7 @@ pub mod kubectl;
 pub mod servers;
 pub mod stats;
 pub mod tcp;
+pub mod wait;
 
 use meshwork_cni_spec::Invoker;
 pub use meshwork_netlink::Netns;

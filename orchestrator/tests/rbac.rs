@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{kubectl::Kubectl, ServerProc};
 use serde_json::Value;
@@ -37,12 +37,8 @@ fn kubeconfig_for(
 }
 
 /// Retries until `f` holds: RBAC reads a watch cache, a grant holds once it is delivered.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "never: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    meshwork_lab::wait::eventually_true(what, Duration::from_secs(10), f)
 }
 
 #[test]

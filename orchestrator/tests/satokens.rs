@@ -841,18 +841,8 @@ async fn the_kubernetes_service_points_at_the_api_server() {
 }
 
 /// Polls `f` for up to 20 s (controllers run at their own pace).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not within 20 s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    meshwork_lab::wait::eventually(what, Duration::from_secs(20), f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -128,15 +128,8 @@ impl World {
     }
 }
 
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "not within 15 s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(what: &str, ok: impl FnMut() -> bool) {
+    meshwork_lab::wait::eventually_true(what, Duration::from_secs(15), ok)
 }
 
 /// `name`: the lab's name (tests running in parallel need their own).

@@ -153,20 +153,6 @@ fn answers(url: &str, want: &BTreeSet<String>, tries: usize) -> BTreeSet<String>
     seen
 }
 
-fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Polls `f` until it yields an empty list or `timeout` passes; the last list either way
 /// (`initial` if `f` never answered).
 fn until_or_last<T>(
@@ -429,7 +415,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     );
 
     // Prometheus scrapes every component: each node's agent and runtime, and DNS.
-    let targets = until(
+    let targets = meshwork_lab::wait::eventually(
         "Prometheus to scrape every target",
         Duration::from_secs(30),
         || {
@@ -462,7 +448,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         "--timeout=60s",
     ]);
     let ip = c.kubectl(&["get", "pod", "nginx", "-o", "jsonpath={.status.podIP}"]);
-    let page = until(
+    let page = meshwork_lab::wait::eventually(
         "nginx answers on its pod IP from the host",
         Duration::from_secs(10),
         || curl(&format!("http://{ip}/")),
@@ -499,10 +485,11 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         "-c",
         "for i in $(seq 60); do timeout 3 wget -qO- http://web/index.html; done",
     ]);
-    let seen = until("the client pod to finish", Duration::from_secs(60), || {
-        let phase = c.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
-        (phase == "Succeeded" || phase == "Failed").then(|| c.kubectl(&["logs", "client"]))
-    });
+    let seen =
+        meshwork_lab::wait::eventually("the client pod to finish", Duration::from_secs(60), || {
+            let phase = c.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+            (phase == "Succeeded" || phase == "Failed").then(|| c.kubectl(&["logs", "client"]))
+        });
     let names: BTreeSet<String> = seen.lines().map(str::to_string).collect();
     assert_eq!(
         names, pods,
@@ -523,7 +510,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     // Scale down: only the remaining pod answers, within 2 s of the scale.
     c.kubectl(&["scale", "deployment/web", "--replicas=1"]);
     let scaled = Instant::now();
-    let left = until(
+    let left = meshwork_lab::wait::eventually(
         "the scale-down to show in the API",
         Duration::from_secs(10),
         || {
@@ -531,7 +518,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
             (p.len() == 1).then_some(p)
         },
     );
-    let settled = until(
+    let settled = meshwork_lab::wait::eventually(
         "only the remaining pod answering",
         Duration::from_secs(10),
         || {
@@ -598,7 +585,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     let pid = victim["pid"].as_u64().unwrap() as i32;
     // SAFETY: killing the node runtime the cluster runs (found in its status file).
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let new_pid = until(
+    let new_pid = meshwork_lab::wait::eventually(
         "node-n2 restarted by the supervisor",
         Duration::from_secs(15),
         || {
@@ -620,7 +607,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     let agent = agent_pid(&state, "n2").expect("n2's agent process");
     // SAFETY: killing the agent this test's cluster runs (matched by its state dir and node).
     unsafe { libc::kill(agent, libc::SIGKILL) };
-    until(
+    meshwork_lab::wait::eventually(
         "n2's agent pod restarted by its node runtime",
         Duration::from_secs(30),
         || {
@@ -639,7 +626,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
             (n.parse::<u32>().ok()? >= 1).then_some(())
         },
     );
-    until(
+    meshwork_lab::wait::eventually(
         "the restarted agent serving healthz",
         Duration::from_secs(15),
         || curl("http://198.18.0.2:10256/healthz"),
@@ -664,7 +651,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     c.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     let back = web_pods(&c);
     assert_eq!(back, left, "the kept Deployment's pod");
-    let got = until(
+    let got = meshwork_lab::wait::eventually(
         "the kept Service answering from the host",
         Duration::from_secs(15),
         || curl(&urls[0]),

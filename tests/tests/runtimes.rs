@@ -296,21 +296,15 @@ fn remove_cgroups() {
     }
 }
 
-/// Polls `f` until it returns Some, at most `tries` times `every` apart (no signal to wait on:
-/// a runtime's container state is only observable by asking).
+/// Polls `f` until it returns Some, for up to `tries` × `every` (the lab's one polling helper;
+/// no signal to wait on: a runtime's container state is only observable by asking).
 async fn eventually<T>(
     what: &str,
     tries: u32,
     every: Duration,
-    mut f: impl AsyncFnMut() -> Option<T>,
+    f: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    for _ in 0..tries {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(every).await;
-    }
-    panic!("timed out waiting for {what}");
+    meshwork_lab::wait::eventually_async(what, every * tries, f).await
 }
 
 mod containerd {

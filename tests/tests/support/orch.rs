@@ -134,22 +134,14 @@ pub fn start_agent(
     }
 }
 
+/// The lab's one polling helper, with the harness's state dump on timeout.
 pub fn until<T>(
     what: &str,
     timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    dump: impl Fn() -> String,
+    f: impl FnMut() -> Option<T>,
+    dump: impl FnOnce() -> String,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", dump());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    meshwork_lab::wait::eventually_or(what, timeout, f, dump)
 }
 
 impl Orch {
