@@ -17,7 +17,7 @@ use std::{
     io::{BufRead, Write},
     net::UdpSocket,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -35,14 +35,7 @@ fn ip(i: usize) -> String {
     format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250)
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use meshwork_lab::proc::Proc;
 
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -181,7 +174,7 @@ fn knot(dir: &Path) -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("knotd (Debian knot; scripts/setup.sh installs it)");
-    (Proc(child), port)
+    (Proc::from(child), port)
 }
 
 fn main() {
@@ -247,7 +240,7 @@ fn main() {
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     lines.next().unwrap().unwrap();
     std::thread::spawn(move || lines.for_each(drop));
-    let mw = Proc(child);
+    let mw = Proc::from(child);
     wait_answers(port);
     let knot_dir = dir.path().join("knot");
     std::fs::create_dir_all(&knot_dir).unwrap();
@@ -273,8 +266,8 @@ fn main() {
 
     let mut rows = Vec::new();
     for (mix, file) in [("existing names", &hits), ("10% NXDOMAIN", &mixed)] {
-        let a = measure(mw.0.id(), port, file);
-        let b = measure(kn.0.id(), knot_port, file);
+        let a = measure(mw.pid(), port, file);
+        let b = measure(kn.pid(), knot_port, file);
         rows.push((mix, a, b));
     }
     println!("\nDNS: {SERVICES} Services, server on CPU 0, dnsperf on CPU 1 (same run)\n");

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod components;
 pub mod host;
 pub mod kubectl;
+pub mod proc;
 pub mod servers;
 pub mod stats;
 pub mod tcp;

@@ -78,15 +78,8 @@ impl LabApi {
     }
 }
 
-/// A lab process killed on drop (also on panic).
-pub struct LabProc(pub std::process::Child);
-
-impl Drop for LabProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A lab process killed on drop (also on panic): the lab's one process guard.
+pub type LabProc = meshwork_lab::proc::Proc;
 
 /// `meshwork-control` for lab node `node`. It runs in the node's network namespace and cgroup
 /// via setns (not `ip netns exec`, which remounts /sys and would hide bpffs and the cgroup
@@ -129,7 +122,7 @@ pub fn start_agent_with(
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("meshwork-control (build it: cargo build --bins)")?;
-    Ok(LabProc(child))
+    Ok(LabProc::from(child))
 }
 
 /// `meshwork-dns` on lab node `node`'s underlay address (host network, as a hostNetwork
@@ -160,5 +153,5 @@ pub fn start_dns(c: &LabCluster, node: usize, kubeconfig: &Path, dns_vip: &str) 
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("meshwork-dns (build it: cargo build --bins)")?;
-    Ok(LabProc(child))
+    Ok(LabProc::from(child))
 }

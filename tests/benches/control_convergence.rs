@@ -84,7 +84,7 @@ fn main() {
     let pins = lab.bpf_pin_dir(&n);
     let admin_addr: std::net::SocketAddr = format!("{ip}:10256").parse().unwrap();
     let agent = orch::start_agent(&lab, &n, &kc, None);
-    let agent_pid = agent.child.as_ref().unwrap().id();
+    let agent_pid = agent.pid();
     let t = Instant::now();
     let obs = loop {
         if let Ok(o) = Observer::open(&pins) {

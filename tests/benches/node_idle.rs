@@ -52,7 +52,7 @@ fn main() {
                 .then_some(())
         });
     }
-    let pid = |p: &orch::Proc| p.child.as_ref().unwrap().id();
+    let pid = |p: &orch::Proc| p.pid();
     let mut watched: Vec<(String, u32)> = vec![("apiserver".into(), pid(&o.procs[0]))];
     for (i, a) in agents.iter().enumerate() {
         watched.push((format!("agent n{}", i + 1), pid(a)));

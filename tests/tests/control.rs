@@ -16,11 +16,7 @@
     reason = "test code: a panic with its location is the failure report"
 )]
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
@@ -284,8 +280,7 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
             .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut agent = agent;
-    agent.0.kill().unwrap();
-    agent.0.wait().unwrap();
+    agent.kill(libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(500));
     let restarted = w.agent();
     let out = looping.wait_with_output().unwrap();
@@ -326,9 +321,7 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
 
     // A clean stop leaves the datapath; the explicit uninstall removes the pins.
     let mut restarted = restarted;
-    // SAFETY: kill(2) of the agent this test spawned.
-    unsafe { libc::kill(i32::try_from(restarted.0.id()).unwrap(), libc::SIGTERM) };
-    let status = restarted.0.wait().unwrap();
+    let status = restarted.stop(libc::SIGTERM).unwrap();
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
     let pins = w.c.lab.bpf_pin_dir(&n1);
     assert!(

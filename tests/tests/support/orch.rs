@@ -9,7 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,27 +21,7 @@ use serde_json::{json, Value};
 pub use meshwork_lab::kubectl::KUBECTL;
 pub const GRACE_SECS: u64 = 5;
 
-pub struct Proc {
-    pub child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn kill(&mut self, sig: i32) {
-        if let Some(c) = self.child.as_mut() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, sig) };
-            let _ = c.wait();
-        }
-        self.child = None;
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill(libc::SIGKILL);
-    }
-}
+pub use meshwork_lab::proc::Proc;
 
 pub struct Orch {
     pub procs: Vec<Proc>,

@@ -10,20 +10,13 @@
 use std::{
     io::BufRead,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use meshwork_lab::cgroup::lab_binary;
 
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use meshwork_lab::proc::Proc;
 
 /// Starts `bin args` (this build's binary) with stderr to `log` (None: discarded) and
 /// returns it with the first `want` lines of its stdout, waiting at most 30 s for them.
@@ -62,5 +55,8 @@ pub fn start(
             });
         lines.push(l);
     }
-    (Proc(child), lines)
+    (
+        Proc::with_log(child, log.map(Path::to_path_buf).unwrap_or_default()),
+        lines,
+    )
 }
