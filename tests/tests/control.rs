@@ -90,37 +90,28 @@ impl World {
     }
 
     fn metrics(&self) -> String {
-        self.c.lab.exec(
-            &self.c.nodes[0].node.netns,
-            &[
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                "http://127.0.0.1:10256/metrics",
-            ],
-        )
+        self.admin_get("/metrics", false)
     }
 
-    fn healthz(&self) -> String {
-        let out = self.c.lab.exec_out(
-            &self.c.nodes[0].node.netns,
-            &[
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                "-S",
-                "http://127.0.0.1:10256/healthz",
-            ],
-        );
+    /// GET on the agent's admin port from inside node 1; with `headers`, wget's response
+    /// headers (stderr) come first.
+    fn admin_get(&self, path: &str, headers: bool) -> String {
+        let url = format!("http://127.0.0.1:10256{path}");
+        let mut args = vec!["busybox", "wget", "-q", "-O", "-"];
+        if headers {
+            args.push("-S");
+        }
+        args.push(&url);
+        let out = self.c.lab.exec_out(&self.c.nodes[0].node.netns, &args);
         format!(
             "{}{}",
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         )
+    }
+
+    fn healthz(&self) -> String {
+        self.admin_get("/healthz", true)
     }
 }
 

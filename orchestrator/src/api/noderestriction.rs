@@ -88,6 +88,17 @@ pub fn pod_uses(pod: &Pod, secret: bool, name: &str) -> bool {
     vol || env || pull
 }
 
+/// The object a write names: the path's name, or for a create the body's.
+fn target_name(name: &str, body: &[u8]) -> String {
+    if !name.is_empty() {
+        return name.to_string();
+    }
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn is_write(m: &Method) -> bool {
     matches!(
         *m,
@@ -120,14 +131,7 @@ impl Api {
         };
         if info.group == "coordination.k8s.io" && info.plural == "leases" {
             // kube's NodeRestriction: a node writes only its own heartbeat Lease.
-            let target = if name.is_empty() {
-                serde_json::from_slice::<serde_json::Value>(&ctx.body)
-                    .ok()
-                    .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
-                    .unwrap_or_default()
-            } else {
-                name.clone()
-            };
+            let target = target_name(&name, &ctx.body);
             if is_write(method) && (ns != NODE_LEASE_NAMESPACE || target != node) {
                 return Err(forbid(
                     "leases",
@@ -141,14 +145,7 @@ impl Api {
         }
         match (info.plural, t.sub.as_deref()) {
             ("nodes", _) if is_write(method) => {
-                let target = if name.is_empty() {
-                    serde_json::from_slice::<serde_json::Value>(&ctx.body)
-                        .ok()
-                        .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
-                        .unwrap_or_default()
-                } else {
-                    name.clone()
-                };
+                let target = target_name(&name, &ctx.body);
                 if target != node {
                     return Err(forbid(
                         "nodes",
