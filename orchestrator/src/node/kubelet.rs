@@ -29,8 +29,14 @@ use super::{
 use crate::api::kind::now_seconds;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Pods synced at once (starts in flight on a node).
-const POD_WORKERS: usize = 16;
+/// Pods synced at once (starts in flight on a node): twice the CPUs, 2 to 16. A start is mostly
+/// CPU (building the container's root, spawning its shim) with short waits (CNI ADD, API
+/// calls); more in flight than that only makes each start slower (BENCHMARKS.md, node_idle).
+fn pod_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .clamp(2, 16)
+}
 
 /// Settings of the agent (from the command line).
 #[derive(Clone, Debug)]
@@ -405,7 +411,7 @@ impl<R: PodRuntime> Kubelet<R> {
                 }
                 errs
             })
-            .buffer_unordered(POD_WORKERS)
+            .buffer_unordered(pod_workers())
             .collect::<Vec<_>>()
             .await;
         if let Some(e) = errors.into_iter().flatten().next() {
