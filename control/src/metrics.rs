@@ -112,7 +112,7 @@ impl Metrics {
         let Some(dir) = self.pin_dir.get() else {
             return;
         };
-        let Ok(drops) = meshwork_ebpf::Observer::open(dir).and_then(|o| o.drops()) else {
+        let Ok(drops) = meshwork_ebpf::drops(dir) else {
             return;
         };
         for (reason, n) in drops {

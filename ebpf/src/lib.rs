@@ -25,7 +25,7 @@ mod sys;
 pub use error::Error;
 pub use loader::{uninstall_dir, BpfDatapath};
 pub use model::{Algorithm, Backend, Config, Frontend, Proto, Service, Stats, Uplink, SNAT_PORTS};
-pub use observer::Observer;
+pub use observer::{drops, Observer};
 pub use programmer::Programmer;
 
 /// The datapath as the control agent drives it: the kernel's ([`BpfDatapath`]) or, in tests,

@@ -44,22 +44,7 @@ impl Observer {
 
     /// Drops and refusals so far, per reason (summed over CPUs).
     pub fn drops(&self) -> Result<Vec<(DropReason, u64)>, Error> {
-        let path = self.pin_dir.join("mw_drops");
-        let data = MapData::from_pin(&path).map_err(|e| Error::Pin {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let arr: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
-                .map_err(Error::map("mw_drops"))?;
-        DropReason::ALL
-            .iter()
-            .map(|r| {
-                arr.get(&(*r as u32), 0)
-                    .map(|per_cpu| (*r, per_cpu.iter().sum()))
-                    .map_err(Error::map("mw_drops"))
-            })
-            .collect()
+        drops(&self.pin_dir)
     }
 
     /// How many frontends are programmed.
@@ -70,4 +55,24 @@ impl Observer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The drop counters pinned in `pin_dir`, per reason (summed over CPUs): only `mw_drops` is
+/// opened (a metrics scrape needs nothing else).
+pub fn drops(pin_dir: &Path) -> Result<Vec<(DropReason, u64)>, Error> {
+    let path = pin_dir.join("mw_drops");
+    let data = MapData::from_pin(&path).map_err(|e| Error::Pin {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    let arr: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(Error::map("mw_drops"))?;
+    DropReason::ALL
+        .iter()
+        .map(|r| {
+            arr.get(&(*r as u32), 0)
+                .map(|per_cpu| (*r, per_cpu.iter().sum()))
+                .map_err(Error::map("mw_drops"))
+        })
+        .collect()
 }

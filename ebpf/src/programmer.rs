@@ -291,15 +291,15 @@ impl<M: Maps> Programmer<M> {
     ) -> Result<(Svc, Vec<u32>), Error> {
         // Slot order follows `s.backends` (duplicates keep their slots: weights by repetition).
         let mut ids = Vec::with_capacity(s.backends.len());
+        // Backends new to the maps in this update (a list may name one twice).
+        let mut fresh: Std<BackKey, u32> = Std::new();
         for b in &s.backends {
             let val = b.key(s.frontend.proto);
-            let known = self.backend_ids.get(&val).map(|(id, _)| *id).or_else(|| {
-                written
-                    .backends
-                    .iter()
-                    .find(|(_, v)| *v == val)
-                    .map(|(id, _)| *id)
-            });
+            let known = self
+                .backend_ids
+                .get(&val)
+                .map(|(id, _)| *id)
+                .or_else(|| fresh.get(&val).copied());
             let bid = match known {
                 Some(bid) => bid,
                 None => {
@@ -307,6 +307,7 @@ impl<M: Maps> Programmer<M> {
                     self.next_backend += 1;
                     self.maps.put_backend(bid, &val)?;
                     written.backends.push((bid, val));
+                    fresh.insert(val, bid);
                     bid
                 }
             };
@@ -318,14 +319,21 @@ impl<M: Maps> Programmer<M> {
             .map(|d| d.as_secs().clamp(1, 86400) as u32)
             .unwrap_or(0);
         if affinity_secs > 0 {
-            let had =
-                |b: &u32| old.is_some_and(|o| o.svc.affinity_secs > 0 && o.backend_ids.contains(b));
-            for backend in &ids {
+            // Entry backend ids are sorted and distinct.
+            let had = |b: &u32| {
+                old.is_some_and(|o| {
+                    o.svc.affinity_secs > 0 && o.backend_ids.binary_search(b).is_ok()
+                })
+            };
+            let mut distinct = ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            for backend in &distinct {
                 let k = MemberKey {
                     svc: id,
                     backend: *backend,
                 };
-                if had(backend) || written.members.contains(&k) {
+                if had(backend) {
                     continue;
                 }
                 self.maps.put_member(&k)?;
@@ -439,7 +447,7 @@ impl<M: Maps> Programmer<M> {
             self.graveyard.push((Instant::now(), Garbage::Table(o.svc)));
             if o.svc.affinity_secs > 0 {
                 for b in &o.backend_ids {
-                    if svc.affinity_secs == 0 || !distinct.contains(b) {
+                    if svc.affinity_secs == 0 || distinct.binary_search(b).is_err() {
                         self.maps.del_member(&MemberKey {
                             svc: o.svc.id,
                             backend: *b,

@@ -12,7 +12,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd},
     path::PathBuf,
     time::Duration,
@@ -159,27 +159,21 @@ impl World {
 
 // ---- the socket LB's decision ----
 
-/// `struct mw_sock4` after the harness's 14-byte header.
-fn sock4(cookie: u64, netns: u64, addr: Ipv4Addr, port: u16) -> Vec<u8> {
+/// `struct mw_sock4` or `mw_sock6` (by the address's family) after the harness's 14-byte
+/// header: cookie, netns cookie, address, port, protocol (TCP), padding to 8 bytes.
+fn sock(cookie: u64, netns: u64, addr: impl Into<IpAddr>, port: u16) -> Vec<u8> {
     let mut v = vec![0u8; 14];
     v.extend_from_slice(&cookie.to_ne_bytes());
     v.extend_from_slice(&netns.to_ne_bytes());
-    v.extend_from_slice(&addr.octets());
+    match addr.into() {
+        IpAddr::V4(a) => v.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => v.extend_from_slice(&a.octets()),
+    }
     v.extend_from_slice(&port.to_be_bytes());
-    v.push(6);
-    v.push(0);
-    v
-}
-
-fn sock6(cookie: u64, netns: u64, addr: Ipv6Addr, port: u16) -> Vec<u8> {
-    let mut v = vec![0u8; 14];
-    v.extend_from_slice(&cookie.to_ne_bytes());
-    v.extend_from_slice(&netns.to_ne_bytes());
-    v.extend_from_slice(&addr.octets());
-    v.extend_from_slice(&port.to_be_bytes());
-    v.push(6);
-    v.push(0);
-    v.extend_from_slice(&[0; 4]); // struct padding to 8
+    v.extend_from_slice(&[6, 0]);
+    while !(v.len() - 14).is_multiple_of(8) {
+        v.push(0);
+    }
     v
 }
 
@@ -225,21 +219,21 @@ fn socket_lb_translates_reverses_and_refuses() {
     // Not a frontend: untouched.
     let (_, out) = w.run(
         "mw_test_fwd4",
-        &sock4(1, 1, Ipv4Addr::new(10, 96, 0, 99), 80),
+        &sock(1, 1, Ipv4Addr::new(10, 96, 0, 99), 80),
     );
     assert_eq!(verdict4(&out), (0, Ipv4Addr::new(10, 96, 0, 99), 80));
 
     // A frontend: the backend, and the reverse entry for that socket only.
-    let (_, out) = w.run("mw_test_fwd4", &sock4(7, 1, VIP, 80));
+    let (_, out) = w.run("mw_test_fwd4", &sock(7, 1, VIP, 80));
     assert_eq!(verdict4(&out), (0, Ipv4Addr::new(10, 244, 0, 1), 8080));
     let (_, out) = w.run(
         "mw_test_rev4",
-        &sock4(7, 1, Ipv4Addr::new(10, 244, 0, 1), 8080),
+        &sock(7, 1, Ipv4Addr::new(10, 244, 0, 1), 8080),
     );
     assert_eq!(verdict4(&out), (0, VIP, 80), "getpeername shows the VIP");
     let (_, out) = w.run(
         "mw_test_rev4",
-        &sock4(8, 1, Ipv4Addr::new(10, 244, 0, 1), 8080),
+        &sock(8, 1, Ipv4Addr::new(10, 244, 0, 1), 8080),
     );
     assert_eq!(
         verdict4(&out),
@@ -251,7 +245,7 @@ fn socket_lb_translates_reverses_and_refuses() {
 
     // No backend: refused, counted per service and as a drop reason.
     assert_eq!(w.drops(DropReason::NoBackend), 0);
-    let (_, out) = w.run("mw_test_fwd4", &sock4(9, 1, VIP, 81));
+    let (_, out) = w.run("mw_test_fwd4", &sock(9, 1, VIP, 81));
     assert_eq!(verdict4(&out).0, -1);
     let st = w.prog.stats(&Frontend::tcp(VIP, 81)).unwrap().unwrap();
     assert_eq!((st.connects, st.no_backend), (0, 1));
@@ -268,7 +262,7 @@ fn socket_lb_spreads_keeps_affinity_and_maglev_is_stable() {
         .unwrap();
     let mut seen: HashMap<Ipv4Addr, u32> = HashMap::new();
     for cookie in 0..600 {
-        let (_, out) = w.run("mw_test_fwd4", &sock4(cookie, 1, VIP, 80));
+        let (_, out) = w.run("mw_test_fwd4", &sock(cookie, 1, VIP, 80));
         *seen.entry(verdict4(&out).1).or_default() += 1;
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -282,7 +276,7 @@ fn socket_lb_spreads_keeps_affinity_and_maglev_is_stable() {
         .map(|netns| {
             (0..30)
                 .map(|c| {
-                    let (_, out) = w.run("mw_test_fwd4", &sock4(1000 + c, netns, VIP, 81));
+                    let (_, out) = w.run("mw_test_fwd4", &sock(1000 + c, netns, VIP, 81));
                     verdict4(&out).1
                 })
                 .collect()
@@ -295,7 +289,7 @@ fn socket_lb_spreads_keeps_affinity_and_maglev_is_stable() {
     w.prog
         .upsert(&service(82, &[1, 2, 3, 4], Algorithm::Maglev, false))
         .unwrap();
-    let pick = |w: &mut World, c: u64| verdict4(&w.run("mw_test_fwd4", &sock4(c, 1, VIP, 82)).1).1;
+    let pick = |w: &mut World, c: u64| verdict4(&w.run("mw_test_fwd4", &sock(c, 1, VIP, 82)).1).1;
     let before: Vec<Ipv4Addr> = (0..400).map(|c| pick(&mut w, c)).collect();
     let again: Vec<Ipv4Addr> = (0..400).map(|c| pick(&mut w, c)).collect();
     assert_eq!(before, again);
@@ -335,11 +329,11 @@ fn socket_lb_ipv6() {
             affinity: None,
         })
         .unwrap();
-    let (_, out) = w.run("mw_test_fwd6", &sock6(3, 1, vip, 443));
+    let (_, out) = w.run("mw_test_fwd6", &sock(3, 1, vip, 443));
     assert_eq!(verdict6(&out), (0, be, 8443));
-    let (_, out) = w.run("mw_test_rev6", &sock6(3, 1, be, 8443));
+    let (_, out) = w.run("mw_test_rev6", &sock(3, 1, be, 8443));
     assert_eq!(verdict6(&out), (0, vip, 443));
-    let (_, out) = w.run("mw_test_fwd6", &sock6(4, 1, vip, 444));
+    let (_, out) = w.run("mw_test_fwd6", &sock(4, 1, vip, 444));
     assert_eq!(verdict6(&out).0, -1);
     assert_eq!(w.drops(DropReason::NoBackend), 1);
 }

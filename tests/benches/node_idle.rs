@@ -132,13 +132,7 @@ fn main() {
     });
     let to_ready = o.apply_ready(&deploy, PODS, Duration::from_secs(300));
     let timings = o.pod_starts(0);
-    let col = |k: &str| orch::start_column(&timings, k);
-    let (mut total, mut sandbox, mut cni, mut process) = (
-        col("total_ms"),
-        col("sandbox_ms"),
-        col("cni_ms"),
-        col("process_ms"),
-    );
+    let [mut total, mut sandbox, mut cni, mut process] = orch::start_columns(&timings);
     println!(
         "{PODS} pods pinned to n1, applied at once: all Ready in {:.2} s",
         to_ready.as_secs_f64()

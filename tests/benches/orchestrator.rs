@@ -164,13 +164,7 @@ fn main() {
 
     // 2. Pod start breakdown from both agents.
     let timings: Vec<Value> = (0..o.nodes.len()).flat_map(|i| o.pod_starts(i)).collect();
-    let col = |k: &str| orch::start_column(&timings, k);
-    let (mut total, mut sandbox, mut cni, mut process) = (
-        col("total_ms"),
-        col("sandbox_ms"),
-        col("cni_ms"),
-        col("process_ms"),
-    );
+    let [mut total, mut sandbox, mut cni, mut process] = orch::start_columns(&timings);
     o.kubectl(&["delete", "deploy", "fifty", "--wait=true"]);
     o.wait_long("the 50 pods to go", Duration::from_secs(300), || {
         o.kubectl(&["get", "pods", "-l", "app=fifty", "-o", "name"])
@@ -322,7 +316,7 @@ fn main() {
         pct(&mut podman_ms.clone(), 0.9),
     );
     println!("pod start, podman run -d (same plugin, same node, {PODMAN_RUNS} runs): p50 {p50:.1} ms, p90 {p90:.1} ms");
-    let mut t2 = col("total_ms");
+    let mut t2 = total.clone();
     println!(
         "ratio meshwork/podman: p50 {:.2}x, p90 {:.2}x",
         pct(&mut t2.clone(), 0.5) / p50,

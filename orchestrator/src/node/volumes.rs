@@ -51,6 +51,13 @@ pub struct PodVolumes {
     pub tokens: Vec<TokenFile>,
 }
 
+/// Where a configMap or secret volume's keys come from.
+#[derive(Clone, Copy)]
+enum Source {
+    ConfigMap,
+    Secret,
+}
+
 /// kube's default for a projected token that names no expirationSeconds.
 const DEFAULT_TOKEN_SECONDS: i64 = 3600;
 const DEFAULT_MODE: u32 = 0o644;
@@ -232,34 +239,34 @@ impl Mounter<'_> {
         out
     }
 
-    /// A ConfigMap's keys (or `items`) into `dir`; nothing when optional and missing.
-    async fn write_configmap(
+    /// A ConfigMap's or Secret's keys (or `items`) into `dir`; nothing when optional and
+    /// missing.
+    async fn write_source(
         &self,
         dir: &Path,
+        source: Source,
         name: &str,
         optional: Option<bool>,
         items: Option<&Vec<KeyToPath>>,
         mode: u32,
     ) -> Result<(), String> {
-        if let Some(cm) = self.configmap(name, optional == Some(true)).await? {
-            let what = format!("configmap \"{name}\"");
-            write_keys(dir, &Self::configmap_data(&cm), items, mode, &what)?;
-        }
-        Ok(())
-    }
-
-    /// A Secret's keys (or `items`) into `dir`; nothing when optional and missing.
-    async fn write_secret(
-        &self,
-        dir: &Path,
-        name: &str,
-        optional: Option<bool>,
-        items: Option<&Vec<KeyToPath>>,
-        mode: u32,
-    ) -> Result<(), String> {
-        if let Some(sec) = self.secret(name, optional == Some(true)).await? {
-            let what = format!("secret \"{name}\"");
-            write_keys(dir, &Self::secret_data(&sec), items, mode, &what)?;
+        let optional = optional == Some(true);
+        let (data, kind) = match source {
+            Source::ConfigMap => (
+                self.configmap(name, optional)
+                    .await?
+                    .map(|cm| Self::configmap_data(&cm)),
+                "configmap",
+            ),
+            Source::Secret => (
+                self.secret(name, optional)
+                    .await?
+                    .map(|s| Self::secret_data(&s)),
+                "secret",
+            ),
+        };
+        if let Some(data) = data {
+            write_keys(dir, &data, items, mode, &format!("{kind} \"{name}\""))?;
         }
         Ok(())
     }
@@ -312,14 +319,28 @@ impl Mounter<'_> {
         } else if let Some(c) = &v.config_map {
             mkdir(&dir)?;
             let mode = c.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
-            self.write_configmap(&dir, &c.name, c.optional, c.items.as_ref(), mode)
-                .await?;
+            self.write_source(
+                &dir,
+                Source::ConfigMap,
+                &c.name,
+                c.optional,
+                c.items.as_ref(),
+                mode,
+            )
+            .await?;
         } else if let Some(s) = &v.secret {
             mkdir(&dir)?;
             let mode = s.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             let name = s.secret_name.clone().unwrap_or_default();
-            self.write_secret(&dir, &name, s.optional, s.items.as_ref(), mode)
-                .await?;
+            self.write_source(
+                &dir,
+                Source::Secret,
+                &name,
+                s.optional,
+                s.items.as_ref(),
+                mode,
+            )
+            .await?;
         } else if let Some(d) = &v.downward_api {
             mkdir(&dir)?;
             let mode = d.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
@@ -329,11 +350,25 @@ impl Mounter<'_> {
             let mode = p.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             for src in p.sources.iter().flatten() {
                 if let Some(c) = &src.config_map {
-                    self.write_configmap(&dir, &c.name, c.optional, c.items.as_ref(), mode)
-                        .await?;
+                    self.write_source(
+                        &dir,
+                        Source::ConfigMap,
+                        &c.name,
+                        c.optional,
+                        c.items.as_ref(),
+                        mode,
+                    )
+                    .await?;
                 } else if let Some(sec) = &src.secret {
-                    self.write_secret(&dir, &sec.name, sec.optional, sec.items.as_ref(), mode)
-                        .await?;
+                    self.write_source(
+                        &dir,
+                        Source::Secret,
+                        &sec.name,
+                        sec.optional,
+                        sec.items.as_ref(),
+                        mode,
+                    )
+                    .await?;
                 } else if let Some(d) = &src.downward_api {
                     downward(self.pod, &dir, d.items.as_deref().unwrap_or_default(), mode)?;
                 } else if let Some(t) = &src.service_account_token {

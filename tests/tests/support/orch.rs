@@ -544,9 +544,11 @@ pub fn pids_in(cgroup: &Path, needle: &str) -> Vec<i32> {
     out
 }
 
-/// One field of every pod start timing (`total_ms`, `sandbox_ms`, `cni_ms`, `process_ms`).
-pub fn start_column(timings: &[Value], key: &str) -> Vec<f64> {
-    timings.iter().filter_map(|t| t[key].as_f64()).collect()
+/// The pod start timings by field: (total, sandbox, CNI ADD, process) in ms, one entry per
+/// start.
+pub fn start_columns(timings: &[Value]) -> [Vec<f64>; 4] {
+    ["total_ms", "sandbox_ms", "cni_ms", "process_ms"]
+        .map(|key| timings.iter().filter_map(|t| t[key].as_f64()).collect())
 }
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
