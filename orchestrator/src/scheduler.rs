@@ -12,11 +12,16 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 use serde_json::json;
 
-use crate::controllers::{node_unfit, Caches};
+use crate::controllers::{
+    node_unfit,
+    runner::{Event, Key, Obj, Reconcile},
+    Caches,
+};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
@@ -160,82 +165,127 @@ impl Scheduler {
             assumed: HashMap::new(),
         }
     }
+}
 
-    pub async fn schedule_all(&mut self) -> anyhow::Result<()> {
-        let pods = self.caches.pods.state();
+/// Whether `p` waits for this scheduler.
+fn unscheduled(p: &Pod) -> bool {
+    let spec = p.spec.as_ref();
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    spec.and_then(|s| s.node_name.as_ref()).is_none()
+        && p.metadata.deletion_timestamp.is_none()
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .is_none_or(|s| s == SCHEDULER_NAME)
+}
+
+/// Keyed by pod, oldest first at start (kube-scheduler's active queue, without priorities).
+impl Reconcile for Scheduler {
+    type Key = Key;
+    const NAME: &'static str = "scheduler";
+
+    fn all(&self) -> Vec<Key> {
+        let mut pods: Vec<_> = self
+            .caches
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| unscheduled(p))
+            .collect();
+        pods.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        pods.iter().map(|p| Key::of(p.as_ref())).collect()
+    }
+
+    /// An unscheduled pod; every unscheduled pod when room may have appeared (a node changed,
+    /// a bound pod went or finished).
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev {
+            Event::Applied(Obj::Pod(p)) if unscheduled(p) => out.push(Key::of(p.as_ref())),
+            Event::Applied(Obj::Pod(p)) => {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                if matches!(phase, Some("Succeeded" | "Failed")) {
+                    out.extend(self.all());
+                }
+            }
+            Event::Deleted(Obj::Pod(_)) => out.extend(self.all()),
+            Event::Applied(Obj::Node(_)) | Event::Deleted(Obj::Node(_)) => out.extend(self.all()),
+            _ => {}
+        }
+    }
+
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
+        let Some(p) = self
+            .caches
+            .pods
+            .get(&ObjectRef::new(&key.name).within(&key.ns))
+        else {
+            return Ok(None);
+        };
+        let uid = p.uid().unwrap_or_default();
+        if !unscheduled(&p) || self.assumed.contains_key(&uid) {
+            return Ok(None);
+        }
         let nodes = self.caches.nodes.state();
         let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+        let live: std::collections::HashSet<String> = self
+            .caches
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| p.uid())
+            .collect();
         let mut used: HashMap<String, Resources> = HashMap::new();
-        let mut pending = Vec::new();
-        for p in &pods {
-            let uid = p.uid().unwrap_or_default();
-            let bound = p.spec.as_ref().and_then(|s| s.node_name.clone());
+        for q in self.caches.pods.state() {
+            let quid = q.uid().unwrap_or_default();
+            let bound = q.spec.as_ref().and_then(|s| s.node_name.clone());
             if bound.is_some() {
-                self.assumed.remove(&uid);
+                self.assumed.remove(&quid);
             }
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            let phase = q.status.as_ref().and_then(|s| s.phase.as_deref());
             if matches!(phase, Some("Succeeded" | "Failed")) {
                 continue;
             }
-            match bound.or_else(|| self.assumed.get(&uid).cloned()) {
-                Some(n) => {
-                    let r = requests(p);
-                    let e = used.entry(n).or_default();
-                    e.cpu_milli += r.cpu_milli;
-                    e.memory += r.memory;
-                    e.pods += 1;
-                }
-                None => {
-                    let sched = p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref());
-                    if p.metadata.deletion_timestamp.is_none()
-                        && sched.is_none_or(|s| s == SCHEDULER_NAME)
-                    {
-                        pending.push(p.clone());
-                    }
-                }
+            if let Some(n) = bound.or_else(|| self.assumed.get(&quid).cloned()) {
+                add(used.entry(n).or_default(), &requests(&q));
             }
         }
-        pending.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let mut first_err = None;
-        for p in pending {
-            let ns = p.namespace().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-            match pick(&p, &node_refs, &used) {
-                Ok(n) => {
-                    let node = n.name_any();
-                    let body = json!({
-                        "apiVersion": "v1", "kind": "Binding",
-                        "metadata": {"name": p.name_any(), "namespace": ns},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-                    });
-                    let res: Result<serde_json::Value, _> = api
-                        .create_subresource("binding", &p.name_any(), &PostParams::default(), &body)
-                        .await;
-                    match res {
-                        Ok(_) => {
-                            let r = requests(&p);
-                            let e = used.entry(node.clone()).or_default();
-                            e.cpu_milli += r.cpu_milli;
-                            e.memory += r.memory;
-                            e.pods += 1;
-                            self.assumed.insert(p.uid().unwrap_or_default(), node);
-                        }
-                        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
-                        Err(e) => {
-                            first_err.get_or_insert(
-                                anyhow::Error::from(e).context(format!("binding {}", p.name_any())),
-                            );
-                        }
+        // Pods bound by us and deleted before the cache showed them bound.
+        self.assumed.retain(|uid, _| live.contains(uid));
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.ns);
+        match pick(&p, &node_refs, &used) {
+            Ok(n) => {
+                let node = n.name_any();
+                let body = json!({
+                    "apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": p.name_any(), "namespace": key.ns},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                });
+                let res: Result<serde_json::Value, _> = api
+                    .create_subresource("binding", &p.name_any(), &PostParams::default(), &body)
+                    .await;
+                match res {
+                    Ok(_) => {
+                        self.assumed.insert(uid, node);
                     }
-                }
-                Err(why) => {
-                    self.mark_unschedulable(&api, &p, &why).await.ok();
+                    Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                    Err(e) => return Err(e).context(format!("binding {}", p.name_any())),
                 }
             }
+            Err(why) => {
+                self.mark_unschedulable(&api, &p, &why).await?;
+            }
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(None)
     }
+}
 
+fn add(to: &mut Resources, r: &Resources) {
+    to.cpu_milli += r.cpu_milli;
+    to.memory += r.memory;
+    to.pods += 1;
+}
+
+impl Scheduler {
     /// PodScheduled=False/Unschedulable with the reason, as kube-scheduler reports it.
     async fn mark_unschedulable(&self, api: &Api<Pod>, p: &Pod, why: &str) -> anyhow::Result<()> {
         let conds = p

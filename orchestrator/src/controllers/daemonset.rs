@@ -31,10 +31,12 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
 use super::{
+    runner::{owner_key, Event, Key, Obj, Reconcile},
     util::{
         controller_ref, controller_uid, node_unfit, pod_active, pod_available, pod_ready, scaled,
         template_for_compare, template_hash, wake_for, Expectations, BURST, TAINT_UNSCHEDULABLE,
@@ -331,31 +333,55 @@ impl Controller {
             wake: None,
         }
     }
+}
 
-    /// How soon a pass should run again: when a Ready pod turns available (minReadySeconds).
-    pub fn wake(&self) -> Option<Duration> {
-        self.wake
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "daemonset";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .daemonsets
+            .state()
+            .iter()
+            .map(|d| Key::of(d.as_ref()))
+            .collect()
     }
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
+    /// The DaemonSet itself; a pod's owner; every DaemonSet when a node comes, goes or changes.
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev.obj() {
+            Some(Obj::DaemonSet(d)) => out.push(Key::of(d.as_ref())),
+            Some(Obj::Pod(p)) => out.extend(owner_key(&p.metadata, "DaemonSet")),
+            Some(Obj::Node(_)) => out.extend(self.all()),
+            _ => {}
+        }
+    }
+
+    /// Again when a Ready pod turns available (minReadySeconds).
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<Duration>> {
+        let Some(ds) = self
+            .caches
+            .daemonsets
+            .get(&ObjectRef::new(&key.name).within(&key.ns))
+        else {
+            return Ok(None);
+        };
+        // Its pods go with the garbage collector (or stay, for an Orphan delete).
+        if ds.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
         self.wake = None;
         let nodes = self.caches.nodes.state();
         let nodes: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
         let pods = self.caches.pods.state();
-        let mut first_err = None;
-        for ds in self.caches.daemonsets.state() {
-            // Its pods go with the garbage collector (or stay, for an Orphan delete).
-            if ds.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            if let Err(e) = self.reconcile(&ds, &nodes, &pods).await {
-                first_err.get_or_insert(e.context(format!("daemonset {}", ds.name_any())));
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        self.sync(&ds, &nodes, &pods).await?;
+        Ok(self.wake)
     }
+}
 
-    async fn reconcile(
+impl Controller {
+    async fn sync(
         &mut self,
         ds: &DaemonSet,
         nodes: &[&Node],

@@ -16,12 +16,14 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 use serde_json::json;
 
 use super::{
     rollout::{self, Budget, Counts, Rs},
+    runner::{owner_key, Event, Key, Obj, Reconcile},
     util::{
         controller_ref, controller_uid, pod_template_hash, scaled, templates_equal, Fresh,
         POD_TEMPLATE_HASH,
@@ -114,33 +116,61 @@ impl Controller {
             wake: None,
         }
     }
+}
 
-    /// How soon a pass should run again for a time-driven change (a progress deadline).
-    pub fn wake(&self) -> Option<Duration> {
-        self.wake
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "deployment";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .deployments
+            .state()
+            .iter()
+            .map(|d| Key::of(d.as_ref()))
+            .collect()
     }
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
-        self.wake = None;
-        let mut first_err = None;
-        let rss = self.fresh_rs.overlay(self.caches.replicasets.state());
-        let deployments = self.fresh_d.overlay(self.caches.deployments.state());
-        for d in deployments {
-            if d.metadata.deletion_timestamp.is_some() {
-                continue;
+    /// The Deployment itself; a ReplicaSet's owner; a pod's owner's owner (Recreate waits on
+    /// old pods, and the status counts them through their ReplicaSets).
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev.obj() {
+            Some(Obj::Deployment(d)) => out.push(Key::of(d.as_ref())),
+            Some(Obj::ReplicaSet(r)) => out.extend(owner_key(&r.metadata, "Deployment")),
+            Some(Obj::Pod(p)) => {
+                let rs = owner_key(&p.metadata, "ReplicaSet").and_then(|k| {
+                    self.caches
+                        .replicasets
+                        .get(&ObjectRef::new(&k.name).within(&k.ns))
+                });
+                out.extend(rs.and_then(|r| owner_key(&r.metadata, "Deployment")));
             }
-            if let Err(e) = self.reconcile(&d, &rss).await {
-                first_err.get_or_insert(e.context(format!("deployment {}", d.name_any())));
-            }
+            _ => {}
         }
-        first_err.map_or(Ok(()), Err)
     }
 
-    async fn reconcile(
-        &mut self,
-        d: &Deployment,
-        all_rs: &[Arc<ReplicaSet>],
-    ) -> anyhow::Result<()> {
+    /// Again when a time-driven change is due (a progress deadline).
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<Duration>> {
+        let Some(d) = self
+            .caches
+            .deployments
+            .get(&ObjectRef::new(&key.name).within(&key.ns))
+        else {
+            return Ok(None);
+        };
+        let d = self.fresh_d.get(d);
+        if d.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        self.wake = None;
+        let rss = self.fresh_rs.overlay(self.caches.replicasets.state());
+        self.sync(&d, &rss).await?;
+        Ok(self.wake)
+    }
+}
+
+impl Controller {
+    async fn sync(&mut self, d: &Deployment, all_rs: &[Arc<ReplicaSet>]) -> anyhow::Result<()> {
         let ns = d.namespace().unwrap_or_default();
         let uid = d.uid().unwrap_or_default();
         let spec = d.spec.clone().unwrap_or_default();

@@ -15,11 +15,13 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, DeleteParams, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 use meshwork_service_model::{target_port, Conditions, SERVICE_NAME_LABEL};
 
 use super::{
+    runner::{Event, Key, Obj, Reconcile},
     util::{controller_ref, pod_ready, template_hash},
     Caches,
 };
@@ -39,8 +41,9 @@ pub fn desired(svc: &Service, pods: &[&Pod]) -> BTreeMap<String, EndpointSlice> 
     let Some(spec) = &svc.spec else { return out };
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let selector = spec.selector.clone().unwrap_or_default();
-    if selector.is_empty() || spec.type_.as_deref() == Some("ExternalName") {
+    if spec.selector.as_ref().is_none_or(|s| s.is_empty())
+        || spec.type_.as_deref() == Some("ExternalName")
+    {
         return out;
     }
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
@@ -49,10 +52,7 @@ pub fn desired(svc: &Service, pods: &[&Pod]) -> BTreeMap<String, EndpointSlice> 
     let mut sorted: Vec<&&Pod> = pods.iter().collect();
     sorted.sort_by_key(|p| p.name_any());
     for pod in sorted {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        if pod.namespace().as_deref() != Some(ns.as_str())
-            || !selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        {
+        if !selects(svc, pod) {
             continue;
         }
         let st = pod.status.clone().unwrap_or_default();
@@ -147,47 +147,108 @@ impl Controller {
     pub fn new(client: Client, caches: Caches) -> Self {
         Controller { client, caches }
     }
+}
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
-        let pods = self.caches.pods.state();
-        let mut by_ns: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-        for p in &pods {
-            by_ns
-                .entry(p.namespace().unwrap_or_default())
-                .or_default()
-                .push(p);
-        }
-        let mut existing: BTreeMap<(String, String), Vec<std::sync::Arc<EndpointSlice>>> =
-            BTreeMap::new();
-        for s in self.caches.slices.state() {
-            if s.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
-                continue;
-            }
-            if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
-                existing
-                    .entry((s.namespace().unwrap_or_default(), svc.clone()))
-                    .or_default()
-                    .push(s.clone());
-            }
-        }
-        let mut first_err = None;
-        for svc in self.caches.services.state() {
-            if svc.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let ns = svc.namespace().unwrap_or_default();
-            let want = desired(&svc, by_ns.get(&ns).map_or(&[][..], Vec::as_slice));
-            let have = existing
-                .remove(&(ns.clone(), svc.name_any()))
-                .unwrap_or_default();
-            if let Err(e) = self.apply(&ns, want, have).await {
-                first_err.get_or_insert(e.context(format!("service {ns}/{}", svc.name_any())));
-            }
-        }
-        // Slices of Services that are gone go with the garbage collector (ownerReferences).
-        first_err.map_or(Ok(()), Err)
+/// Whether `svc` selects `pod` (same namespace, every selector label).
+fn selects(svc: &Service, pod: &Pod) -> bool {
+    let Some(sel) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+        return false;
+    };
+    let labels = pod.metadata.labels.as_ref();
+    !sel.is_empty()
+        && svc.namespace() == pod.namespace()
+        && sel
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "endpointslice";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .services
+            .state()
+            .iter()
+            .map(|s| Key::of(s.as_ref()))
+            .collect()
     }
 
+    /// The Service itself; a slice's Service; for a pod, the Services that select it now and
+    /// those whose slices list it (its labels may have just changed).
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev.obj() {
+            Some(Obj::Service(svc)) => out.push(Key::of(svc.as_ref())),
+            Some(Obj::Slice(sl))
+                if sl.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) =>
+            {
+                if let Some(svc) = sl.labels().get(SERVICE_NAME_LABEL) {
+                    out.push(Key::new(sl.namespace().unwrap_or_default(), svc.clone()));
+                }
+            }
+            Some(Obj::Pod(p)) => {
+                let ns = p.namespace();
+                let name = p.name_any();
+                for svc in self.caches.services.state() {
+                    if selects(&svc, p) {
+                        out.push(Key::of(svc.as_ref()));
+                    }
+                }
+                for sl in self.caches.slices.state() {
+                    if sl.namespace() != ns {
+                        continue;
+                    }
+                    let lists = sl.endpoints.iter().any(|e| {
+                        e.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some(&name)
+                    });
+                    if lists {
+                        if let Some(svc) = sl.labels().get(SERVICE_NAME_LABEL) {
+                            out.push(Key::new(sl.namespace().unwrap_or_default(), svc.clone()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
+        // Slices of Services that are gone go with the garbage collector (ownerReferences).
+        let Some(svc) = self
+            .caches
+            .services
+            .get(&ObjectRef::new(&key.name).within(&key.ns))
+        else {
+            return Ok(None);
+        };
+        if svc.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        let pods = self.caches.pods.state();
+        let in_ns: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(key.ns.as_str()))
+            .map(|p| p.as_ref())
+            .collect();
+        let want = desired(&svc, &in_ns);
+        let have: Vec<std::sync::Arc<EndpointSlice>> = self
+            .caches
+            .slices
+            .state()
+            .into_iter()
+            .filter(|s| {
+                s.namespace().as_deref() == Some(key.ns.as_str())
+                    && s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+                    && s.labels().get(SERVICE_NAME_LABEL) == Some(&key.name)
+            })
+            .collect();
+        self.apply(&key.ns, want, have).await?;
+        Ok(None)
+    }
+}
+
+impl Controller {
     async fn apply(
         &self,
         ns: &str,

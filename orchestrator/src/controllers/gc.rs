@@ -21,7 +21,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::Caches;
+use super::{
+    runner::{Event, Reconcile},
+    Caches,
+};
 use crate::api::kind::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 
 pub struct Controller {
@@ -78,8 +81,48 @@ impl Controller {
     pub fn new(client: Client, caches: Caches) -> Self {
         Controller { client, caches }
     }
+}
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
+/// The whole ownership graph is one key: like kube's GraphBuilder, collection works on the
+/// graph, and it is woken only by what can orphan a dependent or release an owner (a deletion,
+/// or an object marked for deletion); a dependent created after its owner went is found at the
+/// next resync.
+impl Reconcile for Controller {
+    type Key = Graph;
+    const NAME: &'static str = "garbage-collector";
+
+    fn all(&self) -> Vec<Graph> {
+        vec![Graph]
+    }
+
+    fn triggers(&self, ev: &Event, out: &mut Vec<Graph>) {
+        let wake = match ev {
+            Event::Deleted(_) => true,
+            Event::Applied(o) => o.meta().deletion_timestamp.is_some(),
+            Event::Relisted => true,
+        };
+        if wake {
+            out.push(Graph);
+        }
+    }
+
+    async fn reconcile(&mut self, _: &Graph) -> anyhow::Result<Option<std::time::Duration>> {
+        self.collect().await.map(|()| None)
+    }
+}
+
+/// The key of the one thing the garbage collector reconciles.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Graph;
+
+impl std::fmt::Display for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ownership graph")
+    }
+}
+
+impl Controller {
+    async fn collect(&mut self) -> anyhow::Result<()> {
         let c = &self.caches;
         let mut owners: HashMap<String, Owner> = HashMap::new();
         let mut deps: Vec<Dependent> = Vec::new();

@@ -4,10 +4,11 @@
 //! `default` ServiceAccount of each namespace. ClusterIP and NodePort allocation live in the API
 //! server (`api::alloc`), as in kube-apiserver, and so does the `kubernetes` Service.
 //!
-//! Each controller is level-triggered: it reads shared watch caches and converges every object
-//! on any change, and on a timer (for time-driven transitions). Writes are idempotent or
-//! guarded by expectations (what a controller created or deleted but its cache has not shown
-//! yet), so a stale cache never doubles a create.
+//! Each controller is level-triggered per object (`runner.rs`, kube-runtime's `Controller`):
+//! watch events name the objects they concern, each named object converges from the shared
+//! watch caches, failures retry that object with back-off, and everything is resynced on a
+//! timer. Writes are idempotent or guarded by expectations (what a controller created or
+//! deleted but its cache has not shown yet), so a stale cache never doubles a create.
 
 mod daemonset;
 mod deployment;
@@ -17,10 +18,11 @@ mod nodes;
 mod replicaset;
 mod rollout;
 mod rootca;
+pub mod runner;
 mod serviceaccount;
 mod util;
 
-use std::{future::Future, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::{
@@ -33,8 +35,9 @@ use kube::{
     runtime::{reflector::Store, watcher},
     Client,
 };
-use meshwork_kube_watch::{reflect, Changes};
-use tokio::task::JoinHandle;
+use meshwork_kube_watch::{reflect_each, Seen};
+use runner::{Event, Obj};
+use tokio::{sync::broadcast, task::JoinHandle};
 
 pub use endpointslice::MANAGED_BY_LABEL;
 pub use util::{node_ready, node_unfit, pod_ready, template_hash};
@@ -80,35 +83,70 @@ pub struct Caches {
     pub serviceaccounts: Store<ServiceAccount>,
     /// Only the `kube-root-ca.crt` ConfigMaps (a field selector keeps the rest out).
     pub root_ca_maps: Store<ConfigMap>,
-    /// Node heartbeat Leases. Their renewals do not wake the controllers (they would, every
-    /// few seconds per node): the node lifecycle controller reads them on its own tick.
+    /// Node heartbeat Leases. Their renewals wake no controller (they would, every few seconds
+    /// per node): the node lifecycle controller requeues each node for when its grace ends.
     pub leases: Store<k8s_openapi::api::coordination::v1::Lease>,
 }
 
+/// How many events may wait for a slow controller before it is told it lagged (and then
+/// requeues everything).
+const EVENT_BACKLOG: usize = 4096;
+
 impl Caches {
-    pub fn start(client: &Client, changes: &Changes) -> (Self, Vec<JoinHandle<()>>) {
+    /// The caches, each reporting what it takes in on `events`.
+    pub fn start(
+        client: &Client,
+        events: &broadcast::Sender<Event>,
+    ) -> (Self, Vec<JoinHandle<()>>) {
+        fn watch<K>(
+            api: Api<K>,
+            cfg: watcher::Config,
+            events: &broadcast::Sender<Event>,
+            wrap: fn(Arc<K>) -> Obj,
+        ) -> (Store<K>, JoinHandle<()>)
+        where
+            K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+            K: Send + Sync + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+        {
+            let tx = events.clone();
+            reflect_each(api, cfg, move |seen| {
+                let ev = match seen {
+                    Seen::Applied(o) => Event::Applied(wrap(Arc::new(o.clone()))),
+                    Seen::Deleted(o) => Event::Deleted(wrap(Arc::new(o.clone()))),
+                    Seen::Relisted => Event::Relisted,
+                };
+                // No receiver yet (before the controllers start) is fine: they begin with
+                // every key.
+                let _ = tx.send(ev);
+            })
+        }
         let cfg = watcher::Config::default;
-        let (pods, t1) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (replicasets, t2) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (deployments, t3) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (services, t4) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (slices, t5) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (nodes, t6) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (daemonsets, t7) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (namespaces, t8) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (serviceaccounts, t9) = reflect(Api::all(client.clone()), cfg(), changes.clone());
-        let (root_ca_maps, t10) = reflect(
+        let (pods, t1) = watch(Api::all(client.clone()), cfg(), events, Obj::Pod);
+        let (replicasets, t2) = watch(Api::all(client.clone()), cfg(), events, Obj::ReplicaSet);
+        let (deployments, t3) = watch(Api::all(client.clone()), cfg(), events, Obj::Deployment);
+        let (services, t4) = watch(Api::all(client.clone()), cfg(), events, Obj::Service);
+        let (slices, t5) = watch(Api::all(client.clone()), cfg(), events, Obj::Slice);
+        let (nodes, t6) = watch(Api::all(client.clone()), cfg(), events, Obj::Node);
+        let (daemonsets, t7) = watch(Api::all(client.clone()), cfg(), events, Obj::DaemonSet);
+        let (namespaces, t8) = watch(Api::all(client.clone()), cfg(), events, Obj::Namespace);
+        let (serviceaccounts, t9) =
+            watch(Api::all(client.clone()), cfg(), events, Obj::ServiceAccount);
+        let (root_ca_maps, t10) = watch(
             Api::all(client.clone()),
             cfg().fields(&format!("metadata.name={}", rootca_name())),
-            changes.clone(),
+            events,
+            Obj::RootCa,
         );
-        let (leases, t11) = reflect(
+        // Node heartbeat Leases report nothing: their renewals would wake the node controller
+        // every few seconds per node; it requeues each node for when its grace runs out.
+        let (leases, t11) = reflect_each(
             Api::namespaced(
                 client.clone(),
                 crate::api::noderestriction::NODE_LEASE_NAMESPACE,
             ),
             cfg(),
-            Changes::new(),
+            |_| {},
         );
         (
             Caches {
@@ -145,127 +183,65 @@ impl Caches {
 
 /// Starts every controller and the scheduler; they run until the tasks are aborted.
 pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>> {
-    let changes = Changes::new();
-    let (caches, mut tasks) = Caches::start(&client, &changes);
+    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let (caches, mut tasks) = Caches::start(&client, &events);
     caches.synced().await;
     tracing::info!("controller caches synced");
-    let rs = replicaset::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop_waking(
-        "replicaset",
-        &changes,
+    let (c, k) = (&client, &caches);
+    tasks.push(runner::spawn(
+        replicaset::Controller::new(c.clone(), k.clone()),
+        &events,
         cfg.resync,
-        rs,
-        |c| Box::pin(c.reconcile_all()),
-        |c| c.wake(),
     ));
-    let dc = deployment::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop_waking(
-        "deployment",
-        &changes,
+    tasks.push(runner::spawn(
+        deployment::Controller::new(c.clone(), k.clone()),
+        &events,
         cfg.resync,
-        dc,
-        |c| Box::pin(c.reconcile_all()),
-        |c| c.wake(),
     ));
-    let ds = daemonset::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop_waking(
-        "daemonset",
-        &changes,
+    tasks.push(runner::spawn(
+        daemonset::Controller::new(c.clone(), k.clone()),
+        &events,
         cfg.resync,
-        ds,
-        |c| Box::pin(c.reconcile_all()),
-        |c| c.wake(),
     ));
-    let ec = endpointslice::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop("endpointslice", &changes, cfg.resync, ec, |c| {
-        Box::pin(c.reconcile_all())
-    }));
-    let gc = gc::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop(
-        "garbage-collector",
-        &changes,
+    tasks.push(runner::spawn(
+        endpointslice::Controller::new(c.clone(), k.clone()),
+        &events,
         cfg.resync,
-        gc,
-        |c| Box::pin(c.reconcile_all()),
     ));
-    let nc = nodes::Controller::new(client.clone(), caches.clone(), cfg.clone());
-    let every = cfg.resync.min(cfg.node_monitor_grace / 4);
-    tasks.push(spawn_loop("node", &changes, every, nc, |c| {
-        Box::pin(c.reconcile_all())
-    }));
-    let sa = serviceaccount::Controller::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop(
-        "serviceaccount",
-        &changes,
+    tasks.push(runner::spawn(
+        gc::Controller::new(c.clone(), k.clone()),
+        &events,
         cfg.resync,
-        sa,
-        |c| Box::pin(c.reconcile_all()),
+    ));
+    tasks.push(runner::spawn(
+        nodes::Controller::new(c.clone(), k.clone(), cfg.clone()),
+        &events,
+        cfg.resync,
+    ));
+    tasks.push(runner::spawn(
+        serviceaccount::Controller::new(c.clone(), k.clone()),
+        &events,
+        cfg.resync,
     ));
     match cfg.root_ca.clone() {
-        Some(ca) => {
-            let rc = rootca::Controller::new(client.clone(), caches.clone(), ca);
-            tasks.push(spawn_loop(
-                "root-ca-publisher",
-                &changes,
-                cfg.resync,
-                rc,
-                |c| Box::pin(c.reconcile_all()),
-            ));
-        }
+        Some(ca) => tasks.push(runner::spawn(
+            rootca::Controller::new(c.clone(), k.clone(), ca),
+            &events,
+            cfg.resync,
+        )),
         None => tracing::warn!(
             "no root CA known (--root-ca-file, or a CA in the client's kubeconfig): \
              kube-root-ca.crt is not published, and pods with an automounted token wait for it"
         ),
     }
-    let sc = crate::scheduler::Scheduler::new(client.clone(), caches.clone());
-    tasks.push(spawn_loop("scheduler", &changes, cfg.resync, sc, |c| {
-        Box::pin(c.schedule_all())
-    }));
+    tasks.push(runner::spawn(
+        crate::scheduler::Scheduler::new(c.clone(), k.clone()),
+        &events,
+        cfg.resync,
+    ));
     tasks
 }
 
 fn rootca_name() -> &'static str {
     crate::api::admission::ROOT_CA_CONFIGMAP
-}
-
-type BoxFut<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
-
-/// Runs `f` now, then after every batch of changes (coalesced for a few milliseconds) and at
-/// least every `every`. A failed pass is logged and retried on the next trigger.
-fn spawn_loop<C: Send + 'static>(
-    name: &'static str,
-    changes: &Changes,
-    every: Duration,
-    ctl: C,
-    f: for<'a> fn(&'a mut C) -> BoxFut<'a>,
-) -> JoinHandle<()> {
-    spawn_loop_waking(name, changes, every, ctl, f, |_| None)
-}
-
-/// `spawn_loop`, and also as soon as `wake` asks after a pass (for time-driven transitions:
-/// minReadySeconds, progress deadlines).
-fn spawn_loop_waking<C: Send + 'static>(
-    name: &'static str,
-    changes: &Changes,
-    every: Duration,
-    mut ctl: C,
-    f: for<'a> fn(&'a mut C) -> BoxFut<'a>,
-    wake: fn(&C) -> Option<Duration>,
-) -> JoinHandle<()> {
-    let mut rx = changes.subscribe();
-    tokio::spawn(async move {
-        loop {
-            rx.mark_unchanged();
-            if let Err(e) = f(&mut ctl).await {
-                tracing::warn!(controller = name, error = format!("{e:#}"), "pass failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let sleep = wake(&ctl).map_or(every, |w| w.min(every));
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(sleep) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
 }

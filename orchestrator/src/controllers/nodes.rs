@@ -4,7 +4,10 @@
 //! writing its Ready condition; the newer of the two counts (kube's node lifecycle
 //! controller).
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
@@ -16,13 +19,19 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{util::pod_ready, Caches, ControllerConfig};
+use super::{
+    runner::{Event, Key, Obj, Reconcile},
+    util::pod_ready,
+    Caches, ControllerConfig,
+};
 use crate::api::{kind::now_seconds, noderestriction::NODE_LEASE_NAMESPACE};
 
 pub struct Controller {
     client: Client,
     caches: Caches,
     cfg: ControllerConfig,
+    /// CIDRs written that the cache may not show yet, by node.
+    assigned: HashMap<String, Ipv4Net>,
 }
 
 /// The first `prefix`-sized subnet of `cluster` not in `used`.
@@ -40,94 +49,141 @@ impl Controller {
             client,
             caches,
             cfg,
+            assigned: HashMap::new(),
+        }
+    }
+}
+
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "node";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .nodes
+            .state()
+            .iter()
+            .map(|n| Key::of(n.as_ref()))
+            .collect()
+    }
+
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        if let Some(Obj::Node(n)) = ev.obj() {
+            out.push(Key::of(n.as_ref()));
         }
     }
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
-        let nodes = self.caches.nodes.state();
-        let api: Api<Node> = Api::all(self.client.clone());
-        let mut used: HashSet<Ipv4Net> = nodes
+    /// Again when the node's grace runs out if it does not report before (lease renewals
+    /// wake nothing).
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<Duration>> {
+        let Some(n) = self.caches.nodes.get(&ObjectRef::new(&key.name)) else {
+            self.assigned.remove(&key.name);
+            return Ok(None);
+        };
+        self.assign_cidr(&n).await?;
+        self.lifecycle(&n).await
+    }
+}
+
+impl Controller {
+    /// A pod CIDR for a node without one: the first not held by another node, nor handed out
+    /// by this controller to a node the cache does not show with it yet.
+    async fn assign_cidr(&mut self, n: &Node) -> anyhow::Result<()> {
+        if n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some() {
+            self.assigned.remove(&n.name_any());
+            return Ok(());
+        }
+        let mut used: HashSet<Ipv4Net> = self
+            .caches
+            .nodes
+            .state()
             .iter()
             .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok())
             .collect();
-        let mut sorted = nodes.clone();
-        sorted.sort_by_key(|n| n.name_any());
-        for n in &sorted {
-            if n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some() {
-                continue;
-            }
-            let cidr = next_cidr(self.cfg.cluster_cidr, self.cfg.node_cidr_prefix, &used)
-                .context("cluster CIDR exhausted")?;
-            used.insert(cidr);
-            api.patch(
-                &n.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}}),
-                ),
-            )
-            .await
-            .with_context(|| format!("assigning {cidr} to node {}", n.name_any()))?;
-            tracing::info!(node = %n.name_any(), %cidr, "pod CIDR assigned");
-        }
+        used.extend(
+            self.assigned
+                .iter()
+                .filter(|(name, _)| **name != n.name_any())
+                .map(|(_, c)| *c),
+        );
+        let cidr = next_cidr(self.cfg.cluster_cidr, self.cfg.node_cidr_prefix, &used)
+            .context("cluster CIDR exhausted")?;
+        let api: Api<Node> = Api::all(self.client.clone());
+        api.patch(
+            &n.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}}),
+            ),
+        )
+        .await
+        .with_context(|| format!("assigning {cidr} to node {}", n.name_any()))?;
+        self.assigned.insert(n.name_any(), cidr);
+        tracing::info!(node = %n.name_any(), %cidr, "pod CIDR assigned");
+        Ok(())
+    }
+
+    /// Ready=Unknown for a node silent past the grace, and its pods not Ready; otherwise, how
+    /// long until it would be.
+    async fn lifecycle(&self, n: &Node) -> anyhow::Result<Option<Duration>> {
+        let api: Api<Node> = Api::all(self.client.clone());
         let now = now_seconds();
         let grace = self.cfg.node_monitor_grace.as_secs() as i64;
-        for n in &sorted {
-            let conds = n
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let Some(ready) = conds.iter().find(|c| c.type_ == "Ready") else {
-                continue;
-            };
-            let status_beat = ready
-                .last_heartbeat_time
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(0);
-            let lease_beat = self
-                .caches
-                .leases
-                .get(&ObjectRef::new(&n.name_any()).within(NODE_LEASE_NAMESPACE))
-                .and_then(|l| {
-                    l.spec
-                        .as_ref()?
-                        .renew_time
-                        .as_ref()
-                        .map(|t| t.0.as_second())
-                })
-                .unwrap_or(0);
-            let beat = status_beat.max(lease_beat);
-            let silent = now.as_second() - beat > grace;
-            if silent && ready.status != "Unknown" {
-                let mut c = ready.clone();
-                c.status = "Unknown".into();
-                c.reason = Some("NodeStatusUnknown".into());
-                c.message = Some("Kubelet stopped posting node status.".into());
-                c.last_transition_time =
-                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                let others: Vec<_> = conds
-                    .iter()
-                    .filter(|x| x.type_ != "Ready")
-                    .cloned()
-                    .collect();
-                let mut all = others;
-                all.push(c);
-                api.patch_status(
-                    &n.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"conditions": all}})),
-                )
-                .await
-                .with_context(|| format!("marking node {} unknown", n.name_any()))?;
-                tracing::warn!(node = %n.name_any(), "node stopped reporting: Ready=Unknown");
-            }
-            if silent || ready.status == "Unknown" {
-                self.mark_pods_not_ready(&n.name_any()).await?;
-            }
+        let conds = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let Some(ready) = conds.iter().find(|c| c.type_ == "Ready") else {
+            return Ok(None);
+        };
+        let status_beat = ready
+            .last_heartbeat_time
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0);
+        let lease_beat = self
+            .caches
+            .leases
+            .get(&ObjectRef::new(&n.name_any()).within(NODE_LEASE_NAMESPACE))
+            .and_then(|l| {
+                l.spec
+                    .as_ref()?
+                    .renew_time
+                    .as_ref()
+                    .map(|t| t.0.as_second())
+            })
+            .unwrap_or(0);
+        let beat = status_beat.max(lease_beat);
+        let silent = now.as_second() - beat > grace;
+        if silent && ready.status != "Unknown" {
+            let mut c = ready.clone();
+            c.status = "Unknown".into();
+            c.reason = Some("NodeStatusUnknown".into());
+            c.message = Some("Kubelet stopped posting node status.".into());
+            c.last_transition_time =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+            let mut all: Vec<_> = conds
+                .iter()
+                .filter(|x| x.type_ != "Ready")
+                .cloned()
+                .collect();
+            all.push(c);
+            api.patch_status(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"conditions": all}})),
+            )
+            .await
+            .with_context(|| format!("marking node {} unknown", n.name_any()))?;
+            tracing::warn!(node = %n.name_any(), "node stopped reporting: Ready=Unknown");
         }
-        Ok(())
+        if silent || ready.status == "Unknown" {
+            self.mark_pods_not_ready(&n.name_any()).await?;
+            return Ok(None);
+        }
+        let left = (beat + grace + 1 - now.as_second()).max(1) as u64;
+        Ok(Some(Duration::from_secs(left)))
     }
 
     /// kube's MarkPodsNotReady: the node can no longer vouch for its pods.

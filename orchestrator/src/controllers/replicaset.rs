@@ -10,10 +10,12 @@ use k8s_openapi::api::{
 };
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
 use super::{
+    runner::{owner_key, Event, Key, Obj, Reconcile},
     util::{
         controller_ref, controller_uid, pod_active, pod_available, pod_ready, selector_matches,
         wake_for, Expectations, BURST,
@@ -37,29 +39,76 @@ impl Controller {
             wake: None,
         }
     }
+}
 
-    /// How soon a pass should run again: when a Ready pod turns available (minReadySeconds).
-    pub fn wake(&self) -> Option<std::time::Duration> {
-        self.wake
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "replicaset";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .replicasets
+            .state()
+            .iter()
+            .map(|r| Key::of(r.as_ref()))
+            .collect()
     }
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
-        self.wake = None;
-        let mut first_err = None;
-        for rs in self.caches.replicasets.state() {
-            // A ReplicaSet being deleted is left alone: its pods go with the garbage collector
-            // (Background, Foreground) or stay as orphans (Orphan).
-            if rs.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            if let Err(e) = self.reconcile(&rs).await {
-                first_err.get_or_insert(e.context(format!("replicaset {}", rs.name_any())));
-            }
+    /// The ReplicaSet itself; a pod's owner; for an orphan pod, every ReplicaSet of its
+    /// namespace whose selector takes it (adoption).
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev.obj() {
+            Some(Obj::ReplicaSet(rs)) => out.push(Key::of(rs.as_ref())),
+            Some(Obj::Pod(p)) => match owner_key(&p.metadata, "ReplicaSet") {
+                Some(k) => out.push(k),
+                None if controller_uid(&p.metadata).is_none() && pod_active(p) => {
+                    let labels = p.metadata.labels.clone().unwrap_or_default();
+                    if labels.is_empty() {
+                        return;
+                    }
+                    let ns = p.namespace();
+                    out.extend(
+                        self.caches
+                            .replicasets
+                            .state()
+                            .iter()
+                            .filter(|r| r.namespace() == ns)
+                            .filter(|r| {
+                                r.spec
+                                    .as_ref()
+                                    .is_some_and(|s| selector_matches(&s.selector, &labels))
+                            })
+                            .map(|r| Key::of(r.as_ref())),
+                    );
+                }
+                None => {}
+            },
+            _ => {}
         }
-        first_err.map_or(Ok(()), Err)
     }
 
-    async fn reconcile(&mut self, rs: &ReplicaSet) -> anyhow::Result<()> {
+    /// Again when a Ready pod turns available (minReadySeconds).
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
+        let Some(rs) = self
+            .caches
+            .replicasets
+            .get(&ObjectRef::new(&key.name).within(&key.ns))
+        else {
+            return Ok(None);
+        };
+        // A ReplicaSet being deleted is left alone: its pods go with the garbage collector
+        // (Background, Foreground) or stay as orphans (Orphan).
+        if rs.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        self.wake = None;
+        self.sync(&rs).await?;
+        Ok(self.wake)
+    }
+}
+
+impl Controller {
+    async fn sync(&mut self, rs: &ReplicaSet) -> anyhow::Result<()> {
         let ns = rs.namespace().unwrap_or_default();
         let uid = rs.uid().unwrap_or_default();
         let spec = rs.spec.clone().unwrap_or_default();

@@ -9,10 +9,14 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     api::{Api, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
-use super::Caches;
+use super::{
+    runner::{Event, Key, Obj, Reconcile},
+    Caches,
+};
 use crate::api::admission::ROOT_CA_CONFIGMAP;
 
 pub struct Controller {
@@ -52,13 +56,41 @@ impl Controller {
     pub fn new(client: Client, caches: Caches, ca: String) -> Self {
         Controller { client, caches, ca }
     }
+}
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
-        let namespaces = self.caches.namespaces.state();
+/// Keyed by namespace.
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "root-ca-publisher";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| Key::of(n.as_ref()))
+            .collect()
+    }
+
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev.obj() {
+            Some(Obj::Namespace(n)) => out.push(Key::of(n.as_ref())),
+            Some(Obj::RootCa(m)) => out.push(Key::new("", m.namespace().unwrap_or_default())),
+            _ => {}
+        }
+    }
+
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
+        let Some(namespace) = self.caches.namespaces.get(&ObjectRef::new(&key.name)) else {
+            return Ok(None);
+        };
         let maps = self.caches.root_ca_maps.state();
-        let ns_refs: Vec<&Namespace> = namespaces.iter().map(|n| n.as_ref()).collect();
-        let map_refs: Vec<&ConfigMap> = maps.iter().map(|m| m.as_ref()).collect();
-        for (ns, exists) in plan(&ns_refs, &map_refs, &self.ca) {
+        let map_refs: Vec<&ConfigMap> = maps
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(key.name.as_str()))
+            .map(|m| m.as_ref())
+            .collect();
+        for (ns, exists) in plan(&[namespace.as_ref()], &map_refs, &self.ca) {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
             let cm = ConfigMap {
                 metadata: kube::api::ObjectMeta {
@@ -91,7 +123,7 @@ impl Controller {
                 Err(e) => return Err(e).context(format!("publishing kube-root-ca.crt in {ns}")),
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

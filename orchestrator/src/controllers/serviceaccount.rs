@@ -9,10 +9,14 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     api::{Api, PostParams},
+    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
-use super::Caches;
+use super::{
+    runner::{Event, Key, Obj, Reconcile},
+    Caches,
+};
 
 pub const DEFAULT_NAME: &str = "default";
 
@@ -46,13 +50,43 @@ impl Controller {
     pub fn new(client: Client, caches: Caches) -> Self {
         Controller { client, caches }
     }
+}
 
-    pub async fn reconcile_all(&mut self) -> anyhow::Result<()> {
-        let namespaces = self.caches.namespaces.state();
+/// Keyed by namespace.
+impl Reconcile for Controller {
+    type Key = Key;
+    const NAME: &'static str = "serviceaccount";
+
+    fn all(&self) -> Vec<Key> {
+        self.caches
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| Key::of(n.as_ref()))
+            .collect()
+    }
+
+    fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
+        match ev.obj() {
+            Some(Obj::Namespace(n)) => out.push(Key::of(n.as_ref())),
+            Some(Obj::ServiceAccount(sa)) => {
+                out.push(Key::new("", sa.namespace().unwrap_or_default()))
+            }
+            _ => {}
+        }
+    }
+
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
+        let Some(namespace) = self.caches.namespaces.get(&ObjectRef::new(&key.name)) else {
+            return Ok(None);
+        };
         let accounts = self.caches.serviceaccounts.state();
-        let ns_refs: Vec<&Namespace> = namespaces.iter().map(|n| n.as_ref()).collect();
-        let sa_refs: Vec<&ServiceAccount> = accounts.iter().map(|s| s.as_ref()).collect();
-        for ns in missing(&ns_refs, &sa_refs) {
+        let sa_refs: Vec<&ServiceAccount> = accounts
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(key.name.as_str()))
+            .map(|s| s.as_ref())
+            .collect();
+        for ns in missing(&[namespace.as_ref()], &sa_refs) {
             let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
             let sa = ServiceAccount {
                 metadata: kube::api::ObjectMeta {
@@ -71,7 +105,7 @@ impl Controller {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
