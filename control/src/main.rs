@@ -4,7 +4,7 @@ use clap::Parser;
 use meshwork_control::{app, config};
 
 fn main() -> std::process::ExitCode {
-    meshwork_kube_watch::init_logging();
+    meshwork_daemon::init_logging();
     let cfg = config::Config::parse();
     if let Some(config::Cmd::Uninstall) = cfg.cmd {
         return match app::uninstall(&cfg) {
@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         let running = app::start(cfg).await?;
         println!("admin on http://{}", running.admin);
-        meshwork_kube_watch::shutdown_signal()
+        meshwork_daemon::shutdown_signal()
             .await
             .map_err(|e| app::Error::Config(format!("signal handler: {e}")))?;
         // The datapath stays programmed: traffic keeps flowing until the next agent.

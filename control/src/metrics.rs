@@ -136,7 +136,7 @@ impl Metrics {
         self.synced.load(Ordering::Relaxed) && !stale
     }
 
-    pub fn admin(m: Arc<Metrics>) -> meshwork_kube_watch::admin::Handler {
+    pub fn admin(m: Arc<Metrics>) -> meshwork_daemon::admin::Handler {
         Arc::new(move |path: &str| match path {
             "/metrics" => (200, m.encode()),
             "/healthz" | "/livez" => {

@@ -178,7 +178,7 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let admin_addr = admin
         .local_addr()
         .map_err(|e| Error::Listen(cfg.admin_listen, e))?;
-    tasks.push(tokio::spawn(meshwork_kube_watch::admin::serve(
+    tasks.push(tokio::spawn(meshwork_daemon::admin::serve(
         admin,
         crate::metrics::admin(metrics),
     )));

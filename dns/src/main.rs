@@ -4,7 +4,7 @@ use clap::Parser;
 use meshwork_dns::{app, config::Config};
 
 fn main() -> std::process::ExitCode {
-    meshwork_kube_watch::init_logging();
+    meshwork_daemon::init_logging();
     let cfg = Config::parse();
     // The UDP path runs on its own threads; tokio serves TCP, forwarding and the watch.
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
             println!("DNS listening on {a} (udp+tcp)");
         }
         println!("admin on http://{}", running.admin);
-        meshwork_kube_watch::shutdown_signal()
+        meshwork_daemon::shutdown_signal()
             .await
             .map_err(|e| app::Error::Config(format!("signal handler: {e}")))?;
         drop(running);

@@ -177,7 +177,7 @@ impl Metrics {
 
 /// The admin handler: /metrics, /health (the process answers), /ready (zone from a synced
 /// watch).
-pub fn admin(m: Arc<Metrics>) -> meshwork_kube_watch::admin::Handler {
+pub fn admin(m: Arc<Metrics>) -> meshwork_daemon::admin::Handler {
     Arc::new(move |path: &str| match path {
         "/metrics" => (200, m.encode()),
         "/health" => (200, "OK".to_string()),

@@ -165,7 +165,7 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
         .with_context(|| format!("admin listener {}", a.admin_listen))?;
     println!("admin on {}", admin.local_addr()?);
     let m = metrics.clone();
-    tokio::spawn(meshwork_kube_watch::admin::serve(
+    tokio::spawn(meshwork_daemon::admin::serve(
         admin,
         Arc::new(move |path: &str| match path {
             "/metrics" => (200, m.encode()),
@@ -181,7 +181,7 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
     let tls = server::tls_config(running.own.clone())?;
     tokio::select! {
         r = server::serve_grpc(listener, tls, svc) => r,
-        r = meshwork_kube_watch::shutdown_signal() => r.map_err(Into::into),
+        r = meshwork_daemon::shutdown_signal() => r.map_err(Into::into),
     }
 }
 

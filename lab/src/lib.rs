@@ -8,11 +8,13 @@ use std::{
 };
 
 pub mod cgroup;
+pub mod cluster;
 pub mod components;
 pub mod host;
 pub mod kubectl;
 pub mod proc;
 pub mod servers;
+pub mod stack;
 pub mod stats;
 pub mod tcp;
 pub mod wait;

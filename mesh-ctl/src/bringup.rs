@@ -100,7 +100,7 @@ pub async fn supervise(a: UpArgs) -> Result<()> {
     let mut sup = Supervisor::new(st.clone());
     let res = tokio::select! {
         r = bring_up(&a, &st, &mut sup) => r,
-        _ = meshwork_kube_watch::shutdown_signal() => Err(anyhow!("stopped during start-up")),
+        _ = meshwork_daemon::shutdown_signal() => Err(anyhow!("stopped during start-up")),
     };
     let lab = match res {
         Ok(lab) => {
@@ -114,7 +114,7 @@ pub async fn supervise(a: UpArgs) -> Result<()> {
                     libc::close(null);
                 }
             }
-            let _ = meshwork_kube_watch::shutdown_signal().await;
+            let _ = meshwork_daemon::shutdown_signal().await;
             tracing::info!("stopping the cluster");
             Some(lab)
         }
@@ -509,7 +509,7 @@ fn node_ready_since(n: &KNode, since: i64) -> bool {
 /// controllers assign no IPv6 one), routes to the cluster and to the underlay (DNS on n1, the
 /// host, NodePort clients), no default route.
 fn node_conflist(cidr: &str, state: &Path) -> Result<serde_json::Value> {
-    let mut v: serde_json::Value = serde_json::from_str(mesh_ctl::cluster::EXAMPLE_CONFLIST)?;
+    let mut v: serde_json::Value = serde_json::from_str(meshwork_lab::cluster::EXAMPLE_CONFLIST)?;
     let p = &mut v["plugins"][0];
     p["dataDir"] = json!(state);
     let ipam = p["ipam"]

@@ -47,7 +47,7 @@ fn main() -> std::process::ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     if matches!(cli.cmd, Cmd::Supervise(_)) {
-        meshwork_kube_watch::init_logging();
+        meshwork_daemon::init_logging();
     }
     // Two workers: kube-rs calls and the supervised children's waits share them.
     let rt = match tokio::runtime::Builder::new_multi_thread()

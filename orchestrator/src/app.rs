@@ -86,7 +86,7 @@ pub async fn run_controllers(a: crate::config::ControllersArgs) -> anyhow::Resul
         cfg.root_ca = client_ca(a.kubeconfig.as_deref()).await;
     }
     let tasks = crate::controllers::start(client, cfg).await;
-    meshwork_kube_watch::shutdown_signal().await?;
+    meshwork_daemon::shutdown_signal().await?;
     for t in tasks {
         t.abort();
     }

@@ -4,7 +4,7 @@ use clap::Parser;
 use meshwork_orchestrator::{app, config};
 
 fn main() -> std::process::ExitCode {
-    meshwork_kube_watch::init_logging();
+    meshwork_daemon::init_logging();
     let cli = config::Cli::parse();
     // The shim enters namespaces, which needs a single-threaded process: no runtime for it.
     let cli = match cli.cmd {

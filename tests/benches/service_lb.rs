@@ -21,8 +21,8 @@ use std::{
     time::Instant,
 };
 
-use mesh_ctl::cluster::LabCluster;
 use meshwork_ebpf::{Algorithm, Backend, BpfDatapath, Config, Datapath, Frontend, Service};
+use meshwork_lab::cluster::LabCluster;
 use meshwork_lab::{Lab, Node};
 
 const CONNECTS: &str = "2000";

@@ -1,12 +1,12 @@
-//! Cluster DNS with the stack around it: the API server and meshwork-dns run on node 2
-//! (meshwork-dns on the host network, like a hostNetwork CoreDNS), the `kube-dns` Service
-//! (10.96.0.10) and its EndpointSlice live in the API, `meshwork-control` on node 1 programs
-//! that VIP into node 1's eBPF socket LB from them, and a pod on node 1 with the resolv.conf a
-//! kubelet writes for `dnsPolicy: ClusterFirst` resolves `web`, `web.default`,
-//! `web.default.svc` through glibc's search path, over UDP and TCP.
-//!
-//! The resolv.conf and the kube-dns EndpointSlice are written by the test: the node runtime
-//! and the EndpointSlice controller come with the orchestrator's next part.
+//! Cluster DNS as a real cluster runs it: `deploy/addons/meshwork-dns.yaml` (the manifest
+//! `mesh-ctl up` applies) is kubectl-applied to a lab cluster with the API server, its
+//! controllers and a node runtime per node (`support/orch.rs`). meshwork-dns runs as a pod
+//! with its ServiceAccount's in-cluster credentials, the EndpointSlice controller writes the
+//! `kube-dns` endpoints from its readiness, the control agents program the VIP (10.96.0.10),
+//! and a client pod, with the resolv.conf its node runtime wrote for `dnsPolicy: ClusterFirst`,
+//! resolves `web`, `web.default`, `web.default.svc` through glibc's search path, over UDP and
+//! TCP (`kubectl exec`). Upstream is a closed port on the pod's loopback: nothing leaves the
+//! lab.
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,
@@ -14,13 +14,13 @@
     reason = "test code: a panic with its location is the failure report"
 )]
 
-use std::time::{Duration, Instant};
+#[path = "support/orch.rs"]
+mod orch;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{api::PostParams, Api};
-use mesh_ctl::cluster::LabCluster;
-use mesh_ctl::stack::{start_agent, start_dns, LabApi};
-use meshwork_lab::Lab;
+use std::time::Duration;
+
+use meshwork_lab::cgroup::lab_binary;
+use orch::Orch;
 use serde_json::json;
 
 const DNS_VIP: &str = "10.96.0.10";
@@ -28,81 +28,84 @@ const DNS_VIP: &str = "10.96.0.10";
 #[test]
 fn pods_resolve_services_through_the_dns_vip_and_search_path() {
     meshwork_lab::require_root();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let c = rt
-        .block_on(LabCluster::new(Lab::new("cluster_dns"), 2))
-        .unwrap();
-    let client = c.add_pod(0, "client").unwrap();
-    let (n1, n2) = (c.nodes[0].node.clone(), c.nodes[1].node.clone());
-    let api = rt.block_on(LabApi::start(&c, 1)).unwrap();
-    let dns_ip = n2.underlay_ip.to_string();
-
-    let ip = dns_ip.clone();
-    api.kube(&c, move |k| {
-        Box::pin(async move {
-            let svc = |v| serde_json::from_value::<Service>(v).unwrap();
-            Api::<Service>::namespaced(k.clone(), "default")
-                .create(&PostParams::default(), &svc(json!({"metadata": {"name": "web"},
-                    "spec": {"clusterIP": "10.96.5.5", "ports": [{"name": "http", "port": 80}]}})))
-                .await
-                .unwrap();
-            Api::<Service>::namespaced(k.clone(), "kube-system")
-                .create(&PostParams::default(), &svc(json!({"metadata": {"name": "kube-dns"},
-                    "spec": {"clusterIP": DNS_VIP, "ports": [
-                        {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53}]}})))
-                .await
-                .unwrap();
-            let slice: EndpointSlice = serde_json::from_value(json!({
-                "metadata": {"name": "kube-dns-1", "labels": {"kubernetes.io/service-name": "kube-dns"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
-                "endpoints": [{"addresses": [ip], "nodeName": "n2", "conditions": {"ready": true}}]}))
-            .unwrap();
-            Api::<EndpointSlice>::namespaced(k, "kube-system").create(&PostParams::default(), &slice).await.unwrap();
-        })
-    })
-    .unwrap();
-
-    // meshwork-dns on node 2's underlay address (host network).
-    let _dns = start_dns(&c, 1, &api.kubeconfig, DNS_VIP).unwrap();
-    // The control agent for node 1 programs the kube-dns VIP from the API.
-    let _agent = start_agent(&c, 0, &api.kubeconfig).unwrap();
-
-    // The resolv.conf a kubelet writes for a ClusterFirst pod in `default`.
-    let resolv = c.lab.dir().join("resolv.conf");
-    std::fs::write(
-        &resolv,
-        format!("search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {DNS_VIP}\noptions ndots:5\n"),
-    )
-    .unwrap();
+    let dns_bin = lab_binary("meshwork-dns");
+    // Pods route to the cluster and to the underlay, where the API server listens (the
+    // `kubernetes` Service's endpoint), as `mesh-ctl up` sets them up.
+    let routes = ["10.244.0.0/16", meshwork_lab::UNDERLAY_SUBNET];
+    let mut o = Orch::start_full("cluster_dns", &routes, false, &[], |dir| {
+        let path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        let catalog = json!({"images": {
+            "busybox": {"root": {"busybox": {"binary": "/bin/busybox"}}, "cmd": ["sh"],
+                        "env": {"PATH": path_env}},
+            // mesh-ctl's catalog entry for the add-on: this build's binary on the host root.
+            "meshwork-dns": {"root": "host", "entrypoint": [dns_bin], "env": {"PATH": path_env}},
+            // The host's tools (glibc's getent, dig) with the pod's own /etc/resolv.conf.
+            "tools": {"root": "host", "env": {"PATH": path_env}},
+        }});
+        let path = dir.join("catalog.json");
+        std::fs::write(&path, catalog.to_string()).unwrap();
+        Some(path)
+    });
+    for i in 0..o.nodes.len() {
+        let a = o.start_agent(i);
+        o.procs.push(a);
+    }
+    let addon = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/addons/meshwork-dns.yaml"
+    ))
+    .unwrap()
+    .replace("%{CLUSTER_DNS}%", DNS_VIP)
+    .replace("%{DNS_UPSTREAM}%", "127.0.0.1:9");
+    let manifest = o.lab.dir().join("meshwork-dns.yaml");
+    std::fs::write(&manifest, addon).unwrap();
+    o.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    o.apply(&json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.5.5", "ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "default"},
+         "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 1,
+                  "containers": [{"name": "c", "image": "tools", "command": ["sleep", "100000"]}]}},
+    ]}));
+    o.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "-n",
+        "default",
+        "--timeout=60s",
+    ]);
+    // The EndpointSlice controller lists the DNS pod once its readiness probe passes.
+    o.wait_long("a ready kube-dns endpoint", Duration::from_secs(60), || {
+        let v = o.json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "kube-system",
+            "-l",
+            "kubernetes.io/service-name=kube-dns",
+        ]);
+        v["items"]
+            .as_array()?
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+            .any(|e| e["conditions"]["ready"] == true)
+            .then_some(())
+    });
+    let resolv = o.kubectl(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {DNS_VIP}"))
+            && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "the node runtime's ClusterFirst resolv.conf: {resolv}"
+    );
     let resolve = |name: &str| {
-        // glibc's resolver (search list, ndots) in the pod, inside node 1's cgroup; the bind
-        // mount lives in a private mount namespace and goes with the process.
-        let script = format!(
-            "mount --bind {} /etc/resolv.conf && getent ahostsv4 {name}",
-            resolv.display()
-        );
-        let out = c.lab.run_in_node(
-            &n1,
-            &client.ns.netns,
-            "/usr/bin/unshare",
-            &["-m", "--propagation", "private", "sh", "-c", &script],
-        );
+        let out = o.kubectl_out(&["exec", "client", "--", "getent", "ahostsv4", name]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // Until the agent has programmed the VIP and DNS has synced.
-    let t = Instant::now();
-    while !resolve("web").contains("10.96.5.5") {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "web did not resolve through {DNS_VIP}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    o.wait("web resolves through the DNS VIP", || {
+        resolve("web").contains("10.96.5.5").then_some(())
+    });
     for name in [
         "web.default",
         "web.default.svc",
@@ -112,16 +115,15 @@ fn pods_resolve_services_through_the_dns_vip_and_search_path() {
         assert!(got.contains("10.96.5.5"), "{name}: {got}");
     }
     // Over TCP through the VIP too.
-    let out = c.lab.run_in_node(
-        &n1,
-        &client.ns.netns,
-        "/usr/bin/dig",
-        &[
-            &format!("@{DNS_VIP}"),
-            "+tcp",
-            "+short",
-            "web.default.svc.cluster.local",
-        ],
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.5.5");
+    let out = o.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "dig",
+        &format!("@{DNS_VIP}"),
+        "+tcp",
+        "+short",
+        "web.default.svc.cluster.local",
+    ]);
+    assert_eq!(out.trim(), "10.96.5.5");
 }

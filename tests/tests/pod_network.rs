@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use mesh_ctl::cluster::LabCluster;
+use meshwork_lab::cluster::LabCluster;
 use meshwork_lab::Lab;
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_ctl::cluster::{LabCluster, Pod};
 use meshwork_ebpf::{Algorithm, Backend, BpfDatapath, Config, Datapath, Frontend, Service, Uplink};
+use meshwork_lab::cluster::{LabCluster, Pod};
 use meshwork_lab::{servers::IdentityServer, Lab};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

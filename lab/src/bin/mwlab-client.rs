@@ -2,7 +2,9 @@
 //! the socket load balancer's hooks apply). Prints one line per attempt.
 //!
 //!   mwlab-client tcp ADDR COUNT        "<reply> <getpeername>" or "ERR <error>"
-//!   mwlab-client tcp-loop ADDR MILLIS  connects back to back for MILLIS, prints "ok=N fail=M"
+//!   mwlab-client tcp-loop ADDR MILLIS [--progress]
+//!                                      connects back to back for MILLIS, prints "ok=N fail=M";
+//!                                      with --progress, "first ok" once the first one worked
 //!   mwlab-client udp ADDR COUNT        sendto/recvfrom on one unconnected socket: "<reply> <from>"
 //!   mwlab-client udp-connected ADDR COUNT
 //!   mwlab-client tcp-lat ADDR COUNT    connect() latency only: "p50_us p90_us p99_us mean_us"
@@ -52,7 +54,7 @@ fn abort_close(s: TcpStream) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
+    if !(4..=5).contains(&args.len()) {
         eprintln!("usage: mwlab-client tcp|tcp-loop|udp|udp-connected ADDR N");
         std::process::exit(64);
     }
@@ -136,10 +138,18 @@ fn main() {
         }
         "tcp-loop" => {
             let (mut ok, mut fail) = (0u64, 0u64);
+            let progress = args.get(4).map(String::as_str) == Some("--progress");
             let end = Instant::now() + Duration::from_millis(n);
             while Instant::now() < end {
                 match tcp_once(addr) {
-                    Ok(_) => ok += 1,
+                    Ok(_) => {
+                        ok += 1;
+                        if progress && ok == 1 {
+                            // A signal for the test to act on while the loop runs.
+                            println!("first ok");
+                            let _ = std::io::stdout().flush();
+                        }
+                    }
                     Err(e) => {
                         fail += 1;
                         eprintln!("fail: {e}");

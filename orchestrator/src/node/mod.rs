@@ -166,7 +166,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     ));
     tokio::select! {
         r = k.clone().run() => r?,
-        r = meshwork_kube_watch::shutdown_signal() => {
+        r = meshwork_daemon::shutdown_signal() => {
             r?;
             // Pods keep running: a kubelet that stops does not stop its pods.
             tracing::info!("node runtime stopping; pods keep running");

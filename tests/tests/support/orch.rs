@@ -23,6 +23,17 @@ pub const GRACE_SECS: u64 = 5;
 
 pub use meshwork_lab::proc::Proc;
 
+/// A pod as the API shows it.
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub ip: String,
+    pub running: bool,
+    pub ready: bool,
+}
+
 pub struct Orch {
     pub procs: Vec<Proc>,
     pub runtimes: Vec<Proc>,
@@ -42,47 +53,9 @@ impl Drop for Orch {
     }
 }
 
-/// `meshwork-orchestrator apiserver` on `node`'s underlay address:6443 with its data under the
-/// lab dir, waited for until its admin kubeconfig exists; returns it and the data dir.
+/// The lab's API server starter (`meshwork_lab::stack`), failing the test if it does not start.
 pub fn start_apiserver(lab: &Lab, node: &Node, extra: &[&str]) -> (Proc, PathBuf) {
-    let data = lab.dir().join("apiserver");
-    let ip = node.underlay_ip.to_string();
-    let listen = format!("{ip}:6443");
-    let log = lab.dir().join("apiserver.log");
-    let mut args = vec![
-        "apiserver",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--advertise-address",
-        &ip,
-        "--sqlite-sync",
-        "normal",
-    ];
-    args.extend_from_slice(extra);
-    let child = lab
-        .command_in_node(node, &node.netns, "meshwork-orchestrator", &args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("meshwork-orchestrator (cargo build --bins)");
-    let kc = data.join("admin.kubeconfig");
-    let t = Instant::now();
-    while !kc.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the API server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (
-        Proc {
-            child: Some(child),
-            log,
-        },
-        data,
-    )
+    meshwork_lab::stack::start_apiserver(lab, node, extra).unwrap()
 }
 
 /// `meshwork-control` for `node` with `kubeconfig` (meshwork_lab::components::Agent), admin on
@@ -257,6 +230,36 @@ impl Orch {
 
     pub fn cni_dir(&self, i: usize) -> PathBuf {
         self.lab.dir().join(format!("{}-cni", self.nodes[i].name))
+    }
+
+    /// The network namespace node `i`'s runtime made for the pod with `uid` (named after the
+    /// uid's first 12 hex digits, under the runtime's `--netns-prefix`).
+    pub fn pod_netns(&self, i: usize, uid: &str) -> String {
+        let short: String = uid.chars().filter(|c| *c != '-').take(12).collect();
+        format!("{}{}-p-{short}", self.lab.prefix(), self.nodes[i].name)
+    }
+
+    /// Pods matching `selector` in `ns`, not being deleted.
+    pub fn pods(&self, ns: &str, selector: &str) -> Vec<PodInfo> {
+        let v = self.json(&["get", "pods", "-n", ns, "-l", selector]);
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| PodInfo {
+                name: p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                uid: p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                node: p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                ip: p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+                running: p["status"]["phase"] == "Running",
+                ready: p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            })
+            .collect()
     }
 
     pub fn root_dir(&self, i: usize) -> PathBuf {

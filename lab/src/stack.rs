@@ -1,57 +1,98 @@
-//! The rest of the stack in a lab cluster: the bundled API server on a node's underlay
-//! address, cluster DNS and a control agent per node, started directly (the e2e tests'
-//! helpers; `mesh-ctl up` runs the agent and DNS as workloads instead, from deploy/addons).
+//! The rest of the stack in a lab cluster, started as the real binaries: the bundled API
+//! server on a node's underlay address, cluster DNS and a control agent per node (the e2e
+//! tests' helpers; `mesh-ctl up` runs the agent and DNS as workloads instead, from
+//! deploy/addons). This is the one way tests start an API server outside the orchestrator
+//! crate's own API tests (which run it in-process: `orchestrator/tests/common`).
 
-use std::{net::SocketAddr, path::Path, path::PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context, Result};
-use meshwork_lab::cgroup::lab_binary;
-use meshwork_orchestrator::server::{self, ServerConfig};
-use meshwork_orchestrator_store::{AnyStore, SqliteStore, SqliteSync};
 
-use crate::cluster::LabCluster;
+use crate::{cgroup::lab_binary, cluster::LabCluster, proc::Proc, Lab, Node};
 
 /// Boxed futures for closures that run kube-rs calls inside a node.
 pub type BoxFut<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
 
-/// The bundled API server serving on a lab node's underlay address (so agents on every node
-/// reach it over the lab network, as they would a control-plane node).
+/// `meshwork-orchestrator apiserver` on `node`'s underlay address:6443, its data (store,
+/// certificates, admin kubeconfig) under the lab dir and its log beside it, waited for until
+/// its admin kubeconfig is written (after its listener is up). `extra`: more flags
+/// (`--controllers=false`, ...). Returns the process and the data dir.
+pub fn start_apiserver(lab: &Lab, node: &Node, extra: &[&str]) -> Result<(Proc, PathBuf)> {
+    let data = lab.dir().join("apiserver");
+    let ip = node.underlay_ip.to_string();
+    let listen = format!("{ip}:6443");
+    let log = lab.dir().join("apiserver.log");
+    let data_s = data.to_str().context("lab dir is not UTF-8")?;
+    let mut args = vec![
+        "apiserver",
+        "--data-dir",
+        data_s,
+        "--listen",
+        &listen,
+        "--advertise-address",
+        &ip,
+        "--sqlite-sync",
+        "normal",
+    ];
+    args.extend_from_slice(extra);
+    let child = lab
+        .command_in_node(node, &node.netns, "meshwork-orchestrator", &args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).with_context(|| log.display().to_string())?)
+        .spawn()
+        .context("meshwork-orchestrator (build it: cargo build --bins)")?;
+    let mut proc = Proc::with_log(child, log.clone());
+    let kc = data.join("admin.kubeconfig");
+    // Panics on timeout (with the log), as every lab wait does.
+    let exited = crate::wait::eventually_or(
+        "the API server writes its admin kubeconfig",
+        Duration::from_secs(30),
+        || match proc.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(Some(status)),
+            _ => kc.exists().then_some(None),
+        },
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    match exited {
+        None => Ok((proc, data)),
+        Some(status) => Err(anyhow!(
+            "the API server exited ({status}): {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )),
+    }
+}
+
+/// The bundled API server, with its controllers, serving on a lab node's underlay address (so
+/// agents on every node reach it over the lab network, as they would a control-plane node).
 pub struct LabApi {
     pub kubeconfig: PathBuf,
     pub url: String,
     netns: String,
-    _running: server::Running,
+    _proc: Proc,
 }
 
 impl LabApi {
-    /// Starts it (on the current runtime) with its listener bound inside node `node`'s
-    /// namespace.
-    pub async fn start(c: &LabCluster, node: usize) -> Result<LabApi> {
+    /// Starts it on node `node`.
+    pub fn start(c: &LabCluster, node: usize) -> Result<LabApi> {
         let n = &c
             .nodes
             .get(node)
             .ok_or_else(|| anyhow!("no node #{node}"))?
             .node;
-        let addr = SocketAddr::new(n.underlay_ip.into(), 6443);
-        let listener = c
-            .lab
-            .open(&n.netns)
-            .run(|| std::net::TcpListener::bind(addr))
-            .with_context(|| format!("entering {}", n.netns))?
-            .with_context(|| format!("binding {addr} in {}", n.netns))?;
-        let data = c.lab.dir().join("apiserver");
-        std::fs::create_dir_all(&data).with_context(|| data.display().to_string())?;
-        let store = SqliteStore::open(&data.join("state.db"), SqliteSync::Normal)?;
-        let mut cfg = ServerConfig::new(data);
-        cfg.listen = addr;
-        let running = server::start_with_listener(cfg, AnyStore::Sqlite(store), Some(listener))
-            .await
-            .context("API server")?;
+        let (proc, data) = start_apiserver(&c.lab, n, &[])?;
         Ok(LabApi {
-            kubeconfig: running.admin_kubeconfig.clone(),
-            url: running.url.clone(),
+            kubeconfig: data.join("admin.kubeconfig"),
+            url: format!(
+                "https://{}",
+                std::net::SocketAddr::new(IpAddr::V4(n.underlay_ip), 6443)
+            ),
             netns: n.netns.clone(),
-            _running: running,
+            _proc: proc,
         })
     }
 
@@ -78,13 +119,10 @@ impl LabApi {
     }
 }
 
-/// A lab process killed on drop (also on panic): the lab's one process guard.
-pub type LabProc = meshwork_lab::proc::Proc;
-
 /// `meshwork-control` for lab node `node`. It runs in the node's network namespace and cgroup
 /// via setns (not `ip netns exec`, which remounts /sys and would hide bpffs and the cgroup
 /// tree), with the node's own pin directory.
-pub fn start_agent(c: &LabCluster, node: usize, kubeconfig: &Path) -> Result<LabProc> {
+pub fn start_agent(c: &LabCluster, node: usize, kubeconfig: &Path) -> Result<Proc> {
     start_agent_with(c, node, kubeconfig, false)
 }
 
@@ -95,13 +133,13 @@ pub fn start_agent_with(
     node: usize,
     kubeconfig: &Path,
     overlay: bool,
-) -> Result<LabProc> {
+) -> Result<Proc> {
     let cn = c
         .nodes
         .get(node)
         .ok_or_else(|| anyhow!("no node #{node}"))?;
     let n = &cn.node;
-    let args = meshwork_lab::components::Agent {
+    let args = crate::components::Agent {
         node: n,
         kubeconfig,
         admin_listen: "127.0.0.1:10256".into(),
@@ -122,12 +160,12 @@ pub fn start_agent_with(
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("meshwork-control (build it: cargo build --bins)")?;
-    Ok(LabProc::from(child))
+    Ok(Proc::from(child))
 }
 
 /// `meshwork-dns` on lab node `node`'s underlay address (host network, as a hostNetwork
 /// CoreDNS would run), answering `dns_vip` as `ns.dns.<zone>`.
-pub fn start_dns(c: &LabCluster, node: usize, kubeconfig: &Path, dns_vip: &str) -> Result<LabProc> {
+pub fn start_dns(c: &LabCluster, node: usize, kubeconfig: &Path, dns_vip: &str) -> Result<Proc> {
     let n = &c
         .nodes
         .get(node)
@@ -153,5 +191,5 @@ pub fn start_dns(c: &LabCluster, node: usize, kubeconfig: &Path, dns_vip: &str) 
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("meshwork-dns (build it: cargo build --bins)")?;
-    Ok(LabProc::from(child))
+    Ok(Proc::from(child))
 }

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
+use crate::{Lab, Node, PodNs};
 use anyhow::{anyhow, Context, Result};
 use ipnet::IpNet;
 use meshwork_cni_spec::{invoke::RuntimeConf, CniResult, NetConfList};
-use meshwork_lab::{Lab, Node, PodNs};
 use meshwork_netlink::Netlink;
 use meshwork_overlay::{Overlay, OverlayConfig, RemoteNode};
 use serde_json::{json, Value};
@@ -56,7 +56,7 @@ pub fn node_conflist(pod_cidrs: &[IpNet], state_dir: &Path) -> Result<NetConfLis
     // Replies to NodePort clients on the lab underlay go back through the node; still no
     // default route, so nothing can leave the lab.
     if let Some(routes) = plugin["ipam"]["routes"].as_array_mut() {
-        routes.push(json!({"dst": meshwork_lab::UNDERLAY_SUBNET}));
+        routes.push(json!({"dst": crate::UNDERLAY_SUBNET}));
     }
     Ok(serde_json::from_value(v)?)
 }
