@@ -25,7 +25,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use k8s_openapi::api::{
@@ -39,7 +39,7 @@ use meshwork_identity::{
     verify::{Bundle, Expect},
     SpiffeId,
 };
-use meshwork_lab::cgroup::lab_binary;
+use meshwork_lab::{cgroup::lab_binary, wait::eventually_async};
 use procs::{start, Proc};
 use serde_json::{json, Value};
 
@@ -542,11 +542,10 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
         let ok = ok.clone();
         async move {
             let target = ok.load(Ordering::Relaxed) + n;
-            let t = Instant::now();
-            while ok.load(Ordering::Relaxed) < target {
-                assert!(t.elapsed() < Duration::from_secs(20), "handshakes stalled");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            eventually_async("handshakes go on", Duration::from_secs(20), async || {
+                (ok.load(Ordering::Relaxed) >= target).then_some(())
+            })
+            .await;
         }
     };
     wait_handshakes(20).await;
@@ -572,19 +571,16 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     let reissue_until_new = |want_issuer: rustls::pki_types::CertificateDer<'static>| {
         let (web, db) = (web.clone(), db.clone());
         async move {
-            let t = Instant::now();
-            loop {
-                web.certify().await.unwrap();
-                db.certify().await.unwrap();
-                if issuer_of(&web) == want_issuer && issuer_of(&db) == want_issuer {
-                    return;
-                }
-                assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "the service never picked up the new issuer"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            eventually_async(
+                "the service picks up the new issuer",
+                Duration::from_secs(10),
+                async || {
+                    web.certify().await.unwrap();
+                    db.certify().await.unwrap();
+                    (issuer_of(&web) == want_issuer && issuer_of(&db) == want_issuer).then_some(())
+                },
+            )
+            .await;
         }
     };
     // 1. Issuer rotation: same anchor, new issuer. Old and new leaves verify side by side.
@@ -608,12 +604,18 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     .unwrap()[0]
         .clone();
     // web renews first and handshakes with db's old-issuer certificate for a while.
-    let t = Instant::now();
-    while issuer_of(&web) != want {
-        web.certify().await.unwrap();
-        assert!(t.elapsed() < Duration::from_secs(10), "new issuer not used");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_async(
+        "web uses the new issuer",
+        Duration::from_secs(10),
+        async || {
+            (issuer_of(&web) == want || {
+                web.certify().await.unwrap();
+                issuer_of(&web) == want
+            })
+            .then_some(())
+        },
+    )
+    .await;
     assert_ne!(issuer_of(&db), want);
     wait_handshakes(20).await;
     reissue_until_new(want).await;
@@ -631,16 +633,16 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     let old_pem = std::fs::read_to_string(anchor_dir.join("ca.crt")).unwrap();
     let new_pem = std::fs::read_to_string(new_anchor.join("ca.crt")).unwrap();
     write(&issuer_dir, "ca.crt", &format!("{old_pem}{new_pem}"));
-    let t = Instant::now();
-    while web.bundle().get().len() != 2 || db.bundle().get().len() != 2 {
-        web.certify().await.unwrap();
-        db.certify().await.unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the two-anchor bundle never reached the clients"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_async(
+        "the two-anchor bundle reaches the clients",
+        Duration::from_secs(10),
+        async || {
+            web.certify().await.unwrap();
+            db.certify().await.unwrap();
+            (web.bundle().get().len() == 2 && db.bundle().get().len() == 2).then_some(())
+        },
+    )
+    .await;
     wait_handshakes(20).await;
     let staged2 = c.path("staged2");
     new_issuer(&new_anchor, &staged2);
@@ -663,16 +665,16 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     reissue_until_new(want2).await;
     wait_handshakes(20).await;
     write(&issuer_dir, "ca.crt", &new_pem);
-    let t = Instant::now();
-    while web.bundle().get().len() != 1 || db.bundle().get().len() != 1 {
-        web.certify().await.unwrap();
-        db.certify().await.unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the old anchor was never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_async(
+        "the old anchor dropped",
+        Duration::from_secs(10),
+        async || {
+            web.certify().await.unwrap();
+            db.certify().await.unwrap();
+            (web.bundle().get().len() == 1 && db.bundle().get().len() == 1).then_some(())
+        },
+    )
+    .await;
     wait_handshakes(20).await;
     stop.store(true, Ordering::Relaxed);
     looper.await.unwrap();

@@ -29,6 +29,21 @@ const PREFIX: &str = "mwrt";
 const RUNTIME_SUBNET_CTD: &str = "198.19.1.0/24";
 const RUNTIME_SUBNET_PODMAN: &str = "198.19.2.0/24";
 
+/// The server container: answers its one connection with `ack` and prints what it receives.
+/// The `ack` makes the client's success mean it reached this server: busybox nc exits 0 once
+/// any listener completed the handshake, even if nothing ever read its data (see
+/// .config/nextest.toml on the missing-output flake).
+const SERVER: &str = "echo ack | nc -l -p 8080";
+
+/// The client container: sends `msg` to `ip`:8080 until the server's `ack` comes back (the
+/// server may not listen yet); it prints every attempt's answer for the failure report.
+fn client_loop(msg: &str, ip: &str) -> String {
+    format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do r=$(echo {msg} | nc -w 3 {ip} 8080); echo \"attempt $i: $r\"; \
+         [ \"$r\" = ack ] && exit 0; sleep 0.2; done; exit 1"
+    )
+}
+
 fn require_installed_plugin() {
     assert!(
         Path::new(INSTALLED_PLUGIN).is_file(),
@@ -42,7 +57,16 @@ fn busybox_archive() -> PathBuf {
 
 /// Host state outside the test dir that a runtime test may create; removed on drop (also on
 /// panic) and swept at start by prefix.
+///
+/// The tests of this file sweep and clean up host-wide by prefix (processes under the `mwrt`
+/// cgroup, `mwrt-*` links and temp dirs): two of them at once would remove each other's state.
+/// That was the "missing server output" flake: run side by side (cargo test's threads, or two
+/// runs), one test's start-up sweep deleted the other's temp dir, CRI logs included, while its
+/// client had already been answered by its server. The guard holds an exclusive lock for the
+/// test's whole life, cleanup included, so they take turns in any runner.
 struct HostGuard {
+    /// Dropped last (fields drop after `Drop::drop`), so the cleanup runs under it.
+    _serial: std::fs::File,
     bridge: String,
     had_var_lib_cni: bool,
     had_var_lib_containers: bool,
@@ -53,8 +77,10 @@ impl HostGuard {
     fn new(name: &str) -> HostGuard {
         require_root();
         require_installed_plugin();
+        let serial = exclusive("/run/meshwork-runtimes-test.lock");
         sweep();
         HostGuard {
+            _serial: serial,
             bridge: format!("{PREFIX}-{name}"),
             had_var_lib_cni: Path::new("/var/lib/cni").exists(),
             had_var_lib_containers: Path::new("/var/lib/containers").exists(),
@@ -151,6 +177,21 @@ impl Drop for HostGuard {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// `path` opened and locked (flock, exclusive), waiting for any other holder.
+fn exclusive(path: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock {path}: {}", std::io::Error::last_os_error());
+    f
 }
 
 /// Leftovers of a crashed earlier run: processes, mounts, bridges and cgroups named `mwrt*`.
@@ -570,14 +611,11 @@ disabled_plugins = [
             &mut rt,
             &pods[0],
             &srv_cfg,
-            ctr_config("server", &["nc", "-l", "-p", "8080"]),
+            ctr_config("server", &["sh", "-c", SERVER]),
         )
         .await;
         let msg = "hello-through-meshwork";
-        let script = format!(
-            "for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 3 {} 8080 && exit 0; sleep 0.2; done; exit 1",
-            ips[0]
-        );
+        let script = client_loop(msg, &ips[0].to_string());
         let cli = run_container(
             &mut rt,
             &pods[1],
@@ -696,7 +734,7 @@ mod podman {
         ];
 
         let mut args = run.to_vec();
-        args.extend(["-d", "--name", "mw-srv", IMAGE, "nc", "-l", "-p", "8080"]);
+        args.extend(["-d", "--name", "mw-srv", IMAGE, "sh", "-c", SERVER]);
         pm.ok(&args);
         let ip = pm.ok(&[
             "inspect",
@@ -709,9 +747,7 @@ mod podman {
         assert_eq!(host.leases(net), std::slice::from_ref(&ip));
 
         let msg = "hello-from-podman";
-        let script = format!(
-            "for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 3 {ip} 8080 && exit 0; sleep 0.2; done; exit 1"
-        );
+        let script = client_loop(msg, &ip);
         let mut args = run.to_vec();
         args.extend(["--rm", "--name", "mw-cli", IMAGE, "sh", "-c", &script]);
         pm.ok(&args);

@@ -23,7 +23,7 @@ mod orch;
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use base64::Engine;
@@ -183,19 +183,15 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
     assert!(!ok, "a pod that opted out has a token");
 
     // Refreshed before 80% of the 12 s life: a new token, issued later, in place.
-    let t = Instant::now();
-    let fresh = loop {
-        let (ok, now) = exec(&o, "tok", &["cat", &format!("{TOKEN_DIR}/token")]);
-        if ok && now != token {
-            break now;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the token was never refreshed\n{}",
-            o.dump()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let fresh = meshwork_lab::wait::eventually_or(
+        "the token refreshed",
+        Duration::from_secs(30),
+        || {
+            let (ok, now) = exec(&o, "tok", &["cat", &format!("{TOKEN_DIR}/token")]);
+            (ok && now != token).then_some(now)
+        },
+        || o.dump(),
+    );
     let f = claims(&fresh);
     assert!(f["iat"].as_i64() > c["iat"].as_i64(), "{f} after {c}");
     assert!(
