@@ -12,7 +12,6 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, PostParams},
-    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 use serde_json::json;
@@ -214,11 +213,7 @@ impl Reconcile for Scheduler {
     }
 
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
-        let Some(p) = self
-            .caches
-            .pods
-            .get(&ObjectRef::new(&key.name).within(&key.ns))
-        else {
+        let Some(p) = key.live(&self.caches.pods) else {
             return Ok(None);
         };
         let uid = p.uid().unwrap_or_default();

@@ -29,22 +29,14 @@ const DNS_VIP: &str = "10.96.0.10";
 fn pods_resolve_services_through_the_dns_vip_and_search_path() {
     meshwork_lab::require_root();
     let dns_bin = lab_binary("meshwork-dns");
-    // Pods route to the cluster and to the underlay, where the API server listens (the
-    // `kubernetes` Service's endpoint), as `mesh-ctl up` sets them up.
-    let routes = ["10.244.0.0/16", meshwork_lab::UNDERLAY_SUBNET];
-    let mut o = Orch::start_full("cluster_dns", &routes, false, &[], |dir| {
-        let path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-        let catalog = json!({"images": {
-            "busybox": {"root": {"busybox": {"binary": "/bin/busybox"}}, "cmd": ["sh"],
-                        "env": {"PATH": path_env}},
-            // mesh-ctl's catalog entry for the add-on: this build's binary on the host root.
-            "meshwork-dns": {"root": "host", "entrypoint": [dns_bin], "env": {"PATH": path_env}},
-            // The host's tools (glibc's getent, dig) with the pod's own /etc/resolv.conf.
-            "tools": {"root": "host", "env": {"PATH": path_env}},
-        }});
-        let path = dir.join("catalog.json");
-        std::fs::write(&path, catalog.to_string()).unwrap();
-        Some(path)
+    let dns_bin = dns_bin.to_str().unwrap();
+    let mut o = Orch::start_full("cluster_dns", &orch::IN_CLUSTER_ROUTES, false, &[], |dir| {
+        // meshwork-dns as mesh-ctl's catalog has it (this build's binary on the host root),
+        // and the host's tools (glibc's getent, dig) to run with the pod's own resolv.conf.
+        Some(orch::host_catalog(
+            dir,
+            &[("meshwork-dns", &[dns_bin]), ("tools", &[])],
+        ))
     });
     for i in 0..o.nodes.len() {
         let a = o.start_agent(i);

@@ -248,18 +248,8 @@ fn pods_get_their_token_ca_namespace_and_service_variables() {
 #[test]
 fn kube_rs_in_a_pod_gets_what_rbac_allows_and_403_for_the_rest() {
     let bin = env!("CARGO_BIN_EXE_mw-incluster");
-    // Pods route to the cluster and to the nodes' underlay, where the API server listens
-    // (the `kubernetes` Service's endpoint), as `mesh-ctl up` sets them up.
-    let routes = ["10.244.0.0/16", meshwork_lab::UNDERLAY_SUBNET];
-    let mut o = Orch::start_full("wid_rbac", &routes, false, &[], |dir| {
-        let catalog = json!({"images": {
-            "busybox": {"root": {"busybox": {"binary": "/bin/busybox"}}, "cmd": ["sh"],
-                        "env": {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},
-            "mw-incluster": {"root": "host", "entrypoint": [bin]},
-        }});
-        let path = dir.join("catalog.json");
-        std::fs::write(&path, catalog.to_string()).unwrap();
-        Some(path)
+    let mut o = Orch::start_full("wid_rbac", &orch::IN_CLUSTER_ROUTES, false, &[], |dir| {
+        Some(orch::host_catalog(dir, &[("mw-incluster", &[bin])]))
     });
     for i in 0..o.nodes.len() {
         let a = o.start_agent(i);

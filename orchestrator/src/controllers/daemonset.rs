@@ -31,12 +31,11 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
-    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
 use super::{
-    runner::{owner_key, Event, Key, Obj, Reconcile},
+    runner::{keys, owner_key, Event, Key, Obj, Reconcile},
     util::{
         controller_ref, controller_uid, node_unfit, pod_active, pod_available, pod_ready, scaled,
         template_for_compare, template_hash, wake_for, Expectations, BURST, TAINT_UNSCHEDULABLE,
@@ -340,12 +339,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "daemonset";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .daemonsets
-            .state()
-            .iter()
-            .map(|d| Key::of(d.as_ref()))
-            .collect()
+        keys(&self.caches.daemonsets)
     }
 
     /// The DaemonSet itself; a pod's owner; every DaemonSet when a node comes, goes or changes.
@@ -360,17 +354,10 @@ impl Reconcile for Controller {
 
     /// Again when a Ready pod turns available (minReadySeconds).
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<Duration>> {
-        let Some(ds) = self
-            .caches
-            .daemonsets
-            .get(&ObjectRef::new(&key.name).within(&key.ns))
-        else {
+        // Being deleted: its pods go with the garbage collector (or stay, for an Orphan delete).
+        let Some(ds) = key.live(&self.caches.daemonsets) else {
             return Ok(None);
         };
-        // Its pods go with the garbage collector (or stay, for an Orphan delete).
-        if ds.metadata.deletion_timestamp.is_some() {
-            return Ok(None);
-        }
         self.wake = None;
         let nodes = self.caches.nodes.state();
         let nodes: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::{
     rollout::{self, Budget, Counts, Rs},
-    runner::{owner_key, Event, Key, Obj, Reconcile},
+    runner::{keys, owner_key, Event, Key, Obj, Reconcile},
     util::{
         controller_ref, controller_uid, pod_template_hash, scaled, templates_equal, Fresh,
         POD_TEMPLATE_HASH,
@@ -123,12 +123,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "deployment";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .deployments
-            .state()
-            .iter()
-            .map(|d| Key::of(d.as_ref()))
-            .collect()
+        keys(&self.caches.deployments)
     }
 
     /// The Deployment itself; a ReplicaSet's owner; a pod's owner's owner (Recreate waits on
@@ -151,11 +146,7 @@ impl Reconcile for Controller {
 
     /// Again when a time-driven change is due (a progress deadline).
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<Duration>> {
-        let Some(d) = self
-            .caches
-            .deployments
-            .get(&ObjectRef::new(&key.name).within(&key.ns))
-        else {
+        let Some(d) = key.live(&self.caches.deployments) else {
             return Ok(None);
         };
         let d = self.fresh_d.get(d);

@@ -15,13 +15,12 @@ use k8s_openapi::{
 };
 use kube::{
     api::{Api, DeleteParams, PostParams},
-    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 use meshwork_service_model::{target_port, Conditions, SERVICE_NAME_LABEL};
 
 use super::{
-    runner::{Event, Key, Obj, Reconcile},
+    runner::{keys, Event, Key, Obj, Reconcile},
     util::{controller_ref, pod_ready, template_hash},
     Caches,
 };
@@ -167,12 +166,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "endpointslice";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .services
-            .state()
-            .iter()
-            .map(|s| Key::of(s.as_ref()))
-            .collect()
+        keys(&self.caches.services)
     }
 
     /// The Service itself; a slice's Service; for a pod, the Services that select it now and
@@ -215,16 +209,9 @@ impl Reconcile for Controller {
 
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
         // Slices of Services that are gone go with the garbage collector (ownerReferences).
-        let Some(svc) = self
-            .caches
-            .services
-            .get(&ObjectRef::new(&key.name).within(&key.ns))
-        else {
+        let Some(svc) = key.live(&self.caches.services) else {
             return Ok(None);
         };
-        if svc.metadata.deletion_timestamp.is_some() {
-            return Ok(None);
-        }
         let pods = self.caches.pods.state();
         let in_ns: Vec<&Pod> = pods
             .iter()

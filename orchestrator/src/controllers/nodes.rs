@@ -20,7 +20,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    runner::{Event, Key, Obj, Reconcile},
+    runner::{keys, Event, Key, Obj, Reconcile},
     util::pod_ready,
     Caches, ControllerConfig,
 };
@@ -59,12 +59,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "node";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .nodes
-            .state()
-            .iter()
-            .map(|n| Key::of(n.as_ref()))
-            .collect()
+        keys(&self.caches.nodes)
     }
 
     fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {

@@ -10,12 +10,11 @@ use k8s_openapi::api::{
 };
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
-    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
 use super::{
-    runner::{owner_key, Event, Key, Obj, Reconcile},
+    runner::{keys, owner_key, Event, Key, Obj, Reconcile},
     util::{
         controller_ref, controller_uid, pod_active, pod_available, pod_ready, selector_matches,
         wake_for, Expectations, BURST,
@@ -46,12 +45,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "replicaset";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .replicasets
-            .state()
-            .iter()
-            .map(|r| Key::of(r.as_ref()))
-            .collect()
+        keys(&self.caches.replicasets)
     }
 
     /// The ReplicaSet itself; a pod's owner; for an orphan pod, every ReplicaSet of its
@@ -89,18 +83,11 @@ impl Reconcile for Controller {
 
     /// Again when a Ready pod turns available (minReadySeconds).
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
-        let Some(rs) = self
-            .caches
-            .replicasets
-            .get(&ObjectRef::new(&key.name).within(&key.ns))
-        else {
-            return Ok(None);
-        };
         // A ReplicaSet being deleted is left alone: its pods go with the garbage collector
         // (Background, Foreground) or stay as orphans (Orphan).
-        if rs.metadata.deletion_timestamp.is_some() {
+        let Some(rs) = key.live(&self.caches.replicasets) else {
             return Ok(None);
-        }
+        };
         self.wake = None;
         self.sync(&rs).await?;
         Ok(self.wake)

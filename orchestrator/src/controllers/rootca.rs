@@ -9,12 +9,11 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     api::{Api, PostParams},
-    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
 use super::{
-    runner::{Event, Key, Obj, Reconcile},
+    runner::{keys, Event, Key, Obj, Reconcile},
     Caches,
 };
 use crate::api::admission::ROOT_CA_CONFIGMAP;
@@ -64,12 +63,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "root-ca-publisher";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .namespaces
-            .state()
-            .iter()
-            .map(|n| Key::of(n.as_ref()))
-            .collect()
+        keys(&self.caches.namespaces)
     }
 
     fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
@@ -81,7 +75,7 @@ impl Reconcile for Controller {
     }
 
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
-        let Some(namespace) = self.caches.namespaces.get(&ObjectRef::new(&key.name)) else {
+        let Some(namespace) = key.live(&self.caches.namespaces) else {
             return Ok(None);
         };
         let maps = self.caches.root_ca_maps.state();

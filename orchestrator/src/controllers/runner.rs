@@ -20,7 +20,10 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
-use kube::ResourceExt;
+use kube::{
+    runtime::reflector::{ObjectRef, Store},
+    ResourceExt,
+};
 use tokio::{
     sync::broadcast::{self, error::TryRecvError},
     task::JoinHandle,
@@ -101,6 +104,32 @@ impl Key {
             m.name.clone().unwrap_or_default(),
         )
     }
+}
+
+impl Key {
+    /// The object under this key in `store`, unless it is gone or being deleted (what a
+    /// controller leaves to the garbage collector).
+    pub fn live<K>(&self, store: &Store<K>) -> Option<Arc<K>>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        let r = if self.ns.is_empty() {
+            ObjectRef::new(&self.name)
+        } else {
+            ObjectRef::new(&self.name).within(&self.ns)
+        };
+        store
+            .get(&r)
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+    }
+}
+
+/// The keys of every object in `store`.
+pub fn keys<K>(store: &Store<K>) -> Vec<Key>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    store.state().iter().map(|o| Key::of(o.as_ref())).collect()
 }
 
 impl std::fmt::Display for Key {

@@ -9,12 +9,11 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     api::{Api, PostParams},
-    runtime::reflector::ObjectRef,
     Client, ResourceExt,
 };
 
 use super::{
-    runner::{Event, Key, Obj, Reconcile},
+    runner::{keys, Event, Key, Obj, Reconcile},
     Caches,
 };
 
@@ -58,12 +57,7 @@ impl Reconcile for Controller {
     const NAME: &'static str = "serviceaccount";
 
     fn all(&self) -> Vec<Key> {
-        self.caches
-            .namespaces
-            .state()
-            .iter()
-            .map(|n| Key::of(n.as_ref()))
-            .collect()
+        keys(&self.caches.namespaces)
     }
 
     fn triggers(&self, ev: &Event, out: &mut Vec<Key>) {
@@ -77,7 +71,7 @@ impl Reconcile for Controller {
     }
 
     async fn reconcile(&mut self, key: &Key) -> anyhow::Result<Option<std::time::Duration>> {
-        let Some(namespace) = self.caches.namespaces.get(&ObjectRef::new(&key.name)) else {
+        let Some(namespace) = key.live(&self.caches.namespaces) else {
             return Ok(None);
         };
         let accounts = self.caches.serviceaccounts.state();

@@ -564,6 +564,27 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Pods route to the cluster and to the nodes' underlay, where the API server listens (the
+/// `kubernetes` Service's endpoint), as `mesh-ctl up` sets them up.
+pub const IN_CLUSTER_ROUTES: [&str; 2] = ["10.244.0.0/16", meshwork_lab::UNDERLAY_SUBNET];
+
+/// An image catalog in `dir` for the node runtimes: busybox, and each of `host` (name,
+/// entrypoint) on the host's root (how `mesh-ctl up` runs this build's binaries as images).
+pub fn host_catalog(dir: &Path, host: &[(&str, &[&str])]) -> PathBuf {
+    let path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let mut images = json!({
+        "busybox": {"root": {"busybox": {"binary": "/bin/busybox"}}, "cmd": ["sh"],
+                    "env": {"PATH": path_env}},
+    });
+    for (name, entrypoint) in host {
+        images[*name] =
+            json!({"root": "host", "entrypoint": entrypoint, "env": {"PATH": path_env}});
+    }
+    let path = dir.join("catalog.json");
+    std::fs::write(&path, json!({ "images": images }).to_string()).unwrap();
+    path
+}
+
 pub fn web(replicas: i32, extra_env: &[(&str, &str)]) -> Value {
     let env: Vec<Value> =
         [json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})]
