@@ -136,7 +136,7 @@ pub fn kubectl() -> PathBuf {
     if let Some(p) = std::env::var_os("MESHWORK_KUBECTL") {
         return PathBuf::from(p);
     }
-    let installed = Path::new("/usr/local/lib/meshwork/kubectl");
+    let installed = Path::new(meshwork_lab::kubectl::KUBECTL);
     if installed.exists() {
         return installed.to_path_buf();
     }
