@@ -1,0 +1,237 @@
+//! Protocol detection on a connection's first bytes (linkerd2-proxy's `detect` layer): HTTP/1.x
+//! by its request line, HTTP/2 by the prior-knowledge preface (RFC 9113 §3.4), TLS by its
+//! record header (the app's own TLS, passed through opaque with its SNI read for metrics), and
+//! anything else opaque. Pure over a byte prefix so that it is table-tested and fuzzed
+//! (`fuzz/`); `io.rs` reads the prefix with a timeout and replays it to whatever comes next.
+
+use crate::sni;
+
+/// What a connection's prefix says it speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// An HTTP/1.0 or 1.1 request line.
+    Http1,
+    /// The HTTP/2 connection preface.
+    Http2,
+    /// A TLS ClientHello; its server name when the first record carries one.
+    Tls { sni: Option<String> },
+    /// Anything else: relayed byte for byte.
+    Opaque,
+}
+
+/// The verdict on a prefix: a protocol, or the bytes so far fit more than one answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detect {
+    Found(Protocol),
+    NeedMore,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Longest HTTP/1 request line waited for (hyper's default max header size is 8 KiB, and a
+/// request line longer than that would be refused by the server anyway).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// Most a detector reads before it decides: a full TLS record (16 KiB + header) for the SNI.
+pub const MAX_PREFIX: usize = sni::MAX_RECORD;
+
+/// Decides what `buf` (the first bytes a client sent, possibly all of them if `eof`) speaks.
+/// Never `NeedMore` once `eof` is set or `buf` reached [`MAX_PREFIX`].
+pub fn detect(buf: &[u8], eof: bool) -> Detect {
+    let full = eof || buf.len() >= MAX_PREFIX;
+    if buf.is_empty() {
+        return if full {
+            Detect::Found(Protocol::Opaque)
+        } else {
+            Detect::NeedMore
+        };
+    }
+    // TLS: a handshake record of a TLS 1.0..1.3 ClientHello (its legacy record version is
+    // 3.1, or 3.0..3.3 from older stacks).
+    if buf[0] == 0x16 {
+        if buf.len() < 3 {
+            return need_more_or_opaque(full);
+        }
+        if buf[1] == 0x03 && buf[2] <= 0x04 {
+            return match sni::server_name(buf) {
+                sni::Parse::Done(sni) => Detect::Found(Protocol::Tls { sni }),
+                sni::Parse::NeedMore if !full => Detect::NeedMore,
+                // A record we cannot read whole: still TLS, its name unknown.
+                _ => Detect::Found(Protocol::Tls { sni: None }),
+            };
+        }
+        return Detect::Found(Protocol::Opaque);
+    }
+    // HTTP/2 prior knowledge.
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        if n == H2_PREFACE.len() {
+            return Detect::Found(Protocol::Http2);
+        }
+        return need_more_or_opaque(full);
+    }
+    match request_line(buf) {
+        Line::Http1 => Detect::Found(Protocol::Http1),
+        Line::Partial if !full && buf.len() < MAX_REQUEST_LINE => Detect::NeedMore,
+        _ => Detect::Found(Protocol::Opaque),
+    }
+}
+
+fn need_more_or_opaque(full: bool) -> Detect {
+    if full {
+        Detect::Found(Protocol::Opaque)
+    } else {
+        Detect::NeedMore
+    }
+}
+
+enum Line {
+    Http1,
+    /// Consistent with a request line so far.
+    Partial,
+    Not,
+}
+
+/// RFC 9112 §3: `method SP request-target SP HTTP-version CRLF`, method a token.
+fn request_line(buf: &[u8]) -> Line {
+    let mut i = 0;
+    // method = token
+    while i < buf.len() && is_tchar(buf[i]) {
+        i += 1;
+    }
+    if i == buf.len() {
+        return if i > 0 { Line::Partial } else { Line::Not };
+    }
+    if i == 0 || buf[i] != b' ' {
+        return Line::Not;
+    }
+    i += 1;
+    // request-target: visible characters (no SP, no CTL)
+    let start = i;
+    while i < buf.len() && buf[i] > b' ' && buf[i] != 0x7f {
+        i += 1;
+    }
+    if i == buf.len() {
+        return Line::Partial;
+    }
+    if i == start || buf[i] != b' ' {
+        return Line::Not;
+    }
+    i += 1;
+    let rest = &buf[i..];
+    for version in [&b"HTTP/1.1\r\n"[..], &b"HTTP/1.0\r\n"[..]] {
+        let n = rest.len().min(version.len());
+        if rest[..n] == version[..n] {
+            return if n == version.len() {
+                Line::Http1
+            } else {
+                Line::Partial
+            };
+        }
+    }
+    Line::Not
+}
+
+/// RFC 9110 §5.6.2 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(p: Protocol) -> Detect {
+        Detect::Found(p)
+    }
+
+    #[test]
+    fn http1_request_lines() {
+        for (input, eof, want) in [
+            (
+                &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                false,
+                found(Protocol::Http1),
+            ),
+            (b"POST /x?y=1 HTTP/1.0\r\n", false, found(Protocol::Http1)),
+            (b"CONNECT a:443 HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (
+                b"GET http://web.default:80/ HTTP/1.1\r\n",
+                false,
+                found(Protocol::Http1),
+            ),
+            // Not yet decidable.
+            (b"GE", false, Detect::NeedMore),
+            (b"GET /long/pa", false, Detect::NeedMore),
+            (b"GET / HTTP/1.", false, Detect::NeedMore),
+            // The client stopped: whatever it is, it is not HTTP.
+            (b"GET / HTTP/1.", true, found(Protocol::Opaque)),
+            // Not HTTP/1.
+            (b"GET / HTTP/2.0\r\n", false, found(Protocol::Opaque)),
+            (b"GET  / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
+            (b"G(T / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
+            (b"GET /\x01 HTTP/1.1\r\n", false, found(Protocol::Opaque)),
+            (b"GET / HTTP/1.1\n", false, found(Protocol::Opaque)),
+            // Server-speaks-first protocols and binary data.
+            (
+                b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+                false,
+                found(Protocol::Opaque),
+            ),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", false, found(Protocol::Opaque)),
+            (b"", true, found(Protocol::Opaque)),
+            (b"", false, Detect::NeedMore),
+        ] {
+            assert_eq!(
+                detect(input, eof),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn an_endless_request_line_is_not_waited_for() {
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_REQUEST_LINE, b'a');
+        assert_eq!(detect(&line, false), found(Protocol::Opaque));
+        assert_eq!(
+            detect(&line[..MAX_REQUEST_LINE - 1], false),
+            Detect::NeedMore
+        );
+    }
+
+    #[test]
+    fn http2_preface() {
+        assert_eq!(detect(H2_PREFACE, false), found(Protocol::Http2));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(detect(&more, false), found(Protocol::Http2));
+        assert_eq!(detect(&H2_PREFACE[..10], false), Detect::NeedMore);
+        assert_eq!(detect(&H2_PREFACE[..10], true), found(Protocol::Opaque));
+        // "PRI" is also a token: a request line "PRI * HTTP/1.1" is HTTP/1.
+        assert_eq!(detect(b"PRI * HTTP/1.1\r\n", false), found(Protocol::Http1));
+    }
+
+    #[test]
+    fn tls_with_and_without_sni() {
+        let hello = sni::tests::client_hello(Some("web.default.svc.cluster.local"));
+        assert_eq!(
+            detect(&hello, false),
+            found(Protocol::Tls {
+                sni: Some("web.default.svc.cluster.local".into())
+            })
+        );
+        assert_eq!(detect(&hello[..40], false), Detect::NeedMore);
+        assert_eq!(
+            detect(&hello[..40], true),
+            found(Protocol::Tls { sni: None })
+        );
+        let anon = sni::tests::client_hello(None);
+        assert_eq!(detect(&anon, false), found(Protocol::Tls { sni: None }));
+        // A handshake type byte without a TLS version after it is not TLS.
+        assert_eq!(detect(b"\x16\x09\x00", false), found(Protocol::Opaque));
+    }
+}

@@ -1,0 +1,175 @@
+//! Reading a connection's prefix for detection and handing the connection on with that prefix
+//! replayed first (linkerd2-proxy's `PrefixedIo`): the layers after detection see the stream
+//! from its first byte.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::detect::{detect, Detect, Protocol, MAX_PREFIX};
+
+/// `io` with `prefix` read from it already; reads return the prefix first.
+#[derive(Debug)]
+pub struct PrefixedIo<I> {
+    prefix: BytesMut,
+    io: I,
+}
+
+impl<I> PrefixedIo<I> {
+    pub fn new(prefix: BytesMut, io: I) -> Self {
+        PrefixedIo { prefix, io }
+    }
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// How detection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detected {
+    Found(Protocol),
+    /// The client sent too little to decide within the timeout: relayed opaque, as
+    /// server-speaks-first protocols on ports not marked opaque would be (Linkerd's fallback).
+    TimedOut,
+}
+
+impl Detected {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Detected::Found(p) => p.clone(),
+            Detected::TimedOut => Protocol::Opaque,
+        }
+    }
+}
+
+/// Reads from `io` until its prefix decides the protocol, the client closes its side, or
+/// `timeout` passes; returns the verdict and the connection with the prefix to replay. An I/O
+/// error while reading is returned as is (the connection is dead).
+pub async fn detect_io<I: AsyncRead + Unpin>(
+    mut io: I,
+    timeout: Duration,
+) -> io::Result<(Detected, PrefixedIo<I>)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(1024));
+        }
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        let verdict = match read {
+            Err(_) => return Ok((Detected::TimedOut, PrefixedIo::new(buf, io))),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => detect(&buf, true),
+            Ok(Ok(_)) => detect(&buf, buf.len() >= MAX_PREFIX),
+        };
+        if let Detect::Found(p) = verdict {
+            return Ok((Detected::Found(p), PrefixedIo::new(buf, io)));
+        }
+        if buf.len() >= MAX_PREFIX {
+            // detect() never asks for more past MAX_PREFIX; kept as a guard for a future edit.
+            return Ok((Detected::Found(Protocol::Opaque), PrefixedIo::new(buf, io)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    async fn pair() -> (DuplexStream, DuplexStream) {
+        tokio::io::duplex(64 * 1024)
+    }
+
+    #[tokio::test]
+    async fn detects_across_reads_and_replays_the_prefix() {
+        let (mut client, server) = pair().await;
+        let t = tokio::spawn(async move {
+            client.write_all(b"GET / HT").await.unwrap();
+            tokio::task::yield_now().await;
+            client
+                .write_all(b"TP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            client
+        });
+        let (d, mut io) = detect_io(server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(d, Detected::Found(Protocol::Http1));
+        let _client = t.await.unwrap();
+        let mut got = vec![0u8; 27];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out_to_opaque() {
+        let (_client, server) = pair().await;
+        let (d, io) = detect_io(server, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(d, Detected::TimedOut);
+        assert_eq!(d.protocol(), Protocol::Opaque);
+        assert!(io.prefix().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_early_is_opaque_with_its_bytes() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GE").await.unwrap();
+        client.shutdown().await.unwrap();
+        drop(client);
+        let (d, io) = detect_io(server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(d, Detected::Found(Protocol::Opaque));
+        assert_eq!(io.prefix(), b"GE");
+    }
+}
