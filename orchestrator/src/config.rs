@@ -46,6 +46,12 @@ pub struct ControllerFlags {
     /// Seconds without a node heartbeat before the node turns NotReady.
     #[arg(long, default_value_t = 40)]
     pub node_monitor_grace_period: u64,
+    /// Seconds between full resyncs: every controller requeues every object it owns, a safety
+    /// net for a missed watch event (kube-controller-manager's `--min-resync-period`). Each
+    /// object is otherwise reconciled when an event concerns it, and time-driven transitions
+    /// requeue themselves.
+    #[arg(long, default_value_t = 30)]
+    pub resync_period: u64,
     /// The cluster CA (PEM file) to publish as `kube-root-ca.crt` in every namespace
     /// (kube-controller-manager's flag). The API server's own controllers use its CA.
     #[arg(long)]
@@ -65,8 +71,8 @@ impl ControllerFlags {
             cluster_cidr: self.cluster_cidr,
             node_cidr_prefix: self.node_cidr_mask_size,
             node_monitor_grace: std::time::Duration::from_secs(self.node_monitor_grace_period),
+            resync: std::time::Duration::from_secs(self.resync_period.max(1)),
             root_ca,
-            ..Default::default()
         })
     }
 }

@@ -132,7 +132,8 @@ async fn kubectl(c: &Cluster, args: &[&str]) -> (bool, String, String) {
 async fn one_pod_per_ready_node_rolled_and_collected() {
     let c = Cluster::start(Backend::Sqlite).await;
     let cfg = ControllerConfig {
-        resync: Duration::from_millis(500),
+        // Far past the test: every step must follow from watch events, not the safety net.
+        resync: Duration::from_secs(600),
         // The test's nodes post no heartbeats: the node controller must not step in.
         node_monitor_grace: Duration::from_secs(3600),
         ..ControllerConfig::default()

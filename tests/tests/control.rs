@@ -287,7 +287,8 @@ fn agent_programs_services_from_the_api_and_survives_kill_9() {
     // sessionAffinity ClientIP: every connect from the client pod lands on one backend.
     patch(r#"{"spec": {"sessionAffinity": "ClientIP"}}"#);
     eventually("ClientIP affinity pins one backend", || {
-        w.reached().len() == 1
+        let r = w.reached();
+        r.len() == 1 && r.is_subset(&w.names(&ready))
     });
     patch(r#"{"spec": {"sessionAffinity": "None"}}"#);
     eventually("affinity off again", || w.reached() == w.names(&ready));

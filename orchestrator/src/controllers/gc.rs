@@ -106,8 +106,10 @@ impl Reconcile for Controller {
         }
     }
 
+    /// Again in a moment while an owner waits on its dependents.
     async fn reconcile(&mut self, _: &Graph) -> anyhow::Result<Option<std::time::Duration>> {
-        self.collect().await.map(|()| None)
+        let waiting = self.collect().await?;
+        Ok(waiting.then_some(std::time::Duration::from_millis(500)))
     }
 }
 
@@ -122,7 +124,8 @@ impl std::fmt::Display for Graph {
 }
 
 impl Controller {
-    async fn collect(&mut self) -> anyhow::Result<()> {
+    /// One pass over the graph; whether an owner is still waiting on its dependents.
+    async fn collect(&mut self) -> anyhow::Result<bool> {
         let c = &self.caches;
         let mut owners: HashMap<String, Owner> = HashMap::new();
         let mut deps: Vec<Dependent> = Vec::new();
@@ -189,11 +192,24 @@ impl Controller {
                         o.deleting && o.finalizers.iter().any(|f| f == FOREGROUND_FINALIZER)
                     })
                 });
+                let stripped = !orphaned.is_empty() && {
+                    let r = self.drop_refs(d, &orphaned).await;
+                    let ok = matches!(r, Ok(true));
+                    if let Err(e) = r {
+                        first_err
+                            .get_or_insert(e.context(format!("{} {}/{}", d.kind, d.ns, d.name)));
+                    }
+                    ok
+                };
+                // A reference just stripped no longer holds its owner: it is finalized in
+                // this pass, not when the cache shows the strip.
                 for (r, _) in &live {
-                    *blocking.entry(r.uid.clone()).or_default() += 1;
+                    if !(stripped && orphaned.iter().any(|o| o.uid == r.uid)) {
+                        *blocking.entry(r.uid.clone()).or_default() += 1;
+                    }
                 }
                 if !orphaned.is_empty() {
-                    self.drop_refs(d, &orphaned).await
+                    Ok(())
                 } else if foreground {
                     self.delete(d).await
                 } else {
@@ -205,8 +221,18 @@ impl Controller {
             }
         }
         // Owners waiting on orphan/foreground finalizers: done when nothing points at them.
+        let mut waiting = false;
         for (uid, o) in &owners {
-            if !o.deleting || blocking.get(uid).copied().unwrap_or(0) > 0 {
+            if !o.deleting {
+                continue;
+            }
+            if blocking.get(uid).copied().unwrap_or(0) > 0 {
+                // Its dependents' deletions wake this controller, but a conflict or a released
+                // reference does not: look again soon rather than at the resync.
+                waiting |= o
+                    .finalizers
+                    .iter()
+                    .any(|f| f == ORPHAN_FINALIZER || f == FOREGROUND_FINALIZER);
                 continue;
             }
             let keep: Vec<&String> = o
@@ -230,7 +256,7 @@ impl Controller {
                 first_err.get_or_insert(e.context(format!("finalizing {} {}", o.kind, o.name)));
             }
         }
-        first_err.map_or(Ok(()), Err)
+        first_err.map_or(Ok(waiting), Err)
     }
 
     /// Whether the owner exists on the API (not the cache: it may simply be behind).
@@ -301,7 +327,9 @@ impl Controller {
         res.context("deleting")
     }
 
-    async fn drop_refs(&self, d: &Dependent, gone: &[&OwnerReference]) -> anyhow::Result<()> {
+    /// Removes the references to `gone` from `d`; whether it did (not when `d` went or changed
+    /// since the cache saw it: the next pass looks again).
+    async fn drop_refs(&self, d: &Dependent, gone: &[&OwnerReference]) -> anyhow::Result<bool> {
         let keep: Vec<&OwnerReference> = d
             .refs
             .iter()
@@ -327,10 +355,9 @@ impl Controller {
             _ => Ok(()),
         };
         match res {
-            // Gone, or changed since the cache saw it: the next pass looks again.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
             Err(e) => Err(e).context("removing owner references"),
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
         }
     }
 

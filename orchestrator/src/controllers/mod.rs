@@ -63,7 +63,7 @@ impl Default for ControllerConfig {
             cluster_cidr: "10.244.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
             node_cidr_prefix: 24,
             node_monitor_grace: Duration::from_secs(40),
-            resync: Duration::from_secs(5),
+            resync: Duration::from_secs(30),
             root_ca: None,
         }
     }

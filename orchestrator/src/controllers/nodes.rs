@@ -88,21 +88,23 @@ impl Controller {
             self.assigned.remove(&n.name_any());
             return Ok(());
         }
-        let mut used: HashSet<Ipv4Net> = self
-            .caches
-            .nodes
-            .state()
-            .iter()
-            .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok())
-            .collect();
-        used.extend(
-            self.assigned
-                .iter()
-                .filter(|(name, _)| **name != n.name_any())
-                .map(|(_, c)| *c),
-        );
-        let cidr = next_cidr(self.cfg.cluster_cidr, self.cfg.node_cidr_prefix, &used)
-            .context("cluster CIDR exhausted")?;
+        let nodes = self.caches.nodes.state();
+        // Nodes gone meanwhile (also while the watch was down) hold nothing any more.
+        self.assigned
+            .retain(|name, _| nodes.iter().any(|n| n.name_any() == *name));
+        // Patched before but not shown by the cache yet: the same CIDR again, never a second.
+        let cidr = match self.assigned.get(&n.name_any()) {
+            Some(c) => *c,
+            None => {
+                let mut used: HashSet<Ipv4Net> = nodes
+                    .iter()
+                    .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok())
+                    .collect();
+                used.extend(self.assigned.values().copied());
+                next_cidr(self.cfg.cluster_cidr, self.cfg.node_cidr_prefix, &used)
+                    .context("cluster CIDR exhausted")?
+            }
+        };
         let api: Api<Node> = Api::all(self.client.clone());
         api.patch(
             &n.name_any(),

@@ -164,7 +164,9 @@ pub trait Reconcile: Send + 'static {
 
 /// Retry delay after `failures` consecutive errors of one key: 100 ms doubling to 30 s.
 /// client-go's default per-item limiter runs 5 ms to 1000 s; the ceiling is lower here so a
-/// key that failed while the API server restarted is back within a lab test's patience.
+/// key that failed while the API server restarted is back within a lab test's patience. As with
+/// client-go's `Add`, an event for the key or the resync runs it at once regardless: the
+/// back-off only spaces retries nobody asked for.
 pub fn backoff(failures: u32) -> Duration {
     let ms = 100u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
     Duration::from_millis(ms.min(30_000))

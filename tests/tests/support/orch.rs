@@ -125,7 +125,14 @@ impl Orch {
         let lab = Lab::new(name);
         let nodes = vec![lab.node("n1"), lab.node("n2")];
         let grace = GRACE_SECS.to_string();
-        let mut args = vec!["--node-monitor-grace-period", &grace];
+        // A resync far past any test's patience: a watch event a controller fails to map to
+        // its object shows up as a timeout here instead of hiding behind the safety net.
+        let mut args = vec![
+            "--node-monitor-grace-period",
+            &grace,
+            "--resync-period",
+            "600",
+        ];
         args.extend_from_slice(api_args);
         let (api, data) = start_apiserver(&lab, &nodes[0], &args);
         let image_catalog = catalog(lab.dir());
