@@ -4,4 +4,5 @@
 
 pub mod detect;
 pub mod io;
+pub mod outbound;
 pub mod sni;
