@@ -1,8 +1,12 @@
-//! meshwork-proxy: the sidecar data path (see README.md). Built up layer by layer in the shape
-//! of linkerd2-proxy's `app/inbound` and `app/outbound`; what exists so far is the first layer
-//! of both stacks, protocol detection.
+//! meshwork-proxy: the sidecar data path (see README.md). Built up layer by layer towards the
+//! shape of linkerd2-proxy's `app/inbound` and `app/outbound`; README.md says what exists.
 
+pub mod accept;
 pub mod detect;
+pub mod http;
+pub mod inbound;
 pub mod io;
 pub mod outbound;
 pub mod sni;
+pub mod tls;
+pub mod transport_header;

@@ -1,0 +1,80 @@
+//! What both stacks do to an HTTP message in passing: one body type, the hop-by-hop headers
+//! a proxy must not forward (RFC 9110 §7.6.1), the client identity header, and error answers.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+/// Every body the proxy passes on or makes.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The verified SPIFFE ID of the calling workload, set by the inbound proxy on requests it
+/// received over mTLS and removed from every other request (Linkerd's `l5d-client-id`).
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("meshwork-client-id");
+
+/// Which proxy answered an error (so a client can tell a proxy's 502 from its app's).
+pub const PROXY_ERROR: HeaderName = HeaderName::from_static("meshwork-proxy-error");
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A response the proxy makes itself, with the reason in a header and the body.
+pub fn error(status: StatusCode, why: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{why}\n")));
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(why) {
+        r.headers_mut().insert(PROXY_ERROR, v);
+    }
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Removes the hop-by-hop headers: the fixed list and whatever `Connection` names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-request-id", "abc".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-request-id", "content-length"]);
+    }
+}

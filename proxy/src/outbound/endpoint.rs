@@ -1,0 +1,136 @@
+//! Connections to one endpoint. A meshed endpoint gets mutual TLS to its proxy's inbound port
+//! (the peer must prove the identity discovery gave), the transport header, then HTTP/2: one
+//! handshake serves every request, HTTP/1 requests travel as HTTP/2 streams (as Linkerd does).
+//! The connection is kept per (endpoint, identity) and replaced when it closes.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::Request;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshwork_identity::spiffe::SpiffeId;
+use tokio::{io::AsyncWriteExt, net::TcpStream, sync::Mutex};
+
+use super::discover::Mesh;
+use crate::{
+    http::Body,
+    tls::{mesh_server_name, Credentials},
+    transport_header::{SessionProtocol, TransportHeader},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {0}: {1}")]
+    Tcp(SocketAddr, std::io::Error),
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("mTLS with {addr} (expecting {want}): {source}")]
+    Tls {
+        addr: SocketAddr,
+        want: SpiffeId,
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 with {0}: {1}")]
+    H2(SocketAddr, hyper::Error),
+}
+
+type Key = (SocketAddr, u16, SpiffeId);
+
+/// HTTP/2 sessions to meshed endpoints.
+pub struct Pool {
+    creds: Arc<dyn Credentials>,
+    connect_timeout: Duration,
+    sessions: Mutex<HashMap<Key, SendRequest<Body>>>,
+}
+
+impl Pool {
+    pub fn new(creds: Arc<dyn Credentials>, connect_timeout: Duration) -> Self {
+        Pool {
+            creds,
+            connect_timeout,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A ready HTTP/2 session to `addr`'s pod through its proxy.
+    pub async fn session(
+        &self,
+        addr: SocketAddr,
+        mesh: &Mesh,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let key = (addr, mesh.proxy_port, mesh.identity.clone());
+        // Held across a new session's handshake, so two requests do not open two sessions;
+        // it also makes connects to different endpoints wait on each other, which the
+        // balancer's per-endpoint services will replace.
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&key) {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let s = self.connect(addr, mesh).await?;
+        sessions.insert(key, s.clone());
+        Ok(s)
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        mesh: &Mesh,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let proxy = SocketAddr::new(addr.ip(), mesh.proxy_port);
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(proxy))
+            .await
+            .map_err(|_| ConnectError::Timeout(proxy))?
+            .map_err(|e| ConnectError::Tcp(proxy, e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(mesh_server_name(&mesh.identity))
+            .map_err(|e| ConnectError::Tls {
+                addr: proxy,
+                want: mesh.identity.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+        let connector = tokio_rustls::TlsConnector::from(self.creds.client_config(&mesh.identity));
+        let tls_err = |source| ConnectError::Tls {
+            addr: proxy,
+            want: mesh.identity.clone(),
+            source,
+        };
+        let mut tls = connector.connect(name, tcp).await.map_err(tls_err)?;
+        let header = TransportHeader {
+            port: addr.port(),
+            protocol: SessionProtocol::Http2,
+        };
+        tls.write_all(&header.encode()).await.map_err(tls_err)?;
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| ConnectError::H2(proxy, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%proxy, error = %e, "mesh session ended");
+            }
+        });
+        Ok(send)
+    }
+
+    /// Sends `req` on a session to the endpoint.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        mesh: &Mesh,
+        req: Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let mut s = self.session(addr, mesh).await.map_err(SendError::Connect)?;
+        s.ready().await.map_err(SendError::Request)?;
+        s.send_request(req).await.map_err(SendError::Request)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(ConnectError),
+    #[error("request: {0}")]
+    Request(hyper::Error),
+}
