@@ -93,6 +93,16 @@ impl Breaker {
         !matches!(self.state, State::Closed)
     }
 
+    /// Whether [`admit`](Self::admit) would let a request through at `now` (without taking
+    /// the probe): what the balancer filters its candidates by.
+    pub fn available(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Open { until } => now >= until,
+            State::Probing => false,
+        }
+    }
+
     /// Asked before a request is sent to this endpoint.
     pub fn admit(&mut self, now: Instant) -> Admit {
         match self.state {

@@ -5,16 +5,15 @@
 //! discovery and the endpoint. Until the kernel hands the proxy a connection's original
 //! destination (issue 15), apps address it explicitly as an HTTP proxy, so only HTTP is routed.
 
+pub mod balance;
 pub mod breaker;
 pub mod discover;
 pub mod endpoint;
 
 use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use http::{Request, StatusCode, Uri};
@@ -32,13 +31,17 @@ use crate::{
     io::detect_io,
     tls::Credentials,
 };
-use discover::Static;
+use balance::PeakEwma;
+use breaker::Breaker;
+use discover::{Endpoint, Static};
 use endpoint::{Pool, SendError};
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
+    pub balance: balance::Config,
+    pub breaker: breaker::Config,
 }
 
 impl Default for Config {
@@ -47,6 +50,8 @@ impl Default for Config {
         Config {
             detect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
+            balance: balance::Config::default(),
+            breaker: breaker::Config::default(),
         }
     }
 }
@@ -56,7 +61,8 @@ pub struct Outbound {
     discovery: Static,
     pool: Pool,
     plain: Client<HttpConnector, Body>,
-    next: AtomicUsize,
+    /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
+    endpoints: Mutex<HashMap<Endpoint, (PeakEwma, Breaker)>>,
 }
 
 impl Outbound {
@@ -69,7 +75,7 @@ impl Outbound {
             plain: Client::builder(TokioExecutor::new()).build(http),
             cfg,
             discovery,
-            next: AtomicUsize::new(0),
+            endpoints: Mutex::new(HashMap::new()),
         })
     }
 
@@ -133,8 +139,13 @@ impl Outbound {
                 &format!("no endpoints for {authority}"),
             );
         };
-        // Round robin until the balancer (P2C over peak-EWMA) takes this place.
-        let ep = eps[self.next.fetch_add(1, Ordering::Relaxed) % eps.len()].clone();
+        let Some(ep) = self.pick(eps) else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("every endpoint of {authority} is ejected"),
+            );
+        };
+        let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
@@ -178,6 +189,9 @@ impl Outbound {
                     .map_err(|e| format!("plaintext to {}: {e}", ep.addr))
             }
         };
+        // 5xx and transport failures count against the endpoint (Linkerd's classification).
+        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+        self.done(&ep, started, ok);
         match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
@@ -188,6 +202,61 @@ impl Outbound {
             Err(why) => {
                 tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound request failed");
                 error(StatusCode::BAD_GATEWAY, &why)
+            }
+        }
+    }
+}
+
+impl Outbound {
+    /// P2C over the endpoints the breaker lets through; the chosen one counts a request in
+    /// flight. An ejected endpoint whose penalty is over gets the next request as its probe
+    /// whatever its load: otherwise P2C, which always prefers the lighter, might never try it
+    /// again.
+    fn pick(&self, eps: &[Endpoint]) -> Option<Endpoint> {
+        let now = Instant::now();
+        let mut state = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        state.retain(|e, _| eps.contains(e));
+        for e in eps {
+            state.entry(e.clone()).or_insert_with(|| {
+                (
+                    PeakEwma::new(&self.cfg.balance, now),
+                    Breaker::new(self.cfg.breaker.clone()),
+                )
+            });
+        }
+        let loads: Vec<Option<f64>> = eps
+            .iter()
+            .map(|e| {
+                let (ewma, breaker) = &state[e];
+                breaker
+                    .available(now)
+                    .then(|| ewma.load(&self.cfg.balance, now))
+            })
+            .collect();
+        let due = eps.iter().position(|e| {
+            let b = &state[e].1;
+            b.is_ejected() && b.available(now)
+        });
+        let i = match due {
+            Some(i) => i,
+            None => balance::p2c(&loads, rand::random(), rand::random())?,
+        };
+        let (ewma, breaker) = state.get_mut(&eps[i])?;
+        if breaker.admit(now) == breaker::Admit::No {
+            return None;
+        }
+        ewma.start();
+        Some(eps[i].clone())
+    }
+
+    /// Records a request's outcome on its endpoint.
+    fn done(&self, ep: &Endpoint, started: Instant, ok: bool) {
+        let now = Instant::now();
+        let mut state = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((ewma, breaker)) = state.get_mut(ep) {
+            ewma.finish(&self.cfg.balance, now, now - started);
+            if let Some(why) = breaker.record(now, ok, rand::random()) {
+                tracing::info!(endpoint = %ep.addr, reason = ?why, "endpoint ejected");
             }
         }
     }
