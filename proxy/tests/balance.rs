@@ -1,7 +1,8 @@
-//! The outbound balancer and breaker through the real outbound stack on loopback (plaintext
-//! endpoints, so only balancing is in play): of three backends, the one 50 ms slower gets few
-//! requests; a backend answering 503 is ejected after Linkerd's seven consecutive failures and
-//! probed back once it recovers.
+//! The outbound balancer, breaker and retries through the real outbound stack on loopback
+//! (plaintext endpoints, so mTLS is not in play): of three backends, the one 50 ms slower gets
+//! few requests; a backend answering 503 is hidden by retries, ejected after Linkerd's seven
+//! consecutive failures and probed back once it recovers; one failing 20% is hidden by
+//! retries; when everything fails the budget keeps retries at 20% + 10/s.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,20 +12,21 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
 };
 
-use meshwork_proxy::outbound::{self, breaker, discover::Static, Outbound};
+use meshwork_proxy::outbound::{self, breaker, discover::Static, retry, Outbound};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
-/// A backend that waits `delay`, then answers 200, or 503 while `failing` is set.
-async fn backend(delay: Duration, failing: Arc<AtomicBool>) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A backend that waits `delay`, then answers 200, or 503 for every `fail_every`th request
+/// (0: never, 1: always).
+async fn backend(delay: Duration, fail_every: Arc<AtomicUsize>) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -32,17 +34,18 @@ async fn backend(delay: Duration, failing: Arc<AtomicBool>) -> (SocketAddr, Arc<
     tokio::spawn(async move {
         loop {
             let (tcp, _) = l.accept().await.unwrap();
-            let (h, failing) = (h.clone(), failing.clone());
+            let (h, fail_every) = (h.clone(), fail_every.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
-                    let (h, failing) = (h.clone(), failing.clone());
+                    let (h, fail_every) = (h.clone(), fail_every.clone());
                     async move {
-                        h.fetch_add(1, Ordering::Relaxed);
+                        let n = h.fetch_add(1, Ordering::Relaxed) + 1;
                         tokio::time::sleep(delay).await;
                         let mut r = http::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from_static(b"ok"),
                         ));
-                        if failing.load(Ordering::Relaxed) {
+                        let every = fail_every.load(Ordering::Relaxed);
+                        if every > 0 && n % every == 0 {
                             *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                         }
                         Ok::<_, std::convert::Infallible>(r)
@@ -113,10 +116,10 @@ async fn get(conn: &mut TcpStream) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_50ms_slower_gets_under_10_percent() {
-    let ok = Arc::new(AtomicBool::new(false));
-    let (a, ha) = backend(Duration::ZERO, ok.clone()).await;
-    let (b, hb) = backend(Duration::ZERO, ok.clone()).await;
-    let (slow, hs) = backend(Duration::from_millis(50), ok.clone()).await;
+    let never = || Arc::new(AtomicUsize::new(0));
+    let (a, ha) = backend(Duration::ZERO, never()).await;
+    let (b, hb) = backend(Duration::ZERO, never()).await;
+    let (slow, hs) = backend(Duration::from_millis(50), never()).await;
     let p = proxy(outbound::Config::default(), &[a, b, slow]).await;
     let mut conn = TcpStream::connect(p).await.unwrap();
     for _ in 0..300 {
@@ -136,9 +139,8 @@ async fn a_backend_50ms_slower_gets_under_10_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_backend_is_ejected_and_probed_back() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let failing = Arc::new(AtomicBool::new(true));
-    let (good, hg) = backend(Duration::ZERO, healthy).await;
+    let failing = Arc::new(AtomicUsize::new(1));
+    let (good, hg) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
     let (bad, hb) = backend(Duration::ZERO, failing.clone()).await;
     let cfg = outbound::Config {
         breaker: breaker::Config {
@@ -151,22 +153,20 @@ async fn a_failing_backend_is_ejected_and_probed_back() {
     };
     let p = proxy(cfg, &[good, bad]).await;
     let mut conn = TcpStream::connect(p).await.unwrap();
-    // Until the failing backend has had its seven failures, some requests fail.
-    let mut failed = 0;
+    // Each 503 is retried on the healthy backend, so the client sees none; after seven in a
+    // row the failing backend is ejected (a probe or two may follow within the run).
     for _ in 0..200 {
-        if get(&mut conn).await == 503 {
-            failed += 1;
-        }
+        assert_eq!(get(&mut conn).await, 200);
     }
-    assert_eq!(failed, hb.load(Ordering::Relaxed), "every 503 came from it");
+    let bad_hits = hb.load(Ordering::Relaxed);
     assert!(
-        (7..=9).contains(&failed),
-        "ejected after 7 failures in a row (a probe or two may follow): {failed}"
+        (7..=9).contains(&bad_hits),
+        "ejected after 7 failures in a row: {bad_hits}"
     );
-    assert!(hg.load(Ordering::Relaxed) >= 190);
+    assert_eq!(hg.load(Ordering::Relaxed), 200);
     // Recovered: once the penalty is over the next request is its probe, which succeeds; it
     // is back among the candidates (P2C then sends it what its load earns), and nothing fails.
-    failing.store(false, Ordering::Relaxed);
+    failing.store(0, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(350)).await;
     let before = hb.load(Ordering::Relaxed);
     assert_eq!(get(&mut conn).await, 200);
@@ -178,4 +178,61 @@ async fn a_failing_backend_is_ejected_and_probed_back() {
     for _ in 0..200 {
         assert_eq!(get(&mut conn).await, 200);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_a_backend_failing_20_percent() {
+    let (a, ha) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(5))).await;
+    let (b, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let (c, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let p = proxy(outbound::Config::default(), &[a, b, c]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    for i in 0..300 {
+        assert_eq!(get(&mut conn).await, 200, "request {i}");
+    }
+    assert!(
+        ha.load(Ordering::Relaxed) >= 5,
+        "the flaky backend was used and failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_caps_retries_when_everything_fails() {
+    let always = || Arc::new(AtomicUsize::new(1));
+    let (a, ha) = backend(Duration::ZERO, always()).await;
+    let (b, hb) = backend(Duration::ZERO, always()).await;
+    // The breaker off, so every request reaches a backend and only the budget limits retries.
+    let cfg = outbound::Config {
+        breaker: breaker::Config {
+            max_failures: u32::MAX,
+            min_success_rate: 0.0,
+            ..breaker::Config::default()
+        },
+        retry: retry::Config {
+            limit: 10,
+            ..retry::Config::default()
+        },
+        ..outbound::Config::default()
+    };
+    let budget = cfg.retry.budget.clone();
+    let p = proxy(cfg, &[a, b]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    let n = 500;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        assert_eq!(get(&mut conn).await, 503);
+    }
+    let secs = started.elapsed().as_secs_f64().max(1.0);
+    let retries = ha.load(Ordering::Relaxed) + hb.load(Ordering::Relaxed) - n;
+    // 20% of requests, plus the reserve: 10/s over the 10 s window (tower's TpsBudget starts
+    // with it), plus 10/s for each second the run took.
+    let cap = f64::from(budget.percent) * n as f64
+        + f64::from(budget.min_per_sec) * (budget.ttl.as_secs_f64() + secs);
+    assert!(retries > 0, "retries happen while the budget lasts");
+    assert!(
+        (retries as f64) <= cap,
+        "{retries} retries for {n} requests: over the budget's {cap:.0}"
+    );
+    // Without the budget, a limit of 10 would have meant up to 10 × 500.
+    assert!(retries < n, "{retries}");
 }

@@ -9,10 +9,14 @@ pub mod balance;
 pub mod breaker;
 pub mod discover;
 pub mod endpoint;
+pub mod retry;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -24,6 +28,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 use tokio::net::{TcpListener, TcpStream};
+use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::{
     detect::Protocol,
@@ -42,6 +47,7 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub balance: balance::Config,
     pub breaker: breaker::Config,
+    pub retry: retry::Config,
 }
 
 impl Default for Config {
@@ -52,6 +58,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(1),
             balance: balance::Config::default(),
             breaker: breaker::Config::default(),
+            retry: retry::Config::default(),
         }
     }
 }
@@ -63,6 +70,16 @@ pub struct Outbound {
     plain: Client<HttpConnector, Body>,
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
     endpoints: Mutex<HashMap<Endpoint, (PeakEwma, Breaker)>>,
+    budget: TpsBudget,
+    pub stats: Stats,
+}
+
+/// Counters of the outbound stack (exported by the admin endpoint once it exists).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub retries: AtomicU64,
+    /// Retries the budget refused.
+    pub budget_exhausted: AtomicU64,
 }
 
 impl Outbound {
@@ -70,12 +87,15 @@ impl Outbound {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
+        let cfg_budget = cfg.retry.budget.clone();
         Arc::new(Outbound {
             pool: Pool::new(creds, cfg.connect_timeout),
             plain: Client::builder(TokioExecutor::new()).build(http),
             cfg,
             discovery,
             endpoints: Mutex::new(HashMap::new()),
+            budget: TpsBudget::new(cfg_budget.ttl, cfg_budget.min_per_sec, cfg_budget.percent),
+            stats: Stats::default(),
         })
     }
 
@@ -139,70 +159,116 @@ impl Outbound {
                 &format!("no endpoints for {authority}"),
             );
         };
-        let Some(ep) = self.pick(eps) else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("every endpoint of {authority} is ejected"),
-            );
-        };
-        let started = Instant::now();
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let (mut head, body) = req.into_parts();
+        strip_hop_by_hop(&mut head.headers);
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
-        parts.headers.remove(CLIENT_ID);
-        let path = parts
+        head.headers.remove(CLIENT_ID);
+        if head.headers.get(http::header::HOST).is_none() {
+            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+                head.headers.insert(http::header::HOST, v);
+            }
+        }
+        let path = head
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        if parts.headers.get(http::header::HOST).is_none() {
-            if let Ok(v) = http::HeaderValue::from_str(&authority) {
-                parts.headers.insert(http::header::HOST, v);
-            }
-        }
-        let result = match &ep.mesh {
-            Some(mesh) => {
-                let Some(uri) = target(&authority, &path) else {
-                    return error(StatusCode::BAD_REQUEST, "invalid request target");
-                };
-                parts.uri = uri;
-                parts.version = http::Version::HTTP_2;
-                let req = Request::from_parts(parts, body.boxed());
-                self.pool
-                    .send(ep.addr, mesh, req)
-                    .await
-                    .map_err(|e| match e {
-                        SendError::Connect(c) => c.to_string(),
-                        SendError::Request(r) => format!("request to {}: {r}", ep.addr),
-                    })
-            }
-            None => {
-                let Some(uri) = target(&ep.addr.to_string(), &path) else {
-                    return error(StatusCode::BAD_REQUEST, "invalid request target");
-                };
-                parts.uri = uri;
-                parts.version = http::Version::HTTP_11;
-                let req = Request::from_parts(parts, body.boxed());
-                self.plain
-                    .request(req)
-                    .await
-                    .map_err(|e| format!("plaintext to {}: {e}", ep.addr))
+        // A retryable request's body is held for replay, up to the cap; others stream once.
+        let (mut body, replay) = match retry::replayable(&head, body, self.cfg.retry.max_body).await
+        {
+            retry::Body::Replay(b) => (None, Some(b)),
+            retry::Body::Stream(b) => (Some(b), None),
+            retry::Body::Failed(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request: {e}"),
+                )
             }
         };
-        // 5xx and transport failures count against the endpoint (Linkerd's classification).
-        let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-        self.done(&ep, started, ok);
-        match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.version = http::Version::HTTP_11;
-                http::Response::from_parts(parts, body.boxed())
+        self.budget.deposit();
+        let mut tried: Vec<Endpoint> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let Some(ep) = self.pick(eps, &tried) else {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("every endpoint of {authority} is ejected"),
+                );
+            };
+            let this_body = match (&replay, body.take()) {
+                (Some(b), _) => crate::http::full(b.clone()),
+                (None, Some(b)) => b.boxed(),
+                (None, None) => crate::http::full(bytes::Bytes::new()),
+            };
+            let started = Instant::now();
+            let result = self.send(&ep, &authority, &head, &path, this_body).await;
+            // 5xx and transport failures count against the endpoint (Linkerd's classification).
+            let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+            self.done(&ep, started, ok);
+            let again = !ok
+                && replay.is_some()
+                && attempt < self.cfg.retry.limit
+                && retry::retryable(&head.method, &result);
+            if again {
+                if self.budget.withdraw() {
+                    attempt += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%authority, endpoint = %ep.addr, attempt, "retrying");
+                    tried.push(ep);
+                    continue;
+                }
+                self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
             }
-            Err(why) => {
-                tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound request failed");
-                error(StatusCode::BAD_GATEWAY, &why)
-            }
+            return match result {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    parts.version = http::Version::HTTP_11;
+                    http::Response::from_parts(parts, body.boxed())
+                }
+                Err(why) => {
+                    tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound request failed");
+                    error(StatusCode::BAD_GATEWAY, &why)
+                }
+            };
+        }
+    }
+
+    /// One attempt on `ep`: over its mesh session, or plaintext outside the mesh.
+    async fn send(
+        &self,
+        ep: &Endpoint,
+        authority: &str,
+        head: &http::request::Parts,
+        path: &str,
+        body: Body,
+    ) -> Result<http::Response<Incoming>, String> {
+        let (target_authority, version) = match &ep.mesh {
+            Some(_) => (authority.to_string(), http::Version::HTTP_2),
+            None => (ep.addr.to_string(), http::Version::HTTP_11),
+        };
+        let Some(uri) = target(&target_authority, path) else {
+            return Err("invalid request target".into());
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = head.headers.clone();
+        match &ep.mesh {
+            Some(mesh) => self
+                .pool
+                .send(ep.addr, mesh, req)
+                .await
+                .map_err(|e| match e {
+                    SendError::Connect(c) => c.to_string(),
+                    SendError::Request(r) => format!("request to {}: {r}", ep.addr),
+                }),
+            None => self
+                .plain
+                .request(req)
+                .await
+                .map_err(|e| format!("plaintext to {}: {e}", ep.addr)),
         }
     }
 }
@@ -212,7 +278,7 @@ impl Outbound {
     /// flight. An ejected endpoint whose penalty is over gets the next request as its probe
     /// whatever its load: otherwise P2C, which always prefers the lighter, might never try it
     /// again.
-    fn pick(&self, eps: &[Endpoint]) -> Option<Endpoint> {
+    fn pick(&self, eps: &[Endpoint], tried: &[Endpoint]) -> Option<Endpoint> {
         let now = Instant::now();
         let mut state = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         state.retain(|e, _| eps.contains(e));
@@ -224,15 +290,16 @@ impl Outbound {
                 )
             });
         }
-        let loads: Vec<Option<f64>> = eps
-            .iter()
-            .map(|e| {
-                let (ewma, breaker) = &state[e];
-                breaker
-                    .available(now)
-                    .then(|| ewma.load(&self.cfg.balance, now))
-            })
-            .collect();
+        let load = |e: &Endpoint, skip_tried: bool| {
+            let (ewma, breaker) = &state[e];
+            (breaker.available(now) && !(skip_tried && tried.contains(e)))
+                .then(|| ewma.load(&self.cfg.balance, now))
+        };
+        // A retry goes elsewhere when there is anywhere else to go.
+        let mut loads: Vec<Option<f64>> = eps.iter().map(|e| load(e, true)).collect();
+        if loads.iter().all(Option::is_none) {
+            loads = eps.iter().map(|e| load(e, false)).collect();
+        }
         let due = eps.iter().position(|e| {
             let b = &state[e].1;
             b.is_ejected() && b.available(now)

@@ -1,0 +1,113 @@
+//! Which requests are retried, and with what (Linkerd's retries; ARCHITECTURE.md, "The
+//! proxy"): a request whose method is idempotent (RFC 9110 §9.2.2) and whose body fits the
+//! replay cap (64 KiB, Linkerd's) is held and may be sent again after a 5xx or a transport
+//! failure, at most `limit` times, each retry withdrawn from a budget: 20% of requests plus
+//! 10 per second, over a 10 s window (Linkerd's ServiceProfile budget, tower's `TpsBudget`).
+//! A retry goes to another endpoint when there is one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{request::Parts, Method};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Retries per request.
+    pub limit: u32,
+    /// Largest body held for replay.
+    pub max_body: usize,
+    pub budget: BudgetConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct BudgetConfig {
+    pub ttl: Duration,
+    pub min_per_sec: u32,
+    /// Retries allowed per request, as a fraction (0.2: one per five).
+    pub percent: f32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limit: 1,
+            max_body: 64 * 1024,
+            budget: BudgetConfig {
+                ttl: Duration::from_secs(10),
+                min_per_sec: 10,
+                percent: 0.2,
+            },
+        }
+    }
+}
+
+/// A request body: held (replayable) or passed through once.
+pub enum Body {
+    Replay(Bytes),
+    Stream(Incoming),
+    Failed(String),
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Holds the body of an idempotent request whose declared length fits `cap` (a body without
+/// a declared length, or larger, streams and is not retried).
+pub async fn replayable(head: &Parts, body: Incoming, cap: usize) -> Body {
+    if !idempotent(&head.method) {
+        return Body::Stream(body);
+    }
+    let declared = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = head.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let fits = match declared {
+        Some(n) => n <= cap,
+        // HTTP/1 without a length or chunked framing has no body; HTTP/2 may stream one.
+        None => !chunked && head.version < http::Version::HTTP_2,
+    };
+    if !fits {
+        return Body::Stream(body);
+    }
+    match Limited::new(body, cap).collect().await {
+        Ok(c) => Body::Replay(c.to_bytes()),
+        Err(e) => Body::Failed(e.to_string()),
+    }
+}
+
+/// Whether an attempt's outcome may be retried: a transport failure or a 5xx.
+pub fn retryable<B>(method: &Method, result: &Result<http::Response<B>, String>) -> bool {
+    idempotent(method)
+        && match result {
+            Ok(r) => r.status().is_server_error(),
+            Err(_) => true,
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idempotent_failures_are_retried() {
+        let r = |s: u16| -> Result<http::Response<()>, String> {
+            let mut x = http::Response::new(());
+            *x.status_mut() = http::StatusCode::from_u16(s).unwrap();
+            Ok(x)
+        };
+        assert!(retryable(&Method::GET, &r(503)));
+        assert!(retryable(&Method::PUT, &r(500)));
+        assert!(retryable::<()>(&Method::GET, &Err("reset".into())));
+        assert!(!retryable(&Method::GET, &r(404)));
+        assert!(!retryable(&Method::GET, &r(200)));
+        assert!(!retryable(&Method::POST, &r(503)));
+    }
+}
