@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod detect;
+pub mod drain;
 pub mod http;
 pub mod inbound;
 pub mod io;

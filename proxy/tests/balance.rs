@@ -18,6 +18,9 @@ use std::{
     time::Duration,
 };
 
+mod support;
+
+use meshwork_proxy::drain::Watch;
 use meshwork_proxy::outbound::{self, breaker, discover::Static, retry, Outbound};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -67,21 +70,8 @@ async fn proxy(cfg: outbound::Config, backends: &[SocketAddr]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     // No mesh endpoints here: the credentials are never asked for.
-    tokio::spawn(Outbound::new(cfg, Arc::new(NoCreds), d).serve(l));
+    tokio::spawn(Outbound::new(cfg, Arc::new(support::NoCreds), d).serve(l, Watch::never()));
     addr
-}
-
-struct NoCreds;
-impl meshwork_proxy::tls::Credentials for NoCreds {
-    fn id(&self) -> &meshwork_identity::spiffe::SpiffeId {
-        unreachable!("plaintext endpoints only")
-    }
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        unreachable!("plaintext endpoints only")
-    }
-    fn client_config(&self, _: &meshwork_identity::spiffe::SpiffeId) -> Arc<rustls::ClientConfig> {
-        unreachable!("plaintext endpoints only")
-    }
 }
 
 /// One request through the proxy on a kept-alive connection: the status.

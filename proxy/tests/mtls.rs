@@ -25,6 +25,7 @@ use meshwork_identity::{
     spiffe::SpiffeId,
     verify::{Bundle, ClientVerifier, Expect, ServerVerifier},
 };
+use meshwork_proxy::drain::Watch;
 use meshwork_proxy::{
     inbound::{self, Inbound, Policy},
     outbound::{discover::Static, Outbound},
@@ -195,7 +196,7 @@ async fn mtls_between_proxies_carries_the_client_identity() {
 
     // The server pod's inbound proxy, in front of its app.
     let (l, inbound_addr) = listen().await;
-    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l));
+    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l, Watch::never()));
 
     let mut d = Static::default();
     let port = inbound_addr.port();
@@ -212,7 +213,7 @@ async fn mtls_between_proxies_carries_the_client_identity() {
     d.parse_entry(&format!("legacy.default.svc.cluster.local:80={app_addr}"))
         .unwrap();
     let (l, outbound_addr) = listen().await;
-    tokio::spawn(Outbound::new(Default::default(), client.clone(), d).serve(l));
+    tokio::spawn(Outbound::new(Default::default(), client.clone(), d).serve(l, Watch::never()));
 
     // Through both proxies: the app sees the verified client, not the forged header.
     for _ in 0..3 {
@@ -253,9 +254,11 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
         ..Default::default()
     };
     let strict = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(Inbound::new(cfg(Policy::Strict), web.clone()).serve(strict));
+    tokio::spawn(Inbound::new(cfg(Policy::Strict), web.clone()).serve(strict, Watch::never()));
     let permissive = TcpListener::bind(("127.0.0.3", port)).await.unwrap();
-    tokio::spawn(Inbound::new(cfg(Policy::Permissive), web.clone()).serve(permissive));
+    tokio::spawn(
+        Inbound::new(cfg(Policy::Permissive), web.clone()).serve(permissive, Watch::never()),
+    );
 
     let request = b"GET / HTTP/1.1\r\nHost: web\r\n\
         meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\

@@ -20,6 +20,7 @@ use tokio::{
 
 use crate::{
     detect::Protocol,
+    drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID},
     io::{detect_io, PrefixedIo},
     tls::{mesh_server_name, peer_id, Credentials},
@@ -70,29 +71,34 @@ impl Inbound {
         })
     }
 
-    /// Serves `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        crate::accept::serve(listener, "inbound", move |tcp| self.clone().connection(tcp)).await
+    /// Serves `listener` until the drain begins.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Watch) {
+        crate::accept::serve(listener, "inbound", drain, move |tcp, d| {
+            self.clone().connection(tcp, d)
+        })
+        .await
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream) -> std::io::Result<()> {
+    async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Watch) -> std::io::Result<()> {
         let local = tcp.local_addr()?;
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
-            Protocol::Tls { sni: Some(name) } if name == self.own_name => self.mesh(io).await,
+            Protocol::Tls { sni: Some(name) } if name == self.own_name => {
+                self.mesh(io, drain).await
+            }
             other => {
                 if self.cfg.policy == Policy::Strict {
                     // Closed before a byte reaches the app.
                     tracing::info!(%local, "strict inbound policy: plaintext refused");
                     return Ok(());
                 }
-                self.plaintext(io, local, other).await
+                self.plaintext(io, local, other, drain).await
             }
         }
     }
 
     /// Mutual TLS with a peer proxy, then what its transport header says.
-    async fn mesh(self: Arc<Self>, io: PrefixedIo<TcpStream>) -> std::io::Result<()> {
+    async fn mesh(self: Arc<Self>, io: PrefixedIo<TcpStream>, drain: Watch) -> std::io::Result<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.creds.server_config());
         let mut tls = acceptor.accept(io).await?;
         let client = peer_id(tls.get_ref().1);
@@ -105,7 +111,7 @@ impl Inbound {
         let app = SocketAddr::new(self.cfg.app_ip, header.port);
         match header.protocol {
             SessionProtocol::Http2 => {
-                self.http(tls, app, client, true).await;
+                self.http(tls, app, client, true, drain).await;
                 Ok(())
             }
             SessionProtocol::Opaque => relay(tls, app).await,
@@ -120,15 +126,16 @@ impl Inbound {
         io: PrefixedIo<TcpStream>,
         local: SocketAddr,
         protocol: Protocol,
+        drain: Watch,
     ) -> std::io::Result<()> {
         let app = SocketAddr::new(self.cfg.app_ip, local.port());
         match protocol {
             Protocol::Http1 => {
-                self.http(io, app, None, false).await;
+                self.http(io, app, None, false, drain).await;
                 Ok(())
             }
             Protocol::Http2 => {
-                self.http(io, app, None, true).await;
+                self.http(io, app, None, true, drain).await;
                 Ok(())
             }
             _ => relay(io, app).await,
@@ -137,8 +144,14 @@ impl Inbound {
 
     /// Serves HTTP on `io`, each request to `app` with the client identity header set to
     /// `client` (or removed).
-    async fn http<I>(self: Arc<Self>, io: I, app: SocketAddr, client: Option<SpiffeId>, h2: bool)
-    where
+    async fn http<I>(
+        self: Arc<Self>,
+        io: I,
+        app: SocketAddr,
+        client: Option<SpiffeId>,
+        h2: bool,
+        drain: Watch,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
@@ -149,13 +162,11 @@ impl Inbound {
         });
         let io = TokioIo::new(io);
         let r = if h2 {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, svc)
-                .await
+            let b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            crate::accept::http(b.serve_connection(io, svc), drain).await
         } else {
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await
+            let b = hyper::server::conn::http1::Builder::new();
+            crate::accept::http(b.serve_connection(io, svc), drain).await
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, "inbound HTTP connection");

@@ -32,6 +32,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::{
     detect::Protocol,
+    drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID},
     io::detect_io,
     tls::Credentials,
@@ -99,15 +100,15 @@ impl Outbound {
         })
     }
 
-    /// Serves `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        crate::accept::serve(listener, "outbound", move |tcp| {
-            self.clone().connection(tcp)
+    /// Serves `listener` until the drain begins.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Watch) {
+        crate::accept::serve(listener, "outbound", drain, move |tcp, d| {
+            self.clone().connection(tcp, d)
         })
         .await
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream) -> std::io::Result<()> {
+    async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Watch) -> std::io::Result<()> {
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         let this = self.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -117,14 +118,12 @@ impl Outbound {
         let io = TokioIo::new(io);
         let r = match detected.protocol() {
             Protocol::Http1 => {
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await
+                let b = hyper::server::conn::http1::Builder::new();
+                crate::accept::http(b.serve_connection(io, svc), drain).await
             }
             Protocol::Http2 => {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await
+                let b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                crate::accept::http(b.serve_connection(io, svc), drain).await
             }
             other => {
                 // Needs the connection's original destination: issue 15's interception.
