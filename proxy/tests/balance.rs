@@ -226,3 +226,21 @@ async fn the_budget_caps_retries_when_everything_fails() {
     // Without the budget, a limit of 10 would have meant up to 10 × 500.
     assert!(retries < n, "{retries}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_gets_a_504_quickly() {
+    let (slow, _) = backend(Duration::from_secs(5), Arc::new(AtomicUsize::new(0))).await;
+    let cfg = outbound::Config {
+        request_timeout: Some(Duration::from_millis(200)),
+        ..outbound::Config::default()
+    };
+    let p = proxy(cfg, &[slow]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(get(&mut conn).await, 504);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}

@@ -49,6 +49,9 @@ pub struct Config {
     pub balance: balance::Config,
     pub breaker: breaker::Config,
     pub retry: retry::Config,
+    /// Per request, each attempt included (None: no limit, Linkerd's default); past it the
+    /// client gets a 504 and the endpoint a failure.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             balance: balance::Config::default(),
             breaker: breaker::Config::default(),
             retry: retry::Config::default(),
+            request_timeout: None,
         }
     }
 }
@@ -185,6 +189,10 @@ impl Outbound {
             }
         };
         self.budget.deposit();
+        let deadline = self
+            .cfg
+            .request_timeout
+            .map(|t| tokio::time::Instant::now() + t);
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt = 0u32;
         loop {
@@ -200,7 +208,20 @@ impl Outbound {
                 (None, None) => crate::http::full(bytes::Bytes::new()),
             };
             let started = Instant::now();
-            let result = self.send(&ep, &authority, &head, &path, this_body).await;
+            let attempt_fut = self.send(&ep, &authority, &head, &path, this_body);
+            let result = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, attempt_fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.done(&ep, started, false);
+                        return error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            &format!("no answer from {authority} within the request timeout"),
+                        );
+                    }
+                },
+                None => attempt_fut.await,
+            };
             // 5xx and transport failures count against the endpoint (Linkerd's classification).
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
             self.done(&ep, started, ok);
