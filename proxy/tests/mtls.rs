@@ -223,8 +223,17 @@ async fn mtls_between_proxies_carries_the_client_identity() {
     }
     assert_eq!(hits.load(Ordering::Relaxed), 3);
 
-    // The wrong identity: refused in the handshake, nothing reaches the app.
+    // The wrong identity: refused in the handshake, nothing reaches the app. The server's
+    // proxy takes the unknown server name for the app's own TLS, addressed to the listener
+    // itself: it must close it, not relay it to itself (that loop once made this take seconds
+    // on an idle machine and hang under load).
+    let started = std::time::Instant::now();
     let (status, perr, _) = get(outbound_addr, "db.default.svc.cluster.local:5432").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(status, 502, "{perr}");
     assert!(perr.contains("mTLS") && perr.contains("sa/db"), "{perr}");
     assert_eq!(hits.load(Ordering::Relaxed), 3);

@@ -73,13 +73,21 @@ impl Inbound {
 
     /// Serves `listener` until the drain begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Watch) {
+        let Ok(own) = listener.local_addr() else {
+            return;
+        };
         crate::accept::serve(listener, "inbound", drain, move |tcp, d| {
-            self.clone().connection(tcp, d)
+            self.clone().connection(tcp, own, d)
         })
         .await
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Watch) -> std::io::Result<()> {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        own: SocketAddr,
+        drain: Watch,
+    ) -> std::io::Result<()> {
         let local = tcp.local_addr()?;
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
@@ -92,7 +100,14 @@ impl Inbound {
                     tracing::info!(%local, "strict inbound policy: plaintext refused");
                     return Ok(());
                 }
-                self.plaintext(io, local, other, drain).await
+                let app = SocketAddr::new(self.cfg.app_ip, local.port());
+                if loops_back(app, own) {
+                    // Addressed to the listener itself (no interception kept another port):
+                    // relaying would connect to this listener again, and again.
+                    tracing::debug!(%local, "inbound: not a mesh connection, and no app port");
+                    return Ok(());
+                }
+                self.plaintext(io, app, other, drain).await
             }
         }
     }
@@ -124,11 +139,10 @@ impl Inbound {
     async fn plaintext(
         self: Arc<Self>,
         io: PrefixedIo<TcpStream>,
-        local: SocketAddr,
+        app: SocketAddr,
         protocol: Protocol,
         drain: Watch,
     ) -> std::io::Result<()> {
-        let app = SocketAddr::new(self.cfg.app_ip, local.port());
         match protocol {
             Protocol::Http1 => {
                 self.http(io, app, None, false, drain).await;
@@ -237,4 +251,24 @@ where
     let _ = app.set_nodelay(true);
     tokio::io::copy_bidirectional(&mut io, &mut app).await?;
     Ok(())
+}
+
+/// Whether connecting to `target` would reach the listener at `listener` itself.
+fn loops_back(target: SocketAddr, listener: SocketAddr) -> bool {
+    target.port() == listener.port()
+        && (listener.ip().is_unspecified() || listener.ip() == target.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_to_the_listener_itself_is_not_relayed_to_it() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(loops_back(a("127.0.0.1:4143"), a("0.0.0.0:4143")));
+        assert!(loops_back(a("127.0.0.1:4143"), a("127.0.0.1:4143")));
+        assert!(!loops_back(a("127.0.0.1:8080"), a("0.0.0.0:4143")));
+        assert!(!loops_back(a("127.0.0.2:8080"), a("127.0.0.3:8080")));
+    }
 }
