@@ -59,6 +59,11 @@ impl PeakEwma {
         self.pending += 1;
     }
 
+    /// A request that ended without an answer to learn from (its caller went away).
+    pub fn cancel(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
     /// A response (or failure) after `rtt`.
     pub fn finish(&mut self, cfg: &Config, now: Instant, rtt: Duration) {
         self.pending = self.pending.saturating_sub(1);

@@ -115,6 +115,14 @@ impl Breaker {
         }
     }
 
+    /// A request that ended without an outcome (its caller went away): a probe in flight is
+    /// handed back, so the next request probes instead of the endpoint staying out for good.
+    pub fn cancel(&mut self, now: Instant) {
+        if self.state == State::Probing {
+            self.state = State::Open { until: now };
+        }
+    }
+
     /// A response (or connection failure) of this endpoint; `rand` in [0, 1) jitters a new
     /// penalty. Returns the ejection it caused, if any.
     pub fn record(&mut self, now: Instant, success: bool, rand: f64) -> Option<Ejected> {
@@ -355,6 +363,21 @@ mod tests {
             assert_eq!(b.record(now, ok, 0.0), None);
         }
         assert!(!b.is_ejected());
+    }
+
+    #[test]
+    fn a_cancelled_probe_is_handed_back() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(Config {
+            max_failures: 1,
+            ..no_jitter()
+        });
+        b.record(t0, false, 0.0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.admit(t1), Admit::Probe);
+        assert_eq!(b.admit(t1), Admit::No);
+        b.cancel(t1);
+        assert_eq!(b.admit(t1), Admit::Probe, "the next request probes");
     }
 
     #[test]

@@ -207,13 +207,18 @@ impl Outbound {
                 (None, Some(b)) => b.boxed(),
                 (None, None) => crate::http::full(bytes::Bytes::new()),
             };
-            let started = Instant::now();
+            let flight = InFlight {
+                out: self,
+                ep: ep.clone(),
+                started: Instant::now(),
+                done: false,
+            };
             let attempt_fut = self.send(&ep, &authority, &head, &path, this_body);
             let result = match deadline {
                 Some(at) => match tokio::time::timeout_at(at, attempt_fut).await {
                     Ok(r) => r,
                     Err(_) => {
-                        self.done(&ep, started, false);
+                        flight.finish(false);
                         return error(
                             StatusCode::GATEWAY_TIMEOUT,
                             &format!("no answer from {authority} within the request timeout"),
@@ -224,7 +229,7 @@ impl Outbound {
             };
             // 5xx and transport failures count against the endpoint (Linkerd's classification).
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-            self.done(&ep, started, ok);
+            flight.finish(ok);
             let again = !ok
                 && replay.is_some()
                 && attempt < self.cfg.retry.limit
@@ -336,15 +341,48 @@ impl Outbound {
         Some(eps[i].clone())
     }
 
-    /// Records a request's outcome on its endpoint.
-    fn done(&self, ep: &Endpoint, started: Instant, ok: bool) {
+    /// Records a request's outcome on its endpoint; None: it was dropped before it had one
+    /// (the client went away), which ends its pending count and hands back a probe.
+    fn done(&self, ep: &Endpoint, started: Instant, ok: Option<bool>) {
         let now = Instant::now();
         let mut state = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((ewma, breaker)) = state.get_mut(ep) {
-            ewma.finish(&self.cfg.balance, now, now - started);
-            if let Some(why) = breaker.record(now, ok, rand::random()) {
-                tracing::info!(endpoint = %ep.addr, reason = ?why, "endpoint ejected");
+            match ok {
+                Some(ok) => {
+                    ewma.finish(&self.cfg.balance, now, now - started);
+                    if let Some(why) = breaker.record(now, ok, rand::random()) {
+                        tracing::info!(endpoint = %ep.addr, reason = ?why, "endpoint ejected");
+                    }
+                }
+                None => {
+                    ewma.cancel();
+                    breaker.cancel(now);
+                }
             }
+        }
+    }
+}
+
+/// A request in flight on an endpoint: its outcome is recorded exactly once, also when the
+/// request future is dropped first.
+struct InFlight<'a> {
+    out: &'a Outbound,
+    ep: Endpoint,
+    started: Instant,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.out.done(&self.ep, self.started, Some(ok));
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.out.done(&self.ep, self.started, None);
         }
     }
 }
