@@ -93,17 +93,27 @@ enum Line {
     Not,
 }
 
-/// RFC 9112 §3: `method SP request-target SP HTTP-version CRLF`, method a token.
+/// RFC 9112 §3: `method SP request-target SP HTTP-version CRLF`, method a token; as servers
+/// parse it (§2.2): empty lines before it are skipped, a bare LF ends it, and any HTTP/1 minor
+/// version counts. Stricter than the servers behind it would let a request they accept pass
+/// as opaque, unexamined.
 fn request_line(buf: &[u8]) -> Line {
     let mut i = 0;
-    // method = token
-    while i < buf.len() && is_tchar(buf[i]) {
+    while i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n') {
         i += 1;
     }
     if i == buf.len() {
         return if i > 0 { Line::Partial } else { Line::Not };
     }
-    if i == 0 || buf[i] != b' ' {
+    let method = i;
+    // method = token
+    while i < buf.len() && is_tchar(buf[i]) {
+        i += 1;
+    }
+    if i == buf.len() {
+        return Line::Partial;
+    }
+    if i == method || buf[i] != b' ' {
         return Line::Not;
     }
     i += 1;
@@ -120,17 +130,18 @@ fn request_line(buf: &[u8]) -> Line {
     }
     i += 1;
     let rest = &buf[i..];
-    for version in [&b"HTTP/1.1\r\n"[..], &b"HTTP/1.0\r\n"[..]] {
-        let n = rest.len().min(version.len());
-        if rest[..n] == version[..n] {
-            return if n == version.len() {
-                Line::Http1
-            } else {
-                Line::Partial
-            };
-        }
+    let prefix = b"HTTP/1.";
+    let n = rest.len().min(prefix.len());
+    if rest[..n] != prefix[..n] {
+        return Line::Not;
     }
-    Line::Not
+    match rest.get(prefix.len()..) {
+        None | Some([]) => Line::Partial,
+        Some([d, ..]) if !d.is_ascii_digit() => Line::Not,
+        Some([_]) | Some([_, b'\r']) => Line::Partial,
+        Some([_, b'\n', ..]) | Some([_, b'\r', b'\n', ..]) => Line::Http1,
+        Some(_) => Line::Not,
+    }
 }
 
 /// RFC 9110 §5.6.2 tchar.
@@ -172,7 +183,14 @@ mod tests {
             (b"GET  / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"G(T / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"GET /\x01 HTTP/1.1\r\n", false, found(Protocol::Opaque)),
-            (b"GET / HTTP/1.1\n", false, found(Protocol::Opaque)),
+            // As servers parse it: a bare LF, empty lines first, another minor version.
+            (b"GET / HTTP/1.1\n", false, found(Protocol::Http1)),
+            (b"\r\nGET / HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET / HTTP/1.2\r\n", false, found(Protocol::Http1)),
+            (b"\r\n", false, Detect::NeedMore),
+            (b"GET / HTTP/1.1\r", false, Detect::NeedMore),
+            (b"GET / HTTP/1.x\r\n", false, found(Protocol::Opaque)),
+            (b"GET / HTTP/1.1 \r\n", false, found(Protocol::Opaque)),
             // Server-speaks-first protocols and binary data.
             (
                 b"\x00\x00\x00\x08\x04\xd2\x16\x2f",

@@ -79,16 +79,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detected {
     Found(Protocol),
-    /// The client sent too little to decide within the timeout: relayed opaque, as
-    /// server-speaks-first protocols on ports not marked opaque would be (Linkerd's fallback).
+    /// The client sent nothing within the timeout: relayed opaque, as server-speaks-first
+    /// protocols on ports not marked opaque would be (Linkerd's fallback).
     TimedOut,
+    /// The client sent the start of something (an HTTP request line, a TLS record) and then
+    /// nothing more within the timeout. Not relayed: the rest would pass unexamined (an HTTP
+    /// request finished late would skip the proxy's header handling).
+    Partial,
 }
 
 impl Detected {
     pub fn protocol(&self) -> Protocol {
         match self {
             Detected::Found(p) => p.clone(),
-            Detected::TimedOut => Protocol::Opaque,
+            Detected::TimedOut | Detected::Partial => Protocol::Opaque,
         }
     }
 }
@@ -108,7 +112,8 @@ pub async fn detect_io<I: AsyncRead + Unpin>(
         }
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
         let verdict = match read {
-            Err(_) => return Ok((Detected::TimedOut, PrefixedIo::new(buf, io))),
+            Err(_) if buf.is_empty() => return Ok((Detected::TimedOut, PrefixedIo::new(buf, io))),
+            Err(_) => return Ok((Detected::Partial, PrefixedIo::new(buf, io))),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => detect(&buf, true),
             Ok(Ok(_)) => detect(&buf, buf.len() >= MAX_PREFIX),
@@ -160,6 +165,15 @@ mod tests {
         assert_eq!(d, Detected::TimedOut);
         assert_eq!(d.protocol(), Protocol::Opaque);
         assert!(io.prefix().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_line_that_stops_short_is_partial() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET / HT").await.unwrap();
+        let (d, _) = detect_io(server, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(d, Detected::Partial);
+        drop(client);
     }
 
     #[tokio::test]

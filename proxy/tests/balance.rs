@@ -79,7 +79,12 @@ async fn get(conn: &mut TcpStream) -> u16 {
     conn.write_all(b"GET http://web:80/ HTTP/1.1\r\nHost: web:80\r\n\r\n")
         .await
         .unwrap();
-    // Small responses: read until the 2-byte body has come.
+    read_status(conn).await
+}
+
+/// The status of the next response on `conn` (read to the end of its body).
+async fn read_status(conn: &mut TcpStream) -> u16 {
+    // Small responses: read until the body has come.
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -243,4 +248,39 @@ async fn a_request_past_its_timeout_gets_a_504_quickly() {
         took >= Duration::from_millis(200) && took < Duration::from_secs(2),
         "{took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_one_service_keeps_anothers_ejections() {
+    let (good, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let (bad, hb) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(1))).await;
+    let (other, ho) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let mut d = Static::default();
+    d.parse_entry(&format!("web:80={good},{bad}")).unwrap();
+    d.parse_entry(&format!("other:80={other}")).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = l.local_addr().unwrap();
+    let creds: Arc<dyn meshwork_proxy::tls::Credentials> = Arc::new(support::NoCreds);
+    tokio::spawn(Outbound::new(outbound::Config::default(), creds, d).serve(l, Watch::never()));
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    let send = |authority: &'static str| {
+        format!("GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+    };
+    for _ in 0..100 {
+        conn.write_all(send("web:80").as_bytes()).await.unwrap();
+        assert_eq!(read_status(&mut conn).await, 200);
+    }
+    let ejected_at = hb.load(Ordering::Relaxed);
+    assert!((7..=9).contains(&ejected_at), "{ejected_at}");
+    // Requests to another Service, then to web again, within web's 1 s penalty.
+    for _ in 0..5 {
+        conn.write_all(send("other:80").as_bytes()).await.unwrap();
+        assert_eq!(read_status(&mut conn).await, 200);
+    }
+    assert_eq!(ho.load(Ordering::Relaxed), 5);
+    for _ in 0..20 {
+        conn.write_all(send("web:80").as_bytes()).await.unwrap();
+        assert_eq!(read_status(&mut conn).await, 200);
+    }
+    assert_eq!(hb.load(Ordering::Relaxed), ejected_at, "still ejected");
 }

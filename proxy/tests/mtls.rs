@@ -298,3 +298,102 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
     );
     assert_eq!(hits.load(Ordering::Relaxed), 1);
 }
+
+/// A mesh connection made by hand, as a peer proxy would: mTLS to `to` proving `creds`,
+/// expecting `server`, then a transport header for `port` and `protocol`.
+async fn raw_mesh(
+    creds: &Creds,
+    to: SocketAddr,
+    server: &SpiffeId,
+    header: meshwork_proxy::transport_header::TransportHeader,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let name =
+        rustls::pki_types::ServerName::try_from(meshwork_proxy::tls::mesh_server_name(server))
+            .unwrap();
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(creds.client_config(server))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(&header.encode()).await.unwrap();
+    tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_can_neither_bring_its_own_identity_header_nor_reach_the_proxys_ports() {
+    use meshwork_proxy::transport_header::{SessionProtocol, TransportHeader};
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let (app_addr, hits) = app("127.0.0.1").await;
+    // Something on a port the proxy calls its own (its outbound, say): never reached.
+    let (outbound_like, outbound_port) = listen().await;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let r = reached.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = outbound_like.accept().await.unwrap();
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let (l, inbound_addr) = listen().await;
+    let cfg = inbound::Config {
+        proxy_ports: vec![outbound_port.port()],
+        ..Default::default()
+    };
+    tokio::spawn(Inbound::new(cfg, web.clone()).serve(l, Watch::never()));
+
+    // "Opaque" bytes that are HTTP with a forged header: the app sees the peer's real ID.
+    let mut tls = raw_mesh(
+        &client,
+        inbound_addr,
+        &web.id,
+        TransportHeader {
+            port: app_addr.port(),
+            protocol: SessionProtocol::Opaque,
+        },
+    )
+    .await;
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: web\r\n\
+          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with("spiffe://cluster.local/ns/default/sa/client"),
+        "the app sees who the peer is, not what it claims: {out}"
+    );
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
+
+    // A transport header naming the proxy's own ports: closed, nothing reached.
+    for port in [outbound_port.port(), inbound_addr.port()] {
+        let mut tls = raw_mesh(
+            &client,
+            inbound_addr,
+            &web.id,
+            TransportHeader {
+                port,
+                protocol: SessionProtocol::Opaque,
+            },
+        )
+        .await;
+        let _ = tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "port {port}: no answer");
+    }
+    assert_eq!(
+        reached.load(Ordering::Relaxed),
+        0,
+        "the proxy's own port was reached"
+    );
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
+}

@@ -22,7 +22,7 @@ use crate::{
     detect::Protocol,
     drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID},
-    io::{detect_io, PrefixedIo},
+    io::{detect_io, Detected, PrefixedIo},
     tls::{mesh_server_name, peer_id, Credentials},
     transport_header::{self, SessionProtocol, TransportHeader},
 };
@@ -41,6 +41,10 @@ pub struct Config {
     pub policy: Policy,
     /// Where the app listens (its ports on this address).
     pub app_ip: std::net::IpAddr,
+    /// The proxy's own ports (outbound, admin): never an app port, so that no peer can use
+    /// this pod's outbound proxy, and its identity, through the inbound one. The inbound
+    /// listener's own port is added by `serve`.
+    pub proxy_ports: Vec<u16>,
 }
 
 impl Default for Config {
@@ -49,6 +53,8 @@ impl Default for Config {
             detect_timeout: Duration::from_secs(10),
             policy: Policy::Permissive,
             app_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            // Linkerd's outbound and admin ports (ARCHITECTURE.md, "The proxy").
+            proxy_ports: vec![4140, 4191],
         }
     }
 }
@@ -92,7 +98,7 @@ impl Inbound {
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
             Protocol::Tls { sni: Some(name) } if name == self.own_name => {
-                self.mesh(io, drain).await
+                self.mesh(io, own, drain).await
             }
             other => {
                 if self.cfg.policy == Policy::Strict {
@@ -100,37 +106,87 @@ impl Inbound {
                     tracing::info!(%local, "strict inbound policy: plaintext refused");
                     return Ok(());
                 }
-                let app = SocketAddr::new(self.cfg.app_ip, local.port());
-                if loops_back(app, own) {
-                    // Addressed to the listener itself (no interception kept another port):
-                    // relaying would connect to this listener again, and again.
-                    tracing::debug!(%local, "inbound: not a mesh connection, and no app port");
+                if detected == Detected::Partial {
+                    // An HTTP request line that stopped short: relaying it raw would let the
+                    // rest pass without the identity header being stripped.
+                    tracing::debug!(%local, "inbound: partial request line, closed");
                     return Ok(());
                 }
+                let Some(app) = self.app_port(local.port(), own) else {
+                    // Addressed to the listener itself (no interception kept another port),
+                    // or to another port of the proxy's: relaying would loop or lend out this
+                    // pod's outbound proxy.
+                    tracing::debug!(%local, "inbound: not a mesh connection, and no app port");
+                    return Ok(());
+                };
                 self.plaintext(io, app, other, drain).await
             }
         }
     }
 
     /// Mutual TLS with a peer proxy, then what its transport header says.
-    async fn mesh(self: Arc<Self>, io: PrefixedIo<TcpStream>, drain: Watch) -> std::io::Result<()> {
+    async fn mesh(
+        self: Arc<Self>,
+        io: PrefixedIo<TcpStream>,
+        own: SocketAddr,
+        drain: Watch,
+    ) -> std::io::Result<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.creds.server_config());
-        let mut tls = acceptor.accept(io).await?;
-        let client = peer_id(tls.get_ref().1);
+        let mut tls = tokio::time::timeout(self.cfg.detect_timeout, acceptor.accept(io))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+        // The verifier requires a client certificate; if a credential source ever did not,
+        // a mesh connection without a proven peer is still not served.
+        let Some(client) = peer_id(tls.get_ref().1) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "mesh connection without a client identity",
+            ));
+        };
         let mut h = [0u8; transport_header::LEN];
         tokio::time::timeout(self.cfg.detect_timeout, tls.read_exact(&mut h))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "transport header"))??;
         let header = TransportHeader::decode(&h)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let app = SocketAddr::new(self.cfg.app_ip, header.port);
+        let Some(app) = self.app_port(header.port, own) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "transport header names the proxy's own port {}",
+                    header.port
+                ),
+            ));
+        };
         match header.protocol {
             SessionProtocol::Http2 => {
-                self.http(tls, app, client, true, drain).await;
+                self.http(tls, app, Some(client), true, drain).await;
                 Ok(())
             }
-            SessionProtocol::Opaque => relay(tls, app).await,
+            // What the peer calls opaque is still looked at: HTTP inside gets the identity
+            // header set here like any other, so a peer cannot bring its own.
+            SessionProtocol::Opaque => {
+                let (detected, io) = detect_io(tls, self.cfg.detect_timeout).await?;
+                match detected {
+                    Detected::Found(Protocol::Http1) => {
+                        self.http(io, app, Some(client), false, drain).await;
+                        Ok(())
+                    }
+                    Detected::Found(Protocol::Http2) => {
+                        self.http(io, app, Some(client), true, drain).await;
+                        Ok(())
+                    }
+                    Detected::Partial => Ok(()),
+                    _ => relay(io, app).await,
+                }
+            }
         }
+    }
+
+    /// The app address for `port`, unless it is one of the proxy's own ports.
+    fn app_port(&self, port: u16, own: SocketAddr) -> Option<SocketAddr> {
+        let app = SocketAddr::new(self.cfg.app_ip, port);
+        (!loops_back(app, own) && !self.cfg.proxy_ports.contains(&port)).then_some(app)
     }
 
     /// Plaintext from outside the mesh (permissive): to the app port the connection was

@@ -115,19 +115,29 @@ impl Breaker {
         }
     }
 
-    /// A request that ended without an outcome (its caller went away): a probe in flight is
-    /// handed back, so the next request probes instead of the endpoint staying out for good.
-    pub fn cancel(&mut self, now: Instant) {
-        if self.state == State::Probing {
+    /// A request that ended without an outcome (its caller went away): a probe (`probe`: it
+    /// was the one [`admit`](Self::admit) let through as such) is handed back, so the next
+    /// request probes instead of the endpoint staying out for good.
+    pub fn cancel(&mut self, now: Instant, probe: bool) {
+        if probe && self.state == State::Probing {
             self.state = State::Open { until: now };
         }
     }
 
-    /// A response (or connection failure) of this endpoint; `rand` in [0, 1) jitters a new
-    /// penalty. Returns the ejection it caused, if any.
-    pub fn record(&mut self, now: Instant, success: bool, rand: f64) -> Option<Ejected> {
+    /// A response (or connection failure) of this endpoint; `probe`: the request was the one
+    /// [`admit`](Self::admit) let through as the probe (only its outcome ends a probation);
+    /// `rand` in [0, 1) jitters a new penalty. Returns the ejection it caused, if any.
+    pub fn record(
+        &mut self,
+        now: Instant,
+        success: bool,
+        probe: bool,
+        rand: f64,
+    ) -> Option<Ejected> {
         self.count(now, success);
         match self.state {
+            // Late answers of requests sent before the ejection change nothing.
+            State::Probing | State::Open { .. } if !probe => None,
             State::Probing if success => {
                 self.state = State::Closed;
                 self.consecutive = 0;
@@ -139,7 +149,6 @@ impl Breaker {
                 self.eject(now, rand);
                 Some(Ejected::FailedProbe)
             }
-            // Late answers of requests sent before the ejection change nothing.
             State::Open { .. } => None,
             State::Closed if success => {
                 self.consecutive = 0;
@@ -241,13 +250,20 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(no_jitter());
         for _ in 0..6 {
-            assert_eq!(b.record(t0, false, 0.5), None);
+            assert_eq!(b.record(t0, false, false, 0.5), None);
         }
-        assert_eq!(b.record(t0, true, 0.5), None, "a success breaks the run");
+        assert_eq!(
+            b.record(t0, true, false, 0.5),
+            None,
+            "a success breaks the run"
+        );
         for _ in 0..6 {
-            assert_eq!(b.record(t0, false, 0.5), None);
+            assert_eq!(b.record(t0, false, false, 0.5), None);
         }
-        assert_eq!(b.record(t0, false, 0.5), Some(Ejected::ConsecutiveFailures));
+        assert_eq!(
+            b.record(t0, false, false, 0.5),
+            Some(Ejected::ConsecutiveFailures)
+        );
         assert!(b.is_ejected());
         assert_eq!(b.admit(t0), Admit::No);
     }
@@ -260,7 +276,7 @@ mod tests {
             ..no_jitter()
         });
         assert_eq!(
-            b.record(now, false, 0.0),
+            b.record(now, false, false, 0.0),
             Some(Ejected::ConsecutiveFailures)
         );
         let mut penalties = Vec::new();
@@ -274,18 +290,18 @@ mod tests {
             penalties.push(waited.as_secs_f64());
             // The probe is the only request let through, and it fails.
             assert_eq!(b.admit(now), Admit::No, "one probe at a time");
-            assert_eq!(b.record(now, false, 0.0), Some(Ejected::FailedProbe));
+            assert_eq!(b.record(now, false, true, 0.0), Some(Ejected::FailedProbe));
         }
         assert_eq!(penalties, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]);
         while b.admit(now) == Admit::No {
             now += Duration::from_secs(1);
         }
-        assert_eq!(b.record(now, true, 0.0), None);
+        assert_eq!(b.record(now, true, true, 0.0), None);
         assert!(!b.is_ejected());
         assert_eq!(b.admit(now), Admit::Yes);
         // Back to the first penalty after a recovery.
         assert_eq!(
-            b.record(now, false, 0.0),
+            b.record(now, false, false, 0.0),
             Some(Ejected::ConsecutiveFailures)
         );
         assert!(b.admit(now + Duration::from_millis(999)) == Admit::No);
@@ -302,7 +318,7 @@ mod tests {
         };
         for (rand, secs) in [(0.0, 0.5), (0.5, 1.0), (0.999, 1.499)] {
             let mut b = Breaker::new(cfg.clone());
-            b.record(t0, false, rand);
+            b.record(t0, false, false, rand);
             let until = t0 + Duration::from_secs_f64(secs);
             assert_eq!(
                 b.admit(until - Duration::from_millis(1)),
@@ -327,7 +343,7 @@ mod tests {
         // 40% success, alternating: never 7 failures in a row.
         let mut ejected = None;
         for i in 0..40 {
-            ejected = b.record(now, i % 5 < 2, 0.0);
+            ejected = b.record(now, i % 5 < 2, false, 0.0);
             now += Duration::from_millis(100);
             if ejected.is_some() {
                 break;
@@ -340,7 +356,7 @@ mod tests {
             ..Config::default()
         });
         for i in 0..100 {
-            assert_eq!(b.record(now, i % 5 != 0, 0.0), None);
+            assert_eq!(b.record(now, i % 5 != 0, false, 0.0), None);
             now += Duration::from_millis(100);
         }
     }
@@ -354,13 +370,13 @@ mod tests {
         });
         // 18 requests, 15 failed (never 7 in a row): under the 20 the rule needs.
         for i in 0..18 {
-            assert_eq!(b.record(now, i % 6 == 5, 0.0), None);
+            assert_eq!(b.record(now, i % 6 == 5, false, 0.0), None);
         }
         now += Duration::from_secs(30);
         // 5 more, 4 failed: with the old ones that would be 23 at 17% success, an ejection;
         // the old ones are past the window, so these 5 alone are too few to judge.
         for ok in [false, false, true, false, false] {
-            assert_eq!(b.record(now, ok, 0.0), None);
+            assert_eq!(b.record(now, ok, false, 0.0), None);
         }
         assert!(!b.is_ejected());
     }
@@ -372,11 +388,14 @@ mod tests {
             max_failures: 1,
             ..no_jitter()
         });
-        b.record(t0, false, 0.0);
+        b.record(t0, false, false, 0.0);
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(b.admit(t1), Admit::Probe);
         assert_eq!(b.admit(t1), Admit::No);
-        b.cancel(t1);
+        // An old request cancelled meanwhile does not hand out a second probe.
+        b.cancel(t1, false);
+        assert_eq!(b.admit(t1), Admit::No);
+        b.cancel(t1, true);
         assert_eq!(b.admit(t1), Admit::Probe, "the next request probes");
     }
 
@@ -387,10 +406,21 @@ mod tests {
             max_failures: 1,
             ..no_jitter()
         });
-        b.record(t0, false, 0.0);
-        assert_eq!(b.record(t0, true, 0.0), None);
-        assert_eq!(b.record(t0, false, 0.0), None);
+        b.record(t0, false, false, 0.0);
+        assert_eq!(b.record(t0, true, false, 0.0), None);
+        assert_eq!(b.record(t0, false, false, 0.0), None);
         assert_eq!(b.admit(t0 + Duration::from_millis(500)), Admit::No);
-        assert_eq!(b.admit(t0 + Duration::from_secs(1)), Admit::Probe);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.admit(t1), Admit::Probe);
+        // While the probe is out, an old request's answer neither closes nor re-ejects.
+        assert_eq!(b.record(t1, true, false, 0.0), None);
+        assert!(b.is_ejected());
+        assert_eq!(b.record(t1, false, false, 0.0), None);
+        assert_eq!(
+            b.record(t1, true, true, 0.0),
+            None,
+            "the probe's answer decides"
+        );
+        assert!(!b.is_ejected());
     }
 }

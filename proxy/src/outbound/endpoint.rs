@@ -36,6 +36,9 @@ pub enum ConnectError {
 
 type Key = (SocketAddr, u16, SpiffeId);
 
+/// Longest a new session may take, TCP connect, mTLS and HTTP/2 handshakes together.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// HTTP/2 sessions to meshed endpoints.
 pub struct Pool {
     creds: Arc<dyn Credentials>,
@@ -68,7 +71,11 @@ impl Pool {
                 return Ok(s.clone());
             }
         }
-        let s = self.connect(addr, mesh).await?;
+        // The whole of it bounded (TCP, TLS, HTTP/2): the map is held meanwhile, so a peer
+        // that accepts and then stalls must not hold every other request with it.
+        let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connect(addr, mesh))
+            .await
+            .map_err(|_| ConnectError::Timeout(SocketAddr::new(addr.ip(), mesh.proxy_port)))??;
         sessions.insert(key, s.clone());
         Ok(s)
     }

@@ -74,7 +74,9 @@ pub struct Outbound {
     pool: Pool,
     plain: Client<HttpConnector, Body>,
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
-    endpoints: Mutex<HashMap<Endpoint, (PeakEwma, Breaker)>>,
+    /// Keyed by authority too: each Service balances and ejects on its own, and routing one
+    /// never prunes another's.
+    endpoints: Mutex<HashMap<(String, Endpoint), (PeakEwma, Breaker)>>,
     budget: TpsBudget,
     pub stats: Stats,
 }
@@ -162,11 +164,16 @@ impl Outbound {
                 &format!("no endpoints for {authority}"),
             );
         };
+        let absolute = req.uri().authority().is_some();
         let (mut head, body) = req.into_parts();
+        // Whether the body can be held for replay is read from its framing, before the
+        // hop-by-hop headers (Transfer-Encoding among them) go.
+        let replayable = retry::replayable(&head, body, self.cfg.retry.max_body).await;
         strip_hop_by_hop(&mut head.headers);
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
         head.headers.remove(CLIENT_ID);
-        if head.headers.get(http::header::HOST).is_none() {
+        // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+        if absolute || head.headers.get(http::header::HOST).is_none() {
             if let Ok(v) = http::HeaderValue::from_str(&authority) {
                 head.headers.insert(http::header::HOST, v);
             }
@@ -177,8 +184,7 @@ impl Outbound {
             .map_or("/", |p| p.as_str())
             .to_string();
         // A retryable request's body is held for replay, up to the cap; others stream once.
-        let (mut body, replay) = match retry::replayable(&head, body, self.cfg.retry.max_body).await
-        {
+        let (mut body, replay) = match replayable {
             retry::Body::Replay(b) => (None, Some(b)),
             retry::Body::Stream(b) => (Some(b), None),
             retry::Body::Failed(e) => {
@@ -196,7 +202,7 @@ impl Outbound {
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt = 0u32;
         loop {
-            let Some(ep) = self.pick(eps, &tried) else {
+            let Some((ep, probe)) = self.pick(&authority, eps, &tried) else {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("every endpoint of {authority} is ejected"),
@@ -209,7 +215,9 @@ impl Outbound {
             };
             let flight = InFlight {
                 out: self,
+                authority: authority.clone(),
                 ep: ep.clone(),
+                probe,
                 started: Instant::now(),
                 done: false,
             };
@@ -303,12 +311,20 @@ impl Outbound {
     /// flight. An ejected endpoint whose penalty is over gets the next request as its probe
     /// whatever its load: otherwise P2C, which always prefers the lighter, might never try it
     /// again.
-    fn pick(&self, eps: &[Endpoint], tried: &[Endpoint]) -> Option<Endpoint> {
+    fn pick(
+        &self,
+        authority: &str,
+        eps: &[Endpoint],
+        tried: &[Endpoint],
+    ) -> Option<(Endpoint, bool)> {
         let now = Instant::now();
-        let mut state = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        state.retain(|e, _| eps.contains(e));
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        // Endpoints this authority no longer lists go (their in-flight requests finish on
+        // their sessions regardless).
+        all.retain(|(a, e), _| a != authority || eps.contains(e));
+        let key = |e: &Endpoint| (authority.to_string(), e.clone());
         for e in eps {
-            state.entry(e.clone()).or_insert_with(|| {
+            all.entry(key(e)).or_insert_with(|| {
                 (
                     PeakEwma::new(&self.cfg.balance, now),
                     Breaker::new(self.cfg.breaker.clone()),
@@ -316,7 +332,7 @@ impl Outbound {
             });
         }
         let load = |e: &Endpoint, skip_tried: bool| {
-            let (ewma, breaker) = &state[e];
+            let (ewma, breaker) = &all[&key(e)];
             (breaker.available(now) && !(skip_tried && tried.contains(e)))
                 .then(|| ewma.load(&self.cfg.balance, now))
         };
@@ -326,37 +342,39 @@ impl Outbound {
             loads = eps.iter().map(|e| load(e, false)).collect();
         }
         let due = eps.iter().position(|e| {
-            let b = &state[e].1;
+            let b = &all[&key(e)].1;
             b.is_ejected() && b.available(now)
         });
         let i = match due {
             Some(i) => i,
             None => balance::p2c(&loads, rand::random(), rand::random())?,
         };
-        let (ewma, breaker) = state.get_mut(&eps[i])?;
-        if breaker.admit(now) == breaker::Admit::No {
-            return None;
-        }
+        let (ewma, breaker) = all.get_mut(&key(&eps[i]))?;
+        let probe = match breaker.admit(now) {
+            breaker::Admit::No => return None,
+            breaker::Admit::Probe => true,
+            breaker::Admit::Yes => false,
+        };
         ewma.start();
-        Some(eps[i].clone())
+        Some((eps[i].clone(), probe))
     }
 
     /// Records a request's outcome on its endpoint; None: it was dropped before it had one
     /// (the client went away), which ends its pending count and hands back a probe.
-    fn done(&self, ep: &Endpoint, started: Instant, ok: Option<bool>) {
+    fn done(&self, f: &InFlight<'_>, ok: Option<bool>) {
         let now = Instant::now();
-        let mut state = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ewma, breaker)) = state.get_mut(ep) {
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((ewma, breaker)) = all.get_mut(&(f.authority.clone(), f.ep.clone())) {
             match ok {
                 Some(ok) => {
-                    ewma.finish(&self.cfg.balance, now, now - started);
-                    if let Some(why) = breaker.record(now, ok, rand::random()) {
-                        tracing::info!(endpoint = %ep.addr, reason = ?why, "endpoint ejected");
+                    ewma.finish(&self.cfg.balance, now, now - f.started);
+                    if let Some(why) = breaker.record(now, ok, f.probe, rand::random()) {
+                        tracing::info!(endpoint = %f.ep.addr, reason = ?why, "endpoint ejected");
                     }
                 }
                 None => {
                     ewma.cancel();
-                    breaker.cancel(now);
+                    breaker.cancel(now, f.probe);
                 }
             }
         }
@@ -367,7 +385,10 @@ impl Outbound {
 /// request future is dropped first.
 struct InFlight<'a> {
     out: &'a Outbound,
+    authority: String,
     ep: Endpoint,
+    /// It is the endpoint's probe.
+    probe: bool,
     started: Instant,
     done: bool,
 }
@@ -375,14 +396,14 @@ struct InFlight<'a> {
 impl InFlight<'_> {
     fn finish(mut self, ok: bool) {
         self.done = true;
-        self.out.done(&self.ep, self.started, Some(ok));
+        self.out.done(&self, Some(ok));
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.out.done(&self.ep, self.started, None);
+            self.out.done(self, None);
         }
     }
 }

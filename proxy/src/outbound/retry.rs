@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{request::Parts, Method};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -71,8 +71,9 @@ pub async fn replayable(head: &Parts, body: Incoming, cap: usize) -> Body {
     let chunked = head.headers.contains_key(http::header::TRANSFER_ENCODING);
     let fits = match declared {
         Some(n) => n <= cap,
-        // HTTP/1 without a length or chunked framing has no body; HTTP/2 may stream one.
-        None => !chunked && head.version < http::Version::HTTP_2,
+        // HTTP/1 without a length or chunked framing has no body; HTTP/2 says so by ending
+        // the stream with the headers.
+        None => body.is_end_stream() || (!chunked && head.version < http::Version::HTTP_2),
     };
     if !fits {
         return Body::Stream(body);
