@@ -222,16 +222,11 @@ impl Reconcile for Scheduler {
         }
         let nodes = self.caches.nodes.state();
         let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
-        let live: std::collections::HashSet<String> = self
-            .caches
-            .pods
-            .state()
-            .iter()
-            .filter_map(|p| p.uid())
-            .collect();
+        let mut live = std::collections::HashSet::new();
         let mut used: HashMap<String, Resources> = HashMap::new();
         for q in self.caches.pods.state() {
             let quid = q.uid().unwrap_or_default();
+            live.insert(quid.clone());
             let bound = q.spec.as_ref().and_then(|s| s.node_name.clone());
             if bound.is_some() {
                 self.assumed.remove(&quid);

@@ -633,16 +633,19 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     let old_pem = std::fs::read_to_string(anchor_dir.join("ca.crt")).unwrap();
     let new_pem = std::fs::read_to_string(new_anchor.join("ca.crt")).unwrap();
     write(&issuer_dir, "ca.crt", &format!("{old_pem}{new_pem}"));
-    eventually_async(
-        "the two-anchor bundle reaches the clients",
-        Duration::from_secs(10),
-        async || {
-            web.certify().await.unwrap();
-            db.certify().await.unwrap();
-            (web.bundle().get().len() == 2 && db.bundle().get().len() == 2).then_some(())
-        },
-    )
-    .await;
+    // Until both holders renewed and carry a bundle of `n` anchors.
+    let bundles_of = |n: usize, what: &'static str| {
+        let (web, db) = (web.clone(), db.clone());
+        async move {
+            eventually_async(what, Duration::from_secs(10), async || {
+                web.certify().await.unwrap();
+                db.certify().await.unwrap();
+                (web.bundle().get().len() == n && db.bundle().get().len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    bundles_of(2, "the two-anchor bundle reaches the clients").await;
     wait_handshakes(20).await;
     let staged2 = c.path("staged2");
     new_issuer(&new_anchor, &staged2);
@@ -665,16 +668,7 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     reissue_until_new(want2).await;
     wait_handshakes(20).await;
     write(&issuer_dir, "ca.crt", &new_pem);
-    eventually_async(
-        "the old anchor dropped",
-        Duration::from_secs(10),
-        async || {
-            web.certify().await.unwrap();
-            db.certify().await.unwrap();
-            (web.bundle().get().len() == 1 && db.bundle().get().len() == 1).then_some(())
-        },
-    )
-    .await;
+    bundles_of(1, "the old anchor dropped").await;
     wait_handshakes(20).await;
     stop.store(true, Ordering::Relaxed);
     looper.await.unwrap();
