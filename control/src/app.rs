@@ -79,11 +79,18 @@ pub fn uninstall(cfg: &Config) -> Result<(), Error> {
 }
 
 /// Reflector callbacks → the Service loop's changes.
-fn service_changes(client: &kube::Client, tx: mpsc::UnboundedSender<Change>) -> ServiceWatch {
+/// `changes` is bumped on each too (the discovery streams recompute on it).
+fn service_changes(
+    client: &kube::Client,
+    tx: mpsc::UnboundedSender<Change>,
+    changes: Changes,
+) -> ServiceWatch {
     let tx2 = tx.clone();
+    let changes2 = changes.clone();
     ServiceWatch::start_each(
         client,
         move |seen| {
+            changes.bump();
             let c = match seen {
                 Seen::Applied(s) | Seen::Deleted(s) => service_key(s).map(Change::Service),
                 Seen::Relisted => Some(Change::Relisted),
@@ -91,6 +98,7 @@ fn service_changes(client: &kube::Client, tx: mpsc::UnboundedSender<Change>) -> 
             c.map(|c| tx.send(c));
         },
         move |seen| {
+            changes2.bump();
             let c = match seen {
                 Seen::Applied(s) | Seen::Deleted(s) => {
                     let deleted = matches!(seen, Seen::Deleted(_));
@@ -109,6 +117,54 @@ fn service_changes(client: &kube::Client, tx: mpsc::UnboundedSender<Change>) -> 
             c.map(|c| tx2.send(c));
         },
     )
+}
+
+/// The proxies' discovery API (`destination.rs`), on the Service reflectors and a Pod one.
+async fn start_destination(
+    cfg: &Config,
+    client: &kube::Client,
+    watch: &ServiceWatch,
+    changes: Changes,
+    metrics: &Metrics,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let addr: std::net::SocketAddr = cfg.destination_listen.parse().map_err(|_| {
+        Error::Config(format!(
+            "--destination-listen {:?} is not ip:port or off",
+            cfg.destination_listen
+        ))
+    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Listen(addr, e))?;
+    let rx = changes.subscribe();
+    let (pods, pods_task) = meshwork_kube_watch::reflect(
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+        changes,
+    );
+    let server = crate::destination::Server {
+        services: watch.services.clone(),
+        slices: watch.slices.clone(),
+        pods,
+        changes: rx,
+        naming: crate::destination::Naming {
+            cluster_domain: cfg.cluster_domain.clone(),
+            trust_domain: cfg.trust_domain.clone(),
+        },
+        streams: metrics.destination_streams.clone(),
+    };
+    Ok(tokio::spawn(async move {
+        let _pods = AbortOnDrop(pods_task);
+        crate::destination::serve(server, listener).await
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub async fn start(cfg: Config) -> Result<Running, Error> {
@@ -133,8 +189,12 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     metrics.follow_datapath(pin_dir);
 
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut watch = service_changes(&client, tx);
+    let changes = Changes::new();
+    let mut watch = service_changes(&client, tx, changes.clone());
     let mut tasks = std::mem::take(&mut watch.tasks);
+    if cfg.destination_listen != "off" {
+        tasks.push(start_destination(&cfg, &client, &watch, changes, &metrics).await?);
+    }
     let sync = ServiceSync {
         node: node.clone(),
         opts,

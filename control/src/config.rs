@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_ADMIN: &str = "0.0.0.0:10256";
 pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
+/// meshwork_destination_api::DEFAULT_PORT on every address.
+pub const DEFAULT_DESTINATION: &str = "0.0.0.0:8086";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -39,6 +41,16 @@ pub struct Config {
     /// /healthz (kube-proxy compatible) and /metrics.
     #[arg(long, env = "MESHWORK_CONTROL_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin_listen: SocketAddr,
+    /// The proxies' discovery API (destination-api/), plaintext gRPC for this node's pods;
+    /// `off`: not served.
+    #[arg(long, env = "MESHWORK_DESTINATION_LISTEN", default_value = DEFAULT_DESTINATION)]
+    pub destination_listen: String,
+    /// The mesh's trust domain: endpoints' identities are `spiffe://<it>/ns/<ns>/sa/<sa>`.
+    #[arg(long, env = "MESHWORK_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The cluster's DNS domain (authorities `name.ns.svc.<it>:port`).
+    #[arg(long, env = "MESHWORK_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Our `service.kubernetes.io/service-proxy-name` (unset: unlabelled services only).
     #[arg(long)]
     pub proxy_name: Option<String>,

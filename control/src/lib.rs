@@ -3,13 +3,14 @@
 //! the reflectors' per-object changes), `plan` (desired vs programmed), `apply` (operations
 //! onto a `meshwork_ebpf::Datapath`), `sync` (the Service datapath loop), `overlay` (the
 //! overlay loop from Node objects, via the pure `nodes`), `discover` (node-local settings in a
-//! DaemonSet pod), `app` (wiring only), `metrics` (Prometheus, /healthz, datapath drops). The
-//! proxy's discovery service is planned to hang off `app` beside the two loops.
+//! DaemonSet pod), `destination` (the proxies' discovery API), `app` (wiring only), `metrics`
+//! (Prometheus, /healthz, datapath drops).
 
 pub mod app;
 pub mod apply;
 pub mod config;
 pub mod desired;
+pub mod destination;
 pub mod discover;
 pub mod incremental;
 pub mod metrics;

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Overlay syncs that reached the kernel (a Node set change or the periodic resync).
     pub overlay_syncs: Counter,
     pub last_sync: Gauge,
+    /// Open discovery streams from proxies (`destination.rs`).
+    pub destination_streams: Gauge,
     /// Unix ms of the oldest change not yet applied (0: none pending).
     pub pending_since_ms: AtomicI64,
     pub synced: AtomicBool,
@@ -81,6 +83,12 @@ impl Metrics {
             "Unix time of the last successful sync",
             last_sync.clone(),
         );
+        let destination_streams = Gauge::default();
+        registry.register(
+            "destination_streams",
+            "Discovery streams open to this node's proxies",
+            destination_streams.clone(),
+        );
         let drops = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register(
             "datapath_drops",
@@ -96,6 +104,7 @@ impl Metrics {
             sync_errors,
             overlay_syncs,
             last_sync,
+            destination_streams,
             pending_since_ms: AtomicI64::new(0),
             synced: AtomicBool::new(false),
             registry,

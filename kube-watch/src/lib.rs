@@ -77,7 +77,7 @@ impl Changes {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.subscribe()
     }
-    fn bump(&self) {
+    pub fn bump(&self) {
         self.0.send_modify(|n| *n += 1);
     }
 }

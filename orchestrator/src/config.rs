@@ -1,5 +1,6 @@
 //! Command line of `meshwork-orchestrator` (flags with env fallbacks; defaults here only).
 
+use meshwork_daemon::parse_duration;
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -172,37 +173,4 @@ pub struct KubeconfigArgs {
     pub server: String,
     #[arg(long)]
     pub out: PathBuf,
-}
-
-/// A duration as kube's flags take them (`48h`, `90m`, `3600s`, `1h30m`) or plain seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    std::time::Duration::try_from(d).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_read_like_kube_flags() {
-        for (s, secs) in [
-            ("48h", 172_800),
-            ("10m", 600),
-            ("1h30m", 5_400),
-            ("0", 0),
-            ("90", 90),
-        ] {
-            assert_eq!(
-                super::parse_duration(s),
-                Ok(std::time::Duration::from_secs(secs)),
-                "{s}"
-            );
-        }
-        assert!(super::parse_duration("-1h").is_err());
-        assert!(super::parse_duration("soon").is_err());
-    }
 }

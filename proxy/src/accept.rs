@@ -3,9 +3,14 @@
 
 use std::{future::Future, time::Duration};
 
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::drain::Watch;
+use crate::{
+    drain::Watch,
+    metrics::{Direction, DirectionLabels, Metrics},
+};
 
 /// Serves one HTTP connection until it ends; when the drain begins, it stops taking new
 /// requests, finishes those in flight and closes (hyper's graceful shutdown).
@@ -40,6 +45,18 @@ where
     }
 }
 
+impl<I, S> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
 impl<I, S, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
 where
     S: hyper::service::HttpService<hyper::body::Incoming>,
@@ -54,9 +71,15 @@ where
 }
 
 /// Accepts on `listener` until the drain begins (then the listener closes); `conn` serves each
-/// connection with its own hold on the drain, and its error is logged under `stack`.
-pub async fn serve<F, Fut>(listener: TcpListener, stack: &'static str, mut drain: Watch, conn: F)
-where
+/// connection with its own hold on the drain; opens, closes and errors are counted and logged
+/// under `stack`.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    stack: Direction,
+    metrics: Arc<Metrics>,
+    mut drain: Watch,
+    conn: F,
+) where
     F: Fn(TcpStream, Watch) -> Fut,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
@@ -73,11 +96,15 @@ where
             }
         };
         let _ = tcp.set_nodelay(true);
+        let labels = DirectionLabels { direction: stack };
+        metrics.tcp_open.get_or_create(&labels).inc();
         let fut = conn(tcp, drain.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = fut.await {
-                tracing::debug!(%peer, stack, error = %e, "connection");
+                tracing::debug!(%peer, ?stack, error = %e, "connection");
             }
+            metrics.tcp_close.get_or_create(&labels).inc();
         });
     }
 }

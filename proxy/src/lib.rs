@@ -2,11 +2,15 @@
 //! shape of linkerd2-proxy's `app/inbound` and `app/outbound`; README.md says what exists.
 
 pub mod accept;
+pub mod admin;
+pub mod app;
+pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod http;
 pub mod inbound;
 pub mod io;
+pub mod metrics;
 pub mod outbound;
 pub mod sni;
 pub mod tls;

@@ -202,6 +202,10 @@ pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     pub hostname: Option<String>,
     pub node: Option<String>,
+    /// topology.kubernetes.io/zone, when the slice says.
+    pub zone: Option<String>,
+    /// The Pod it is (its targetRef), in the slice's namespace.
+    pub pod: Option<String>,
     pub conditions: Conditions,
     pub ports: Vec<EndpointPort>,
 }
@@ -257,6 +261,12 @@ pub fn endpoints<'a>(
                 addresses,
                 hostname: e.hostname.clone().filter(|h| !h.is_empty()),
                 node: e.node_name.clone(),
+                zone: e.zone.clone().filter(|z| !z.is_empty()),
+                pod: e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| r.name.clone()),
                 conditions: Conditions::of(e.conditions.as_ref()),
                 ports: ports.clone(),
             });
@@ -330,6 +340,8 @@ mod tests {
             addresses: vec!["10.0.0.1".parse().unwrap()],
             hostname: None,
             node: None,
+            zone: None,
+            pod: None,
             conditions: Conditions {
                 ready,
                 serving,

@@ -23,6 +23,7 @@ use crate::{
     drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID},
     io::{detect_io, Detected, PrefixedIo},
+    metrics::{tls_reason, Direction, Metrics},
     tls::{mesh_server_name, peer_id, Credentials},
     transport_header::{self, SessionProtocol, TransportHeader},
 };
@@ -64,16 +65,28 @@ pub struct Inbound {
     creds: Arc<dyn Credentials>,
     app: Client<HttpConnector, Body>,
     own_name: String,
+    /// The inbound listener's address, once serving.
+    own: std::sync::OnceLock<SocketAddr>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Inbound {
+    /// With metrics of its own (tests).
     pub fn new(cfg: Config, creds: Arc<dyn Credentials>) -> Arc<Self> {
+        Self::with(cfg, creds, Metrics::new())
+    }
+
+    pub fn with(cfg: Config, creds: Arc<dyn Credentials>, metrics: Arc<Metrics>) -> Arc<Self> {
         let own_name = mesh_server_name(creds.id());
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
         Arc::new(Inbound {
             cfg,
             creds,
-            app: Client::builder(TokioExecutor::new()).build_http(),
+            app: Client::builder(TokioExecutor::new()).build(http),
             own_name,
+            own: std::sync::OnceLock::new(),
+            metrics,
         })
     }
 
@@ -82,9 +95,15 @@ impl Inbound {
         let Ok(own) = listener.local_addr() else {
             return;
         };
-        crate::accept::serve(listener, "inbound", drain, move |tcp, d| {
-            self.clone().connection(tcp, own, d)
-        })
+        let _ = self.own.set(own);
+        let metrics = self.metrics.clone();
+        crate::accept::serve(
+            listener,
+            Direction::Inbound,
+            metrics,
+            drain,
+            move |tcp, d| self.clone().connection(tcp, own, d),
+        )
         .await
     }
 
@@ -104,12 +123,14 @@ impl Inbound {
                 if self.cfg.policy == Policy::Strict {
                     // Closed before a byte reaches the app.
                     tracing::info!(%local, "strict inbound policy: plaintext refused");
+                    self.metrics.refuse("strict_policy");
                     return Ok(());
                 }
                 if detected == Detected::Partial {
                     // An HTTP request line that stopped short: relaying it raw would let the
                     // rest pass without the identity header being stripped.
                     tracing::debug!(%local, "inbound: partial request line, closed");
+                    self.metrics.refuse("partial_request");
                     return Ok(());
                 }
                 let Some(app) = self.app_port(local.port(), own) else {
@@ -117,6 +138,7 @@ impl Inbound {
                     // or to another port of the proxy's: relaying would loop or lend out this
                     // pod's outbound proxy.
                     tracing::debug!(%local, "inbound: not a mesh connection, and no app port");
+                    self.metrics.refuse("no_app_port");
                     return Ok(());
                 };
                 self.plaintext(io, app, other, drain).await
@@ -132,9 +154,20 @@ impl Inbound {
         drain: Watch,
     ) -> std::io::Result<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.creds.server_config());
-        let mut tls = tokio::time::timeout(self.cfg.detect_timeout, acceptor.accept(io))
+        let tls = tokio::time::timeout(self.cfg.detect_timeout, acceptor.accept(io))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))
+            .and_then(|r| r);
+        let mut tls = match tls {
+            Ok(t) => {
+                self.metrics.tls(Direction::Inbound, "ok");
+                t
+            }
+            Err(e) => {
+                self.metrics.tls(Direction::Inbound, tls_reason(&e));
+                return Err(e);
+            }
+        };
         // The verifier requires a client certificate; if a credential source ever did not,
         // a mesh connection without a proven peer is still not served.
         let Some(client) = peer_id(tls.get_ref().1) else {
@@ -150,6 +183,7 @@ impl Inbound {
         let header = TransportHeader::decode(&h)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let Some(app) = self.app_port(header.port, own) else {
+            self.metrics.refuse("proxy_port");
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
@@ -243,7 +277,104 @@ impl Inbound {
         }
     }
 
+    /// One request to the app, counted by authority, status class and client identity.
     async fn to_app(
+        &self,
+        req: Request<Incoming>,
+        app: SocketAddr,
+        client: Option<SpiffeId>,
+    ) -> http::Response<Body> {
+        let started = std::time::Instant::now();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
+        let resp = if req.method() == http::Method::CONNECT {
+            self.tunnel(req, app, client.is_some()).await
+        } else {
+            self.forward(req, app, client).await
+        };
+        self.metrics.request(
+            Direction::Inbound,
+            &authority,
+            Some(resp.status()),
+            &peer,
+            started.elapsed(),
+        );
+        resp
+    }
+
+    /// A peer proxy's CONNECT: a TCP connection to the app port it names, bytes relayed.
+    /// Only over mTLS: plaintext clients do not get a relay.
+    async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        session_app: SocketAddr,
+        meshed: bool,
+    ) -> http::Response<Body> {
+        if !meshed {
+            self.metrics.refuse("plaintext_connect");
+            return error(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is served to mesh peers only",
+            );
+        }
+        let Some(port) = req.uri().authority().and_then(|a| a.port_u16()) else {
+            return error(http::StatusCode::BAD_REQUEST, "CONNECT names no port");
+        };
+        let own = self
+            .own
+            .get()
+            .copied()
+            .unwrap_or(SocketAddr::new(session_app.ip(), 0));
+        let Some(app) = self.app_port(port, own) else {
+            self.metrics.refuse("proxy_port");
+            return error(
+                http::StatusCode::FORBIDDEN,
+                "CONNECT to one of the proxy's own ports",
+            );
+        };
+        let far = match TcpStream::connect(app).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(%app, error = %e, "app refused a tunnel");
+                return error(
+                    http::StatusCode::BAD_GATEWAY,
+                    "the app refused the connection",
+                );
+            }
+        };
+        let _ = far.set_nodelay(true);
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let Ok(near) = on_upgrade.await else { return };
+            let mut near = TokioIo::new(near);
+            let mut far = far;
+            match tokio::io::copy_bidirectional(&mut near, &mut far).await {
+                Ok((up, down)) => {
+                    let d = crate::metrics::DirectionLabels {
+                        direction: Direction::Inbound,
+                    };
+                    metrics.bytes_read.get_or_create(&d).inc_by(up);
+                    metrics.bytes_written.get_or_create(&d).inc_by(down);
+                }
+                Err(e) => tracing::debug!(error = %e, "inbound tunnel ended"),
+            }
+        });
+        http::Response::new(crate::http::full(bytes::Bytes::new()))
+    }
+
+    async fn forward(
         &self,
         req: Request<Incoming>,
         app: SocketAddr,

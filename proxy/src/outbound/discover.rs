@@ -1,6 +1,6 @@
-//! Where an authority's requests go. For now a fixed table (`Static`), given on the command
-//! line or by a test; the control agent's discovery stream (issue 14, item 4) will fill the
-//! same `Endpoint`s.
+//! Where an authority's requests go: a fixed table (`Static`, from the command line or a
+//! test), and the control agent's discovery stream (`resolve.rs`), which fill the same
+//! `Endpoint`s.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -14,6 +14,8 @@ pub struct Endpoint {
     /// A meshed endpoint: its proxy's inbound port and the identity it must prove. None: not
     /// meshed, plaintext to `addr`.
     pub mesh: Option<Mesh>,
+    /// An opaque port: its bytes are tunnelled, never detected.
+    pub opaque: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +66,11 @@ impl Static {
                 }),
                 (Some(_), None) => return Err(err("a meshed endpoint is ADDR@PORT@SPIFFE_ID")),
             };
-            out.push(Endpoint { addr, mesh });
+            out.push(Endpoint {
+                addr,
+                mesh,
+                opaque: false,
+            });
         }
         self.insert(authority, out);
         Ok(())

@@ -121,6 +121,29 @@ impl Pool {
         Ok(send)
     }
 
+    /// A CONNECT stream to the endpoint's pod port on its session: the tunnel's far side.
+    pub async fn tunnel(
+        &self,
+        addr: SocketAddr,
+        mesh: &Mesh,
+    ) -> Result<hyper::upgrade::Upgraded, SendError> {
+        let mut req = Request::new(crate::http::full(bytes::Bytes::new()));
+        *req.method_mut() = http::Method::CONNECT;
+        *req.uri_mut() = http::Uri::builder()
+            .authority(addr.to_string())
+            .build()
+            .map_err(|e| SendError::Tunnel(e.to_string()))?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let resp = self.send(addr, mesh, req).await?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(SendError::Tunnel(format!(
+                "the peer proxy answered {}",
+                resp.status()
+            )));
+        }
+        hyper::upgrade::on(resp).await.map_err(SendError::Request)
+    }
+
     /// Sends `req` on a session to the endpoint.
     pub async fn send(
         &self,
@@ -140,4 +163,6 @@ pub enum SendError {
     Connect(ConnectError),
     #[error("request: {0}")]
     Request(hyper::Error),
+    #[error("tunnel: {0}")]
+    Tunnel(String),
 }

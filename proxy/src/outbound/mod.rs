@@ -1,22 +1,25 @@
 //! The outbound stack (app → proxy → peer), in linkerd2-proxy's `app/outbound` shape
-//! (ARCHITECTURE.md, "The proxy"): accept → detect → HTTP by authority → discovery → an
-//! endpoint → a pooled mTLS HTTP/2 session to its proxy (`endpoint.rs`), or plaintext to an
-//! endpoint outside the mesh. The breaker (`breaker.rs`) and the balancer will sit between
-//! discovery and the endpoint. Until the kernel hands the proxy a connection's original
-//! destination (issue 15), apps address it explicitly as an HTTP proxy, so only HTTP is routed.
+//! (ARCHITECTURE.md, "The proxy"): accept → detect → HTTP by authority → discovery
+//! (`resolve.rs`) → balancer (`balance.rs`) and breaker (`breaker.rs`) → an endpoint → a pooled
+//! mTLS HTTP/2 session to its proxy (`endpoint.rs`), or plaintext to an endpoint outside the
+//! mesh. Retries (`retry.rs`) go round the balancer.
+//!
+//! Until the kernel hands the proxy a connection's original destination (issue 15), apps
+//! address it explicitly as an HTTP proxy: requests by their authority, and opaque TCP by
+//! `CONNECT host:port`, which is tunnelled to a meshed endpoint as an HTTP/2 CONNECT stream on
+//! the same mTLS session (ztunnel's HBONE shape).
 
 pub mod balance;
 pub mod breaker;
 pub mod discover;
 pub mod endpoint;
+pub mod resolve;
 pub mod retry;
+mod tunnel;
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -35,12 +38,14 @@ use crate::{
     drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID},
     io::detect_io,
+    metrics::{Direction, Metrics},
     tls::Credentials,
 };
 use balance::PeakEwma;
 use breaker::Breaker;
 use discover::{Endpoint, Static};
 use endpoint::{Pool, SendError};
+use resolve::Resolver;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -70,7 +75,7 @@ impl Default for Config {
 
 pub struct Outbound {
     cfg: Config,
-    discovery: Static,
+    resolver: Resolver,
     pool: Pool,
     plain: Client<HttpConnector, Body>,
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
@@ -78,19 +83,27 @@ pub struct Outbound {
     /// never prunes another's.
     endpoints: Mutex<HashMap<(String, Endpoint), (PeakEwma, Breaker)>>,
     budget: TpsBudget,
-    pub stats: Stats,
-}
-
-/// Counters of the outbound stack (exported by the admin endpoint once it exists).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub retries: AtomicU64,
-    /// Retries the budget refused.
-    pub budget_exhausted: AtomicU64,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Outbound {
+    /// With a fixed table and metrics of its own (tests).
     pub fn new(cfg: Config, creds: Arc<dyn Credentials>, discovery: Static) -> Arc<Self> {
+        let metrics = Metrics::new();
+        Self::with(
+            cfg,
+            creds,
+            Resolver::fixed(discovery, metrics.clone()),
+            metrics,
+        )
+    }
+
+    pub fn with(
+        cfg: Config,
+        creds: Arc<dyn Credentials>,
+        resolver: Resolver,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
@@ -99,18 +112,23 @@ impl Outbound {
             pool: Pool::new(creds, cfg.connect_timeout),
             plain: Client::builder(TokioExecutor::new()).build(http),
             cfg,
-            discovery,
+            resolver,
             endpoints: Mutex::new(HashMap::new()),
             budget: TpsBudget::new(cfg_budget.ttl, cfg_budget.min_per_sec, cfg_budget.percent),
-            stats: Stats::default(),
+            metrics,
         })
     }
 
     /// Serves `listener` until the drain begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Watch) {
-        crate::accept::serve(listener, "outbound", drain, move |tcp, d| {
-            self.clone().connection(tcp, d)
-        })
+        let metrics = self.metrics.clone();
+        crate::accept::serve(
+            listener,
+            Direction::Outbound,
+            metrics,
+            drain,
+            move |tcp, d| self.clone().connection(tcp, d),
+        )
         .await
     }
 
@@ -124,8 +142,9 @@ impl Outbound {
         let io = TokioIo::new(io);
         let r = match detected.protocol() {
             Protocol::Http1 => {
+                // Upgrades: CONNECT tunnels.
                 let b = hyper::server::conn::http1::Builder::new();
-                crate::accept::http(b.serve_connection(io, svc), drain).await
+                crate::accept::http(b.serve_connection(io, svc).with_upgrades(), drain).await
             }
             Protocol::Http2 => {
                 let b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -154,16 +173,51 @@ impl Outbound {
         Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
     }
 
+    /// One request, counted by its authority, status class and the server's identity.
     async fn route(&self, req: Request<Incoming>) -> http::Response<Body> {
-        let Some(authority) = Self::authority(&req) else {
-            return error(StatusCode::BAD_REQUEST, "the request names no authority");
+        let started = Instant::now();
+        let authority = Self::authority(&req).map(|a| a.to_ascii_lowercase());
+        let mut peer = String::new();
+        let resp = match &authority {
+            None => error(StatusCode::BAD_REQUEST, "the request names no authority"),
+            Some(a) if req.method() == http::Method::CONNECT => {
+                self.tunnel(req, a, &mut peer).await
+            }
+            Some(a) => self.forward(req, a, &mut peer).await,
         };
-        let Some(eps) = self.discovery.get(&authority).filter(|e| !e.is_empty()) else {
-            return error(
+        self.metrics.request(
+            Direction::Outbound,
+            authority.as_deref().unwrap_or(""),
+            Some(resp.status()),
+            &peer,
+            started.elapsed(),
+        );
+        resp
+    }
+
+    /// The endpoints of `authority`, or the 503 that says there are none.
+    async fn endpoints(&self, authority: &str) -> Result<Arc<[Endpoint]>, http::Response<Body>> {
+        match self.resolver.get(authority).await {
+            Some(eps) if !eps.is_empty() => Ok(eps),
+            _ => Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no endpoints for {authority}"),
-            );
+            )),
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        authority: &str,
+        peer: &mut String,
+    ) -> http::Response<Body> {
+        let authority = authority.to_string();
+        let eps = match self.endpoints(&authority).await {
+            Ok(e) => e,
+            Err(resp) => return resp,
         };
+        let eps = &eps[..];
         let absolute = req.uri().authority().is_some();
         let (mut head, body) = req.into_parts();
         // Whether the body can be held for replay is read from its framing, before the
@@ -208,6 +262,11 @@ impl Outbound {
                     &format!("every endpoint of {authority} is ejected"),
                 );
             };
+            *peer = ep
+                .mesh
+                .as_ref()
+                .map(|m| m.identity.to_string())
+                .unwrap_or_default();
             let this_body = match (&replay, body.take()) {
                 (Some(b), _) => crate::http::full(b.clone()),
                 (None, Some(b)) => b.boxed(),
@@ -245,12 +304,12 @@ impl Outbound {
             if again {
                 if self.budget.withdraw() {
                     attempt += 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.retries.inc();
                     tracing::debug!(%authority, endpoint = %ep.addr, attempt, "retrying");
                     tried.push(ep);
                     continue;
                 }
-                self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.budget_exhausted.inc();
             }
             return match result {
                 Ok(resp) => {
@@ -296,6 +355,7 @@ impl Outbound {
                 .map_err(|e| match e {
                     SendError::Connect(c) => c.to_string(),
                     SendError::Request(r) => format!("request to {}: {r}", ep.addr),
+                    SendError::Tunnel(t) => t,
                 }),
             None => self
                 .plain
@@ -369,6 +429,7 @@ impl Outbound {
                 Some(ok) => {
                     ewma.finish(&self.cfg.balance, now, now - f.started);
                     if let Some(why) = breaker.record(now, ok, f.probe, rand::random()) {
+                        self.metrics.ejections.inc();
                         tracing::info!(endpoint = %f.ep.addr, reason = ?why, "endpoint ejected");
                     }
                 }

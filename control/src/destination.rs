@@ -1,0 +1,391 @@
+//! The proxies' discovery service (Linkerd's destination controller role, served per node as
+//! ztunnel's xDS is): `Destination.Get(authority)` streams the authority's endpoints, each with
+//! the identity its proxy must prove, its proxy port and a protocol hint, the whole set again
+//! on every change (destination-api/proto/meshwork/destination/v1/destination.proto).
+//!
+//! `resolve` is the pure part: a Service found by ClusterIP or DNS name, its slices' usable
+//! endpoints for the port (the rule kube-proxy uses, from `meshwork-service-model`), and each
+//! endpoint's pod: meshed when it carries `meshwork.io/proxy-inbound-port`, its identity from
+//! its ServiceAccount (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`, as the identity service
+//! issues it), opaque when the pod's or Service's `config.meshwork.io/opaque-ports`
+//! (else Linkerd's default list) holds the target port.
+//!
+//! The API is plaintext on the node's address: the proxies on this node are its only callers.
+//! Linkerd runs it over mTLS; see ARCHITECTURE.md ("The proxy", known gaps).
+
+use std::{collections::HashMap, net::IpAddr, pin::Pin, sync::Arc};
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::runtime::reflector::Store;
+use meshwork_destination_api::{
+    parse_ports,
+    pb::{self, destination_server},
+    DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
+};
+use meshwork_service_model::{cluster_ips, endpoints, service_key, slice_service, usable, Key};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// What names a Service's authority in this cluster.
+#[derive(Clone, Debug)]
+pub struct Naming {
+    pub cluster_domain: String,
+    pub trust_domain: String,
+}
+
+/// Where an authority points: a Service and one of its ports.
+fn find<'a>(
+    authority: &str,
+    services: &'a [Arc<Service>],
+    naming: &Naming,
+) -> Option<(&'a Arc<Service>, u16)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let svc = if let Ok(ip) = host.parse::<IpAddr>() {
+        services.iter().find(|s| {
+            s.spec
+                .as_ref()
+                .is_some_and(|spec| cluster_ips(spec).contains(&ip))
+        })?
+    } else {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = format!(".svc.{}", naming.cluster_domain);
+        let short = host
+            .strip_suffix(&suffix)
+            .or_else(|| host.strip_suffix(".svc"))
+            .unwrap_or(&host);
+        let (name, ns) = short.split_once('.')?;
+        if ns.contains('.') {
+            return None;
+        }
+        services.iter().find(|s| {
+            s.metadata.name.as_deref() == Some(name) && s.metadata.namespace.as_deref() == Some(ns)
+        })?
+    };
+    Some((svc, port))
+}
+
+fn opaque(annotations: Option<&std::collections::BTreeMap<String, String>>) -> Option<String> {
+    annotations.and_then(|a| a.get(OPAQUE_PORTS)).cloned()
+}
+
+fn in_list(list: &str, port: u16) -> bool {
+    parse_ports(list).is_ok_and(|r| r.iter().any(|r| r.contains(&port)))
+}
+
+/// The update for `authority` from the reflectors' objects.
+pub fn resolve(
+    authority: &str,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    pods: &HashMap<(String, String), Arc<Pod>>,
+    naming: &Naming,
+) -> pb::Update {
+    let Some((svc, port)) = find(authority, services, naming) else {
+        return pb::Update {
+            unknown: true,
+            endpoints: vec![],
+        };
+    };
+    let Some(key): Option<Key> = service_key(svc) else {
+        return pb::Update::default();
+    };
+    let Some(sp) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p.port == i32::from(port) && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            })
+        })
+    else {
+        // The Service exists but not on this port: nothing answers there.
+        return pb::Update::default();
+    };
+    let port_name = sp.name.clone().unwrap_or_default();
+    let svc_opaque = opaque(svc.metadata.annotations.as_ref());
+    let mine = slices
+        .iter()
+        .filter(|s| slice_service(s).as_ref() == Some(&key))
+        .map(|s| &**s);
+    let all = endpoints(mine).remove(&key).unwrap_or_default();
+    let mut out = Vec::new();
+    for ep in usable(&all) {
+        let Some(target) = ep.port(&port_name, meshwork_service_model::Protocol::Tcp) else {
+            continue;
+        };
+        let pod = ep
+            .pod
+            .as_ref()
+            .and_then(|p| pods.get(&(key.0.clone(), p.clone())));
+        let annotations = pod.and_then(|p| p.metadata.annotations.as_ref());
+        let mesh = annotations
+            .and_then(|a| a.get(PROXY_INBOUND_PORT))
+            .and_then(|p| p.parse::<u16>().ok())
+            .map(|proxy_port| {
+                let sa = pod
+                    .and_then(|p| p.spec.as_ref())
+                    .and_then(|s| s.service_account_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "default".into());
+                pb::Mesh {
+                    identity: format!("spiffe://{}/ns/{}/sa/{sa}", naming.trust_domain, key.0),
+                    proxy_port: u32::from(proxy_port),
+                }
+            });
+        let is_opaque = match opaque(annotations).or_else(|| svc_opaque.clone()) {
+            Some(list) => in_list(&list, target),
+            None => DEFAULT_OPAQUE_PORTS.contains(&target),
+        };
+        out.push(pb::Endpoint {
+            addr: std::net::SocketAddr::new(ep.addr(), target).to_string(),
+            weight: 10_000,
+            zone: ep.zone.clone().unwrap_or_default(),
+            mesh,
+            protocol: if is_opaque {
+                pb::ProtocolHint::Opaque
+            } else {
+                pb::ProtocolHint::Unknown
+            } as i32,
+        });
+    }
+    out.sort_by(|a, b| a.addr.cmp(&b.addr));
+    pb::Update {
+        unknown: false,
+        endpoints: out,
+    }
+}
+
+/// The reflectors the service reads, and the counter they bump on any change.
+#[derive(Clone)]
+pub struct Server {
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pods: Store<Pod>,
+    pub changes: watch::Receiver<u64>,
+    pub naming: Naming,
+    pub streams: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Server {
+    fn update(&self, authority: &str) -> pb::Update {
+        let pods: HashMap<(String, String), Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter_map(|p| Some(((p.metadata.namespace.clone()?, p.metadata.name.clone()?), p)))
+            .collect();
+        resolve(
+            authority,
+            &self.services.state(),
+            &self.slices.state(),
+            &pods,
+            &self.naming,
+        )
+    }
+}
+
+type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl destination_server::Destination for Server {
+    type GetStream = UpdateStream;
+
+    async fn get(
+        &self,
+        req: tonic::Request<pb::GetDestination>,
+    ) -> Result<tonic::Response<UpdateStream>, tonic::Status> {
+        let authority = req.into_inner().authority;
+        if !authority.contains(':') || authority.len() > 512 {
+            return Err(tonic::Status::invalid_argument(
+                "the authority is host:port (a ClusterIP or a Service's DNS name)",
+            ));
+        }
+        let this = self.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            // A partial view would tell a proxy that endpoints are gone.
+            let _ = this.services.wait_until_ready().await;
+            let _ = this.slices.wait_until_ready().await;
+            let _ = this.pods.wait_until_ready().await;
+            this.streams.inc();
+            let mut changes = this.changes.clone();
+            let mut last = None;
+            loop {
+                changes.borrow_and_update();
+                let u = this.update(&authority);
+                if last.as_ref() != Some(&u) {
+                    last = Some(u.clone());
+                    if tx.send(Ok(u)).await.is_err() {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+            }
+            this.streams.dec();
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(server: Server, listener: tokio::net::TcpListener) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(destination_server::DestinationServer::new(server))
+        .serve_with_incoming(incoming)
+        .await
+    {
+        tracing::error!(error = %e, "destination API stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn naming() -> Naming {
+        Naming {
+            cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+
+    fn objects() -> (
+        Vec<Arc<Service>>,
+        Vec<Arc<EndpointSlice>>,
+        HashMap<(String, String), Arc<Pod>>,
+    ) {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "db", "port": 5432}]},
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "db", "port": 5432, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "zone": "a",
+                 "targetRef": {"kind": "Pod", "name": "web-a", "namespace": "shop"}},
+                {"addresses": ["10.244.2.6"], "conditions": {"ready": true},
+                 "targetRef": {"kind": "Pod", "name": "web-b", "namespace": "shop"}},
+                {"addresses": ["10.244.2.9"], "conditions": {"ready": false},
+                 "targetRef": {"kind": "Pod", "name": "web-c", "namespace": "shop"}},
+            ],
+        }))
+        .unwrap();
+        let pod = |name: &str, ann: serde_json::Value| -> Arc<Pod> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "shop", "annotations": ann},
+                    "spec": {"serviceAccountName": "web", "containers": []},
+                }))
+                .unwrap(),
+            )
+        };
+        let pods = [
+            pod("web-a", json!({PROXY_INBOUND_PORT: "4143"})),
+            pod("web-b", json!({})),
+            pod("web-c", json!({PROXY_INBOUND_PORT: "4143"})),
+        ]
+        .into_iter()
+        .map(|p| (("shop".to_string(), p.metadata.name.clone().unwrap()), p))
+        .collect();
+        (vec![Arc::new(svc)], vec![Arc::new(slice)], pods)
+    }
+
+    #[test]
+    fn an_authority_resolves_to_usable_endpoints_with_identity_and_hint() {
+        let (svcs, slices, pods) = objects();
+        let by_ip = resolve("10.96.0.7:80", &svcs, &slices, &pods, &naming());
+        for name in [
+            "web.shop:80",
+            "web.shop.svc:80",
+            "web.shop.svc.cluster.local.:80",
+            "WEB.shop.svc.cluster.local:80",
+        ] {
+            assert_eq!(
+                resolve(name, &svcs, &slices, &pods, &naming()),
+                by_ip,
+                "{name}"
+            );
+        }
+        assert!(!by_ip.unknown);
+        // The unready pod is left out; the meshed one carries its identity.
+        assert_eq!(by_ip.endpoints.len(), 2);
+        let a = &by_ip.endpoints[0];
+        assert_eq!(a.addr, "10.244.1.5:8080");
+        assert_eq!(a.zone, "a");
+        assert_eq!(
+            a.mesh,
+            Some(pb::Mesh {
+                identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+                proxy_port: 4143
+            })
+        );
+        assert_eq!(a.protocol, pb::ProtocolHint::Unknown as i32);
+        assert_eq!(by_ip.endpoints[1].mesh, None);
+        // 5432 is among Linkerd's default opaque ports.
+        let db = resolve("web.shop:5432", &svcs, &slices, &pods, &naming());
+        assert!(db
+            .endpoints
+            .iter()
+            .all(|e| e.protocol == pb::ProtocolHint::Opaque as i32));
+    }
+
+    #[test]
+    fn annotations_override_the_default_opaque_ports() {
+        let (mut svcs, slices, pods) = objects();
+        let mut svc = (*svcs[0]).clone();
+        svc.metadata.annotations =
+            Some([(OPAQUE_PORTS.to_string(), "8000-8080".to_string())].into());
+        svcs[0] = Arc::new(svc);
+        let http = resolve("web.shop:80", &svcs, &slices, &pods, &naming());
+        assert!(http
+            .endpoints
+            .iter()
+            .all(|e| e.protocol == pb::ProtocolHint::Opaque as i32));
+        let db = resolve("web.shop:5432", &svcs, &slices, &pods, &naming());
+        assert!(db
+            .endpoints
+            .iter()
+            .all(|e| e.protocol == pb::ProtocolHint::Unknown as i32));
+    }
+
+    #[test]
+    fn unknown_authorities_and_ports_say_so() {
+        let (svcs, slices, pods) = objects();
+        assert!(resolve("10.96.0.8:80", &svcs, &slices, &pods, &naming()).unknown);
+        assert!(resolve("web.other:80", &svcs, &slices, &pods, &naming()).unknown);
+        assert!(
+            resolve(
+                "web.shop.svc.elsewhere:80",
+                &svcs,
+                &slices,
+                &pods,
+                &naming()
+            )
+            .unknown
+        );
+        assert!(resolve("web.shop", &svcs, &slices, &pods, &naming()).unknown);
+        let no_port = resolve("web.shop:81", &svcs, &slices, &pods, &naming());
+        assert!(!no_port.unknown && no_port.endpoints.is_empty());
+    }
+}

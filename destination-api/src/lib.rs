@@ -1,0 +1,65 @@
+//! The discovery API between the node's control agent and its proxies
+//! (proto/meshwork/destination/v1/destination.proto), and what both sides agree on: the pod
+//! annotations that say a pod is meshed and which ports are opaque.
+
+/// The generated gRPC code.
+pub mod pb {
+    #![allow(
+        clippy::all,
+        clippy::allow_attributes_without_reason,
+        missing_docs,
+        reason = "generated code"
+    )]
+    tonic::include_proto!("meshwork.destination.v1");
+}
+
+/// On a pod: its proxy's inbound port. Its presence is what makes the pod meshed (the
+/// injector sets it; Linkerd's destination looks at the injected proxy the same way).
+pub const PROXY_INBOUND_PORT: &str = "meshwork.io/proxy-inbound-port";
+
+/// On a pod or Service: ports whose traffic is never detected, only tunnelled (Linkerd's
+/// `config.linkerd.io/opaque-ports`): a comma list of ports and ranges.
+pub const OPAQUE_PORTS: &str = "config.meshwork.io/opaque-ports";
+
+/// Linkerd's default opaque ports: protocols where the server speaks first, which detection
+/// would only delay (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached).
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// The port the control agent serves this API on, on the node's addresses.
+pub const DEFAULT_PORT: u16 = 8086;
+
+/// A port list as the annotation writes it (`25,587,8000-8010`); None names what is wrong.
+pub fn parse_ports(s: &str) -> Result<Vec<std::ops::RangeInclusive<u16>>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let p = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{part:?} is not a port or a range of ports"))
+        };
+        let (lo, hi) = (p(lo)?, p(hi)?);
+        if lo > hi {
+            return Err(format!("{part:?}: the range runs backwards"));
+        }
+        out.push(lo..=hi);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    #[test]
+    fn port_lists_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_ports("25, 8000-8010,").unwrap(),
+            vec![25..=25, 8000..=8010]
+        );
+        assert!(parse_ports("80-70").unwrap_err().contains("backwards"));
+        assert!(parse_ports("http").unwrap_err().contains("not a port"));
+        assert!(parse_ports("70000").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The admin port (Linkerd's 4191): `/live` (the process answers), `/ready` (certified and
+//! serving, not draining), `/metrics` (Prometheus text), and `POST /shutdown`, which starts
+//! the same graceful drain as SIGTERM; as in Linkerd, only a caller on loopback (the pod's
+//! own containers) may ask for it.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::Notify};
+
+use crate::{http::Body, metrics::Metrics};
+
+/// What the admin port reports and can ask for.
+#[derive(Default)]
+pub struct State {
+    pub ready: AtomicBool,
+    /// Notified by `POST /shutdown`.
+    pub shutdown: Notify,
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, state: Arc<State>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (metrics, state) = (metrics.clone(), state.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let r = answer(&req, peer, &metrics, &state);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(crate::http::full(body));
+    *r.status_mut() = status;
+    r
+}
+
+fn answer(req: &Request<Incoming>, peer: SocketAddr, m: &Metrics, state: &State) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
+        (&Method::GET, "/ready") => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, m.encode());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::POST, "/shutdown") => {
+            if !peer.ip().is_loopback() {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "shutdown is served to loopback callers only\n".into(),
+                );
+            }
+            state.ready.store(false, Ordering::Relaxed);
+            state.shutdown.notify_one();
+            text(StatusCode::OK, "draining\n".into())
+        }
+        (_, "/live" | "/ready" | "/metrics" | "/shutdown") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}

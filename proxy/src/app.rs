@@ -1,0 +1,115 @@
+//! `meshwork-proxy`'s wiring: the admin port first (live at once, ready once serving), the
+//! workload's identity from the identity service (kept fresh by the client library's
+//! rotation), discovery, the two stacks, and the drain on SIGTERM or `POST /shutdown`.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use anyhow::Context;
+use meshwork_identity::{client, spiffe::SpiffeId};
+use tokio::net::TcpListener;
+
+use crate::{
+    admin,
+    config::{Config, InboundPolicy},
+    drain, inbound,
+    metrics::Metrics,
+    outbound::{self, discover::Static, resolve::Resolver},
+    tls::Credentials,
+};
+
+async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what} listener on {addr}"))
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let state = Arc::new(admin::State::default());
+    let admin_l = bind("admin", cfg.admin_listen).await?;
+    let admin_task = tokio::spawn(admin::serve(admin_l, metrics.clone(), state.clone()));
+    let _admin = AbortOnDrop(admin_task);
+
+    let mut statics = Static::default();
+    for e in &cfg.endpoints {
+        statics.parse_entry(e).context("--endpoint")?;
+    }
+    let id = cfg.spiffe_id().map_err(anyhow::Error::msg)?;
+    let identity = client::Identity::new(client::Config {
+        addr: cfg.identity_addr.clone(),
+        service_identity: SpiffeId::parse(&cfg.identity_service_id)
+            .map_err(|e| anyhow::anyhow!("--identity-service-id: {e}"))?,
+        identity: SpiffeId::parse(&id).map_err(|e| anyhow::anyhow!("identity {id}: {e}"))?,
+        token_path: cfg.token_path.clone(),
+        trust_anchors_pem: std::fs::read_to_string(&cfg.trust_anchors)
+            .with_context(|| format!("trust anchors {}", cfg.trust_anchors.display()))?,
+    })?;
+    let _rotation = AbortOnDrop(identity.spawn_rotation());
+    tracing::info!(%id, "waiting for a certificate");
+    tokio::select! {
+        _ = identity.ready() => {}
+        r = meshwork_daemon::shutdown_signal() => { r?; return Ok(()) }
+    }
+    let creds: Arc<dyn Credentials> = Arc::new(identity);
+
+    let resolver = match &cfg.destination_addr {
+        Some(a) => Resolver::api(statics, a, cfg.discovery_timeout, metrics.clone()),
+        None => Resolver::fixed(statics, metrics.clone()),
+    };
+    let out = outbound::Outbound::with(
+        outbound::Config {
+            detect_timeout: cfg.detect_timeout,
+            connect_timeout: cfg.connect_timeout,
+            request_timeout: cfg.request_timeout,
+            ..Default::default()
+        },
+        creds.clone(),
+        resolver,
+        metrics.clone(),
+    );
+    let inb = inbound::Inbound::with(
+        inbound::Config {
+            detect_timeout: cfg.detect_timeout,
+            policy: match cfg.inbound_policy {
+                InboundPolicy::Permissive => inbound::Policy::Permissive,
+                InboundPolicy::Strict => inbound::Policy::Strict,
+            },
+            app_ip: cfg.app_ip,
+            proxy_ports: vec![cfg.outbound_listen.port(), cfg.admin_listen.port()],
+        },
+        creds,
+        metrics,
+    );
+    let out_l = bind("outbound", cfg.outbound_listen).await?;
+    let in_l = bind("inbound", cfg.inbound_listen).await?;
+    let (signal, watch) = drain::channel();
+    tokio::spawn(out.serve(out_l, watch.clone()));
+    tokio::spawn(inb.serve(in_l, watch));
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        outbound = %cfg.outbound_listen,
+        inbound = %cfg.inbound_listen,
+        admin = %cfg.admin_listen,
+        "serving"
+    );
+    tokio::select! {
+        r = meshwork_daemon::shutdown_signal() => r?,
+        _ = state.shutdown.notified() => {}
+    }
+    state.ready.store(false, Ordering::Relaxed);
+    tracing::info!(grace = ?cfg.shutdown_grace, "draining");
+    if signal.drain(cfg.shutdown_grace).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("the grace period ended with connections still open");
+    }
+    Ok(())
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,132 @@
+//! `meshwork-proxy`'s configuration: every flag has an environment variable (the injector
+//! sets the variables), and ARCHITECTURE.md ("The proxy") lists them in one table.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use meshwork_daemon::parse_duration;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "meshwork-proxy", version, about = "Meshwork's sidecar proxy")]
+pub struct Config {
+    /// Where the app's outbound traffic arrives (explicitly addressed until interception).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_OUTBOUND_LISTEN",
+        default_value = "127.0.0.1:4140"
+    )]
+    pub outbound_listen: SocketAddr,
+    /// Where peers' mTLS connections (and, by policy, plaintext) arrive.
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_INBOUND_LISTEN",
+        default_value = "0.0.0.0:4143"
+    )]
+    pub inbound_listen: SocketAddr,
+    /// /live, /ready, /metrics, POST /shutdown (from loopback only).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_ADMIN_LISTEN",
+        default_value = "0.0.0.0:4191"
+    )]
+    pub admin_listen: SocketAddr,
+    /// The identity service, host:port.
+    #[arg(long, env = "MESHWORK_PROXY_IDENTITY_ADDR")]
+    pub identity_addr: String,
+    /// The SPIFFE ID the identity service must prove.
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_IDENTITY_SERVICE_ID",
+        default_value = "spiffe://cluster.local/ns/meshwork-system/sa/meshwork-identity"
+    )]
+    pub identity_service_id: String,
+    /// This proxy's SPIFFE ID (default: from --namespace and --service-account).
+    #[arg(long, env = "MESHWORK_PROXY_IDENTITY")]
+    pub identity: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    /// The projected ServiceAccount token for the identity audience (re-read at each renewal).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_IDENTITY_TOKEN",
+        default_value = "/var/run/secrets/meshwork.io/identity/token"
+    )]
+    pub token_path: PathBuf,
+    /// PEM trust anchors (the meshwork-identity-trust-roots ConfigMap).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_TRUST_ANCHORS",
+        default_value = "/var/run/meshwork.io/trust-roots/ca-bundle.crt"
+    )]
+    pub trust_anchors: PathBuf,
+    /// The node's control agent (discovery), host:port; unset: --endpoint entries only.
+    #[arg(long, env = "MESHWORK_PROXY_DESTINATION_ADDR")]
+    pub destination_addr: Option<String>,
+    /// A fixed authority: `AUTHORITY=ADDR[@PROXY_PORT@SPIFFE_ID][,...]` (repeatable).
+    #[arg(
+        long = "endpoint",
+        env = "MESHWORK_PROXY_ENDPOINTS",
+        value_delimiter = ';'
+    )]
+    pub endpoints: Vec<String>,
+    /// Plaintext from outside the mesh (`meshwork.io/inbound-policy`).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_INBOUND_POLICY",
+        value_enum,
+        default_value = "permissive"
+    )]
+    pub inbound_policy: InboundPolicy,
+    /// Where the app listens.
+    #[arg(long, env = "MESHWORK_PROXY_APP_IP", default_value = "127.0.0.1")]
+    pub app_ip: std::net::IpAddr,
+    #[arg(long, env = "MESHWORK_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    #[arg(long, env = "MESHWORK_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Per request, retries included (unset: none).
+    #[arg(long, env = "MESHWORK_PROXY_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// How long a request waits for its authority's first endpoints before a 503 (fail fast).
+    #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
+    /// How long a drain (SIGTERM, POST /shutdown) waits for requests in flight.
+    #[arg(long, env = "MESHWORK_PROXY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Runtime worker threads (Linkerd's proxy defaults to a small fixed number too).
+    #[arg(long, env = "MESHWORK_PROXY_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum InboundPolicy {
+    Permissive,
+    Strict,
+}
+
+impl Config {
+    /// This proxy's SPIFFE ID.
+    pub fn spiffe_id(&self) -> Result<String, String> {
+        if let Some(id) = &self.identity {
+            return Ok(id.clone());
+        }
+        match (&self.namespace, &self.service_account) {
+            (Some(ns), Some(sa)) if !ns.is_empty() && !sa.is_empty() => {
+                Ok(format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain))
+            }
+            _ => Err(
+                "no identity: set --identity, or --namespace and --service-account \
+                 (POD_NAMESPACE, SERVICE_ACCOUNT)"
+                    .into(),
+            ),
+        }
+    }
+}
