@@ -7,6 +7,7 @@ use std::{
     sync::Mutex,
 };
 
+pub mod capture;
 pub mod cgroup;
 pub mod cluster;
 pub mod components;

@@ -12,6 +12,11 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// received over mTLS and removed from every other request (Linkerd's `l5d-client-id`).
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("meshwork-client-id");
 
+/// On a request that travels the mesh session as HTTP/2 but came from the app as HTTP/1.1
+/// (Linkerd's `l5d-orig-proto`): the inbound proxy speaks HTTP/1.1 to its app then, and
+/// HTTP/2 to it otherwise (gRPC).
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("meshwork-orig-proto");
+
 /// Which proxy answered an error (so a client can tell a proxy's 502 from its app's).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("meshwork-proxy-error");
 
@@ -33,8 +38,12 @@ pub fn error(status: StatusCode, why: &str) -> Response<Body> {
     r
 }
 
-/// Removes the hop-by-hop headers: the fixed list and whatever `Connection` names.
+/// Removes the hop-by-hop headers: the fixed list and whatever `Connection` names, except
+/// `te: trailers`, which HTTP/2 allows end to end and gRPC sends.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -58,6 +67,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     h.remove("keep-alive");
     h.remove("proxy-connection");
+    if te_trailers {
+        h.insert(header::TE, header::HeaderValue::from_static("trailers"));
+    }
 }
 
 #[cfg(test)]

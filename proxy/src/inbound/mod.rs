@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     detect::Protocol,
     drain::Watch,
-    http::{error, strip_hop_by_hop, Body, CLIENT_ID},
+    http::{error, strip_hop_by_hop, Body, CLIENT_ID, ORIG_PROTO},
     io::{detect_io, Detected, PrefixedIo},
     metrics::{tls_reason, Direction, Metrics},
     tls::{mesh_server_name, peer_id, Credentials},
@@ -64,6 +64,8 @@ pub struct Inbound {
     cfg: Config,
     creds: Arc<dyn Credentials>,
     app: Client<HttpConnector, Body>,
+    /// Prior-knowledge HTTP/2 to the app, for requests that were HTTP/2 at their client.
+    app_h2: Client<HttpConnector, Body>,
     own_name: String,
     /// The inbound listener's address, once serving.
     own: std::sync::OnceLock<SocketAddr>,
@@ -83,7 +85,10 @@ impl Inbound {
         Arc::new(Inbound {
             cfg,
             creds,
-            app: Client::builder(TokioExecutor::new()).build(http),
+            app: Client::builder(TokioExecutor::new()).build(http.clone()),
+            app_h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(http),
             own_name,
             own: std::sync::OnceLock::new(),
             metrics,
@@ -381,6 +386,10 @@ impl Inbound {
         client: Option<SpiffeId>,
     ) -> http::Response<Body> {
         let (mut parts, body) = req.into_parts();
+        // HTTP/2 end to end unless the client's proxy says the app there spoke HTTP/1.1 (a
+        // plaintext client's own version otherwise).
+        let h1_origin = parts.headers.remove(ORIG_PROTO).is_some();
+        let to_h2 = parts.version == http::Version::HTTP_2 && !(client.is_some() && h1_origin);
         strip_hop_by_hop(&mut parts.headers);
         // Only this proxy may say who the client is.
         parts.headers.remove(CLIENT_ID);
@@ -410,9 +419,16 @@ impl Inbound {
             }
         }
         parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        if to_h2 {
+            parts.version = http::Version::HTTP_2;
+            // :authority carries it in HTTP/2.
+            parts.headers.remove(http::header::HOST);
+        } else {
+            parts.version = http::Version::HTTP_11;
+        }
         let req = Request::from_parts(parts, body.boxed());
-        match self.app.request(req).await {
+        let app_client = if to_h2 { &self.app_h2 } else { &self.app };
+        match app_client.request(req).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

@@ -36,7 +36,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::{
     detect::Protocol,
     drain::Watch,
-    http::{error, strip_hop_by_hop, Body, CLIENT_ID},
+    http::{error, strip_hop_by_hop, Body, CLIENT_ID, ORIG_PROTO},
     io::detect_io,
     metrics::{Direction, Metrics},
     tls::Credentials,
@@ -78,6 +78,8 @@ pub struct Outbound {
     resolver: Resolver,
     pool: Pool,
     plain: Client<HttpConnector, Body>,
+    /// Prior-knowledge HTTP/2 outside the mesh, for apps that spoke HTTP/2 (gRPC).
+    plain_h2: Client<HttpConnector, Body>,
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
     /// Keyed by authority too: each Service balances and ejects on its own, and routing one
     /// never prunes another's.
@@ -110,7 +112,10 @@ impl Outbound {
         let cfg_budget = cfg.retry.budget.clone();
         Arc::new(Outbound {
             pool: Pool::new(creds, cfg.connect_timeout),
-            plain: Client::builder(TokioExecutor::new()).build(http),
+            plain: Client::builder(TokioExecutor::new()).build(http.clone()),
+            plain_h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(http),
             cfg,
             resolver,
             endpoints: Mutex::new(HashMap::new()),
@@ -226,6 +231,7 @@ impl Outbound {
         strip_hop_by_hop(&mut head.headers);
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
         head.headers.remove(CLIENT_ID);
+        head.headers.remove(ORIG_PROTO);
         // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
         if absolute || head.headers.get(http::header::HOST).is_none() {
             if let Ok(v) = http::HeaderValue::from_str(&authority) {
@@ -335,8 +341,10 @@ impl Outbound {
         path: &str,
         body: Body,
     ) -> Result<http::Response<Incoming>, String> {
+        let app_h2 = head.version == http::Version::HTTP_2;
         let (target_authority, version) = match &ep.mesh {
             Some(_) => (authority.to_string(), http::Version::HTTP_2),
+            None if app_h2 => (ep.addr.to_string(), http::Version::HTTP_2),
             None => (ep.addr.to_string(), http::Version::HTTP_11),
         };
         let Some(uri) = target(&target_authority, path) else {
@@ -347,6 +355,10 @@ impl Outbound {
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = head.headers.clone();
+        if ep.mesh.is_some() && !app_h2 {
+            req.headers_mut()
+                .insert(ORIG_PROTO, http::HeaderValue::from_static("HTTP/1.1"));
+        }
         match &ep.mesh {
             Some(mesh) => self
                 .pool
@@ -357,8 +369,7 @@ impl Outbound {
                     SendError::Request(r) => format!("request to {}: {r}", ep.addr),
                     SendError::Tunnel(t) => t,
                 }),
-            None => self
-                .plain
+            None => if app_h2 { &self.plain_h2 } else { &self.plain }
                 .request(req)
                 .await
                 .map_err(|e| format!("plaintext to {}: {e}", ep.addr)),
