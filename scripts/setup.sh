@@ -97,6 +97,8 @@ command -v kubectl >/dev/null || link "$KUBECTL" /usr/local/bin/kubectl
 # Rust toolchain pieces the suite uses.
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95 via rustup" >&2; exit 1; }
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# oha: the proxy benchmark's open-loop load generator (BENCHMARKS.md, "The proxy pair"), pinned.
+command -v oha >/dev/null || cargo install --locked oha --version 1.16.0
 
 # Packages that start services we don't want racing our tests or holding ports: keep them
 # stopped and disabled (containerd: the tests run private ones; nginx: pods run their own, the

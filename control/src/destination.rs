@@ -263,11 +263,13 @@ mod tests {
         }
     }
 
-    fn objects() -> (
+    type Objects = (
         Vec<Arc<Service>>,
         Vec<Arc<EndpointSlice>>,
         HashMap<(String, String), Arc<Pod>>,
-    ) {
+    );
+
+    fn objects() -> Objects {
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "shop"},
             "spec": {"clusterIP": "10.96.0.7", "ports": [

@@ -1,5 +1,6 @@
 //! The accept loop both stacks run: one task per connection, accept errors (out of
-//! descriptors and the like) backed off instead of spun on.
+//! descriptors and the like) backed off instead of spun on; the HTTP servers' settings
+//! against slow and malformed clients, and how their errors are counted.
 
 use std::{future::Future, time::Duration};
 
@@ -11,6 +12,62 @@ use crate::{
     drain::Watch,
     metrics::{Direction, DirectionLabels, Metrics},
 };
+
+/// How long a client may take to send a request's headers, hyper's default: a slowloris
+/// client holds a connection for at most this. hyper starts the clock when it starts reading
+/// a request, so it is also how long a kept-alive HTTP/1 connection may sit idle (nginx
+/// allows 75 s).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/1 server both stacks run: a header-read timeout, hyper's limits on header size
+/// (answered with 431) and malformed messages (400).
+pub fn h1(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    b
+}
+
+/// The HTTP/2 server both stacks run: keep-alive pings find dead peers (Linkerd's 10 s).
+pub fn h2() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(3));
+    b
+}
+
+/// Counts an HTTP connection that ended in error by what the client did wrong (nothing, when
+/// it just went away), and logs it under `stack`.
+pub fn http_error(metrics: &Metrics, stack: Direction, e: &hyper::Error) {
+    let reason = if e.is_parse_too_large() {
+        Some("headers_too_large")
+    } else if e.is_parse() || e.is_parse_status() {
+        Some("malformed_http")
+    } else if e.is_timeout() {
+        Some("header_timeout")
+    } else {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut found = None;
+        while let Some(err) = src {
+            if let Some(h2) = err.downcast_ref::<h2::Error>() {
+                if h2
+                    .reason()
+                    .is_some_and(|r| r != h2::Reason::NO_ERROR && r != h2::Reason::CANCEL)
+                {
+                    found = Some("http2_protocol");
+                }
+                break;
+            }
+            src = err.source();
+        }
+        found
+    };
+    if let Some(r) = reason {
+        metrics.refuse(r);
+    }
+    tracing::debug!(?stack, error = %e, "HTTP connection");
+}
 
 /// Serves one HTTP connection until it ends; when the drain begins, it stops taking new
 /// requests, finishes those in flight and closes (hyper's graceful shutdown).

@@ -76,6 +76,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
             app_ip: cfg.app_ip,
             proxy_ports: vec![cfg.outbound_listen.port(), cfg.admin_listen.port()],
+            ..Default::default()
         },
         creds,
         metrics,

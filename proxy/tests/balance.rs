@@ -1,8 +1,9 @@
 //! The outbound balancer, breaker and retries through the real outbound stack on loopback
 //! (plaintext endpoints, so mTLS is not in play): of three backends, the one 50 ms slower gets
 //! few requests; a backend answering 503 is hidden by retries, ejected after Linkerd's seven
-//! consecutive failures and probed back once it recovers; one failing 20% is hidden by
-//! retries; when everything fails the budget keeps retries at 20% + 10/s.
+//! consecutive failures and probed back once it recovers; one that resets every connection
+//! stops getting them within a second and is probed back in once it serves again; one failing
+//! 20% is hidden by retries; when everything fails the budget keeps retries at 20% + 10/s.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,7 +11,6 @@
 )]
 
 use std::{
-    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -20,94 +20,14 @@ use std::{
 
 mod support;
 
+use support::{backend, get, proxy, read_status};
+
 use meshwork_proxy::drain::Watch;
 use meshwork_proxy::outbound::{self, breaker, discover::Static, retry, Outbound};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
 };
-
-/// A backend that waits `delay`, then answers 200, or 503 for every `fail_every`th request
-/// (0: never, 1: always).
-async fn backend(delay: Duration, fail_every: Arc<AtomicUsize>) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            let (h, fail_every) = (h.clone(), fail_every.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let (h, fail_every) = (h.clone(), fail_every.clone());
-                    async move {
-                        let n = h.fetch_add(1, Ordering::Relaxed) + 1;
-                        tokio::time::sleep(delay).await;
-                        let mut r = http::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from_static(b"ok"),
-                        ));
-                        let every = fail_every.load(Ordering::Relaxed);
-                        if every > 0 && n % every == 0 {
-                            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                        }
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
-
-async fn proxy(cfg: outbound::Config, backends: &[SocketAddr]) -> SocketAddr {
-    let mut d = Static::default();
-    let eps: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
-    d.parse_entry(&format!("web:80={}", eps.join(","))).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    // No mesh endpoints here: the credentials are never asked for.
-    tokio::spawn(Outbound::new(cfg, Arc::new(support::NoCreds), d).serve(l, Watch::never()));
-    addr
-}
-
-/// One request through the proxy on a kept-alive connection: the status.
-async fn get(conn: &mut TcpStream) -> u16 {
-    conn.write_all(b"GET http://web:80/ HTTP/1.1\r\nHost: web:80\r\n\r\n")
-        .await
-        .unwrap();
-    read_status(conn).await
-}
-
-/// The status of the next response on `conn` (read to the end of its body).
-async fn read_status(conn: &mut TcpStream) -> u16 {
-    // Small responses: read until the body has come.
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = conn.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the proxy closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_string)
-                })
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if body.len() >= len {
-                return head.split_whitespace().nth(1).unwrap().parse().unwrap();
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_50ms_slower_gets_under_10_percent() {
@@ -283,4 +203,105 @@ async fn routing_one_service_keeps_anothers_ejections() {
         assert_eq!(read_status(&mut conn).await, 200);
     }
     assert_eq!(hb.load(Ordering::Relaxed), ejected_at, "still ejected");
+}
+
+/// A backend that resets every connection (SO_LINGER 0) while `resetting`, and answers 200
+/// otherwise; each accepted connection is stamped with when it came.
+async fn resetting_backend(
+    resetting: Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<(std::time::Instant, bool)>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let reset = resetting.load(Ordering::Relaxed);
+            s2.lock().unwrap().push((std::time::Instant::now(), reset));
+            if reset {
+                tcp.set_zero_linger().unwrap();
+                drop(tcp);
+                continue;
+            }
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_back() {
+    let resetting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (good, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let (bad, seen) = resetting_backend(resetting.clone()).await;
+    let p = proxy(outbound::Config::default(), &[good, bad]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    let start = std::time::Instant::now();
+    // Two and a half seconds of requests every 5 ms: none fails (retries), and the resetting
+    // backend sees connections only in its first second and as probes after each penalty.
+    while start.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(get(&mut conn).await, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stamps: Vec<Duration> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| *t - start)
+        .collect();
+    let first_second = stamps
+        .iter()
+        .filter(|t| **t < Duration::from_secs(1))
+        .count();
+    let later = stamps
+        .iter()
+        .filter(|t| **t >= Duration::from_secs(1))
+        .count();
+    assert!(
+        first_second >= 1,
+        "the resetting backend was never tried: {stamps:?}"
+    );
+    let last_early = stamps
+        .iter()
+        .filter(|t| **t < Duration::from_secs(1))
+        .max()
+        .unwrap();
+    // Ejected after Linkerd's 7 consecutive failures, then only probes (1 s, then 2 s).
+    assert!(
+        first_second <= 7,
+        "{first_second} connections before the ejection: {stamps:?}"
+    );
+    assert!(
+        later <= 2,
+        "{later} connections after the ejection (probes only): {stamps:?}"
+    );
+    assert!(*last_early < Duration::from_secs(1));
+    // Recovered: a probe finds it serving and it takes requests again.
+    resetting.store(false, Ordering::Relaxed);
+    let back = std::time::Instant::now();
+    loop {
+        assert_eq!(get(&mut conn).await, 200);
+        let served = seen.lock().unwrap().iter().filter(|(_, r)| !*r).count();
+        if served > 0 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(6),
+            "no probe reached the recovered backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

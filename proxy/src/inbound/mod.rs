@@ -46,6 +46,8 @@ pub struct Config {
     /// this pod's outbound proxy, and its identity, through the inbound one. The inbound
     /// listener's own port is added by `serve`.
     pub proxy_ports: Vec<u16>,
+    /// How long a plaintext client may take to send a request's headers.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             app_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             // Linkerd's outbound and admin ports (ARCHITECTURE.md, "The proxy").
             proxy_ports: vec![4140, 4191],
+            header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -271,14 +274,14 @@ impl Inbound {
         });
         let io = TokioIo::new(io);
         let r = if h2 {
-            let b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let b = crate::accept::h2();
             crate::accept::http(b.serve_connection(io, svc), drain).await
         } else {
-            let b = hyper::server::conn::http1::Builder::new();
+            let b = crate::accept::h1(self.cfg.header_read_timeout);
             crate::accept::http(b.serve_connection(io, svc), drain).await
         };
         if let Err(e) = r {
-            tracing::debug!(error = %e, "inbound HTTP connection");
+            crate::accept::http_error(&self.metrics, Direction::Inbound, &e);
         }
     }
 

@@ -109,16 +109,34 @@ impl Pool {
             protocol: SessionProtocol::Http2,
         };
         tls.write_all(&header.encode()).await.map_err(tls_err)?;
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(|e| ConnectError::H2(proxy, e))?;
+        // Keep-alive pings find a peer that vanished without a FIN (Linkerd: 10 s).
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ConnectError::H2(proxy, e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%proxy, error = %e, "mesh session ended");
             }
         });
         Ok(send)
+    }
+
+    /// Lets go of the sessions to endpoints discovery no longer lists: each closes once its
+    /// requests in flight are done (hyper closes an HTTP/2 client connection whose every
+    /// handle is gone when its last stream ends), so removed endpoints drain.
+    pub fn forget(self: &Arc<Self>, gone: Vec<(SocketAddr, Mesh)>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut sessions = this.sessions.lock().await;
+            for (addr, m) in gone {
+                sessions.remove(&(addr, m.proxy_port, m.identity));
+            }
+        });
     }
 
     /// A CONNECT stream to the endpoint's pod port on its session: the tunnel's far side.

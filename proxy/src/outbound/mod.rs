@@ -57,6 +57,8 @@ pub struct Config {
     /// Per request, each attempt included (None: no limit, Linkerd's default); past it the
     /// client gets a 504 and the endpoint a failure.
     pub request_timeout: Option<Duration>,
+    /// How long the app may take to send a request's headers.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             breaker: breaker::Config::default(),
             retry: retry::Config::default(),
             request_timeout: None,
+            header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -76,7 +79,7 @@ impl Default for Config {
 pub struct Outbound {
     cfg: Config,
     resolver: Resolver,
-    pool: Pool,
+    pool: Arc<Pool>,
     plain: Client<HttpConnector, Body>,
     /// Prior-knowledge HTTP/2 outside the mesh, for apps that spoke HTTP/2 (gRPC).
     plain_h2: Client<HttpConnector, Body>,
@@ -111,7 +114,7 @@ impl Outbound {
         http.set_nodelay(true);
         let cfg_budget = cfg.retry.budget.clone();
         Arc::new(Outbound {
-            pool: Pool::new(creds, cfg.connect_timeout),
+            pool: Arc::new(Pool::new(creds, cfg.connect_timeout)),
             plain: Client::builder(TokioExecutor::new()).build(http.clone()),
             plain_h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
@@ -148,11 +151,11 @@ impl Outbound {
         let r = match detected.protocol() {
             Protocol::Http1 => {
                 // Upgrades: CONNECT tunnels.
-                let b = hyper::server::conn::http1::Builder::new();
+                let b = crate::accept::h1(self.cfg.header_read_timeout);
                 crate::accept::http(b.serve_connection(io, svc).with_upgrades(), drain).await
             }
             Protocol::Http2 => {
-                let b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let b = crate::accept::h2();
                 crate::accept::http(b.serve_connection(io, svc), drain).await
             }
             other => {
@@ -162,7 +165,7 @@ impl Outbound {
             }
         };
         if let Err(e) = r {
-            tracing::debug!(error = %e, "outbound HTTP connection");
+            crate::accept::http_error(&self.metrics, Direction::Outbound, &e);
         }
         Ok(())
     }
@@ -391,8 +394,21 @@ impl Outbound {
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         // Endpoints this authority no longer lists go (their in-flight requests finish on
-        // their sessions regardless).
+        // their sessions regardless); sessions no authority needs any more are let go.
+        let listed_before: Vec<Endpoint> = all
+            .keys()
+            .filter(|(a, e)| a == authority && !eps.contains(e))
+            .map(|(_, e)| e.clone())
+            .collect();
         all.retain(|(a, e), _| a != authority || eps.contains(e));
+        let gone: Vec<_> = listed_before
+            .into_iter()
+            .filter(|e| !all.keys().any(|(_, other)| other.addr == e.addr))
+            .filter_map(|e| Some((e.addr, e.mesh?)))
+            .collect();
+        if !gone.is_empty() {
+            self.pool.forget(gone);
+        }
         let key = |e: &Endpoint| (authority.to_string(), e.clone());
         for e in eps {
             all.entry(key(e)).or_insert_with(|| {

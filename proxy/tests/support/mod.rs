@@ -1,8 +1,25 @@
-//! Shared by the proxy's integration tests.
+//! Shared by the proxy's integration tests: plaintext backends on loopback and an outbound
+//! proxy in front of them.
+#![allow(dead_code, reason = "each test binary uses its own part")]
 
-use std::sync::Arc;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use meshwork_identity::spiffe::SpiffeId;
+use meshwork_proxy::{
+    drain::Watch,
+    outbound::{self, discover::Static, Outbound},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 
 /// Credentials for tests whose endpoints are all outside the mesh: never asked for.
 pub struct NoCreds;
@@ -16,5 +33,90 @@ impl meshwork_proxy::tls::Credentials for NoCreds {
     }
     fn client_config(&self, _: &SpiffeId) -> Arc<rustls::ClientConfig> {
         unreachable!("plaintext endpoints only")
+    }
+}
+
+/// A backend that waits `delay`, then answers 200, or 503 for every `fail_every`th request
+/// (0: never, 1: always).
+pub async fn backend(
+    delay: Duration,
+    fail_every: Arc<AtomicUsize>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let (h, fail_every) = (h.clone(), fail_every.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let (h, fail_every) = (h.clone(), fail_every.clone());
+                    async move {
+                        let n = h.fetch_add(1, Ordering::Relaxed) + 1;
+                        tokio::time::sleep(delay).await;
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        ));
+                        let every = fail_every.load(Ordering::Relaxed);
+                        if every > 0 && n % every == 0 {
+                            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+pub async fn proxy(cfg: outbound::Config, backends: &[SocketAddr]) -> SocketAddr {
+    let mut d = Static::default();
+    let eps: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
+    d.parse_entry(&format!("web:80={}", eps.join(","))).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // No mesh endpoints here: the credentials are never asked for.
+    tokio::spawn(Outbound::new(cfg, Arc::new(NoCreds), d).serve(l, Watch::never()));
+    addr
+}
+
+/// One request through the proxy on a kept-alive connection: the status.
+pub async fn get(conn: &mut TcpStream) -> u16 {
+    conn.write_all(b"GET http://web:80/ HTTP/1.1\r\nHost: web:80\r\n\r\n")
+        .await
+        .unwrap();
+    read_status(conn).await
+}
+
+/// The status of the next response on `conn` (read to the end of its body).
+pub async fn read_status(conn: &mut TcpStream) -> u16 {
+    // Small responses: read until the body has come.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+        }
     }
 }
