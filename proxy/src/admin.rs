@@ -1,5 +1,6 @@
 //! The admin port (Linkerd's 4191): `/live` (the process answers), `/ready` (certified and
-//! serving, not draining), `/metrics` (Prometheus text), and `POST /shutdown`, which starts
+//! serving, not draining), `/metrics` (Prometheus text), `/tap` (the live request stream,
+//! `tap.rs`), and `POST /shutdown`, which starts
 //! the same graceful drain as SIGTERM; as in Linkerd, only a caller on loopback (the pod's
 //! own containers) may ask for it.
 
@@ -71,6 +72,21 @@ fn answer(req: &Request<Incoming>, peer: SocketAddr, m: &Metrics, state: &State)
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::GET, "/tap") => {
+            if m.tap.receiver_count() >= crate::tap::MAX_TAPS {
+                return text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("at most {} taps at once\n", crate::tap::MAX_TAPS),
+                );
+            }
+            let filter = crate::tap::Filter::from_query(req.uri().query());
+            let mut r = Response::new(crate::tap::stream(m.tap.subscribe(), filter));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/jsonl"),
             );
             r
         }

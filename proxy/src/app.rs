@@ -61,6 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             detect_timeout: cfg.detect_timeout,
             connect_timeout: cfg.connect_timeout,
             request_timeout: cfg.request_timeout,
+            header_read_timeout: cfg.header_read_timeout,
             ..Default::default()
         },
         creds.clone(),
@@ -76,7 +77,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
             app_ip: cfg.app_ip,
             proxy_ports: vec![cfg.outbound_listen.port(), cfg.admin_listen.port()],
-            ..Default::default()
+            header_read_timeout: cfg.header_read_timeout,
         },
         creds,
         metrics,

@@ -98,6 +98,10 @@ pub struct Config {
     /// How long a request waits for its authority's first endpoints before a 503 (fail fast).
     #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
+    /// How long a client may take to send a request's headers (also the idle limit of a
+    /// kept-alive HTTP/1 connection).
+    #[arg(long, env = "MESHWORK_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
     /// How long a drain (SIGTERM, POST /shutdown) waits for requests in flight.
     #[arg(long, env = "MESHWORK_PROXY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -13,5 +13,7 @@ pub mod io;
 pub mod metrics;
 pub mod outbound;
 pub mod sni;
+pub mod tap;
 pub mod tls;
+pub mod trace;
 pub mod transport_header;

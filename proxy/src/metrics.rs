@@ -22,10 +22,29 @@ use prometheus_client::{
 /// Distinct authorities and peer identities (together) kept as label values.
 pub const MAX_LABEL_VALUES: usize = 1000;
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
     Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Lower case, as label values go (`direction="inbound"`).
+impl EncodeLabelValue for Direction {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +93,24 @@ pub struct Metrics {
     pub discovery_streams: Gauge,
     bounded: Mutex<HashSet<String>>,
     registry: Registry,
+    /// The live request stream (`tap.rs`).
+    pub tap: tokio::sync::broadcast::Sender<crate::tap::Event>,
+}
+
+/// One answered request, as the metrics and the tap see it.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub direction: Direction,
+    pub authority: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// None: no response came.
+    pub status: Option<http::StatusCode>,
+    /// Inbound: the client's SPIFFE ID; outbound: the server's.
+    pub peer: &'a str,
+    pub elapsed: std::time::Duration,
+    /// From the request's `traceparent` (empty: none).
+    pub trace_id: &'a str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -177,6 +214,7 @@ impl Metrics {
             discovery_streams,
             bounded: Mutex::new(HashSet::new()),
             registry: r,
+            tap: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -196,30 +234,47 @@ impl Metrics {
         "overflow".into()
     }
 
-    /// One answered request.
-    pub fn request(
-        &self,
-        direction: Direction,
-        authority: &str,
-        status: Option<http::StatusCode>,
-        peer: &str,
-        elapsed: std::time::Duration,
-    ) {
-        let status_class = match status {
+    /// One answered request: counted, timed, and on the tap when someone listens.
+    pub fn request(&self, o: &Observed<'_>) {
+        let status_class = match o.status {
             Some(s) => format!("{}xx", s.as_u16() / 100),
             None => "error".into(),
         };
         self.requests
             .get_or_create(&RequestLabels {
-                direction,
-                authority: self.bounded(authority),
+                direction: o.direction,
+                authority: self.bounded(o.authority),
                 status_class,
-                peer: self.bounded(peer),
+                peer: self.bounded(o.peer),
             })
             .inc();
         self.latency
-            .get_or_create(&DirectionLabels { direction })
-            .observe(elapsed.as_secs_f64());
+            .get_or_create(&DirectionLabels {
+                direction: o.direction,
+            })
+            .observe(o.elapsed.as_secs_f64());
+        if self.tap.receiver_count() > 0 {
+            let direction = o.direction.as_str();
+            let line = serde_json::json!({
+                "ts_ms": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                "direction": direction,
+                "authority": o.authority,
+                "method": o.method,
+                "path": o.path,
+                "status": o.status.map(|s| s.as_u16()),
+                "latency_ms": o.elapsed.as_secs_f64() * 1e3,
+                "peer": o.peer,
+                "trace_id": o.trace_id,
+            })
+            .to_string();
+            let _ = self.tap.send(crate::tap::Event {
+                line,
+                direction,
+                authority: o.authority.to_string(),
+            });
+        }
     }
 
     pub fn tls(&self, direction: Direction, result: &str) {
@@ -274,13 +329,16 @@ mod tests {
     fn label_values_stop_growing_at_the_bound() {
         let m = Metrics::new();
         for i in 0..(MAX_LABEL_VALUES * 2) {
-            m.request(
-                Direction::Outbound,
-                &format!("h{i}:80"),
-                Some(http::StatusCode::OK),
-                "",
-                std::time::Duration::from_millis(1),
-            );
+            m.request(&Observed {
+                direction: Direction::Outbound,
+                authority: &format!("h{i}:80"),
+                method: "GET",
+                path: "/",
+                status: Some(http::StatusCode::OK),
+                peer: "",
+                elapsed: std::time::Duration::from_millis(1),
+                trace_id: "",
+            });
         }
         let text = m.encode();
         let series = text

@@ -488,6 +488,97 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         );
     }
 
+    // The requests counted at each end, by authority, status class and peer identity.
+    let client_ip =
+        m.o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
+    let out = m.metric(
+        &client_ip,
+        "requests_total{direction=\"outbound\",authority=\"web.default.svc.cluster.local:80\",status_class=\"2xx\",peer=\"spiffe://cluster.local/ns/default/sa/web\"}",
+    );
+    assert!(
+        out >= 40.0,
+        "the client's proxy counted {out} outbound requests"
+    );
+    let inb: f64 = web
+        .iter()
+        .map(|p| {
+            m.metric(
+                &p.ip,
+                &format!("requests_total{{direction=\"inbound\",authority=\"{WEB}:80\",status_class=\"2xx\",peer=\"{CLIENT_ID}\"}}"),
+            )
+        })
+        .sum();
+    assert!(
+        inb >= 40.0,
+        "the web proxies counted {inb} inbound requests from the client"
+    );
+
+    // The tap shows a request as it happens, with its trace id; the app gets the trace
+    // context with each proxy's span as the parent.
+    let mut tap =
+        m.o.lab
+            .tcp_connect(
+                &m.o.nodes[0].netns,
+                format!("{}:4191", target.ip).parse().unwrap(),
+            )
+            .unwrap();
+    tap.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tap.write_all(b"GET /tap?direction=inbound HTTP/1.1\r\nHost: tap\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut tap);
+    assert!(head.starts_with("HTTP/1.1 200"), "tap: {head}");
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut app_saw = String::new();
+    let mut tapped = String::new();
+    let started = Instant::now();
+    // Requests until one lands on the tapped pod (the balancer picks).
+    while tapped.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no tap line");
+        let (status, body) = c.get(WEB, "/traced", &[("traceparent", sent)]);
+        assert_eq!(status, 200);
+        if who(&body).0 != target.name {
+            continue;
+        }
+        app_saw = body
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix("traceparent="))
+            .unwrap_or("")
+            .to_string();
+        let mut buf = vec![0u8; 8192];
+        let mut got = String::new();
+        while !got.contains("/traced") {
+            let n = tap.read(&mut buf).unwrap();
+            assert!(n > 0, "the tap stream ended");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tapped = got;
+    }
+    let line = tapped
+        .lines()
+        .find(|l| l.contains("/traced"))
+        .unwrap()
+        .to_string();
+    let json_start = line.find('{').unwrap();
+    let event: Value = serde_json::from_str(&line[json_start..]).unwrap();
+    assert_eq!(event["direction"], "inbound", "{event}");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["peer"], CLIENT_ID, "{event}");
+    assert_eq!(
+        event["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{event}"
+    );
+    let parts: Vec<&str> = app_saw.split('-').collect();
+    assert_eq!(parts.len(), 4, "the app got traceparent {app_saw:?}");
+    assert_eq!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the trace id changed"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "no proxy span became the parent"
+    );
+    drop(tap);
+
     // Plaintext at the inbound port is refused before the app, and counted.
     let refused_before = m.metric(&target.ip, "reason=\"no_app_port\"");
     let mut s =

@@ -17,13 +17,14 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::{TcpListener, TcpStream},
 };
+use tracing::Instrument;
 
 use crate::{
     detect::Protocol,
     drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID, ORIG_PROTO},
     io::{detect_io, Detected, PrefixedIo},
-    metrics::{tls_reason, Direction, Metrics},
+    metrics::{tls_reason, Direction, Metrics, Observed},
     tls::{mesh_server_name, peer_id, Credentials},
     transport_header::{self, SessionProtocol, TransportHeader},
 };
@@ -288,7 +289,7 @@ impl Inbound {
     /// One request to the app, counted by authority, status class and client identity.
     async fn to_app(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         app: SocketAddr,
         client: Option<SpiffeId>,
     ) -> http::Response<Body> {
@@ -306,18 +307,34 @@ impl Inbound {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
-        let resp = if req.method() == http::Method::CONNECT {
-            self.tunnel(req, app, client.is_some()).await
-        } else {
-            self.forward(req, app, client).await
-        };
-        self.metrics.request(
-            Direction::Inbound,
-            &authority,
-            Some(resp.status()),
-            &peer,
-            started.elapsed(),
+        let trace_id = crate::trace::propagate(req.headers_mut());
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let span = tracing::info_span!(
+            "request",
+            direction = "inbound",
+            %authority,
+            client = %peer,
+            trace_id = %trace_id,
         );
+        let resp = async {
+            if req.method() == http::Method::CONNECT {
+                self.tunnel(req, app, client.is_some()).await
+            } else {
+                self.forward(req, app, client).await
+            }
+        }
+        .instrument(span)
+        .await;
+        self.metrics.request(&Observed {
+            direction: Direction::Inbound,
+            authority: &authority,
+            method: method.as_str(),
+            path: &path,
+            status: Some(resp.status()),
+            peer: &peer,
+            elapsed: started.elapsed(),
+            trace_id: &trace_id,
+        });
         resp
     }
 

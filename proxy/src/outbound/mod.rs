@@ -32,13 +32,14 @@ use hyper_util::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tower::retry::budget::{Budget, TpsBudget};
+use tracing::Instrument;
 
 use crate::{
     detect::Protocol,
     drain::Watch,
     http::{error, strip_hop_by_hop, Body, CLIENT_ID, ORIG_PROTO},
     io::detect_io,
-    metrics::{Direction, Metrics},
+    metrics::{Direction, Metrics, Observed},
     tls::Credentials,
 };
 use balance::PeakEwma;
@@ -181,25 +182,41 @@ impl Outbound {
         Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
     }
 
-    /// One request, counted by its authority, status class and the server's identity.
-    async fn route(&self, req: Request<Incoming>) -> http::Response<Body> {
+    /// One request, in a span of its own, counted by its authority, status class and the
+    /// server's identity, and on the tap.
+    async fn route(&self, mut req: Request<Incoming>) -> http::Response<Body> {
         let started = Instant::now();
         let authority = Self::authority(&req).map(|a| a.to_ascii_lowercase());
-        let mut peer = String::new();
-        let resp = match &authority {
-            None => error(StatusCode::BAD_REQUEST, "the request names no authority"),
-            Some(a) if req.method() == http::Method::CONNECT => {
-                self.tunnel(req, a, &mut peer).await
-            }
-            Some(a) => self.forward(req, a, &mut peer).await,
-        };
-        self.metrics.request(
-            Direction::Outbound,
-            authority.as_deref().unwrap_or(""),
-            Some(resp.status()),
-            &peer,
-            started.elapsed(),
+        let trace_id = crate::trace::propagate(req.headers_mut());
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let span = tracing::info_span!(
+            "request",
+            direction = "outbound",
+            authority = authority.as_deref().unwrap_or(""),
+            trace_id = %trace_id,
         );
+        let mut peer = String::new();
+        let resp = async {
+            match &authority {
+                None => error(StatusCode::BAD_REQUEST, "the request names no authority"),
+                Some(a) if req.method() == http::Method::CONNECT => {
+                    self.tunnel(req, a, &mut peer).await
+                }
+                Some(a) => self.forward(req, a, &mut peer).await,
+            }
+        }
+        .instrument(span)
+        .await;
+        self.metrics.request(&Observed {
+            direction: Direction::Outbound,
+            authority: authority.as_deref().unwrap_or(""),
+            method: method.as_str(),
+            path: &path,
+            status: Some(resp.status()),
+            peer: &peer,
+            elapsed: started.elapsed(),
+            trace_id: &trace_id,
+        });
         resp
     }
 

@@ -2,7 +2,7 @@
 //! proxies:
 //!
 //!   mw-meshapp http ADDR        HTTP/1.1 keep-alive; answers every request with
-//!                               `pod=<POD_NAME> client=<meshwork-client-id header>`
+//!                               `pod=<POD_NAME> client=<meshwork-client-id> traceparent=<..>`
 //!   mw-meshapp first ADDR LEN   a server-speaks-first protocol: greets `220 mwlab ready`, reads
 //!                               LEN bytes and checks them against the lab payload (seed 1),
 //!                               says `intact` or where they differ, then sends LEN bytes of
@@ -26,6 +26,7 @@ fn http_conn(s: TcpStream, pod: &str) -> std::io::Result<()> {
             return Ok(());
         }
         let mut client = String::new();
+        let mut trace = String::new();
         let mut len = 0usize;
         let mut close = false;
         loop {
@@ -39,6 +40,7 @@ fn http_conn(s: TcpStream, pod: &str) -> std::io::Result<()> {
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
                 match k.as_str() {
                     "meshwork-client-id" => client = v.to_string(),
+                    "traceparent" => trace = v.to_string(),
                     "content-length" => len = v.parse().unwrap_or(0),
                     "connection" => close = v.eq_ignore_ascii_case("close"),
                     _ => {}
@@ -47,7 +49,7 @@ fn http_conn(s: TcpStream, pod: &str) -> std::io::Result<()> {
         }
         let mut body = vec![0u8; len];
         r.read_exact(&mut body)?;
-        let reply = format!("pod={pod} client={client}\n");
+        let reply = format!("pod={pod} client={client} traceparent={trace}\n");
         write!(
             w,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{reply}",

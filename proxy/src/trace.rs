@@ -1,0 +1,141 @@
+//! W3C Trace Context (`traceparent`, https://www.w3.org/TR/trace-context/#traceparent-header):
+//! a request that arrives with one gets a span of its own in this proxy, and the header goes on
+//! with the proxy's span as the parent, so the trace shows each proxy hop (as Linkerd's proxy
+//! does when a trace is sampled). A request without one is not given one: starting traces is
+//! the app's or the ingress's decision. `tracestate` passes untouched.
+
+use std::fmt::Write;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+}
+
+fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+impl TraceParent {
+    /// Version 00's `00-<32 hex>-<16 hex>-<2 hex>`; a later version is read by its first four
+    /// fields, as the spec asks. All-zero ids and version ff are invalid.
+    pub fn parse(v: &str) -> Option<TraceParent> {
+        let mut parts = v.trim().split('-');
+        let version = parts.next()?;
+        let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        let version = hex_to::<1>(version)?[0];
+        if version == 0xff || (version == 0 && parts.next().is_some()) {
+            return None;
+        }
+        let t = TraceParent {
+            trace_id: hex_to(trace)?,
+            parent_id: hex_to(parent)?,
+            flags: hex_to::<1>(flags)?[0],
+        };
+        (t.trace_id != [0; 16] && t.parent_id != [0; 8]).then_some(t)
+    }
+
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The same trace with a new span of this proxy's as the parent.
+    pub fn child(&self) -> TraceParent {
+        let mut parent_id: [u8; 8] = rand::random();
+        if parent_id == [0; 8] {
+            parent_id[7] = 1;
+        }
+        TraceParent { parent_id, ..*self }
+    }
+
+    pub fn to_header(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.parent_id),
+            self.flags
+        )
+    }
+}
+
+/// Reads the request's `traceparent`, and replaces it with the proxy's child span; the trace
+/// id for the request's span and tap line (empty: no valid trace context).
+pub fn propagate(headers: &mut HeaderMap) -> String {
+    let Some(parent) = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+    else {
+        // An invalid one is passed on as it came (the spec: the next hop may restart).
+        return String::new();
+    };
+    let child = parent.child();
+    if let Ok(v) = HeaderValue::from_str(&child.to_header()) {
+        headers.insert(TRACEPARENT, v);
+    }
+    child.trace_id()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_specs_example_parses_and_a_child_keeps_the_trace() {
+        let t = TraceParent::parse(EXAMPLE).unwrap();
+        assert_eq!(t.to_header(), EXAMPLE);
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let c = t.child();
+        assert_eq!((c.trace_id, c.flags), (t.trace_id, t.flags));
+        assert_ne!(c.parent_id, t.parent_id);
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(EXAMPLE));
+        assert_eq!(propagate(&mut h), t.trace_id());
+        let sent = TraceParent::parse(h[TRACEPARENT].to_str().unwrap()).unwrap();
+        assert_eq!(sent.trace_id, t.trace_id);
+        assert_ne!(sent.parent_id, t.parent_id);
+    }
+
+    #[test]
+    fn invalid_ones_are_refused() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more")
+                .is_some()
+        );
+    }
+}
