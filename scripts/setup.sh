@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Meshwork needs on Debian 12 (amd64), idempotently: what the build, `mesh-ctl up`
-# and the test suite use. Called by scripts/up.sh and scripts/test.sh before every run, so when
-# everything is present it only checks (no apt-get, no network).
+# and the test suite use (with `--bench`, also what the benchmarks use). Called by scripts/up.sh
+# and scripts/test.sh before every run, so when everything is present it only checks (no
+# apt-get, no network).
 set -euo pipefail
 
 PACKAGES=(
@@ -97,8 +98,11 @@ command -v kubectl >/dev/null || link "$KUBECTL" /usr/local/bin/kubectl
 # Rust toolchain pieces the suite uses.
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95 via rustup" >&2; exit 1; }
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
-# oha: the proxy benchmark's open-loop load generator (BENCHMARKS.md, "The proxy pair"), pinned.
-command -v oha >/dev/null || cargo install --locked oha --version 1.16.0
+# With --bench, what the benchmarks use beyond the suite: oha, the proxy benchmark's open-loop
+# load generator (BENCHMARKS.md, "The proxy pair"), pinned; the suite itself never needs it.
+if [[ ${1:-} == --bench ]]; then
+  command -v oha >/dev/null || cargo install --locked oha --version 1.16.0
+fi
 
 # Packages that start services we don't want racing our tests or holding ports: keep them
 # stopped and disabled (containerd: the tests run private ones; nginx: pods run their own, the

@@ -28,7 +28,7 @@ pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300
 /// The port the control agent serves this API on, on the node's addresses.
 pub const DEFAULT_PORT: u16 = 8086;
 
-/// A port list as the annotation writes it (`25,587,8000-8010`); None names what is wrong.
+/// A port list as the annotation writes it (`25,587,8000-8010`); the error names what is wrong.
 pub fn parse_ports(s: &str) -> Result<Vec<std::ops::RangeInclusive<u16>>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

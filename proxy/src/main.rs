@@ -6,11 +6,19 @@ use meshwork_proxy::{app, config::Config};
 fn main() -> std::process::ExitCode {
     meshwork_daemon::init_logging();
     let cfg = Config::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.workers.max(1))
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, as linkerd2-proxy runs on one core (no work
+    // stealing, no cross-thread wake-ups for the tasks each request passes through).
+    let rt = if cfg.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.workers)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshwork-proxy: tokio runtime: {e}");

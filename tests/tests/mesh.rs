@@ -22,14 +22,14 @@
     reason = "test code: a panic with its location is the failure report"
 )]
 
+#[path = "support/mesh.rs"]
+mod mesh_lab;
 #[path = "support/orch.rs"]
 mod orch;
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::SocketAddr,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -39,137 +39,18 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use meshwork_lab::{capture::server_hello_version, cgroup::lab_binary, proc::Proc};
-use orch::{host_catalog, pids_in, Orch, IN_CLUSTER_ROUTES};
+use meshwork_lab::capture::server_hello_version;
+use orch::pids_in;
 use serde_json::{json, Value};
 
 const WEB: &str = "web.default.svc.cluster.local";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const OPAQUE_LEN: usize = 100 << 20;
 
-struct Mesh {
-    o: Orch,
-    identity_addr: String,
-    _identity: Proc,
-}
+use mesh_lab::Mesh;
 
+/// What these tests deploy on the mesh.
 impl Mesh {
-    /// The cluster, its agents, a CA and the identity service issuing certificates that live
-    /// `cert_lifetime`.
-    fn start(name: &str, cert_lifetime: &str) -> Mesh {
-        meshwork_lab::require_root();
-        let proxy = lab_binary("meshwork-proxy");
-        let app = lab_binary("mw-meshapp");
-        let (proxy, app) = (proxy.to_str().unwrap(), app.to_str().unwrap());
-        let mut o = Orch::start_full(name, &IN_CLUSTER_ROUTES, false, &[], |dir| {
-            Some(host_catalog(
-                dir,
-                &[
-                    ("meshwork-proxy", &[proxy]),
-                    ("meshapp", &[app]),
-                    ("tools", &[]),
-                ],
-            ))
-        });
-        for i in 0..o.nodes.len() {
-            let a = o.start_agent(i);
-            o.procs.push(a);
-        }
-        let dir = o.lab.dir().to_path_buf();
-        let id_bin = lab_binary("meshwork-identity");
-        let out = Command::new(&id_bin)
-            .args(["init", "--out"])
-            .arg(dir.join("ca"))
-            .args(["--issuer-lifetime", "48h"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let issuer = dir.join("issuer");
-        std::fs::create_dir_all(&issuer).unwrap();
-        for f in ["ca.crt", "tls.crt", "tls.key"] {
-            std::fs::copy(dir.join("ca").join(f), issuer.join(f)).unwrap();
-        }
-        // On node 1's underlay address, as a hostNetwork Deployment would serve it.
-        let identity_addr = format!("{}:8080", o.nodes[0].underlay_ip);
-        let log = dir.join("identity.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &o.nodes[0].netns])
-            .arg(&id_bin)
-            .args(["serve", "--issuer-dir"])
-            .arg(&issuer)
-            .args([
-                "--listen",
-                &identity_addr,
-                "--admin-listen",
-                "127.0.0.1:9990",
-            ])
-            .args(["--cert-lifetime", cert_lifetime, "--kubeconfig"])
-            .arg(&o.kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let identity = Proc::with_log(child, log);
-        let addr: SocketAddr = identity_addr.parse().unwrap();
-        o.wait("the identity service listening", || {
-            o.lab.tcp_connect(&o.nodes[0].netns, addr).ok().map(|_| ())
-        });
-        o.kubectl(&[
-            "create",
-            "configmap",
-            "meshwork-identity-trust-roots",
-            &format!(
-                "--from-file=ca-bundle.crt={}",
-                dir.join("ca/ca.crt").display()
-            ),
-        ]);
-        for sa in ["web", "client"] {
-            o.kubectl(&["create", "serviceaccount", sa]);
-        }
-        Mesh {
-            o,
-            identity_addr,
-            _identity: identity,
-        }
-    }
-
-    /// The proxy container and the volumes it needs, as injection will write them.
-    fn meshed(&self, mut spec: Value, extra_env: &[(&str, &str)]) -> Value {
-        let mut env = vec![
-            json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
-            json!({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}),
-            json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
-            json!({"name": "MESHWORK_PROXY_IDENTITY_ADDR", "value": self.identity_addr}),
-            json!({"name": "MESHWORK_PROXY_DESTINATION_ADDR", "value": "$(HOST_IP):8086"}),
-            json!({"name": "MESHWORK_LOG", "value": "info"}),
-        ];
-        env.extend(
-            extra_env
-                .iter()
-                .map(|(k, v)| json!({"name": k, "value": v})),
-        );
-        spec["containers"].as_array_mut().unwrap().push(json!({
-            "name": "meshwork-proxy", "image": "meshwork-proxy",
-            "env": env,
-            "volumeMounts": [
-                {"name": "meshwork-identity-token", "mountPath": "/var/run/secrets/meshwork.io/identity", "readOnly": true},
-                {"name": "meshwork-trust-roots", "mountPath": "/var/run/meshwork.io/trust-roots", "readOnly": true},
-            ],
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": 4191}, "periodSeconds": 1},
-        }));
-        let vols = spec["volumes"].as_array().cloned().unwrap_or_default();
-        let mut vols = vols;
-        vols.push(json!({"name": "meshwork-identity-token", "projected": {"sources": [
-            {"serviceAccountToken": {"audience": "identity.meshwork.io", "expirationSeconds": 3600, "path": "token"}}]}}));
-        vols.push(json!({"name": "meshwork-trust-roots", "configMap": {"name": "meshwork-identity-trust-roots"}}));
-        spec["volumes"] = json!(vols);
-        spec
-    }
-
     /// The web Deployment (HTTP on 8080, a server-speaks-first protocol on 5432, gRPC on
     /// 9090) and its Service, and a client pod on the other node.
     fn deploy(&self, replicas: usize) {

@@ -379,23 +379,12 @@ impl Inbound {
             }
         };
         let _ = far.set_nodelay(true);
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            let Ok(near) = on_upgrade.await else { return };
-            let mut near = TokioIo::new(near);
-            let mut far = far;
-            match tokio::io::copy_bidirectional(&mut near, &mut far).await {
-                Ok((up, down)) => {
-                    let d = crate::metrics::DirectionLabels {
-                        direction: Direction::Inbound,
-                    };
-                    metrics.bytes_read.get_or_create(&d).inc_by(up);
-                    metrics.bytes_written.get_or_create(&d).inc_by(down);
-                }
-                Err(e) => tracing::debug!(error = %e, "inbound tunnel ended"),
-            }
-        });
+        crate::io::splice(
+            hyper::upgrade::on(&mut req),
+            far,
+            self.metrics.clone(),
+            Direction::Inbound,
+        );
         http::Response::new(crate::http::full(bytes::Bytes::new()))
     }
 

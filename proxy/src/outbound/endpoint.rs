@@ -42,14 +42,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 sessions to meshed endpoints.
 pub struct Pool {
     creds: Arc<dyn Credentials>,
+    metrics: Arc<crate::metrics::Metrics>,
     connect_timeout: Duration,
     sessions: Mutex<HashMap<Key, SendRequest<Body>>>,
 }
 
 impl Pool {
-    pub fn new(creds: Arc<dyn Credentials>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        creds: Arc<dyn Credentials>,
+        connect_timeout: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Pool {
             creds,
+            metrics,
             connect_timeout,
             sessions: Mutex::new(HashMap::new()),
         }
@@ -103,7 +109,17 @@ impl Pool {
             want: mesh.identity.clone(),
             source,
         };
-        let mut tls = connector.connect(name, tcp).await.map_err(tls_err)?;
+        let mut tls = match connector.connect(name, tcp).await {
+            Ok(t) => {
+                self.metrics.tls(crate::metrics::Direction::Outbound, "ok");
+                t
+            }
+            Err(e) => {
+                let why = crate::metrics::tls_reason(&e);
+                self.metrics.tls(crate::metrics::Direction::Outbound, why);
+                return Err(tls_err(e));
+            }
+        };
         let header = TransportHeader {
             port: addr.port(),
             protocol: SessionProtocol::Http2,

@@ -115,7 +115,7 @@ impl Outbound {
         http.set_nodelay(true);
         let cfg_budget = cfg.retry.budget.clone();
         Arc::new(Outbound {
-            pool: Arc::new(Pool::new(creds, cfg.connect_timeout)),
+            pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),
             plain: Client::builder(TokioExecutor::new()).build(http.clone()),
             plain_h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)

@@ -70,29 +70,19 @@ impl Outbound {
         };
         // The tunnel's setup is what the endpoint is judged on.
         flight.finish(far.is_ok());
-        let mut far = match far {
+        let far = match far {
             Ok(f) => f,
             Err(why) => {
                 tracing::info!(%authority, endpoint = %ep.addr, error = %why, "tunnel failed");
                 return error(StatusCode::BAD_GATEWAY, &why);
             }
         };
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            let Ok(near) = on_upgrade.await else { return };
-            let mut near = TokioIo::new(near);
-            match tokio::io::copy_bidirectional(&mut near, &mut far).await {
-                Ok((up, down)) => {
-                    let d = crate::metrics::DirectionLabels {
-                        direction: Direction::Outbound,
-                    };
-                    metrics.bytes_read.get_or_create(&d).inc_by(up);
-                    metrics.bytes_written.get_or_create(&d).inc_by(down);
-                }
-                Err(e) => tracing::debug!(error = %e, "tunnel ended"),
-            }
-        });
+        crate::io::splice(
+            hyper::upgrade::on(&mut req),
+            far,
+            self.metrics.clone(),
+            Direction::Outbound,
+        );
         http::Response::new(crate::http::full(bytes::Bytes::new()))
     }
 }
