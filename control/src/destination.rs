@@ -13,13 +13,13 @@
 //! The API is plaintext on the node's address: the proxies on this node are its only callers.
 //! Linkerd runs it over mTLS; see ARCHITECTURE.md ("The proxy", known gaps).
 
-use std::{collections::HashMap, net::IpAddr, pin::Pin, sync::Arc};
+use std::{net::IpAddr, pin::Pin, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use meshwork_destination_api::{
     parse_ports,
     pb::{self, destination_server},
@@ -78,11 +78,12 @@ fn in_list(list: &str, port: u16) -> bool {
 }
 
 /// The update for `authority` from the reflectors' objects.
+/// `pod(namespace, name)` looks a pod up (the reflector's store: no copy of all pods).
 pub fn resolve(
     authority: &str,
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
-    pods: &HashMap<(String, String), Arc<Pod>>,
+    pod: &dyn Fn(&str, &str) -> Option<Arc<Pod>>,
     naming: &Naming,
 ) -> pb::Update {
     let Some((svc, port)) = find(authority, services, naming) else {
@@ -119,16 +120,14 @@ pub fn resolve(
         let Some(target) = ep.port(&port_name, meshwork_service_model::Protocol::Tcp) else {
             continue;
         };
-        let pod = ep
-            .pod
-            .as_ref()
-            .and_then(|p| pods.get(&(key.0.clone(), p.clone())));
-        let annotations = pod.and_then(|p| p.metadata.annotations.as_ref());
+        let pod = ep.pod.as_deref().and_then(|p| pod(&key.0, p));
+        let annotations = pod.as_ref().and_then(|p| p.metadata.annotations.as_ref());
         let mesh = annotations
             .and_then(|a| a.get(PROXY_INBOUND_PORT))
             .and_then(|p| p.parse::<u16>().ok())
             .map(|proxy_port| {
                 let sa = pod
+                    .as_ref()
                     .and_then(|p| p.spec.as_ref())
                     .and_then(|s| s.service_account_name.clone())
                     .filter(|s| !s.is_empty())
@@ -174,21 +173,19 @@ pub struct Server {
 
 impl Server {
     fn update(&self, authority: &str) -> pb::Update {
-        let pods: HashMap<(String, String), Arc<Pod>> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter_map(|p| Some(((p.metadata.namespace.clone()?, p.metadata.name.clone()?), p)))
-            .collect();
+        let pod = |ns: &str, name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
         resolve(
             authority,
             &self.services.state(),
             &self.slices.state(),
-            &pods,
+            &pod,
             &self.naming,
         )
     }
 }
+
+/// Streams open at once, over all callers: each costs a recomputation on every change.
+pub const MAX_STREAMS: i64 = 4096;
 
 type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
 
@@ -205,6 +202,11 @@ impl destination_server::Destination for Server {
             return Err(tonic::Status::invalid_argument(
                 "the authority is host:port (a ClusterIP or a Service's DNS name)",
             ));
+        }
+        if self.streams.get() >= MAX_STREAMS {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "{MAX_STREAMS} discovery streams are open on this node"
+            )));
         }
         let this = self.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -252,9 +254,21 @@ pub async fn serve(server: Server, listener: tokio::net::TcpListener) {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
+    use std::collections::HashMap;
+
     use serde_json::json;
 
     use super::*;
+
+    fn res(
+        authority: &str,
+        svcs: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        pods: &HashMap<(String, String), Arc<Pod>>,
+    ) -> pb::Update {
+        let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
+        resolve(authority, svcs, slices, &pod, &naming())
+    }
 
     fn naming() -> Naming {
         Naming {
@@ -316,18 +330,14 @@ mod tests {
     #[test]
     fn an_authority_resolves_to_usable_endpoints_with_identity_and_hint() {
         let (svcs, slices, pods) = objects();
-        let by_ip = resolve("10.96.0.7:80", &svcs, &slices, &pods, &naming());
+        let by_ip = res("10.96.0.7:80", &svcs, &slices, &pods);
         for name in [
             "web.shop:80",
             "web.shop.svc:80",
             "web.shop.svc.cluster.local.:80",
             "WEB.shop.svc.cluster.local:80",
         ] {
-            assert_eq!(
-                resolve(name, &svcs, &slices, &pods, &naming()),
-                by_ip,
-                "{name}"
-            );
+            assert_eq!(res(name, &svcs, &slices, &pods), by_ip, "{name}");
         }
         assert!(!by_ip.unknown);
         // The unready pod is left out; the meshed one carries its identity.
@@ -345,7 +355,7 @@ mod tests {
         assert_eq!(a.protocol, pb::ProtocolHint::Unknown as i32);
         assert_eq!(by_ip.endpoints[1].mesh, None);
         // 5432 is among Linkerd's default opaque ports.
-        let db = resolve("web.shop:5432", &svcs, &slices, &pods, &naming());
+        let db = res("web.shop:5432", &svcs, &slices, &pods);
         assert!(db
             .endpoints
             .iter()
@@ -359,12 +369,12 @@ mod tests {
         svc.metadata.annotations =
             Some([(OPAQUE_PORTS.to_string(), "8000-8080".to_string())].into());
         svcs[0] = Arc::new(svc);
-        let http = resolve("web.shop:80", &svcs, &slices, &pods, &naming());
+        let http = res("web.shop:80", &svcs, &slices, &pods);
         assert!(http
             .endpoints
             .iter()
             .all(|e| e.protocol == pb::ProtocolHint::Opaque as i32));
-        let db = resolve("web.shop:5432", &svcs, &slices, &pods, &naming());
+        let db = res("web.shop:5432", &svcs, &slices, &pods);
         assert!(db
             .endpoints
             .iter()
@@ -374,20 +384,11 @@ mod tests {
     #[test]
     fn unknown_authorities_and_ports_say_so() {
         let (svcs, slices, pods) = objects();
-        assert!(resolve("10.96.0.8:80", &svcs, &slices, &pods, &naming()).unknown);
-        assert!(resolve("web.other:80", &svcs, &slices, &pods, &naming()).unknown);
-        assert!(
-            resolve(
-                "web.shop.svc.elsewhere:80",
-                &svcs,
-                &slices,
-                &pods,
-                &naming()
-            )
-            .unknown
-        );
-        assert!(resolve("web.shop", &svcs, &slices, &pods, &naming()).unknown);
-        let no_port = resolve("web.shop:81", &svcs, &slices, &pods, &naming());
+        assert!(res("10.96.0.8:80", &svcs, &slices, &pods).unknown);
+        assert!(res("web.other:80", &svcs, &slices, &pods).unknown);
+        assert!(res("web.shop.svc.elsewhere:80", &svcs, &slices, &pods).unknown);
+        assert!(res("web.shop", &svcs, &slices, &pods).unknown);
+        let no_port = res("web.shop:81", &svcs, &slices, &pods);
         assert!(!no_port.unknown && no_port.endpoints.is_empty());
     }
 }

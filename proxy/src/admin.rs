@@ -76,6 +76,12 @@ fn answer(req: &Request<Incoming>, peer: SocketAddr, m: &Metrics, state: &State)
             r
         }
         (&Method::GET, "/tap") => {
+            if !peer.ip().is_loopback() {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    format!("tap is served to loopback callers only (kubectl port-forward), not {peer}\n"),
+                );
+            }
             if m.tap.receiver_count() >= crate::tap::MAX_TAPS {
                 return text(
                     StatusCode::TOO_MANY_REQUESTS,

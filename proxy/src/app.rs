@@ -53,7 +53,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let creds: Arc<dyn Credentials> = Arc::new(identity);
 
     let resolver = match &cfg.destination_addr {
-        Some(a) => Resolver::api(statics, a, cfg.discovery_timeout, metrics.clone()),
+        Some(a) => Resolver::api(statics, a, cfg.discovery_timeout, metrics.clone())
+            .map_err(anyhow::Error::msg)?,
         None => Resolver::fixed(statics, metrics.clone()),
     };
     let out = outbound::Outbound::with(
@@ -62,6 +63,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             connect_timeout: cfg.connect_timeout,
             request_timeout: cfg.request_timeout,
             header_read_timeout: cfg.header_read_timeout,
+            namespace: cfg.namespace.clone().filter(|n| !n.is_empty()),
+            cluster_domain: cfg.cluster_domain.clone(),
             ..Default::default()
         },
         creds.clone(),
@@ -78,6 +81,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             app_ip: cfg.app_ip,
             proxy_ports: vec![cfg.outbound_listen.port(), cfg.admin_listen.port()],
             header_read_timeout: cfg.header_read_timeout,
+            opaque_ports: cfg.inbound_opaque_ports.0.clone(),
         },
         creds,
         metrics,

@@ -53,6 +53,13 @@ pub struct Config {
         default_value = "cluster.local"
     )]
     pub trust_domain: String,
+    /// The cluster's DNS domain: a one-label host `web:80` is `web.<namespace>.svc.<it>:80`.
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
     /// The projected ServiceAccount token for the identity audience (re-read at each renewal).
     #[arg(
         long,
@@ -85,6 +92,15 @@ pub struct Config {
         default_value = "permissive"
     )]
     pub inbound_policy: InboundPolicy,
+    /// This pod's opaque ports (`config.meshwork.io/opaque-ports`: `25,587,8000-8010`); tunnels
+    /// to them are relayed without detection. Default: Linkerd's server-speaks-first ports.
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_INBOUND_OPAQUE_PORTS",
+        default_value = "25,587,3306,4444,5432,6379,9300,11211",
+        value_parser = ports
+    )]
+    pub inbound_opaque_ports: Ports,
     /// Where the app listens.
     #[arg(long, env = "MESHWORK_PROXY_APP_IP", default_value = "127.0.0.1")]
     pub app_ip: std::net::IpAddr,
@@ -108,6 +124,14 @@ pub struct Config {
     /// Runtime worker threads (Linkerd's proxy defaults to a small fixed number too).
     #[arg(long, env = "MESHWORK_PROXY_WORKERS", default_value_t = 1)]
     pub workers: usize,
+}
+
+/// A port list (`25,587,8000-8010`).
+#[derive(Clone, Debug)]
+pub struct Ports(pub Vec<std::ops::RangeInclusive<u16>>);
+
+fn ports(s: &str) -> Result<Ports, String> {
+    meshwork_destination_api::parse_ports(s).map(Ports)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

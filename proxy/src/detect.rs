@@ -29,8 +29,10 @@ pub enum Detect {
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Longest HTTP/1 request line waited for (hyper's default max header size is 8 KiB, and a
-/// request line longer than that would be refused by the server anyway).
+/// Longest HTTP/1 request line waited for. A line still consistent with HTTP at this length is
+/// taken as HTTP (hyper then parses it, or refuses it with its own error): relaying it raw
+/// would let its headers, a forged identity among them, past the proxy unexamined, and apps
+/// accept far longer lines (Go: 1 MiB of headers, Node: 16 KiB).
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// Most a detector reads before it decides: a full TLS record (16 KiB + header) for the SNI.
@@ -71,9 +73,13 @@ pub fn detect(buf: &[u8], eof: bool) -> Detect {
         }
         return need_more_or_opaque(full);
     }
-    match request_line(buf) {
+    // Judged on the first MAX_REQUEST_LINE bytes only, so that a verdict reached at the limit
+    // stays the same however many bytes follow.
+    let line = &buf[..buf.len().min(MAX_REQUEST_LINE)];
+    match request_line(line) {
         Line::Http1 => Detect::Found(Protocol::Http1),
-        Line::Partial if !full && buf.len() < MAX_REQUEST_LINE => Detect::NeedMore,
+        Line::Partial if line.len() == MAX_REQUEST_LINE => Detect::Found(Protocol::Http1),
+        Line::Partial if !full => Detect::NeedMore,
         _ => Detect::Found(Protocol::Opaque),
     }
 }
@@ -211,10 +217,12 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_request_line_is_not_waited_for() {
+    fn an_endless_request_line_is_not_waited_for_and_stays_http() {
         let mut line = b"GET /".to_vec();
         line.resize(MAX_REQUEST_LINE, b'a');
-        assert_eq!(detect(&line, false), found(Protocol::Opaque));
+        assert_eq!(detect(&line, false), found(Protocol::Http1));
+        line.extend_from_slice(b"\x00 not a request line any more");
+        assert_eq!(detect(&line, false), found(Protocol::Http1));
         assert_eq!(
             detect(&line[..MAX_REQUEST_LINE - 1], false),
             Detect::NeedMore

@@ -128,6 +128,33 @@ pub async fn detect_io<I: AsyncRead + Unpin>(
     }
 }
 
+/// Once `on_upgrade` yields the client's side of a CONNECT, relays bytes both ways between it
+/// and `far` until both are done, counting them for `direction` (read: from the client). The
+/// tunnel holds `drain` meanwhile, so a drain waits for it (up to its grace).
+pub fn splice<F>(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut far: F,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    direction: crate::metrics::Direction,
+    drain: Option<crate::drain::Watch>,
+) where
+    F: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _hold = drain;
+        let Ok(near) = on_upgrade.await else { return };
+        let mut near = hyper_util::rt::TokioIo::new(near);
+        match tokio::io::copy_bidirectional(&mut near, &mut far).await {
+            Ok((up, down)) => {
+                let d = crate::metrics::DirectionLabels { direction };
+                metrics.bytes_read.get_or_create(&d).inc_by(up);
+                metrics.bytes_written.get_or_create(&d).inc_by(down);
+            }
+            Err(e) => tracing::debug!(?direction, error = %e, "tunnel ended"),
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncWriteExt, DuplexStream};
@@ -186,28 +213,4 @@ mod tests {
         assert_eq!(d, Detected::Found(Protocol::Opaque));
         assert_eq!(io.prefix(), b"GE");
     }
-}
-
-/// Once `on_upgrade` yields the client's side of a CONNECT, relays bytes both ways between it
-/// and `far` until both are done, counting them for `direction` (read: from the client).
-pub fn splice<F>(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    mut far: F,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    direction: crate::metrics::Direction,
-) where
-    F: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let Ok(near) = on_upgrade.await else { return };
-        let mut near = hyper_util::rt::TokioIo::new(near);
-        match tokio::io::copy_bidirectional(&mut near, &mut far).await {
-            Ok((up, down)) => {
-                let d = crate::metrics::DirectionLabels { direction };
-                metrics.bytes_read.get_or_create(&d).inc_by(up);
-                metrics.bytes_written.get_or_create(&d).inc_by(down);
-            }
-            Err(e) => tracing::debug!(?direction, error = %e, "tunnel ended"),
-        }
-    });
 }

@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod sessions;
 pub mod sni;
 pub mod tap;
 pub mod tls;

@@ -4,8 +4,10 @@
 //! closes and bytes; TLS handshakes by outcome; the outbound stack's retries, budget and
 //! ejections; the discovery stream's state.
 //!
-//! Label cardinality is bounded: authorities and peer identities become label values only for
-//! the first `MAX_LABEL_VALUES` distinct ones seen; later ones count under `overflow`, so a client sending random Host headers cannot grow
+//! Label cardinality is bounded: outbound authorities, inbound authorities (which any client
+//! names) and peer identities each become label values only for the first `MAX_LABEL_VALUES`
+//! distinct ones seen, each kind on its own budget so that one cannot use up another's; later
+//! ones count under `overflow`, so a client sending random Host headers cannot grow
 //! the registry.
 
 use std::{
@@ -19,7 +21,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Distinct authorities and peer identities (together) kept as label values.
+/// Distinct values of each kind (outbound authority, inbound authority, peer) kept as labels.
 pub const MAX_LABEL_VALUES: usize = 1000;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -91,7 +93,8 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     /// Discovery streams open (one per authority in use).
     pub discovery_streams: Gauge,
-    bounded: Mutex<HashSet<String>>,
+    /// Label values in use: outbound authorities, inbound authorities, peers.
+    bounded: [Mutex<HashSet<String>>; 3],
     registry: Registry,
     /// The live request stream (`tap.rs`).
     pub tap: tokio::sync::broadcast::Sender<crate::tap::Event>,
@@ -212,18 +215,19 @@ impl Metrics {
             discovery_updates,
             discovery_errors,
             discovery_streams,
-            bounded: Mutex::new(HashSet::new()),
+            bounded: Default::default(),
             registry: r,
             tap: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
-    /// `v` as a label value, or `overflow` once `MAX_LABEL_VALUES` others are in use.
-    pub fn bounded(&self, v: &str) -> String {
+    /// `v` as a label value of budget `kind`, or `overflow` once `MAX_LABEL_VALUES` others
+    /// are in use there.
+    fn bounded(&self, kind: usize, v: &str) -> String {
         if v.is_empty() {
             return String::new();
         }
-        let mut seen = self.bounded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.bounded[kind].lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(v) {
             return v.to_string();
         }
@@ -243,9 +247,15 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 direction: o.direction,
-                authority: self.bounded(o.authority),
+                authority: self.bounded(
+                    match o.direction {
+                        Direction::Outbound => 0,
+                        Direction::Inbound => 1,
+                    },
+                    o.authority,
+                ),
                 status_class,
-                peer: self.bounded(o.peer),
+                peer: self.bounded(2, o.peer),
             })
             .inc();
         self.latency

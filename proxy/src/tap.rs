@@ -1,7 +1,8 @@
 //! The live request stream on the admin port (`GET /tap`, JSON lines; `linkerd viz tap`'s
 //! role, for `mesh-ctl tap`): one line per answered request, its direction, authority, method,
-//! path, status, latency, peer identity and trace id. No header values or bodies: what the
-//! stream shows is what the metrics already count, per request. Lines go to a bounded
+//! path, status, latency, peer identity and trace id. No header values or bodies, but paths can
+//! carry secrets, so only loopback callers get it (the pod's own containers, or `kubectl
+//! port-forward`); Linkerd serves tap over mTLS to its tap API instead. Lines go to a bounded
 //! broadcast; a slow reader misses lines (counted in the stream as `{"lagged": n}`) rather
 //! than slowing requests, and nothing is built while no one listens.
 
@@ -74,7 +75,12 @@ pub fn stream(mut events: broadcast::Receiver<Event>, filter: Filter) -> crate::
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let line = match events.recv().await {
+            // A reader that went away is noticed even while no line matches its filter.
+            let ev = tokio::select! {
+                e = events.recv() => e,
+                _ = tx.closed() => return,
+            };
+            let line = match ev {
                 Ok(e) if filter.wants(&e) => e.line,
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => format!("{{\"lagged\":{n}}}"),

@@ -377,8 +377,9 @@ fn main() {
             );
         }
     }
-    // rate → path → [runs]
-    let mut results: BTreeMap<u32, BTreeMap<&str, Vec<(Value, f64)>>> = BTreeMap::new();
+    // rate → path → [(oha's summary, CPU ms per request)]
+    type Runs<'a> = BTreeMap<u32, BTreeMap<&'a str, Vec<(Value, f64)>>>;
+    let mut results: Runs = BTreeMap::new();
     for rate in RATES {
         for _ in 0..rounds {
             for p in &paths {

@@ -49,6 +49,10 @@ pub struct Config {
     pub proxy_ports: Vec<u16>,
     /// How long a plaintext client may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// This pod's opaque ports (`config.meshwork.io/opaque-ports`): what a tunnel carries to
+    /// them is relayed without detection, so a server that speaks first is not kept waiting
+    /// for a client byte (Linkerd's opaque ports).
+    pub opaque_ports: Vec<std::ops::RangeInclusive<u16>>,
 }
 
 impl Default for Config {
@@ -60,6 +64,10 @@ impl Default for Config {
             // Linkerd's outbound and admin ports (ARCHITECTURE.md, "The proxy").
             proxy_ports: vec![4140, 4191],
             header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
+            opaque_ports: meshwork_destination_api::DEFAULT_OPAQUE_PORTS
+                .iter()
+                .map(|p| *p..=*p)
+                .collect(),
         }
     }
 }
@@ -68,11 +76,14 @@ pub struct Inbound {
     cfg: Config,
     creds: Arc<dyn Credentials>,
     app: Client<HttpConnector, Body>,
-    /// Prior-knowledge HTTP/2 to the app, for requests that were HTTP/2 at their client.
-    app_h2: Client<HttpConnector, Body>,
+    /// Prior-knowledge HTTP/2 to the app, for requests that were HTTP/2 at their client: a
+    /// session per app port.
+    app_h2: crate::sessions::Sessions<SocketAddr, String>,
     own_name: String,
     /// The inbound listener's address, once serving.
     own: std::sync::OnceLock<SocketAddr>,
+    /// The drain the listener serves under, for what outlives a request (tunnels).
+    drain: std::sync::OnceLock<Watch>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -89,12 +100,11 @@ impl Inbound {
         Arc::new(Inbound {
             cfg,
             creds,
-            app: Client::builder(TokioExecutor::new()).build(http.clone()),
-            app_h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(http),
+            app: Client::builder(TokioExecutor::new()).build(http),
+            app_h2: Default::default(),
             own_name,
             own: std::sync::OnceLock::new(),
+            drain: std::sync::OnceLock::new(),
             metrics,
         })
     }
@@ -105,6 +115,7 @@ impl Inbound {
             return;
         };
         let _ = self.own.set(own);
+        let _ = self.drain.set(drain.clone());
         let metrics = self.metrics.clone();
         crate::accept::serve(
             listener,
@@ -257,39 +268,44 @@ impl Inbound {
 
     /// Serves HTTP on `io`, each request to `app` with the client identity header set to
     /// `client` (or removed).
-    async fn http<I>(
+    /// Boxed: a tunnel serves HTTP from inside a request this serves, and the compiler cannot
+    /// see through that cycle of anonymous futures.
+    fn http<I>(
         self: Arc<Self>,
         io: I,
         app: SocketAddr,
         client: Option<SpiffeId>,
         h2: bool,
         drain: Watch,
-    ) where
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let this = self.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let this = this.clone();
-            let client = client.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.to_app(req, app, client).await) }
-        });
-        let io = TokioIo::new(io);
-        let r = if h2 {
-            let b = crate::accept::h2();
-            crate::accept::http(b.serve_connection(io, svc), drain).await
-        } else {
-            let b = crate::accept::h1(self.cfg.header_read_timeout);
-            crate::accept::http(b.serve_connection(io, svc), drain).await
-        };
-        if let Err(e) = r {
-            crate::accept::http_error(&self.metrics, Direction::Inbound, &e);
-        }
+        Box::pin(async move {
+            let this = self.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let this = this.clone();
+                let client = client.clone();
+                async move { Ok::<_, std::convert::Infallible>(this.to_app(req, app, client).await) }
+            });
+            let io = TokioIo::new(io);
+            let r = if h2 {
+                let b = crate::accept::h2();
+                crate::accept::http(b.serve_connection(io, svc), drain).await
+            } else {
+                let b = crate::accept::h1(self.cfg.header_read_timeout);
+                crate::accept::http(b.serve_connection(io, svc), drain).await
+            };
+            if let Err(e) = r {
+                crate::accept::http_error(&self.metrics, Direction::Inbound, &e);
+            }
+        })
     }
 
     /// One request to the app, counted by authority, status class and client identity.
     async fn to_app(
-        &self,
-        mut req: Request<Incoming>,
+        self: &Arc<Self>,
+        req: Request<Incoming>,
         app: SocketAddr,
         client: Option<SpiffeId>,
     ) -> http::Response<Body> {
@@ -307,7 +323,7 @@ impl Inbound {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
-        let trace_id = crate::trace::propagate(req.headers_mut());
+        let trace_id = crate::trace::trace_id(req.headers());
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let span = tracing::info_span!(
             "request",
@@ -318,7 +334,7 @@ impl Inbound {
         );
         let resp = async {
             if req.method() == http::Method::CONNECT {
-                self.tunnel(req, app, client.is_some()).await
+                self.tunnel(req, app, client).await
             } else {
                 self.forward(req, app, client).await
             }
@@ -341,33 +357,29 @@ impl Inbound {
     /// A peer proxy's CONNECT: a TCP connection to the app port it names, bytes relayed.
     /// Only over mTLS: plaintext clients do not get a relay.
     async fn tunnel(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         session_app: SocketAddr,
-        meshed: bool,
+        client: Option<SpiffeId>,
     ) -> http::Response<Body> {
-        if !meshed {
+        let Some(client) = client else {
             self.metrics.refuse("plaintext_connect");
             return error(
                 http::StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is served to mesh peers only",
             );
-        }
-        let Some(port) = req.uri().authority().and_then(|a| a.port_u16()) else {
-            return error(http::StatusCode::BAD_REQUEST, "CONNECT names no port");
         };
-        let own = self
-            .own
-            .get()
-            .copied()
-            .unwrap_or(SocketAddr::new(session_app.ip(), 0));
-        let Some(app) = self.app_port(port, own) else {
-            self.metrics.refuse("proxy_port");
+        // Only to the port the session was opened for (its transport header's), which the
+        // peer's discovery named: a session is not a way into the pod's other ports.
+        let port = req.uri().authority().and_then(|a| a.port_u16());
+        if port != Some(session_app.port()) {
+            self.metrics.refuse("connect_port");
             return error(
                 http::StatusCode::FORBIDDEN,
-                "CONNECT to one of the proxy's own ports",
+                "CONNECT names another port than the session's",
             );
-        };
+        }
+        let app = session_app;
         let far = match TcpStream::connect(app).await {
             Ok(t) => t,
             Err(e) => {
@@ -379,12 +391,62 @@ impl Inbound {
             }
         };
         let _ = far.set_nodelay(true);
-        crate::io::splice(
-            hyper::upgrade::on(&mut req),
-            far,
-            self.metrics.clone(),
-            Direction::Inbound,
-        );
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let this = self.clone();
+        let drain = self.drain.get().cloned().unwrap_or_else(Watch::never);
+        let opaque = self
+            .cfg
+            .opaque_ports
+            .iter()
+            .any(|r| r.contains(&app.port()));
+        tokio::spawn(async move {
+            let Ok(near) = on_upgrade.await else { return };
+            if opaque {
+                let (mut near, mut far) = (TokioIo::new(near), far);
+                let _hold = drain;
+                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut near, &mut far).await {
+                    let d = crate::metrics::DirectionLabels {
+                        direction: Direction::Inbound,
+                    };
+                    this.metrics.bytes_read.get_or_create(&d).inc_by(up);
+                    this.metrics.bytes_written.get_or_create(&d).inc_by(down);
+                }
+                return;
+            }
+            // What a tunnel to any other port carries is still looked at: HTTP inside gets
+            // the identity header set here like any other request, so a peer cannot bring
+            // its own.
+            let near = TokioIo::new(near);
+            let Ok((detected, io)) = detect_io(near, this.cfg.detect_timeout).await else {
+                return;
+            };
+            match detected {
+                Detected::Found(Protocol::Http1) => {
+                    drop(far);
+                    this.http(io, app, Some(client), false, drain).await;
+                }
+                Detected::Found(Protocol::Http2) => {
+                    drop(far);
+                    this.http(io, app, Some(client), true, drain).await;
+                }
+                Detected::Partial => {}
+                _ => {
+                    let mut io = io;
+                    let mut far = far;
+                    let _hold = drain;
+                    match tokio::io::copy_bidirectional(&mut io, &mut far).await {
+                        Ok((up, down)) => {
+                            let d = crate::metrics::DirectionLabels {
+                                direction: Direction::Inbound,
+                            };
+                            this.metrics.bytes_read.get_or_create(&d).inc_by(up);
+                            this.metrics.bytes_written.get_or_create(&d).inc_by(down);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "inbound tunnel ended"),
+                    }
+                }
+            }
+        });
         http::Response::new(crate::http::full(bytes::Bytes::new()))
     }
 
@@ -412,32 +474,60 @@ impl Inbound {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
+        // The authority the client named, which the app sees: `:authority` in HTTP/2, Host
+        // in HTTP/1.1. The connection goes to `app` whatever it says.
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| app.to_string());
+        let target = if to_h2 { &authority } else { &app.to_string() };
         let Ok(uri) = Uri::builder()
             .scheme("http")
-            .authority(app.to_string())
+            .authority(target.as_str())
             .path_and_query(path)
             .build()
         else {
             return error(http::StatusCode::BAD_REQUEST, "invalid request target");
         };
-        if parts.headers.get(http::header::HOST).is_none() {
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+        parts.uri = uri;
+        let resp = if to_h2 {
+            parts.version = http::Version::HTTP_2;
+            // `:authority` carries it; a Host beside it must not differ (RFC 9113 §8.3.1).
+            parts.headers.remove(http::header::HOST);
+            let req = Request::from_parts(parts, body.boxed());
+            let connect_timeout = self.cfg.detect_timeout.min(Duration::from_secs(1));
+            match self
+                .app_h2
+                .get(app, move || {
+                    Box::pin(crate::sessions::plaintext_h2(app, connect_timeout))
+                })
+                .await
+            {
+                Ok(mut send) => match send.ready().await {
+                    Ok(()) => send.send_request(req).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            if parts.headers.get(http::header::HOST).is_none() {
+                if let Ok(v) = http::HeaderValue::from_str(&authority) {
                     parts.headers.insert(http::header::HOST, v);
                 }
             }
-        }
-        parts.uri = uri;
-        if to_h2 {
-            parts.version = http::Version::HTTP_2;
-            // :authority carries it in HTTP/2.
-            parts.headers.remove(http::header::HOST);
-        } else {
             parts.version = http::Version::HTTP_11;
-        }
-        let req = Request::from_parts(parts, body.boxed());
-        let app_client = if to_h2 { &self.app_h2 } else { &self.app };
-        match app_client.request(req).await {
+            let req = Request::from_parts(parts, body.boxed());
+            self.app.request(req).await.map_err(|e| e.to_string())
+        };
+        match resp {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

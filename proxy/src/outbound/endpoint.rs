@@ -3,13 +3,13 @@
 //! handshake serves every request, HTTP/1 requests travel as HTTP/2 streams (as Linkerd does).
 //! The connection is kept per (endpoint, identity) and replaced when it closes.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::Request;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_identity::spiffe::SpiffeId;
-use tokio::{io::AsyncWriteExt, net::TcpStream, sync::Mutex};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::discover::Mesh;
 use crate::{
@@ -39,12 +39,16 @@ type Key = (SocketAddr, u16, SpiffeId);
 /// Longest a new session may take, TCP connect, mTLS and HTTP/2 handshakes together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// HTTP/2 sessions to meshed endpoints.
+/// HTTP/2 sessions to meshed endpoints (`sessions.rs`: one handshake per endpoint, shared).
 pub struct Pool {
+    inner: Arc<Inner>,
+    sessions: crate::sessions::Sessions<Key, ConnectError>,
+}
+
+struct Inner {
     creds: Arc<dyn Credentials>,
     metrics: Arc<crate::metrics::Metrics>,
     connect_timeout: Duration,
-    sessions: Mutex<HashMap<Key, SendRequest<Body>>>,
 }
 
 impl Pool {
@@ -54,10 +58,12 @@ impl Pool {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Pool {
-            creds,
-            metrics,
-            connect_timeout,
-            sessions: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                creds,
+                metrics,
+                connect_timeout,
+            }),
+            sessions: Default::default(),
         }
     }
 
@@ -66,26 +72,28 @@ impl Pool {
         &self,
         addr: SocketAddr,
         mesh: &Mesh,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<SendRequest<Body>, Arc<ConnectError>> {
         let key = (addr, mesh.proxy_port, mesh.identity.clone());
-        // Held across a new session's handshake, so two requests do not open two sessions;
-        // it also makes connects to different endpoints wait on each other, which the
-        // balancer's per-endpoint services will replace.
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&key) {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
-        }
-        // The whole of it bounded (TCP, TLS, HTTP/2): the map is held meanwhile, so a peer
-        // that accepts and then stalls must not hold every other request with it.
-        let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connect(addr, mesh))
+        let inner = self.inner.clone();
+        let mesh = mesh.clone();
+        self.sessions
+            .get(key, move || {
+                Box::pin(async move {
+                    // The whole of it bounded (TCP, TLS, HTTP/2): a peer that accepts and
+                    // then stalls fails its requests in bounded time.
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, inner.connect(addr, &mesh))
+                        .await
+                        .map_err(|_| {
+                            ConnectError::Timeout(SocketAddr::new(addr.ip(), mesh.proxy_port))
+                        })
+                        .and_then(|r| r)
+                })
+            })
             .await
-            .map_err(|_| ConnectError::Timeout(SocketAddr::new(addr.ip(), mesh.proxy_port)))??;
-        sessions.insert(key, s.clone());
-        Ok(s)
     }
+}
 
+impl Inner {
     async fn connect(
         &self,
         addr: SocketAddr,
@@ -141,18 +149,16 @@ impl Pool {
         });
         Ok(send)
     }
+}
 
+impl Pool {
     /// Lets go of the sessions to endpoints discovery no longer lists: each closes once its
     /// requests in flight are done (hyper closes an HTTP/2 client connection whose every
     /// handle is gone when its last stream ends), so removed endpoints drain.
-    pub fn forget(self: &Arc<Self>, gone: Vec<(SocketAddr, Mesh)>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut sessions = this.sessions.lock().await;
-            for (addr, m) in gone {
-                sessions.remove(&(addr, m.proxy_port, m.identity));
-            }
-        });
+    pub fn forget(&self, gone: Vec<(SocketAddr, Mesh)>) {
+        for (addr, m) in gone {
+            self.sessions.forget(&(addr, m.proxy_port, m.identity));
+        }
     }
 
     /// A CONNECT stream to the endpoint's pod port on its session: the tunnel's far side.
@@ -194,7 +200,7 @@ impl Pool {
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error(transparent)]
-    Connect(ConnectError),
+    Connect(Arc<ConnectError>),
     #[error("request: {0}")]
     Request(hyper::Error),
     #[error("tunnel: {0}")]

@@ -60,6 +60,10 @@ pub struct Config {
     pub request_timeout: Option<Duration>,
     /// How long the app may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// The pod's namespace: a one-label host (`web:80`) means `web.<it>.svc.<domain>:80`, as
+    /// the pod's resolv.conf search path makes it.
+    pub namespace: Option<String>,
+    pub cluster_domain: String,
 }
 
 impl Default for Config {
@@ -73,6 +77,8 @@ impl Default for Config {
             retry: retry::Config::default(),
             request_timeout: None,
             header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
+            namespace: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }
@@ -82,14 +88,17 @@ pub struct Outbound {
     resolver: Resolver,
     pool: Arc<Pool>,
     plain: Client<HttpConnector, Body>,
-    /// Prior-knowledge HTTP/2 outside the mesh, for apps that spoke HTTP/2 (gRPC).
-    plain_h2: Client<HttpConnector, Body>,
+    /// Prior-knowledge HTTP/2 outside the mesh, for apps that spoke HTTP/2 (gRPC): a session
+    /// per endpoint.
+    plain_h2: crate::sessions::Sessions<std::net::SocketAddr, String>,
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
     /// Keyed by authority too: each Service balances and ejects on its own, and routing one
     /// never prunes another's.
-    endpoints: Mutex<HashMap<(String, Endpoint), (PeakEwma, Breaker)>>,
+    endpoints: Mutex<HashMap<(String, Endpoint), EndpointState>>,
     budget: TpsBudget,
     pub metrics: Arc<Metrics>,
+    /// The drain the listener serves under, for what outlives a request (tunnels).
+    drain: std::sync::OnceLock<Watch>,
 }
 
 impl Outbound {
@@ -116,15 +125,14 @@ impl Outbound {
         let cfg_budget = cfg.retry.budget.clone();
         Arc::new(Outbound {
             pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),
-            plain: Client::builder(TokioExecutor::new()).build(http.clone()),
-            plain_h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(http),
+            plain: Client::builder(TokioExecutor::new()).build(http),
+            plain_h2: Default::default(),
             cfg,
             resolver,
             endpoints: Mutex::new(HashMap::new()),
             budget: TpsBudget::new(cfg_budget.ttl, cfg_budget.min_per_sec, cfg_budget.percent),
             metrics,
+            drain: std::sync::OnceLock::new(),
         })
     }
 
@@ -171,23 +179,37 @@ impl Outbound {
         Ok(())
     }
 
-    /// The request's authority: its absolute-form target, else its Host header.
-    fn authority(req: &Request<Incoming>) -> Option<String> {
-        if let Some(a) = req.uri().authority() {
-            let port = a.port_u16().unwrap_or(80);
-            return Some(format!("{}:{port}", a.host()));
+    /// The request's authority: its absolute-form target, else its Host header; lower case,
+    /// with its port, a one-label name qualified by the pod's namespace.
+    fn authority(&self, req: &Request<Incoming>) -> Option<String> {
+        let a = match req.uri().authority() {
+            Some(a) => a.clone(),
+            None => req
+                .headers()
+                .get(http::header::HOST)?
+                .to_str()
+                .ok()?
+                .parse::<http::uri::Authority>()
+                .ok()?,
+        };
+        let host = a.host().to_ascii_lowercase();
+        let port = a.port_u16().unwrap_or(80);
+        let is_ip = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
+        match &self.cfg.namespace {
+            Some(ns) if !is_ip && !host.contains('.') && host != "localhost" => Some(format!(
+                "{host}.{ns}.svc.{}:{port}",
+                self.cfg.cluster_domain
+            )),
+            _ => Some(format!("{host}:{port}")),
         }
-        let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-        let a: http::uri::Authority = host.parse().ok()?;
-        Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
     }
 
     /// One request, in a span of its own, counted by its authority, status class and the
     /// server's identity, and on the tap.
-    async fn route(&self, mut req: Request<Incoming>) -> http::Response<Body> {
+    async fn route(&self, req: Request<Incoming>) -> http::Response<Body> {
         let started = Instant::now();
-        let authority = Self::authority(&req).map(|a| a.to_ascii_lowercase());
-        let trace_id = crate::trace::propagate(req.headers_mut());
+        let authority = self.authority(&req);
+        let trace_id = crate::trace::trace_id(req.headers());
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let span = tracing::info_span!(
             "request",
@@ -238,12 +260,34 @@ impl Outbound {
         peer: &mut String,
     ) -> http::Response<Body> {
         let authority = authority.to_string();
+        if req.headers().contains_key(http::header::UPGRADE) {
+            // Stripping Upgrade (hop-by-hop) would hand the server a plain GET it answers
+            // with a puzzling 400; say plainly what is missing instead.
+            self.metrics.refuse("upgrade");
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "HTTP/1.1 upgrades (WebSocket) are not proxied yet; CONNECT tunnels are",
+            );
+        }
         let eps = match self.endpoints(&authority).await {
             Ok(e) => e,
             Err(resp) => return resp,
         };
         let eps = &eps[..];
         let absolute = req.uri().authority().is_some();
+        // The authority as the app wrote it goes on the wire (the server sees what its client
+        // named); the qualified `authority` is for discovery and the metrics.
+        let wire = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| authority.clone());
         let (mut head, body) = req.into_parts();
         // Whether the body can be held for replay is read from its framing, before the
         // hop-by-hop headers (Transfer-Encoding among them) go.
@@ -252,9 +296,12 @@ impl Outbound {
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
         head.headers.remove(CLIENT_ID);
         head.headers.remove(ORIG_PROTO);
-        // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
-        if absolute || head.headers.get(http::header::HOST).is_none() {
-            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2); in HTTP/2
+        // `:authority` carries it, and a Host beside it must not differ (RFC 9113 §8.3.1).
+        if head.version == http::Version::HTTP_2 {
+            head.headers.remove(http::header::HOST);
+        } else if absolute || head.headers.get(http::header::HOST).is_none() {
+            if let Ok(v) = http::HeaderValue::from_str(&wire) {
                 head.headers.insert(http::header::HOST, v);
             }
         }
@@ -306,7 +353,7 @@ impl Outbound {
                 started: Instant::now(),
                 done: false,
             };
-            let attempt_fut = self.send(&ep, &authority, &head, &path, this_body);
+            let attempt_fut = self.send(&ep, &wire, &head, &path, this_body);
             let result = match deadline {
                 Some(at) => match tokio::time::timeout_at(at, attempt_fut).await {
                     Ok(r) => r,
@@ -323,6 +370,20 @@ impl Outbound {
             // 5xx and transport failures count against the endpoint (Linkerd's classification).
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
             flight.finish(ok);
+            if let Err(Failed { connect: true, .. }) = &result {
+                // Nothing reached the endpoint: it sits out its reconnect back-off, and the
+                // request goes to another one without counting as a retry (Linkerd never
+                // dispatches to an endpoint it is not connected to).
+                self.reconnect_failed(&authority, &ep);
+                let left = self
+                    .resolver
+                    .current(&authority)
+                    .map_or(eps.len(), |e| e.len());
+                if replay.is_some() && tried.len() + 1 < left {
+                    tried.push(ep);
+                    continue;
+                }
+            }
             let again = !ok
                 && replay.is_some()
                 && attempt < self.cfg.retry.limit
@@ -344,7 +405,7 @@ impl Outbound {
                     parts.version = http::Version::HTTP_11;
                     http::Response::from_parts(parts, body.boxed())
                 }
-                Err(why) => {
+                Err(Failed { why, .. }) => {
                     tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound request failed");
                     error(StatusCode::BAD_GATEWAY, &why)
                 }
@@ -353,22 +414,26 @@ impl Outbound {
     }
 
     /// One attempt on `ep`: over its mesh session, or plaintext outside the mesh.
+    /// `wire`: the authority the app named, which the server sees.
     async fn send(
         &self,
         ep: &Endpoint,
-        authority: &str,
+        wire: &str,
         head: &http::request::Parts,
         path: &str,
         body: Body,
-    ) -> Result<http::Response<Incoming>, String> {
+    ) -> Result<http::Response<Incoming>, Failed> {
         let app_h2 = head.version == http::Version::HTTP_2;
+        // HTTP/1.1 outside the mesh goes through hyper's pooled client, which connects to the
+        // URI's address (Host keeps the name); HTTP/2 keeps the name in `:authority` and a
+        // session per endpoint address.
         let (target_authority, version) = match &ep.mesh {
-            Some(_) => (authority.to_string(), http::Version::HTTP_2),
-            None if app_h2 => (ep.addr.to_string(), http::Version::HTTP_2),
+            Some(_) => (wire.to_string(), http::Version::HTTP_2),
+            None if app_h2 => (wire.to_string(), http::Version::HTTP_2),
             None => (ep.addr.to_string(), http::Version::HTTP_11),
         };
         let Some(uri) = target(&target_authority, path) else {
-            return Err("invalid request target".into());
+            return Err(Failed::request("invalid request target".into()));
         };
         let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
@@ -385,14 +450,38 @@ impl Outbound {
                 .send(ep.addr, mesh, req)
                 .await
                 .map_err(|e| match e {
-                    SendError::Connect(c) => c.to_string(),
-                    SendError::Request(r) => format!("request to {}: {r}", ep.addr),
-                    SendError::Tunnel(t) => t,
+                    SendError::Connect(c) => Failed {
+                        why: c.to_string(),
+                        connect: true,
+                    },
+                    SendError::Request(r) => {
+                        Failed::request(format!("request to {}: {r}", ep.addr))
+                    }
+                    SendError::Tunnel(t) => Failed::request(t),
                 }),
-            None => if app_h2 { &self.plain_h2 } else { &self.plain }
-                .request(req)
-                .await
-                .map_err(|e| format!("plaintext to {}: {e}", ep.addr)),
+            None if app_h2 => {
+                let (addr, timeout) = (ep.addr, self.cfg.connect_timeout);
+                let mut send = self
+                    .plain_h2
+                    .get(addr, move || {
+                        Box::pin(crate::sessions::plaintext_h2(addr, timeout))
+                    })
+                    .await
+                    .map_err(|e| Failed {
+                        why: e.to_string(),
+                        connect: true,
+                    })?;
+                send.ready()
+                    .await
+                    .map_err(|e| Failed::request(format!("plaintext HTTP/2 to {addr}: {e}")))?;
+                send.send_request(req)
+                    .await
+                    .map_err(|e| Failed::request(format!("plaintext HTTP/2 to {addr}: {e}")))
+            }
+            None => self.plain.request(req).await.map_err(|e| Failed {
+                why: format!("plaintext to {}: {e}", ep.addr),
+                connect: e.is_connect(),
+            }),
         }
     }
 }
@@ -408,6 +497,11 @@ impl Outbound {
         eps: &[Endpoint],
         tried: &[Endpoint],
     ) -> Option<(Endpoint, bool)> {
+        // The latest set, not the one the request started with: a request that waited (a
+        // slow upload, a retry) must not bring back an endpoint discovery has since dropped,
+        // nor prune one it has since added.
+        let latest = self.resolver.current(authority).filter(|e| !e.is_empty());
+        let eps: &[Endpoint] = latest.as_deref().unwrap_or(eps);
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         // Endpoints this authority no longer lists go (their in-flight requests finish on
@@ -432,12 +526,13 @@ impl Outbound {
                 (
                     PeakEwma::new(&self.cfg.balance, now),
                     Breaker::new(self.cfg.breaker.clone()),
+                    Reconnect::default(),
                 )
             });
         }
         let load = |e: &Endpoint, skip_tried: bool| {
-            let (ewma, breaker) = &all[&key(e)];
-            (breaker.available(now) && !(skip_tried && tried.contains(e)))
+            let (ewma, breaker, reconnect) = &all[&key(e)];
+            (breaker.available(now) && reconnect.ready(now) && !(skip_tried && tried.contains(e)))
                 .then(|| ewma.load(&self.cfg.balance, now))
         };
         // A retry goes elsewhere when there is anywhere else to go.
@@ -446,14 +541,14 @@ impl Outbound {
             loads = eps.iter().map(|e| load(e, false)).collect();
         }
         let due = eps.iter().position(|e| {
-            let b = &all[&key(e)].1;
-            b.is_ejected() && b.available(now)
+            let (_, b, r) = &all[&key(e)];
+            b.is_ejected() && b.available(now) && r.ready(now)
         });
         let i = match due {
             Some(i) => i,
             None => balance::p2c(&loads, rand::random(), rand::random())?,
         };
-        let (ewma, breaker) = all.get_mut(&key(&eps[i]))?;
+        let (ewma, breaker, _) = all.get_mut(&key(&eps[i]))?;
         let probe = match breaker.admit(now) {
             breaker::Admit::No => return None,
             breaker::Admit::Probe => true,
@@ -463,14 +558,26 @@ impl Outbound {
         Some((eps[i].clone(), probe))
     }
 
+    /// A connect to `ep` failed: it sits out its reconnect back-off.
+    fn reconnect_failed(&self, authority: &str, ep: &Endpoint) {
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, r)) = all.get_mut(&(authority.to_string(), ep.clone())) {
+            r.failed(Instant::now());
+        }
+    }
+
     /// Records a request's outcome on its endpoint; None: it was dropped before it had one
     /// (the client went away), which ends its pending count and hands back a probe.
     fn done(&self, f: &InFlight<'_>, ok: Option<bool>) {
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ewma, breaker)) = all.get_mut(&(f.authority.clone(), f.ep.clone())) {
+        if let Some((ewma, breaker, reconnect)) = all.get_mut(&(f.authority.clone(), f.ep.clone()))
+        {
             match ok {
                 Some(ok) => {
+                    if ok {
+                        reconnect.ok();
+                    }
                     ewma.finish(&self.cfg.balance, now, now - f.started);
                     if let Some(why) = breaker.record(now, ok, f.probe, rand::random()) {
                         self.metrics.ejections.inc();
@@ -483,6 +590,55 @@ impl Outbound {
                 }
             }
         }
+    }
+}
+
+/// What the stack keeps per endpoint of an authority: its load, breaker and reconnect back-off.
+type EndpointState = (PeakEwma, Breaker, Reconnect);
+
+/// Why an attempt failed; `connect`: before anything reached the endpoint.
+#[derive(Debug)]
+struct Failed {
+    why: String,
+    connect: bool,
+}
+
+impl Failed {
+    fn request(why: String) -> Self {
+        Failed {
+            why,
+            connect: false,
+        }
+    }
+}
+
+/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s, until a request to it
+/// succeeds again: an endpoint that cannot be reached is not offered requests (Linkerd's
+/// reconnect back-off), well before the breaker's seven failures would eject it.
+#[derive(Debug, Default)]
+struct Reconnect {
+    until: Option<Instant>,
+    next: Duration,
+}
+
+impl Reconnect {
+    fn ready(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now >= u)
+    }
+
+    fn failed(&mut self, now: Instant) {
+        let d = if self.next.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            self.next
+        };
+        self.until = Some(now + d);
+        self.next = (d * 2).min(Duration::from_secs(5));
+    }
+
+    fn ok(&mut self) {
+        self.until = None;
+        self.next = Duration::ZERO;
     }
 }
 

@@ -1,14 +1,18 @@
 //! Discovery from the node's control agent (`Destination.Get`, destination-api/): one stream
-//! per authority in use, opened by its first request, each update the authority's whole set.
-//! While the agent is away the last set stays in use and the stream reopens with back-off
-//! (100 ms doubling to 5 s, jittered), as Linkerd's proxy keeps its last resolution.
-//! Entries given statically (`--endpoint`) answer first and never ask the agent.
+//! per authority in use, all on one connection, opened by the authority's first request and
+//! let go after `IDLE` without requests; each update is the authority's whole set. While the
+//! agent is away the last set stays in use and the stream reopens with back-off (100 ms
+//! doubling to 5 s, jittered), as Linkerd's proxy keeps its last resolution. Entries given
+//! statically (`--endpoint`) answer first and never ask the agent.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use meshwork_destination_api::pb::{self, destination_client::DestinationClient};
@@ -28,13 +32,31 @@ pub struct Resolver {
 }
 
 struct Api {
-    /// `http://host:port` of the control agent.
-    url: String,
-    /// How long a first request waits for its authority's first set (Linkerd's
-    /// fail-fast: the request then gets a 503 instead of queueing).
+    /// One lazily connected channel to the agent, every authority's stream on it.
+    channel: tonic::transport::Channel,
+    /// How long a first request waits for its authority's first set; past it the authority
+    /// fails fast (503 at once) until a set arrives (Linkerd's failfast).
     first: Duration,
-    streams: Mutex<HashMap<String, watch::Receiver<Set>>>,
+    streams: Mutex<Streams>,
 }
+
+#[derive(Default)]
+struct Streams {
+    by_authority: HashMap<String, Entry>,
+    swept: Option<Instant>,
+}
+
+struct Entry {
+    rx: watch::Receiver<Set>,
+    failfast: Arc<AtomicBool>,
+    used: Instant,
+}
+
+/// An authority no request asked for in this long lets its stream go.
+const IDLE: Duration = Duration::from_secs(300);
+/// Authorities followed at once; past it, new ones get a 503 (a client sending random Host
+/// headers must not open a stream each on the agent).
+const MAX_AUTHORITIES: usize = 10_000;
 
 impl Resolver {
     pub fn fixed(statics: Static, metrics: Arc<Metrics>) -> Self {
@@ -46,16 +68,37 @@ impl Resolver {
     }
 
     /// Static entries, then the control agent at `addr` (`host:port`).
-    pub fn api(statics: Static, addr: &str, first: Duration, metrics: Arc<Metrics>) -> Self {
-        Resolver {
+    pub fn api(
+        statics: Static,
+        addr: &str,
+        first: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("--destination-addr {addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Resolver {
             statics,
             api: Some(Api {
-                url: format!("http://{addr}"),
+                channel,
                 first,
-                streams: Mutex::new(HashMap::new()),
+                streams: Mutex::new(Streams::default()),
             }),
             metrics,
+        })
+    }
+
+    /// The endpoints of `authority` (lower-case `host:port`) now, without waiting.
+    pub fn current(&self, authority: &str) -> Option<Arc<[Endpoint]>> {
+        if let Some(eps) = self.statics.get(authority) {
+            return Some(eps.into());
         }
+        let api = self.api.as_ref()?;
+        let streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let set = streams.by_authority.get(authority)?.rx.borrow().clone();
+        set
     }
 
     /// The endpoints of `authority` (lower-case `host:port`); None: nobody knows it.
@@ -64,24 +107,48 @@ impl Resolver {
             return Some(eps.into());
         }
         let api = self.api.as_ref()?;
-        let mut rx = {
+        let now = Instant::now();
+        let (mut rx, failfast) = {
             let mut streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
-            streams
+            if streams
+                .swept
+                .is_none_or(|t| now - t > Duration::from_secs(10))
+            {
+                // Dropping an entry's receiver ends its stream (`follow` sees no one left).
+                streams.by_authority.retain(|_, e| now - e.used < IDLE);
+                streams.swept = Some(now);
+            }
+            if !streams.by_authority.contains_key(authority)
+                && streams.by_authority.len() >= MAX_AUTHORITIES
+            {
+                self.metrics.refuse("discovery_limit");
+                return None;
+            }
+            let e = streams
+                .by_authority
                 .entry(authority.to_string())
                 .or_insert_with(|| {
                     let (tx, rx) = watch::channel(None);
                     tokio::spawn(follow(
-                        api.url.clone(),
+                        api.channel.clone(),
                         authority.to_string(),
                         tx,
                         self.metrics.clone(),
                     ));
-                    rx
-                })
-                .clone()
+                    Entry {
+                        rx,
+                        failfast: Arc::new(AtomicBool::new(false)),
+                        used: now,
+                    }
+                });
+            e.used = now;
+            (e.rx.clone(), e.failfast.clone())
         };
         if let Some(set) = rx.borrow().clone() {
             return Some(set);
+        }
+        if failfast.load(Ordering::Relaxed) {
+            return None;
         }
         let first = tokio::time::timeout(api.first, async {
             rx.wait_for(Option::is_some)
@@ -90,15 +157,30 @@ impl Resolver {
                 .and_then(|s| s.clone())
         })
         .await;
-        first.ok().flatten()
+        match first {
+            Ok(set) => set,
+            Err(_) => {
+                failfast.store(true, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
-/// Keeps `tx` at the agent's latest set for `authority` until every receiver is gone.
-async fn follow(url: String, authority: String, tx: watch::Sender<Set>, metrics: Arc<Metrics>) {
+/// Keeps `tx` at the agent's latest set for `authority` until no one holds a receiver.
+async fn follow(
+    channel: tonic::transport::Channel,
+    authority: String,
+    tx: watch::Sender<Set>,
+    metrics: Arc<Metrics>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match stream(&url, &authority, &tx, &metrics).await {
+        let r = tokio::select! {
+            r = stream(channel.clone(), &authority, &tx, &metrics) => r,
+            _ = tx.closed() => return,
+        };
+        match r {
             // The agent ended the stream (it is stopping): reopen at once.
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
@@ -106,29 +188,21 @@ async fn follow(url: String, authority: String, tx: watch::Sender<Set>, metrics:
                 tracing::info!(%authority, error = %e, retry_in = ?backoff, "discovery: keeping the last endpoints");
             }
         }
-        if tx.is_closed() {
-            return;
-        }
         let jitter = 0.75 + rand::random::<f64>() * 0.5;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            _ = tx.closed() => return,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
 async fn stream(
-    url: &str,
+    channel: tonic::transport::Channel,
     authority: &str,
     tx: &watch::Sender<Set>,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
     let mut client = DestinationClient::new(channel);
     let mut updates = client
         .get(pb::GetDestination {
@@ -138,21 +212,32 @@ async fn stream(
         .map_err(|s| s.message().to_string())?
         .into_inner();
     metrics.discovery_streams.inc();
-    let r = loop {
+    let _open = scopeguard(|| {
+        metrics.discovery_streams.dec();
+    });
+    loop {
         match updates.message().await {
             Ok(Some(u)) => {
                 metrics.discovery_updates.inc();
                 tx.send_replace(Some(endpoints(&u).into()));
             }
-            Ok(None) => break Ok(()),
-            Err(s) => break Err(s.message().to_string()),
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(s.message().to_string()),
         }
-        if tx.is_closed() {
-            break Ok(());
+    }
+}
+
+/// Runs `f` when dropped (a stream's gauge goes down however it ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
         }
-    };
-    metrics.discovery_streams.dec();
-    r
+    }
+    Guard(Some(f))
 }
 
 /// An update's endpoints; one the proxy cannot use (a bad address or identity) is left out

@@ -85,7 +85,7 @@ pub async fn replayable(head: &Parts, body: Incoming, cap: usize) -> Body {
 }
 
 /// Whether an attempt's outcome may be retried: a transport failure or a 5xx.
-pub fn retryable<B>(method: &Method, result: &Result<http::Response<B>, String>) -> bool {
+pub fn retryable<B, E>(method: &Method, result: &Result<http::Response<B>, E>) -> bool {
     idempotent(method)
         && match result {
             Ok(r) => r.status().is_server_error(),
@@ -106,7 +106,7 @@ mod tests {
         };
         assert!(retryable(&Method::GET, &r(503)));
         assert!(retryable(&Method::PUT, &r(500)));
-        assert!(retryable::<()>(&Method::GET, &Err("reset".into())));
+        assert!(retryable::<(), String>(&Method::GET, &Err("reset".into())));
         assert!(!retryable(&Method::GET, &r(404)));
         assert!(!retryable(&Method::GET, &r(200)));
         assert!(!retryable(&Method::POST, &r(503)));

@@ -82,6 +82,7 @@ impl Outbound {
             far,
             self.metrics.clone(),
             Direction::Outbound,
+            self.drain.get().cloned(),
         );
         http::Response::new(crate::http::full(bytes::Bytes::new()))
     }
