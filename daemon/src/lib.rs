@@ -14,6 +14,28 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from(d).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// Logs to stderr at `MESHWORK_LOG` (an env-filter; `info` when unset): one logging set-up for
+/// every Meshwork binary.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGINT or SIGTERM: how node components know to stop (an error means no signal
+/// handler could be installed).
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
@@ -36,27 +58,5 @@ mod tests {
         }
         assert!(super::parse_duration("-1h").is_err());
         assert!(super::parse_duration("soon").is_err());
-    }
-}
-
-/// Logs to stderr at `MESHWORK_LOG` (an env-filter; `info` when unset): one logging set-up for
-/// every Meshwork binary.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Resolves on SIGINT or SIGTERM: how node components know to stop (an error means no signal
-/// handler could be installed).
-pub async fn shutdown_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
     }
 }

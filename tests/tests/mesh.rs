@@ -300,7 +300,8 @@ fn read_head(s: &mut std::net::TcpStream) -> String {
 
 #[test]
 fn mtls_on_the_wire_identity_opaque_and_grpc() {
-    let m = Mesh::start("mesh", "24h");
+    // Not "mesh": `mesh-ctl up`'s lab is mwl-mesh-*, which the suite never sweeps.
+    let m = Mesh::start("meshdp", "24h");
     m.deploy(2);
     let web = m.o.pods("default", "app=web");
     let target = web[0].clone();
