@@ -262,20 +262,22 @@ async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_
         .iter()
         .map(|(t, _)| *t - start)
         .collect();
-    // Ejected after Linkerd's 7 consecutive failures, well within the first second; after
-    // that only probes, one per penalty (1 s, then 2 s, each with jitter 0.5).
-    let burst = stamps
-        .iter()
-        .filter(|t| **t < Duration::from_millis(500))
+    // Ejected after Linkerd's 7 consecutive failures: the first burst of connections (each
+    // within 300 ms of the one before) ends within the first second; after it only probes,
+    // one per penalty (1 s, then 2 s, each with jitter 0.5).
+    let burst = 1 + stamps
+        .windows(2)
+        .take_while(|w| w[1] - w[0] < Duration::from_millis(300))
         .count();
-    let probes = stamps.len() - burst;
-    assert!(
-        burst >= 1,
-        "the resetting backend was never tried: {stamps:?}"
-    );
+    let probes = stamps.len() - burst.min(stamps.len());
+    assert!(!stamps.is_empty(), "the resetting backend was never tried");
     assert!(
         burst <= 7,
         "{burst} connections before the ejection: {stamps:?}"
+    );
+    assert!(
+        stamps[burst - 1] < Duration::from_secs(1),
+        "still tried after a second: {stamps:?}"
     );
     assert!(
         probes <= 3,

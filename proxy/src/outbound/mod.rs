@@ -332,7 +332,7 @@ impl Outbound {
             let Some((ep, probe)) = self.pick(&authority, eps, &tried) else {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("every endpoint of {authority} is ejected"),
+                    &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
                 );
             };
             *peer = ep
@@ -383,6 +383,10 @@ impl Outbound {
                     tried.push(ep);
                     continue;
                 }
+                // Nowhere else to go: the client hears why the connect failed.
+                let why = result.err().map(|f| f.why).unwrap_or_default();
+                tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound connect failed");
+                return error(StatusCode::BAD_GATEWAY, &why);
             }
             let again = !ok
                 && replay.is_some()

@@ -35,7 +35,7 @@ impl Outbound {
         let Some((ep, probe)) = self.pick(authority, &eps, &[]) else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("every endpoint of {authority} is ejected"),
+                &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
             );
         };
         let flight = super::InFlight {
