@@ -20,6 +20,16 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("meshwork-orig-proto"
 /// Which proxy answered an error (so a client can tell a proxy's 502 from its app's).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("meshwork-proxy-error");
 
+/// The authority a request names: its target's (absolute form, HTTP/2), else its Host header.
+pub fn named_authority(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority().map(|a| a.to_string()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }

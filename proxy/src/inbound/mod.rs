@@ -310,16 +310,7 @@ impl Inbound {
         client: Option<SpiffeId>,
     ) -> http::Response<Body> {
         let started = std::time::Instant::now();
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
+        let authority = crate::http::named_authority(req.uri(), req.headers())
             .unwrap_or_default()
             .to_ascii_lowercase();
         let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
@@ -476,17 +467,7 @@ impl Inbound {
             .to_string();
         // The authority the client named, which the app sees: `:authority` in HTTP/2, Host
         // in HTTP/1.1. The connection goes to `app` whatever it says.
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
+        let authority = crate::http::named_authority(&parts.uri, &parts.headers)
             .unwrap_or_else(|| app.to_string());
         let target = if to_h2 { &authority } else { &app.to_string() };
         let Ok(uri) = Uri::builder()

@@ -277,16 +277,7 @@ impl Outbound {
         let absolute = req.uri().authority().is_some();
         // The authority as the app wrote it goes on the wire (the server sees what its client
         // named); the qualified `authority` is for discovery and the metrics.
-        let wire = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
+        let wire = crate::http::named_authority(req.uri(), req.headers())
             .unwrap_or_else(|| authority.clone());
         let (mut head, body) = req.into_parts();
         // Whether the body can be held for replay is read from its framing, before the
