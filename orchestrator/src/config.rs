@@ -57,6 +57,10 @@ pub struct ControllerFlags {
     /// (kube-controller-manager's flag). The API server's own controllers use its CA.
     #[arg(long)]
     pub root_ca_file: Option<PathBuf>,
+    /// The first delay before a Job replaces a failed pod; it doubles per failure up to 6
+    /// minutes (kube's job controller uses 10 s and has no flag for it).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub job_backoff: std::time::Duration,
 }
 
 impl ControllerFlags {
@@ -74,6 +78,7 @@ impl ControllerFlags {
             node_monitor_grace: std::time::Duration::from_secs(self.node_monitor_grace_period),
             resync: std::time::Duration::from_secs(self.resync_period.max(1)),
             root_ca,
+            job_backoff: self.job_backoff,
         })
     }
 }

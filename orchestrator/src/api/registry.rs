@@ -3,6 +3,7 @@
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet},
+        batch::v1::Job,
         coordination::v1::Lease,
         core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount},
         discovery::v1::EndpointSlice,
@@ -28,6 +29,7 @@ pub struct Registry {
 pub const GROUP_VERSIONS: &[(&str, &str)] = &[
     ("", "v1"),
     ("apps", "v1"),
+    ("batch", "v1"),
     ("discovery.k8s.io", "v1"),
     ("authentication.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
@@ -103,6 +105,7 @@ impl Registry {
             Box::new(Typed::<DaemonSet>::new()),
             Box::new(Typed::<Deployment>::new()),
             Box::new(Typed::<ReplicaSet>::new()),
+            Box::new(Typed::<Job>::new()),
             Box::new(Typed::<EndpointSlice>::new()),
             Box::new(Typed::<Role>::new()),
             Box::new(Typed::<ClusterRole>::new()),

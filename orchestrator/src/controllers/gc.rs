@@ -9,6 +9,7 @@ use anyhow::Context;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet},
+        batch::v1::Job,
         core::v1::{Pod, Service},
         discovery::v1::EndpointSlice,
     },
@@ -148,6 +149,9 @@ impl Controller {
             );
             deps.extend(dependent("ReplicaSet", &r.metadata));
         }
+        for j in c.jobs.state() {
+            owners.insert(j.uid().unwrap_or_default(), owner_of("Job", &j.metadata));
+        }
         for s in c.services.state() {
             owners.insert(
                 s.uid().unwrap_or_default(),
@@ -248,6 +252,7 @@ impl Controller {
                 "Deployment" => self.patch_owner::<Deployment>(o, &patch).await,
                 "DaemonSet" => self.patch_owner::<DaemonSet>(o, &patch).await,
                 "ReplicaSet" => self.patch_owner::<ReplicaSet>(o, &patch).await,
+                "Job" => self.patch_owner::<Job>(o, &patch).await,
                 "Service" => self.patch_owner::<Service>(o, &patch).await,
                 "Pod" => self.patch_owner::<Pod>(o, &patch).await,
                 _ => Ok(()),
@@ -276,6 +281,7 @@ impl Controller {
             "Deployment" => get(Api::<Deployment>::namespaced(c, ns), r).await,
             "DaemonSet" => get(Api::<DaemonSet>::namespaced(c, ns), r).await,
             "ReplicaSet" => get(Api::<ReplicaSet>::namespaced(c, ns), r).await,
+            "Job" => get(Api::<Job>::namespaced(c, ns), r).await,
             "Service" => get(Api::<Service>::namespaced(c, ns), r).await,
             "Pod" => get(Api::<Pod>::namespaced(c, ns), r).await,
             // Kinds this collector does not know are never treated as gone.

@@ -1,5 +1,5 @@
 //! The controllers of the bundled orchestrator (kube-controller-manager's role), run against
-//! the API through kube-rs like any client: ReplicaSet, Deployment, DaemonSet, EndpointSlice,
+//! the API through kube-rs like any client: ReplicaSet, Deployment, DaemonSet, Job, EndpointSlice,
 //! garbage collection by ownerReferences, node pod-CIDR allocation and node lifecycle, and the
 //! `default` ServiceAccount of each namespace. ClusterIP and NodePort allocation live in the API
 //! server (`api::alloc`), as in kube-apiserver, and so does the `kubernetes` Service.
@@ -14,6 +14,7 @@ mod daemonset;
 mod deployment;
 mod endpointslice;
 mod gc;
+mod job;
 mod nodes;
 mod replicaset;
 mod rollout;
@@ -27,6 +28,7 @@ use std::{sync::Arc, time::Duration};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet},
+    batch::v1::Job,
     core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
@@ -55,6 +57,9 @@ pub struct ControllerConfig {
     /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace; None: not
     /// published (kube-controller-manager's `--root-ca-file`).
     pub root_ca: Option<String>,
+    /// The first delay before a Job replaces a failed pod, doubling per failure to 6 min
+    /// (kube's job controller: 10 s, not a flag there; the lab shortens it).
+    pub job_backoff: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -65,6 +70,7 @@ impl Default for ControllerConfig {
             node_monitor_grace: Duration::from_secs(40),
             resync: Duration::from_secs(30),
             root_ca: None,
+            job_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -74,6 +80,7 @@ impl Default for ControllerConfig {
 pub struct Caches {
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
+    pub jobs: Store<Job>,
     pub deployments: Store<Deployment>,
     pub daemonsets: Store<DaemonSet>,
     pub services: Store<Service>,
@@ -138,6 +145,7 @@ impl Caches {
             events,
             Obj::RootCa,
         );
+        let (jobs, t12) = watch(Api::all(client.clone()), cfg(), events, Obj::Job);
         // Node heartbeat Leases report nothing: their renewals would wake the node controller
         // every few seconds per node; it requeues each node for when its grace runs out.
         let (leases, t11) = reflect_each(
@@ -153,6 +161,7 @@ impl Caches {
                 leases,
                 pods,
                 replicasets,
+                jobs,
                 deployments,
                 daemonsets,
                 services,
@@ -162,13 +171,14 @@ impl Caches {
                 serviceaccounts,
                 root_ca_maps,
             },
-            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11],
+            vec![t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12],
         )
     }
 
     pub async fn synced(&self) {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.replicasets.wait_until_ready().await;
+        let _ = self.jobs.wait_until_ready().await;
         let _ = self.deployments.wait_until_ready().await;
         let _ = self.daemonsets.wait_until_ready().await;
         let _ = self.services.wait_until_ready().await;
@@ -195,6 +205,11 @@ pub async fn start(client: Client, cfg: ControllerConfig) -> Vec<JoinHandle<()>>
     ));
     tasks.push(runner::spawn(
         deployment::Controller::new(c.clone(), k.clone()),
+        &events,
+        cfg.resync,
+    ));
+    tasks.push(runner::spawn(
+        job::Controller::new(c.clone(), k.clone(), cfg.job_backoff),
         &events,
         cfg.resync,
     ));

@@ -35,6 +35,7 @@ use tokio::{
 pub enum Obj {
     Pod(Arc<Pod>),
     ReplicaSet(Arc<ReplicaSet>),
+    Job(Arc<k8s_openapi::api::batch::v1::Job>),
     Deployment(Arc<Deployment>),
     DaemonSet(Arc<DaemonSet>),
     Service(Arc<Service>),
@@ -51,6 +52,7 @@ impl Obj {
         match self {
             Obj::Pod(o) => &o.metadata,
             Obj::ReplicaSet(o) => &o.metadata,
+            Obj::Job(o) => &o.metadata,
             Obj::Deployment(o) => &o.metadata,
             Obj::DaemonSet(o) => &o.metadata,
             Obj::Service(o) => &o.metadata,

@@ -135,6 +135,8 @@ pub(crate) struct Ctr {
     pub probes: Vec<JoinHandle<()>>,
     /// Found running by a restarted agent: probes and readiness still to pick up.
     pub adopted: bool,
+    /// This run's startupProbe has passed (its readiness and liveness probes run from then).
+    pub startup_ok: bool,
 }
 
 pub(crate) struct PodRt {
@@ -150,6 +152,13 @@ pub(crate) struct PodRt {
     pub volumes: Option<super::volumes::PodVolumes>,
     pub containers: HashMap<String, Ctr>,
     pub terminating: bool,
+    /// Every init container is through (regular ones exited 0, sidecars started); from then
+    /// on the app containers run and init containers are not waited for again.
+    pub initialized: bool,
+    /// A regular init container failed under restartPolicy Never: the pod has failed.
+    pub init_failed: bool,
+    /// Every app container has finished for good; the sidecars are being stopped.
+    pub finishing: bool,
     pub seen: Instant,
     pub timed: bool,
     pub process_ms: f64,
@@ -166,6 +175,9 @@ impl PodRt {
             volumes: None,
             containers: HashMap::new(),
             terminating: false,
+            initialized: false,
+            init_failed: false,
+            finishing: false,
             seen: Instant::now(),
             timed: false,
             process_ms: 0.0,
@@ -365,6 +377,7 @@ impl<R: PodRuntime> Kubelet<R> {
                 c.running = false;
                 c.stopping = false;
                 c.ready = false;
+                c.startup_ok = false;
                 c.kill_requested = false;
                 for p in c.probes.drain(..) {
                     p.abort();
@@ -571,6 +584,7 @@ impl<R: PodRuntime> Kubelet<R> {
         let mut to_start = Vec::new();
         let to_probe;
         let to_stop;
+        let stop_sidecars;
         {
             let mut st = self.inner.state.lock().await;
             let Some(p) = st.pods.get_mut(&uid) else {
@@ -589,6 +603,7 @@ impl<R: PodRuntime> Kubelet<R> {
             };
             let plan = super::plan::containers(p, pod, Instant::now(), self.inner.s.backoff);
             to_stop = plan.stop;
+            stop_sidecars = plan.stop_sidecars;
             to_probe = plan.probe;
             for (cs, attempt) in plan.start {
                 let hash = spec_hash(&cs);
@@ -701,10 +716,22 @@ impl<R: PodRuntime> Kubelet<R> {
                 c.probes = probes;
             }
         }
+        let ip = sb.ip;
         for run in to_stop {
-            let k = self.clone();
-            let grace = grace_of(pod);
-            tokio::spawn(async move { k.inner.rt.stop_container(&run, grace).await });
+            let (k, pod) = (self.clone(), pod.clone());
+            tokio::spawn(async move {
+                let cs = super::plan::spec_of(&pod, &run.name);
+                k.stop_run(cs, &run, grace_of(&pod), ip).await
+            });
+        }
+        if !stop_sidecars.is_empty() {
+            let (k, pod) = (self.clone(), pod.clone());
+            tokio::spawn(async move {
+                for run in stop_sidecars {
+                    let cs = super::plan::spec_of(&pod, &run.name);
+                    k.stop_run(cs, &run, grace_of(&pod), ip).await;
+                }
+            });
         }
         Ok(())
     }

@@ -18,84 +18,199 @@ use super::{
 pub(crate) struct Plan {
     /// Containers to start now, with their attempt number.
     pub start: Vec<(CSpec, u32)>,
-    /// Runs to stop (their spec changed, or a liveness probe failed).
+    /// Runs to stop (their spec changed, or a liveness or startup probe failed).
     pub stop: Vec<Container>,
+    /// Sidecars to stop once every app container has finished, in the order to stop them
+    /// (the reverse of their start order).
+    pub stop_sidecars: Vec<Container>,
     /// Adopted runs whose probes start again.
     pub probe: Vec<(CSpec, Container)>,
+}
+
+/// A native sidecar: an init container with `restartPolicy: Always` (KEP-753, GA in 1.33).
+pub(crate) fn is_sidecar(cs: &CSpec) -> bool {
+    cs.restart_policy.as_deref() == Some("Always")
+}
+
+/// Has `c` started, as the kubelet means it for a sidecar: running, and its startupProbe (if
+/// any) has passed. The next init container and the app containers wait for this.
+pub(crate) fn started(cs: &CSpec, c: &Ctr) -> bool {
+    c.running && (cs.startup_probe.is_none() || c.startup_ok)
+}
+
+/// The spec of the pod's container (app or init) named `name`.
+pub(crate) fn spec_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a CSpec> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+/// Would a container that exited with `code` be started again under `policy`?
+pub(crate) fn restarts(policy: &str, code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
+/// Where one container stands after `step`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Now {
+    Running,
+    /// To be started (or waiting for its back-off, or stopping): not running yet.
+    Pending,
+    /// Exited and not to be started again, with its exit code.
+    Done(i32),
 }
 
 /// Updates `p`'s container records (adoption, stop requests, back-off waiting) and says what to
 /// start and stop. `backoff` is the first restart back-off of a container seen for the first
 /// time.
+///
+/// The kubelet's order (KEP-753): init containers one at a time; a regular one must exit 0
+/// before the next starts, a sidecar must have started (startupProbe passed) and keeps
+/// running. Once every init container is through the pod is initialized for good and the app
+/// containers run under the pod's restartPolicy; sidecars are restarted whatever that policy
+/// says. When every app container has finished for good (a Job's pod), the sidecars are
+/// stopped, last started first, so the pod can complete.
 pub(crate) fn containers(p: &mut PodRt, pod: &Pod, now: Instant, backoff: Duration) -> Plan {
     let mut plan = Plan::default();
     let Some(spec) = &pod.spec else { return plan };
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    for cs in &spec.containers {
-        let c = p.containers.entry(cs.name.clone()).or_insert_with(|| Ctr {
-            backoff,
-            ..Default::default()
-        });
-        let hash = spec_hash(cs);
-        if c.spec_hash.is_empty() {
-            c.spec_hash = hash.clone();
-        }
-        if c.running && c.adopted {
-            // Readiness as last reported for this very run, until the probes say more: an
-            // agent restart must not flap the pod's endpoints.
-            c.adopted = false;
-            let id = c.run.as_ref().map(|r| format!("meshwork://{}", r.id()));
-            c.ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|list| list.iter().find(|x| x.name == cs.name))
-                .is_some_and(|x| x.ready && x.container_id == id);
-            if let Some(run) = c.run.clone() {
-                plan.probe.push((cs.clone(), run));
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    // An app container that ever ran means the pod was initialized (also for runs a restarted
+    // agent adopted, whose init containers may be long gone).
+    p.initialized |= spec
+        .containers
+        .iter()
+        .any(|cs| p.containers.get(&cs.name).is_some_and(|c| c.run.is_some()));
+    if !p.initialized {
+        // A failed init container under restartPolicy Never fails the pod (the kubelet's
+        // rule); otherwise it is retried with back-off like any container.
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        for cs in inits {
+            if is_sidecar(cs) {
+                step(p, pod, cs, "Always", now, backoff, &mut plan);
+                if !p.containers.get(&cs.name).is_some_and(|c| started(cs, c)) {
+                    return plan;
+                }
+                continue;
+            }
+            match step(p, pod, cs, init_policy, now, backoff, &mut plan) {
+                Now::Done(0) => continue,
+                Now::Done(_) => {
+                    p.init_failed = true;
+                    return plan;
+                }
+                Now::Running | Now::Pending => return plan,
             }
         }
-        if c.running {
-            if (c.spec_hash != hash || c.kill_requested) && !c.stopping {
-                c.stopping = true;
-                c.spec_hash = hash;
-                if let Some(run) = c.run.clone() {
-                    plan.stop.push(run);
+        p.initialized = true;
+    }
+    if !p.finishing {
+        for cs in inits.iter().filter(|cs| is_sidecar(cs)) {
+            step(p, pod, cs, "Always", now, backoff, &mut plan);
+        }
+    }
+    let mut mains_done = !spec.containers.is_empty();
+    for cs in &spec.containers {
+        mains_done &= matches!(
+            step(p, pod, cs, policy, now, backoff, &mut plan),
+            Now::Done(_)
+        );
+    }
+    if mains_done && !p.finishing {
+        p.finishing = true;
+        for cs in inits.iter().rev().filter(|cs| is_sidecar(cs)) {
+            if let Some(c) = p.containers.get_mut(&cs.name) {
+                if c.running && !c.stopping {
+                    c.stopping = true;
+                    plan.stop_sidecars.extend(c.run.clone());
                 }
             }
-            continue;
         }
-        if c.stopping {
-            continue;
-        }
-        let restart = match &c.last_exit {
-            // Never ran, or adopted without an exit: start it.
-            None => true,
-            Some((exit, _, _)) => match policy {
-                "Never" => false,
-                "OnFailure" => exit.code != 0,
-                _ => true,
-            },
-        };
-        if !restart {
-            continue;
-        }
-        if c.next_start.is_some_and(|t| now < t) {
-            if c.last_exit.is_some() {
-                c.waiting = Some((
-                    "CrashLoopBackOff".into(),
-                    format!(
-                        "back-off restarting failed container {} in pod {}_{}",
-                        cs.name, p.name, p.namespace
-                    ),
-                ));
-            }
-            continue;
-        }
-        let attempt = c.run.as_ref().map_or(0, |r| r.attempt + 1);
-        plan.start.push((cs.clone(), attempt));
     }
     plan
+}
+
+/// One container's record brought up to date, and its start or stop decided.
+fn step(
+    p: &mut PodRt,
+    pod: &Pod,
+    cs: &CSpec,
+    policy: &str,
+    now: Instant,
+    backoff: Duration,
+    plan: &mut Plan,
+) -> Now {
+    let c = p.containers.entry(cs.name.clone()).or_insert_with(|| Ctr {
+        backoff,
+        ..Default::default()
+    });
+    let hash = spec_hash(cs);
+    if c.spec_hash.is_empty() {
+        c.spec_hash = hash.clone();
+    }
+    if c.running && c.adopted {
+        // Readiness as last reported for this very run, until the probes say more: an
+        // agent restart must not flap the pod's endpoints.
+        c.adopted = false;
+        let id = c.run.as_ref().map(|r| format!("meshwork://{}", r.id()));
+        let status = pod.status.as_ref();
+        let reported = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .chain(status.and_then(|s| s.init_container_statuses.as_ref()))
+            .flatten()
+            .find(|x| x.name == cs.name && x.container_id == id);
+        c.ready = reported.is_some_and(|x| x.ready);
+        // A run found running past its startup (it was reported started) is not held again.
+        c.startup_ok = reported.is_some_and(|x| x.started == Some(true));
+        if let Some(run) = c.run.clone() {
+            plan.probe.push((cs.clone(), run));
+        }
+    }
+    if c.running {
+        if (c.spec_hash != hash || c.kill_requested) && !c.stopping {
+            c.stopping = true;
+            c.spec_hash = hash;
+            if let Some(run) = c.run.clone() {
+                plan.stop.push(run);
+            }
+        }
+        return Now::Running;
+    }
+    if c.stopping {
+        return Now::Pending;
+    }
+    // Never ran, or adopted without an exit: start it.
+    if let Some((exit, _, _)) = &c.last_exit {
+        if !restarts(policy, exit.code) {
+            return Now::Done(exit.code);
+        }
+    }
+    if c.next_start.is_some_and(|t| now < t) {
+        if c.last_exit.is_some() {
+            c.waiting = Some((
+                "CrashLoopBackOff".into(),
+                format!(
+                    "back-off restarting failed container {} in pod {}_{}",
+                    cs.name, p.name, p.namespace
+                ),
+            ));
+        }
+        return Now::Pending;
+    }
+    let attempt = c.run.as_ref().map_or(0, |r| r.attempt + 1);
+    plan.start.push((cs.clone(), attempt));
+    Now::Pending
 }
 
 #[cfg(test)]
@@ -224,6 +339,111 @@ mod tests {
         let mut rt = ran(&p, None);
         rt.containers.get_mut("c").unwrap().kill_requested = true;
         assert_eq!(containers(&mut rt, &p, now, Duration::ZERO).stop.len(), 1);
+    }
+
+    /// Init containers `i1`, sidecar `s` (with a startup probe), `i2`; app container `c`.
+    fn pod_with_inits(policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"restartPolicy": policy,
+                "initContainers": [
+                    {"name": "i1", "image": "busybox"},
+                    {"name": "s", "image": "busybox", "restartPolicy": "Always",
+                     "startupProbe": {"tcpSocket": {"port": 4191}}},
+                    {"name": "i2", "image": "busybox"}],
+                "containers": [{"name": "c", "image": "busybox"}]}
+        }))
+        .unwrap()
+    }
+
+    fn names(plan: &Plan) -> Vec<&str> {
+        plan.start.iter().map(|(c, _)| c.name.as_str()).collect()
+    }
+
+    fn set(rt: &mut PodRt, name: &str, running: bool, exit: Option<i32>) {
+        let c = rt.containers.get_mut(name).unwrap();
+        let mut r = run(0);
+        r.name = name.into();
+        c.run = Some(r);
+        c.running = running;
+        c.last_exit = exit.map(|code| {
+            let reason = "Completed".into();
+            (Exit { code, reason }, 0, 1)
+        });
+    }
+
+    #[test]
+    fn init_containers_run_in_order_and_a_sidecar_must_start_first() {
+        let (now, b) = (Instant::now(), Duration::ZERO);
+        let p = pod_with_inits("Always");
+        let mut rt = PodRt::new("ns".into(), "p".into());
+        assert_eq!(names(&containers(&mut rt, &p, now, b)), ["i1"]);
+        // Still running: nothing else starts.
+        set(&mut rt, "i1", true, None);
+        assert!(names(&containers(&mut rt, &p, now, b)).is_empty());
+        set(&mut rt, "i1", false, Some(0));
+        assert_eq!(names(&containers(&mut rt, &p, now, b)), ["s"]);
+        // The sidecar runs, but its startup probe has not passed: i2 waits.
+        set(&mut rt, "s", true, None);
+        assert!(names(&containers(&mut rt, &p, now, b)).is_empty());
+        rt.containers.get_mut("s").unwrap().startup_ok = true;
+        assert_eq!(names(&containers(&mut rt, &p, now, b)), ["i2"]);
+        assert!(!rt.initialized);
+        set(&mut rt, "i2", false, Some(0));
+        assert_eq!(names(&containers(&mut rt, &p, now, b)), ["c"]);
+        assert!(rt.initialized);
+        // Initialized for good: a crashed sidecar is restarted, the app goes on.
+        set(&mut rt, "c", true, None);
+        set(&mut rt, "s", false, Some(137));
+        assert_eq!(names(&containers(&mut rt, &p, now, b)), ["s"]);
+    }
+
+    #[test]
+    fn a_failed_init_container_is_retried_unless_the_policy_is_never() {
+        let (now, b) = (Instant::now(), Duration::ZERO);
+        for (policy, retried) in [("Always", true), ("OnFailure", true), ("Never", false)] {
+            let p = pod_with_inits(policy);
+            let mut rt = PodRt::new("ns".into(), "p".into());
+            containers(&mut rt, &p, now, b);
+            set(&mut rt, "i1", false, Some(1));
+            let plan = containers(&mut rt, &p, now, b);
+            if retried {
+                assert_eq!(names(&plan), ["i1"], "{policy}");
+                assert!(!rt.init_failed);
+            } else {
+                assert!(names(&plan).is_empty(), "{policy}");
+                assert!(rt.init_failed);
+            }
+        }
+    }
+
+    #[test]
+    fn sidecars_stop_once_the_app_has_finished_and_are_restarted_until_then() {
+        let (now, b) = (Instant::now(), Duration::ZERO);
+        let p = pod_with_inits("Never");
+        let mut rt = PodRt::new("ns".into(), "p".into());
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "i1", false, Some(0));
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "s", true, None);
+        rt.containers.get_mut("s").unwrap().startup_ok = true;
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "i2", false, Some(0));
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "c", true, None);
+        // The sidecar crashes under restartPolicy Never: it is a sidecar, so it restarts.
+        set(&mut rt, "s", false, Some(2));
+        assert_eq!(names(&containers(&mut rt, &p, now, b)), ["s"]);
+        set(&mut rt, "s", true, None);
+        // The app exits: the sidecar is stopped, once, and not restarted after.
+        set(&mut rt, "c", false, Some(0));
+        let plan = containers(&mut rt, &p, now, b);
+        assert!(plan.start.is_empty());
+        assert_eq!(plan.stop_sidecars.len(), 1);
+        assert!(containers(&mut rt, &p, now, b).stop_sidecars.is_empty());
+        set(&mut rt, "s", false, Some(143));
+        rt.containers.get_mut("s").unwrap().stopping = false;
+        assert!(containers(&mut rt, &p, now, b).start.is_empty());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use k8s_openapi::{
     api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-        ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+        Container as CSpec, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
@@ -15,7 +15,8 @@ use kube::{
 
 use super::{
     container::time,
-    kubelet::{Kubelet, PodRt, Settings},
+    kubelet::{Ctr, Kubelet, PodRt, Settings},
+    plan::{is_sidecar, restarts, started},
     runtime::{Exit, PodRuntime},
 };
 use crate::api::kind::now_seconds;
@@ -70,6 +71,73 @@ fn condition(old: &Option<PodStatus>, type_: &str, ok: bool, reason: Option<&str
     }
 }
 
+/// One container's status from its record; `started` is what the status's `started` says.
+fn container_status(cs: &CSpec, c: Option<&Ctr>, setup_error: Option<&String>) -> ContainerStatus {
+    let image = cs.image.clone().unwrap_or_default();
+    let run = c.and_then(|c| c.run.as_ref());
+    let terminated = |(e, started, finished): &(Exit, i64, i64)| ContainerStateTerminated {
+        exit_code: e.code,
+        reason: Some(e.reason.clone()),
+        started_at: Some(time(*started)),
+        finished_at: Some(time(*finished)),
+        container_id: run.map(|r| format!("meshwork://{}", r.id())),
+        ..Default::default()
+    };
+    let waiting = |reason: String, message: Option<String>| ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason),
+            message,
+        }),
+        ..Default::default()
+    };
+    let (state, last) = match c {
+        Some(c) if c.running => (
+            ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: run.map(|r| time(r.started_at)),
+                }),
+                ..Default::default()
+            },
+            c.last_exit.as_ref().map(terminated),
+        ),
+        Some(c) if c.waiting.is_some() => {
+            let (reason, message) = c.waiting.clone().unwrap_or_default();
+            (
+                waiting(reason, Some(message)),
+                c.last_exit.as_ref().map(terminated),
+            )
+        }
+        Some(c) if c.last_exit.is_some() => (
+            ContainerState {
+                terminated: c.last_exit.as_ref().map(terminated),
+                ..Default::default()
+            },
+            None,
+        ),
+        // Init containers not reached yet show PodInitializing, as the kubelet's do.
+        _ => (
+            waiting("ContainerCreating".into(), setup_error.cloned()),
+            None,
+        ),
+    };
+    let running = c.is_some_and(|c| c.running);
+    ContainerStatus {
+        name: cs.name.clone(),
+        image: image.clone(),
+        image_id: format!("meshwork-catalog://{}", super::catalog::image_name(&image)),
+        container_id: run.map(|r| format!("meshwork://{}", r.id())),
+        ready: running && c.is_some_and(|c| c.ready),
+        started: Some(c.is_some_and(|c| started(cs, c))),
+        restart_count: c.map_or(0, |c| c.restart_count),
+        state: Some(state),
+        last_state: Some(ContainerState {
+            terminated: last,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
     let spec = pod.spec.clone().unwrap_or_default();
     let old = pod.status.clone();
@@ -77,112 +145,72 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
         .restart_policy
         .clone()
         .unwrap_or_else(|| "Always".into());
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let mut init_statuses = Vec::new();
+    // Sidecars count for readiness (KEP-753); regular init containers do not.
+    let mut sidecars_ready = true;
+    let mut sidecars_running = false;
+    for cs in &inits {
+        let c = p.containers.get(&cs.name);
+        let mut st = container_status(cs, c, p.setup_error.as_ref());
+        if c.is_none() && p.sandbox.is_some() {
+            st.state = Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("PodInitializing".into()),
+                    message: None,
+                }),
+                ..Default::default()
+            });
+        }
+        if is_sidecar(cs) {
+            sidecars_ready &= st.ready;
+            sidecars_running |= c.is_some_and(|c| c.running);
+        }
+        init_statuses.push(st);
+    }
     let mut statuses = Vec::new();
     let (mut all_ready, mut any_running, mut all_done, mut all_ok) = (true, false, true, true);
     for cs in &spec.containers {
-        let image = cs.image.clone().unwrap_or_default();
         let c = p.containers.get(&cs.name);
-        let run = c.and_then(|c| c.run.as_ref());
-        let terminated = |(e, started, finished): &(Exit, i64, i64)| ContainerStateTerminated {
-            exit_code: e.code,
-            reason: Some(e.reason.clone()),
-            started_at: Some(time(*started)),
-            finished_at: Some(time(*finished)),
-            container_id: run.map(|r| format!("meshwork://{}", r.id())),
-            ..Default::default()
-        };
-        let (state, last) = match c {
-            Some(c) if c.running => (
-                ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: run.map(|r| time(r.started_at)),
-                    }),
-                    ..Default::default()
-                },
-                c.last_exit.as_ref().map(terminated),
-            ),
-            Some(c) if c.waiting.is_some() => {
-                let (reason, message) = c.waiting.clone().unwrap_or_default();
-                (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason),
-                            message: Some(message),
-                        }),
-                        ..Default::default()
-                    },
-                    c.last_exit.as_ref().map(terminated),
-                )
-            }
-            Some(c) if c.last_exit.is_some() => {
-                let exit = c.last_exit.as_ref().map(terminated);
-                (
-                    ContainerState {
-                        terminated: exit.clone(),
-                        ..Default::default()
-                    },
-                    None,
-                )
-            }
-            _ => {
-                let (reason, message) = match &p.setup_error {
-                    Some(e) => ("ContainerCreating".to_string(), Some(e.clone())),
-                    None => ("ContainerCreating".to_string(), None),
-                };
-                (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting {
-                            reason: Some(reason),
-                            message,
-                        }),
-                        ..Default::default()
-                    },
-                    None,
-                )
-            }
-        };
+        let mut st = container_status(cs, c, p.setup_error.as_ref());
+        if !p.initialized && c.is_none() && p.sandbox.is_some() {
+            st.state = Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("PodInitializing".into()),
+                    message: None,
+                }),
+                ..Default::default()
+            });
+        }
         let running = c.is_some_and(|c| c.running);
-        let ready = running && c.is_some_and(|c| c.ready);
-        all_ready &= ready;
+        all_ready &= st.ready;
         any_running |= running;
         let will_restart = c.is_some_and(|c| match &c.last_exit {
             None => true,
-            Some((e, _, _)) => match policy.as_str() {
-                "Never" => false,
-                "OnFailure" => e.code != 0,
-                _ => true,
-            },
+            Some((e, _, _)) => restarts(&policy, e.code),
         });
         let done = !running && c.is_some_and(|c| c.last_exit.is_some()) && !will_restart;
         all_done &= done;
         all_ok &= c
             .and_then(|c| c.last_exit.as_ref())
             .is_none_or(|(e, _, _)| e.code == 0);
-        statuses.push(ContainerStatus {
-            name: cs.name.clone(),
-            image: image.clone(),
-            image_id: format!("meshwork-catalog://{}", super::catalog::image_name(&image)),
-            container_id: run.map(|r| format!("meshwork://{}", r.id())),
-            ready,
-            started: Some(running),
-            restart_count: c.map_or(0, |c| c.restart_count),
-            state: Some(state),
-            last_state: Some(ContainerState {
-                terminated: last,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        statuses.push(st);
     }
+    let all_ready = all_ready && sidecars_ready;
+    // A finished pod waits for its sidecars to stop before it is Succeeded or Failed.
     let phase = if p.sandbox.is_none() {
         "Pending"
-    } else if all_done && !spec.containers.is_empty() {
+    } else if p.init_failed {
+        "Failed"
+    } else if !p.initialized {
+        "Pending"
+    } else if all_done && !spec.containers.is_empty() && !sidecars_running {
         if all_ok {
             "Succeeded"
         } else {
             "Failed"
         }
-    } else if any_running || statuses.iter().any(|s| s.restart_count > 0) {
+    } else if any_running || sidecars_running || statuses.iter().any(|s| s.restart_count > 0) {
         "Running"
     } else {
         "Pending"
@@ -194,7 +222,12 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
         .unwrap_or_else(|| condition(&old, "PodScheduled", true, None));
     let conditions = vec![
         condition(&old, "PodReadyToStartContainers", p.sandbox.is_some(), None),
-        condition(&old, "Initialized", true, None),
+        condition(
+            &old,
+            "Initialized",
+            p.initialized,
+            Some("ContainersNotInitialized"),
+        ),
         condition(&old, "Ready", all_ready, Some("ContainersNotReady")),
         condition(
             &old,
@@ -235,6 +268,7 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
             .and_then(|s| s.start_time.clone())
             .or_else(|| Some(Time(now_seconds()))),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: Some(qos.into()),
         ..Default::default()
     }

@@ -132,6 +132,9 @@ impl Orch {
             &grace,
             "--resync-period",
             "600",
+            // A failed Job pod is replaced after 1 s, 2 s, ... instead of kube's 10 s, 20 s.
+            "--job-backoff",
+            "1s",
         ];
         args.extend_from_slice(api_args);
         let (api, data) = start_apiserver(&lab, &nodes[0], &args);
@@ -445,7 +448,7 @@ impl Orch {
         let mut s = String::new();
         let out = self.kubectl_out(&[
             "get",
-            "nodes,pods,rs,deploy,endpointslices",
+            "nodes,pods,rs,deploy,jobs,endpointslices",
             "-A",
             "-o",
             "wide",

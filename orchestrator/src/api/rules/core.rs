@@ -133,6 +133,23 @@ pub fn validate_pod_spec(spec: &PodSpec, at: &str, causes: &mut Vec<Cause>) {
             if c.image.as_deref().is_none_or(str::is_empty) {
                 causes.push(Cause::required(format!("{f}.image")));
             }
+            // A container's own restartPolicy makes an init container a native sidecar
+            // (KEP-753); "Always" is the only value, and only there.
+            if let Some(rp) = c.restart_policy.as_deref() {
+                if list == "containers" {
+                    causes.push(Cause {
+                        reason: "FieldValueForbidden",
+                        field: format!("{f}.restartPolicy"),
+                        message: "Forbidden: may not be set for non-init containers".into(),
+                    });
+                } else if rp != "Always" {
+                    causes.push(Cause::unsupported(
+                        format!("{f}.restartPolicy"),
+                        rp,
+                        &["Always"],
+                    ));
+                }
+            }
             for (j, p) in c.ports.iter().flatten().enumerate() {
                 port_range(
                     format!("{f}.ports[{j}].containerPort"),
@@ -241,16 +258,64 @@ impl Rules for Pod {
     fn row(&self, now: Timestamp) -> Vec<Value> {
         let spec = self.spec.as_ref();
         let status = self.status.as_ref();
-        let total = spec.map_or(0, |s| s.containers.len());
         let statuses = status
             .and_then(|s| s.container_statuses.as_deref())
             .unwrap_or(&[]);
-        let ready = statuses.iter().filter(|c| c.ready).count();
-        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        let inits = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or(&[]);
+        let init_statuses = status
+            .and_then(|s| s.init_container_statuses.as_deref())
+            .unwrap_or(&[]);
+        // kubectl's printPod: native sidecars count among the containers, and an
+        // initializing pod shows which init container it is at.
+        let sidecar = |name: &str| {
+            inits
+                .iter()
+                .any(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"))
+        };
+        let mut total = spec.map_or(0, |s| s.containers.len());
+        total += inits
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .count();
+        let mut ready = statuses.iter().filter(|c| c.ready).count();
+        ready += init_statuses
+            .iter()
+            .filter(|c| c.ready && sidecar(&c.name))
+            .count();
+        let restarts: i32 = statuses
+            .iter()
+            .chain(init_statuses)
+            .map(|c| c.restart_count)
+            .sum();
         let mut reason = status
             .and_then(|s| s.reason.clone().or_else(|| s.phase.clone()))
             .unwrap_or_else(|| "Unknown".into());
-        for c in statuses {
+        let mut initializing = false;
+        for (i, c) in init_statuses.iter().enumerate() {
+            let st = c.state.as_ref();
+            let term = st.and_then(|st| st.terminated.as_ref());
+            let wait = st.and_then(|st| st.waiting.as_ref());
+            if term.is_some_and(|t| t.exit_code == 0)
+                || (sidecar(&c.name) && c.started == Some(true))
+            {
+                continue;
+            }
+            reason = match (term, wait.and_then(|w| w.reason.as_deref())) {
+                (Some(t), _) => format!(
+                    "Init:{}",
+                    t.reason
+                        .clone()
+                        .unwrap_or_else(|| format!("ExitCode:{}", t.exit_code))
+                ),
+                (None, Some(r)) if r != "PodInitializing" => format!("Init:{r}"),
+                _ => format!("Init:{i}/{}", inits.len()),
+            };
+            initializing = true;
+            break;
+        }
+        for c in statuses.iter().filter(|_| !initializing) {
             if let Some(w) = c.state.as_ref().and_then(|st| st.waiting.as_ref()) {
                 if let Some(r) = &w.reason {
                     reason = r.clone();
