@@ -4,6 +4,7 @@ mod addons;
 mod bringup;
 mod check;
 mod identity;
+mod inject;
 mod kubeconfig;
 mod procs;
 mod state;
@@ -33,6 +34,11 @@ enum Cmd {
     /// A supervised component's log (apiserver, node-<node>, supervisor, prometheus); the
     /// add-ons are pods: `kubectl -n kube-system logs ds/meshwork-control`.
     Logs(status::LogsArgs),
+    /// Add the Meshwork proxy to the workloads in manifests (files or stdin), printed to
+    /// stdout: `mesh-ctl inject -f app.yaml | kubectl apply -f -`.
+    Inject(inject::InjectArgs),
+    /// Remove what `inject` added.
+    Uninject(inject::UninjectArgs),
     /// Internal: the supervisor `up` starts in the background.
     #[command(hide = true)]
     Supervise(bringup::UpArgs),
@@ -50,6 +56,12 @@ fn main() -> std::process::ExitCode {
         meshwork_daemon::init_logging();
     }
     // Two workers: kube-rs calls and the supervised children's waits share them.
+    // Offline manifest rewriting needs no runtime.
+    let cmd = match cli.cmd {
+        Cmd::Inject(a) => return finish(inject::inject(a)),
+        Cmd::Uninject(a) => return finish(inject::uninject(a)),
+        cmd => cmd,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,7 +74,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let res = rt.block_on(async {
-        match cli.cmd {
+        match cmd {
             Cmd::Up(a) => up::up(a).await,
             Cmd::Down(a) => up::down(a).await,
             Cmd::Status(a) => status::status(a).await,
@@ -79,8 +91,13 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Logs(a) => status::logs(a).await,
             Cmd::Supervise(a) => bringup::supervise(a).await,
+            Cmd::Inject(_) | Cmd::Uninject(_) => Ok(()),
         }
     });
+    finish(res)
+}
+
+fn finish(res: anyhow::Result<()>) -> std::process::ExitCode {
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
