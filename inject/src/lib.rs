@@ -63,7 +63,11 @@ pub enum Error {
 fn template_of(kind: &str) -> Option<(&'static str, &'static str)> {
     Some(match kind {
         "Pod" => ("/metadata", "/spec"),
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
         | "ReplicationController" => ("/spec/template/metadata", "/spec/template/spec"),
         "CronJob" => (
             "/spec/jobTemplate/spec/template/metadata",

@@ -114,7 +114,10 @@ spec:
         let orig: Vec<Value> = serde_saphyr::from_multiple(TWO).unwrap();
         let mut got: Vec<Value> = serde_saphyr::from_multiple(&back.yaml).unwrap();
         // Uninject leaves the (now empty) template annotations map out again.
-        assert_eq!(got[0]["spec"]["template"]["metadata"]["labels"]["app"], "web");
+        assert_eq!(
+            got[0]["spec"]["template"]["metadata"]["labels"]["app"],
+            "web"
+        );
         got[0]["spec"]["template"]["metadata"] = orig[0]["spec"]["template"]["metadata"].clone();
         assert_eq!(got, orig);
     }

@@ -1,8 +1,8 @@
 //! The mesh data path end to end (issue 14), on a lab cluster: the API server, its
 //! controllers, a node runtime and a control agent per node (which serves the proxies'
-//! discovery), the identity service on node 1, and pods that run `meshwork-proxy` as a second
-//! container with the configuration injection will give it (a projected token for the
-//! identity audience, the trust roots ConfigMap, the downward API). Until interception
+//! discovery), the identity service on node 1, and pods that run `meshwork-proxy` as the
+//! injector puts it in (a native sidecar with a projected token for the identity audience,
+//! the trust roots ConfigMap, the downward API). Until interception
 //! (issue 15) the client app addresses its proxy explicitly: HTTP by absolute URI, opaque TCP
 //! by CONNECT, gRPC by its authority.
 //!

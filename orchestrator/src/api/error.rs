@@ -59,6 +59,9 @@ pub enum ApiError {
     Expired { requested: i64, oldest: i64 },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A denial with a code and message of someone else's (an admission webhook's).
+    #[error("{message}")]
+    Rejected { code: u16, message: String },
 }
 
 fn denied_message(resource: &str, name: &str, why: &str) -> String {
@@ -125,6 +128,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => 413,
             ApiError::Expired { .. } => 410,
             ApiError::Internal(_) => 500,
+            ApiError::Rejected { code, .. } => *code,
         }
     }
 
@@ -146,6 +150,16 @@ impl ApiError {
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::Expired { .. } => "Expired",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Rejected { code, .. } => match code {
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                500.. => "InternalError",
+                _ => "BadRequest",
+            },
         }
     }
 

@@ -23,6 +23,7 @@ mod tokens;
 pub mod validation;
 mod verbs;
 mod watch;
+mod webhooks;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -75,6 +76,8 @@ pub struct Api {
     /// RBAC decisions for the access reviews and the escalation check; None: reviews
     /// answer 404 and role writes are not checked.
     authz: Option<Arc<crate::server::authz::Authorizer>>,
+    /// The registered admission webhooks, as last read.
+    webhooks: webhooks::Cache,
 }
 
 /// Where a request points inside a group/version.
@@ -94,6 +97,27 @@ impl Target {
     }
     fn name(&self) -> &str {
         self.name.as_deref().unwrap_or_default()
+    }
+    /// This request as admission webhooks see it.
+    fn review<'a>(
+        &'a self,
+        op: &'static str,
+        name: &'a str,
+        dry_run: bool,
+    ) -> webhooks::Request<'a> {
+        let info = self.kind.info();
+        webhooks::Request {
+            group: info.group,
+            version: info.version,
+            kind: info.kind,
+            plural: info.plural,
+            sub: self.sub.as_deref(),
+            ns: self.ns.as_deref(),
+            name,
+            op,
+            user: self.user.as_deref(),
+            dry_run,
+        }
     }
 }
 
@@ -156,6 +180,7 @@ impl Api {
             cfg,
             authn: None,
             authz: None,
+            webhooks: webhooks::Cache::default(),
         }
     }
 

@@ -217,17 +217,31 @@ pub(crate) fn pod_container(pod: &Pod, asked: Option<&str>) -> Result<String, Ap
         Some(c) if !c.is_empty() => c.to_string(),
         _ if spec.containers.len() == 1 => spec.containers[0].name.clone(),
         _ => {
-            return Err(ApiError::BadRequest(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                spec.containers
-                    .iter()
+            let names = |cs: &[k8s_openapi::api::core::v1::Container]| {
+                cs.iter()
                     .map(|c| c.name.as_str())
                     .collect::<Vec<_>>()
                     .join(" ")
-            )))
+            };
+            let inits = spec.init_containers.as_deref().unwrap_or_default();
+            let or_init = if inits.is_empty() {
+                String::new()
+            } else {
+                format!(" or one of the init containers: [{}]", names(inits))
+            };
+            return Err(ApiError::BadRequest(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]{or_init}",
+                names(&spec.containers)
+            )));
         }
     };
-    if !spec.containers.iter().any(|c| c.name == container) {
+    // Init containers (native sidecars among them) have logs too.
+    if !spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == container)
+    {
         return Err(ApiError::BadRequest(format!(
             "container {container} is not valid for pod {name}"
         )));

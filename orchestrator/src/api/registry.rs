@@ -2,6 +2,7 @@
 
 use k8s_openapi::{
     api::{
+        admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
         apps::v1::{DaemonSet, Deployment, ReplicaSet},
         batch::v1::Job,
         coordination::v1::Lease,
@@ -35,6 +36,7 @@ pub const GROUP_VERSIONS: &[(&str, &str)] = &[
     ("authorization.k8s.io", "v1"),
     ("rbac.authorization.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),
+    ("admissionregistration.k8s.io", "v1"),
 ];
 
 /// A kind that is only ever created and answered, never stored (kube: a REST with only
@@ -114,6 +116,8 @@ impl Registry {
             // Node heartbeats (kube-node-lease), so Node objects change only when their
             // status does.
             Box::new(Typed::<Lease>::new()),
+            Box::new(Typed::<MutatingWebhookConfiguration>::new()),
+            Box::new(Typed::<ValidatingWebhookConfiguration>::new()),
         ];
         Registry { kinds }
     }

@@ -15,7 +15,7 @@ use super::{
     selector::{FieldSelector, LabelSelector},
     table::{self, Include, Render},
     validation::FieldValidation,
-    value_response, Api, Body, Query, Target,
+    value_response, webhooks, Api, Body, Query, Target,
 };
 
 /// Retries of a read-modify-write that lost a race with another writer (no client
@@ -267,11 +267,27 @@ impl Api {
         if let Some(ns) = &t.ns {
             self.require_namespace(ns).await?;
         }
-        let out = t.kind.create(body, t.ns.as_deref(), fv)?;
+        let mut out = t.kind.create(body, t.ns.as_deref(), fv)?;
         let Write::Put(mut bytes) = out.write else {
             return Err(ApiError::Internal("create produced no object".into()));
         };
         bytes = self.run_hooks(t, bytes, None).await?;
+        // Admission webhooks (kube: after the built-in admission); what a mutating one
+        // changed is validated again as a create of its own.
+        let name = t.kind.metadata(&bytes)?.name.unwrap_or_default();
+        let review = t.review("CREATE", &name, dry);
+        if let Some(mutated) = self.mutate(&review, &bytes, None).await? {
+            let again = t.kind.create(mutated, t.ns.as_deref(), fv)?;
+            out.warnings.extend(again.warnings);
+            let Write::Put(b) = again.write else {
+                return Err(ApiError::Internal("create produced no object".into()));
+            };
+            bytes = b;
+        }
+        self.validate_webhooks(&review, &bytes, None).await?;
+        if t.kind.info().group == webhooks::GROUP && !dry {
+            self.webhooks_changed();
+        }
         if let Some(u) = &t.user {
             self.check_escalation(t.kind, &bytes, None, u).await?;
         }
@@ -325,6 +341,26 @@ impl Api {
                 *bytes = self
                     .run_hooks(t, std::mem::take(bytes), Some(&cur.value))
                     .await?;
+                let review = t.review("UPDATE", t.name(), dry);
+                if let Some(mutated) = self.mutate(&review, bytes, Some(&cur.value)).await? {
+                    let sub = if t.sub.as_deref() == Some("status") {
+                        Sub::Status
+                    } else {
+                        Sub::Main
+                    };
+                    let again = t
+                        .kind
+                        .update(&cur.value, mutated, sub, FieldValidation::Strict)?;
+                    out.warnings.extend(again.warnings);
+                    if let Write::Put(b) = again.write {
+                        *bytes = b;
+                    }
+                }
+                self.validate_webhooks(&review, bytes, Some(&cur.value))
+                    .await?;
+            }
+            if t.kind.info().group == webhooks::GROUP && !dry {
+                self.webhooks_changed();
             }
             if pinned.is_some_and(|p| p != cur.mod_revision) {
                 return Err(ApiError::Conflict {

@@ -1,8 +1,7 @@
 //! A lab cluster with the mesh's parts, shared by the mesh tests and the proxy benchmark: the
 //! API server, controllers, a node runtime and a control agent per node (discovery), a CA and
 //! the identity service on node 1, the trust roots ConfigMap, and what a meshed pod needs
-//! (`Mesh::meshed`: the proxy container with its volumes and environment, as injection will
-//! write them).
+//! (`Mesh::meshed`: the proxy injected as the injector does it).
 
 use std::{
     net::SocketAddr,
@@ -104,36 +103,27 @@ impl Mesh {
         }
     }
 
-    /// The proxy container and the volumes it needs, as injection will write them.
+    /// `spec` with the proxy injected exactly as the injector webhook and `mesh-ctl inject`
+    /// do (`meshwork_inject`), plus `extra_env` for the proxy. The pod's annotations are
+    /// the caller's (`MESH_ANNOTATIONS`).
+    #[allow(
+        dead_code,
+        reason = "not every test binary sharing this file meshes by hand"
+    )]
     pub fn meshed(&self, mut spec: Value, extra_env: &[(&str, &str)]) -> Value {
-        let mut env = vec![
-            json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
-            json!({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}),
-            json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
-            json!({"name": "MESHWORK_PROXY_IDENTITY_ADDR", "value": self.identity_addr}),
-            json!({"name": "MESHWORK_PROXY_DESTINATION_ADDR", "value": "$(HOST_IP):8086"}),
-            json!({"name": "MESHWORK_LOG", "value": "info"}),
-        ];
+        let cfg = meshwork_inject::Config {
+            proxy_image: "meshwork-proxy".into(),
+            identity_addr: self.identity_addr.clone(),
+            log: "info".into(),
+        };
+        let mut meta = json!({});
+        assert!(meshwork_inject::inject_pod(&mut meta, &mut spec, &cfg));
+        let env = spec["initContainers"][0]["env"].as_array_mut().unwrap();
         env.extend(
             extra_env
                 .iter()
                 .map(|(k, v)| json!({"name": k, "value": v})),
         );
-        spec["containers"].as_array_mut().unwrap().push(json!({
-            "name": "meshwork-proxy", "image": "meshwork-proxy",
-            "env": env,
-            "volumeMounts": [
-                {"name": "meshwork-identity-token", "mountPath": "/var/run/secrets/meshwork.io/identity", "readOnly": true},
-                {"name": "meshwork-trust-roots", "mountPath": "/var/run/meshwork.io/trust-roots", "readOnly": true},
-            ],
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": 4191}, "periodSeconds": 1},
-        }));
-        let vols = spec["volumes"].as_array().cloned().unwrap_or_default();
-        let mut vols = vols;
-        vols.push(json!({"name": "meshwork-identity-token", "projected": {"sources": [
-            {"serviceAccountToken": {"audience": "identity.meshwork.io", "expirationSeconds": 3600, "path": "token"}}]}}));
-        vols.push(json!({"name": "meshwork-trust-roots", "configMap": {"name": "meshwork-identity-trust-roots"}}));
-        spec["volumes"] = json!(vols);
         spec
     }
 }

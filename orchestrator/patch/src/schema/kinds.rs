@@ -190,6 +190,15 @@ static ENDPOINT_SLICE: TypeDef = TypeDef {
     ],
 };
 
+/// Mutating- and ValidatingWebhookConfiguration: webhooks merge by name.
+static WEBHOOK_CONFIGURATION: TypeDef = TypeDef {
+    name: "<webhook configuration>",
+    fields: &[
+        F::object("metadata", &OBJECT_META),
+        F::merge_by("webhooks", "name", None),
+    ],
+};
+
 /// Kinds whose only patch metadata is in `metadata` (finalizers, ownerReferences).
 static META_ONLY: TypeDef = TypeDef {
     name: "<metadata only>",
@@ -210,6 +219,10 @@ pub(super) fn root(group: &str, kind: &str) -> Option<&'static TypeDef> {
         ("", "Namespace" | "PersistentVolumeClaim") => &WITH_CONDITIONS,
         ("", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("discovery.k8s.io", "EndpointSlice") => &ENDPOINT_SLICE,
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+        ) => &WEBHOOK_CONFIGURATION,
         ("", "ConfigMap" | "Secret" | "Endpoints") | ("autoscaling", "Scale") => &META_ONLY,
         _ => return None,
     };

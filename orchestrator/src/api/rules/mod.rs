@@ -1,5 +1,6 @@
 //! Per-kind `Rules` implementations (see `kind.rs`).
 
+pub mod admissionregistration;
 pub mod apps;
 pub mod batch;
 pub mod coordination;

@@ -1,0 +1,265 @@
+//! Injection the way a cluster does it, on the mesh lab (API server, controllers, node
+//! runtimes, control agents, identity service): `meshwork-injector` serves HTTPS with a
+//! certificate from a test CA, a MutatingWebhookConfiguration registers it with that CA as
+//! its caBundle, and the `default` namespace is annotated `meshwork.io/inject: enabled`.
+//!
+//! - kubectl-applied Deployments get the proxy as a native sidecar, and their pods turn Ready
+//!   with it certified;
+//! - the client app's very first request, made the moment its container starts, passes
+//!   through its proxy with mTLS (the server sees the client's SPIFFE ID): the proxy was
+//!   ready before the app started;
+//! - a pod annotated `disabled` is left alone;
+//! - a webhook that is down fails pod creation under failurePolicy Fail with a message
+//!   naming it, and is passed over under Ignore; a webhook answering garbage gets a clear
+//!   error.
+#![cfg(target_os = "linux")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
+
+#[path = "support/mesh.rs"]
+mod mesh_lab;
+#[path = "support/orch.rs"]
+mod orch;
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use base64::Engine;
+use mesh_lab::Mesh;
+use meshwork_lab::{cgroup::lab_binary, proc::Proc};
+use serde_json::{json, Value};
+
+/// A CA and a serving certificate for `ip` (PEM): (ca, cert, key).
+fn webhook_pki(ip: std::net::IpAddr) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(vec![]).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "meshwork webhook test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![]).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress(ip)];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "meshwork-injector");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn webhook_config(name: &str, url: &str, ca: &str, policy: &str, selector: Value) -> Value {
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+    "metadata": {"name": name},
+    "webhooks": [{
+        "name": format!("{name}.meshwork.io"),
+        "clientConfig": {"url": url,
+                         "caBundle": base64::engine::general_purpose::STANDARD.encode(ca)},
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                   "resources": ["pods"]}],
+        "failurePolicy": policy,
+        "objectSelector": selector,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+    }]})
+}
+
+#[test]
+fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
+    let m = Mesh::start("meshinj", "1h");
+    let o = &m.o;
+    let ip = o.nodes[0].underlay_ip;
+    let (ca, cert, key) = webhook_pki(ip.into());
+    let dir = o.lab.dir().to_path_buf();
+    std::fs::write(dir.join("webhook.crt"), &cert).unwrap();
+    std::fs::write(dir.join("webhook.key"), &key).unwrap();
+    let listen = format!("{ip}:9443");
+    let log = dir.join("injector.log");
+    let child = o
+        .lab
+        .command_in_node(
+            &o.nodes[0],
+            &o.nodes[0].netns,
+            lab_binary("meshwork-injector").to_str().unwrap(),
+            &[
+                "--listen",
+                &listen,
+                "--tls-cert",
+                dir.join("webhook.crt").to_str().unwrap(),
+                "--tls-key",
+                dir.join("webhook.key").to_str().unwrap(),
+                "--kubeconfig",
+                o.kubeconfig.to_str().unwrap(),
+                "--identity-addr",
+                &m.identity_addr,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _injector = Proc::with_log(child, log);
+    let addr: SocketAddr = listen.parse().unwrap();
+    o.wait("the injector listening", || {
+        o.lab.tcp_connect(&o.nodes[0].netns, addr).ok().map(|_| ())
+    });
+
+    let url = format!("https://{listen}/inject");
+    o.apply(&webhook_config("inject", &url, &ca, "Fail", json!({})));
+    o.kubectl(&[
+        "annotate",
+        "namespace",
+        "default",
+        "meshwork.io/inject=enabled",
+    ]);
+
+    // Two plain Deployments: nothing in them knows about the mesh. The client's first request
+    // goes out as its container starts (until interception comes, through its proxy's
+    // outbound port explicitly).
+    o.apply(&json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                  "template": {"metadata": {"labels": {"app": "web"}},
+                               "spec": {"serviceAccountName": "web", "terminationGracePeriodSeconds": 2,
+                                        "containers": [{"name": "http", "image": "meshapp", "args": ["http", "0.0.0.0:8080"],
+                                            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+    ]}));
+    o.wait_long("the web pod ready", Duration::from_secs(90), || {
+        let p = o.pods("default", "app=web");
+        (p.len() == 1 && p[0].ready).then_some(())
+    });
+    o.apply(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "client", "namespace": "default"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client"}},
+                  "template": {"metadata": {"labels": {"app": "client"}},
+                               "spec": {"serviceAccountName": "client", "terminationGracePeriodSeconds": 1,
+                                        "nodeName": o.nodes[1].name,
+                                        "containers": [{"name": "c", "image": "tools", "command": ["sh", "-c",
+                                            "if curl -sf -x http://127.0.0.1:4140 http://web.default.svc.cluster.local/; then echo FIRST-OK; else echo FIRST-FAILED; fi; exec sleep 100000"]}]}}}}));
+    o.wait_long("the client pod ready", Duration::from_secs(90), || {
+        let p = o.pods("default", "app=client");
+        (p.len() == 1 && p[0].ready).then_some(())
+    });
+
+    // Both got the proxy as their first init container, a native sidecar.
+    for app in ["web", "client"] {
+        let pods = o.json(&["get", "pods", "-l", &format!("app={app}")]);
+        let pod = &pods["items"][0];
+        let init = &pod["spec"]["initContainers"][0];
+        assert_eq!(init["name"], "meshwork-proxy", "{pod}");
+        assert_eq!(init["restartPolicy"], "Always", "{pod}");
+        assert_eq!(
+            pod["metadata"]["annotations"]["meshwork.io/proxy-inbound-port"],
+            "4143"
+        );
+        let st = &pod["status"]["initContainerStatuses"][0];
+        assert!(st["ready"] == true && st["started"] == true, "{pod}");
+        // The table counts the sidecar: 2/2.
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let row = o.kubectl(&["get", "pod", name, "--no-headers"]);
+        assert!(row.contains("2/2"), "{row}");
+    }
+    let logs = o.kubectl(&["logs", "deploy/client", "-c", "c"]);
+    assert!(
+        logs.contains("FIRST-OK")
+            && logs.contains("client=spiffe://cluster.local/ns/default/sa/client"),
+        "the client's first request: {logs}"
+    );
+
+    // Opted out: left alone.
+    o.kubectl(&[
+        "run",
+        "plain",
+        "--image=tools",
+        "--restart=Never",
+        "--annotations=meshwork.io/inject=disabled",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let plain = o.json(&["get", "pod", "plain"]);
+    assert!(plain["spec"]["initContainers"].is_null(), "{plain}");
+
+    // A webhook that is down: Fail refuses with its name; Ignore lets the pod through.
+    let down = |policy: &str| {
+        webhook_config(
+            "down",
+            &format!("https://{ip}:9444/inject"),
+            &ca,
+            policy,
+            json!({"matchLabels": {"webhook-test": "down"}}),
+        )
+    };
+    o.apply(&down("Fail"));
+    let run = |name: &str, label: &str| {
+        o.kubectl_out(&[
+            "run",
+            name,
+            "--image=tools",
+            "--restart=Never",
+            &format!("--labels=webhook-test={label}"),
+            "--annotations=meshwork.io/inject=disabled",
+            "--",
+            "sleep",
+            "1000",
+        ])
+    };
+    let out = run("down1", "down");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("failed calling webhook \"down.meshwork.io\"")
+            && err.contains("9444"),
+        "{err}"
+    );
+    assert!(!o.kubectl_out(&["get", "pod", "down1"]).status.success());
+    o.apply(&down("Ignore"));
+    let out = run("down2", "down");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A webhook answering garbage (the injector's probe path: 200 and "ok").
+    o.apply(&webhook_config(
+        "garbage",
+        &format!("https://{listen}/ready"),
+        &ca,
+        "Fail",
+        json!({"matchLabels": {"webhook-test": "garbage"}}),
+    ));
+    let out = run("garbage1", "garbage");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("failed calling webhook \"garbage.meshwork.io\"")
+            && err.contains("received invalid webhook response"),
+        "{err}"
+    );
+    // A configuration that could never be called is refused when written.
+    let path = o.lab.dir().join("plain-http-webhook.json");
+    let cfg = webhook_config(
+        "plain",
+        &format!("http://{listen}/"),
+        &ca,
+        "Fail",
+        json!({}),
+    );
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = o.kubectl_out(&["apply", "-f", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("'https' is the only allowed URL scheme"),
+        "{err}"
+    );
+}
