@@ -8,6 +8,7 @@
 //! - the client app's very first request, made the moment its container starts, passes
 //!   through its proxy with mTLS (the server sees the client's SPIFFE ID): the proxy was
 //!   ready before the app started;
+//! - a meshed Job completes: its proxy stops when the app exits;
 //! - a pod annotated `disabled` is left alone;
 //! - a webhook that is down fails pod creation under failurePolicy Fail with a message
 //!   naming it, and is passed over under Ignore; a webhook answering garbage gets a clear
@@ -173,6 +174,43 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         logs.contains("FIRST-OK")
             && logs.contains("client=spiffe://cluster.local/ns/default/sa/client"),
         "the client's first request: {logs}"
+    );
+
+    // A meshed Job: its one request goes through its proxy, and it completes, because the
+    // proxy (a native sidecar) is stopped once the app has exited.
+    o.kubectl(&[
+        "create",
+        "job",
+        "meshed-job",
+        "--image=tools",
+        "--",
+        "sh",
+        "-c",
+        "curl -sf -x http://127.0.0.1:4140 http://web.default.svc.cluster.local/",
+    ]);
+    o.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/meshed-job",
+        "--timeout=90s",
+    ]);
+    let pods = o.json(&[
+        "get",
+        "pods",
+        "-l",
+        "batch.kubernetes.io/job-name=meshed-job",
+    ]);
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "meshwork-proxy");
+    assert!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(),
+        "{pod}"
+    );
+    let logs = o.kubectl(&["logs", "job/meshed-job"]);
+    assert!(
+        logs.contains("client=spiffe://cluster.local/ns/default/sa/default"),
+        "{logs}"
     );
 
     // Opted out: left alone.
