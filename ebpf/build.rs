@@ -3,7 +3,12 @@
 use std::{env, path::PathBuf, process::Command};
 
 /// Entry objects; `tests/*` are the BPF_PROG_RUN harnesses (loaded by tests only).
-const PROGRAMS: &[&str] = &["sock_lb", "tc_nodeport", "tests/sock_lb_test"];
+const PROGRAMS: &[&str] = &[
+    "sock_lb",
+    "tc_nodeport",
+    "mesh_redirect",
+    "tests/sock_lb_test",
+];
 
 fn main() {
     let clang = env::var("MESHWORK_CLANG").unwrap_or_else(|_| "clang-19".into());

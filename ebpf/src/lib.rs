@@ -1,4 +1,5 @@
-//! eBPF Service load balancing: the mechanism half of the kube-proxy replacement.
+//! eBPF Service load balancing (the mechanism half of the kube-proxy replacement) and the
+//! mesh's interception.
 //!
 //! The C programs in `bpf/` (socket LB on cgroup hooks, NodePort on tc) are compiled by
 //! `build.rs`. The crate, by layer (README.md, "Rust side, by layer"):
@@ -7,7 +8,9 @@
 //!   under a per-node bpffs directory;
 //! - `programmer`: ids, reference counts, the transactional update and read-back, over the
 //!   [`maps::Maps`] seam (the kernel's maps, or [`fake::FakeMaps`] in tests);
-//! - `observer`: read-only access to another process's pinned maps.
+//! - `observer`: read-only access to another process's pinned maps;
+//! - `mesh`: outbound interception of meshed pods (connect4 to the proxy, SO_ORIGINAL_DST
+//!   answered by a getsockopt program).
 //!
 //! No Kubernetes knowledge here: the control agent decides what to program.
 
@@ -17,10 +20,11 @@ pub mod fake;
 mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod mesh;
 mod model;
 mod observer;
 mod programmer;
-mod sys;
+pub mod sys;
 
 pub use error::Error;
 pub use loader::{uninstall_dir, BpfDatapath};
@@ -65,6 +69,9 @@ impl<M: maps::Maps + Send> Datapath for Programmer<M> {
 
 /// The compiled objects, for tools and the layout test.
 pub const SOCK_LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_lb.o"));
+/// Outbound interception of meshed pods (`bpf/mesh_redirect.c`, `mesh.rs`).
+pub const MESH_REDIRECT_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh_redirect.o"));
 pub const TC_NODEPORT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_nodeport.o"));
 /// The BPF_PROG_RUN harness of the socket LB's decision (`bpf/tests/sock_lb_test.c`): tests

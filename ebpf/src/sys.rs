@@ -119,3 +119,145 @@ pub fn pinned_tcx_ifindex(pin: &Path) -> Result<Option<u32>, Error> {
     }
     Ok(Some(info[2] as u32))
 }
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// bpf_link_create(prog, target, attach_type) and pins the link at `pin`; the link lives as
+/// long as the pin (and its target). Used where aya's link types cannot be turned into a
+/// pinnable `FdLink` (cgroup sockopt, sk_lookup).
+pub fn link_and_pin(
+    prog: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+    pin: &Path,
+) -> Result<(), Error> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let io = |what: &'static str| {
+        move |source: std::io::Error| Error::Io {
+            what,
+            path: pin.to_path_buf(),
+            source,
+        }
+    };
+    // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags (the
+    // per-type union after them stays zero).
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        rest: [u64; 4],
+    }
+    let attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        rest: [0; 4],
+    };
+    // SAFETY: bpf(2) with a fully initialised attr that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreate,
+            std::mem::size_of::<LinkCreate>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io("attaching a program for")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the fd was just returned to us by the kernel; OwnedFd closes it.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let c = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Invalid(format!("bad path {}", pin.display())))?;
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let attr = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: link.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // SAFETY: bpf(2) with an attr holding a NUL-terminated path and a live fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjPin,
+            std::mem::size_of::<ObjPin>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io("pinning")(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The cookie of the network namespace at `netns` (SO_NETNS_COOKIE of a socket made there):
+/// what the programs key a pod by.
+pub fn netns_cookie(netns: &Path) -> Result<u64, Error> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let io = |what: &'static str| {
+        move |source: std::io::Error| Error::Io {
+            what,
+            path: netns.to_path_buf(),
+            source,
+        }
+    };
+    let ns = std::fs::File::open(netns).map_err(io("opening"))?;
+    // A thread of its own enters the namespace, so no other work runs there.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on an open namespace fd, in this short-lived thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io("entering")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: a plain socket(2); wrapped at once so it is closed.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            if fd < 0 {
+                return Err(io("a socket in")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd was just returned by socket(2).
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: getsockopt writing at most `len` bytes into `cookie`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_NETNS_COOKIE,
+                    (&mut cookie as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(io("SO_NETNS_COOKIE in")(std::io::Error::last_os_error()));
+            }
+            Ok(cookie)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Invalid("netns cookie thread panicked".into())))
+    })
+}
+
+/// A cgroup v2 directory's id (its inode number): what bpf_get_current_cgroup_id() returns
+/// for tasks in it.
+pub fn cgroup_id(dir: &Path) -> Result<u64, Error> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|source| Error::Io {
+            what: "reading",
+            path: dir.to_path_buf(),
+            source,
+        })
+}

@@ -46,6 +46,9 @@ impl NodeRuntime<'_> {
             self.heartbeat_seconds.to_string(),
             "--restart-backoff-seconds".into(),
             self.restart_backoff_seconds.to_string(),
+            // Beside the agent's pins, under the lab's prefix (swept with them).
+            "--mesh-pin-dir".into(),
+            format!("{}-mesh", lab.bpf_pin_dir(n).display()),
         ];
         if let Some(c) = self.image_catalog {
             a.extend(["--image-catalog".into(), p(c)]);

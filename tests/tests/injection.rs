@@ -5,9 +5,11 @@
 //!
 //! - kubectl-applied Deployments get the proxy as a native sidecar, and their pods turn Ready
 //!   with it certified;
-//! - the client app's very first request, made the moment its container starts, passes
-//!   through its proxy with mTLS (the server sees the client's SPIFFE ID): the proxy was
-//!   ready before the app started;
+//! - the client app's very first request, made the moment its container starts to the
+//!   Service's name, is intercepted in the kernel (eBPF, no iptables or nftables rule in any
+//!   pod, asserted) and passes through its proxy with mTLS (the server sees the client's
+//!   SPIFFE ID): the proxy was ready before the app started; an excluded port
+//!   (`config.meshwork.io/skip-outbound-ports`) goes around the proxy;
 //! - a meshed Job completes: its proxy stops when the app exits;
 //! - a pod annotated `disabled` is left alone;
 //! - a webhook that is down fails pod creation under failurePolicy Fail with a message
@@ -119,8 +121,8 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     ]);
 
     // Two plain Deployments: nothing in them knows about the mesh. The client's first request
-    // goes out as its container starts (until interception comes, through its proxy's
-    // outbound port explicitly).
+    // goes out, to the Service's name, the moment its container starts; the kernel sends it
+    // through the client's proxy.
     o.apply(&json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": {"name": "web", "namespace": "default"},
@@ -132,7 +134,9 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
                                             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}},
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "web", "namespace": "default"},
-         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+         "spec": {"selector": {"app": "web"}, "ports": [
+             {"name": "http", "port": 80, "targetPort": 8080},
+             {"name": "bypass", "port": 81, "targetPort": 8080}]}},
     ]}));
     o.wait_long("the web pod ready", Duration::from_secs(90), || {
         let p = o.pods("default", "app=web");
@@ -141,11 +145,12 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     o.apply(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": {"name": "client", "namespace": "default"},
          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client"}},
-                  "template": {"metadata": {"labels": {"app": "client"}},
+                  "template": {"metadata": {"labels": {"app": "client"},
+                                            "annotations": {"config.meshwork.io/skip-outbound-ports": "81"}},
                                "spec": {"serviceAccountName": "client", "terminationGracePeriodSeconds": 1,
                                         "nodeName": o.nodes[1].name,
                                         "containers": [{"name": "c", "image": "tools", "command": ["sh", "-c",
-                                            "if curl -sf -x http://127.0.0.1:4140 http://web.default.svc.cluster.local/; then echo FIRST-OK; else echo FIRST-FAILED; fi; exec sleep 100000"]}]}}}}));
+                                            "if curl -sf --resolve web.default.svc.cluster.local:80:$WEB_SERVICE_HOST http://web.default.svc.cluster.local/; then echo FIRST-OK; else echo FIRST-FAILED; fi; exec sleep 100000"]}]}}}}));
     o.wait_long("the client pod ready", Duration::from_secs(90), || {
         let p = o.pods("default", "app=client");
         (p.len() == 1 && p[0].ready).then_some(())
@@ -175,6 +180,57 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             && logs.contains("client=spiffe://cluster.local/ns/default/sa/client"),
         "the client's first request: {logs}"
     );
+    // Later requests too, by name and by ClusterIP; the excluded port goes around the proxy
+    // (the server sees no client identity).
+    let cip = o.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let by_name = format!("web.default.svc.cluster.local:80:{cip}");
+    let by_ip = format!("http://{cip}/");
+    for args in [
+        vec![
+            "--resolve",
+            by_name.as_str(),
+            "http://web.default.svc.cluster.local/",
+        ],
+        vec![by_ip.as_str()],
+    ] {
+        let url = args.join(" ");
+        let mut cmd = vec!["exec", "deploy/client", "-c", "c", "--", "curl", "-sf"];
+        cmd.extend(args);
+        let out = o.kubectl(&cmd);
+        assert!(
+            out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
+            "{url}: {out}"
+        );
+    }
+    let bypass = format!("http://{cip}:81/");
+    let out = o.kubectl(&[
+        "exec",
+        "deploy/client",
+        "-c",
+        "c",
+        "--",
+        "curl",
+        "-sf",
+        &bypass,
+    ]);
+    assert!(
+        out.contains("pod=web-") && out.contains("client= "),
+        "port 81: {out}"
+    );
+    // And not one iptables or nftables rule in any pod's network namespace.
+    let pods = o.json(&["get", "pods", "-l", "app in (web,client)"]);
+    for p in pods["items"].as_array().unwrap() {
+        let uid = p["metadata"]["uid"].as_str().unwrap();
+        let node = o.node_index(p["spec"]["nodeName"].as_str().unwrap());
+        let ns = o.pod_netns(node, uid);
+        let nft = o.lab.exec(&ns, &["nft", "list", "ruleset"]);
+        assert!(nft.trim().is_empty(), "nft rules in {ns}: {nft}");
+        let ipt = o.lab.exec(&ns, &["iptables-save"]);
+        assert!(
+            !ipt.lines().any(|l| l.starts_with("-A")),
+            "iptables rules in {ns}: {ipt}"
+        );
+    }
 
     // A meshed Job: its one request goes through its proxy, and it completes, because the
     // proxy (a native sidecar) is stopped once the app has exited.
@@ -186,7 +242,7 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         "--",
         "sh",
         "-c",
-        "curl -sf -x http://127.0.0.1:4140 http://web.default.svc.cluster.local/",
+        "curl -sf http://$WEB_SERVICE_HOST/",
     ]);
     o.kubectl(&[
         "wait",

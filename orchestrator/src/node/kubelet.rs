@@ -500,24 +500,35 @@ impl<R: PodRuntime> Kubelet<R> {
             }
             p.sandbox.is_none().then(|| {
                 let host_network = spec.host_network == Some(true);
-                SandboxConfig {
-                    uid: uid.clone(),
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    // A host-network pod shares the node's name, as it shares its network.
-                    hostname: if host_network {
-                        self.inner.s.node_name.clone()
-                    } else {
-                        spec.hostname.clone().unwrap_or_else(|| pod.name_any())
+                let mesh = super::mesh::spec_of(pod);
+                (
+                    mesh,
+                    SandboxConfig {
+                        uid: uid.clone(),
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        // A host-network pod shares the node's name, as it shares its network.
+                        hostname: if host_network {
+                            self.inner.s.node_name.clone()
+                        } else {
+                            spec.hostname.clone().unwrap_or_else(|| pod.name_any())
+                        },
+                        resolv_conf: pod_resolv_conf(&self.inner.s, pod),
+                        host_network,
+                        host_ip: self.inner.s.node_ip,
+                        mesh: None,
                     },
-                    resolv_conf: pod_resolv_conf(&self.inner.s, pod),
-                    host_network,
-                    host_ip: self.inner.s.node_ip,
-                }
+                )
             })
         };
-        if let Some(cfg) = want_sandbox {
-            let res = self.inner.rt.run_sandbox(&cfg).await;
+        if let Some((mesh, mut cfg)) = want_sandbox {
+            let res = match mesh {
+                Ok(m) => {
+                    cfg.mesh = m;
+                    self.inner.rt.run_sandbox(&cfg).await
+                }
+                Err(e) => Err(super::runtime::RuntimeError::Other(e)),
+            };
             let mut st = self.inner.state.lock().await;
             let Some(p) = st.pods.get_mut(&uid) else {
                 return Ok(());

@@ -11,6 +11,7 @@ mod envvars;
 mod exec;
 mod heartbeat;
 mod kubelet;
+mod mesh;
 mod metrics;
 mod plan;
 mod portforward;
@@ -83,6 +84,10 @@ pub struct NodeArgs {
     pub memory: Option<String>,
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// bpffs directory for the meshed pods' interception programs and maps (default
+    /// `/sys/fs/bpf/meshwork/<node>-mesh`).
+    #[arg(long)]
+    pub mesh_pin_dir: Option<PathBuf>,
 }
 
 fn cgroup2_mount() -> Option<PathBuf> {
@@ -150,6 +155,9 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         netns_prefix: a.netns_prefix.clone(),
         catalog,
         shim,
+        mesh_pin_dir: a.mesh_pin_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(meshwork_ebpf::Config::BPFFS).join(format!("{}-mesh", a.node_name))
+        }),
     })?;
     let k = kubelet::Kubelet::new(client, rt, kubelet::Settings::from_args(&a));
     let listener = tokio::net::TcpListener::bind((a.node_ip, a.port))

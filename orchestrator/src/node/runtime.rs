@@ -11,6 +11,7 @@ use std::{
     net::IpAddr,
     os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
+    sync::Mutex as StdMutex,
     time::{Duration, Instant},
 };
 
@@ -59,6 +60,8 @@ pub struct SandboxConfig {
     /// `hostNetwork: true`: the node's own network namespace, no CNI, the node's address.
     pub host_network: bool,
     pub host_ip: IpAddr,
+    /// Outbound interception for a meshed pod (`mesh.rs`).
+    pub mesh: Option<super::mesh::MeshSpec>,
 }
 
 /// A running sandbox (recorded as `sandbox.json`).
@@ -76,6 +79,9 @@ pub struct Sandbox {
     pub cgroup: PathBuf,
     pub dir: PathBuf,
     pub ip: Option<IpAddr>,
+    /// Intercepted: the programs are attached to its cgroup (`mesh.rs`).
+    #[serde(default)]
+    pub mesh: Option<super::mesh::MeshSpec>,
     /// Where the time went, for the start-latency figures.
     pub netns_ms: f64,
     pub cni_ms: f64,
@@ -163,10 +169,14 @@ pub struct ProcessRuntimeConfig {
     pub catalog: Catalog,
     /// This binary, run as `shim`.
     pub shim: PathBuf,
+    /// bpffs directory of the meshed pods' interception (maps and per-pod links).
+    pub mesh_pin_dir: PathBuf,
 }
 
 pub struct ProcessRuntime {
     cfg: ProcessRuntimeConfig,
+    /// Loaded at the first meshed pod: nodes that never run one need no eBPF.
+    mesh: StdMutex<Option<meshwork_ebpf::mesh::Interceptor>>,
 }
 
 const NETNS_DIR: &str = "/run/netns";
@@ -277,7 +287,47 @@ impl ProcessRuntime {
         std::fs::create_dir_all(cfg.root_dir.join("pods")).map_err(io("creating root dir"))?;
         std::fs::create_dir_all(&cfg.cgroup_root)
             .map_err(io(format!("creating cgroup {}", cfg.cgroup_root.display())))?;
-        Ok(ProcessRuntime { cfg })
+        Ok(ProcessRuntime {
+            cfg,
+            mesh: StdMutex::new(None),
+        })
+    }
+
+    /// Runs `f` with the node's interception programs, loading them first if need be.
+    fn with_mesh<T>(
+        &self,
+        f: impl FnOnce(&mut meshwork_ebpf::mesh::Interceptor) -> Result<T, meshwork_ebpf::Error>,
+    ) -> Result<T, RuntimeError> {
+        let mut g = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let i =
+                meshwork_ebpf::mesh::Interceptor::open(&self.cfg.mesh_pin_dir).map_err(|e| {
+                    RuntimeError::Other(format!("loading the mesh interception programs: {e}"))
+                })?;
+            *g = Some(i);
+        }
+        let Some(i) = g.as_mut() else {
+            return Err(RuntimeError::Other("mesh interception not loaded".into()));
+        };
+        f(i).map_err(|e| RuntimeError::Other(format!("mesh interception: {e}")))
+    }
+
+    /// Attaches the interception to a new sandbox's cgroup (before any container runs in
+    /// it); the spec it records carries the namespace's cookie.
+    fn intercept(
+        &self,
+        uid: &str,
+        cgroup: &Path,
+        netns: &Path,
+        spec: &super::mesh::MeshSpec,
+    ) -> Result<super::mesh::MeshSpec, RuntimeError> {
+        let cookie = meshwork_ebpf::sys::netns_cookie(netns)
+            .map_err(|e| RuntimeError::Other(format!("mesh interception: {e}")))?;
+        self.with_mesh(|i| i.attach(&format!("pod{uid}"), cgroup))?;
+        Ok(super::mesh::MeshSpec {
+            netns_cookie: cookie,
+            ..spec.clone()
+        })
     }
 
     pub fn config(&self) -> &ProcessRuntimeConfig {
@@ -363,6 +413,8 @@ impl ProcessRuntime {
             cgroup,
             dir: dir.clone(),
             ip: Some(cfg.host_ip),
+            // The node's own traffic is never intercepted (the injector skips such pods).
+            mesh: None,
             netns_ms: 0.0,
             cni_ms: 0.0,
         };
@@ -395,6 +447,10 @@ impl PodRuntime for ProcessRuntime {
         loopback_up(&ns).await?;
         let cgroup = self.cfg.cgroup_root.join(format!("pod{}", cfg.uid));
         std::fs::create_dir_all(&cgroup).map_err(io(format!("creating {}", cgroup.display())))?;
+        let mesh = match &cfg.mesh {
+            Some(spec) => Some(self.intercept(&cfg.uid, &cgroup, &netns_path, spec)?),
+            None => None,
+        };
         let netns_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let rt = self.cni_rt(&cfg.uid, &cfg.namespace, &cfg.name, &netns_path);
@@ -433,6 +489,7 @@ impl PodRuntime for ProcessRuntime {
             cgroup,
             dir: dir.clone(),
             ip,
+            mesh,
             netns_ms,
             cni_ms,
         };
@@ -442,6 +499,10 @@ impl PodRuntime for ProcessRuntime {
 
     async fn stop_sandbox(&self, sb: &Sandbox) -> Result<(), RuntimeError> {
         kill_cgroup(&sb.cgroup).await;
+        if let Some(m) = &sb.mesh {
+            let pod = format!("pod{}", sb.uid);
+            self.with_mesh(|i| i.remove(&pod, Some(m.netns_cookie)))?;
+        }
         remove_cgroup_tree(&sb.cgroup);
         if sb.host_network {
             return std::fs::remove_dir_all(&sb.dir)
@@ -535,6 +596,18 @@ impl PodRuntime for ProcessRuntime {
         }
         let cgroup = sb.cgroup.join(&c.name);
         std::fs::create_dir_all(&cgroup).map_err(io(format!("creating {}", cgroup.display())))?;
+        // The proxy's own connections go where they are sent: interception starts, with its
+        // container exempt, before it runs (and so before anything else of the pod does).
+        if let Some(m) = sb.mesh.as_ref().filter(|m| m.proxy_container == c.name) {
+            let proxy_cgroup = meshwork_ebpf::sys::cgroup_id(&cgroup)
+                .map_err(|e| RuntimeError::Other(format!("mesh interception: {e}")))?;
+            let pod = meshwork_ebpf::mesh::MeshPod {
+                proxy_cgroup,
+                outbound_port: m.outbound_port,
+                skip_outbound_ports: m.skip_outbound_ports.clone(),
+            };
+            self.with_mesh(|i| i.enable(m.netns_cookie, &pod))?;
+        }
         let log = cdir.join(format!("{}.log", c.attempt));
         let exit_file = cdir.join(format!("{}.exit", c.attempt));
         let _ = std::fs::remove_file(&exit_file);

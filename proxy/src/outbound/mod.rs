@@ -4,15 +4,17 @@
 //! mTLS HTTP/2 session to its proxy (`endpoint.rs`), or plaintext to an endpoint outside the
 //! mesh. Retries (`retry.rs`) go round the balancer.
 //!
-//! Until the kernel hands the proxy a connection's original destination (issue 15), apps
-//! address it explicitly as an HTTP proxy: requests by their authority, and opaque TCP by
-//! `CONNECT host:port`, which is tunnelled to a meshed endpoint as an HTTP/2 CONNECT stream on
-//! the same mTLS session (ztunnel's HBONE shape).
+//! A connection intercepted in the kernel (issue 15, `intercept.rs`) is routed by its
+//! original destination. Apps that are not intercepted address the proxy explicitly as an HTTP
+//! proxy: requests by their authority, and opaque TCP by `CONNECT host:port`. Opaque TCP to a
+//! meshed endpoint goes as an HTTP/2 CONNECT stream on the same mTLS session (ztunnel's HBONE
+//! shape).
 
 pub mod balance;
 pub mod breaker;
 pub mod discover;
 pub mod endpoint;
+mod intercept;
 pub mod resolve;
 pub mod retry;
 mod tunnel;
@@ -150,14 +152,34 @@ impl Outbound {
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Watch) -> std::io::Result<()> {
+        // Intercepted in the kernel (issue 15): where the app was going.
+        if let Some(orig) = intercept::original_dst(&tcp) {
+            return self.intercepted(tcp, orig, drain).await;
+        }
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
+        self.serve_http(detected.protocol(), io, None, drain).await
+    }
+
+    /// Serves HTTP on a detected connection; `forced`: the authority to route every request
+    /// by (an intercepted connection's original destination), else each request's own.
+    async fn serve_http<I>(
+        self: Arc<Self>,
+        protocol: Protocol,
+        io: I,
+        forced: Option<String>,
+        drain: Watch,
+    ) -> std::io::Result<()>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = self.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.route(req).await) }
+            let forced = forced.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.route(req, forced).await) }
         });
         let io = TokioIo::new(io);
-        let r = match detected.protocol() {
+        let r = match protocol {
             Protocol::Http1 => {
                 // Upgrades: CONNECT tunnels.
                 let b = crate::accept::h1(self.cfg.header_read_timeout);
@@ -168,8 +190,9 @@ impl Outbound {
                 crate::accept::http(b.serve_connection(io, svc), drain).await
             }
             other => {
-                // Needs the connection's original destination: issue 15's interception.
-                tracing::info!(protocol = ?other, "outbound: only HTTP can be routed yet");
+                // Opaque bytes reach here only when addressed explicitly (no original
+                // destination to send them to): the app must CONNECT.
+                tracing::info!(protocol = ?other, "outbound: not HTTP and not intercepted: use CONNECT");
                 return Ok(());
             }
         };
@@ -206,9 +229,9 @@ impl Outbound {
 
     /// One request, in a span of its own, counted by its authority, status class and the
     /// server's identity, and on the tap.
-    async fn route(&self, req: Request<Incoming>) -> http::Response<Body> {
+    async fn route(&self, req: Request<Incoming>, forced: Option<String>) -> http::Response<Body> {
         let started = Instant::now();
-        let authority = self.authority(&req);
+        let authority = forced.or_else(|| self.authority(&req));
         let trace_id = crate::trace::trace_id(req.headers());
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let span = tracing::info_span!(

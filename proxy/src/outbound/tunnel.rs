@@ -18,7 +18,10 @@ use crate::{
 };
 
 /// Whatever the tunnel's far side is.
-trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(super) trait Duplex:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
 
 impl Outbound {
@@ -38,6 +41,30 @@ impl Outbound {
                 &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
             );
         };
+        let far = self.connect_far(authority, ep, probe, peer).await;
+        let far = match far {
+            Ok(f) => f,
+            Err(why) => return error(StatusCode::BAD_GATEWAY, &why),
+        };
+        crate::io::splice(
+            hyper::upgrade::on(&mut req),
+            far,
+            self.metrics.clone(),
+            Direction::Outbound,
+            self.drain.get().cloned(),
+        );
+        http::Response::new(crate::http::full(bytes::Bytes::new()))
+    }
+
+    /// The far side of a tunnel to `ep`: a CONNECT stream on the pooled mTLS session to a
+    /// meshed endpoint, else plain TCP. Its setup is what the endpoint is judged on.
+    pub(super) async fn connect_far(
+        &self,
+        authority: &str,
+        ep: super::Endpoint,
+        probe: bool,
+        peer: &mut String,
+    ) -> Result<Box<dyn Duplex>, String> {
         let flight = super::InFlight {
             out: self,
             authority: authority.to_string(),
@@ -68,22 +95,10 @@ impl Outbound {
                 }
             }
         };
-        // The tunnel's setup is what the endpoint is judged on.
         flight.finish(far.is_ok());
-        let far = match far {
-            Ok(f) => f,
-            Err(why) => {
-                tracing::info!(%authority, endpoint = %ep.addr, error = %why, "tunnel failed");
-                return error(StatusCode::BAD_GATEWAY, &why);
-            }
-        };
-        crate::io::splice(
-            hyper::upgrade::on(&mut req),
-            far,
-            self.metrics.clone(),
-            Direction::Outbound,
-            self.drain.get().cloned(),
-        );
-        http::Response::new(crate::http::full(bytes::Bytes::new()))
+        if let Err(why) = &far {
+            tracing::info!(%authority, endpoint = %ep.addr, error = %why, "tunnel failed");
+        }
+        far
     }
 }

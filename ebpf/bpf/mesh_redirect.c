@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Outbound interception for meshed pods, without iptables (Merbridge's shape): attached to a
+ * meshed pod's cgroup,
+ *
+ * - connect4 sends the pod's TCP connections to its proxy's outbound port on 127.0.0.1 and
+ *   keeps the original destination by socket cookie. Exempt: the proxy's own connections (its
+ *   container's cgroup), loopback, DNS (port 53), UDP, and the ports the pod excludes;
+ * - sockops, when such a connection is established, files the original destination under
+ *   (pod network namespace, the client's local port): what the proxy can see of it;
+ * - getsockopt answers the proxy's SO_ORIGINAL_DST on the accepted socket from that entry,
+ *   as netfilter's REDIRECT would.
+ *
+ * Which pods, their proxy and ports: mw_mesh_pods and mw_mesh_skip, written by the node
+ * runtime (orchestrator/src/node/mesh.rs) before the pod's first container starts. A pod
+ * without an entry is not intercepted. IPv4 only (the IPv6 hooks are not written yet). */
+#include "lib/common.h"
+
+#define MW_SOL_IP 0
+#define MW_SO_ORIGINAL_DST 80
+#define MW_AF_INET 2
+#define MW_DNS_PORT 53
+
+/* A meshed pod, by its network namespace cookie. */
+struct mw_mesh_pod {
+	__u64 proxy_cgroup;   /* cgroup id of the proxy's container: not intercepted */
+	__u16 outbound_port;  /* the proxy's outbound listener on 127.0.0.1, host order */
+	__u16 pad[3];
+};
+
+/* An outbound port the pod excludes (config.meshwork.io/skip-outbound-ports). */
+struct mw_mesh_skip_key {
+	__u64 netns;
+	__u16 port; /* host order */
+	__u16 pad[3];
+};
+
+struct mw_mesh_orig {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* A redirected connection as the proxy sees it: the client's local port in its pod. */
+struct mw_mesh_conn {
+	__u64 netns;
+	__u32 port; /* host order */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct mw_mesh_pod);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mw_mesh_skip_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_skip SEC(".maps");
+
+/* connect4 → sockops: by socket cookie, until the connection is established. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct mw_mesh_orig);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_pending SEC(".maps");
+
+/* sockops → getsockopt: by (netns, client port), until the proxy asks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mw_mesh_conn);
+	__type(value, struct mw_mesh_orig);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_orig SEC(".maps");
+
+SEC("cgroup/connect4")
+int mw_mesh_connect4(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct mw_mesh_pod *pod;
+	struct mw_mesh_skip_key skip = {};
+	struct mw_mesh_orig orig = {};
+	__u64 cookie;
+	__u16 port;
+
+	if (ctx->protocol != MW_IPPROTO_TCP)
+		return MW_SYS_PROCEED;
+	pod = bpf_map_lookup_elem(&mw_mesh_pods, &netns);
+	if (!pod)
+		return MW_SYS_PROCEED;
+	if (bpf_get_current_cgroup_id() == pod->proxy_cgroup)
+		return MW_SYS_PROCEED;
+	if ((bpf_ntohl(ctx->user_ip4) >> 24) == 127)
+		return MW_SYS_PROCEED;
+	port = bpf_ntohs((__u16)ctx->user_port);
+	if (port == MW_DNS_PORT)
+		return MW_SYS_PROCEED;
+	skip.netns = netns;
+	skip.port = port;
+	if (bpf_map_lookup_elem(&mw_mesh_skip, &skip))
+		return MW_SYS_PROCEED;
+	orig.addr = ctx->user_ip4;
+	orig.port = (__be16)ctx->user_port;
+	cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&mw_mesh_pending, &cookie, &orig, BPF_ANY))
+		return MW_SYS_REJECT; /* fail closed: never around the proxy */
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(pod->outbound_port);
+	return MW_SYS_PROCEED;
+}
+
+SEC("sockops")
+int mw_mesh_sockops(struct bpf_sock_ops *skops)
+{
+	struct mw_mesh_orig *orig;
+	struct mw_mesh_conn conn = {};
+	__u64 cookie;
+
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || skops->family != MW_AF_INET)
+		return 1;
+	cookie = bpf_get_socket_cookie(skops);
+	orig = bpf_map_lookup_elem(&mw_mesh_pending, &cookie);
+	if (!orig)
+		return 1;
+	conn.netns = bpf_get_netns_cookie(skops);
+	conn.port = skops->local_port;
+	bpf_map_update_elem(&mw_mesh_orig, &conn, orig, BPF_ANY);
+	bpf_map_delete_elem(&mw_mesh_pending, &cookie);
+	return 1;
+}
+
+struct mw_sockaddr_in {
+	__u16 family;
+	__be16 port;
+	__be32 addr;
+	__u8 zero[8];
+};
+
+SEC("cgroup/getsockopt")
+int mw_mesh_getsockopt(struct bpf_sockopt *ctx)
+{
+	struct mw_mesh_conn conn = {};
+	struct mw_mesh_orig *orig;
+	struct mw_sockaddr_in *sa;
+	struct bpf_sock *sk;
+
+	if (ctx->level != MW_SOL_IP || ctx->optname != MW_SO_ORIGINAL_DST)
+		return 1;
+	sk = ctx->sk;
+	if (!sk)
+		return 1;
+	conn.netns = bpf_get_netns_cookie(ctx);
+	conn.port = bpf_ntohs(sk->dst_port);
+	orig = bpf_map_lookup_elem(&mw_mesh_orig, &conn);
+	if (!orig)
+		return 1;
+	sa = ctx->optval;
+	if ((void *)(sa + 1) > ctx->optval_end)
+		return 1;
+	sa->family = MW_AF_INET;
+	sa->port = orig->port;
+	sa->addr = orig->addr;
+	__builtin_memset(sa->zero, 0, sizeof(sa->zero));
+	/* Two 4-byte stores: clang would merge them into one 8-byte store the verifier refuses
+	 * on this context. */
+	ctx->optlen = sizeof(*sa);
+	asm volatile("" ::: "memory");
+	ctx->retval = 0;
+	bpf_map_delete_elem(&mw_mesh_orig, &conn);
+	return 1;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,226 @@
+//! Outbound interception for meshed pods (`bpf/mesh_redirect.c`): loading the programs once
+//! per node, attaching them to a pod's cgroup with pinned links (they outlive the loader, as
+//! the Service LB's do), and the per-pod entries that switch interception on. No Kubernetes
+//! here: the node runtime decides which pods and ports (orchestrator/src/node/mesh.rs).
+
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{CgroupSockAddr, CgroupSockopt, SockOps},
+    Ebpf, EbpfLoader,
+};
+
+use crate::{sys, Error, MESH_REDIRECT_OBJ};
+
+/// bpf_attach_type values (uapi `enum bpf_attach_type`).
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+
+const PROGS: &[(&str, u32)] = &[
+    ("mw_mesh_connect4", BPF_CGROUP_INET4_CONNECT),
+    ("mw_mesh_sockops", BPF_CGROUP_SOCK_OPS),
+    ("mw_mesh_getsockopt", BPF_CGROUP_GETSOCKOPT),
+];
+const MAPS: &[&str] = &[
+    "mw_mesh_pods",
+    "mw_mesh_skip",
+    "mw_mesh_pending",
+    "mw_mesh_orig",
+];
+
+/// `struct mw_mesh_pod`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct PodVal {
+    proxy_cgroup: u64,
+    outbound_port: u16,
+    pad: [u16; 3],
+}
+// SAFETY: plain old data, no padding beyond the explicit field.
+unsafe impl aya::Pod for PodVal {}
+
+/// `struct mw_mesh_skip_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct SkipKey {
+    netns: u64,
+    port: u16,
+    pad: [u16; 3],
+}
+// SAFETY: plain old data, no padding beyond the explicit field.
+unsafe impl aya::Pod for SkipKey {}
+
+/// What interception of one pod needs.
+#[derive(Clone, Debug)]
+pub struct MeshPod {
+    /// The cgroup id of the proxy's container: its own connections go where they are sent.
+    pub proxy_cgroup: u64,
+    /// The proxy's outbound listener on 127.0.0.1.
+    pub outbound_port: u16,
+    /// Destination ports that bypass the proxy.
+    pub skip_outbound_ports: Vec<u16>,
+}
+
+/// The node's interception programs, loaded, with their maps pinned under `dir`.
+pub struct Interceptor {
+    ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Interceptor {
+    pub fn open(dir: &Path) -> Result<Interceptor, Error> {
+        sys::ensure_bpffs(Path::new(crate::Config::BPFFS))?;
+        let links = dir.join("links");
+        std::fs::create_dir_all(&links).map_err(|source| Error::Io {
+            what: "creating",
+            path: links.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(MESH_REDIRECT_OBJ)
+            .map_err(|e| Error::Load {
+                object: "mesh_redirect.o",
+                source: Box::new(e),
+            })?;
+        for (name, _) in PROGS {
+            let p = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Invalid(format!("no program {name} in mesh_redirect.o")))?;
+            match *name {
+                "mw_mesh_connect4" => {
+                    let p: &mut CgroupSockAddr = p.try_into().map_err(Error::prog(name))?;
+                    p.load().map_err(Error::prog(name))?;
+                }
+                "mw_mesh_sockops" => {
+                    let p: &mut SockOps = p.try_into().map_err(Error::prog(name))?;
+                    p.load().map_err(Error::prog(name))?;
+                }
+                _ => {
+                    let p: &mut CgroupSockopt = p.try_into().map_err(Error::prog(name))?;
+                    p.load().map_err(Error::prog(name))?;
+                }
+            }
+        }
+        Ok(Interceptor {
+            ebpf,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn pin(&self, pod: &str, prog: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{pod}-{prog}"))
+    }
+
+    /// Attaches the programs to the pod's cgroup (`pod` names the pins); what is pinned
+    /// already stays.
+    pub fn attach(&mut self, pod: &str, cgroup: &Path) -> Result<(), Error> {
+        let cg = File::open(cgroup).map_err(|source| Error::Io {
+            what: "opening cgroup",
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for (name, attach_type) in PROGS {
+            let pin = self.pin(pod, name);
+            if pin.exists() {
+                continue;
+            }
+            let p = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| Error::Invalid(format!("no program {name}")))?;
+            let fd = p.fd().map_err(Error::prog(name))?;
+            sys::link_and_pin(fd.as_fd(), cg.as_fd(), *attach_type, &pin)?;
+        }
+        Ok(())
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::Invalid(format!("no map {name} in mesh_redirect.o")))
+    }
+
+    /// Switches interception on for the pod whose network namespace has cookie `netns`.
+    pub fn enable(&mut self, netns: u64, pod: &MeshPod) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Invalid(format!("mesh maps: {e}"));
+        {
+            let mut skips: HashMap<&mut MapData, SkipKey, u8> =
+                HashMap::try_from(self.map("mw_mesh_skip")?).map_err(map_err)?;
+            for port in &pod.skip_outbound_ports {
+                let k = SkipKey {
+                    netns,
+                    port: *port,
+                    ..Default::default()
+                };
+                skips.insert(k, 1, 0).map_err(map_err)?;
+            }
+        }
+        let mut pods: HashMap<&mut MapData, u64, PodVal> =
+            HashMap::try_from(self.map("mw_mesh_pods")?).map_err(map_err)?;
+        let v = PodVal {
+            proxy_cgroup: pod.proxy_cgroup,
+            outbound_port: pod.outbound_port,
+            ..Default::default()
+        };
+        pods.insert(netns, v, 0).map_err(map_err)
+    }
+
+    /// Stops intercepting the pod (its entries go) and detaches the programs from its cgroup.
+    pub fn remove(&mut self, pod: &str, netns: Option<u64>) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Invalid(format!("mesh maps: {e}"));
+        if let Some(netns) = netns {
+            let mut pods: HashMap<&mut MapData, u64, PodVal> =
+                HashMap::try_from(self.map("mw_mesh_pods")?).map_err(map_err)?;
+            let _ = pods.remove(&netns);
+            let mut skips: HashMap<&mut MapData, SkipKey, u8> =
+                HashMap::try_from(self.map("mw_mesh_skip")?).map_err(map_err)?;
+            let mine: Vec<SkipKey> = skips
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.netns == netns)
+                .collect();
+            for k in mine {
+                let _ = skips.remove(&k);
+            }
+        }
+        for (name, _) in PROGS {
+            let pin = self.pin(pod, name);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "unpinning",
+                        path: pin,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes every pin of the interception under `dir` (maps and links), for a node's
+/// teardown; what is not there is fine.
+pub fn uninstall_mesh_dir(dir: &Path) -> Result<(), Error> {
+    let links = dir.join("links");
+    if let Ok(rd) = std::fs::read_dir(&links) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&links);
+    for m in MAPS {
+        let _ = std::fs::remove_file(dir.join(m));
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}

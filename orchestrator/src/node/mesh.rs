@@ -1,0 +1,103 @@
+//! Which pods are intercepted, and how (issue 15; ARCHITECTURE.md, "Meshing a pod"): a pod
+//! the injector marked (`meshwork.io/injected`) with its proxy container gets the eBPF
+//! outbound interception on its cgroup when its sandbox is made, before any of its containers
+//! runs; it is switched on with the proxy container's cgroup exempt just before that
+//! container starts (the first of the pod: the injector puts it first), and removed with the
+//! sandbox. The programs' links are pinned, so they outlive this process like the pods do.
+//!
+//! The mechanism is `meshwork_ebpf::mesh`; the policy (annotations, ports) is here.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+/// Linkerd's name for the same setting (`config.linkerd.io/skip-outbound-ports`).
+pub const SKIP_OUTBOUND_PORTS: &str = "config.meshwork.io/skip-outbound-ports";
+/// Ports one pod may exclude.
+const MAX_SKIPPED: usize = 1024;
+/// The proxy's outbound listener (proxy/src/config.rs).
+pub const OUTBOUND_PORT: u16 = 4140;
+
+/// A meshed pod's interception, as its sandbox records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MeshSpec {
+    pub proxy_container: String,
+    pub outbound_port: u16,
+    pub skip_outbound_ports: Vec<u16>,
+    /// Filled in by the runtime: the pod network namespace's cookie.
+    #[serde(default)]
+    pub netns_cookie: u64,
+}
+
+/// The interception `pod` asks for, or None. A bad port list is an error the pod shows
+/// (it must not run unintercepted by mistake, nor intercepted against its wish).
+pub fn spec_of(pod: &Pod) -> Result<Option<MeshSpec>, String> {
+    let ann = pod.metadata.annotations.clone().unwrap_or_default();
+    let has_proxy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|ics| {
+            ics.iter()
+                .any(|c| c.name == meshwork_inject::PROXY_CONTAINER)
+        });
+    if !ann.contains_key(meshwork_inject::INJECTED) || !has_proxy {
+        return Ok(None);
+    }
+    let mut skip: Vec<u16> = Vec::new();
+    if let Some(list) = ann.get(SKIP_OUTBOUND_PORTS) {
+        let ranges = meshwork_destination_api::parse_ports(list)
+            .map_err(|e| format!("annotation {SKIP_OUTBOUND_PORTS}: {e}"))?;
+        for r in ranges {
+            skip.extend(r);
+            // One map entry per port, in a map all pods share.
+            if skip.len() > MAX_SKIPPED {
+                return Err(format!(
+                    "annotation {SKIP_OUTBOUND_PORTS}: more than {MAX_SKIPPED} ports"
+                ));
+            }
+        }
+    }
+    Ok(Some(MeshSpec {
+        proxy_container: meshwork_inject::PROXY_CONTAINER.into(),
+        outbound_port: OUTBOUND_PORT,
+        skip_outbound_ports: skip,
+        netns_cookie: 0,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(ann: serde_json::Value, proxy: bool) -> Pod {
+        let inits = if proxy {
+            json!([{"name": "meshwork-proxy", "image": "p"}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({"metadata": {"name": "p", "annotations": ann},
+            "spec": {"initContainers": inits, "containers": [{"name": "c", "image": "i"}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_injected_pods_with_their_proxy_and_valid_ports() {
+        let injected = json!({"meshwork.io/injected": "meshwork-proxy"});
+        assert!(spec_of(&pod(json!({}), true)).unwrap().is_none());
+        assert!(spec_of(&pod(injected.clone(), false)).unwrap().is_none());
+        let s = spec_of(&pod(injected, true)).unwrap().unwrap();
+        assert_eq!(s.outbound_port, 4140);
+        assert!(s.skip_outbound_ports.is_empty());
+        let skip = json!({"meshwork.io/injected": "x", SKIP_OUTBOUND_PORTS: "25, 3306-3307"});
+        let s = spec_of(&pod(skip, true)).unwrap().unwrap();
+        assert_eq!(s.skip_outbound_ports, [25, 3306, 3307]);
+        let bad = json!({"meshwork.io/injected": "x", SKIP_OUTBOUND_PORTS: "http"});
+        assert!(spec_of(&pod(bad, true)).is_err());
+        let huge = json!({"meshwork.io/injected": "x", SKIP_OUTBOUND_PORTS: "1-65535"});
+        assert!(spec_of(&pod(huge, true)).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Connections the kernel redirected to the outbound port (issue 15; the node's eBPF
+//! programs, `ebpf/bpf/mesh_redirect.c`): their original destination comes from
+//! `SO_ORIGINAL_DST`, answered by a getsockopt program as netfilter's REDIRECT would.
+//!
+//! - A destination discovery knows (a Service's ClusterIP:port) is routed like an
+//!   explicitly addressed request: HTTP by request over the balancer, anything else (or a
+//!   port opaque by default or by annotation) tunnelled to one endpoint.
+//! - Anything else (a pod's or a node's address, the world) goes where it was sent, bytes
+//!   untouched: the mesh has no identity to expect there.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpStream;
+
+use super::Outbound;
+use crate::{detect::Protocol, drain::Watch, io::detect_io};
+
+/// `SO_ORIGINAL_DST` of an accepted connection, when the kernel redirected it here; None
+/// for a connection made to the proxy's own address.
+pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: sockaddr_in is plain old data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: getsockopt writing at most `len` bytes into `sa`, on a socket we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&mut sa as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || sa.sin_family != libc::AF_INET as libc::sa_family_t {
+        return None;
+    }
+    let orig = SocketAddr::from((
+        std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    ));
+    (Some(orig) != tcp.local_addr().ok()).then_some(orig)
+}
+
+impl Outbound {
+    pub(super) async fn intercepted(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        orig: SocketAddr,
+        drain: Watch,
+    ) -> std::io::Result<()> {
+        let authority = orig.to_string();
+        let eps = self
+            .resolver
+            .get(&authority)
+            .await
+            .filter(|e| !e.is_empty());
+        let Some(eps) = eps else {
+            return self.passthrough(tcp, orig).await;
+        };
+        let opaque = meshwork_destination_api::DEFAULT_OPAQUE_PORTS.contains(&orig.port())
+            || eps.iter().all(|e| e.opaque);
+        if opaque {
+            return self.opaque(tcp, &authority, &eps).await;
+        }
+        let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
+        match detected.protocol() {
+            p @ (Protocol::Http1 | Protocol::Http2) => {
+                self.serve_http(p, io, Some(authority), drain).await
+            }
+            _ => self.opaque(io, &authority, &eps).await,
+        }
+    }
+
+    /// Opaque bytes to one endpoint of `authority`.
+    async fn opaque<I>(
+        &self,
+        mut io: I,
+        authority: &str,
+        eps: &[super::Endpoint],
+    ) -> std::io::Result<()>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        let Some((ep, probe)) = self.pick(authority, eps, &[]) else {
+            tracing::info!(%authority, "no endpoint available for an intercepted connection");
+            return Ok(());
+        };
+        let mut peer = String::new();
+        let Ok(mut far) = self.connect_far(authority, ep, probe, &mut peer).await else {
+            return Ok(());
+        };
+        self.copy(&mut io, &mut far).await;
+        Ok(())
+    }
+
+    /// As sent: a plain connection to the original destination.
+    async fn passthrough(&self, mut tcp: TcpStream, orig: SocketAddr) -> std::io::Result<()> {
+        let far = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(orig)).await;
+        let mut far = match far {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::debug!(%orig, error = %e, "passthrough connect failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::debug!(%orig, "passthrough connect timed out");
+                return Ok(());
+            }
+        };
+        let _ = far.set_nodelay(true);
+        self.copy(&mut tcp, &mut far).await;
+        Ok(())
+    }
+
+    async fn copy<A, B>(&self, a: &mut A, b: &mut B)
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    {
+        match tokio::io::copy_bidirectional(a, b).await {
+            Ok((up, down)) => {
+                let d = crate::metrics::DirectionLabels {
+                    direction: crate::metrics::Direction::Outbound,
+                };
+                self.metrics.bytes_read.get_or_create(&d).inc_by(up);
+                self.metrics.bytes_written.get_or_create(&d).inc_by(down);
+            }
+            Err(e) => tracing::debug!(error = %e, "intercepted connection ended"),
+        }
+    }
+}
