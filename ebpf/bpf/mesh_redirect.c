@@ -12,7 +12,8 @@
  *
  * Which pods, their proxy and ports: mw_mesh_pods and mw_mesh_skip, written by the node
  * runtime (orchestrator/src/node/mesh.rs) before the pod's first container starts. A pod
- * without an entry is not intercepted. IPv4 only (the IPv6 hooks are not written yet). */
+ * without an entry is not intercepted. Inbound (sk_lookup, on the pod's network namespace)
+ * is at the end of this file. IPv4 only (the IPv6 hooks are not written yet). */
 #include "lib/common.h"
 
 #define MW_SOL_IP 0
@@ -178,6 +179,85 @@ int mw_mesh_getsockopt(struct bpf_sockopt *ctx)
 	ctx->retval = 0;
 	bpf_map_delete_elem(&mw_mesh_orig, &conn);
 	return 1;
+}
+
+/* Inbound: a meshed pod's address, with its proxy's own ports (never steered). */
+struct mw_mesh_in {
+	__u16 inbound_port; /* host order */
+	__u16 admin_port;
+	__u32 pad;
+};
+
+/* An inbound port the pod excludes (config.meshwork.io/skip-inbound-ports). */
+struct mw_mesh_in_skip_key {
+	__be32 addr;
+	__u16 port; /* host order */
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct mw_mesh_in);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_in SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mw_mesh_in_skip_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_in_skip SEC(".maps");
+
+/* The proxy's inbound listener, by pod address (put here by the node runtime once the proxy
+ * listens; the kernel drops it when the socket closes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __be32);
+	__type(value, __u32); /* a socket fd on update */
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_in_socks SEC(".maps");
+
+/* Inbound, attached to a meshed pod's network namespace: a TCP connection to the pod's
+ * address on an app port is handed to the proxy's inbound listener, the original
+ * destination kept as the accepted socket's local address (the proxy relays it to the app on
+ * 127.0.0.1, which is not steered again). The proxy's own ports and excluded ports pass.
+ * Meshed but no listener registered (the proxy not started, or restarting): dropped, so
+ * nothing reaches the app around its proxy. */
+SEC("sk_lookup")
+int mw_mesh_inbound(struct bpf_sk_lookup *ctx)
+{
+	struct mw_mesh_in_skip_key skip = {};
+	struct mw_mesh_in *cfg;
+	struct bpf_sock *sk;
+	__be32 addr;
+	__u16 port;
+	long err;
+
+	if (ctx->family != MW_AF_INET || ctx->protocol != MW_IPPROTO_TCP)
+		return SK_PASS;
+	addr = ctx->local_ip4;
+	cfg = bpf_map_lookup_elem(&mw_mesh_in, &addr);
+	if (!cfg)
+		return SK_PASS;
+	port = (__u16)ctx->local_port;
+	if (port == cfg->inbound_port || port == cfg->admin_port)
+		return SK_PASS;
+	skip.addr = addr;
+	skip.port = port;
+	if (bpf_map_lookup_elem(&mw_mesh_in_skip, &skip))
+		return SK_PASS;
+	sk = bpf_map_lookup_elem(&mw_mesh_in_socks, &addr);
+	if (!sk)
+		return SK_DROP;
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -10,8 +10,8 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData},
-    programs::{CgroupSockAddr, CgroupSockopt, SockOps},
+    maps::{HashMap, MapData, SockHash},
+    programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps},
     Ebpf, EbpfLoader,
 };
 
@@ -21,6 +21,8 @@ use crate::{sys, Error, MESH_REDIRECT_OBJ};
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+const BPF_SK_LOOKUP: u32 = 36;
+const INBOUND_PROG: &str = "mw_mesh_inbound";
 
 const PROGS: &[(&str, u32)] = &[
     ("mw_mesh_connect4", BPF_CGROUP_INET4_CONNECT),
@@ -55,6 +57,37 @@ struct SkipKey {
 }
 // SAFETY: plain old data, no padding beyond the explicit field.
 unsafe impl aya::Pod for SkipKey {}
+
+/// `struct mw_mesh_in`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct InVal {
+    inbound_port: u16,
+    admin_port: u16,
+    pad: u32,
+}
+// SAFETY: plain old data, no padding beyond the explicit field.
+unsafe impl aya::Pod for InVal {}
+
+/// `struct mw_mesh_in_skip_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct InSkipKey {
+    addr: u32,
+    port: u16,
+    pad: u16,
+}
+// SAFETY: plain old data, no padding beyond the explicit field.
+unsafe impl aya::Pod for InSkipKey {}
+
+/// Inbound steering of one pod: connections to `addr` on any other port go to the proxy.
+#[derive(Clone, Debug)]
+pub struct MeshInbound {
+    pub addr: std::net::Ipv4Addr,
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    pub skip_inbound_ports: Vec<u16>,
+}
 
 /// What interception of one pod needs.
 #[derive(Clone, Debug)]
@@ -108,6 +141,12 @@ impl Interceptor {
                 }
             }
         }
+        let p: &mut SkLookup = ebpf
+            .program_mut(INBOUND_PROG)
+            .ok_or_else(|| Error::Invalid(format!("no program {INBOUND_PROG}")))?
+            .try_into()
+            .map_err(Error::prog(INBOUND_PROG))?;
+        p.load().map_err(Error::prog(INBOUND_PROG))?;
         Ok(Interceptor {
             ebpf,
             dir: dir.to_path_buf(),
@@ -141,6 +180,70 @@ impl Interceptor {
         Ok(())
     }
 
+    /// Steers connections to the pod's address (in its network namespace at `netns`) to its
+    /// proxy; until `listener` registers the proxy's socket they are dropped.
+    pub fn attach_inbound(
+        &mut self,
+        pod: &str,
+        netns: &Path,
+        inbound: &MeshInbound,
+    ) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Invalid(format!("mesh maps: {e}"));
+        let addr = u32::from(inbound.addr).to_be();
+        {
+            let mut skips: HashMap<&mut MapData, InSkipKey, u8> =
+                HashMap::try_from(self.map("mw_mesh_in_skip")?).map_err(map_err)?;
+            for port in &inbound.skip_inbound_ports {
+                let k = InSkipKey {
+                    addr,
+                    port: *port,
+                    pad: 0,
+                };
+                skips.insert(k, 1, 0).map_err(map_err)?;
+            }
+        }
+        {
+            let mut cfg: HashMap<&mut MapData, u32, InVal> =
+                HashMap::try_from(self.map("mw_mesh_in")?).map_err(map_err)?;
+            let v = InVal {
+                inbound_port: inbound.inbound_port,
+                admin_port: inbound.admin_port,
+                pad: 0,
+            };
+            cfg.insert(addr, v, 0).map_err(map_err)?;
+        }
+        let pin = self.pin(pod, INBOUND_PROG);
+        if pin.exists() {
+            return Ok(());
+        }
+        let ns = File::open(netns).map_err(|source| Error::Io {
+            what: "opening",
+            path: netns.to_path_buf(),
+            source,
+        })?;
+        let p = self
+            .ebpf
+            .program(INBOUND_PROG)
+            .ok_or_else(|| Error::Invalid(format!("no program {INBOUND_PROG}")))?;
+        let fd = p.fd().map_err(Error::prog(INBOUND_PROG))?;
+        sys::link_and_pin(fd.as_fd(), ns.as_fd(), BPF_SK_LOOKUP, &pin)
+    }
+
+    /// The proxy's inbound listening socket for the pod at `addr` (the map holds its own
+    /// reference; the kernel drops the entry when the socket closes).
+    pub fn listener(
+        &mut self,
+        addr: std::net::Ipv4Addr,
+        socket: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Invalid(format!("mesh maps: {e}"));
+        let mut socks: SockHash<&mut MapData, u32> =
+            SockHash::try_from(self.map("mw_mesh_in_socks")?).map_err(map_err)?;
+        socks
+            .insert(u32::from(addr).to_be(), socket, 0)
+            .map_err(map_err)
+    }
+
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
         self.ebpf
             .map_mut(name)
@@ -172,9 +275,37 @@ impl Interceptor {
         pods.insert(netns, v, 0).map_err(map_err)
     }
 
-    /// Stops intercepting the pod (its entries go) and detaches the programs from its cgroup.
-    pub fn remove(&mut self, pod: &str, netns: Option<u64>) -> Result<(), Error> {
+    /// Stops intercepting the pod (its entries go) and detaches the programs from its cgroup
+    /// and network namespace.
+    pub fn remove(
+        &mut self,
+        pod: &str,
+        netns: Option<u64>,
+        addr: Option<std::net::Ipv4Addr>,
+    ) -> Result<(), Error> {
         let map_err = |e: aya::maps::MapError| Error::Invalid(format!("mesh maps: {e}"));
+        if let Some(addr) = addr.map(|a| u32::from(a).to_be()) {
+            {
+                let mut cfg: HashMap<&mut MapData, u32, InVal> =
+                    HashMap::try_from(self.map("mw_mesh_in")?).map_err(map_err)?;
+                let _ = cfg.remove(&addr);
+            }
+            {
+                let mut socks: SockHash<&mut MapData, u32> =
+                    SockHash::try_from(self.map("mw_mesh_in_socks")?).map_err(map_err)?;
+                let _ = socks.remove(&addr);
+            }
+            let mut skips: HashMap<&mut MapData, InSkipKey, u8> =
+                HashMap::try_from(self.map("mw_mesh_in_skip")?).map_err(map_err)?;
+            let mine: Vec<InSkipKey> = skips
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.addr == addr)
+                .collect();
+            for k in mine {
+                let _ = skips.remove(&k);
+            }
+        }
         if let Some(netns) = netns {
             let mut pods: HashMap<&mut MapData, u64, PodVal> =
                 HashMap::try_from(self.map("mw_mesh_pods")?).map_err(map_err)?;
@@ -190,7 +321,7 @@ impl Interceptor {
                 let _ = skips.remove(&k);
             }
         }
-        for (name, _) in PROGS {
+        for name in PROGS.iter().map(|(n, _)| *n).chain([INBOUND_PROG]) {
             let pin = self.pin(pod, name);
             match std::fs::remove_file(&pin) {
                 Ok(()) => {}

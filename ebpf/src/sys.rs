@@ -261,3 +261,78 @@ pub fn cgroup_id(dir: &Path) -> Result<u64, Error> {
             source,
         })
 }
+
+/// A duplicate of the IPv4 TCP socket listening on `port` held by any process in `cgroup`
+/// (pidfd_getfd): how the node runtime gets a proxy's inbound listener into the steering map
+/// without the proxy's help. None when nothing there listens on it (yet).
+pub fn listener_in_cgroup(cgroup: &Path, port: u16) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let procs =
+        std::fs::read_to_string(cgroup.join("cgroup.procs")).map_err(|source| Error::Io {
+            what: "reading",
+            path: cgroup.join("cgroup.procs"),
+            source,
+        })?;
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: pidfd_open(2) on a pid; the result is checked and owned at once.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            continue;
+        }
+        // SAFETY: a fresh fd from the kernel.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in fds.flatten() {
+            let is_socket = std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            // SAFETY: pidfd_getfd(2) duplicates the target's fd into ours; checked below.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: a fresh fd from the kernel.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            let mut listening: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into an int of the given size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ACCEPTCONN,
+                    (&mut listening as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 || listening != 1 {
+                continue;
+            }
+            // SAFETY: sockaddr_in is plain old data.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: getsockname into a sockaddr_in of the given size.
+            let rc = unsafe {
+                libc::getsockname(
+                    fd.as_raw_fd(),
+                    (&mut sa as *mut libc::sockaddr_in).cast(),
+                    &mut len,
+                )
+            };
+            if rc == 0
+                && sa.sin_family == libc::AF_INET as libc::sa_family_t
+                && u16::from_be(sa.sin_port) == port
+            {
+                return Ok(Some(fd));
+            }
+        }
+    }
+    Ok(None)
+}

@@ -9,7 +9,9 @@
 //!   Service's name, is intercepted in the kernel (eBPF, no iptables or nftables rule in any
 //!   pod, asserted) and passes through its proxy with mTLS (the server sees the client's
 //!   SPIFFE ID): the proxy was ready before the app started; an excluded port
-//!   (`config.meshwork.io/skip-outbound-ports`) goes around the proxy;
+//!   (`config.meshwork.io/skip-outbound-ports`) goes around the proxy; a client outside the
+//!   mesh connecting straight to a meshed pod's app port is steered to that pod's proxy
+//!   (sk_lookup), which strips the identity header it forges;
 //! - a meshed Job completes: its proxy stops when the app exits;
 //! - a pod annotated `disabled` is left alone;
 //! - a webhook that is down fails pod creation under failurePolicy Fail with a message
@@ -282,6 +284,28 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     ]);
     let plain = o.json(&["get", "pod", "plain"]);
     assert!(plain["spec"]["initContainers"].is_null(), "{plain}");
+    // Inbound: a client outside the mesh that connects straight to the web pod's app port
+    // is steered to the web pod's proxy (permissive policy): the identity header it forges
+    // is stripped before the app sees the request.
+    o.wait("the plain pod running", || {
+        let p = o.pods("default", "run=plain");
+        (p.len() == 1 && p[0].running).then_some(())
+    });
+    let web_ip = o.pods("default", "app=web")[0].ip.clone();
+    let out = o.kubectl(&[
+        "exec",
+        "plain",
+        "--",
+        "curl",
+        "-sf",
+        "-H",
+        "meshwork-client-id: spiffe://cluster.local/ns/default/sa/forged",
+        &format!("http://{web_ip}:8080/"),
+    ]);
+    assert!(
+        out.contains("pod=web-") && out.contains("client= "),
+        "straight to the web pod: {out}"
+    );
 
     // A webhook that is down: Fail refuses with its name; Ignore lets the pod through.
     let down = |policy: &str| {

@@ -159,6 +159,8 @@ pub(crate) struct PodRt {
     pub init_failed: bool,
     /// Every app container has finished for good; the sidecars are being stopped.
     pub finishing: bool,
+    /// A meshed pod: the proxy run whose inbound listener the kernel steers to.
+    pub inbound_for: Option<u32>,
     pub seen: Instant,
     pub timed: bool,
     pub process_ms: f64,
@@ -178,6 +180,7 @@ impl PodRt {
             initialized: false,
             init_failed: false,
             finishing: false,
+            inbound_for: None,
             seen: Instant::now(),
             timed: false,
             process_ms: 0.0,
@@ -642,6 +645,9 @@ impl<R: PodRuntime> Kubelet<R> {
                 to_start.push((cs, cfg, hash));
             }
         }
+        if let Some(m) = &sb.mesh {
+            self.mesh_inbound(&uid, pod, &sb, m, &mut to_start).await;
+        }
         let t0 = Instant::now();
         let mut started = Vec::new();
         for (cs, cfg, hash) in to_start {
@@ -745,5 +751,52 @@ impl<R: PodRuntime> Kubelet<R> {
             });
         }
         Ok(())
+    }
+
+    /// A meshed pod's inbound connections go to its proxy's listener once that has started
+    /// (the kernel drops them until then); the app containers start only after. Checked on
+    /// every sync, so a restarted proxy's new listener is handed over too.
+    async fn mesh_inbound(
+        &self,
+        uid: &str,
+        pod: &Pod,
+        sb: &Sandbox,
+        m: &super::mesh::MeshSpec,
+        to_start: &mut Vec<(
+            k8s_openapi::api::core::v1::Container,
+            super::runtime::ContainerConfig,
+            String,
+        )>,
+    ) {
+        let cs = super::plan::spec_of(pod, &m.proxy_container);
+        let (run, done) = {
+            let st = self.inner.state.lock().await;
+            let Some(p) = st.pods.get(uid) else { return };
+            let c = p.containers.get(&m.proxy_container);
+            let run = c
+                .filter(|c| cs.is_some_and(|cs| super::plan::started(cs, c)))
+                .and_then(|c| c.run.clone());
+            let done = run.as_ref().map(|r| r.attempt) == p.inbound_for && run.is_some();
+            (run, done)
+        };
+        let mut ready = done;
+        if let (Some(run), false) = (&run, done) {
+            match self.inner.rt.register_inbound(sb, run).await {
+                Ok(true) => {
+                    tracing::info!(pod = %sb.name, attempt = run.attempt, "inbound connections steered to the proxy");
+                    if let Some(p) = self.inner.state.lock().await.pods.get_mut(uid) {
+                        p.inbound_for = Some(run.attempt);
+                    }
+                    ready = true;
+                }
+                Ok(false) => tracing::debug!(pod = %sb.name, "the proxy does not listen yet"),
+                Err(e) => {
+                    tracing::warn!(pod = %sb.name, error = %e, "steering inbound connections")
+                }
+            }
+        }
+        if !ready {
+            to_start.retain(|(cs, _, _)| cs.name == m.proxy_container);
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! Which pods are intercepted, and how (issue 15; ARCHITECTURE.md, "Meshing a pod"): a pod
 //! the injector marked (`meshwork.io/injected`) with its proxy container gets the eBPF
-//! outbound interception on its cgroup when its sandbox is made, before any of its containers
-//! runs; it is switched on with the proxy container's cgroup exempt just before that
-//! container starts (the first of the pod: the injector puts it first), and removed with the
-//! sandbox. The programs' links are pinned, so they outlive this process like the pods do.
+//! interception when its sandbox is made, before any of its containers runs: outbound on its
+//! cgroup, switched on with the proxy container's cgroup exempt just before that container
+//! starts (the first of the pod: the injector puts it first); inbound on its network
+//! namespace, dropping connections to app ports until the kubelet has handed the proxy's
+//! listening socket over (`register_inbound`, before any app container starts). Removed with
+//! the sandbox. The programs' links are pinned, so they outlive this process like the pods
+//! do.
 //!
 //! The mechanism is `meshwork_ebpf::mesh`; the policy (annotations, ports) is here.
 
@@ -17,15 +20,41 @@ const MAX_SKIPPED: usize = 1024;
 /// The proxy's outbound listener (proxy/src/config.rs).
 pub const OUTBOUND_PORT: u16 = 4140;
 
+/// Linkerd's `config.linkerd.io/skip-inbound-ports`.
+pub const SKIP_INBOUND_PORTS: &str = "config.meshwork.io/skip-inbound-ports";
+
 /// A meshed pod's interception, as its sandbox records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MeshSpec {
     pub proxy_container: String,
     pub outbound_port: u16,
     pub skip_outbound_ports: Vec<u16>,
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    pub skip_inbound_ports: Vec<u16>,
     /// Filled in by the runtime: the pod network namespace's cookie.
     #[serde(default)]
     pub netns_cookie: u64,
+    /// Filled in by the runtime: the pod's address, which inbound steering keys on.
+    #[serde(default)]
+    pub addr: Option<std::net::Ipv4Addr>,
+}
+
+/// The ports of annotation `key`, expanded; None when absent.
+fn ports(ann: &std::collections::BTreeMap<String, String>, key: &str) -> Result<Vec<u16>, String> {
+    let mut out: Vec<u16> = Vec::new();
+    if let Some(list) = ann.get(key) {
+        let ranges = meshwork_destination_api::parse_ports(list)
+            .map_err(|e| format!("annotation {key}: {e}"))?;
+        for r in ranges {
+            out.extend(r);
+            // One map entry per port, in a map all pods share.
+            if out.len() > MAX_SKIPPED {
+                return Err(format!("annotation {key}: more than {MAX_SKIPPED} ports"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The interception `pod` asks for, or None. A bad port list is an error the pod shows
@@ -43,25 +72,15 @@ pub fn spec_of(pod: &Pod) -> Result<Option<MeshSpec>, String> {
     if !ann.contains_key(meshwork_inject::INJECTED) || !has_proxy {
         return Ok(None);
     }
-    let mut skip: Vec<u16> = Vec::new();
-    if let Some(list) = ann.get(SKIP_OUTBOUND_PORTS) {
-        let ranges = meshwork_destination_api::parse_ports(list)
-            .map_err(|e| format!("annotation {SKIP_OUTBOUND_PORTS}: {e}"))?;
-        for r in ranges {
-            skip.extend(r);
-            // One map entry per port, in a map all pods share.
-            if skip.len() > MAX_SKIPPED {
-                return Err(format!(
-                    "annotation {SKIP_OUTBOUND_PORTS}: more than {MAX_SKIPPED} ports"
-                ));
-            }
-        }
-    }
     Ok(Some(MeshSpec {
         proxy_container: meshwork_inject::PROXY_CONTAINER.into(),
         outbound_port: OUTBOUND_PORT,
-        skip_outbound_ports: skip,
+        skip_outbound_ports: ports(&ann, SKIP_OUTBOUND_PORTS)?,
+        inbound_port: meshwork_inject::INBOUND_PORT,
+        admin_port: meshwork_inject::ADMIN_PORT,
+        skip_inbound_ports: ports(&ann, SKIP_INBOUND_PORTS)?,
         netns_cookie: 0,
+        addr: None,
     }))
 }
 

@@ -156,6 +156,13 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn list(&self) -> Vec<(Sandbox, Vec<Container>)>;
     /// Whether the run is still alive (the same process, not a reused pid).
     fn alive(&self, c: &Container) -> bool;
+    /// Hands the meshed pod's proxy (run `proxy`) its inbound connections: false while it
+    /// does not listen yet.
+    fn register_inbound(
+        &self,
+        sb: &Sandbox,
+        proxy: &Container,
+    ) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
 }
 
 /// Settings of the bundled runtime.
@@ -424,6 +431,23 @@ impl ProcessRuntime {
 }
 
 impl PodRuntime for ProcessRuntime {
+    async fn register_inbound(
+        &self,
+        sb: &Sandbox,
+        proxy: &Container,
+    ) -> Result<bool, RuntimeError> {
+        let Some((m, addr)) = sb.mesh.as_ref().and_then(|m| Some((m, m.addr?))) else {
+            return Ok(false);
+        };
+        let sock = meshwork_ebpf::sys::listener_in_cgroup(&proxy.cgroup, m.inbound_port)
+            .map_err(|e| RuntimeError::Other(format!("mesh interception: {e}")))?;
+        let Some(sock) = sock else {
+            return Ok(false);
+        };
+        self.with_mesh(|i| i.listener(addr, std::os::fd::AsFd::as_fd(&sock)))?;
+        Ok(true)
+    }
+
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
         if cfg.host_network {
             return self.run_host_sandbox(cfg);
@@ -478,6 +502,27 @@ impl PodRuntime for ProcessRuntime {
             .find(|a| a.is_ipv4())
             .or_else(|| res.ips.first().map(|i| i.address.addr()));
         write_etc(&dir, cfg, ip)?;
+        // Inbound steering keys on the pod's address: known only now.
+        let mesh = match mesh {
+            Some(mut m) => {
+                let Some(std::net::IpAddr::V4(addr)) = ip else {
+                    return Err(RuntimeError::Other(
+                        "mesh interception: the pod has no IPv4 address".into(),
+                    ));
+                };
+                m.addr = Some(addr);
+                let inbound = meshwork_ebpf::mesh::MeshInbound {
+                    addr,
+                    inbound_port: m.inbound_port,
+                    admin_port: m.admin_port,
+                    skip_inbound_ports: m.skip_inbound_ports.clone(),
+                };
+                let pod = format!("pod{}", cfg.uid);
+                self.with_mesh(|i| i.attach_inbound(&pod, &netns_path, &inbound))?;
+                Some(m)
+            }
+            None => None,
+        };
         let sb = Sandbox {
             uid: cfg.uid.clone(),
             namespace: cfg.namespace.clone(),
@@ -501,7 +546,7 @@ impl PodRuntime for ProcessRuntime {
         kill_cgroup(&sb.cgroup).await;
         if let Some(m) = &sb.mesh {
             let pod = format!("pod{}", sb.uid);
-            self.with_mesh(|i| i.remove(&pod, Some(m.netns_cookie)))?;
+            self.with_mesh(|i| i.remove(&pod, Some(m.netns_cookie), m.addr))?;
         }
         remove_cgroup_tree(&sb.cgroup);
         if sb.host_network {
