@@ -13,8 +13,9 @@
 //!   tunnel untouched; a tonic server stream passes with its trailers.
 //! - The control agent killed: traffic goes on over the last endpoints (a new pod is not
 //!   seen); restarted: updates resume (the new pod gets traffic).
-//! - Certificates rotating every few seconds, and a proxy drained by `POST /shutdown` and by
-//!   SIGTERM, under constant load: zero failed requests.
+//! - Certificates rotating every few seconds, a proxy drained by `POST /shutdown` and by
+//!   SIGTERM, and a rolling update of the meshed Deployment (`kubectl rollout restart`), under
+//!   constant load: zero failed requests.
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,
@@ -576,7 +577,7 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
 }
 
 #[test]
-fn control_restart_rotation_and_drain_lose_no_request() {
+fn control_restart_rotation_drain_and_rollout_lose_no_request() {
     // Certificates of 6 s: each proxy renews about every 4 s.
     let mut m = Mesh::start("meshres", "6s");
     m.deploy(2);
@@ -675,6 +676,26 @@ fn control_restart_rotation_and_drain_lose_no_request() {
             },
         );
     }
+    // A rolling update of the meshed Deployment under the same load: every pod replaced (each
+    // old one's app stopped before its proxy, its endpoint withdrawn), no request lost.
+    let old: std::collections::BTreeSet<String> =
+        m.o.pods("default", "app=web")
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+    m.o.kubectl(&["rollout", "restart", "deployment/web"]);
+    m.o.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    load.reset_pods();
+    let until = load.ok.load(Ordering::Relaxed) + 200;
+    m.o.wait("200 requests after the rollout", || {
+        (load.ok.load(Ordering::Relaxed) > until).then_some(())
+    });
+    let answered = load.pods();
+    assert!(
+        !answered.is_empty() && answered.keys().all(|p| !old.contains(p)),
+        "only new pods answer after the rollout: {answered:?} (old {old:?})"
+    );
+    load.assert_no_failures("a rolling update");
     let total = load.finish();
     let retries = m.metric(&client_ip, "meshwork_proxy_retries_total");
     eprintln!("{total} requests, none failed; the client's proxy retried {retries}");
