@@ -10,6 +10,7 @@ mod procs;
 mod state;
 mod status;
 mod up;
+mod viz;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,11 @@ enum Cmd {
     Inject(inject::InjectArgs),
     /// Remove what `inject` added.
     Uninject(inject::UninjectArgs),
+    /// Per Service: request rate, success rate and latency percentiles from the meshed pods'
+    /// proxies, refreshed every interval (`linkerd viz top/stat`).
+    Top(viz::TopArgs),
+    /// The live request stream of a pod, Deployment or Service (`linkerd viz tap`).
+    Tap(viz::TapArgs),
     /// Internal: the supervisor `up` starts in the background.
     #[command(hide = true)]
     Supervise(bringup::UpArgs),
@@ -91,6 +97,8 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Logs(a) => status::logs(a).await,
             Cmd::Supervise(a) => bringup::supervise(a).await,
+            Cmd::Top(a) => viz::top(a).await,
+            Cmd::Tap(a) => viz::tap(a).await,
             Cmd::Inject(_) | Cmd::Uninject(_) => Ok(()),
         }
     });

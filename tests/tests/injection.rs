@@ -12,6 +12,8 @@
 //!   (`config.meshwork.io/skip-outbound-ports`) goes around the proxy; a client outside the
 //!   mesh connecting straight to a meshed pod's app port is steered to that pod's proxy
 //!   (sk_lookup), which strips the identity header it forges;
+//! - `mesh-ctl top` shows the web Service's request rate, success rate and latency, and
+//!   `mesh-ctl tap deploy/web` its requests live, with the client's identity;
 //! - a meshed Job completes: its proxy stops when the app exits;
 //! - a pod annotated `disabled` is left alone;
 //! - a webhook that is down fails pod creation under failurePolicy Fail with a message
@@ -219,6 +221,80 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         out.contains("pod=web-") && out.contains("client= "),
         "port 81: {out}"
     );
+    // Seeing it: `mesh-ctl top` and `mesh-ctl tap` (run from node 1, as a user on a node or
+    // on the host of `mesh-ctl up` would) while the client sends requests.
+    let traffic = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kc, ns, resolve) = (
+            o.kubeconfig.clone(),
+            o.nodes[0].netns.clone(),
+            by_name.clone(),
+        );
+        let flag = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, meshwork_lab::kubectl::KUBECTL, "--kubeconfig"])
+                    .arg(&kc)
+                    .args(["exec", "deploy/client", "-c", "c", "--", "sh", "-c"])
+                    .arg(format!(
+                        "for i in 1 2 3 4 5 6 7 8 9 10; do curl -s --resolve {resolve} http://web.default.svc.cluster.local/ >/dev/null; done"
+                    ))
+                    .output();
+            }
+        });
+        (stop, t)
+    };
+    let mesh_ctl = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &o.nodes[0].netns])
+            .arg(lab_binary("mesh-ctl"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&o.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mesh-ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let top = mesh_ctl(&[
+        "top",
+        "-n",
+        "default",
+        "--interval",
+        "3s",
+        "--iterations",
+        "1",
+    ]);
+    let row = top
+        .lines()
+        .find(|l| l.starts_with("default/web "))
+        .unwrap_or_else(|| panic!("no row for default/web: {top}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let rps: f64 = cols[2].parse().unwrap();
+    assert!(
+        rps > 0.0 && cols[3] == "100.00%" && cols[4].ends_with("ms"),
+        "{top}"
+    );
+    eprintln!("{top}");
+    let tap = mesh_ctl(&["tap", "deploy/web", "-n", "default", "--max-requests", "3"]);
+    eprintln!("{tap}");
+    let lines: Vec<&str> = tap.lines().collect();
+    assert_eq!(lines.len(), 3, "{tap}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("req-in ")
+            && l.contains(":path=/ ")
+            && l.contains("status=200")
+            && l.contains("peer=spiffe://cluster.local/ns/default/sa/client")),
+        "{tap}"
+    );
+    traffic.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.1.join().unwrap();
+
     // And not one iptables or nftables rule in any pod's network namespace.
     let pods = o.json(&["get", "pods", "-l", "app in (web,client)"]);
     for p in pods["items"].as_array().unwrap() {
