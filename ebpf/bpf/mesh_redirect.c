@@ -4,7 +4,9 @@
  *
  * - connect4 sends the pod's TCP connections to its proxy's outbound port on 127.0.0.1 and
  *   keeps the original destination by socket cookie. Exempt: the proxy's own connections (its
- *   container's cgroup), loopback, DNS (port 53), UDP, and the ports the pod excludes;
+ *   container's cgroup), loopback, UDP (the proxy carries TCP; DNS over UDP goes as sent),
+ *   and the ports the pod excludes. connect6 does the same for IPv4-mapped addresses on IPv6
+ *   sockets, and refuses other IPv6 destinations (not carried yet: refused, not let past);
  * - sockops, when such a connection is established, files the original destination under
  *   (pod network namespace, the client's local port): what the proxy can see of it;
  * - getsockopt answers the proxy's SO_ORIGINAL_DST on the accepted socket from that entry,
@@ -19,7 +21,7 @@
 #define MW_SOL_IP 0
 #define MW_SO_ORIGINAL_DST 80
 #define MW_AF_INET 2
-#define MW_DNS_PORT 53
+#define MW_AF_INET6 10
 
 /* A meshed pod, by its network namespace cookie. */
 struct mw_mesh_pod {
@@ -104,8 +106,6 @@ int mw_mesh_connect4(struct bpf_sock_addr *ctx)
 	if ((bpf_ntohl(ctx->user_ip4) >> 24) == 127)
 		return MW_SYS_PROCEED;
 	port = bpf_ntohs((__u16)ctx->user_port);
-	if (port == MW_DNS_PORT)
-		return MW_SYS_PROCEED;
 	skip.netns = netns;
 	skip.port = port;
 	if (bpf_map_lookup_elem(&mw_mesh_skip, &skip))
@@ -120,6 +120,61 @@ int mw_mesh_connect4(struct bpf_sock_addr *ctx)
 	return MW_SYS_PROCEED;
 }
 
+/* ::ffff:a.b.c.d, as user_ip6 holds it (network order words). */
+static __always_inline int mw_v4_mapped(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+	       ctx->user_ip6[2] == bpf_htonl(0x0000ffff);
+}
+
+SEC("cgroup/connect6")
+int mw_mesh_connect6(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct mw_mesh_pod *pod;
+	struct mw_mesh_skip_key skip = {};
+	struct mw_mesh_orig orig = {};
+	__u64 cookie;
+	__u16 port;
+	__u32 v4;
+
+	if (ctx->protocol != MW_IPPROTO_TCP)
+		return MW_SYS_PROCEED;
+	pod = bpf_map_lookup_elem(&mw_mesh_pods, &netns);
+	if (!pod)
+		return MW_SYS_PROCEED;
+	if (bpf_get_current_cgroup_id() == pod->proxy_cgroup)
+		return MW_SYS_PROCEED;
+	/* ::1 */
+	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0 &&
+	    ctx->user_ip6[3] == bpf_htonl(1))
+		return MW_SYS_PROCEED;
+	port = bpf_ntohs((__u16)ctx->user_port);
+	skip.netns = netns;
+	skip.port = port;
+	if (bpf_map_lookup_elem(&mw_mesh_skip, &skip))
+		return MW_SYS_PROCEED;
+	if (!mw_v4_mapped(ctx)) {
+		/* Native IPv6 is not carried by the proxy yet: refused rather than let past it. */
+		bpf_set_retval(-MW_ECONNREFUSED);
+		return MW_SYS_REJECT;
+	}
+	v4 = ctx->user_ip6[3];
+	if ((bpf_ntohl(v4) >> 24) == 127)
+		return MW_SYS_PROCEED;
+	orig.addr = v4;
+	orig.port = (__be16)ctx->user_port;
+	cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&mw_mesh_pending, &cookie, &orig, BPF_ANY))
+		return MW_SYS_REJECT;
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+	ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(pod->outbound_port);
+	return MW_SYS_PROCEED;
+}
+
 SEC("sockops")
 int mw_mesh_sockops(struct bpf_sock_ops *skops)
 {
@@ -127,7 +182,10 @@ int mw_mesh_sockops(struct bpf_sock_ops *skops)
 	struct mw_mesh_conn conn = {};
 	__u64 cookie;
 
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || skops->family != MW_AF_INET)
+	/* A v6 socket to a v4-mapped address is filed the same way: the proxy's accepted socket
+	 * sees the client's port either way. */
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ||
+	    (skops->family != MW_AF_INET && skops->family != MW_AF_INET6))
 		return 1;
 	cookie = bpf_get_socket_cookie(skops);
 	orig = bpf_map_lookup_elem(&mw_mesh_pending, &cookie);

@@ -20,20 +20,16 @@ use crate::{sys, Error, MESH_REDIRECT_OBJ};
 /// bpf_attach_type values (uapi `enum bpf_attach_type`).
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 const BPF_CGROUP_GETSOCKOPT: u32 = 21;
 const BPF_SK_LOOKUP: u32 = 36;
 const INBOUND_PROG: &str = "mw_mesh_inbound";
 
 const PROGS: &[(&str, u32)] = &[
     ("mw_mesh_connect4", BPF_CGROUP_INET4_CONNECT),
+    ("mw_mesh_connect6", BPF_CGROUP_INET6_CONNECT),
     ("mw_mesh_sockops", BPF_CGROUP_SOCK_OPS),
     ("mw_mesh_getsockopt", BPF_CGROUP_GETSOCKOPT),
-];
-const MAPS: &[&str] = &[
-    "mw_mesh_pods",
-    "mw_mesh_skip",
-    "mw_mesh_pending",
-    "mw_mesh_orig",
 ];
 
 /// `struct mw_mesh_pod`.
@@ -127,7 +123,7 @@ impl Interceptor {
                 .program_mut(name)
                 .ok_or_else(|| Error::Invalid(format!("no program {name} in mesh_redirect.o")))?;
             match *name {
-                "mw_mesh_connect4" => {
+                "mw_mesh_connect4" | "mw_mesh_connect6" => {
                     let p: &mut CgroupSockAddr = p.try_into().map_err(Error::prog(name))?;
                     p.load().map_err(Error::prog(name))?;
                 }
@@ -193,6 +189,16 @@ impl Interceptor {
         {
             let mut skips: HashMap<&mut MapData, InSkipKey, u8> =
                 HashMap::try_from(self.map("mw_mesh_in_skip")?).map_err(map_err)?;
+            // An earlier pod with this address whose removal failed must not lend this one
+            // its excluded ports.
+            let stale: Vec<InSkipKey> = skips
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.addr == addr)
+                .collect();
+            for k in stale {
+                let _ = skips.remove(&k);
+            }
             for port in &inbound.skip_inbound_ports {
                 let k = InSkipKey {
                     addr,
@@ -256,6 +262,14 @@ impl Interceptor {
         {
             let mut skips: HashMap<&mut MapData, SkipKey, u8> =
                 HashMap::try_from(self.map("mw_mesh_skip")?).map_err(map_err)?;
+            let stale: Vec<SkipKey> = skips
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.netns == netns)
+                .collect();
+            for k in stale {
+                let _ = skips.remove(&k);
+            }
             for port in &pod.skip_outbound_ports {
                 let k = SkipKey {
                     netns,
@@ -337,21 +351,4 @@ impl Interceptor {
         }
         Ok(())
     }
-}
-
-/// Removes every pin of the interception under `dir` (maps and links), for a node's
-/// teardown; what is not there is fine.
-pub fn uninstall_mesh_dir(dir: &Path) -> Result<(), Error> {
-    let links = dir.join("links");
-    if let Ok(rd) = std::fs::read_dir(&links) {
-        for e in rd.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(&links);
-    for m in MAPS {
-        let _ = std::fs::remove_file(dir.join(m));
-    }
-    let _ = std::fs::remove_dir(dir);
-    Ok(())
 }

@@ -265,7 +265,11 @@ pub fn cgroup_id(dir: &Path) -> Result<u64, Error> {
 /// A duplicate of the IPv4 TCP socket listening on `port` held by any process in `cgroup`
 /// (pidfd_getfd): how the node runtime gets a proxy's inbound listener into the steering map
 /// without the proxy's help. None when nothing there listens on it (yet).
-pub fn listener_in_cgroup(cgroup: &Path, port: u16) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+pub fn listener_in_cgroup(
+    cgroup: &Path,
+    port: u16,
+    netns_cookie: u64,
+) -> Result<Option<std::os::fd::OwnedFd>, Error> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let procs =
         std::fs::read_to_string(cgroup.join("cgroup.procs")).map_err(|source| Error::Io {
@@ -326,10 +330,27 @@ pub fn listener_in_cgroup(cgroup: &Path, port: u16) -> Result<Option<std::os::fd
                     &mut len,
                 )
             };
-            if rc == 0
-                && sa.sin_family == libc::AF_INET as libc::sa_family_t
-                && u16::from_be(sa.sin_port) == port
+            if rc != 0
+                || sa.sin_family != libc::AF_INET as libc::sa_family_t
+                || u16::from_be(sa.sin_port) != port
             {
+                continue;
+            }
+            // A pid read from cgroup.procs may have been reused since: the socket must live in
+            // the pod's own network namespace.
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: getsockopt writing at most `len` bytes into `cookie`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_NETNS_COOKIE,
+                    (&mut cookie as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            if rc == 0 && cookie == netns_cookie {
                 return Ok(Some(fd));
             }
         }

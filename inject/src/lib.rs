@@ -45,7 +45,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             proxy_image: "meshwork-proxy".into(),
-            identity_addr: "meshwork-identity.meshwork-system.svc:8443".into(),
+            identity_addr: "meshwork-identity.meshwork-system.svc:8080".into(),
             log: "info".into(),
         }
     }

@@ -206,6 +206,36 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             "{url}: {out}"
         );
     }
+    // An IPv6 socket to the IPv4-mapped ClusterIP is intercepted just the same; a native IPv6
+    // destination is refused at connect() (not let past the proxy).
+    let mapped = format!("http://[::ffff:{cip}]/");
+    let out = o.kubectl(&[
+        "exec",
+        "deploy/client",
+        "-c",
+        "c",
+        "--",
+        "curl",
+        "-sf",
+        &mapped,
+    ]);
+    assert!(
+        out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
+        "{mapped}: {out}"
+    );
+    let v6 = o.kubectl_out(&[
+        "exec",
+        "deploy/client",
+        "-c",
+        "c",
+        "--",
+        "sh",
+        "-c",
+        "python3 -c 'import socket; socket.create_connection((\"fd00:99::1\", 80), timeout=5)' 2>&1; echo exit=$?",
+    ]);
+    let v6 = String::from_utf8_lossy(&v6.stdout);
+    // Refused by the hook (there is no route either: that would say "unreachable").
+    assert!(v6.contains("ConnectionRefusedError"), "native IPv6: {v6}");
     let bypass = format!("http://{cip}:81/");
     let out = o.kubectl(&[
         "exec",

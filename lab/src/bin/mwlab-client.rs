@@ -8,6 +8,9 @@
 //!   mwlab-client udp ADDR COUNT        sendto/recvfrom on one unconnected socket: "<reply> <from>"
 //!   mwlab-client udp-connected ADDR COUNT
 //!   mwlab-client tcp-lat ADDR COUNT    connect() latency only: "p50_us p90_us p99_us mean_us"
+//!   mwlab-client tcp-req ADDR COUNT    per request a new connection, 1 KiB echoed, closed
+//!   mwlab-client tcp-rtt ADDR COUNT    1 KiB echoed COUNT times on one connection (both:
+//!                                      "p50_us p90_us p99_us mean_us")
 //!   mwlab-client tcp-hold ADDR MILLIS  one connection kept open, a byte echoed every 20 ms:
 //!                                      "<identity> ok=N fail=M"
 
@@ -94,6 +97,47 @@ fn main() {
             if lat.is_empty() || fails > 0 {
                 println!("ERR {fails} failed connects, first: {first_err}");
                 return;
+            }
+            lat.sort_by(f64::total_cmp);
+            let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+            let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+            println!("{:.1} {:.1} {:.1} {:.1}", p(0.5), p(0.9), p(0.99), mean);
+        }
+        // One connection per request (`tcp-req`), or one for all (`tcp-rtt`): 1 KiB written,
+        // 1 KiB read back (an echo server), the time of each.
+        "tcp-req" | "tcp-rtt" => {
+            let per_conn = args[1] == "tcp-req";
+            let buf = [7u8; 1024];
+            let mut back = [0u8; 1024];
+            let mut lat: Vec<f64> = Vec::with_capacity(n as usize);
+            let connect = || -> std::io::Result<TcpStream> {
+                let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                Ok(s)
+            };
+            let mut kept = None;
+            for _ in 0..n {
+                let t = Instant::now();
+                let res = (|| -> std::io::Result<()> {
+                    let s = match (&mut kept, per_conn) {
+                        (Some(s), false) => s,
+                        _ => kept.insert(connect()?),
+                    };
+                    s.write_all(&buf)?;
+                    s.read_exact(&mut back)?;
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    println!("ERR {e}");
+                    return;
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                if per_conn {
+                    if let Some(s) = kept.take() {
+                        abort_close(s);
+                    }
+                }
             }
             lat.sort_by(f64::total_cmp);
             let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];

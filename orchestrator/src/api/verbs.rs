@@ -282,7 +282,14 @@ impl Api {
             let Write::Put(b) = again.write else {
                 return Err(ApiError::Internal("create produced no object".into()));
             };
-            bytes = b;
+            // The object keeps the uid and creation time the webhooks saw (and that defaults
+            // such as a Job's selector were made from).
+            let first = t.kind.metadata(&bytes)?;
+            let mut v: Value =
+                serde_json::from_slice(&b).map_err(|e| ApiError::Internal(e.to_string()))?;
+            v["metadata"]["uid"] = json!(first.uid);
+            v["metadata"]["creationTimestamp"] = json!(first.creation_timestamp);
+            bytes = serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
         }
         self.validate_webhooks(&review, &bytes, None).await?;
         if t.kind.info().group == webhooks::GROUP && !dry {

@@ -412,6 +412,13 @@ impl Api {
                 roots.add(c).map_err(|e| fail(&format!("caBundle: {e}")))?;
             }
         }
+        if roots.is_empty() {
+            // kube-apiserver would fall back to the system's roots; this server has none to
+            // offer, so it says what is missing.
+            return Err(fail(
+                &"clientConfig.caBundle holds no certificate: the webhook's server cannot be verified",
+            ));
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -419,14 +426,12 @@ impl Api {
         .map_err(|e| fail(&e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let server_name = ServerName::try_from(
-            host.split(':')
-                .next()
-                .unwrap_or("")
-                .trim_matches(['[', ']'])
-                .to_string(),
-        )
-        .map_err(|e| fail(&e))?;
+        // host:port, [v6]:port
+        let bare = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h),
+        };
+        let server_name = ServerName::try_from(bare.to_string()).map_err(|e| fail(&e))?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| fail(&e))?;

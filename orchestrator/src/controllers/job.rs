@@ -207,7 +207,13 @@ impl Controller {
             0
         };
         let suspended = spec.suspend == Some(true);
-        let start = old.start_time.as_ref().map(|t| t.0).unwrap_or(now);
+        // Resumed after a suspension: the active deadline counts from now (kube resets
+        // startTime on resume).
+        let resumed = !suspended && condition(&old, "Suspended").is_some();
+        let start = match &old.start_time {
+            Some(t) if !resumed => t.0,
+            _ => now,
+        };
 
         let mut st = JobStatus {
             start_time: (!suspended || old.start_time.is_some()).then_some(Time(start)),
@@ -282,7 +288,10 @@ impl Controller {
         // Pods: finished Jobs (and suspended ones) keep none running; otherwise up to `want`
         // (a work queue with one success starts no more, and lets the others finish).
         let have = active.len() + pending;
-        if stop_all || (want > 0 && have > want) {
+        // A work queue (no completions) with a success starts no more pods but lets the
+        // running ones finish; anything else above `want` (parallelism lowered, to 0 too) goes.
+        let queue_draining = spec.completions.is_none() && succeeded > 0;
+        if stop_all || (!queue_draining && have > want) {
             let extra = if stop_all { active.len() } else { have - want };
             for p in active.iter().rev().take(extra.min(BURST)) {
                 match pods_api

@@ -61,16 +61,25 @@ fn ports(ann: &std::collections::BTreeMap<String, String>, key: &str) -> Result<
 /// (it must not run unintercepted by mistake, nor intercepted against its wish).
 pub fn spec_of(pod: &Pod) -> Result<Option<MeshSpec>, String> {
     let ann = pod.metadata.annotations.clone().unwrap_or_default();
-    let has_proxy = pod
+    let inits = pod
         .spec
         .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|ics| {
-            ics.iter()
-                .any(|c| c.name == meshwork_inject::PROXY_CONTAINER)
-        });
-    if !ann.contains_key(meshwork_inject::INJECTED) || !has_proxy {
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let at = inits
+        .iter()
+        .position(|c| c.name == meshwork_inject::PROXY_CONTAINER);
+    if !ann.contains_key(meshwork_inject::INJECTED) || at.is_none() {
         return Ok(None);
+    }
+    // Nothing of the pod may run before its proxy: an init container ahead of it would be
+    // neither intercepted correctly nor ever started (the apps wait for the proxy).
+    if at != Some(0) {
+        return Err(format!(
+            "the {} container must be the first init container of a meshed pod (something \
+             moved it after injection)",
+            meshwork_inject::PROXY_CONTAINER
+        ));
     }
     Ok(Some(MeshSpec {
         proxy_container: meshwork_inject::PROXY_CONTAINER.into(),
@@ -96,7 +105,7 @@ mod tests {
         let inits = if proxy {
             json!([{"name": "meshwork-proxy", "image": "p"}])
         } else {
-            json!([])
+            json!([{"name": "other", "image": "p"}])
         };
         serde_json::from_value(json!({"metadata": {"name": "p", "annotations": ann},
             "spec": {"initContainers": inits, "containers": [{"name": "c", "image": "i"}]}}))
@@ -118,5 +127,12 @@ mod tests {
         assert!(spec_of(&pod(bad, true)).is_err());
         let huge = json!({"meshwork.io/injected": "x", SKIP_OUTBOUND_PORTS: "1-65535"});
         assert!(spec_of(&pod(huge, true)).is_err());
+        // The proxy not first: refused, not run half-meshed.
+        let mut p = pod(json!({"meshwork.io/injected": "x"}), true);
+        let spec = p.spec.as_mut().unwrap();
+        let first: k8s_openapi::api::core::v1::Container =
+            serde_json::from_value(json!({"name": "early", "image": "i"})).unwrap();
+        spec.init_containers.as_mut().unwrap().insert(0, first);
+        assert!(spec_of(&p).unwrap_err().contains("first init container"));
     }
 }

@@ -87,6 +87,12 @@ pub(crate) fn containers(p: &mut PodRt, pod: &Pod, now: Instant, backoff: Durati
         .containers
         .iter()
         .any(|cs| p.containers.get(&cs.name).is_some_and(|c| c.run.is_some()));
+    if p.init_failed {
+        // The pod has failed: its sidecars (started before the failed init container) go
+        // too, and nothing starts again.
+        stop_sidecars(p, inits, &mut plan);
+        return plan;
+    }
     if !p.initialized {
         // A failed init container under restartPolicy Never fails the pod (the kubelet's
         // rule); otherwise it is retried with back-off like any container.
@@ -107,6 +113,7 @@ pub(crate) fn containers(p: &mut PodRt, pod: &Pod, now: Instant, backoff: Durati
                 Now::Done(0) => continue,
                 Now::Done(_) => {
                     p.init_failed = true;
+                    stop_sidecars(p, inits, &mut plan);
                     return plan;
                 }
                 Now::Running | Now::Pending => return plan,
@@ -128,16 +135,21 @@ pub(crate) fn containers(p: &mut PodRt, pod: &Pod, now: Instant, backoff: Durati
     }
     if mains_done && !p.finishing {
         p.finishing = true;
-        for cs in inits.iter().rev().filter(|cs| is_sidecar(cs)) {
-            if let Some(c) = p.containers.get_mut(&cs.name) {
-                if c.running && !c.stopping {
-                    c.stopping = true;
-                    plan.stop_sidecars.extend(c.run.clone());
-                }
+        stop_sidecars(p, inits, &mut plan);
+    }
+    plan
+}
+
+/// The running sidecars into `plan.stop_sidecars`, last started first, each once.
+fn stop_sidecars(p: &mut PodRt, inits: &[CSpec], plan: &mut Plan) {
+    for cs in inits.iter().rev().filter(|cs| is_sidecar(cs)) {
+        if let Some(c) = p.containers.get_mut(&cs.name) {
+            if c.running && !c.stopping {
+                c.stopping = true;
+                plan.stop_sidecars.extend(c.run.clone());
             }
         }
     }
-    plan
 }
 
 /// One container's record brought up to date, and its start or stop decided.
@@ -415,6 +427,21 @@ mod tests {
                 assert!(rt.init_failed);
             }
         }
+        // A sidecar already running when a later init container fails (Never): stopped, once.
+        let p = pod_with_inits("Never");
+        let mut rt = PodRt::new("ns".into(), "p".into());
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "i1", false, Some(0));
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "s", true, None);
+        rt.containers.get_mut("s").unwrap().startup_ok = true;
+        containers(&mut rt, &p, now, b);
+        set(&mut rt, "i2", false, Some(1));
+        let plan = containers(&mut rt, &p, now, b);
+        assert!(rt.init_failed && plan.start.is_empty());
+        assert_eq!(plan.stop_sidecars.len(), 1);
+        assert!(containers(&mut rt, &p, now, b).stop_sidecars.is_empty());
+        {}
     }
 
     #[test]

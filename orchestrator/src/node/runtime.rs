@@ -439,8 +439,9 @@ impl PodRuntime for ProcessRuntime {
         let Some((m, addr)) = sb.mesh.as_ref().and_then(|m| Some((m, m.addr?))) else {
             return Ok(false);
         };
-        let sock = meshwork_ebpf::sys::listener_in_cgroup(&proxy.cgroup, m.inbound_port)
-            .map_err(|e| RuntimeError::Other(format!("mesh interception: {e}")))?;
+        let sock =
+            meshwork_ebpf::sys::listener_in_cgroup(&proxy.cgroup, m.inbound_port, m.netns_cookie)
+                .map_err(|e| RuntimeError::Other(format!("mesh interception: {e}")))?;
         let Some(sock) = sock else {
             return Ok(false);
         };
@@ -475,78 +476,94 @@ impl PodRuntime for ProcessRuntime {
             Some(spec) => Some(self.intercept(&cfg.uid, &cgroup, &netns_path, spec)?),
             None => None,
         };
-        let netns_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let rt = self.cni_rt(&cfg.uid, &cfg.namespace, &cfg.name, &netns_path);
-        let invoker = self.invoker();
-        let list = netconf.clone();
-        let res = tokio::task::spawn_blocking(move || invoker.add(&list, &rt))
-            .await
-            .map_err(|e| RuntimeError::Other(e.to_string()))?
-            .map_err(|e| RuntimeError::Cni {
-                pod: format!("{}/{}", cfg.namespace, cfg.name),
-                msg: e.to_string(),
-            })?;
-        let cni_ms = t1.elapsed().as_secs_f64() * 1e3;
-        // DEL must see the config ADD saw, and the result.
-        write_json(&dir.join("cni-config.json"), &netconf)?;
-        std::fs::write(
-            dir.join("cni-result.json"),
-            res.to_json(&netconf.cni_version).to_string(),
-        )
-        .map_err(io("writing CNI result"))?;
-        let ip = res
-            .ips
-            .iter()
-            .map(|i| i.address.addr())
-            .find(|a| a.is_ipv4())
-            .or_else(|| res.ips.first().map(|i| i.address.addr()));
-        write_etc(&dir, cfg, ip)?;
-        // Inbound steering keys on the pod's address: known only now.
-        let mesh = match mesh {
-            Some(mut m) => {
-                let Some(std::net::IpAddr::V4(addr)) = ip else {
-                    return Err(RuntimeError::Other(
-                        "mesh interception: the pod has no IPv4 address".into(),
-                    ));
-                };
-                m.addr = Some(addr);
-                let inbound = meshwork_ebpf::mesh::MeshInbound {
-                    addr,
-                    inbound_port: m.inbound_port,
-                    admin_port: m.admin_port,
-                    skip_inbound_ports: m.skip_inbound_ports.clone(),
-                };
-                let pod = format!("pod{}", cfg.uid);
-                self.with_mesh(|i| i.attach_inbound(&pod, &netns_path, &inbound))?;
-                Some(m)
+        // What fails from here leaves no interception behind (the pod is retried afresh).
+        let cookie = mesh.as_ref().map(|m| m.netns_cookie);
+        let res: Result<Sandbox, RuntimeError> = async {
+            let netns_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let t1 = Instant::now();
+            let rt = self.cni_rt(&cfg.uid, &cfg.namespace, &cfg.name, &netns_path);
+            let invoker = self.invoker();
+            let list = netconf.clone();
+            let res = tokio::task::spawn_blocking(move || invoker.add(&list, &rt))
+                .await
+                .map_err(|e| RuntimeError::Other(e.to_string()))?
+                .map_err(|e| RuntimeError::Cni {
+                    pod: format!("{}/{}", cfg.namespace, cfg.name),
+                    msg: e.to_string(),
+                })?;
+            let cni_ms = t1.elapsed().as_secs_f64() * 1e3;
+            // DEL must see the config ADD saw, and the result.
+            write_json(&dir.join("cni-config.json"), &netconf)?;
+            std::fs::write(
+                dir.join("cni-result.json"),
+                res.to_json(&netconf.cni_version).to_string(),
+            )
+            .map_err(io("writing CNI result"))?;
+            let ip = res
+                .ips
+                .iter()
+                .map(|i| i.address.addr())
+                .find(|a| a.is_ipv4())
+                .or_else(|| res.ips.first().map(|i| i.address.addr()));
+            write_etc(&dir, cfg, ip)?;
+            // Inbound steering keys on the pod's address: known only now.
+            let mesh = match mesh {
+                Some(mut m) => {
+                    let Some(std::net::IpAddr::V4(addr)) = ip else {
+                        return Err(RuntimeError::Other(
+                            "mesh interception: the pod has no IPv4 address".into(),
+                        ));
+                    };
+                    m.addr = Some(addr);
+                    let inbound = meshwork_ebpf::mesh::MeshInbound {
+                        addr,
+                        inbound_port: m.inbound_port,
+                        admin_port: m.admin_port,
+                        skip_inbound_ports: m.skip_inbound_ports.clone(),
+                    };
+                    let pod = format!("pod{}", cfg.uid);
+                    self.with_mesh(|i| i.attach_inbound(&pod, &netns_path, &inbound))?;
+                    Some(m)
+                }
+                None => None,
+            };
+            let sb = Sandbox {
+                uid: cfg.uid.clone(),
+                namespace: cfg.namespace.clone(),
+                name: cfg.name.clone(),
+                hostname: cfg.hostname.clone(),
+                netns,
+                netns_path,
+                host_network: false,
+                cgroup,
+                dir: dir.clone(),
+                ip,
+                mesh,
+                netns_ms,
+                cni_ms,
+            };
+            write_json(&dir.join("sandbox.json"), &sb)?;
+            Ok(sb)
+        }
+        .await;
+        if let (Err(_), Some(cookie)) = (&res, cookie) {
+            let pod = format!("pod{}", cfg.uid);
+            if let Err(e) = self.with_mesh(|i| i.remove(&pod, Some(cookie), None)) {
+                tracing::warn!(pod = %cfg.name, error = %e, "removing the mesh interception");
             }
-            None => None,
-        };
-        let sb = Sandbox {
-            uid: cfg.uid.clone(),
-            namespace: cfg.namespace.clone(),
-            name: cfg.name.clone(),
-            hostname: cfg.hostname.clone(),
-            netns,
-            netns_path,
-            host_network: false,
-            cgroup,
-            dir: dir.clone(),
-            ip,
-            mesh,
-            netns_ms,
-            cni_ms,
-        };
-        write_json(&dir.join("sandbox.json"), &sb)?;
-        Ok(sb)
+        }
+        res
     }
 
     async fn stop_sandbox(&self, sb: &Sandbox) -> Result<(), RuntimeError> {
         kill_cgroup(&sb.cgroup).await;
         if let Some(m) = &sb.mesh {
+            // Best effort: the pod's address, namespace and cgroup must go whatever happens
+            // here (the next pod with this address gets its entries rewritten).
             let pod = format!("pod{}", sb.uid);
-            self.with_mesh(|i| i.remove(&pod, Some(m.netns_cookie), m.addr))?;
+            if let Err(e) = self.with_mesh(|i| i.remove(&pod, Some(m.netns_cookie), m.addr)) {
+                tracing::warn!(pod = %sb.name, error = %e, "removing the mesh interception");
+            }
         }
         remove_cgroup_tree(&sb.cgroup);
         if sb.host_network {

@@ -118,7 +118,12 @@ impl<R: PodRuntime> Kubelet<R> {
             futures::future::join_all(apps.iter().map(|r| k.stop_run(spec(&r.name), r, grace, ip)))
                 .await;
             for r in &sidecars {
-                let left = deadline.saturating_duration_since(Instant::now());
+                // What the apps left of the grace, but at least 2 s as the kubelet gives
+                // sidecars (none on a forced stop).
+                let mut left = deadline.saturating_duration_since(Instant::now());
+                if !grace.is_zero() {
+                    left = left.max(Duration::from_secs(2));
+                }
                 k.stop_run(spec(&r.name), r, left, ip).await;
             }
             let rt = &k.inner.rt;

@@ -22,6 +22,8 @@ const COLUMNS: &[Column] = &[NAME, Column::new("Webhooks", "integer", 0), AGE];
 /// The fields both webhook flavours share, by reference, for one set of checks.
 struct Common<'a> {
     name: &'a str,
+    namespace_selector: Option<&'a LabelSelector>,
+    object_selector: Option<&'a LabelSelector>,
     client_config: &'a WebhookClientConfig,
     rules: Option<&'a [RuleWithOperations]>,
     failure_policy: Option<&'a str>,
@@ -38,6 +40,37 @@ fn default_rules(rules: &mut Option<Vec<RuleWithOperations>>) {
 
 fn default_selector(sel: &mut Option<LabelSelector>) {
     sel.get_or_insert_with(LabelSelector::default);
+}
+
+/// kube's ValidateLabelSelector for the operators a selector may use.
+fn validate_selector(sel: Option<&LabelSelector>, field: String, causes: &mut Vec<Cause>) {
+    for (i, e) in sel
+        .and_then(|s| s.match_expressions.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let f = format!("{field}.matchExpressions[{i}]");
+        let values = e.values.as_ref().map_or(0, Vec::len);
+        match e.operator.as_str() {
+            "In" | "NotIn" if values == 0 => causes.push(Cause::required(format!(
+                "{f}.values: must be specified when `operator` is 'In' or 'NotIn'"
+            ))),
+            "Exists" | "DoesNotExist" if values > 0 => causes.push(Cause {
+                reason: "FieldValueForbidden",
+                field: format!("{f}.values"),
+                message:
+                    "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                        .into(),
+            }),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            op => causes.push(Cause::unsupported(
+                format!("{f}.operator"),
+                op,
+                &["In", "NotIn", "Exists", "DoesNotExist"],
+            )),
+        }
+    }
 }
 
 fn validate(hooks: &[Common<'_>], causes: &mut Vec<Cause>) {
@@ -102,6 +135,12 @@ fn validate(hooks: &[Common<'_>], causes: &mut Vec<Cause>) {
                 "the timeout value must be between 1 and 30 seconds",
             ));
         }
+        validate_selector(
+            w.namespace_selector,
+            format!("{f}.namespaceSelector"),
+            causes,
+        );
+        validate_selector(w.object_selector, format!("{f}.objectSelector"), causes);
         const OPS: &[&str] = &["*", "CREATE", "UPDATE", "DELETE", "CONNECT"];
         for (j, r) in w.rules.into_iter().flatten().enumerate() {
             for op in r
@@ -144,6 +183,8 @@ impl Rules for MutatingWebhookConfiguration {
             .flatten()
             .map(|w| Common {
                 name: &w.name,
+                namespace_selector: w.namespace_selector.as_ref(),
+                object_selector: w.object_selector.as_ref(),
                 client_config: &w.client_config,
                 rules: w.rules.as_deref(),
                 failure_policy: w.failure_policy.as_deref(),
@@ -186,6 +227,8 @@ impl Rules for ValidatingWebhookConfiguration {
             .flatten()
             .map(|w| Common {
                 name: &w.name,
+                namespace_selector: w.namespace_selector.as_ref(),
+                object_selector: w.object_selector.as_ref(),
                 client_config: &w.client_config,
                 rules: w.rules.as_deref(),
                 failure_policy: w.failure_policy.as_deref(),
