@@ -86,34 +86,48 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_mesh_orig SEC(".maps");
 
-SEC("cgroup/connect4")
-int mw_mesh_connect4(struct bpf_sock_addr *ctx)
+/* The pod's interception of this connect to `port` (host order), or NULL: not intercepted
+ * (not a meshed pod, the proxy's own connection, not TCP, an excluded port). */
+static __always_inline struct mw_mesh_pod *mw_mesh_target(struct bpf_sock_addr *ctx, __u64 netns,
+							  __u16 port)
 {
-	__u64 netns = bpf_get_netns_cookie(ctx);
-	struct mw_mesh_pod *pod;
 	struct mw_mesh_skip_key skip = {};
-	struct mw_mesh_orig orig = {};
-	__u64 cookie;
-	__u16 port;
+	struct mw_mesh_pod *pod;
 
 	if (ctx->protocol != MW_IPPROTO_TCP)
-		return MW_SYS_PROCEED;
+		return NULL;
 	pod = bpf_map_lookup_elem(&mw_mesh_pods, &netns);
 	if (!pod)
-		return MW_SYS_PROCEED;
+		return NULL;
 	if (bpf_get_current_cgroup_id() == pod->proxy_cgroup)
-		return MW_SYS_PROCEED;
-	if ((bpf_ntohl(ctx->user_ip4) >> 24) == 127)
-		return MW_SYS_PROCEED;
-	port = bpf_ntohs((__u16)ctx->user_port);
+		return NULL;
 	skip.netns = netns;
 	skip.port = port;
 	if (bpf_map_lookup_elem(&mw_mesh_skip, &skip))
+		return NULL;
+	return pod;
+}
+
+/* Files where the connect was going, by socket cookie; false when it cannot. */
+static __always_inline int mw_mesh_keep(struct bpf_sock_addr *ctx, __be32 addr, __be16 port)
+{
+	struct mw_mesh_orig orig = {};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	orig.addr = addr;
+	orig.port = port;
+	return bpf_map_update_elem(&mw_mesh_pending, &cookie, &orig, BPF_ANY) == 0;
+}
+
+SEC("cgroup/connect4")
+int mw_mesh_connect4(struct bpf_sock_addr *ctx)
+{
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	struct mw_mesh_pod *pod = mw_mesh_target(ctx, bpf_get_netns_cookie(ctx), port);
+
+	if (!pod || (bpf_ntohl(ctx->user_ip4) >> 24) == 127)
 		return MW_SYS_PROCEED;
-	orig.addr = ctx->user_ip4;
-	orig.port = (__be16)ctx->user_port;
-	cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&mw_mesh_pending, &cookie, &orig, BPF_ANY))
+	if (!mw_mesh_keep(ctx, ctx->user_ip4, (__be16)ctx->user_port))
 		return MW_SYS_REJECT; /* fail closed: never around the proxy */
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
 	ctx->user_port = bpf_htons(pod->outbound_port);
@@ -130,29 +144,15 @@ static __always_inline int mw_v4_mapped(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int mw_mesh_connect6(struct bpf_sock_addr *ctx)
 {
-	__u64 netns = bpf_get_netns_cookie(ctx);
-	struct mw_mesh_pod *pod;
-	struct mw_mesh_skip_key skip = {};
-	struct mw_mesh_orig orig = {};
-	__u64 cookie;
-	__u16 port;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	struct mw_mesh_pod *pod = mw_mesh_target(ctx, bpf_get_netns_cookie(ctx), port);
 	__u32 v4;
 
-	if (ctx->protocol != MW_IPPROTO_TCP)
-		return MW_SYS_PROCEED;
-	pod = bpf_map_lookup_elem(&mw_mesh_pods, &netns);
 	if (!pod)
-		return MW_SYS_PROCEED;
-	if (bpf_get_current_cgroup_id() == pod->proxy_cgroup)
 		return MW_SYS_PROCEED;
 	/* ::1 */
 	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0 &&
 	    ctx->user_ip6[3] == bpf_htonl(1))
-		return MW_SYS_PROCEED;
-	port = bpf_ntohs((__u16)ctx->user_port);
-	skip.netns = netns;
-	skip.port = port;
-	if (bpf_map_lookup_elem(&mw_mesh_skip, &skip))
 		return MW_SYS_PROCEED;
 	if (!mw_v4_mapped(ctx)) {
 		/* Native IPv6 is not carried by the proxy yet: refused rather than let past it. */
@@ -162,10 +162,7 @@ int mw_mesh_connect6(struct bpf_sock_addr *ctx)
 	v4 = ctx->user_ip6[3];
 	if ((bpf_ntohl(v4) >> 24) == 127)
 		return MW_SYS_PROCEED;
-	orig.addr = v4;
-	orig.port = (__be16)ctx->user_port;
-	cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&mw_mesh_pending, &cookie, &orig, BPF_ANY))
+	if (!mw_mesh_keep(ctx, v4, (__be16)ctx->user_port))
 		return MW_SYS_REJECT;
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;

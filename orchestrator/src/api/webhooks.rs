@@ -27,10 +27,7 @@ use std::{
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use k8s_openapi::{
-    api::admissionregistration::v1::{
-        MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
-        WebhookClientConfig,
-    },
+    api::admissionregistration::v1::{RuleWithOperations, ValidatingWebhook, WebhookClientConfig},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use meshwork_orchestrator_patch::{PatchType, Schema};
@@ -159,35 +156,27 @@ impl Api {
                 .list(&kind.info().prefix(None))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mutating = plural.starts_with("mutating");
             for it in items {
-                let secs =
-                    |t: Option<i32>| Duration::from_secs(t.unwrap_or(10).clamp(1, 30) as u64);
-                if plural.starts_with("mutating") {
-                    let c: MutatingWebhookConfiguration = serde_json::from_slice(&it.value)
+                let c: Value = serde_json::from_slice(&it.value)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                // The fields read here are the same in both flavours (a mutating webhook's
+                // reinvocationPolicy is not used): one decoding serves both.
+                for w in c["webhooks"].as_array().into_iter().flatten() {
+                    let w: ValidatingWebhook = serde_json::from_value(w.clone())
                         .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    out.extend(c.webhooks.into_iter().flatten().map(|w| Hook {
+                    out.push(Hook {
                         name: w.name,
-                        mutating: true,
+                        mutating,
                         client: w.client_config,
                         rules: w.rules.unwrap_or_default(),
                         fail_closed: w.failure_policy.as_deref() != Some("Ignore"),
                         namespace_selector: w.namespace_selector,
                         object_selector: w.object_selector,
-                        timeout: secs(w.timeout_seconds),
-                    }));
-                } else {
-                    let c: ValidatingWebhookConfiguration = serde_json::from_slice(&it.value)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    out.extend(c.webhooks.into_iter().flatten().map(|w| Hook {
-                        name: w.name,
-                        mutating: false,
-                        client: w.client_config,
-                        rules: w.rules.unwrap_or_default(),
-                        fail_closed: w.failure_policy.as_deref() != Some("Ignore"),
-                        namespace_selector: w.namespace_selector,
-                        object_selector: w.object_selector,
-                        timeout: secs(w.timeout_seconds),
-                    }));
+                        timeout: Duration::from_secs(
+                            w.timeout_seconds.unwrap_or(10).clamp(1, 30) as u64
+                        ),
+                    });
                 }
             }
         }

@@ -159,91 +159,68 @@ fn validate(hooks: &[Common<'_>], causes: &mut Vec<Cause>) {
     }
 }
 
-impl Rules for MutatingWebhookConfiguration {
-    const NAMESPACED: bool = false;
-    const SINGULAR: &'static str = "mutatingwebhookconfiguration";
-    const COLUMNS: &'static [Column] = COLUMNS;
-
-    fn default(&mut self) {
-        for w in self.webhooks.iter_mut().flatten() {
-            w.failure_policy.get_or_insert_with(|| "Fail".into());
-            w.match_policy.get_or_insert_with(|| "Equivalent".into());
-            w.reinvocation_policy.get_or_insert_with(|| "Never".into());
-            w.timeout_seconds.get_or_insert(10);
-            default_selector(&mut w.namespace_selector);
-            default_selector(&mut w.object_selector);
-            default_rules(&mut w.rules);
-        }
-    }
-
-    fn validate(&self, causes: &mut Vec<Cause>) {
-        let hooks: Vec<Common<'_>> = self
-            .webhooks
-            .iter()
-            .flatten()
-            .map(|w| Common {
-                name: &w.name,
-                namespace_selector: w.namespace_selector.as_ref(),
-                object_selector: w.object_selector.as_ref(),
-                client_config: &w.client_config,
-                rules: w.rules.as_deref(),
-                failure_policy: w.failure_policy.as_deref(),
-                side_effects: &w.side_effects,
-                timeout_seconds: w.timeout_seconds,
-                admission_review_versions: &w.admission_review_versions,
-            })
-            .collect();
-        validate(&hooks, causes);
-    }
-
-    fn row(&self, now: Timestamp) -> Vec<Value> {
-        vec![
-            Value::from(self.webhooks.as_ref().map_or(0, Vec::len)),
-            age(&self.metadata, now),
-        ]
-    }
+/// What only a mutating webhook has to default.
+fn default_mutating(w: &mut k8s_openapi::api::admissionregistration::v1::MutatingWebhook) {
+    w.reinvocation_policy.get_or_insert_with(|| "Never".into());
 }
 
-impl Rules for ValidatingWebhookConfiguration {
-    const NAMESPACED: bool = false;
-    const SINGULAR: &'static str = "validatingwebhookconfiguration";
-    const COLUMNS: &'static [Column] = COLUMNS;
+/// The Rules of both flavours, whose webhooks share every field read here; `$extra` defaults
+/// what only one flavour has.
+macro_rules! webhook_configuration {
+    ($ty:ty, $singular:literal $(, $extra:ident)?) => {
+        impl Rules for $ty {
+            const NAMESPACED: bool = false;
+            const SINGULAR: &'static str = $singular;
+            const COLUMNS: &'static [Column] = COLUMNS;
 
-    fn default(&mut self) {
-        for w in self.webhooks.iter_mut().flatten() {
-            w.failure_policy.get_or_insert_with(|| "Fail".into());
-            w.match_policy.get_or_insert_with(|| "Equivalent".into());
-            w.timeout_seconds.get_or_insert(10);
-            default_selector(&mut w.namespace_selector);
-            default_selector(&mut w.object_selector);
-            default_rules(&mut w.rules);
+            fn default(&mut self) {
+                for w in self.webhooks.iter_mut().flatten() {
+                    w.failure_policy.get_or_insert_with(|| "Fail".into());
+                    w.match_policy.get_or_insert_with(|| "Equivalent".into());
+                    w.timeout_seconds.get_or_insert(10);
+                    default_selector(&mut w.namespace_selector);
+                    default_selector(&mut w.object_selector);
+                    default_rules(&mut w.rules);
+                    $($extra(w);)?
+                }
+            }
+
+            fn validate(&self, causes: &mut Vec<Cause>) {
+                let hooks: Vec<Common<'_>> = self
+                    .webhooks
+                    .iter()
+                    .flatten()
+                    .map(|w| Common {
+                        name: &w.name,
+                        namespace_selector: w.namespace_selector.as_ref(),
+                        object_selector: w.object_selector.as_ref(),
+                        client_config: &w.client_config,
+                        rules: w.rules.as_deref(),
+                        failure_policy: w.failure_policy.as_deref(),
+                        side_effects: &w.side_effects,
+                        timeout_seconds: w.timeout_seconds,
+                        admission_review_versions: &w.admission_review_versions,
+                    })
+                    .collect();
+                validate(&hooks, causes);
+            }
+
+            fn row(&self, now: Timestamp) -> Vec<Value> {
+                vec![
+                    Value::from(self.webhooks.as_ref().map_or(0, Vec::len)),
+                    age(&self.metadata, now),
+                ]
+            }
         }
-    }
-
-    fn validate(&self, causes: &mut Vec<Cause>) {
-        let hooks: Vec<Common<'_>> = self
-            .webhooks
-            .iter()
-            .flatten()
-            .map(|w| Common {
-                name: &w.name,
-                namespace_selector: w.namespace_selector.as_ref(),
-                object_selector: w.object_selector.as_ref(),
-                client_config: &w.client_config,
-                rules: w.rules.as_deref(),
-                failure_policy: w.failure_policy.as_deref(),
-                side_effects: &w.side_effects,
-                timeout_seconds: w.timeout_seconds,
-                admission_review_versions: &w.admission_review_versions,
-            })
-            .collect();
-        validate(&hooks, causes);
-    }
-
-    fn row(&self, now: Timestamp) -> Vec<Value> {
-        vec![
-            Value::from(self.webhooks.as_ref().map_or(0, Vec::len)),
-            age(&self.metadata, now),
-        ]
-    }
+    };
 }
+
+webhook_configuration!(
+    MutatingWebhookConfiguration,
+    "mutatingwebhookconfiguration",
+    default_mutating
+);
+webhook_configuration!(
+    ValidatingWebhookConfiguration,
+    "validatingwebhookconfiguration"
+);
