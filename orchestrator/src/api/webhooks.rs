@@ -189,6 +189,16 @@ impl Api {
         Ok(hooks)
     }
 
+    /// Whether any webhook of this flavour is registered for this request's group at all: every
+    /// write of the API passes here (kubelets' status updates among them), and without
+    /// webhooks it must not pay for decoding the object.
+    async fn any_hooks(&self, r: &Request<'_>, mutating: bool) -> Result<bool, ApiError> {
+        if r.group == GROUP {
+            return Ok(false);
+        }
+        Ok(self.hooks().await?.iter().any(|h| h.mutating == mutating))
+    }
+
     /// The webhooks of one flavour that this request and object concern.
     async fn matching(
         &self,
@@ -196,9 +206,6 @@ impl Api {
         object: &Value,
         mutating: bool,
     ) -> Result<Vec<Hook>, ApiError> {
-        if r.group == GROUP {
-            return Ok(Vec::new());
-        }
         let hooks = self.hooks().await?;
         let mut ns_labels: Option<Value> = None;
         let mut out = Vec::new();
@@ -241,6 +248,9 @@ impl Api {
         object: &[u8],
         old: Option<&[u8]>,
     ) -> Result<Option<Value>, ApiError> {
+        if !self.any_hooks(r, true).await? {
+            return Ok(None);
+        }
         let mut obj: Value =
             serde_json::from_slice(object).map_err(|e| ApiError::Internal(e.to_string()))?;
         let hooks = self.matching(r, &obj, true).await?;
@@ -269,6 +279,9 @@ impl Api {
         object: &[u8],
         old: Option<&[u8]>,
     ) -> Result<(), ApiError> {
+        if !self.any_hooks(r, false).await? {
+            return Ok(());
+        }
         let obj: Value =
             serde_json::from_slice(object).map_err(|e| ApiError::Internal(e.to_string()))?;
         let hooks = self.matching(r, &obj, false).await?;

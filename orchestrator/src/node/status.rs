@@ -114,7 +114,7 @@ fn container_status(cs: &CSpec, c: Option<&Ctr>, setup_error: Option<&String>) -
             },
             None,
         ),
-        // Init containers not reached yet show PodInitializing, as the kubelet's do.
+        // Not started yet (`build_status` says PodInitializing for those the init phase holds).
         _ => (
             waiting("ContainerCreating".into(), setup_error.cloned()),
             None,
@@ -138,6 +138,18 @@ fn container_status(cs: &CSpec, c: Option<&Ctr>, setup_error: Option<&String>) -
     }
 }
 
+/// A container not started yet because the pod is still initializing (the kubelet's
+/// wording).
+fn pod_initializing() -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some("PodInitializing".into()),
+            message: None,
+        }),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
     let spec = pod.spec.clone().unwrap_or_default();
     let old = pod.status.clone();
@@ -154,13 +166,7 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
         let c = p.containers.get(&cs.name);
         let mut st = container_status(cs, c, p.setup_error.as_ref());
         if c.is_none() && p.sandbox.is_some() {
-            st.state = Some(ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some("PodInitializing".into()),
-                    message: None,
-                }),
-                ..Default::default()
-            });
+            st.state = Some(pod_initializing());
         }
         if is_sidecar(cs) {
             sidecars_ready &= st.ready;
@@ -174,13 +180,7 @@ pub(crate) fn build_status(p: &PodRt, pod: &Pod, s: &Settings) -> PodStatus {
         let c = p.containers.get(&cs.name);
         let mut st = container_status(cs, c, p.setup_error.as_ref());
         if !p.initialized && c.is_none() && p.sandbox.is_some() {
-            st.state = Some(ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some("PodInitializing".into()),
-                    message: None,
-                }),
-                ..Default::default()
-            });
+            st.state = Some(pod_initializing());
         }
         let running = c.is_some_and(|c| c.running);
         all_ready &= st.ready;
