@@ -120,7 +120,8 @@ pub fn generate_issuer(
     })
 }
 
-fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
+/// Writes `data` to `path` readable by its owner only (0600): keys.
+pub fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut f = std::fs::OpenOptions::new()
         .create(true)

@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod client;
 pub mod metrics;
+pub mod publish;
 pub mod review;
 pub mod server;
 pub mod service;

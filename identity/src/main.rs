@@ -52,6 +52,11 @@ struct Serve {
     service_account: String,
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Keep a ConfigMap of this name with the trust anchors (`ca-bundle.crt`) in every
+    /// namespace, for injected pods to mount (publish.rs); needs RBAC on namespaces and
+    /// configmaps cluster-wide.
+    #[arg(long)]
+    publish_trust_roots: Option<String>,
 }
 
 /// Write a new trust anchor and issuer (ca.crt, ca.key, tls.crt, tls.key) into a directory.
@@ -135,9 +140,20 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
         lifetime: a.cert_lifetime,
     });
     running.install(first);
+    let (anchors_tx, anchors_rx) = tokio::sync::watch::channel(material.anchors.clone());
     {
         let (r, client) = (running.clone(), client.clone());
-        tokio::spawn(source.follow(client, material, move |ca| r.install(ca)));
+        tokio::spawn(source.follow(client, material, move |ca, m| {
+            r.install(ca);
+            anchors_tx.send_replace(m.anchors.clone());
+        }));
+    }
+    if let Some(name) = a.publish_trust_roots.clone() {
+        tokio::spawn(meshwork_identity::publish::run(
+            client.clone(),
+            name,
+            anchors_rx,
+        ));
     }
     {
         // The serving certificate is re-signed at half its life.

@@ -88,9 +88,14 @@ impl Source {
         }
     }
 
-    /// Calls `apply` with every new, valid material until the process ends; a bad one is
-    /// logged and the current CA stays.
-    pub async fn follow(self, client: Client, mut current: Material, apply: impl Fn(Ca) + Send) {
+    /// Calls `apply` with every new, valid material (and the CA made of it) until the
+    /// process ends; a bad one is logged and the current CA stays.
+    pub async fn follow(
+        self,
+        client: Client,
+        mut current: Material,
+        apply: impl Fn(Ca, &Material) + Send,
+    ) {
         let mut consider = |m: Material| {
             if m == current {
                 return;
@@ -98,7 +103,7 @@ impl Source {
             match m.ca() {
                 Ok(ca) => {
                     tracing::info!(issuer_not_after = ?ca.issuer_not_after, anchors = ca.anchors.len(), "new CA loaded");
-                    apply(ca);
+                    apply(ca, &m);
                     current = m;
                 }
                 Err(e) => {

@@ -10,6 +10,7 @@
 //! ConfigMap; its discovery from the node's control agent at `$(HOST_IP):8086`.
 
 pub mod manifest;
+pub mod pki;
 pub mod webhook;
 
 use serde_json::{json, Map, Value};

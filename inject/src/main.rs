@@ -125,15 +125,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
     .with_single_cert(certs, key)
     .context("the serving certificate")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let client = match &a.kubeconfig {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p)
-                .with_context(|| format!("reading {}", p.display()))?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            kube::Client::try_from(cfg)?
-        }
-        None => kube::Client::try_default().await?,
-    };
+    // In a pod its own ServiceAccount, before any kubeconfig the host root image has.
+    let client = meshwork_kube_watch::client(a.kubeconfig.as_deref()).await?;
     let st = Arc::new(State {
         cfg: Config {
             proxy_image: a.proxy_image,

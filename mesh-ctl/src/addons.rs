@@ -12,6 +12,19 @@ use meshwork_orchestrator::node::catalog::{self, Catalog, Image, Root};
 pub const CONTROL: &str = include_str!("../../deploy/addons/meshwork-control.yaml");
 pub const DNS: &str = include_str!("../../deploy/addons/meshwork-dns.yaml");
 pub const IDENTITY: &str = include_str!("../../deploy/addons/meshwork-identity.yaml");
+pub const INJECTOR: &str = include_str!("../../deploy/addons/meshwork-injector.yaml");
+
+/// The binaries the add-ons run as images `meshwork/<name>:dev` (and the proxy the injector
+/// puts into pods): they must sit next to mesh-ctl.
+pub const IMAGES: [&str; 5] = [
+    "meshwork-control",
+    "meshwork-dns",
+    "meshwork-identity",
+    "meshwork-injector",
+    "meshwork-proxy",
+];
+/// The image reference injected pods run the proxy from.
+pub const PROXY_IMAGE: &str = "meshwork/meshwork-proxy:dev";
 
 /// `template` with each `%{NAME}%` of `vars` replaced; a placeholder left over is an error
 /// (a manifest and this code disagree).
@@ -31,12 +44,11 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String> {
     Ok(out)
 }
 
-/// The node runtime's catalog: the built-in images plus `meshwork/meshwork-control`,
-/// `meshwork/meshwork-dns` and `meshwork/meshwork-identity`, which run this build's
-/// binaries on the host's root.
+/// The node runtime's catalog: the built-in images plus one per [`IMAGES`], which run this
+/// build's binaries on the host's root.
 pub fn catalog() -> Result<Catalog> {
     let mut c = Catalog::default();
-    for bin in ["meshwork-control", "meshwork-dns", "meshwork-identity"] {
+    for bin in IMAGES {
         let path = crate::check::sibling(bin)
             .with_context(|| format!("{bin} is not next to mesh-ctl (scripts/up.sh builds it)"))?;
         c.images.insert(
@@ -90,8 +102,10 @@ mod tests {
             ("CLUSTER_DNS", "10.96.0.10"),
             ("DNS_UPSTREAM", "127.0.0.1:9"),
             ("TRUST_DOMAIN", "cluster.local"),
+            ("INJECTOR_CA_BUNDLE", "Y2E="),
+            ("PROXY_IMAGE", PROXY_IMAGE),
         ];
-        for m in [CONTROL, DNS, IDENTITY] {
+        for m in [CONTROL, DNS, IDENTITY, INJECTOR] {
             let out = render(m, &vars).unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 out.lines()

@@ -7,8 +7,9 @@
 //! server and get a pod CIDR from its controllers; only then does the node's CNI config appear
 //! (the part a CNI daemonset plays on a real cluster). The add-ons then run as workloads from
 //! deploy/addons (`addons.rs`): the control agent as a host-network DaemonSet (it reads its pod
-//! CIDR from its Node for the VXLAN overlay), DNS as a Deployment behind kube-dns, and the mesh
-//! identity service once `identity.rs` has put its CA in place.
+//! CIDR from its Node for the VXLAN overlay), DNS as a Deployment behind kube-dns, the mesh
+//! identity service once `identity.rs` has put its CA in place, and the proxy injector with
+//! its webhook once `injector.rs` has made its serving certificate.
 
 use std::{
     io::Write,
@@ -19,6 +20,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
     core::v1::Node as KNode,
@@ -366,6 +368,39 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                     let deploys = deploys.clone();
                     async move {
                         let d = deploys.get("meshwork-identity").await?;
+                        let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                        Ok((ready >= 1).then_some(()))
+                    }
+                },
+            )
+            .await
+        },
+    )
+    .await?;
+
+    step(
+        "proxy injector: its certificate, the webhook, the Deployment",
+        async {
+            let pki = crate::injector::ensure_pki(&st.injector())?;
+            crate::injector::install(&client, &pki).await?;
+            let bundle = base64::engine::general_purpose::STANDARD.encode(&pki.ca);
+            let yaml = crate::addons::render(
+                crate::addons::INJECTOR,
+                &[
+                    ("INJECTOR_CA_BUNDLE", bundle.as_str()),
+                    ("PROXY_IMAGE", crate::addons::PROXY_IMAGE),
+                ],
+            )?;
+            crate::addons::apply(&admin_kc, &yaml)?;
+            let deploys: Api<Deployment> =
+                Api::namespaced(client.clone(), crate::identity::NAMESPACE);
+            wait_for(
+                "the injector available (Deployment meshwork-injector)",
+                Duration::from_secs(60),
+                || {
+                    let deploys = deploys.clone();
+                    async move {
+                        let d = deploys.get("meshwork-injector").await?;
                         let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
                         Ok((ready >= 1).then_some(()))
                     }

@@ -131,16 +131,11 @@ pub fn run(a: &UpArgs) -> Vec<Check> {
         format!("kubectl ({})", kubectl.display()),
         "scripts/setup.sh (installs kubectl 1.33)",
     ));
-    for bin in [
-        "meshwork-orchestrator",
-        "meshwork-control",
-        "meshwork-dns",
-        "meshwork-identity",
-    ] {
+    for bin in std::iter::once("meshwork-orchestrator").chain(crate::addons::IMAGES) {
         out.push(check(
             sibling(bin).is_some(),
             format!("{bin} next to mesh-ctl"),
-            "scripts/up.sh builds them (cargo build --release -p meshwork-orchestrator -p meshwork-control -p meshwork-dns -p meshwork-identity)",
+            "scripts/up.sh builds them (cargo build --release of the packages it names)",
         ));
     }
     out.push(check(

@@ -80,7 +80,7 @@ pub async fn install(client: &Client, anchors: &str, cert: &str, key: &str) -> R
     upsert(&maps, TRUST_ROOTS, roots).await
 }
 
-async fn upsert<K>(api: &Api<K>, name: &str, mut obj: K) -> Result<()>
+pub async fn upsert<K>(api: &Api<K>, name: &str, mut obj: K) -> Result<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {

@@ -5,6 +5,7 @@ mod bringup;
 mod check;
 mod identity;
 mod inject;
+mod injector;
 mod kubeconfig;
 mod procs;
 mod state;

@@ -49,6 +49,10 @@ impl StateDir {
     pub fn identity(&self) -> PathBuf {
         self.0.join("identity")
     }
+    /// The proxy injector's webhook CA and serving certificate (injector.rs).
+    pub fn injector(&self) -> PathBuf {
+        self.0.join("injector")
+    }
     pub fn node(&self, name: &str) -> PathBuf {
         self.0.join("nodes").join(name)
     }

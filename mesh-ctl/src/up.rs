@@ -121,6 +121,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
          \x20 mesh-ctl status            components, nodes, Services programmed, certificates\n\
          \x20 mesh-ctl logs COMPONENT    e.g. apiserver, node-n1, supervisor\n\
          \x20 kubectl -n kube-system get ds,deploy,pods   the add-ons: agent DaemonSet, DNS\n\
+         \x20 kubectl annotate namespace NS meshwork.io/inject=enabled   mesh its new pods\n\
+         \x20 mesh-ctl top | mesh-ctl tap deploy/NAME   meshed traffic, live\n\
          \x20 mesh-ctl down              remove it all"
     );
     if info.monitoring {
@@ -179,6 +181,7 @@ const STATE_ENTRIES: &[&str] = &[
     "addons",
     "image-catalog.json",
     "identity",
+    "injector",
 ];
 
 pub async fn down(a: DownArgs) -> Result<()> {

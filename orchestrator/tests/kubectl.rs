@@ -133,6 +133,22 @@ fn scenario(extra: &[&str]) {
         "{yaml}"
     );
 
+    // What `get -o yaml` writes for several objects (a v1 List) applies back: kubectl checks a
+    // List on the client against /openapi/v2, then leaves its items to the server's Strict
+    // field validation, which still refuses an unknown field in an item.
+    let list = k.ok(&["get", "deploy/web", "svc/web", "-o", "yaml"], "");
+    assert!(list.starts_with("apiVersion: v1\nitems:"), "{list}");
+    let out = k.ok(&["apply", "-f", "-"], &list);
+    assert!(
+        out.contains("deployment.apps/web") && out.contains("service/web"),
+        "{out}"
+    );
+    let err = k.fails(
+        &["apply", "-f", "-"],
+        &list.replacen("  spec:\n", "  spec:\n    bogus: 1\n", 1),
+    );
+    assert!(err.contains(r#"unknown field "spec.bogus""#), "{err}");
+
     // get -w: the initial row, then the change made by `scale`.
     let mut watch = k
         .command(&["get", "deploy", "web", "-w", "--output-watch-events"])

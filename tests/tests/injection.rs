@@ -38,26 +38,6 @@ use mesh_lab::Mesh;
 use meshwork_lab::{cgroup::lab_binary, proc::Proc};
 use serde_json::{json, Value};
 
-/// A CA and a serving certificate for `ip` (PEM): (ca, cert, key).
-fn webhook_pki(ip: std::net::IpAddr) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(vec![]).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "meshwork webhook test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![]).unwrap();
-    params.subject_alt_names = vec![SanType::IpAddress(ip)];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "meshwork-injector");
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
-
 fn webhook_config(name: &str, url: &str, ca: &str, policy: &str, selector: Value) -> Value {
     json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
     "metadata": {"name": name},
@@ -80,7 +60,8 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     let m = Mesh::start("meshinj", "1h");
     let o = &m.o;
     let ip = o.nodes[0].underlay_ip;
-    let (ca, cert, key) = webhook_pki(ip.into());
+    let meshwork_inject::pki::ServingPki { ca, cert, key } =
+        meshwork_inject::pki::serving_pki(&[], &[ip.into()], Duration::from_secs(3600)).unwrap();
     let dir = o.lab.dir().to_path_buf();
     std::fs::write(dir.join("webhook.crt"), &cert).unwrap();
     std::fs::write(dir.join("webhook.key"), &key).unwrap();

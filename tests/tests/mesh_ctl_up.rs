@@ -185,6 +185,47 @@ const WEB: &str = r#"{"apiVersion": "apps/v1", "kind": "Deployment",
         "ports": [{"containerPort": 8080}],
         "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1}}]}}}}"#;
 
+/// Two plain Deployments and a Service for the mesh part: nothing in them mentions the mesh.
+const SHOP: &str = r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: loadgen}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: httpd
+        image: busybox
+        command: ["sh", "-c", "echo api > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: loadgen}
+spec:
+  selector: {matchLabels: {app: loadgen}}
+  template:
+    metadata: {labels: {app: loadgen}}
+    spec:
+      serviceAccountName: loadgen
+      containers:
+      - name: loop
+        image: busybox
+        command: ["sh", "-c", "while true; do timeout 3 wget -qO- http://api/index.html; sleep 0.2; done"]
+"#;
+
 fn web_pods(c: &Cluster) -> BTreeSet<String> {
     c.json(&["get", "pods", "-l", "app=web"])["items"]
         .as_array()
@@ -395,7 +436,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         .unwrap(),
         identity: meshwork_identity::SpiffeId::service_account(td, "default", "mesh-web").unwrap(),
         token_path,
-        trust_anchors_pem: anchors,
+        trust_anchors_pem: anchors.clone(),
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -413,6 +454,76 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
             .to_string(),
         "spiffe://cluster.local/ns/default/sa/mesh-web"
     );
+
+    // The mesh as a newcomer meets it: annotate a namespace, apply plain Deployments. The
+    // injector webhook `up` registered puts the proxy in, the identity service has published
+    // the trust anchors into the new namespace, and the client's requests to the Service
+    // arrive at the server's proxy over mTLS carrying the client's identity.
+    c.kubectl(&["create", "namespace", "shop"]);
+    c.kubectl(&[
+        "annotate",
+        "namespace",
+        "shop",
+        "meshwork.io/inject=enabled",
+    ]);
+    let shop = state.join("shop.yaml");
+    std::fs::write(&shop, SHOP).unwrap();
+    c.kubectl(&["apply", "-n", "shop", "-f", shop.to_str().unwrap()]);
+    for d in ["deployment/api", "deployment/loadgen"] {
+        let out = c.kubectl_out(&["rollout", "status", "-n", "shop", d, "--timeout=90s"]);
+        assert!(out.status.success(), "{d}: {}{}", text(&out), c.dump());
+    }
+    let meshed = c.json(&["get", "pods", "-n", "shop"]);
+    let meshed = meshed["items"].as_array().unwrap();
+    assert_eq!(meshed.len(), 2, "{meshed:?}");
+    for p in meshed {
+        assert_eq!(
+            p["spec"]["initContainers"][0]["name"], "meshwork-proxy",
+            "the injector put the proxy first: {p}"
+        );
+        assert_eq!(p["spec"]["initContainers"][0]["restartPolicy"], "Always");
+        assert!(
+            p["metadata"]["annotations"]["meshwork.io/injected"].is_string(),
+            "{p}"
+        );
+    }
+    let published = c.kubectl(&[
+        "get",
+        "configmap",
+        "-n",
+        "shop",
+        "meshwork-identity-trust-roots",
+        "-o",
+        "jsonpath={.data.ca-bundle\\.crt}",
+    ]);
+    assert_eq!(published, anchors, "the anchors published into shop");
+    let api_ip = c.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "shop",
+        "-l",
+        "app=api",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let peer = r#"peer="spiffe://cluster.local/ns/shop/sa/loadgen""#;
+    let metrics = meshwork_lab::wait::eventually(
+        "the api's proxy to count mTLS requests from loadgen's identity",
+        Duration::from_secs(20),
+        || {
+            let m = curl(&format!("http://{api_ip}:4191/metrics"))?;
+            m.lines()
+                .any(|l| {
+                    l.starts_with("meshwork_proxy_requests_total")
+                        && l.contains(r#"direction="inbound""#)
+                        && l.contains(peer)
+                        && l.contains(r#"status_class="2xx""#)
+                })
+                .then_some(m)
+        },
+    );
+    assert!(metrics.contains("meshwork_proxy_"), "{metrics}");
 
     // Prometheus scrapes every component: each node's agent and runtime, and DNS.
     let targets = meshwork_lab::wait::eventually(
@@ -672,7 +783,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     let kept: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !matches!(n.as_str(), "user-kubeconfig" | "web.json"))
+        .filter(|n| !matches!(n.as_str(), "user-kubeconfig" | "web.json" | "shop.yaml"))
         .collect();
     assert!(
         kept.is_empty(),

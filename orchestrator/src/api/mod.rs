@@ -301,6 +301,27 @@ impl Api {
             // role lets service accounts read it (server/authz/bootstrap.rs).
             [".well-known", "openid-configuration"] if get => return self.openid_configuration(),
             ["openid", "v1", "jwks"] if get => return self.jwks(),
+            ["openapi", "v2"] if get => {
+                let proto = parts
+                    .headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| {
+                        a.contains(openapi::V2_PROTOBUF) || a.contains(openapi::V2_PROTOBUF_ANSWER)
+                    });
+                let version = version()["gitVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let mut r = json_response(StatusCode::OK, openapi::v2(proto, &version));
+                if proto {
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(openapi::V2_PROTOBUF_ANSWER),
+                    );
+                }
+                return Ok(r);
+            }
             ["openapi", "v3"] if get => {
                 return Ok(value_response(
                     StatusCode::OK,

@@ -1,4 +1,5 @@
-//! /openapi/v3: one document per group/version with the resource paths and their operations.
+//! /openapi/v3: one document per group/version with the resource paths and their operations;
+//! /openapi/v2: an empty Swagger document (see [`v2`]).
 //!
 //! kubectl reads it for one decision: a PATCH operation that declares the `fieldValidation`
 //! query parameter means the server validates (so `apply` sends `fieldValidation=Strict` and
@@ -6,6 +7,50 @@
 //! patches from its built-in types, which are exactly the kinds served here.
 
 use serde_json::{json, Map, Value};
+
+/// The media type kubectl asks /openapi/v2 in (gnostic's OpenAPIv2.proto `Document`)...
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+/// ...and the one the answer must carry: `@` is a tspecial, so client-go's media type parser
+/// refuses the former (kube-openapi answers with this spelling for that reason).
+pub const V2_PROTOBUF_ANSWER: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// /openapi/v2 with no paths and no definitions, as protobuf (`protobuf`) or JSON.
+///
+/// kubectl validates a `kind: List` (what `kubectl get -o yaml` writes) on the client: a
+/// List is not a resource, so no PATCH operation in /openapi/v3 says the server validates it,
+/// and kubectl falls back to the v2 schemas, failing the whole apply when /openapi/v2 is
+/// missing. With no definitions, kubectl's client-side check finds no schema for the items
+/// and leaves them to the server, which applies them with `fieldValidation=Strict` and does
+/// check every field (rules/, decode into the typed object) — where validation belongs.
+pub fn v2(protobuf: bool, version: &str) -> Vec<u8> {
+    if !protobuf {
+        return json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": version},
+                      "paths": {}, "definitions": {}})
+        .to_string()
+        .into_bytes();
+    }
+    // Field tags of Document: swagger = 1, info = 2 (Info: title = 1, version = 2),
+    // paths = 8, definitions = 9; all length-delimited (wire type 2).
+    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag << 3 | 2);
+        let mut n = bytes.len();
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, b"Kubernetes");
+    field(&mut info, 2, version.as_bytes());
+    let mut doc = Vec::new();
+    field(&mut doc, 1, b"2.0");
+    field(&mut doc, 2, &info);
+    field(&mut doc, 8, &[]);
+    field(&mut doc, 9, &[]);
+    doc
+}
 
 use super::registry::{Registry, GROUP_VERSIONS};
 
