@@ -4,15 +4,16 @@
  *
  * - connect4 sends the pod's TCP connections to its proxy's outbound port on 127.0.0.1 and
  *   keeps the original destination by socket cookie. Exempt: the proxy's own connections (its
- *   container's cgroup), loopback, UDP (the proxy carries TCP; DNS over UDP goes as sent),
- *   and the ports the pod excludes. connect6 does the same for IPv4-mapped addresses on IPv6
+ *   container's cgroup), loopback, UDP (the proxy carries TCP), DNS (port 53, over TCP too),
+ *   and the ports and subnets the pod excludes. connect6 does the same for IPv4-mapped addresses on IPv6
  *   sockets, and refuses other IPv6 destinations (not carried yet: refused, not let past);
  * - sockops, when such a connection is established, files the original destination under
  *   (pod network namespace, the client's local port): what the proxy can see of it;
  * - getsockopt answers the proxy's SO_ORIGINAL_DST on the accepted socket from that entry,
  *   as netfilter's REDIRECT would.
  *
- * Which pods, their proxy and ports: mw_mesh_pods and mw_mesh_skip, written by the node
+ * Which pods, their proxy, ports and subnets: mw_mesh_pods, mw_mesh_skip and
+ * mw_mesh_skip_nets, written by the node
  * runtime (orchestrator/src/node/mesh.rs) before the pod's first container starts. A pod
  * without an entry is not intercepted. Inbound (sk_lookup, on the pod's network namespace)
  * is at the end of this file. IPv4 only (the IPv6 hooks are not written yet). */
@@ -35,6 +36,15 @@ struct mw_mesh_skip_key {
 	__u64 netns;
 	__u16 port; /* host order */
 	__u16 pad[3];
+};
+
+/* A subnet the pod excludes (config.meshwork.io/skip-subnets), as an LPM trie key: the
+ * netns cookie's two halves always match in full (prefixlen = 64 + the subnet's length). */
+struct mw_mesh_net_key {
+	__u32 prefixlen;
+	__u32 netns_lo;
+	__u32 netns_hi;
+	__be32 addr;
 };
 
 struct mw_mesh_orig {
@@ -68,6 +78,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_mesh_skip SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct mw_mesh_net_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mw_mesh_skip_nets SEC(".maps");
+
 /* connect4 → sockops: by socket cookie, until the connection is established. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -86,15 +105,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_mesh_orig SEC(".maps");
 
+#define MW_DNS_PORT 53
+
 /* The pod's interception of this connect to `port` (host order), or NULL: not intercepted
- * (not a meshed pod, the proxy's own connection, not TCP, an excluded port). */
+ * (not a meshed pod, the proxy's own connection, not TCP, DNS, an excluded port). */
 static __always_inline struct mw_mesh_pod *mw_mesh_target(struct bpf_sock_addr *ctx, __u64 netns,
 							  __u16 port)
 {
 	struct mw_mesh_skip_key skip = {};
 	struct mw_mesh_pod *pod;
 
-	if (ctx->protocol != MW_IPPROTO_TCP)
+	if (ctx->protocol != MW_IPPROTO_TCP || port == MW_DNS_PORT)
 		return NULL;
 	pod = bpf_map_lookup_elem(&mw_mesh_pods, &netns);
 	if (!pod)
@@ -106,6 +127,18 @@ static __always_inline struct mw_mesh_pod *mw_mesh_target(struct bpf_sock_addr *
 	if (bpf_map_lookup_elem(&mw_mesh_skip, &skip))
 		return NULL;
 	return pod;
+}
+
+/* Whether IPv4 `addr` is in a subnet the pod in `netns` excludes. */
+static __always_inline int mw_mesh_skipped_net(__u64 netns, __be32 addr)
+{
+	struct mw_mesh_net_key k = {};
+
+	k.prefixlen = 64 + 32;
+	k.netns_lo = (__u32)netns;
+	k.netns_hi = (__u32)(netns >> 32);
+	k.addr = addr;
+	return bpf_map_lookup_elem(&mw_mesh_skip_nets, &k) != NULL;
 }
 
 /* Files where the connect was going, by socket cookie; false when it cannot. */
@@ -123,9 +156,11 @@ SEC("cgroup/connect4")
 int mw_mesh_connect4(struct bpf_sock_addr *ctx)
 {
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	struct mw_mesh_pod *pod = mw_mesh_target(ctx, bpf_get_netns_cookie(ctx), port);
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct mw_mesh_pod *pod = mw_mesh_target(ctx, netns, port);
 
-	if (!pod || (bpf_ntohl(ctx->user_ip4) >> 24) == 127)
+	if (!pod || (bpf_ntohl(ctx->user_ip4) >> 24) == 127 ||
+	    mw_mesh_skipped_net(netns, ctx->user_ip4))
 		return MW_SYS_PROCEED;
 	if (!mw_mesh_keep(ctx, ctx->user_ip4, (__be16)ctx->user_port))
 		return MW_SYS_REJECT; /* fail closed: never around the proxy */
@@ -145,7 +180,8 @@ SEC("cgroup/connect6")
 int mw_mesh_connect6(struct bpf_sock_addr *ctx)
 {
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	struct mw_mesh_pod *pod = mw_mesh_target(ctx, bpf_get_netns_cookie(ctx), port);
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct mw_mesh_pod *pod = mw_mesh_target(ctx, netns, port);
 	__u32 v4;
 
 	if (!pod)
@@ -160,7 +196,7 @@ int mw_mesh_connect6(struct bpf_sock_addr *ctx)
 		return MW_SYS_REJECT;
 	}
 	v4 = ctx->user_ip6[3];
-	if ((bpf_ntohl(v4) >> 24) == 127)
+	if ((bpf_ntohl(v4) >> 24) == 127 || mw_mesh_skipped_net(netns, v4))
 		return MW_SYS_PROCEED;
 	if (!mw_mesh_keep(ctx, v4, (__be16)ctx->user_port))
 		return MW_SYS_REJECT;

@@ -10,7 +10,10 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, SockHash},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, SockHash,
+    },
     programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps},
     Ebpf, EbpfLoader,
 };
@@ -54,6 +57,30 @@ struct SkipKey {
 // SAFETY: plain old data, no padding beyond the explicit field.
 unsafe impl aya::Pod for SkipKey {}
 
+/// `struct mw_mesh_net_key` after its prefixlen (aya's `Key` carries that).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct NetKey {
+    netns_lo: u32,
+    netns_hi: u32,
+    addr: u32,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for NetKey {}
+
+impl NetKey {
+    fn of(netns: u64) -> NetKey {
+        NetKey {
+            netns_lo: netns as u32,
+            netns_hi: (netns >> 32) as u32,
+            addr: 0,
+        }
+    }
+    fn netns(&self) -> u64 {
+        u64::from(self.netns_hi) << 32 | u64::from(self.netns_lo)
+    }
+}
+
 /// `struct mw_mesh_in`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,6 +121,8 @@ pub struct MeshPod {
     pub outbound_port: u16,
     /// Destination ports that bypass the proxy.
     pub skip_outbound_ports: Vec<u16>,
+    /// Destination subnets (address, prefix length) that bypass the proxy.
+    pub skip_outbound_nets: Vec<(std::net::Ipv4Addr, u8)>,
 }
 
 /// The node's interception programs, loaded, with their maps pinned under `dir`.
@@ -279,6 +308,19 @@ impl Interceptor {
                 skips.insert(k, 1, 0).map_err(map_err)?;
             }
         }
+        {
+            let mut nets: LpmTrie<&mut MapData, NetKey, u8> =
+                LpmTrie::try_from(self.map("mw_mesh_skip_nets")?).map_err(map_err)?;
+            clear_nets(&mut nets, netns);
+            for (addr, len) in &pod.skip_outbound_nets {
+                let k = NetKey {
+                    addr: u32::from(*addr).to_be(),
+                    ..NetKey::of(netns)
+                };
+                nets.insert(&Key::new(64 + u32::from(*len), k), 1, 0)
+                    .map_err(map_err)?;
+            }
+        }
         let mut pods: HashMap<&mut MapData, u64, PodVal> =
             HashMap::try_from(self.map("mw_mesh_pods")?).map_err(map_err)?;
         let v = PodVal {
@@ -321,6 +363,11 @@ impl Interceptor {
             }
         }
         if let Some(netns) = netns {
+            {
+                let mut nets: LpmTrie<&mut MapData, NetKey, u8> =
+                    LpmTrie::try_from(self.map("mw_mesh_skip_nets")?).map_err(map_err)?;
+                clear_nets(&mut nets, netns);
+            }
             let mut pods: HashMap<&mut MapData, u64, PodVal> =
                 HashMap::try_from(self.map("mw_mesh_pods")?).map_err(map_err)?;
             let _ = pods.remove(&netns);
@@ -350,5 +397,17 @@ impl Interceptor {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the excluded subnets of the pod in `netns`.
+fn clear_nets(nets: &mut LpmTrie<&mut MapData, NetKey, u8>, netns: u64) {
+    let mine: Vec<Key<NetKey>> = nets
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.data().netns() == netns)
+        .collect();
+    for k in mine {
+        let _ = nets.remove(&k);
     }
 }

@@ -122,7 +122,18 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
          "spec": {"selector": {"app": "web"}, "ports": [
              {"name": "http", "port": 80, "targetPort": 8080},
              {"name": "bypass", "port": 81, "targetPort": 8080}]}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "web-direct", "namespace": "default"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
     ]}));
+    // The client excludes web-direct's ClusterIP by subnet.
+    let direct = o.kubectl(&[
+        "get",
+        "svc",
+        "web-direct",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
     o.wait_long("the web pod ready", Duration::from_secs(90), || {
         let p = o.pods("default", "app=web");
         (p.len() == 1 && p[0].ready).then_some(())
@@ -131,7 +142,8 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
          "metadata": {"name": "client", "namespace": "default"},
          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client"}},
                   "template": {"metadata": {"labels": {"app": "client"},
-                                            "annotations": {"config.meshwork.io/skip-outbound-ports": "81"}},
+                                            "annotations": {"config.meshwork.io/skip-outbound-ports": "81",
+                                                            "config.meshwork.io/skip-subnets": format!("{direct}/32")}},
                                "spec": {"serviceAccountName": "client", "terminationGracePeriodSeconds": 1,
                                         "nodeName": o.nodes[1].name,
                                         "containers": [{"name": "c", "image": "tools", "command": ["sh", "-c",
@@ -231,6 +243,77 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     assert!(
         out.contains("pod=web-") && out.contains("client= "),
         "port 81: {out}"
+    );
+    // So does the excluded subnet (web-direct's ClusterIP), and DNS over TCP (port 53): the
+    // client's proxy accepts no connection for either, while one to web's ClusterIP is its.
+    let outbound_opens = || {
+        let m = o.kubectl(&[
+            "exec",
+            "deploy/client",
+            "-c",
+            "c",
+            "--",
+            "curl",
+            "-sf",
+            "http://127.0.0.1:4191/metrics",
+        ]);
+        m.lines()
+            .filter(|l| {
+                l.starts_with("meshwork_proxy_tcp_open_total")
+                    && l.contains(r#"direction="outbound""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let before = outbound_opens();
+    let skipped = format!("http://{direct}/");
+    let out = o.kubectl(&[
+        "exec",
+        "deploy/client",
+        "-c",
+        "c",
+        "--",
+        "curl",
+        "-sf",
+        &skipped,
+    ]);
+    assert!(
+        out.contains("pod=web-") && out.contains("client= "),
+        "skip-subnets {direct}/32: {out}"
+    );
+    let web_ip = o.pods("default", "app=web")[0].ip.clone();
+    let dns_tcp = format!(
+        "python3 -c 'import socket; socket.create_connection((\"{web_ip}\", 53), timeout=5)' 2>&1; echo done"
+    );
+    o.kubectl(&[
+        "exec",
+        "deploy/client",
+        "-c",
+        "c",
+        "--",
+        "sh",
+        "-c",
+        &dns_tcp,
+    ]);
+    assert_eq!(
+        outbound_opens(),
+        before,
+        "the excluded subnet and port 53 went around the proxy"
+    );
+    o.kubectl(&[
+        "exec",
+        "deploy/client",
+        "-c",
+        "c",
+        "--",
+        "curl",
+        "-sf",
+        &by_ip,
+    ]);
+    assert_eq!(
+        outbound_opens(),
+        before + 1,
+        "a ClusterIP request is the proxy's"
     );
     // Seeing it: `mesh-ctl top` and `mesh-ctl tap` (run from node 1, as a user on a node or
     // on the host of `mesh-ctl up` would) while the client sends requests.

@@ -22,6 +22,11 @@ pub const OUTBOUND_PORT: u16 = 4140;
 
 /// Linkerd's `config.linkerd.io/skip-inbound-ports`.
 pub const SKIP_INBOUND_PORTS: &str = "config.meshwork.io/skip-inbound-ports";
+/// Destination subnets (IPv4 CIDRs, comma-separated) that bypass the proxy: Linkerd's
+/// `config.linkerd.io/skip-subnets`, Istio's `traffic.sidecar.istio.io/excludeOutboundIPRanges`.
+pub const SKIP_SUBNETS: &str = "config.meshwork.io/skip-subnets";
+/// Subnets one pod may exclude.
+const MAX_SUBNETS: usize = 64;
 
 /// A meshed pod's interception, as its sandbox records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -32,6 +37,9 @@ pub struct MeshSpec {
     pub inbound_port: u16,
     pub admin_port: u16,
     pub skip_inbound_ports: Vec<u16>,
+    /// (network address, prefix length).
+    #[serde(default)]
+    pub skip_subnets: Vec<(std::net::Ipv4Addr, u8)>,
     /// Filled in by the runtime: the pod network namespace's cookie.
     #[serde(default)]
     pub netns_cookie: u64,
@@ -53,6 +61,28 @@ fn ports(ann: &std::collections::BTreeMap<String, String>, key: &str) -> Result<
                 return Err(format!("annotation {key}: more than {MAX_SKIPPED} ports"));
             }
         }
+    }
+    Ok(out)
+}
+
+/// The subnets of annotation [`SKIP_SUBNETS`].
+fn subnets(
+    ann: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(std::net::Ipv4Addr, u8)>, String> {
+    let Some(list) = ann.get(SKIP_SUBNETS) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let net: ipnet::Ipv4Net = item.parse().map_err(|_| {
+            format!("annotation {SKIP_SUBNETS}: {item:?} is not an IPv4 CIDR (like 10.0.0.0/8)")
+        })?;
+        out.push((net.network(), net.prefix_len()));
+    }
+    if out.len() > MAX_SUBNETS {
+        return Err(format!(
+            "annotation {SKIP_SUBNETS}: more than {MAX_SUBNETS} subnets"
+        ));
     }
     Ok(out)
 }
@@ -88,6 +118,7 @@ pub fn spec_of(pod: &Pod) -> Result<Option<MeshSpec>, String> {
         inbound_port: meshwork_inject::INBOUND_PORT,
         admin_port: meshwork_inject::ADMIN_PORT,
         skip_inbound_ports: ports(&ann, SKIP_INBOUND_PORTS)?,
+        skip_subnets: subnets(&ann)?,
         netns_cookie: 0,
         addr: None,
     }))
@@ -125,6 +156,24 @@ mod tests {
         assert_eq!(s.skip_outbound_ports, [25, 3306, 3307]);
         let bad = json!({"meshwork.io/injected": "x", SKIP_OUTBOUND_PORTS: "http"});
         assert!(spec_of(&pod(bad, true)).is_err());
+        let nets =
+            json!({"meshwork.io/injected": "x", SKIP_SUBNETS: "10.96.0.0/12, 192.168.1.7/32"});
+        let s = spec_of(&pod(nets, true)).unwrap().unwrap();
+        assert_eq!(
+            s.skip_subnets,
+            [
+                ("10.96.0.0".parse().unwrap(), 12),
+                ("192.168.1.7".parse().unwrap(), 32)
+            ]
+        );
+        for bad in ["10.0.0.0/33", "fd00::/8", "ten"] {
+            let e = spec_of(&pod(
+                json!({"meshwork.io/injected": "x", SKIP_SUBNETS: bad}),
+                true,
+            ))
+            .unwrap_err();
+            assert!(e.contains(SKIP_SUBNETS), "{e}");
+        }
         let huge = json!({"meshwork.io/injected": "x", SKIP_OUTBOUND_PORTS: "1-65535"});
         assert!(spec_of(&pod(huge, true)).is_err());
         // The proxy not first: refused, not run half-meshed.

@@ -667,6 +667,7 @@ impl PodRuntime for ProcessRuntime {
                 proxy_cgroup,
                 outbound_port: m.outbound_port,
                 skip_outbound_ports: m.skip_outbound_ports.clone(),
+                skip_outbound_nets: m.skip_subnets.clone(),
             };
             self.with_mesh(|i| i.enable(m.netns_cookie, &pod))?;
         }
