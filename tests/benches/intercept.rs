@@ -154,6 +154,7 @@ fn main() {
             proxy_cgroup: 0,
             outbound_port: 4140,
             skip_outbound_ports: vec![],
+            skip_outbound_nets: vec![],
         },
     )
     .unwrap();
