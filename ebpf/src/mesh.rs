@@ -107,6 +107,9 @@ unsafe impl aya::Pod for InSkipKey {}
 #[derive(Clone, Debug)]
 pub struct MeshInbound {
     pub addr: std::net::Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack network: connections to it on app ports are
+    /// dropped (the proxy carries IPv4 only), never let past the proxy.
+    pub addr6: Option<std::net::Ipv6Addr>,
     pub inbound_port: u16,
     pub admin_port: u16,
     pub skip_inbound_ports: Vec<u16>,
@@ -238,6 +241,14 @@ impl Interceptor {
             }
         }
         {
+            let mut in6: HashMap<&mut MapData, [u8; 16], u32> =
+                HashMap::try_from(self.map("mw_mesh_in6")?).map_err(map_err)?;
+            clear_in6(&mut in6, addr);
+            if let Some(a6) = inbound.addr6 {
+                in6.insert(a6.octets(), addr, 0).map_err(map_err)?;
+            }
+        }
+        {
             let mut cfg: HashMap<&mut MapData, u32, InVal> =
                 HashMap::try_from(self.map("mw_mesh_in")?).map_err(map_err)?;
             let v = InVal {
@@ -351,6 +362,11 @@ impl Interceptor {
                     SockHash::try_from(self.map("mw_mesh_in_socks")?).map_err(map_err)?;
                 let _ = socks.remove(&addr);
             }
+            {
+                let mut in6: HashMap<&mut MapData, [u8; 16], u32> =
+                    HashMap::try_from(self.map("mw_mesh_in6")?).map_err(map_err)?;
+                clear_in6(&mut in6, addr);
+            }
             let mut skips: HashMap<&mut MapData, InSkipKey, u8> =
                 HashMap::try_from(self.map("mw_mesh_in_skip")?).map_err(map_err)?;
             let mine: Vec<InSkipKey> = skips
@@ -409,5 +425,18 @@ fn clear_nets(nets: &mut LpmTrie<&mut MapData, NetKey, u8>, netns: u64) {
         .collect();
     for k in mine {
         let _ = nets.remove(&k);
+    }
+}
+
+/// Removes the IPv6 addresses that stand for IPv4 address `addr` (network order).
+fn clear_in6(in6: &mut HashMap<&mut MapData, [u8; 16], u32>, addr: u32) {
+    let mine: Vec<[u8; 16]> = in6
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| *v == addr)
+        .map(|(k, _)| k)
+        .collect();
+    for k in mine {
+        let _ = in6.remove(&k);
     }
 }

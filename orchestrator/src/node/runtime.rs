@@ -515,8 +515,13 @@ impl PodRuntime for ProcessRuntime {
                         ));
                     };
                     m.addr = Some(addr);
+                    let addr6 = res.ips.iter().find_map(|i| match i.address.addr() {
+                        std::net::IpAddr::V6(a) => Some(a),
+                        std::net::IpAddr::V4(_) => None,
+                    });
                     let inbound = meshwork_ebpf::mesh::MeshInbound {
                         addr,
+                        addr6,
                         inbound_port: m.inbound_port,
                         admin_port: m.admin_port,
                         skip_inbound_ports: m.skip_inbound_ports.clone(),
