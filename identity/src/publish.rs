@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     api::{Api, ObjectMeta, PostParams},
-    runtime::watcher,
+    runtime::{watcher, WatchStreamExt},
     Client, ResourceExt,
 };
 use tokio::sync::watch;
@@ -66,11 +66,16 @@ fn live(ns: &Namespace) -> bool {
 pub async fn run(client: Client, name: String, mut anchors: watch::Receiver<String>) {
     let nss: Api<Namespace> = Api::all(client.clone());
     let maps: Api<ConfigMap> = Api::all(client.clone());
-    let mut ns_events = watcher::watcher(nss.clone(), watcher::Config::default()).boxed();
+    // Backed off: without RBAC on namespaces or configmaps the watches fail until an admin
+    // grants it, and must not spin meanwhile.
+    let mut ns_events = watcher::watcher(nss.clone(), watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut cm_events = watcher::watcher(
         maps,
         watcher::Config::default().fields(&format!("metadata.name={name}")),
     )
+    .default_backoff()
     .boxed();
     let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
     let one = |ns: String, pem: String| {

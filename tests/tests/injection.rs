@@ -9,7 +9,8 @@
 //!   Service's name, is intercepted in the kernel (eBPF, no iptables or nftables rule in any
 //!   pod, asserted) and passes through its proxy with mTLS (the server sees the client's
 //!   SPIFFE ID): the proxy was ready before the app started; an excluded port
-//!   (`config.meshwork.io/skip-outbound-ports`) goes around the proxy; a client outside the
+//!   (`config.meshwork.io/skip-outbound-ports`), an excluded subnet
+//!   (`config.meshwork.io/skip-subnets`) and DNS over TCP go around it; a client outside the
 //!   mesh connecting straight to a meshed pod's app port is steered to that pod's proxy
 //!   (sk_lookup), which strips the identity header it forges;
 //! - `mesh-ctl top` shows the web Service's request rate, success rate and latency, and
@@ -18,7 +19,9 @@
 //! - a pod annotated `disabled` is left alone;
 //! - a webhook that is down fails pod creation under failurePolicy Fail with a message
 //!   naming it, and is passed over under Ignore; a webhook answering garbage gets a clear
-//!   error.
+//!   error;
+//! - a rolling update of the meshed web Deployment under the client's intercepted load: no
+//!   request fails, and the new pod answers.
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,
@@ -550,4 +553,97 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         !out.status.success() && err.contains("'https' is the only allowed URL scheme"),
         "{err}"
     );
+
+    // A rolling update of the meshed web Deployment under constant load from the client,
+    // intercepted (to the ClusterIP; nothing in the client names a proxy): not one request
+    // fails, and the new pod answers. The load runs in the client pod and says which pods
+    // answered as it sees them; stdin tells it to stop.
+    let old_web = o.pods("default", "app=web")[0].name.clone();
+    let mut load = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &o.nodes[0].netns,
+            meshwork_lab::kubectl::KUBECTL,
+        ])
+        .arg("--kubeconfig")
+        .arg(&o.kubeconfig)
+        .args([
+            "exec",
+            "-i",
+            "deploy/client",
+            "-c",
+            "c",
+            "--",
+            "python3",
+            "-c",
+            LOAD,
+            &by_ip,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = load.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(first, format!("pod={old_web}"), "the load's first answer");
+    o.kubectl(&["rollout", "restart", "deployment/web"]);
+    o.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    let new = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        new.starts_with("pod=web-") && new != first,
+        "a new pod answers: {new}"
+    );
+    // The load goes on until the old pod (app, then proxy) is gone.
+    o.wait("the old web pod gone", || {
+        (!o.kubectl_out(&["get", "pod", &old_web]).status.success()).then_some(())
+    });
+    {
+        use std::io::Write;
+        let mut stdin = load.stdin.take().unwrap();
+        stdin.write_all(b"stop\n").unwrap();
+    }
+    let summary = loop {
+        let l = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        if l.starts_with("ok ") {
+            break l;
+        }
+    };
+    let _ = load.wait();
+    let n: Vec<u64> = summary
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        n.len() >= 2 && n[0] >= 20 && n[1] == 0,
+        "requests through the rolling update (ok N fail M): {summary}"
+    );
+    eprintln!("rolling update under load: {summary}");
 }
+
+/// The client's load for the rolling update: GET argv[1] until stdin has something; prints
+/// each pod as it first answers, then `ok N fail M` and the first failures.
+const LOAD: &str = r#"
+import select, sys, time, urllib.request
+ok, fail, seen = 0, [], set()
+while not select.select([sys.stdin], [], [], 0)[0]:
+    try:
+        body = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+        ok += 1
+        for w in body.split():
+            if w.startswith("pod=") and w not in seen:
+                seen.add(w)
+                print(w, flush=True)
+    except Exception as e:
+        fail.append(repr(e))
+    time.sleep(0.02)
+print("ok", ok, "fail", len(fail), fail[:3], flush=True)
+"#;
