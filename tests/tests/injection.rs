@@ -19,7 +19,8 @@
 //! - a pod annotated `disabled` is left alone;
 //! - a webhook that is down fails pod creation under failurePolicy Fail with a message
 //!   naming it, and is passed over under Ignore; a webhook answering garbage gets a clear
-//!   error;
+//!   error; a validating webhook sees the pod as the injector left it, and its denial is the
+//!   request's error;
 //! - a rolling update of the meshed web Deployment under the client's intercepted load: no
 //!   request fails, and the new pod answers.
 #![cfg(target_os = "linux")]
@@ -480,6 +481,19 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         "straight to the web pod: {out}"
     );
 
+    // A pod of the (meshed) default namespace with `label`.
+    let run_labeled = |name: &str, label: &str| {
+        o.kubectl_out(&[
+            "run",
+            name,
+            "--image=tools",
+            "--restart=Never",
+            &format!("--labels={label}"),
+            "--",
+            "sleep",
+            "1000",
+        ])
+    };
     // A webhook that is down: Fail refuses with its name; Ignore lets the pod through.
     let down = |policy: &str| {
         webhook_config(
@@ -552,6 +566,58 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     assert!(
         !out.status.success() && err.contains("'https' is the only allowed URL scheme"),
         "{err}"
+    );
+
+    // A validating webhook (a user's policy server: Python's http.server behind TLS from
+    // the same test CA) sees the pod as the mutating webhooks left it, and its denial is the
+    // request's error, with its code and message.
+    let vlisten = format!("{ip}:9445");
+    let vlog = dir.join("validator.log");
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &o.nodes[0].netns,
+            "python3",
+            "-c",
+            VALIDATOR,
+        ])
+        .arg(ip.to_string())
+        .arg("9445")
+        .arg(dir.join("webhook.crt"))
+        .arg(dir.join("webhook.key"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&vlog).unwrap())
+        .spawn()
+        .unwrap();
+    let _validator = Proc::with_log(child, vlog);
+    let vaddr: SocketAddr = vlisten.parse().unwrap();
+    o.wait("the validating webhook listening", || {
+        o.lab.tcp_connect(&o.nodes[0].netns, vaddr).ok().map(|_| ())
+    });
+    let mut validating = webhook_config(
+        "policy",
+        &format!("https://{vlisten}/validate"),
+        &ca,
+        "Fail",
+        json!({"matchExpressions": [{"key": "policy-test", "operator": "Exists"}]}),
+    );
+    validating["kind"] = json!("ValidatingWebhookConfiguration");
+    o.apply(&validating);
+    let out = run_labeled("denied", "policy-test=deny");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(r#"admission webhook "policy.meshwork.io" denied the request"#)
+            && err.contains("policy-test=deny is refused here (saw the proxy: True)"),
+        "{err}"
+    );
+    assert!(!o.kubectl_out(&["get", "pod", "denied"]).status.success());
+    let out = run_labeled("allowed", "policy-test=allow");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A rolling update of the meshed web Deployment under constant load from the client,
@@ -646,4 +712,32 @@ while not select.select([sys.stdin], [], [], 0)[0]:
         fail.append(repr(e))
     time.sleep(0.02)
 print("ok", ok, "fail", len(fail), fail[:3], flush=True)
+"#;
+
+/// A validating webhook: refuses pods labelled `policy-test=deny`, saying whether the pod it
+/// was shown carries the injected proxy (mutating webhooks run first). argv: address, port,
+/// certificate chain, key.
+const VALIDATOR: &str = r#"
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = review["request"]
+        pod = req["object"]
+        proxy = any(c["name"] == "meshwork-proxy" for c in pod["spec"].get("initContainers", []))
+        deny = pod["metadata"].get("labels", {}).get("policy-test") == "deny"
+        resp = {"uid": req["uid"], "allowed": not deny}
+        if deny:
+            resp["status"] = {"code": 403, "message": "policy-test=deny is refused here (saw the proxy: %s)" % proxy}
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+srv = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
 "#;
