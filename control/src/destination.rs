@@ -77,16 +77,89 @@ fn in_list(list: &str, port: u16) -> bool {
     parse_ports(list).is_ok_and(|r| r.iter().any(|r| r.contains(&port)))
 }
 
+/// How a pod is reached: its proxy and identity if meshed.
+fn mesh_of(pod: Option<&Arc<Pod>>, namespace: &str, naming: &Naming) -> Option<pb::Mesh> {
+    let annotations = pod.and_then(|p| p.metadata.annotations.as_ref());
+    annotations
+        .and_then(|a| a.get(PROXY_INBOUND_PORT))
+        .and_then(|p| p.parse::<u16>().ok())
+        .map(|proxy_port| {
+            let sa = pod
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into());
+            pb::Mesh {
+                identity: format!("spiffe://{}/ns/{namespace}/sa/{sa}", naming.trust_domain),
+                proxy_port: u32::from(proxy_port),
+            }
+        })
+}
+
+/// The pod at `ip` as an authority of its own (`ip:port`, what an app connecting to a pod
+/// address, a headless Service's or a StatefulSet's, ends up at): one endpoint, meshed if the
+/// pod is, as Linkerd's destination service answers for a pod IP. Host-network pods share
+/// their node's address and are never meshed: not found here.
+fn resolve_pod(pod: &Arc<Pod>, ip: IpAddr, port: u16, naming: &Naming) -> pb::Update {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let annotations = pod.metadata.annotations.as_ref();
+    let is_opaque = match opaque(annotations) {
+        Some(list) => in_list(&list, port),
+        None => DEFAULT_OPAQUE_PORTS.contains(&port),
+    };
+    pb::Update {
+        unknown: false,
+        endpoints: vec![pb::Endpoint {
+            addr: std::net::SocketAddr::new(ip, port).to_string(),
+            weight: 10_000,
+            zone: String::new(),
+            mesh: mesh_of(Some(pod), &ns, naming),
+            protocol: if is_opaque {
+                pb::ProtocolHint::Opaque
+            } else {
+                pb::ProtocolHint::Unknown
+            } as i32,
+        }],
+    }
+}
+
+/// Whether `pod` is the live, pod-network owner of `ip`.
+pub fn owns_ip(pod: &Pod, ip: IpAddr) -> bool {
+    let ip = ip.to_string();
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)
+        && pod.status.as_ref().is_some_and(|st| {
+            matches!(st.phase.as_deref(), Some("Running" | "Pending"))
+                && (st.pod_ip.as_deref() == Some(ip.as_str())
+                    || st.pod_ips.iter().flatten().any(|p| p.ip == ip))
+        })
+}
+
 /// The update for `authority` from the reflectors' objects.
-/// `pod(namespace, name)` looks a pod up (the reflector's store: no copy of all pods).
+/// `pod(namespace, name)` looks a pod up and `pod_at(ip)` finds the pod owning an address
+/// (the reflector's store: no copy of all pods).
 pub fn resolve(
     authority: &str,
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     pod: &dyn Fn(&str, &str) -> Option<Arc<Pod>>,
+    pod_at: &dyn Fn(IpAddr) -> Option<Arc<Pod>>,
     naming: &Naming,
 ) -> pb::Update {
     let Some((svc, port)) = find(authority, services, naming) else {
+        let at = authority.rsplit_once(':').and_then(|(h, p)| {
+            let ip = h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()?;
+            Some((ip, p.parse::<u16>().ok()?))
+        });
+        if let Some((ip, port)) = at {
+            if let Some(p) = pod_at(ip) {
+                return resolve_pod(&p, ip, port, naming);
+            }
+        }
         return pb::Update {
             unknown: true,
             endpoints: vec![],
@@ -122,21 +195,7 @@ pub fn resolve(
         };
         let pod = ep.pod.as_deref().and_then(|p| pod(&key.0, p));
         let annotations = pod.as_ref().and_then(|p| p.metadata.annotations.as_ref());
-        let mesh = annotations
-            .and_then(|a| a.get(PROXY_INBOUND_PORT))
-            .and_then(|p| p.parse::<u16>().ok())
-            .map(|proxy_port| {
-                let sa = pod
-                    .as_ref()
-                    .and_then(|p| p.spec.as_ref())
-                    .and_then(|s| s.service_account_name.clone())
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "default".into());
-                pb::Mesh {
-                    identity: format!("spiffe://{}/ns/{}/sa/{sa}", naming.trust_domain, key.0),
-                    proxy_port: u32::from(proxy_port),
-                }
-            });
+        let mesh = mesh_of(pod.as_ref(), &key.0, naming);
         let is_opaque = match opaque(annotations).or_else(|| svc_opaque.clone()) {
             Some(list) => in_list(&list, target),
             None => DEFAULT_OPAQUE_PORTS.contains(&target),
@@ -174,11 +233,13 @@ pub struct Server {
 impl Server {
     fn update(&self, authority: &str) -> pb::Update {
         let pod = |ns: &str, name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
+        let pod_at = |ip: IpAddr| self.pods.state().into_iter().find(|p| owns_ip(p, ip));
         resolve(
             authority,
             &self.services.state(),
             &self.slices.state(),
             &pod,
+            &pod_at,
             &self.naming,
         )
     }
@@ -267,7 +328,8 @@ mod tests {
         pods: &HashMap<(String, String), Arc<Pod>>,
     ) -> pb::Update {
         let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
-        resolve(authority, svcs, slices, &pod, &naming())
+        let pod_at = |ip: IpAddr| pods.values().find(|p| owns_ip(p, ip)).cloned();
+        resolve(authority, svcs, slices, &pod, &pod_at, &naming())
     }
 
     fn naming() -> Naming {
@@ -307,24 +369,50 @@ mod tests {
             ],
         }))
         .unwrap();
-        let pod = |name: &str, ann: serde_json::Value| -> Arc<Pod> {
+        let pod = |name: &str, ann: serde_json::Value, ip: &str| -> Arc<Pod> {
             Arc::new(
                 serde_json::from_value(json!({
                     "metadata": {"name": name, "namespace": "shop", "annotations": ann},
                     "spec": {"serviceAccountName": "web", "containers": []},
+                    "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
                 }))
                 .unwrap(),
             )
         };
         let pods = [
-            pod("web-a", json!({PROXY_INBOUND_PORT: "4143"})),
-            pod("web-b", json!({})),
-            pod("web-c", json!({PROXY_INBOUND_PORT: "4143"})),
+            pod("web-a", json!({PROXY_INBOUND_PORT: "4143"}), "10.244.1.5"),
+            pod("web-b", json!({}), "10.244.2.6"),
+            pod("web-c", json!({PROXY_INBOUND_PORT: "4143"}), "10.244.2.9"),
         ]
         .into_iter()
         .map(|p| (("shop".to_string(), p.metadata.name.clone().unwrap()), p))
         .collect();
         (vec![Arc::new(svc)], vec![Arc::new(slice)], pods)
+    }
+
+    #[test]
+    fn a_pod_address_resolves_to_that_pod_meshed_or_not() {
+        let (svcs, slices, pods) = objects();
+        let a = res("10.244.1.5:8080", &svcs, &slices, &pods);
+        assert!(!a.unknown);
+        assert_eq!(a.endpoints.len(), 1);
+        assert_eq!(a.endpoints[0].addr, "10.244.1.5:8080");
+        let mesh = a.endpoints[0].mesh.as_ref().unwrap();
+        assert_eq!(mesh.identity, "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(mesh.proxy_port, 4143);
+        // Not meshed: found, plaintext.
+        let b = res("10.244.2.6:8080", &svcs, &slices, &pods);
+        assert!(!b.unknown && b.endpoints[0].mesh.is_none());
+        // A server-speaks-first port is opaque by default, as for Services.
+        let db = res("10.244.1.5:5432", &svcs, &slices, &pods);
+        assert_eq!(db.endpoints[0].protocol, pb::ProtocolHint::Opaque as i32);
+        // Nobody's address, and a finished pod's: unknown (the proxy passes them through).
+        assert!(res("10.244.9.9:8080", &svcs, &slices, &pods).unknown);
+        let mut gone = pods.clone();
+        let mut done = (*gone[&("shop".to_string(), "web-a".to_string())]).clone();
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        gone.insert(("shop".into(), "web-a".into()), Arc::new(done));
+        assert!(res("10.244.1.5:8080", &svcs, &slices, &gone).unknown);
     }
 
     #[test]

@@ -181,11 +181,14 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             && logs.contains("client=spiffe://cluster.local/ns/default/sa/client"),
         "the client's first request: {logs}"
     );
-    // Later requests too, by name and by ClusterIP; the excluded port goes around the proxy
-    // (the server sees no client identity).
+    // Later requests too, by name, by ClusterIP and by pod IP; the excluded port goes around
+    // the proxy (the server sees no client identity).
     let cip = o.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let by_name = format!("web.default.svc.cluster.local:80:{cip}");
     let by_ip = format!("http://{cip}/");
+    // And straight to the web pod's address (what a headless Service or a StatefulSet
+    // gives): discovery knows the pod, so that is mTLS too.
+    let pod_ip = format!("http://{}:8080/", o.pods("default", "app=web")[0].ip);
     for args in [
         vec![
             "--resolve",
@@ -193,6 +196,7 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             "http://web.default.svc.cluster.local/",
         ],
         vec![by_ip.as_str()],
+        vec![pod_ip.as_str()],
     ] {
         let url = args.join(" ");
         let mut cmd = vec!["exec", "deploy/client", "-c", "c", "--", "curl", "-sf"];

@@ -2,11 +2,12 @@
 //! programs, `ebpf/bpf/mesh_redirect.c`): their original destination comes from
 //! `SO_ORIGINAL_DST`, answered by a getsockopt program as netfilter's REDIRECT would.
 //!
-//! - A destination discovery knows (a Service's ClusterIP:port) is routed like an
-//!   explicitly addressed request: HTTP by request over the balancer, anything else (or a
-//!   port opaque by default or by annotation) tunnelled to one endpoint.
-//! - Anything else (a pod's or a node's address, the world) goes where it was sent, bytes
-//!   untouched: the mesh has no identity to expect there.
+//! - A destination discovery knows (a Service's ClusterIP:port, or a pod's address: the
+//!   control agent answers with that one pod) is routed like an explicitly addressed
+//!   request: HTTP by request over the balancer, anything else (or a port opaque by default
+//!   or by annotation) tunnelled to one endpoint.
+//! - Anything else (a node's address, the world) goes where it was sent, bytes untouched:
+//!   the mesh has no identity to expect there.
 
 use std::{net::SocketAddr, sync::Arc};
 
