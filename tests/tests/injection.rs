@@ -8,7 +8,9 @@
 //! - the client app's very first request, made the moment its container starts to the
 //!   Service's name, is intercepted in the kernel (eBPF, no iptables or nftables rule in any
 //!   pod, asserted) and passes through its proxy with mTLS (the server sees the client's
-//!   SPIFFE ID): the proxy was ready before the app started; an excluded port
+//!   SPIFFE ID; a capture at the web pod shows the client reaching only its proxy's port and
+//!   nothing in the clear), by name, ClusterIP and pod IP: the proxy was ready before the app
+//!   started; an excluded port
 //!   (`config.meshwork.io/skip-outbound-ports`), an excluded subnet
 //!   (`config.meshwork.io/skip-subnets`) and DNS over TCP go around it; a client outside the
 //!   mesh connecting straight to a meshed pod's app port is steered to that pod's proxy
@@ -188,7 +190,13 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     let by_ip = format!("http://{cip}/");
     // And straight to the web pod's address (what a headless Service or a StatefulSet
     // gives): discovery knows the pod, so that is mTLS too.
-    let pod_ip = format!("http://{}:8080/", o.pods("default", "app=web")[0].ip);
+    let web_pod = o.pods("default", "app=web")[0].clone();
+    let pod_ip = format!("http://{}:8080/", web_pod.ip);
+    let client_ip = o.pods("default", "app=client")[0].ip.clone();
+    // On the wire at the web pod, meanwhile: the client reaches only the web proxy's port,
+    // and not one byte of the requests or answers is in the clear.
+    let web_ns = o.pod_netns(o.node_index(&web_pod.node), &web_pod.uid);
+    let cap = o.lab.capture(&web_ns, "eth0");
     for args in [
         vec![
             "--resolve",
@@ -206,6 +214,34 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
             "{url}: {out}"
         );
+    }
+    let segments = cap.stop();
+    let from_client: Vec<_> = segments
+        .iter()
+        .filter(|s| s.src.ip().to_string() == client_ip)
+        .collect();
+    assert!(!from_client.is_empty(), "nothing from the client captured");
+    for seg in &from_client {
+        assert_eq!(
+            seg.dst.port(),
+            4143,
+            "the client to {} on the wire",
+            seg.dst
+        );
+    }
+    for seg in segments
+        .iter()
+        .filter(|s| s.src.port() != 4191 && s.dst.port() != 4191)
+    {
+        for needle in [&b"HTTP/1.1"[..], b"meshwork-client-id", b"pod=", b"GET /"] {
+            assert!(
+                !seg.payload.windows(needle.len()).any(|w| w == needle),
+                "plaintext {:?} on the wire {} -> {}",
+                String::from_utf8_lossy(needle),
+                seg.src,
+                seg.dst
+            );
+        }
     }
     // An IPv6 socket to the IPv4-mapped ClusterIP is intercepted just the same; a native IPv6
     // destination is refused at connect() (not let past the proxy).
