@@ -331,18 +331,11 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                 },
             )
             .await?;
-            let deploys: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
-            wait_for(
+            deployment_available(
+                &client,
+                "kube-system",
+                "meshwork-dns",
                 "cluster DNS available (Deployment meshwork-dns)",
-                Duration::from_secs(60),
-                || {
-                    let deploys = deploys.clone();
-                    async move {
-                        let d = deploys.get("meshwork-dns").await?;
-                        let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-                        Ok((ready >= 1).then_some(()))
-                    }
-                },
             )
             .await
         },
@@ -359,19 +352,11 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                 &[("TRUST_DOMAIN", crate::identity::TRUST_DOMAIN)],
             )?;
             crate::addons::apply(&admin_kc, &yaml)?;
-            let deploys: Api<Deployment> =
-                Api::namespaced(client.clone(), crate::identity::NAMESPACE);
-            wait_for(
+            deployment_available(
+                &client,
+                crate::identity::NAMESPACE,
+                "meshwork-identity",
                 "the identity service available (Deployment meshwork-identity)",
-                Duration::from_secs(60),
-                || {
-                    let deploys = deploys.clone();
-                    async move {
-                        let d = deploys.get("meshwork-identity").await?;
-                        let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-                        Ok((ready >= 1).then_some(()))
-                    }
-                },
             )
             .await
         },
@@ -392,19 +377,11 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
                 ],
             )?;
             crate::addons::apply(&admin_kc, &yaml)?;
-            let deploys: Api<Deployment> =
-                Api::namespaced(client.clone(), crate::identity::NAMESPACE);
-            wait_for(
+            deployment_available(
+                &client,
+                crate::identity::NAMESPACE,
+                "meshwork-injector",
                 "the injector available (Deployment meshwork-injector)",
-                Duration::from_secs(60),
-                || {
-                    let deploys = deploys.clone();
-                    async move {
-                        let d = deploys.get("meshwork-injector").await?;
-                        let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-                        Ok((ready >= 1).then_some(()))
-                    }
-                },
             )
             .await
         },
@@ -493,6 +470,25 @@ fn in_node(c: &Cluster, i: usize, name: &str, bin: &'static str, args: Vec<Strin
             cmd
         }),
     }
+}
+
+/// Waits up to a minute for Deployment `name` in `ns` to have an available replica.
+async fn deployment_available(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+) -> Result<()> {
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_for(what, Duration::from_secs(60), || {
+        let deploys = deploys.clone();
+        async move {
+            let d = deploys.get(name).await?;
+            let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+            Ok((ready >= 1).then_some(()))
+        }
+    })
+    .await
 }
 
 /// Polls `f` every 100 ms until it yields a value or `timeout` passes.

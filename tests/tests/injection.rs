@@ -229,20 +229,7 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             seg.dst
         );
     }
-    for seg in segments
-        .iter()
-        .filter(|s| s.src.port() != 4191 && s.dst.port() != 4191)
-    {
-        for needle in [&b"HTTP/1.1"[..], b"meshwork-client-id", b"pod=", b"GET /"] {
-            assert!(
-                !seg.payload.windows(needle.len()).any(|w| w == needle),
-                "plaintext {:?} on the wire {} -> {}",
-                String::from_utf8_lossy(needle),
-                seg.src,
-                seg.dst
-            );
-        }
-    }
+    mesh_lab::assert_nothing_in_clear(&segments);
     // An IPv6 socket to the IPv4-mapped ClusterIP is intercepted just the same; a native IPv6
     // destination is refused at connect() (not let past the proxy).
     let mapped = format!("http://[::ffff:{cip}]/");

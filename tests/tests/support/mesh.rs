@@ -127,3 +127,23 @@ impl Mesh {
         spec
     }
 }
+
+/// Asserts that no captured segment but the admin port's (the kubelet's probes, plaintext by
+/// design) carries a request, a response or the identity header in the clear.
+#[allow(dead_code, reason = "not every test binary including this module captures")]
+pub fn assert_nothing_in_clear(segments: &[meshwork_lab::capture::Segment]) {
+    for s in segments
+        .iter()
+        .filter(|s| s.src.port() != 4191 && s.dst.port() != 4191)
+    {
+        for needle in [&b"HTTP/1.1"[..], b"meshwork-client-id", b"pod=", b"GET /"] {
+            assert!(
+                !s.payload.windows(needle.len()).any(|w| w == needle),
+                "plaintext {:?} on the wire {} -> {}",
+                String::from_utf8_lossy(needle),
+                s.src,
+                s.dst
+            );
+        }
+    }
+}
