@@ -130,7 +130,10 @@ impl Mesh {
 
 /// Asserts that no captured segment but the admin port's (the kubelet's probes, plaintext by
 /// design) carries a request, a response or the identity header in the clear.
-#[allow(dead_code, reason = "not every test binary including this module captures")]
+#[allow(
+    dead_code,
+    reason = "not every test binary including this module captures"
+)]
 pub fn assert_nothing_in_clear(segments: &[meshwork_lab::capture::Segment]) {
     for s in segments
         .iter()
