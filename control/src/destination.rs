@@ -77,12 +77,31 @@ fn in_list(list: &str, port: u16) -> bool {
     parse_ports(list).is_ok_and(|r| r.iter().any(|r| r.contains(&port)))
 }
 
-/// How a pod is reached: its proxy and identity if meshed.
-fn mesh_of(pod: Option<&Arc<Pod>>, namespace: &str, naming: &Naming) -> Option<pb::Mesh> {
+/// A pod's inbound ports that bypass its proxy (the node runtime's reading of the same
+/// annotation: orchestrator/src/node/mesh.rs).
+const SKIP_INBOUND_PORTS: &str = "config.meshwork.io/skip-inbound-ports";
+/// The injected proxy's admin port: never an app's.
+const PROXY_ADMIN_PORT: u16 = 4191;
+
+/// How a pod's `port` is reached: through its proxy, with its identity, if it is meshed and
+/// the port is not one it keeps away from the proxy (skip-inbound-ports, the proxy's own).
+fn mesh_of(
+    pod: Option<&Arc<Pod>>,
+    namespace: &str,
+    naming: &Naming,
+    port: u16,
+) -> Option<pb::Mesh> {
     let annotations = pod.and_then(|p| p.metadata.annotations.as_ref());
+    if annotations
+        .and_then(|a| a.get(SKIP_INBOUND_PORTS))
+        .is_some_and(|l| in_list(l, port))
+    {
+        return None;
+    }
     annotations
         .and_then(|a| a.get(PROXY_INBOUND_PORT))
         .and_then(|p| p.parse::<u16>().ok())
+        .filter(|proxy_port| port != *proxy_port && port != PROXY_ADMIN_PORT)
         .map(|proxy_port| {
             let sa = pod
                 .and_then(|p| p.spec.as_ref())
@@ -113,7 +132,7 @@ fn resolve_pod(pod: &Arc<Pod>, ip: IpAddr, port: u16, naming: &Naming) -> pb::Up
             addr: std::net::SocketAddr::new(ip, port).to_string(),
             weight: 10_000,
             zone: String::new(),
-            mesh: mesh_of(Some(pod), &ns, naming),
+            mesh: mesh_of(Some(pod), &ns, naming, port),
             protocol: if is_opaque {
                 pb::ProtocolHint::Opaque
             } else {
@@ -123,16 +142,24 @@ fn resolve_pod(pod: &Arc<Pod>, ip: IpAddr, port: u16, naming: &Naming) -> pb::Up
     }
 }
 
-/// Whether `pod` is the live, pod-network owner of `ip`.
+/// Whether `pod` is a pod-network owner of `ip`: running or starting (a terminating pod
+/// still serves through its proxy until it is gone; [`pod_at`] prefers one that is not).
 pub fn owns_ip(pod: &Pod, ip: IpAddr) -> bool {
     let ip = ip.to_string();
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)
+    pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)
         && pod.status.as_ref().is_some_and(|st| {
             matches!(st.phase.as_deref(), Some("Running" | "Pending"))
                 && (st.pod_ip.as_deref() == Some(ip.as_str())
                     || st.pod_ips.iter().flatten().any(|p| p.ip == ip))
         })
+}
+
+/// The pod owning `ip` among `pods`: one not terminating if there is one (an address the
+/// old pod has not yet given up may already be the new one's).
+pub fn pod_at(pods: impl IntoIterator<Item = Arc<Pod>>, ip: IpAddr) -> Option<Arc<Pod>> {
+    let mut owners: Vec<Arc<Pod>> = pods.into_iter().filter(|p| owns_ip(p, ip)).collect();
+    owners.sort_by_key(|p| p.metadata.deletion_timestamp.is_some());
+    owners.into_iter().next()
 }
 
 /// The update for `authority` from the reflectors' objects.
@@ -195,7 +222,7 @@ pub fn resolve(
         };
         let pod = ep.pod.as_deref().and_then(|p| pod(&key.0, p));
         let annotations = pod.as_ref().and_then(|p| p.metadata.annotations.as_ref());
-        let mesh = mesh_of(pod.as_ref(), &key.0, naming);
+        let mesh = mesh_of(pod.as_ref(), &key.0, naming, target);
         let is_opaque = match opaque(annotations).or_else(|| svc_opaque.clone()) {
             Some(list) => in_list(&list, target),
             None => DEFAULT_OPAQUE_PORTS.contains(&target),
@@ -233,7 +260,7 @@ pub struct Server {
 impl Server {
     fn update(&self, authority: &str) -> pb::Update {
         let pod = |ns: &str, name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
-        let pod_at = |ip: IpAddr| self.pods.state().into_iter().find(|p| owns_ip(p, ip));
+        let pod_at = |ip: IpAddr| pod_at(self.pods.state(), ip);
         resolve(
             authority,
             &self.services.state(),
@@ -328,7 +355,7 @@ mod tests {
         pods: &HashMap<(String, String), Arc<Pod>>,
     ) -> pb::Update {
         let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
-        let pod_at = |ip: IpAddr| pods.values().find(|p| owns_ip(p, ip)).cloned();
+        let pod_at = |ip: IpAddr| pod_at(pods.values().cloned(), ip);
         resolve(authority, svcs, slices, &pod, &pod_at, &naming())
     }
 
@@ -403,6 +430,18 @@ mod tests {
         // Not meshed: found, plaintext.
         let b = res("10.244.2.6:8080", &svcs, &slices, &pods);
         assert!(!b.unknown && b.endpoints[0].mesh.is_none());
+        // A port the pod keeps away from its proxy, and the proxy's own: not through it.
+        let mut skipping = pods.clone();
+        let mut p = (*skipping[&("shop".to_string(), "web-a".to_string())]).clone();
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SKIP_INBOUND_PORTS.into(), "9000-9100".into());
+        skipping.insert(("shop".into(), "web-a".into()), Arc::new(p));
+        for port in [9050, 4191, 4143] {
+            let r = res(&format!("10.244.1.5:{port}"), &svcs, &slices, &skipping);
+            assert!(r.endpoints[0].mesh.is_none(), "{port}: {r:?}");
+        }
         // A server-speaks-first port is opaque by default, as for Services.
         let db = res("10.244.1.5:5432", &svcs, &slices, &pods);
         assert_eq!(db.endpoints[0].protocol, pb::ProtocolHint::Opaque as i32);
@@ -413,6 +452,22 @@ mod tests {
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
         gone.insert(("shop".into(), "web-a".into()), Arc::new(done));
         assert!(res("10.244.1.5:8080", &svcs, &slices, &gone).unknown);
+        // Terminating, it still owns its address (its proxy serves until it is gone)...
+        let mut ending = pods.clone();
+        let mut old = (*ending[&("shop".to_string(), "web-a".to_string())]).clone();
+        old.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+        ending.insert(("shop".into(), "web-a".into()), Arc::new(old.clone()));
+        let r = res("10.244.1.5:8080", &svcs, &slices, &ending);
+        assert!(r.endpoints[0].mesh.is_some(), "{r:?}");
+        // ...unless a live pod already has it: that one wins.
+        let mut new = old;
+        new.metadata.deletion_timestamp = None;
+        new.metadata.name = Some("web-z".into());
+        new.metadata.annotations = None;
+        ending.insert(("shop".into(), "web-z".into()), Arc::new(new));
+        let r = res("10.244.1.5:8080", &svcs, &slices, &ending);
+        assert!(r.endpoints[0].mesh.is_none(), "{r:?}");
     }
 
     #[test]

@@ -304,6 +304,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_mesh_in_skip SEC(".maps");
 
+/* The injected proxy's inbound and admin ports (inject/src/lib.rs), for IPv6 addresses
+ * that have no entry below. */
+#define MW_PROXY_INBOUND_PORT 4143
+#define MW_PROXY_ADMIN_PORT 4191
+
 /* A meshed pod's IPv6 address → its IPv4 one (the key of the maps above). The proxy's inbound
  * listener is IPv4, which sk_lookup cannot hand an IPv6 connection to: native IPv6 to an app
  * port is dropped, not let past the proxy (as outbound refuses it). */
@@ -356,8 +361,18 @@ int mw_mesh_inbound(struct bpf_sk_lookup *ctx)
 		k6.addr[2] = ctx->local_ip6[2];
 		k6.addr[3] = ctx->local_ip6[3];
 		v4 = bpf_map_lookup_elem(&mw_mesh_in6, &k6);
-		if (!v4)
-			return SK_PASS;
+		if (!v4) {
+			/* This program runs only in meshed pods' namespaces: an IPv6 address
+			 * without an entry (link-local, one added later) is still the pod's, and
+			 * must not reach an app around the proxy. Loopback (the proxy's own hop)
+			 * and the injected proxy's ports pass. */
+			port = (__u16)ctx->local_port;
+			if ((k6.addr[0] == 0 && k6.addr[1] == 0 && k6.addr[2] == 0 &&
+			     k6.addr[3] == bpf_htonl(1)) ||
+			    port == MW_PROXY_INBOUND_PORT || port == MW_PROXY_ADMIN_PORT)
+				return SK_PASS;
+			return SK_DROP;
+		}
 		/* The barriers keep clang from merging this load and the one below into one
 		 * through a pointer chosen per branch: the verifier refuses a load through a
 		 * ctx pointer plus an offset. */

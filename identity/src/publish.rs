@@ -78,6 +78,8 @@ pub async fn run(client: Client, name: String, mut anchors: watch::Receiver<Stri
     .default_backoff()
     .boxed();
     let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    // A sweep longer than the period must not be followed by the missed ticks at once.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let one = |ns: String, pem: String| {
         let (client, name) = (client.clone(), name.clone());
         async move {

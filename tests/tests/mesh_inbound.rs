@@ -1,9 +1,11 @@
 //! Inbound steering of a meshed pod in the kernel alone (`ebpf/bpf/mesh_redirect.c`,
 //! `mw_mesh_inbound`, through `meshwork_ebpf::mesh::Interceptor` as the node runtime drives
 //! it), on a dual-stack pod: IPv4 connections to an app port are handed to the proxy's
-//! listener, and native IPv6 ones — which the IPv4 listener cannot take — are dropped rather
-//! than let through to an app listening on `[::]`. The lab clusters' pods are IPv4-only (the
-//! node runtime records one address), so `injection.rs` cannot show the IPv6 half.
+//! listener, and native IPv6 ones (which the IPv4 listener cannot take) are refused rather
+//! than let through to an app listening on `[::]`, to the pod's registered IPv6 address and
+//! any other (link-local) alike; without the program they reach it. The lab clusters' pods
+//! are IPv4-only (the node runtime records one address), so `injection.rs` cannot show the
+//! IPv6 half.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -87,10 +89,11 @@ fn ipv4_goes_to_the_proxy_and_native_ipv6_is_dropped_not_let_past() {
     // IPv4 to the app port: the proxy's.
     let _c = connect((V4, 8080).into()).expect("IPv4 to the app port");
     assert!(took(&proxy) && !took(&app), "IPv4 goes to the proxy");
-    // Without the pod's IPv6 address registered, IPv6 reaches the app around the proxy: the
-    // hole the registration closes.
-    let _c = connect((V6, 8080).into()).expect("IPv6 with no entry");
-    assert!(took(&app) && !took(&proxy), "unregistered IPv6 passes");
+    // An IPv6 address of the pod without an entry (a link-local one, say) is refused too:
+    // the program runs only in meshed namespaces.
+    let e = connect((V6, 8080).into()).expect_err("IPv6 with no entry");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    assert!(!took(&app) && !took(&proxy));
 
     inbound.addr6 = Some(V6);
     i.attach_inbound("t", &pod.path(), &inbound).unwrap();
