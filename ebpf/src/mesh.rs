@@ -223,14 +223,7 @@ impl Interceptor {
                 HashMap::try_from(self.map("mw_mesh_in_skip")?).map_err(map_err)?;
             // An earlier pod with this address whose removal failed must not lend this one
             // its excluded ports.
-            let stale: Vec<InSkipKey> = skips
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.addr == addr)
-                .collect();
-            for k in stale {
-                let _ = skips.remove(&k);
-            }
+            remove_keys(&mut skips, |k| k.addr == addr);
             for port in &inbound.skip_inbound_ports {
                 let k = InSkipKey {
                     addr,
@@ -302,14 +295,7 @@ impl Interceptor {
         {
             let mut skips: HashMap<&mut MapData, SkipKey, u8> =
                 HashMap::try_from(self.map("mw_mesh_skip")?).map_err(map_err)?;
-            let stale: Vec<SkipKey> = skips
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.netns == netns)
-                .collect();
-            for k in stale {
-                let _ = skips.remove(&k);
-            }
+            remove_keys(&mut skips, |k| k.netns == netns);
             for port in &pod.skip_outbound_ports {
                 let k = SkipKey {
                     netns,
@@ -369,14 +355,7 @@ impl Interceptor {
             }
             let mut skips: HashMap<&mut MapData, InSkipKey, u8> =
                 HashMap::try_from(self.map("mw_mesh_in_skip")?).map_err(map_err)?;
-            let mine: Vec<InSkipKey> = skips
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.addr == addr)
-                .collect();
-            for k in mine {
-                let _ = skips.remove(&k);
-            }
+            remove_keys(&mut skips, |k| k.addr == addr);
         }
         if let Some(netns) = netns {
             {
@@ -389,14 +368,7 @@ impl Interceptor {
             let _ = pods.remove(&netns);
             let mut skips: HashMap<&mut MapData, SkipKey, u8> =
                 HashMap::try_from(self.map("mw_mesh_skip")?).map_err(map_err)?;
-            let mine: Vec<SkipKey> = skips
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.netns == netns)
-                .collect();
-            for k in mine {
-                let _ = skips.remove(&k);
-            }
+            remove_keys(&mut skips, |k| k.netns == netns);
         }
         for name in PROGS.iter().map(|(n, _)| *n).chain([INBOUND_PROG]) {
             let pin = self.pin(pod, name);
@@ -413,6 +385,22 @@ impl Interceptor {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the keys of `map` that `which` picks (collected first: deleting while iterating
+/// a BPF hash map skips entries).
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    which: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| which(k))
+        .collect();
+    for k in keys {
+        let _ = map.remove(&k);
     }
 }
 

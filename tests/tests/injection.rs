@@ -44,6 +44,16 @@ use mesh_lab::Mesh;
 use meshwork_lab::{cgroup::lab_binary, proc::Proc};
 use serde_json::{json, Value};
 
+/// `cmd` run in the client pod's app container (kubectl exec).
+fn in_client_out(o: &orch::Orch, cmd: &[&str]) -> std::process::Output {
+    o.kubectl_out(&[&["exec", "deploy/client", "-c", "c", "--"][..], cmd].concat())
+}
+
+/// Its output, asserting it succeeded.
+fn in_client(o: &orch::Orch, cmd: &[&str]) -> String {
+    o.kubectl(&[&["exec", "deploy/client", "-c", "c", "--"][..], cmd].concat())
+}
+
 fn webhook_config(name: &str, url: &str, ca: &str, policy: &str, selector: Value) -> Value {
     json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
     "metadata": {"name": name},
@@ -207,9 +217,7 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         vec![pod_ip.as_str()],
     ] {
         let url = args.join(" ");
-        let mut cmd = vec!["exec", "deploy/client", "-c", "c", "--", "curl", "-sf"];
-        cmd.extend(args);
-        let out = o.kubectl(&cmd);
+        let out = in_client(o, &[&["curl", "-sf"][..], &args].concat());
         assert!(
             out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
             "{url}: {out}"
@@ -233,44 +241,19 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     // An IPv6 socket to the IPv4-mapped ClusterIP is intercepted just the same; a native IPv6
     // destination is refused at connect() (not let past the proxy).
     let mapped = format!("http://[::ffff:{cip}]/");
-    let out = o.kubectl(&[
-        "exec",
-        "deploy/client",
-        "-c",
-        "c",
-        "--",
-        "curl",
-        "-sf",
-        &mapped,
-    ]);
+    let out = in_client(o, &["curl", "-sf", &mapped]);
     assert!(
         out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
         "{mapped}: {out}"
     );
-    let v6 = o.kubectl_out(&[
-        "exec",
-        "deploy/client",
+    let v6 = in_client_out(o, &["sh",
         "-c",
-        "c",
-        "--",
-        "sh",
-        "-c",
-        "python3 -c 'import socket; socket.create_connection((\"fd00:99::1\", 80), timeout=5)' 2>&1; echo exit=$?",
-    ]);
+        "python3 -c 'import socket; socket.create_connection((\"fd00:99::1\", 80), timeout=5)' 2>&1; echo exit=$?"]);
     let v6 = String::from_utf8_lossy(&v6.stdout);
     // Refused by the hook (there is no route either: that would say "unreachable").
     assert!(v6.contains("ConnectionRefusedError"), "native IPv6: {v6}");
     let bypass = format!("http://{cip}:81/");
-    let out = o.kubectl(&[
-        "exec",
-        "deploy/client",
-        "-c",
-        "c",
-        "--",
-        "curl",
-        "-sf",
-        &bypass,
-    ]);
+    let out = in_client(o, &["curl", "-sf", &bypass]);
     assert!(
         out.contains("pod=web-") && out.contains("client= "),
         "port 81: {out}"
@@ -278,16 +261,7 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     // So does the excluded subnet (web-direct's ClusterIP), and DNS over TCP (port 53): the
     // client's proxy accepts no connection for either, while one to web's ClusterIP is its.
     let outbound_opens = || {
-        let m = o.kubectl(&[
-            "exec",
-            "deploy/client",
-            "-c",
-            "c",
-            "--",
-            "curl",
-            "-sf",
-            "http://127.0.0.1:4191/metrics",
-        ]);
+        let m = in_client(o, &["curl", "-sf", "http://127.0.0.1:4191/metrics"]);
         m.lines()
             .filter(|l| {
                 l.starts_with("meshwork_proxy_tcp_open_total")
@@ -298,16 +272,7 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     };
     let before = outbound_opens();
     let skipped = format!("http://{direct}/");
-    let out = o.kubectl(&[
-        "exec",
-        "deploy/client",
-        "-c",
-        "c",
-        "--",
-        "curl",
-        "-sf",
-        &skipped,
-    ]);
+    let out = in_client(o, &["curl", "-sf", &skipped]);
     assert!(
         out.contains("pod=web-") && out.contains("client= "),
         "skip-subnets {direct}/32: {out}"
@@ -316,31 +281,13 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     let dns_tcp = format!(
         "python3 -c 'import socket; socket.create_connection((\"{web_ip}\", 53), timeout=5)' 2>&1; echo done"
     );
-    o.kubectl(&[
-        "exec",
-        "deploy/client",
-        "-c",
-        "c",
-        "--",
-        "sh",
-        "-c",
-        &dns_tcp,
-    ]);
+    in_client(o, &["sh", "-c", &dns_tcp]);
     assert_eq!(
         outbound_opens(),
         before,
         "the excluded subnet and port 53 went around the proxy"
     );
-    o.kubectl(&[
-        "exec",
-        "deploy/client",
-        "-c",
-        "c",
-        "--",
-        "curl",
-        "-sf",
-        &by_ip,
-    ]);
+    in_client(o, &["curl", "-sf", &by_ip]);
     assert_eq!(
         outbound_opens(),
         before + 1,

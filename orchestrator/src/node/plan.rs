@@ -428,25 +428,17 @@ mod tests {
             }
         }
         // A sidecar already running when a later init container fails (Never): stopped, once.
-        let p = pod_with_inits("Never");
-        let mut rt = PodRt::new("ns".into(), "p".into());
-        containers(&mut rt, &p, now, b);
-        set(&mut rt, "i1", false, Some(0));
-        containers(&mut rt, &p, now, b);
-        set(&mut rt, "s", true, None);
-        rt.containers.get_mut("s").unwrap().startup_ok = true;
-        containers(&mut rt, &p, now, b);
+        let (p, mut rt) = to_the_sidecar(now, b);
         set(&mut rt, "i2", false, Some(1));
         let plan = containers(&mut rt, &p, now, b);
         assert!(rt.init_failed && plan.start.is_empty());
         assert_eq!(plan.stop_sidecars.len(), 1);
         assert!(containers(&mut rt, &p, now, b).stop_sidecars.is_empty());
-        {}
     }
 
-    #[test]
-    fn sidecars_stop_once_the_app_has_finished_and_are_restarted_until_then() {
-        let (now, b) = (Instant::now(), Duration::ZERO);
+    /// A `Never` pod with inits, run until its first init container exited 0 and its
+    /// sidecar started.
+    fn to_the_sidecar(now: Instant, b: Duration) -> (Pod, PodRt) {
         let p = pod_with_inits("Never");
         let mut rt = PodRt::new("ns".into(), "p".into());
         containers(&mut rt, &p, now, b);
@@ -455,6 +447,13 @@ mod tests {
         set(&mut rt, "s", true, None);
         rt.containers.get_mut("s").unwrap().startup_ok = true;
         containers(&mut rt, &p, now, b);
+        (p, rt)
+    }
+
+    #[test]
+    fn sidecars_stop_once_the_app_has_finished_and_are_restarted_until_then() {
+        let (now, b) = (Instant::now(), Duration::ZERO);
+        let (p, mut rt) = to_the_sidecar(now, b);
         set(&mut rt, "i2", false, Some(0));
         containers(&mut rt, &p, now, b);
         set(&mut rt, "c", true, None);
