@@ -33,14 +33,18 @@ const RUNTIME_SUBNET_PODMAN: &str = "198.19.2.0/24";
 /// The `ack` makes the client's success mean it reached this server: busybox nc exits 0 once
 /// any listener completed the handshake, even if nothing ever read its data (see
 /// .config/nextest.toml on the missing-output flake).
-const SERVER: &str = "echo ack | nc -l -p 8080";
+/// The server container answers one connection with `ack:` and the line it read, so the
+/// client's exit status proves both directions. (It used to print the line for the test to find
+/// in the runtime's container log; that log once stayed empty for 20 s on a loaded CI machine
+/// after the client had been answered, and the log is the runtime's plumbing, not ours.)
+const SERVER: &str = "nc -l -p 8080 -e sh -c 'read m; echo \"ack:$m\"'";
 
-/// The client container: sends `msg` to `ip`:8080 until the server's `ack` comes back (the
-/// server may not listen yet); it prints every attempt's answer for the failure report.
+/// The client container: sends `msg` to `ip`:8080 until the server's `ack:{msg}` comes back
+/// (the server may not listen yet); it prints every attempt's answer for the failure report.
 fn client_loop(msg: &str, ip: &str) -> String {
     format!(
         "for i in 1 2 3 4 5 6 7 8 9 10; do r=$(echo {msg} | nc -w 3 {ip} 8080); echo \"attempt $i: $r\"; \
-         [ \"$r\" = ack ] && exit 0; sleep 0.2; done; exit 1"
+         [ \"$r\" = ack:{msg} ] && exit 0; sleep 0.2; done; exit 1"
     )
 }
 
@@ -641,13 +645,12 @@ disabled_plugins = [
             },
         )
         .await;
-        assert_eq!(code, 0, "client could not reach the server pod");
-        let got = eventually("server log", 200, Duration::from_millis(100), async || {
-            let log = std::fs::read_to_string(logs.join("srv/server/0.log")).ok()?;
-            log.contains(msg).then_some(log)
-        })
-        .await;
-        assert!(got.contains(msg));
+        assert_eq!(
+            code,
+            0,
+            "the client was not answered with its own line by the server pod; client log:\n{}",
+            std::fs::read_to_string(logs.join("cli/client/0.log")).unwrap_or_default()
+        );
         let _ = srv;
 
         // Teardown the kubelet way: DEL with netns (Stop), DEL again without (Remove).
@@ -750,18 +753,8 @@ mod podman {
         let script = client_loop(msg, &ip);
         let mut args = run.to_vec();
         args.extend(["--rm", "--name", "mw-cli", IMAGE, "sh", "-c", &script]);
+        // `ok` fails the test unless the client was answered with its own line.
         pm.ok(&args);
-        let logs = eventually(
-            "server output",
-            200,
-            Duration::from_millis(100),
-            async || {
-                let l = pm.ok(&["logs", "mw-srv"]);
-                l.contains(msg).then_some(l)
-            },
-        )
-        .await;
-        assert!(logs.contains(msg));
 
         pm.ok(&["rm", "-f", "-t", "0", "mw-srv"]);
         host.assert_torn_down(net);
