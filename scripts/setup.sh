@@ -100,8 +100,13 @@ command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # With --bench, what the benchmarks use beyond the suite: oha, the proxy benchmark's open-loop
 # load generator (BENCHMARKS.md, "The proxy pair"), pinned; the suite itself never needs it.
+# perf counts the proxy pairs' system calls and context switches per request (same section).
 if [[ ${1:-} == --bench ]]; then
   command -v oha >/dev/null || cargo install --locked oha --version 1.16.0
+  if ! dpkg-query -W -f='${Status}' linux-perf 2>/dev/null | grep -q "install ok installed"; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
+  fi
 fi
 
 # Packages that start services we don't want racing our tests or holding ports: keep them

@@ -17,7 +17,8 @@
 //!
 //! Run: `scripts/setup.sh --bench && cargo build --release --bins && cargo bench -p meshwork-e2e
 //! --bench proxy` (root; `--bench` installs oha). `MESHWORK_BENCH_SECS` sets each run's length (default 10), `MESHWORK_BENCH_ROUNDS`
-//! the rounds per rate (default 2).
+//! the rounds per rate (default 2), `MESHWORK_BENCH_RATES` the rates (`2000`; empty: only the
+//! maximum).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -36,7 +37,23 @@ use orch::pids_in;
 use serde_json::{json, Value};
 
 const WEB: &str = "web.default.svc.cluster.local";
+/// The open-loop rates; `MESHWORK_BENCH_RATES` (comma-separated, empty for none) picks others.
 const RATES: [u32; 3] = [500, 2000, 10_000];
+
+fn rates() -> Vec<u32> {
+    match std::env::var("MESHWORK_BENCH_RATES") {
+        Ok(v) => v
+            .split(',')
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| {
+                r.trim()
+                    .parse()
+                    .expect("MESHWORK_BENCH_RATES: rates in rps")
+            })
+            .collect(),
+        Err(_) => RATES.to_vec(),
+    }
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -380,7 +397,7 @@ fn main() {
     // rate → path → [(oha's summary, CPU ms per request)]
     type Runs<'a> = BTreeMap<u32, BTreeMap<&'a str, Vec<(Value, f64)>>>;
     let mut results: Runs = BTreeMap::new();
-    for rate in RATES {
+    for rate in rates() {
         for _ in 0..rounds {
             for p in &paths {
                 let cpu0: f64 = p.pids.iter().map(|&x| cpu_secs(x)).sum();
@@ -408,6 +425,7 @@ fn main() {
         }
     }
     let mut max_rps = BTreeMap::new();
+    let mut per_request = BTreeMap::new();
     for p in &paths {
         // MESHWORK_BENCH_PERF=<file>: a perf profile of the meshwork pair at full load.
         let perf = std::env::var("MESHWORK_BENCH_PERF")
@@ -421,16 +439,67 @@ fn main() {
                     .join(",");
                 Command::new("perf")
                     .args([
-                        "record", "-F", "499", "-g", "-o", &out, "-p", &pids, "--", "sleep",
+                        // DWARF unwinding: the release build has no frame pointers.
+                        "record",
+                        "-F",
+                        "499",
+                        "--call-graph",
+                        "dwarf,16384",
+                        "-o",
+                        &out,
+                        "-p",
+                        &pids,
+                        "--",
+                        "sleep",
                     ])
                     .arg(secs.to_string())
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .unwrap()
             });
+        // The pair's system calls and context switches over the same window: per request,
+        // they say what the kernel's share of the CPU figures is made of, noise or not.
+        let stat = (!p.pids.is_empty()).then(|| {
+            let pids = p
+                .pids
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            Command::new("perf")
+                .args([
+                    "stat",
+                    "-x",
+                    ",",
+                    "-e",
+                    "raw_syscalls:sys_enter,context-switches",
+                ])
+                .args(["-p", &pids, "--", "sleep"])
+                .arg(secs.to_string())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("perf (scripts/setup.sh --bench installs it)")
+        });
         let r = oha(&client_ns, &p.url, p.host, secs, None, 16);
         if let Some(mut perf) = perf {
             let _ = perf.wait();
+        }
+        if let Some(stat) = stat {
+            let out = stat.wait_with_output().unwrap();
+            let done = r["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0)
+                * r["summary"]["total"].as_f64().unwrap_or(0.0);
+            let count = |event: &str| {
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .find(|l| l.contains(event))
+                    .and_then(|l| l.split(',').next()?.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let per = (
+                count("raw_syscalls:sys_enter") / done.max(1.0),
+                count("context-switches") / done.max(1.0),
+            );
+            per_request.insert(p.name, per);
         }
         max_rps.insert(
             p.name,
@@ -487,6 +556,9 @@ fn main() {
         }
     }
     println!("\nmax rps at 16 connections: {max_rps:?}");
+    for (name, (sys, cs)) in &per_request {
+        println!("{name} pair per request at the maximum: {sys:.1} system calls, {cs:.2} context switches");
+    }
     if let (Some(mw), Some(ng)) = (max_rps.get("meshwork"), max_rps.get("nginx")) {
         println!("meshwork pair / nginx pair throughput: {:.2}x", mw / ng);
     }
