@@ -14,6 +14,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::detect::{detect, Detect, Protocol, MAX_PREFIX};
 
+/// A connection of any kind (plaintext, TLS, a tunnel's stream).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What the HTTP servers and clients run on: one copy of hyper's and h2's connection code
+/// for every transport instead of one per type. Those copies were most of the proxy's
+/// machine code, and its code pages most of its resident memory (BENCHMARKS.md, "The proxy
+/// pair"); the price is a virtual call per read and write.
+pub type BoxedIo = Box<dyn Io>;
+
 /// `io` with `prefix` read from it already; reads return the prefix first.
 #[derive(Debug)]
 pub struct PrefixedIo<I> {

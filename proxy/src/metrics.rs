@@ -52,11 +52,12 @@ impl EncodeLabelValue for Direction {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
-    pub authority: String,
+    /// Shared with the bounded set it was admitted by: a request's labels copy no strings.
+    pub authority: Arc<str>,
     /// `2xx` .. `5xx`, or `error` when no response came.
-    pub status_class: String,
+    pub status_class: &'static str,
     /// Inbound: the client's SPIFFE ID; outbound: the server's (empty: not meshed).
-    pub peer: String,
+    pub peer: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,7 +95,10 @@ pub struct Metrics {
     /// Discovery streams open (one per authority in use).
     pub discovery_streams: Gauge,
     /// Label values in use: outbound authorities, inbound authorities, peers.
-    bounded: [Mutex<HashSet<String>>; 3],
+    bounded: [Mutex<HashSet<Arc<str>>>; 3],
+    /// The label values every request would otherwise allocate.
+    empty: Arc<str>,
+    overflow: Arc<str>,
     registry: Registry,
     /// The live request stream (`tap.rs`).
     pub tap: tokio::sync::broadcast::Sender<crate::tap::Event>,
@@ -216,6 +220,8 @@ impl Metrics {
             discovery_errors,
             discovery_streams,
             bounded: Default::default(),
+            empty: Arc::from(""),
+            overflow: Arc::from("overflow"),
             registry: r,
             tap: tokio::sync::broadcast::channel(1024).0,
         })
@@ -223,26 +229,33 @@ impl Metrics {
 
     /// `v` as a label value of budget `kind`, or `overflow` once `MAX_LABEL_VALUES` others
     /// are in use there.
-    fn bounded(&self, kind: usize, v: &str) -> String {
+    fn bounded(&self, kind: usize, v: &str) -> Arc<str> {
         if v.is_empty() {
-            return String::new();
+            return self.empty.clone();
         }
         let mut seen = self.bounded[kind].lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(v) {
-            return v.to_string();
+        if let Some(known) = seen.get(v) {
+            return known.clone();
         }
         if seen.len() < MAX_LABEL_VALUES {
-            seen.insert(v.to_string());
-            return v.to_string();
+            let v: Arc<str> = Arc::from(v);
+            seen.insert(v.clone());
+            return v;
         }
-        "overflow".into()
+        self.overflow.clone()
     }
 
     /// One answered request: counted, timed, and on the tap when someone listens.
     pub fn request(&self, o: &Observed<'_>) {
-        let status_class = match o.status {
-            Some(s) => format!("{}xx", s.as_u16() / 100),
-            None => "error".into(),
+        let status_class = match o.status.map(|s| s.as_u16() / 100) {
+            Some(1) => "1xx",
+            Some(2) => "2xx",
+            Some(3) => "3xx",
+            Some(4) => "4xx",
+            Some(5) => "5xx",
+            // 6xx..9xx are valid status codes to the http crate; no label of their own.
+            Some(_) => "other",
+            None => "error",
         };
         self.requests
             .get_or_create(&RequestLabels {

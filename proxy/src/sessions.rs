@@ -86,7 +86,9 @@ pub async fn plaintext_h2(
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(3))
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .handshake(hyper_util::rt::TokioIo::new(
+                Box::new(tcp) as crate::io::BoxedIo
+            ))
             .await
             .map_err(|e| format!("HTTP/2 with {addr}: {e}"))?;
     tokio::spawn(async move {

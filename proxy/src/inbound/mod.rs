@@ -29,6 +29,34 @@ use crate::{
     transport_header::{self, SessionProtocol, TransportHeader},
 };
 
+/// What every request on one connection shares, worked out once per connection.
+struct Session {
+    app: SocketAddr,
+    /// `app` as a request target's authority (HTTP/1.1 to the app).
+    app_authority: http::uri::Authority,
+    /// The peer proxy's verified identity (None: plaintext).
+    client: Option<SpiffeId>,
+    /// `client` as the identity header's value, and as text for the metrics and the span.
+    client_header: Option<http::HeaderValue>,
+    peer: String,
+}
+
+impl Session {
+    fn new(app: SocketAddr, client: Option<SpiffeId>) -> Self {
+        let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
+        Session {
+            app,
+            app_authority: http::uri::Authority::try_from(app.to_string())
+                .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
+            client_header: client
+                .as_ref()
+                .and_then(|_| http::HeaderValue::from_str(&peer).ok()),
+            client,
+            peer,
+        }
+    }
+}
+
 /// Whether plaintext from a workload outside the mesh reaches the app
 /// (`meshwork.io/inbound-policy`; Linkerd's default is permissive too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,18 +311,21 @@ impl Inbound {
     {
         Box::pin(async move {
             let this = self.clone();
+            let session = Arc::new(Session::new(app, client));
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let this = this.clone();
-                let client = client.clone();
-                async move { Ok::<_, std::convert::Infallible>(this.to_app(req, app, client).await) }
+                let session = session.clone();
+                async move { Ok::<_, std::convert::Infallible>(this.to_app(req, &session).await) }
             });
-            let io = TokioIo::new(io);
+            let io = TokioIo::new(Box::new(io) as crate::io::BoxedIo);
             let r = if h2 {
                 let b = crate::accept::h2();
                 crate::accept::http(b.serve_connection(io, svc), drain).await
             } else {
+                // With upgrades like the outbound server, though nothing here upgrades
+                // (CONNECT comes over HTTP/2): one copy of hyper's HTTP/1 server code.
                 let b = crate::accept::h1(self.cfg.header_read_timeout);
-                crate::accept::http(b.serve_connection(io, svc), drain).await
+                crate::accept::http(b.serve_connection(io, svc).with_upgrades(), drain).await
             };
             if let Err(e) = r {
                 crate::accept::http_error(&self.metrics, Direction::Inbound, &e);
@@ -303,19 +334,19 @@ impl Inbound {
     }
 
     /// One request to the app, counted by authority, status class and client identity.
-    async fn to_app(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        app: SocketAddr,
-        client: Option<SpiffeId>,
-    ) -> http::Response<Body> {
+    async fn to_app(self: &Arc<Self>, req: Request<Incoming>, s: &Session) -> http::Response<Body> {
         let started = std::time::Instant::now();
-        let authority = crate::http::named_authority(req.uri(), req.headers())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
+        let named = crate::http::named_authority(req.uri(), req.headers()).unwrap_or_default();
+        // A copy (the request moves on), folded only when it has upper case.
+        let authority = if named.bytes().any(|b| b.is_ascii_uppercase()) {
+            named.to_ascii_lowercase()
+        } else {
+            named.to_string()
+        };
+        let peer = s.peer.as_str();
         let trace_id = crate::trace::trace_id(req.headers());
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        // The target shares its bytes: cloning it copies no path.
+        let (method, target) = (req.method().clone(), req.uri().clone());
         let span = tracing::info_span!(
             "request",
             direction = "inbound",
@@ -325,9 +356,9 @@ impl Inbound {
         );
         let resp = async {
             if req.method() == http::Method::CONNECT {
-                self.tunnel(req, app, client).await
+                self.tunnel(req, s.app, s.client.clone()).await
             } else {
-                self.forward(req, app, client).await
+                self.forward(req, s).await
             }
         }
         .instrument(span)
@@ -336,9 +367,9 @@ impl Inbound {
             direction: Direction::Inbound,
             authority: &authority,
             method: method.as_str(),
-            path: &path,
+            path: target.path(),
             status: Some(resp.status()),
-            peer: &peer,
+            peer,
             elapsed: started.elapsed(),
             trace_id: &trace_id,
         });
@@ -441,41 +472,41 @@ impl Inbound {
         http::Response::new(crate::http::full(bytes::Bytes::new()))
     }
 
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        app: SocketAddr,
-        client: Option<SpiffeId>,
-    ) -> http::Response<Body> {
+    async fn forward(&self, req: Request<Incoming>, s: &Session) -> http::Response<Body> {
+        let app = s.app;
         let (mut parts, body) = req.into_parts();
         // HTTP/2 end to end unless the client's proxy says the app there spoke HTTP/1.1 (a
         // plaintext client's own version otherwise).
         let h1_origin = parts.headers.remove(ORIG_PROTO).is_some();
-        let to_h2 = parts.version == http::Version::HTTP_2 && !(client.is_some() && h1_origin);
+        let to_h2 = parts.version == http::Version::HTTP_2 && !(s.client.is_some() && h1_origin);
         strip_hop_by_hop(&mut parts.headers);
         // Only this proxy may say who the client is.
         parts.headers.remove(CLIENT_ID);
-        if let Some(id) = &client {
-            if let Ok(v) = http::HeaderValue::from_str(&id.to_string()) {
-                parts.headers.insert(CLIENT_ID, v);
-            }
+        if let Some(v) = &s.client_header {
+            parts.headers.insert(CLIENT_ID, v.clone());
         }
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         // The authority the client named, which the app sees: `:authority` in HTTP/2, Host
         // in HTTP/1.1. The connection goes to `app` whatever it says.
-        let authority = crate::http::named_authority(&parts.uri, &parts.headers)
-            .unwrap_or_else(|| app.to_string());
-        let target = if to_h2 { &authority } else { &app.to_string() };
-        let Ok(uri) = Uri::builder()
-            .scheme("http")
-            .authority(target.as_str())
-            .path_and_query(path)
-            .build()
-        else {
+        let named = crate::http::named_authority(&parts.uri, &parts.headers);
+        let target = match named {
+            Some(a) if to_h2 => http::uri::Authority::try_from(a),
+            _ => Ok(s.app_authority.clone()),
+        };
+        // Host for an HTTP/1.1 request that came without one.
+        let host = named.map_or_else(|| s.app_authority.as_str().to_string(), str::to_string);
+        let Some(uri) = target.ok().and_then(|a| {
+            Uri::builder()
+                .scheme("http")
+                .authority(a)
+                .path_and_query(path)
+                .build()
+                .ok()
+        }) else {
             return error(http::StatusCode::BAD_REQUEST, "invalid request target");
         };
         parts.uri = uri;
@@ -500,7 +531,7 @@ impl Inbound {
             }
         } else {
             if parts.headers.get(http::header::HOST).is_none() {
-                if let Ok(v) = http::HeaderValue::from_str(&authority) {
+                if let Ok(v) = http::HeaderValue::from_str(&host) {
                     parts.headers.insert(http::header::HOST, v);
                 }
             }

@@ -84,23 +84,27 @@ impl PeakEwma {
 /// Picks among `loads` (None: not available, e.g. ejected) by power of two choices: two
 /// distinct candidates drawn with `r1`, `r2` in [0, 1), the lighter wins. One candidate: it.
 pub fn p2c(loads: &[Option<f64>], r1: f64, r2: f64) -> Option<usize> {
-    let up: Vec<(usize, f64)> = loads
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| l.map(|l| (i, l)))
-        .collect();
-    match up.len() {
+    p2c_by(loads.len(), |i| loads[i], r1, r2)
+}
+
+/// `p2c` over `n` endpoints whose loads `load` gives, without collecting them: it runs on
+/// every request.
+pub fn p2c_by(n: usize, load: impl Fn(usize) -> Option<f64>, r1: f64, r2: f64) -> Option<usize> {
+    // The k-th available endpoint (its index and load).
+    let nth = |k: usize| (0..n).filter_map(|i| load(i).map(|l| (i, l))).nth(k);
+    let up = (0..n).filter(|&i| load(i).is_some()).count();
+    match up {
         0 => None,
-        1 => Some(up[0].0),
-        n => {
-            let a = ((r1 * n as f64) as usize).min(n - 1);
-            // The second from the other n - 1, so the two differ.
-            let mut b = ((r2 * (n - 1) as f64) as usize).min(n - 2);
+        1 => nth(0).map(|(i, _)| i),
+        up => {
+            let a = ((r1 * up as f64) as usize).min(up - 1);
+            // The second from the other up - 1, so the two differ.
+            let mut b = ((r2 * (up - 1) as f64) as usize).min(up - 2);
             if b >= a {
                 b += 1;
             }
-            let (ia, la) = up[a];
-            let (ib, lb) = up[b];
+            let (ia, la) = nth(a)?;
+            let (ib, lb) = nth(b)?;
             Some(if lb < la { ib } else { ia })
         }
     }

@@ -2,7 +2,7 @@
 //! test), and the control agent's discovery stream (`resolve.rs`), which fill the same
 //! `Endpoint`s.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use meshwork_identity::spiffe::SpiffeId;
 
@@ -30,17 +30,18 @@ pub struct ParseError(String, &'static str);
 
 /// A fixed authority → endpoints table.
 #[derive(Clone, Debug, Default)]
-pub struct Static(HashMap<String, Vec<Endpoint>>);
+/// Each set is shared as it is, like a set from discovery: the balancer sees the same set
+/// until it changes (`outbound::Balancers`).
+pub struct Static(HashMap<String, Arc<[Endpoint]>>);
 
 impl Static {
     pub fn insert(&mut self, authority: &str, eps: Vec<Endpoint>) {
-        self.0.insert(authority.to_ascii_lowercase(), eps);
+        self.0.insert(authority.to_ascii_lowercase(), eps.into());
     }
 
-    pub fn get(&self, authority: &str) -> Option<&[Endpoint]> {
-        self.0
-            .get(&authority.to_ascii_lowercase())
-            .map(Vec::as_slice)
+    /// `authority` in lower case, as the stack asks (no copy per request to fold it).
+    pub fn get(&self, authority: &str) -> Option<&Arc<[Endpoint]>> {
+        self.0.get(authority)
     }
 
     /// `AUTHORITY=ADDR[@PROXY_PORT@SPIFFE_ID][,ADDR...]`, e.g.

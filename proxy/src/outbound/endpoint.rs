@@ -139,7 +139,7 @@ impl Inner {
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+            .handshake(TokioIo::new(Box::new(tls) as crate::io::BoxedIo))
             .await
             .map_err(|e| ConnectError::H2(proxy, e))?;
         tokio::spawn(async move {

@@ -79,17 +79,17 @@ impl Outbound {
         &self,
         mut io: I,
         authority: &str,
-        eps: &[super::Endpoint],
+        eps: &std::sync::Arc<[super::Endpoint]>,
     ) -> std::io::Result<()>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        let Some((ep, probe)) = self.pick(authority, eps, &[]) else {
+        let Some(picked) = self.pick(authority, eps, &[]) else {
             tracing::info!(%authority, "no endpoint available for an intercepted connection");
             return Ok(());
         };
         let mut peer = String::new();
-        let Ok(mut far) = self.connect_far(authority, ep, probe, &mut peer).await else {
+        let Ok(mut far) = self.connect_far(authority, &picked, &mut peer).await else {
             return Ok(());
         };
         self.copy(&mut io, &mut far).await;

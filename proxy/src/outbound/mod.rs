@@ -11,6 +11,7 @@
 //! shape).
 
 pub mod balance;
+mod balancers;
 pub mod breaker;
 pub mod discover;
 pub mod endpoint;
@@ -20,7 +21,6 @@ pub mod retry;
 mod tunnel;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -44,8 +44,7 @@ use crate::{
     metrics::{Direction, Metrics, Observed},
     tls::Credentials,
 };
-use balance::PeakEwma;
-use breaker::Breaker;
+use balancers::InFlight;
 use discover::{Endpoint, Static};
 use endpoint::{Pool, SendError};
 use resolve::Resolver;
@@ -96,7 +95,7 @@ pub struct Outbound {
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
     /// Keyed by authority too: each Service balances and ejects on its own, and routing one
     /// never prunes another's.
-    endpoints: Mutex<HashMap<(String, Endpoint), EndpointState>>,
+    endpoints: Mutex<balancers::Balancers>,
     budget: TpsBudget,
     pub metrics: Arc<Metrics>,
     /// The drain the listener serves under, for what outlives a request (tunnels).
@@ -131,7 +130,7 @@ impl Outbound {
             plain_h2: Default::default(),
             cfg,
             resolver,
-            endpoints: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(Default::default()),
             budget: TpsBudget::new(cfg_budget.ttl, cfg_budget.min_per_sec, cfg_budget.percent),
             metrics,
             drain: std::sync::OnceLock::new(),
@@ -178,7 +177,7 @@ impl Outbound {
             let forced = forced.clone();
             async move { Ok::<_, std::convert::Infallible>(this.route(req, forced).await) }
         });
-        let io = TokioIo::new(io);
+        let io = TokioIo::new(Box::new(io) as crate::io::BoxedIo);
         let r = match protocol {
             Protocol::Http1 => {
                 // Upgrades: CONNECT tunnels.
@@ -233,7 +232,8 @@ impl Outbound {
         let started = Instant::now();
         let authority = forced.or_else(|| self.authority(&req));
         let trace_id = crate::trace::trace_id(req.headers());
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        // The target shares its bytes: cloning it copies no path.
+        let (method, target) = (req.method().clone(), req.uri().clone());
         let span = tracing::info_span!(
             "request",
             direction = "outbound",
@@ -256,7 +256,7 @@ impl Outbound {
             direction: Direction::Outbound,
             authority: authority.as_deref().unwrap_or(""),
             method: method.as_str(),
-            path: &path,
+            path: target.path(),
             status: Some(resp.status()),
             peer: &peer,
             elapsed: started.elapsed(),
@@ -296,12 +296,11 @@ impl Outbound {
             Ok(e) => e,
             Err(resp) => return resp,
         };
-        let eps = &eps[..];
         let absolute = req.uri().authority().is_some();
         // The authority as the app wrote it goes on the wire (the server sees what its client
         // named); the qualified `authority` is for discovery and the metrics.
         let wire = crate::http::named_authority(req.uri(), req.headers())
-            .unwrap_or_else(|| authority.clone());
+            .map_or_else(|| authority.clone(), str::to_string);
         let (mut head, body) = req.into_parts();
         // Whether the body can be held for replay is read from its framing, before the
         // hop-by-hop headers (Transfer-Encoding among them) go.
@@ -319,11 +318,15 @@ impl Outbound {
                 head.headers.insert(http::header::HOST, v);
             }
         }
+        // Parsed once per request, not per attempt: each attempt's target shares them.
+        let Ok(wire_authority) = http::uri::Authority::try_from(wire.as_str()) else {
+            return error(StatusCode::BAD_REQUEST, "invalid request authority");
+        };
         let path = head
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         // A retryable request's body is held for replay, up to the cap; others stream once.
         let (mut body, replay) = match replayable {
             retry::Body::Replay(b) => (None, Some(b)),
@@ -343,12 +346,13 @@ impl Outbound {
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt = 0u32;
         loop {
-            let Some((ep, probe)) = self.pick(&authority, eps, &tried) else {
+            let Some(picked) = self.pick(&authority, &eps, &tried) else {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
                 );
             };
+            let ep = picked.ep();
             *peer = ep
                 .mesh
                 .as_ref()
@@ -359,15 +363,8 @@ impl Outbound {
                 (None, Some(b)) => b.boxed(),
                 (None, None) => crate::http::full(bytes::Bytes::new()),
             };
-            let flight = InFlight {
-                out: self,
-                authority: authority.clone(),
-                ep: ep.clone(),
-                probe,
-                started: Instant::now(),
-                done: false,
-            };
-            let attempt_fut = self.send(&ep, &wire, &head, &path, this_body);
+            let flight = InFlight::new(self, &authority, &picked);
+            let attempt_fut = self.send(ep, &wire_authority, &head, &path, this_body);
             let result = match deadline {
                 Some(at) => match tokio::time::timeout_at(at, attempt_fut).await {
                     Ok(r) => r,
@@ -388,13 +385,13 @@ impl Outbound {
                 // Nothing reached the endpoint: it sits out its reconnect back-off, and the
                 // request goes to another one without counting as a retry (Linkerd never
                 // dispatches to an endpoint it is not connected to).
-                self.reconnect_failed(&authority, &ep);
+                self.reconnect_failed(&authority, &picked);
                 let left = self
                     .resolver
                     .current(&authority)
                     .map_or(eps.len(), |e| e.len());
                 if replay.is_some() && tried.len() + 1 < left {
-                    tried.push(ep);
+                    tried.push(ep.clone());
                     continue;
                 }
                 // Nowhere else to go: the client hears why the connect failed.
@@ -411,7 +408,7 @@ impl Outbound {
                     attempt += 1;
                     self.metrics.retries.inc();
                     tracing::debug!(%authority, endpoint = %ep.addr, attempt, "retrying");
-                    tried.push(ep);
+                    tried.push(ep.clone());
                     continue;
                 }
                 self.metrics.budget_exhausted.inc();
@@ -436,9 +433,9 @@ impl Outbound {
     async fn send(
         &self,
         ep: &Endpoint,
-        wire: &str,
+        wire: &http::uri::Authority,
         head: &http::request::Parts,
-        path: &str,
+        path: &http::uri::PathAndQuery,
         body: Body,
     ) -> Result<http::Response<Incoming>, Failed> {
         let app_h2 = head.version == http::Version::HTTP_2;
@@ -446,11 +443,14 @@ impl Outbound {
         // URI's address (Host keeps the name); HTTP/2 keeps the name in `:authority` and a
         // session per endpoint address.
         let (target_authority, version) = match &ep.mesh {
-            Some(_) => (wire.to_string(), http::Version::HTTP_2),
-            None if app_h2 => (wire.to_string(), http::Version::HTTP_2),
-            None => (ep.addr.to_string(), http::Version::HTTP_11),
+            Some(_) => (Ok(wire.clone()), http::Version::HTTP_2),
+            None if app_h2 => (Ok(wire.clone()), http::Version::HTTP_2),
+            None => (
+                http::uri::Authority::try_from(ep.addr.to_string()),
+                http::Version::HTTP_11,
+            ),
         };
-        let Some(uri) = target(&target_authority, path) else {
+        let Some(uri) = target_authority.ok().and_then(|a| target(a, path.clone())) else {
             return Err(Failed::request("invalid request target".into()));
         };
         let mut req = Request::new(body);
@@ -504,116 +504,6 @@ impl Outbound {
     }
 }
 
-impl Outbound {
-    /// P2C over the endpoints the breaker lets through; the chosen one counts a request in
-    /// flight. An ejected endpoint whose penalty is over gets the next request as its probe
-    /// whatever its load: otherwise P2C, which always prefers the lighter, might never try it
-    /// again.
-    fn pick(
-        &self,
-        authority: &str,
-        eps: &[Endpoint],
-        tried: &[Endpoint],
-    ) -> Option<(Endpoint, bool)> {
-        // The latest set, not the one the request started with: a request that waited (a
-        // slow upload, a retry) must not bring back an endpoint discovery has since dropped,
-        // nor prune one it has since added.
-        let latest = self.resolver.current(authority).filter(|e| !e.is_empty());
-        let eps: &[Endpoint] = latest.as_deref().unwrap_or(eps);
-        let now = Instant::now();
-        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        // Endpoints this authority no longer lists go (their in-flight requests finish on
-        // their sessions regardless); sessions no authority needs any more are let go.
-        let listed_before: Vec<Endpoint> = all
-            .keys()
-            .filter(|(a, e)| a == authority && !eps.contains(e))
-            .map(|(_, e)| e.clone())
-            .collect();
-        all.retain(|(a, e), _| a != authority || eps.contains(e));
-        let gone: Vec<_> = listed_before
-            .into_iter()
-            .filter(|e| !all.keys().any(|(_, other)| other.addr == e.addr))
-            .filter_map(|e| Some((e.addr, e.mesh?)))
-            .collect();
-        if !gone.is_empty() {
-            self.pool.forget(gone);
-        }
-        let key = |e: &Endpoint| (authority.to_string(), e.clone());
-        for e in eps {
-            all.entry(key(e)).or_insert_with(|| {
-                (
-                    PeakEwma::new(&self.cfg.balance, now),
-                    Breaker::new(self.cfg.breaker.clone()),
-                    Reconnect::default(),
-                )
-            });
-        }
-        let load = |e: &Endpoint, skip_tried: bool| {
-            let (ewma, breaker, reconnect) = &all[&key(e)];
-            (breaker.available(now) && reconnect.ready(now) && !(skip_tried && tried.contains(e)))
-                .then(|| ewma.load(&self.cfg.balance, now))
-        };
-        // A retry goes elsewhere when there is anywhere else to go.
-        let mut loads: Vec<Option<f64>> = eps.iter().map(|e| load(e, true)).collect();
-        if loads.iter().all(Option::is_none) {
-            loads = eps.iter().map(|e| load(e, false)).collect();
-        }
-        let due = eps.iter().position(|e| {
-            let (_, b, r) = &all[&key(e)];
-            b.is_ejected() && b.available(now) && r.ready(now)
-        });
-        let i = match due {
-            Some(i) => i,
-            None => balance::p2c(&loads, rand::random(), rand::random())?,
-        };
-        let (ewma, breaker, _) = all.get_mut(&key(&eps[i]))?;
-        let probe = match breaker.admit(now) {
-            breaker::Admit::No => return None,
-            breaker::Admit::Probe => true,
-            breaker::Admit::Yes => false,
-        };
-        ewma.start();
-        Some((eps[i].clone(), probe))
-    }
-
-    /// A connect to `ep` failed: it sits out its reconnect back-off.
-    fn reconnect_failed(&self, authority: &str, ep: &Endpoint) {
-        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, r)) = all.get_mut(&(authority.to_string(), ep.clone())) {
-            r.failed(Instant::now());
-        }
-    }
-
-    /// Records a request's outcome on its endpoint; None: it was dropped before it had one
-    /// (the client went away), which ends its pending count and hands back a probe.
-    fn done(&self, f: &InFlight<'_>, ok: Option<bool>) {
-        let now = Instant::now();
-        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ewma, breaker, reconnect)) = all.get_mut(&(f.authority.clone(), f.ep.clone()))
-        {
-            match ok {
-                Some(ok) => {
-                    if ok {
-                        reconnect.ok();
-                    }
-                    ewma.finish(&self.cfg.balance, now, now - f.started);
-                    if let Some(why) = breaker.record(now, ok, f.probe, rand::random()) {
-                        self.metrics.ejections.inc();
-                        tracing::info!(endpoint = %f.ep.addr, reason = ?why, "endpoint ejected");
-                    }
-                }
-                None => {
-                    ewma.cancel();
-                    breaker.cancel(now, f.probe);
-                }
-            }
-        }
-    }
-}
-
-/// What the stack keeps per endpoint of an authority: its load, breaker and reconnect back-off.
-type EndpointState = (PeakEwma, Breaker, Reconnect);
-
 /// Why an attempt failed; `connect`: before anything reached the endpoint.
 #[derive(Debug)]
 struct Failed {
@@ -630,65 +520,8 @@ impl Failed {
     }
 }
 
-/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s, until a request to it
-/// succeeds again: an endpoint that cannot be reached is not offered requests (Linkerd's
-/// reconnect back-off), well before the breaker's seven failures would eject it.
-#[derive(Debug, Default)]
-struct Reconnect {
-    until: Option<Instant>,
-    next: Duration,
-}
-
-impl Reconnect {
-    fn ready(&self, now: Instant) -> bool {
-        self.until.is_none_or(|u| now >= u)
-    }
-
-    fn failed(&mut self, now: Instant) {
-        let d = if self.next.is_zero() {
-            Duration::from_millis(100)
-        } else {
-            self.next
-        };
-        self.until = Some(now + d);
-        self.next = (d * 2).min(Duration::from_secs(5));
-    }
-
-    fn ok(&mut self) {
-        self.until = None;
-        self.next = Duration::ZERO;
-    }
-}
-
-/// A request in flight on an endpoint: its outcome is recorded exactly once, also when the
-/// request future is dropped first.
-struct InFlight<'a> {
-    out: &'a Outbound,
-    authority: String,
-    ep: Endpoint,
-    /// It is the endpoint's probe.
-    probe: bool,
-    started: Instant,
-    done: bool,
-}
-
-impl InFlight<'_> {
-    fn finish(mut self, ok: bool) {
-        self.done = true;
-        self.out.done(&self, Some(ok));
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.out.done(self, None);
-        }
-    }
-}
-
 /// `http://<authority><path>`.
-fn target(authority: &str, path: &str) -> Option<Uri> {
+fn target(authority: http::uri::Authority, path: http::uri::PathAndQuery) -> Option<Uri> {
     Uri::builder()
         .scheme("http")
         .authority(authority)

@@ -93,7 +93,7 @@ impl Resolver {
     /// The endpoints of `authority` (lower-case `host:port`) now, without waiting.
     pub fn current(&self, authority: &str) -> Option<Arc<[Endpoint]>> {
         if let Some(eps) = self.statics.get(authority) {
-            return Some(eps.into());
+            return Some(eps.clone());
         }
         let api = self.api.as_ref()?;
         let streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,7 +104,7 @@ impl Resolver {
     /// The endpoints of `authority` (lower-case `host:port`); None: nobody knows it.
     pub async fn get(&self, authority: &str) -> Option<Arc<[Endpoint]>> {
         if let Some(eps) = self.statics.get(authority) {
-            return Some(eps.into());
+            return Some(eps.clone());
         }
         let api = self.api.as_ref()?;
         let now = Instant::now();
@@ -118,30 +118,31 @@ impl Resolver {
                 streams.by_authority.retain(|_, e| now - e.used < IDLE);
                 streams.swept = Some(now);
             }
-            if !streams.by_authority.contains_key(authority)
-                && streams.by_authority.len() >= MAX_AUTHORITIES
-            {
-                self.metrics.refuse("discovery_limit");
-                return None;
+            // Looked up before anything is inserted: no copy of the authority per request.
+            if !streams.by_authority.contains_key(authority) {
+                if streams.by_authority.len() >= MAX_AUTHORITIES {
+                    self.metrics.refuse("discovery_limit");
+                    return None;
+                }
+                let (tx, rx) = watch::channel(None);
+                tokio::spawn(follow(
+                    api.channel.clone(),
+                    authority.to_string(),
+                    tx,
+                    self.metrics.clone(),
+                ));
+                let e = Entry {
+                    rx,
+                    failfast: Arc::new(AtomicBool::new(false)),
+                    used: now,
+                };
+                streams.by_authority.insert(authority.to_string(), e);
             }
-            let e = streams
-                .by_authority
-                .entry(authority.to_string())
-                .or_insert_with(|| {
-                    let (tx, rx) = watch::channel(None);
-                    tokio::spawn(follow(
-                        api.channel.clone(),
-                        authority.to_string(),
-                        tx,
-                        self.metrics.clone(),
-                    ));
-                    Entry {
-                        rx,
-                        failfast: Arc::new(AtomicBool::new(false)),
-                        used: now,
-                    }
-                });
+            let e = streams.by_authority.get_mut(authority)?;
             e.used = now;
+            if let Some(set) = e.rx.borrow().clone() {
+                return Some(set);
+            }
             (e.rx.clone(), e.failfast.clone())
         };
         if let Some(set) = rx.borrow().clone() {

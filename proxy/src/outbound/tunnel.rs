@@ -4,8 +4,6 @@
 //! (one handshake serves every tunnel, as ztunnel's HBONE does), and one outside the mesh a
 //! plain TCP connection. Bytes pass untouched both ways.
 
-use std::time::Instant;
-
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -16,13 +14,6 @@ use crate::{
     http::{error, Body},
     metrics::Direction,
 };
-
-/// Whatever the tunnel's far side is.
-pub(super) trait Duplex:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
-{
-}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
 
 impl Outbound {
     pub(super) async fn tunnel(
@@ -35,13 +26,13 @@ impl Outbound {
             Ok(e) => e,
             Err(resp) => return resp,
         };
-        let Some((ep, probe)) = self.pick(authority, &eps, &[]) else {
+        let Some(picked) = self.pick(authority, &eps, &[]) else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
             );
         };
-        let far = self.connect_far(authority, ep, probe, peer).await;
+        let far = self.connect_far(authority, &picked, peer).await;
         let far = match far {
             Ok(f) => f,
             Err(why) => return error(StatusCode::BAD_GATEWAY, &why),
@@ -61,25 +52,18 @@ impl Outbound {
     pub(super) async fn connect_far(
         &self,
         authority: &str,
-        ep: super::Endpoint,
-        probe: bool,
+        picked: &super::balancers::Picked,
         peer: &mut String,
-    ) -> Result<Box<dyn Duplex>, String> {
-        let flight = super::InFlight {
-            out: self,
-            authority: authority.to_string(),
-            ep: ep.clone(),
-            probe,
-            started: Instant::now(),
-            done: false,
-        };
-        let far: Result<Box<dyn Duplex>, String> = match &ep.mesh {
+    ) -> Result<crate::io::BoxedIo, String> {
+        let flight = super::InFlight::new(self, authority, picked);
+        let ep = picked.ep();
+        let far: Result<crate::io::BoxedIo, String> = match &ep.mesh {
             Some(mesh) => {
                 *peer = mesh.identity.to_string();
                 self.pool
                     .tunnel(ep.addr, mesh)
                     .await
-                    .map(|io| Box::new(TokioIo::new(io)) as Box<dyn Duplex>)
+                    .map(|io| Box::new(TokioIo::new(io)) as crate::io::BoxedIo)
                     .map_err(|e| e.to_string())
             }
             None => {
@@ -88,7 +72,7 @@ impl Outbound {
                 {
                     Ok(Ok(tcp)) => {
                         let _ = tcp.set_nodelay(true);
-                        Ok(Box::new(tcp) as Box<dyn Duplex>)
+                        Ok(Box::new(tcp) as crate::io::BoxedIo)
                     }
                     Ok(Err(e)) => Err(format!("connecting to {}: {e}", ep.addr)),
                     Err(_) => Err(format!("connecting to {}: timed out", ep.addr)),

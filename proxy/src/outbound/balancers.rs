@@ -1,0 +1,270 @@
+//! Per authority, the state its balancer keeps for each endpoint (load estimate, breaker,
+//! reconnect back-off), the P2C pick over it, and the recording of each request's outcome.
+//!
+//! The state is laid out beside the endpoint set it was built for and rebuilt only when
+//! discovery hands over a new set (a different `Arc`): a request finds its authority's
+//! balancer by name and its endpoints by position, without copying a name or an endpoint
+//! (BENCHMARKS.md, "The proxy pair": the per-request copies were a measurable share of the
+//! pair's CPU).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    balance::{self, PeakEwma},
+    breaker::{self, Breaker},
+    discover::Endpoint,
+    Outbound,
+};
+
+/// One authority's endpoints and, position for position, their state.
+pub(super) struct Balancer {
+    set: Arc<[Endpoint]>,
+    states: Vec<EndpointState>,
+}
+
+/// What the stack keeps per endpoint of an authority: its load, breaker and reconnect back-off.
+struct EndpointState {
+    ewma: PeakEwma,
+    breaker: Breaker,
+    reconnect: Reconnect,
+}
+
+pub(super) type Balancers = HashMap<String, Balancer>;
+
+/// The endpoint a request was given: the set it was picked from, its place there, and
+/// whether it is the endpoint's probe after an ejection.
+#[derive(Clone)]
+pub(super) struct Picked {
+    set: Arc<[Endpoint]>,
+    i: usize,
+    pub probe: bool,
+}
+
+impl Picked {
+    pub fn ep(&self) -> &Endpoint {
+        &self.set[self.i]
+    }
+}
+
+impl Balancer {
+    fn empty() -> Self {
+        Balancer {
+            set: Arc::from(Vec::new()),
+            states: Vec::new(),
+        }
+    }
+
+    /// Moves to `set`: endpoints still listed keep their state, new ones start fresh.
+    /// Returns the endpoints no longer listed.
+    fn update(&mut self, set: Arc<[Endpoint]>, out: &Outbound, now: Instant) -> Vec<Endpoint> {
+        let mut old: HashMap<Endpoint, EndpointState> = self
+            .set
+            .iter()
+            .cloned()
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        self.states = set
+            .iter()
+            .map(|e| {
+                old.remove(e).unwrap_or_else(|| EndpointState {
+                    ewma: PeakEwma::new(&out.cfg.balance, now),
+                    breaker: Breaker::new(out.cfg.breaker.clone()),
+                    reconnect: Reconnect::default(),
+                })
+            })
+            .collect();
+        self.set = set;
+        old.into_keys().collect()
+    }
+
+    /// The state of what `p` names, if its authority still lists it.
+    fn state(&mut self, p: &Picked) -> Option<&mut EndpointState> {
+        let i = if Arc::ptr_eq(&self.set, &p.set) {
+            p.i
+        } else {
+            self.set.iter().position(|e| e == p.ep())?
+        };
+        self.states.get_mut(i)
+    }
+}
+
+impl Outbound {
+    /// P2C over the endpoints the breaker lets through; the chosen one counts a request in
+    /// flight. An ejected endpoint whose penalty is over gets the next request as its probe
+    /// whatever its load: otherwise P2C, which always prefers the lighter, might never try it
+    /// again.
+    pub(super) fn pick(
+        &self,
+        authority: &str,
+        eps: &Arc<[Endpoint]>,
+        tried: &[Endpoint],
+    ) -> Option<Picked> {
+        // The latest set, not the one the request started with: a request that waited (a
+        // slow upload, a retry) must not bring back an endpoint discovery has since dropped,
+        // nor prune one it has since added.
+        let latest = self
+            .resolver
+            .current(authority)
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| eps.clone());
+        let now = Instant::now();
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.contains_key(authority) {
+            all.insert(authority.to_string(), Balancer::empty());
+        }
+        let b = all.get_mut(authority)?;
+        if !Arc::ptr_eq(&b.set, &latest) {
+            let dropped = b.update(latest, self, now);
+            // Sessions no authority needs any more are let go (their in-flight requests
+            // finish on them regardless).
+            let gone: Vec<_> = dropped
+                .into_iter()
+                .filter(|e| {
+                    !all.values()
+                        .any(|other| other.set.iter().any(|o| o.addr == e.addr))
+                })
+                .filter_map(|e| Some((e.addr, e.mesh?)))
+                .collect();
+            if !gone.is_empty() {
+                self.pool.forget(gone);
+            }
+        }
+        let b = all.get_mut(authority)?;
+        let cfg = &self.cfg.balance;
+        let up = |s: &EndpointState| s.breaker.available(now) && s.reconnect.ready(now);
+        let due = b
+            .states
+            .iter()
+            .position(|s| s.breaker.is_ejected() && up(s));
+        let i = match due {
+            Some(i) => i,
+            None => {
+                let load = |i: usize, skip_tried: bool| {
+                    let s = &b.states[i];
+                    (up(s) && !(skip_tried && tried.contains(&b.set[i])))
+                        .then(|| s.ewma.load(cfg, now))
+                };
+                let n = b.set.len();
+                let (r1, r2) = (rand::random(), rand::random());
+                // A retry goes elsewhere when there is anywhere else to go.
+                balance::p2c_by(n, |i| load(i, true), r1, r2)
+                    .or_else(|| balance::p2c_by(n, |i| load(i, false), r1, r2))?
+            }
+        };
+        let s = &mut b.states[i];
+        let probe = match s.breaker.admit(now) {
+            breaker::Admit::No => return None,
+            breaker::Admit::Probe => true,
+            breaker::Admit::Yes => false,
+        };
+        s.ewma.start();
+        Some(Picked {
+            set: b.set.clone(),
+            i,
+            probe,
+        })
+    }
+
+    /// A connect to the picked endpoint failed: it sits out its reconnect back-off.
+    pub(super) fn reconnect_failed(&self, authority: &str, p: &Picked) {
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.get_mut(authority).and_then(|b| b.state(p)) {
+            s.reconnect.failed(Instant::now());
+        }
+    }
+
+    /// Records a request's outcome on its endpoint; None: it was dropped before it had one
+    /// (the client went away), which ends its pending count and hands back a probe.
+    fn done(&self, f: &InFlight<'_>, ok: Option<bool>) {
+        let now = Instant::now();
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = all.get_mut(f.authority).and_then(|b| b.state(&f.picked)) else {
+            return;
+        };
+        match ok {
+            Some(ok) => {
+                if ok {
+                    s.reconnect.ok();
+                }
+                s.ewma.finish(&self.cfg.balance, now, now - f.started);
+                if let Some(why) = s.breaker.record(now, ok, f.picked.probe, rand::random()) {
+                    self.metrics.ejections.inc();
+                    tracing::info!(endpoint = %f.picked.ep().addr, reason = ?why, "endpoint ejected");
+                }
+            }
+            None => {
+                s.ewma.cancel();
+                s.breaker.cancel(now, f.picked.probe);
+            }
+        }
+    }
+}
+
+/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s, until a request to it
+/// succeeds again: an endpoint that cannot be reached is not offered requests (Linkerd's
+/// reconnect back-off), well before the breaker's seven failures would eject it.
+#[derive(Debug, Default)]
+struct Reconnect {
+    until: Option<Instant>,
+    next: Duration,
+}
+
+impl Reconnect {
+    fn ready(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now >= u)
+    }
+
+    fn failed(&mut self, now: Instant) {
+        let d = if self.next.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            self.next
+        };
+        self.until = Some(now + d);
+        self.next = (d * 2).min(Duration::from_secs(5));
+    }
+
+    fn ok(&mut self) {
+        self.until = None;
+        self.next = Duration::ZERO;
+    }
+}
+
+/// A request in flight on an endpoint: its outcome is recorded exactly once, also when the
+/// request future is dropped first.
+pub(super) struct InFlight<'a> {
+    out: &'a Outbound,
+    authority: &'a str,
+    picked: Picked,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> InFlight<'a> {
+    pub fn new(out: &'a Outbound, authority: &'a str, picked: &Picked) -> Self {
+        InFlight {
+            out,
+            authority,
+            picked: picked.clone(),
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    pub fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.out.done(&self, Some(ok));
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.out.done(self, None);
+        }
+    }
+}
