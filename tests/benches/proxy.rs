@@ -237,7 +237,8 @@ fn main() {
                 "terminationGracePeriodSeconds": 1,
                 "containers": [{"name": "c", "image": "tools", "command": ["sleep", "100000"]}],
             }),
-            &[("MESHWORK_LOG", "warn")],
+            // The injector's default log level (`info`), as pods run it.
+            &[],
         );
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": "default", "labels": labels, "annotations": annotations},

@@ -347,7 +347,8 @@ impl Inbound {
         let trace_id = crate::trace::trace_id(req.headers());
         // The target shares its bytes: cloning it copies no path.
         let (method, target) = (req.method().clone(), req.uri().clone());
-        let span = tracing::info_span!(
+        // Debug level: see the outbound stack's `route`.
+        let span = tracing::debug_span!(
             "request",
             direction = "inbound",
             %authority,

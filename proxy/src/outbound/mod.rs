@@ -214,16 +214,23 @@ impl Outbound {
                 .parse::<http::uri::Authority>()
                 .ok()?,
         };
-        let host = a.host().to_ascii_lowercase();
+        let host = a.host();
         let port = a.port_u16().unwrap_or(80);
         let is_ip = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
+        // Built in one buffer, folded in place: one allocation per request.
+        let mut out = String::with_capacity(host.len() + 64);
+        out.push_str(host);
+        out.make_ascii_lowercase();
+        use std::fmt::Write;
         match &self.cfg.namespace {
-            Some(ns) if !is_ip && !host.contains('.') && host != "localhost" => Some(format!(
-                "{host}.{ns}.svc.{}:{port}",
-                self.cfg.cluster_domain
-            )),
-            _ => Some(format!("{host}:{port}")),
+            Some(ns) if !is_ip && !host.contains('.') && out != "localhost" => {
+                let _ = write!(out, ".{ns}.svc.{}:{port}", self.cfg.cluster_domain);
+            }
+            _ => {
+                let _ = write!(out, ":{port}");
+            }
         }
+        Some(out)
     }
 
     /// One request, in a span of its own, counted by its authority, status class and the
@@ -234,7 +241,10 @@ impl Outbound {
         let trace_id = crate::trace::trace_id(req.headers());
         // The target shares its bytes: cloning it copies no path.
         let (method, target) = (req.method().clone(), req.uri().clone());
-        let span = tracing::info_span!(
+        // Debug level, as linkerd2-proxy's per-request spans are: at the injected default
+        // (`info`) a span per request is formatted and stored for nothing, a measurable share
+        // of the pair's CPU (BENCHMARKS.md, "The proxy pair"); MESHWORK_LOG=debug shows them.
+        let span = tracing::debug_span!(
             "request",
             direction = "outbound",
             authority = authority.as_deref().unwrap_or(""),
