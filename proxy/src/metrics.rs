@@ -54,7 +54,8 @@ pub struct RequestLabels {
     pub direction: Direction,
     /// Shared with the bounded set it was admitted by: a request's labels copy no strings.
     pub authority: Arc<str>,
-    /// `2xx` .. `5xx`, or `error` when no response came.
+    /// `1xx` .. `5xx`, `other` (600..999, valid to the http crate), or `error` when no
+    /// response came.
     pub status_class: &'static str,
     /// Inbound: the client's SPIFFE ID; outbound: the server's (empty: not meshed).
     pub peer: Arc<str>,

@@ -322,8 +322,10 @@ impl Inbound {
                 let b = crate::accept::h2();
                 crate::accept::http(b.serve_connection(io, svc), drain).await
             } else {
-                // With upgrades like the outbound server, though nothing here upgrades
-                // (CONNECT comes over HTTP/2): one copy of hyper's HTTP/1 server code.
+                // With upgrades, like the outbound server (one copy of hyper's HTTP/1 server
+                // code): a mesh peer's HTTP/1 CONNECT inside an opaque session is tunnelled
+                // to the session's port as its HTTP/2 CONNECT is (`tunnel`: mesh peers only,
+                // that port only, what it carries detected again).
                 let b = crate::accept::h1(self.cfg.header_read_timeout);
                 crate::accept::http(b.serve_connection(io, svc).with_upgrades(), drain).await
             };

@@ -84,18 +84,30 @@ impl PeakEwma {
 /// Picks among `loads` (None: not available, e.g. ejected) by power of two choices: two
 /// distinct candidates drawn with `r1`, `r2` in [0, 1), the lighter wins. One candidate: it.
 pub fn p2c(loads: &[Option<f64>], r1: f64, r2: f64) -> Option<usize> {
-    p2c_by(loads.len(), |i| loads[i], r1, r2)
+    p2c_by(
+        loads.len(),
+        |i| loads[i].is_some(),
+        |i| loads[i].unwrap_or(f64::INFINITY),
+        r1,
+        r2,
+    )
 }
 
-/// `p2c` over `n` endpoints whose loads `load` gives, without collecting them: it runs on
-/// every request.
-pub fn p2c_by(n: usize, load: impl Fn(usize) -> Option<f64>, r1: f64, r2: f64) -> Option<usize> {
-    // The k-th available endpoint (its index and load).
-    let nth = |k: usize| (0..n).filter_map(|i| load(i).map(|l| (i, l))).nth(k);
-    let up = (0..n).filter(|&i| load(i).is_some()).count();
+/// `p2c` over `n` endpoints, `avail` saying which may be drawn and `load` their load (asked
+/// of the two drawn only), without collecting anything: it runs on every request.
+pub fn p2c_by(
+    n: usize,
+    avail: impl Fn(usize) -> bool,
+    load: impl Fn(usize) -> f64,
+    r1: f64,
+    r2: f64,
+) -> Option<usize> {
+    // The k-th available endpoint.
+    let nth = |k: usize| (0..n).filter(|&i| avail(i)).nth(k);
+    let up = (0..n).filter(|&i| avail(i)).count();
     match up {
         0 => None,
-        1 => nth(0).map(|(i, _)| i),
+        1 => nth(0),
         up => {
             let a = ((r1 * up as f64) as usize).min(up - 1);
             // The second from the other up - 1, so the two differ.
@@ -103,9 +115,8 @@ pub fn p2c_by(n: usize, load: impl Fn(usize) -> Option<f64>, r1: f64, r2: f64) -
             if b >= a {
                 b += 1;
             }
-            let (ia, la) = nth(a)?;
-            let (ib, lb) = nth(b)?;
-            Some(if lb < la { ib } else { ia })
+            let (ia, ib) = (nth(a)?, nth(b)?);
+            Some(if load(ib) < load(ia) { ib } else { ia })
         }
     }
 }

@@ -120,12 +120,18 @@ impl Outbound {
         if !Arc::ptr_eq(&b.set, &latest) {
             let dropped = b.update(latest, self, now);
             // Sessions no authority needs any more are let go (their in-flight requests
-            // finish on them regardless).
+            // finish on them regardless). A session is an address with its proxy port and
+            // identity: an address listed again under another identity (a reused pod IP)
+            // still lets the old session go.
             let gone: Vec<_> = dropped
                 .into_iter()
                 .filter(|e| {
-                    !all.values()
-                        .any(|other| other.set.iter().any(|o| o.addr == e.addr))
+                    !all.values().any(|other| {
+                        other
+                            .set
+                            .iter()
+                            .any(|o| o.addr == e.addr && o.mesh == e.mesh)
+                    })
                 })
                 .filter_map(|e| Some((e.addr, e.mesh?)))
                 .collect();
@@ -143,16 +149,16 @@ impl Outbound {
         let i = match due {
             Some(i) => i,
             None => {
-                let load = |i: usize, skip_tried: bool| {
-                    let s = &b.states[i];
-                    (up(s) && !(skip_tried && tried.contains(&b.set[i])))
-                        .then(|| s.ewma.load(cfg, now))
+                let avail = |i: usize, skip_tried: bool| {
+                    up(&b.states[i]) && !(skip_tried && tried.contains(&b.set[i]))
                 };
+                // Loads only of the two drawn.
+                let load = |i: usize| b.states[i].ewma.load(cfg, now);
                 let n = b.set.len();
                 let (r1, r2) = (rand::random(), rand::random());
                 // A retry goes elsewhere when there is anywhere else to go.
-                balance::p2c_by(n, |i| load(i, true), r1, r2)
-                    .or_else(|| balance::p2c_by(n, |i| load(i, false), r1, r2))?
+                balance::p2c_by(n, |i| avail(i, true), load, r1, r2)
+                    .or_else(|| balance::p2c_by(n, |i| avail(i, false), load, r1, r2))?
             }
         };
         let s = &mut b.states[i];
@@ -193,7 +199,7 @@ impl Outbound {
                 s.ewma.finish(&self.cfg.balance, now, now - f.started);
                 if let Some(why) = s.breaker.record(now, ok, f.picked.probe, rand::random()) {
                     self.metrics.ejections.inc();
-                    tracing::info!(endpoint = %f.picked.ep().addr, reason = ?why, "endpoint ejected");
+                    tracing::info!(authority = %f.authority, endpoint = %f.picked.ep().addr, reason = ?why, "endpoint ejected");
                 }
             }
             None => {

@@ -230,6 +230,9 @@ impl Outbound {
                 let _ = write!(out, ":{port}");
             }
         }
+        // The namespace and domain as configured may carry upper case; discovery and the
+        // static table are keyed in lower case.
+        out.make_ascii_lowercase();
         Some(out)
     }
 
@@ -328,10 +331,15 @@ impl Outbound {
                 head.headers.insert(http::header::HOST, v);
             }
         }
-        // Parsed once per request, not per attempt: each attempt's target shares them.
-        let Ok(wire_authority) = http::uri::Authority::try_from(wire.as_str()) else {
+        // Parsed once per request, not per attempt: each attempt's target shares them. Only
+        // what goes on as `:authority` (to a meshed endpoint, or HTTP/2) must parse: plaintext
+        // HTTP/1.1 targets the endpoint's address and passes Host on as the app wrote it.
+        let wire_authority = http::uri::Authority::try_from(wire.as_str()).ok();
+        if wire_authority.is_none()
+            && (head.version == http::Version::HTTP_2 || eps.iter().any(|e| e.mesh.is_some()))
+        {
             return error(StatusCode::BAD_REQUEST, "invalid request authority");
-        };
+        }
         let path = head
             .uri
             .path_and_query()
@@ -443,7 +451,7 @@ impl Outbound {
     async fn send(
         &self,
         ep: &Endpoint,
-        wire: &http::uri::Authority,
+        wire: &Option<http::uri::Authority>,
         head: &http::request::Parts,
         path: &http::uri::PathAndQuery,
         body: Body,
@@ -453,10 +461,10 @@ impl Outbound {
         // URI's address (Host keeps the name); HTTP/2 keeps the name in `:authority` and a
         // session per endpoint address.
         let (target_authority, version) = match &ep.mesh {
-            Some(_) => (Ok(wire.clone()), http::Version::HTTP_2),
-            None if app_h2 => (Ok(wire.clone()), http::Version::HTTP_2),
+            Some(_) => (wire.clone().ok_or(()), http::Version::HTTP_2),
+            None if app_h2 => (wire.clone().ok_or(()), http::Version::HTTP_2),
             None => (
-                http::uri::Authority::try_from(ep.addr.to_string()),
+                http::uri::Authority::try_from(ep.addr.to_string()).map_err(|_| ()),
                 http::Version::HTTP_11,
             ),
         };
