@@ -218,6 +218,14 @@ struct Path3 {
     pids: Vec<i32>,
 }
 
+/// `perf -p`'s list: `1,2,3`.
+fn pid_list(pids: &[i32]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn ms(v: &Value, p: &str) -> f64 {
     v["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN) * 1e3
 }
@@ -433,11 +441,7 @@ fn main() {
             .ok()
             .filter(|_| p.name == "meshwork")
             .map(|out| {
-                let pids = proxies
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let pids = pid_list(&proxies);
                 Command::new("perf")
                     .args([
                         // DWARF unwinding: the release build has no frame pointers.
@@ -461,12 +465,7 @@ fn main() {
         // The pair's system calls and context switches over the same window: per request,
         // they say what the kernel's share of the CPU figures is made of, noise or not.
         let stat = (!p.pids.is_empty()).then(|| {
-            let pids = p
-                .pids
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let pids = pid_list(&p.pids);
             Command::new("perf")
                 .args([
                     "stat",
