@@ -13,7 +13,8 @@
 //! Open loop (`-q` with `--latency-correction`) at 500, 2000 and 10000 rps after a warm-up,
 //! rounds interleaved by path; then each path's maximum at 16 connections. Reported: latency
 //! added over direct (p50, p99, p99.9, max), CPU ms per request of the pair (utime + stime of
-//! both proxies' processes from /proc), RSS idle and peak (VmRSS, VmHWM).
+//! both proxies' processes from /proc, and the stime part alone), RSS idle (VmRSS; for the
+//! proxies also anonymous, file-backed and PSS) and peak (VmHWM).
 //!
 //! Run: `scripts/setup.sh --bench && cargo build --release --bins && cargo bench -p meshwork-e2e
 //! --bench proxy` (root; `--bench` installs oha). `MESHWORK_BENCH_SECS` sets each run's length (default 10), `MESHWORK_BENCH_ROUNDS`
@@ -63,21 +64,36 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_secs(pid: i32) -> f64 {
+/// User and system CPU seconds of `pid` (utime, stime): the system part is the kernel's
+/// share (the sockets, and the TCP receive path of the peer it wakes), which no user-space
+/// change removes.
+fn cpu_secs(pid: i32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some(close) = stat.rfind(')') else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     // SAFETY: sysconf with a valid name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
+    let ticks = |i: usize| f[i].parse::<f64>().unwrap() / hz;
+    (ticks(11), ticks(12))
+}
+
+/// The pair's (user, system) CPU seconds.
+fn pair_cpu(pids: &[i32]) -> (f64, f64) {
+    pids.iter()
+        .map(|&p| cpu_secs(p))
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// A /proc/<pid>/status field in MB.
 fn status_mb(pid: i32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_mb(pid, "status", field)
+}
+
+/// A field of a /proc/<pid>/<file> whose values are in kB, in MB.
+fn proc_mb(pid: i32, file: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(field))
@@ -364,9 +380,28 @@ fn main() {
             pids: nginx_pair.clone(),
         },
     ];
+    // Idle RSS, and what it is made of: heap and stacks (anonymous) or the binary's and libc's
+    // pages (file-backed: shared by every proxy on the node), since the two shrink by
+    // different means; and PSS, which charges each process its share of the shared pages.
     let idle_rss: Vec<(String, f64)> = proxies
         .iter()
         .map(|p| (format!("meshwork {p}"), status_mb(*p, "VmRSS:")))
+        .chain(
+            nginx_pair
+                .iter()
+                .map(|p| (format!("nginx {p}"), status_mb(*p, "VmRSS:"))),
+        )
+        .collect();
+    let idle_split: Vec<(String, f64, f64, f64)> = proxies
+        .iter()
+        .map(|p| {
+            (
+                format!("meshwork {p}"),
+                status_mb(*p, "RssAnon:"),
+                status_mb(*p, "RssFile:"),
+                proc_mb(*p, "smaps_rollup", "Pss:"),
+            )
+        })
         .collect();
 
     // Warm-up: connections, sessions, TLS, discovery.
@@ -403,20 +438,22 @@ fn main() {
             );
         }
     }
-    // rate → path → [(oha's summary, CPU ms per request)]
-    type Runs<'a> = BTreeMap<u32, BTreeMap<&'a str, Vec<(Value, f64)>>>;
+    // rate → path → [(oha's summary, CPU ms per request, of which system)]
+    type Runs<'a> = BTreeMap<u32, BTreeMap<&'a str, Vec<(Value, f64, f64)>>>;
     let mut results: Runs = BTreeMap::new();
     for rate in rates() {
         for _ in 0..rounds {
             for p in &paths {
-                let cpu0: f64 = p.pids.iter().map(|&x| cpu_secs(x)).sum();
+                let cpu0 = pair_cpu(&p.pids);
                 let r = oha(&client_ns, &p.url, p.host, secs, Some(rate), 64);
-                let cpu = p.pids.iter().map(|&x| cpu_secs(x)).sum::<f64>() - cpu0;
+                let cpu1 = pair_cpu(&p.pids);
                 let done = r["summary"]["requestsPerSec"].as_f64().unwrap()
                     * r["summary"]["total"].as_f64().unwrap();
-                let cpu_ms_per_req = cpu * 1e3 / done.max(1.0);
+                let per_req = |secs: f64| secs * 1e3 / done.max(1.0);
+                let sys_ms_per_req = per_req(cpu1.1 - cpu0.1);
+                let cpu_ms_per_req = per_req(cpu1.0 - cpu0.0) + sys_ms_per_req;
                 eprintln!(
-                    "{rate:>6} rps {:<9} ok {:.4} p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {cpu_ms_per_req:.4} CPU ms/req",
+                    "{rate:>6} rps {:<9} ok {:.4} p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {cpu_ms_per_req:.4} CPU ms/req ({sys_ms_per_req:.4} system)",
                     p.name,
                     r["summary"]["successRate"].as_f64().unwrap_or(0.0),
                     ms(&r, "p50"),
@@ -429,7 +466,7 @@ fn main() {
                     .or_default()
                     .entry(p.name)
                     .or_default()
-                    .push((r, cpu_ms_per_req));
+                    .push((r, cpu_ms_per_req, sys_ms_per_req));
             }
         }
     }
@@ -517,18 +554,18 @@ fn main() {
         .collect();
 
     // The median run of each (rate, path) by p99; added latency is over direct.
-    println!("\n| rate | path | success | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 / max ms | CPU ms/req (pair) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("\n| rate | path | success | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 / max ms | CPU ms/req (pair) | of which system |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (rate, by_path) in &results {
-        let pick = |runs: &Vec<(Value, f64)>| {
-            let mut v: Vec<&(Value, f64)> = runs.iter().collect();
+        let pick = |runs: &Vec<(Value, f64, f64)>| {
+            let mut v: Vec<&(Value, f64, f64)> = runs.iter().collect();
             v.sort_by(|a, b| ms(&a.0, "p99").total_cmp(&ms(&b.0, "p99")));
             v[v.len() / 2].clone()
         };
         let direct = pick(&by_path["direct"]);
         let slowest = |v: &Value| v["summary"]["slowest"].as_f64().unwrap_or(f64::NAN) * 1e3;
         for name in ["direct", "meshwork", "nginx"] {
-            let (r, cpu) = pick(&by_path[name]);
+            let (r, cpu, sys) = pick(&by_path[name]);
             let added = if name == "direct" {
                 "—".to_string()
             } else {
@@ -541,7 +578,7 @@ fn main() {
                 )
             };
             println!(
-                "| {rate} | {name} | {:.4} | {:.3} | {:.3} | {:.3} | {:.3} | {added} | {} |",
+                "| {rate} | {name} | {:.4} | {:.3} | {:.3} | {:.3} | {:.3} | {added} | {} | {} |",
                 r["summary"]["successRate"].as_f64().unwrap_or(0.0),
                 ms(&r, "p50"),
                 ms(&r, "p99"),
@@ -551,6 +588,11 @@ fn main() {
                     "—".into()
                 } else {
                     format!("{cpu:.4}")
+                },
+                if name == "direct" {
+                    "—".into()
+                } else {
+                    format!("{sys:.4}")
                 },
             );
         }
@@ -563,5 +605,6 @@ fn main() {
         println!("meshwork pair / nginx pair throughput: {:.2}x", mw / ng);
     }
     println!("RSS idle (MB): {idle_rss:?}");
+    println!("RSS idle (MB; anonymous, file-backed, PSS): {idle_split:?}");
     println!("RSS peak (MB): {peak_rss:?}");
 }
