@@ -3,7 +3,9 @@
 //! an app's request through its outbound proxy reaches the server app through the server's
 //! inbound proxy over mutual TLS 1.3, and the server app sees the client's SPIFFE ID; a forged
 //! identity header never reaches an app; a peer proving the wrong identity gets no request; a
-//! strict inbound refuses plaintext; an endpoint outside the mesh gets plaintext.
+//! strict inbound refuses plaintext; an endpoint outside the mesh gets plaintext; an address
+//! that discovery lists again under another identity gets a new session proving it, and the
+//! old session is closed.
 //! (The lab test with captures, pods and the identity service itself comes with the binary.)
 #![allow(
     clippy::unwrap_used,
@@ -20,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use meshwork_destination_api::pb;
 use meshwork_identity::{
     ca::{self, Ca},
     spiffe::SpiffeId,
@@ -28,7 +31,7 @@ use meshwork_identity::{
 use meshwork_proxy::drain::Watch;
 use meshwork_proxy::{
     inbound::{self, Inbound, Policy},
-    outbound::{discover::Static, Outbound},
+    outbound::{discover::Static, resolve::Resolver, Outbound},
     tls::Credentials,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -396,4 +399,160 @@ async fn a_peer_can_neither_bring_its_own_identity_header_nor_reach_the_proxys_p
         "the proxy's own port was reached"
     );
     assert_eq!(hits.load(Ordering::Relaxed), 1);
+}
+
+/// The control agent's discovery API as the proxy reads it: every authority's answer is what
+/// `set` holds, pushed again on each change.
+struct Discovery(tokio::sync::watch::Receiver<Vec<pb::Endpoint>>);
+
+type Updates =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::destination_server::Destination for Discovery {
+    type GetStream = Updates;
+
+    async fn get(
+        &self,
+        _: tonic::Request<pb::GetDestination>,
+    ) -> Result<tonic::Response<Updates>, tonic::Status> {
+        let updates =
+            futures::stream::unfold((self.0.clone(), true), |(mut rx, first)| async move {
+                if !first {
+                    rx.changed().await.ok()?;
+                }
+                let endpoints = rx.borrow_and_update().clone();
+                let u = pb::Update {
+                    unknown: false,
+                    endpoints,
+                };
+                Some((Ok(u), (rx, false)))
+            });
+        Ok(tonic::Response::new(Box::pin(updates)))
+    }
+}
+
+/// A TCP relay to `to` that counts the connections open through it.
+async fn counted_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (l, addr) = listen().await;
+    let open = Arc::new(AtomicUsize::new(0));
+    let o = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut near, _) = l.accept().await.unwrap();
+            o.fetch_add(1, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                if let Ok(mut far) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut near, &mut far).await;
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// Polls `f` every 20 ms until it holds, for at most 5 s; false if it never did.
+async fn eventually<F: AsyncFnMut() -> bool>(mut f: F) -> bool {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < until {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_listed_again_under_another_identity_gets_a_new_session_and_the_old_one_closes()
+{
+    // A pod IP reused by a pod of another ServiceAccount: discovery lists the same address and
+    // proxy port with a new identity. The old session proved the old identity; a request must
+    // not ride it, and it must not be kept open for an endpoint nobody lists any more.
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let (app_addr, hits) = app("127.0.0.1").await;
+    let (l, inbound_addr) = listen().await;
+    tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
+    // The sessions to the inbound proxy, counted on the way.
+    let (relay, open) = counted_relay(inbound_addr).await;
+
+    let endpoint = |identity: &str| pb::Endpoint {
+        addr: app_addr.to_string(),
+        weight: 1,
+        zone: String::new(),
+        mesh: Some(pb::Mesh {
+            identity: identity.into(),
+            proxy_port: relay.port().into(),
+        }),
+        protocol: 0,
+    };
+    let (set, rx) =
+        tokio::sync::watch::channel(vec![endpoint("spiffe://cluster.local/ns/default/sa/web")]);
+    let (dl, discovery) = listen().await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Discovery(
+                rx,
+            )))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &discovery.to_string(),
+        Duration::from_secs(3),
+        metrics.clone(),
+    )
+    .unwrap();
+    let (l, outbound_addr) = listen().await;
+    tokio::spawn(
+        Outbound::with(Default::default(), client, resolver, metrics).serve(l, Watch::never()),
+    );
+
+    const WEB: &str = "web.default.svc.cluster.local:80";
+    for _ in 0..3 {
+        let (status, perr, body) = get(outbound_addr, WEB).await;
+        assert_eq!((status, perr.as_str()), (200, ""));
+        assert_eq!(body, "spiffe://cluster.local/ns/default/sa/client");
+    }
+    assert_eq!(
+        open.load(Ordering::SeqCst),
+        1,
+        "one session for three requests"
+    );
+
+    set.send_replace(vec![endpoint("spiffe://cluster.local/ns/default/sa/web2")]);
+    // Once the proxy has the new set, a request demands the new identity in a handshake of
+    // its own (which the proxy there, still proving sa/web, fails) instead of riding the old
+    // session to the old identity.
+    let mut last = String::new();
+    let refused = eventually(async || {
+        let (status, perr, _) = get(outbound_addr, WEB).await;
+        last = format!("{status} {perr}");
+        status == 502 && perr.contains("sa/web2")
+    })
+    .await;
+    assert!(refused, "still answered over the old session: {last}");
+    // (Requests before the update arrived went to the old identity, as they should.) From now
+    // on nothing reaches the app: the next request is refused again, or told the endpoint is
+    // in its reconnect back-off.
+    let before = hits.load(Ordering::SeqCst);
+    let (status, perr, _) = get(outbound_addr, WEB).await;
+    assert!(matches!(status, 502 | 503), "{status} {perr}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before,
+        "a request rode the old session"
+    );
+    // And the old session is let go.
+    let closed = eventually(async || open.load(Ordering::SeqCst) == 0).await;
+    assert!(
+        closed,
+        "{} connection(s) to the inbound proxy still open",
+        open.load(Ordering::SeqCst)
+    );
 }
