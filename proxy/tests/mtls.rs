@@ -3,9 +3,10 @@
 //! an app's request through its outbound proxy reaches the server app through the server's
 //! inbound proxy over mutual TLS 1.3, and the server app sees the client's SPIFFE ID; a forged
 //! identity header never reaches an app; a peer proving the wrong identity gets no request; a
-//! strict inbound refuses plaintext; an endpoint outside the mesh gets plaintext; an address
-//! that discovery lists again under another identity gets a new session proving it, and the
-//! old session is closed.
+//! strict inbound refuses plaintext; an HTTP/1 CONNECT in an opaque session reaches only the
+//! session's port, and HTTP inside it is looked at again; an endpoint outside the mesh gets
+//! plaintext; an address that discovery lists again under another identity gets a new
+//! session proving it, and the old session is closed.
 //! (The lab test with captures, pods and the identity service itself comes with the binary.)
 #![allow(
     clippy::unwrap_used,
@@ -373,6 +374,57 @@ async fn a_peer_can_neither_bring_its_own_identity_header_nor_reach_the_proxys_p
     );
     assert_eq!(hits.load(Ordering::Relaxed), 1);
 
+    // An HTTP/1 CONNECT inside an opaque session (what a peer sends for opaque TCP it could
+    // not put on HTTP/2): tunnelled to the session's port, and HTTP inside the tunnel is
+    // looked at again, forged header and all; another port is refused.
+    let connect = |port: u16| {
+        let (client, web_id) = (client.clone(), web.id.clone());
+        async move {
+            let mut tls = raw_mesh(
+                &client,
+                inbound_addr,
+                &web_id,
+                TransportHeader {
+                    port: app_addr.port(),
+                    protocol: SessionProtocol::Opaque,
+                },
+            )
+            .await;
+            let req =
+                format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+            tls.write_all(req.as_bytes()).await.unwrap();
+            // The answer's head only: what follows belongs to the tunnel.
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                match tls.read(&mut b).await {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            (String::from_utf8_lossy(&head).into_owned(), tls)
+        }
+    };
+    let (head, mut tls) = connect(app_addr.port()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: web\r\n\
+          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with("spiffe://cluster.local/ns/default/sa/client"),
+        "inside the tunnel too, the app sees who the peer is: {out}"
+    );
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
+    let (head, _) = connect(outbound_port.port()).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
     // A transport header naming the proxy's own ports: closed, nothing reached.
     for port in [outbound_port.port(), inbound_addr.port()] {
         let mut tls = raw_mesh(
@@ -398,7 +450,7 @@ async fn a_peer_can_neither_bring_its_own_identity_header_nor_reach_the_proxys_p
         0,
         "the proxy's own port was reached"
     );
-    assert_eq!(hits.load(Ordering::Relaxed), 1);
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
 }
 
 /// The control agent's discovery API as the proxy reads it: every authority's answer is what
