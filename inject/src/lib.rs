@@ -18,6 +18,10 @@ use serde_json::{json, Map, Value};
 /// The annotation (namespace or pod template) that asks for injection: `enabled` or
 /// `disabled` (a pod's own value wins over its namespace's), as `linkerd.io/inject`.
 pub const INJECT: &str = "meshwork.io/inject";
+/// On a pod or its namespace (the pod's wins): `strict` makes its proxy refuse plaintext from
+/// outside the mesh; `permissive`, the default, as Linkerd's. Read at injection, like
+/// Linkerd's `config.linkerd.io/default-inbound-policy`: a change reaches pods made after it.
+pub const INBOUND_POLICY: &str = "meshwork.io/inbound-policy";
 /// Set on injected pods: what injected them (the proxy image), so a second pass is a no-op
 /// and `uninject` knows what to remove.
 pub const INJECTED: &str = "meshwork.io/injected";
@@ -54,6 +58,8 @@ impl Default for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("annotation {key}: {why}")]
+    Annotation { key: &'static str, why: String },
     #[error("{0} is not a kind that carries a pod template")]
     NotAWorkload(String),
     #[error("{0}: no pod spec at {1}")]
@@ -158,12 +164,48 @@ pub fn proxy_container(cfg: &Config) -> Value {
     })
 }
 
-/// Adds the proxy to a pod's metadata and spec; false when it was there already.
-pub fn inject_pod(meta: &mut Value, spec: &mut Value, cfg: &Config) -> bool {
-    if injected(spec) {
-        return false;
+/// The proxy's settings that annotations on the pod, else on its namespace, ask for: env
+/// entries of its container. A value the proxy would refuse at start is refused here, so the
+/// pod's creation fails with the reason instead of its proxy crash-looping.
+fn annotated_env(meta: &Value, ns_meta: Option<&Value>) -> Result<Vec<Value>, Error> {
+    let get = |key: &str| {
+        meta["annotations"][key]
+            .as_str()
+            .or_else(|| ns_meta.and_then(|n| n["annotations"][key].as_str()))
+    };
+    let mut env = Vec::new();
+    if let Some(p) = get(INBOUND_POLICY) {
+        if !matches!(p, "strict" | "permissive") {
+            return Err(Error::Annotation {
+                key: INBOUND_POLICY,
+                why: format!("{p:?} is neither strict nor permissive"),
+            });
+        }
+        env.push(json!({"name": "MESHWORK_PROXY_INBOUND_POLICY", "value": p}));
     }
-    array(spec, "initContainers").insert(0, proxy_container(cfg));
+    let opaque = meshwork_destination_api::OPAQUE_PORTS;
+    if let Some(p) = get(opaque) {
+        meshwork_destination_api::parse_ports(p)
+            .map_err(|why| Error::Annotation { key: opaque, why })?;
+        env.push(json!({"name": "MESHWORK_PROXY_INBOUND_OPAQUE_PORTS", "value": p}));
+    }
+    Ok(env)
+}
+
+/// Adds the proxy to a pod's metadata and spec, configured by the pod's annotations and
+/// its namespace's (`ns_meta`, when known); false when it was there already.
+pub fn inject_pod(
+    meta: &mut Value,
+    spec: &mut Value,
+    ns_meta: Option<&Value>,
+    cfg: &Config,
+) -> Result<bool, Error> {
+    if injected(spec) {
+        return Ok(false);
+    }
+    let mut proxy = proxy_container(cfg);
+    array(&mut proxy, "env").extend(annotated_env(meta, ns_meta)?);
+    array(spec, "initContainers").insert(0, proxy);
     let vols = array(spec, "volumes");
     vols.push(json!({"name": TOKEN_VOLUME, "projected": {"sources": [
         {"serviceAccountToken": {"audience": IDENTITY_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}));
@@ -174,7 +216,7 @@ pub fn inject_pod(meta: &mut Value, spec: &mut Value, cfg: &Config) -> bool {
         meshwork_destination_api::PROXY_INBOUND_PORT.into(),
         json!(INBOUND_PORT.to_string()),
     );
-    true
+    Ok(true)
 }
 
 /// Takes out what `inject_pod` put in; false when there was nothing.
@@ -231,7 +273,7 @@ pub fn apply_to_object(obj: &mut Value, cfg: Option<&Config>) -> Result<bool, Er
     let mut meta = obj.pointer(meta_at).cloned().unwrap_or_else(|| json!({}));
     let mut spec = obj.pointer(spec_at).cloned().unwrap_or_else(|| json!({}));
     let changed = match cfg {
-        Some(cfg) => inject_pod(&mut meta, &mut spec, cfg),
+        Some(cfg) => inject_pod(&mut meta, &mut spec, None, cfg)?,
         None => uninject_pod(&mut meta, &mut spec),
     };
     if changed {
@@ -311,5 +353,58 @@ mod tests {
         assert!(!wants_injection(&off, &spec, Some(&on)));
         assert!(!wants_injection(&none, &spec, Some(&none)));
         assert!(!wants_injection(&on, &json!({"hostNetwork": true}), None));
+    }
+
+    #[test]
+    fn policy_and_opaque_ports_come_from_the_pod_else_its_namespace() {
+        let cfg = Config::default();
+        let opaque = meshwork_destination_api::OPAQUE_PORTS;
+        let env_of = |meta: Value, ns: Option<Value>| {
+            let (mut meta, mut spec) = (meta, json!({"containers": [{"name": "c"}]}));
+            inject_pod(&mut meta, &mut spec, ns.as_ref(), &cfg).map(|_| {
+                spec["initContainers"][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].clone())))
+                    .filter(|(n, _)| n.starts_with("MESHWORK_PROXY_INBOUND"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let ann = |a: Value| json!({ "annotations": a });
+        let ns = ann(json!({INBOUND_POLICY: "strict", opaque: "9000-9010"}));
+        // The namespace's, when the pod says nothing.
+        assert_eq!(
+            env_of(json!({}), Some(ns.clone())).unwrap(),
+            [
+                ("MESHWORK_PROXY_INBOUND_POLICY".into(), json!("strict")),
+                (
+                    "MESHWORK_PROXY_INBOUND_OPAQUE_PORTS".into(),
+                    json!("9000-9010")
+                ),
+            ]
+        );
+        // The pod's wins, key by key.
+        assert_eq!(
+            env_of(ann(json!({INBOUND_POLICY: "permissive"})), Some(ns)).unwrap(),
+            [
+                ("MESHWORK_PROXY_INBOUND_POLICY".into(), json!("permissive")),
+                (
+                    "MESHWORK_PROXY_INBOUND_OPAQUE_PORTS".into(),
+                    json!("9000-9010")
+                ),
+            ]
+        );
+        // Neither: the proxy's defaults.
+        assert!(env_of(json!({}), None).unwrap().is_empty());
+        // What the proxy would refuse at start is refused here, by name.
+        for bad in [
+            ann(json!({INBOUND_POLICY: "Strict"})),
+            ann(json!({opaque: "80-70"})),
+            ann(json!({opaque: "http"})),
+        ] {
+            let e = env_of(bad.clone(), None).unwrap_err().to_string();
+            assert!(e.starts_with("annotation "), "{bad}: {e}");
+        }
     }
 }

@@ -31,7 +31,14 @@ pub fn namespace_needed(review: &Value) -> Option<String> {
     if req["kind"]["kind"] != "Pod" || req["operation"] != "CREATE" {
         return None;
     }
-    if req["object"]["metadata"]["annotations"][crate::INJECT].is_string() {
+    // The namespace's annotations matter for what the pod leaves unsaid: whether it is
+    // meshed and, if it is, its proxy's settings.
+    let ann = &req["object"]["metadata"]["annotations"];
+    let said = |k: &str| ann[k].is_string();
+    if said(crate::INJECT)
+        && (ann[crate::INJECT] != "enabled"
+            || (said(crate::INBOUND_POLICY) && said(meshwork_destination_api::OPAQUE_PORTS)))
+    {
         return None;
     }
     req["namespace"].as_str().map(str::to_string)
@@ -57,7 +64,17 @@ pub fn review(review: &Value, ns_meta: Option<&Value>, cfg: &Config) -> Result<V
         if meta.is_null() {
             meta = json!({});
         }
-        if wants_injection(&meta, &spec, ns_meta) && inject_pod(&mut meta, &mut spec, cfg) {
+        let inject = wants_injection(&meta, &spec, ns_meta)
+            && match inject_pod(&mut meta, &mut spec, ns_meta, cfg) {
+                Ok(changed) => changed,
+                // Denied with the reason (kubectl prints it), not admitted unmeshed.
+                Err(e) => {
+                    response["allowed"] = json!(false);
+                    response["status"] = json!({"code": 400, "message": e.to_string()});
+                    false
+                }
+            };
+        if inject {
             let patch = json!([
                 {"op": "add", "path": "/metadata", "value": meta},
                 {"op": "replace", "path": "/spec", "value": spec},
@@ -92,8 +109,12 @@ mod tests {
     #[test]
     fn patches_an_opted_in_pod_and_answers_the_rest_unchanged() {
         let cfg = Config::default();
+        let all = json!({crate::INJECT: "enabled", crate::INBOUND_POLICY: "permissive",
+                         meshwork_destination_api::OPAQUE_PORTS: "5432"});
+        assert_eq!(namespace_needed(&pod_review(all)), None);
+        // Opted in, but the namespace may still set the proxy's policy.
         let r = pod_review(json!({crate::INJECT: "enabled"}));
-        assert_eq!(namespace_needed(&r), None);
+        assert_eq!(namespace_needed(&r).as_deref(), Some("app"));
         let a = review(&r, None, &cfg).unwrap();
         assert_eq!(a["response"]["uid"], "u1");
         assert_eq!(a["response"]["allowed"], true);
@@ -112,6 +133,27 @@ mod tests {
         assert!(off["response"]["patch"].is_null());
         let on = json!({"annotations": {crate::INJECT: "enabled"}});
         assert!(review(&r, Some(&on), &cfg).unwrap()["response"]["patch"].is_string());
+    }
+
+    #[test]
+    fn a_bad_policy_annotation_denies_the_pod_with_the_reason() {
+        let cfg = Config::default();
+        let r = pod_review(json!({crate::INJECT: "enabled"}));
+        let ns = json!({"annotations": {crate::INBOUND_POLICY: "strictt"}});
+        let a = review(&r, Some(&ns), &cfg).unwrap();
+        assert_eq!(a["response"]["allowed"], false, "{a}");
+        assert!(a["response"]["patch"].is_null());
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(crate::INBOUND_POLICY) && msg.contains("strictt"),
+            "{msg}"
+        );
+        // The same namespace does not stop a pod that is not meshed.
+        let off = pod_review(json!({crate::INJECT: "disabled"}));
+        assert_eq!(
+            review(&off, Some(&ns), &cfg).unwrap()["response"]["allowed"],
+            true
+        );
     }
 
     #[test]

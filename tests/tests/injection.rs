@@ -455,6 +455,59 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         "straight to the web pod: {out}"
     );
 
+    // `meshwork.io/inbound-policy: strict` on a pod reaches its proxy: the same plaintext
+    // client is refused before the app sees a byte, while a meshed client still gets in.
+    o.kubectl(&[
+        "run",
+        "guarded",
+        "--image=meshapp",
+        "--restart=Never",
+        "--labels=app=guarded",
+        "--annotations=meshwork.io/inbound-policy=strict",
+        "--",
+        "http",
+        "0.0.0.0:8080",
+    ]);
+    let guarded = o.json(&["get", "pod", "guarded"]);
+    let env = guarded["spec"]["initContainers"][0]["env"].to_string();
+    assert!(
+        env.contains(r#"{"name":"MESHWORK_PROXY_INBOUND_POLICY","value":"strict"}"#),
+        "{env}"
+    );
+    let guarded_ip = o.wait_long("the guarded pod ready", Duration::from_secs(90), || {
+        let p = o.pods("default", "app=guarded");
+        (p.len() == 1 && p[0].ready).then(|| p[0].ip.clone())
+    });
+    let url = format!("http://{guarded_ip}:8080/");
+    let refused = o.kubectl_out(&["exec", "plain", "--", "curl", "-s", "-m", "10", &url]);
+    assert!(
+        !refused.status.success() && refused.stdout.is_empty(),
+        "strict: plaintext answered: {refused:?}"
+    );
+    let out = in_client(o, &["curl", "-sf", "-m", "10", &url]);
+    assert!(
+        out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
+        "strict: a meshed client: {out}"
+    );
+    // A value the proxy would not start with: the pod is refused, saying why.
+    let bad = o.kubectl_out(&[
+        "run",
+        "badpolicy",
+        "--image=tools",
+        "--restart=Never",
+        "--annotations=meshwork.io/inbound-policy=strictt",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    let why = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && why.contains("meshwork.io/inbound-policy")
+            && why.contains("strictt"),
+        "{why}"
+    );
+
     // A pod of the (meshed) default namespace with `label`.
     let run_labeled = |name: &str, label: &str| {
         o.kubectl_out(&[

@@ -117,7 +117,7 @@ impl Mesh {
             log: "info".into(),
         };
         let mut meta = json!({});
-        assert!(meshwork_inject::inject_pod(&mut meta, &mut spec, &cfg));
+        assert!(meshwork_inject::inject_pod(&mut meta, &mut spec, None, &cfg).unwrap());
         let env = spec["initContainers"][0]["env"].as_array_mut().unwrap();
         env.extend(
             extra_env
