@@ -47,10 +47,44 @@ pub fn parse_ports(s: &str) -> Result<Vec<std::ops::RangeInclusive<u16>>, String
     Ok(out)
 }
 
+/// The app's HTTP probe targets, as the injector hands them to its proxy
+/// (`MESHWORK_PROXY_INBOUND_PROBE_PATHS`): `PORT:/path` entries separated by spaces (a
+/// request target has none). Under `strict` inbound policy the proxy still lets plaintext
+/// GETs of exactly these through, as Linkerd's default policy authorizes probes.
+pub fn parse_probe_paths(s: &str) -> Result<Vec<(u16, String)>, String> {
+    s.split_whitespace()
+        .map(|e| {
+            let (port, path) = e
+                .split_once(':')
+                .ok_or_else(|| format!("{e:?} is not PORT:/path"))?;
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{e:?}: {port:?} is not a port"))?;
+            if !path.starts_with('/') {
+                return Err(format!("{e:?}: the path must start with /"));
+            }
+            Ok((port, path.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
+
+    #[test]
+    fn probe_paths_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_probe_paths(" 8080:/healthz 9000:/ready?full=1 ").unwrap(),
+            vec![(8080, "/healthz".into()), (9000, "/ready?full=1".into())]
+        );
+        assert!(parse_probe_paths("").unwrap().is_empty());
+        for bad in ["8080", "http:/x", "8080:healthz", "70000:/x"] {
+            let e = parse_probe_paths(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn port_lists_parse_and_bad_ones_say_why() {

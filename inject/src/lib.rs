@@ -192,6 +192,48 @@ fn annotated_env(meta: &Value, ns_meta: Option<&Value>) -> Result<Vec<Value>, Er
     Ok(env)
 }
 
+/// The pod's plain-HTTP probe targets (`PORT:/path`, space-separated; named ports resolved),
+/// for its proxy to let through under `strict` policy: kubelet probes come from outside the
+/// mesh. HTTPS probes are left out (TLS from outside the mesh is not one of them).
+fn probe_paths(spec: &Value) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for list in ["containers", "initContainers"] {
+        for c in spec[list].as_array().into_iter().flatten() {
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                let get = &c[probe]["httpGet"];
+                let https = get["scheme"]
+                    .as_str()
+                    .is_some_and(|s| !s.eq_ignore_ascii_case("http"));
+                if !get.is_object() || https {
+                    continue;
+                }
+                let port = match &get["port"] {
+                    Value::Number(n) => n.as_u64(),
+                    Value::String(name) => name.parse().ok().or_else(|| {
+                        c["ports"].as_array()?.iter().find(|p| p["name"] == *name)?["containerPort"]
+                            .as_u64()
+                    }),
+                    _ => None,
+                };
+                let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+                    continue;
+                };
+                let path = get["path"].as_str().unwrap_or("/");
+                let path = if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    format!("/{path}")
+                };
+                let entry = format!("{port}:{path}");
+                if !path.contains(char::is_whitespace) && !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+        }
+    }
+    out.join(" ")
+}
+
 /// Adds the proxy to a pod's metadata and spec, configured by the pod's annotations and
 /// its namespace's (`ns_meta`, when known); false when it was there already.
 pub fn inject_pod(
@@ -205,6 +247,11 @@ pub fn inject_pod(
     }
     let mut proxy = proxy_container(cfg);
     array(&mut proxy, "env").extend(annotated_env(meta, ns_meta)?);
+    let probes = probe_paths(spec);
+    if !probes.is_empty() {
+        array(&mut proxy, "env")
+            .push(json!({"name": "MESHWORK_PROXY_INBOUND_PROBE_PATHS", "value": probes}));
+    }
     array(spec, "initContainers").insert(0, proxy);
     let vols = array(spec, "volumes");
     vols.push(json!({"name": TOKEN_VOLUME, "projected": {"sources": [
@@ -353,6 +400,30 @@ mod tests {
         assert!(!wants_injection(&off, &spec, Some(&on)));
         assert!(!wants_injection(&none, &spec, Some(&none)));
         assert!(!wants_injection(&on, &json!({"hostNetwork": true}), None));
+    }
+
+    #[test]
+    fn http_probes_are_handed_to_the_proxy() {
+        let spec = json!({"containers": [
+            {"name": "web", "ports": [{"name": "http", "containerPort": 8080}],
+             "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+             "livenessProbe": {"httpGet": {"port": 8080}},
+             "startupProbe": {"httpGet": {"path": "/ready", "port": 8080}}},
+            {"name": "tls", "readinessProbe": {"httpGet": {"port": 8443, "scheme": "HTTPS"}}},
+            {"name": "tcp", "readinessProbe": {"tcpSocket": {"port": 5432}}},
+        ]});
+        let parsed = meshwork_destination_api::parse_probe_paths(&probe_paths(&spec)).unwrap();
+        assert_eq!(
+            parsed,
+            [(8080, "/ready".to_string()), (8080, "/".to_string())]
+        );
+        let (mut meta, mut spec) = (json!({}), spec);
+        assert!(inject_pod(&mut meta, &mut spec, None, &Config::default()).unwrap());
+        let env = spec["initContainers"][0]["env"].to_string();
+        assert!(
+            env.contains(r#""MESHWORK_PROXY_INBOUND_PROBE_PATHS","value":"8080:/ready 8080:/""#),
+            "{env}"
+        );
     }
 
     #[test]

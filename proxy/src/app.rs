@@ -82,6 +82,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             proxy_ports: vec![cfg.outbound_listen.port(), cfg.admin_listen.port()],
             header_read_timeout: cfg.header_read_timeout,
             opaque_ports: cfg.inbound_opaque_ports.0.clone(),
+            probe_paths: cfg.inbound_probe_paths.0.clone(),
         },
         creds,
         metrics,

@@ -101,6 +101,16 @@ pub struct Config {
         value_parser = ports
     )]
     pub inbound_opaque_ports: Ports,
+    /// The app's HTTP probes (`PORT:/path`, space-separated; the injector sets them from the
+    /// pod's httpGet probes): under `strict`, plaintext GETs of exactly these still reach the
+    /// app, so kubelet probes pass (Linkerd's default policy authorizes probes too).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_INBOUND_PROBE_PATHS",
+        default_value = "",
+        value_parser = probe_paths
+    )]
+    pub inbound_probe_paths: ProbePaths,
     /// Where the app listens.
     #[arg(long, env = "MESHWORK_PROXY_APP_IP", default_value = "127.0.0.1")]
     pub app_ip: std::net::IpAddr,
@@ -129,6 +139,14 @@ pub struct Config {
 /// A port list (`25,587,8000-8010`).
 #[derive(Clone, Debug)]
 pub struct Ports(pub Vec<std::ops::RangeInclusive<u16>>);
+
+/// `PORT:/path` entries (`meshwork_destination_api::parse_probe_paths`).
+#[derive(Clone, Debug)]
+pub struct ProbePaths(pub Vec<(u16, String)>);
+
+fn probe_paths(s: &str) -> Result<ProbePaths, String> {
+    meshwork_destination_api::parse_probe_paths(s).map(ProbePaths)
+}
 
 fn ports(s: &str) -> Result<Ports, String> {
     meshwork_destination_api::parse_ports(s).map(Ports)

@@ -3,7 +3,7 @@
 //! an app's request through its outbound proxy reaches the server app through the server's
 //! inbound proxy over mutual TLS 1.3, and the server app sees the client's SPIFFE ID; a forged
 //! identity header never reaches an app; a peer proving the wrong identity gets no request; a
-//! strict inbound refuses plaintext; an HTTP/1 CONNECT in an opaque session reaches only the
+//! strict inbound refuses plaintext but the app's probes; an HTTP/1 CONNECT in an opaque session reaches only the
 //! session's port, and HTTP inside it is looked at again; an endpoint outside the mesh gets
 //! plaintext; an address that discovery lists again under another identity gets a new
 //! session proving it, and the old session is closed.
@@ -301,6 +301,39 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
         "permissive: a plaintext client's identity header is removed: {answered}"
     );
     assert_eq!(hits.load(Ordering::Relaxed), 1);
+
+    // Strict, on a port the app's probes use: the probes' GETs reach the app (kubelet is
+    // outside the mesh), any other request gets a 403 saying why.
+    let probed = TcpListener::bind(("127.0.0.4", port)).await.unwrap();
+    let probes = inbound::Config {
+        probe_paths: vec![(port, "/healthz".into())],
+        ..cfg(Policy::Strict)
+    };
+    tokio::spawn(Inbound::new(probes, web.clone()).serve(probed, Watch::never()));
+    let at = SocketAddr::new([127, 0, 0, 4].into(), port);
+    let ask = |line: &'static str| async move {
+        let mut s = TcpStream::connect(at).await.unwrap();
+        let req = format!("{line} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+        out
+    };
+    let probe = ask("GET /healthz").await;
+    assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
+    for line in ["GET /", "GET /healthz?x=1", "POST /healthz"] {
+        let other = ask(line).await;
+        assert!(
+            other.starts_with("HTTP/1.1 403") && other.contains("strict inbound policy"),
+            "{line}: {other}"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        2,
+        "only the probe reached the app"
+    );
 }
 
 /// A mesh connection made by hand, as a peer proxy would: mTLS to `to` proving `creds`,

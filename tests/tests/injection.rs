@@ -456,35 +456,58 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     );
 
     // `meshwork.io/inbound-policy: strict` on a pod reaches its proxy: the same plaintext
-    // client is refused before the app sees a byte, while a meshed client still gets in.
-    o.kubectl(&[
-        "run",
-        "guarded",
-        "--image=meshapp",
-        "--restart=Never",
-        "--labels=app=guarded",
-        "--annotations=meshwork.io/inbound-policy=strict",
-        "--",
-        "http",
-        "0.0.0.0:8080",
-    ]);
+    // client is refused, while a meshed client still gets in; kubelet's probe (from outside
+    // the mesh too) still passes, so the pod becomes Ready.
+    o.apply(&json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "guarded", "namespace": "default", "labels": {"app": "guarded"},
+                     "annotations": {"meshwork.io/inbound-policy": "strict"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+                 "containers": [{"name": "http", "image": "meshapp", "args": ["http", "0.0.0.0:8080"],
+                                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                                                    "periodSeconds": 1}}]}}));
     let guarded = o.json(&["get", "pod", "guarded"]);
     let env = guarded["spec"]["initContainers"][0]["env"].to_string();
     assert!(
-        env.contains(r#"{"name":"MESHWORK_PROXY_INBOUND_POLICY","value":"strict"}"#),
+        env.contains(r#"{"name":"MESHWORK_PROXY_INBOUND_POLICY","value":"strict"}"#)
+            && env.contains(
+                r#"{"name":"MESHWORK_PROXY_INBOUND_PROBE_PATHS","value":"8080:/healthz"}"#
+            ),
         "{env}"
     );
     let guarded_ip = o.wait_long("the guarded pod ready", Duration::from_secs(90), || {
         let p = o.pods("default", "app=guarded");
         (p.len() == 1 && p[0].ready).then(|| p[0].ip.clone())
     });
-    let url = format!("http://{guarded_ip}:8080/");
-    let refused = o.kubectl_out(&["exec", "plain", "--", "curl", "-s", "-m", "10", &url]);
-    assert!(
-        !refused.status.success() && refused.stdout.is_empty(),
-        "strict: plaintext answered: {refused:?}"
+    let code = |path: &str| {
+        let url = format!("http://{guarded_ip}:8080{path}");
+        let out = o.kubectl_out(&[
+            "exec",
+            "plain",
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "10",
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code("/"), "403", "strict: plaintext refused");
+    assert_eq!(code("/healthz"), "200", "strict: the probe's path passes");
+    let out = in_client(
+        o,
+        &[
+            "curl",
+            "-sf",
+            "-m",
+            "10",
+            &format!("http://{guarded_ip}:8080/"),
+        ],
     );
-    let out = in_client(o, &["curl", "-sf", "-m", "10", &url]);
     assert!(
         out.contains("client=spiffe://cluster.local/ns/default/sa/client"),
         "strict: a meshed client: {out}"

@@ -81,6 +81,9 @@ pub struct Config {
     /// them is relayed without detection, so a server that speaks first is not kept waiting
     /// for a client byte (Linkerd's opaque ports).
     pub opaque_ports: Vec<std::ops::RangeInclusive<u16>>,
+    /// The app's HTTP probes (port, path): under `Strict`, plaintext GETs of exactly these are
+    /// still served, and nothing else (Linkerd's default policy authorizes probes too).
+    pub probe_paths: Vec<(u16, String)>,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
                 .iter()
                 .map(|p| *p..=*p)
                 .collect(),
+            probe_paths: Vec::new(),
         }
     }
 }
@@ -168,8 +172,11 @@ impl Inbound {
                 self.mesh(io, own, drain).await
             }
             other => {
-                if self.cfg.policy == Policy::Strict {
-                    // Closed before a byte reaches the app.
+                let probed = other == Protocol::Http1
+                    && self.cfg.probe_paths.iter().any(|(p, _)| *p == local.port());
+                if self.cfg.policy == Policy::Strict && !probed {
+                    // Closed before a byte reaches the app. (A port the app's probes use is
+                    // served as HTTP, and `to_app` lets only the probes' requests through.)
                     tracing::info!(%local, "strict inbound policy: plaintext refused");
                     self.metrics.refuse("strict_policy");
                     return Ok(());
@@ -358,6 +365,13 @@ impl Inbound {
             trace_id = %trace_id,
         );
         let resp = async {
+            if s.client.is_none() && self.cfg.policy == Policy::Strict && !self.probe(&req, s) {
+                self.metrics.refuse("strict_policy");
+                return error(
+                    http::StatusCode::FORBIDDEN,
+                    "strict inbound policy: outside the mesh only the pod's probes are served",
+                );
+            }
             if req.method() == http::Method::CONNECT {
                 self.tunnel(req, s.app, s.client.clone()).await
             } else {
@@ -377,6 +391,18 @@ impl Inbound {
             trace_id: &trace_id,
         });
         resp
+    }
+
+    /// Whether `req` is one of the app's probes: a GET of exactly a probe's path (and query)
+    /// on the port that probe names.
+    fn probe(&self, req: &Request<Incoming>, s: &Session) -> bool {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        req.method() == http::Method::GET
+            && self
+                .cfg
+                .probe_paths
+                .iter()
+                .any(|(port, path)| *port == s.app.port() && path == target)
     }
 
     /// A peer proxy's CONNECT: a TCP connection to the app port it names, bytes relayed.
