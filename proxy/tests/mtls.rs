@@ -3,10 +3,10 @@
 //! an app's request through its outbound proxy reaches the server app through the server's
 //! inbound proxy over mutual TLS 1.3, and the server app sees the client's SPIFFE ID; a forged
 //! identity header never reaches an app; a peer proving the wrong identity gets no request; a
-//! strict inbound refuses plaintext but the app's probes; an HTTP/1 CONNECT in an opaque session reaches only the
-//! session's port, and HTTP inside it is looked at again; an endpoint outside the mesh gets
-//! plaintext; an address that discovery lists again under another identity gets a new
-//! session proving it, and the old session is closed.
+//! strict inbound refuses plaintext but the app's probes; an HTTP/1 CONNECT in an opaque
+//! session reaches only the session's port, and HTTP inside it is looked at again; an endpoint
+//! outside the mesh gets plaintext; an address that discovery lists again under another
+//! identity gets a new session proving it, and the old session is closed.
 //! (The lab test with captures, pods and the identity service itself comes with the binary.)
 #![allow(
     clippy::unwrap_used,
