@@ -68,6 +68,21 @@ pub fn parse_probe_paths(s: &str) -> Result<Vec<(u16, String)>, String> {
         .collect()
 }
 
+/// `entries` written as `parse_probe_paths` reads them; an entry that could not be read back
+/// (a path with whitespace, or not starting with /) is left out.
+pub fn write_probe_paths<'a>(entries: impl IntoIterator<Item = (u16, &'a str)>) -> String {
+    let mut out = String::new();
+    for (port, path) in entries {
+        if path.starts_with('/') && !path.contains(char::is_whitespace) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("{port}:{path}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
@@ -80,6 +95,11 @@ mod tests {
             vec![(8080, "/healthz".into()), (9000, "/ready?full=1".into())]
         );
         assert!(parse_probe_paths("").unwrap().is_empty());
+        let written = write_probe_paths([(8080, "/a"), (8080, "/b c"), (9000, "/")]);
+        assert_eq!(
+            parse_probe_paths(&written).unwrap(),
+            vec![(8080, "/a".into()), (9000, "/".into())]
+        );
         for bad in ["8080", "http:/x", "8080:healthz", "70000:/x"] {
             let e = parse_probe_paths(bad).unwrap_err();
             assert!(e.contains(bad), "{bad}: {e}");

@@ -196,7 +196,7 @@ fn annotated_env(meta: &Value, ns_meta: Option<&Value>) -> Result<Vec<Value>, Er
 /// for its proxy to let through under `strict` policy: kubelet probes come from outside the
 /// mesh. HTTPS probes are left out (TLS from outside the mesh is not one of them).
 fn probe_paths(spec: &Value) -> String {
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<(u16, String)> = Vec::new();
     for list in ["containers", "initContainers"] {
         for c in spec[list].as_array().into_iter().flatten() {
             for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
@@ -224,14 +224,13 @@ fn probe_paths(spec: &Value) -> String {
                 } else {
                     format!("/{path}")
                 };
-                let entry = format!("{port}:{path}");
-                if !path.contains(char::is_whitespace) && !out.contains(&entry) {
-                    out.push(entry);
+                if !out.contains(&(port, path.clone())) {
+                    out.push((port, path));
                 }
             }
         }
     }
-    out.join(" ")
+    meshwork_destination_api::write_probe_paths(out.iter().map(|(p, s)| (*p, s.as_str())))
 }
 
 /// Adds the proxy to a pod's metadata and spec, configured by the pod's annotations and

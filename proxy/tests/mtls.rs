@@ -336,6 +336,20 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
     );
 }
 
+/// A GET carrying a forged identity header on `io`, and the whole answer.
+async fn forged_get<S: AsyncReadExt + AsyncWriteExt + Unpin>(io: &mut S) -> String {
+    io.write_all(
+        b"GET / HTTP/1.1\r\nHost: web\r\n\
+          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = io.read_to_string(&mut out).await;
+    out
+}
+
 /// A mesh connection made by hand, as a peer proxy would: mTLS to `to` proving `creds`,
 /// expecting `server`, then a transport header for `port` and `protocol`.
 async fn raw_mesh(
@@ -391,15 +405,7 @@ async fn a_peer_can_neither_bring_its_own_identity_header_nor_reach_the_proxys_p
         },
     )
     .await;
-    tls.write_all(
-        b"GET / HTTP/1.1\r\nHost: web\r\n\
-          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
-          Connection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    let _ = tls.read_to_string(&mut out).await;
+    let out = forged_get(&mut tls).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
         out.ends_with("spiffe://cluster.local/ns/default/sa/client"),
@@ -440,15 +446,7 @@ async fn a_peer_can_neither_bring_its_own_identity_header_nor_reach_the_proxys_p
     };
     let (head, mut tls) = connect(app_addr.port()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    tls.write_all(
-        b"GET / HTTP/1.1\r\nHost: web\r\n\
-          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
-          Connection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    let _ = tls.read_to_string(&mut out).await;
+    let out = forged_get(&mut tls).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
         out.ends_with("spiffe://cluster.local/ns/default/sa/client"),
