@@ -63,6 +63,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             connect_timeout: cfg.connect_timeout,
             request_timeout: cfg.request_timeout,
             header_read_timeout: cfg.header_read_timeout,
+            failfast: cfg.discovery_timeout,
             namespace: cfg.namespace.clone().filter(|n| !n.is_empty()),
             cluster_domain: cfg.cluster_domain.clone(),
             ..Default::default()

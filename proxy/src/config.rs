@@ -121,7 +121,8 @@ pub struct Config {
     /// Per request, retries included (unset: none).
     #[arg(long, env = "MESHWORK_PROXY_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
-    /// How long a request waits for its authority's first endpoints before a 503 (fail fast).
+    /// How long a request waits for its authority's first endpoints, or for an endpoint that
+    /// can take it (all in back-off or ejected), before it is answered (fail fast).
     #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
     /// How long a client may take to send a request's headers (also the idle limit of a

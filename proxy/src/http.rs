@@ -20,6 +20,27 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("meshwork-orig-proto"
 /// Which proxy answered an error (so a client can tell a proxy's 502 from its app's).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("meshwork-proxy-error");
 
+/// On an error response the proxy made for a request that never reached the app: over
+/// HTTP/2 the inbound stack sends a REFUSED_STREAM reset instead, which tells the client's
+/// proxy (or an HTTP/2 client) that the request may go elsewhere whatever its method.
+#[derive(Clone, Copy, Debug)]
+pub struct Unsent;
+
+/// Whether an HTTP/2 peer said it did not process the stream: a REFUSED_STREAM reset, or a
+/// stream past its GOAWAY's last one (RFC 9113 §8.7: either may be retried, whatever the
+/// method).
+pub fn unprocessed(e: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The authority a request names: its target's (absolute form, HTTP/2), else its Host header.
 pub fn named_authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     uri.authority()

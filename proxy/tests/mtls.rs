@@ -217,7 +217,12 @@ async fn mtls_between_proxies_carries_the_client_identity() {
     d.parse_entry(&format!("legacy.default.svc.cluster.local:80={app_addr}"))
         .unwrap();
     let (l, outbound_addr) = listen().await;
-    tokio::spawn(Outbound::new(Default::default(), client.clone(), d).serve(l, Watch::never()));
+    // A request no endpoint can take waits this long for one (the handshake below).
+    let cfg = meshwork_proxy::outbound::Config {
+        failfast: Duration::from_millis(300),
+        ..Default::default()
+    };
+    tokio::spawn(Outbound::new(cfg, client.clone(), d).serve(l, Watch::never()));
 
     // Through both proxies: the app sees the verified client, not the forged header.
     for _ in 0..3 {
@@ -227,10 +232,11 @@ async fn mtls_between_proxies_carries_the_client_identity() {
     }
     assert_eq!(hits.load(Ordering::Relaxed), 3);
 
-    // The wrong identity: refused in the handshake, nothing reaches the app. The server's
-    // proxy takes the unknown server name for the app's own TLS, addressed to the listener
-    // itself: it must close it, not relay it to itself (that loop once made this take seconds
-    // on an idle machine and hang under load).
+    // The wrong identity: refused in the handshake, nothing reaches the app (the request waits
+    // the fail-fast timeout for another endpoint, then hears why). The server's proxy takes
+    // the unknown server name for the app's own TLS, addressed to the listener itself: it
+    // must close it, not relay it to itself (that loop once made this take seconds on an idle
+    // machine and hang under load).
     let started = std::time::Instant::now();
     let (status, perr, _) = get(outbound_addr, "db.default.svc.cluster.local:5432").await;
     assert!(
@@ -637,5 +643,104 @@ async fn an_address_listed_again_under_another_identity_gets_a_new_session_and_t
         closed,
         "{} connection(s) to the inbound proxy still open",
         open.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoint() {
+    // A rolling update as the client's proxy sees it: the old pod's app is gone (its proxy
+    // still up) before discovery has told the client's proxy of the new pod. The old pod's
+    // proxy hands the request back unprocessed (REFUSED_STREAM); the client's proxy waits for
+    // an endpoint instead of answering 502, and the request is served once the new pod is
+    // listed. With no new endpoint, it is answered when the fail-fast timeout is over, and the
+    // next request at once.
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let (_, gone_app) = listen().await; // closed below: connections to it are refused
+    let (live_app, hits) = app("127.0.0.1").await;
+    let (l, old_proxy) = listen().await;
+    let old = Inbound::new(inbound::Config::default(), web.clone());
+    tokio::spawn(old.clone().serve(l, Watch::never()));
+    let (l, new_proxy) = listen().await;
+    tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
+    let endpoint = |app: SocketAddr, proxy: SocketAddr| pb::Endpoint {
+        addr: app.to_string(),
+        weight: 1,
+        zone: String::new(),
+        mesh: Some(pb::Mesh {
+            identity: "spiffe://cluster.local/ns/default/sa/web".into(),
+            proxy_port: proxy.port().into(),
+        }),
+        protocol: 0,
+    };
+    let old_ep = endpoint(gone_app, old_proxy);
+    let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
+    let (dl, discovery) = listen().await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Discovery(
+                rx,
+            )))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &discovery.to_string(),
+        Duration::from_secs(3),
+        metrics.clone(),
+    )
+    .unwrap();
+    let failfast = Duration::from_secs(2);
+    let cfg = meshwork_proxy::outbound::Config {
+        failfast,
+        ..Default::default()
+    };
+    let (l, outbound_addr) = listen().await;
+    tokio::spawn(Outbound::with(cfg, client, resolver, metrics).serve(l, Watch::never()));
+
+    const WEB: &str = "web.default.svc.cluster.local:80";
+    let waiting = tokio::spawn(get(outbound_addr, WEB));
+    // The old pod's proxy has refused it (its app is gone) ...
+    let refused_line = "direction=\"inbound\"";
+    let refused = eventually(async || {
+        let text = old.metrics.encode();
+        text.lines()
+            .any(|l| l.contains(refused_line) && l.contains("status_class=\"5xx\""))
+    })
+    .await;
+    assert!(refused, "the old pod's proxy never refused the request");
+    assert!(
+        !waiting.is_finished(),
+        "answered before the new pod was listed"
+    );
+    // ... and the request is still waiting when discovery lists the new pod.
+    set.send_replace(vec![old_ep.clone(), endpoint(live_app, new_proxy)]);
+    let (status, perr, body) = waiting.await.unwrap();
+    assert_eq!((status, perr.as_str()), (200, ""), "{body}");
+    assert_eq!(body, "spiffe://cluster.local/ns/default/sa/client");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Only the old pod listed, its app still gone: the answer comes after the fail-fast
+    // timeout, saying why; the next one at once.
+    set.send_replace(vec![old_ep]);
+    const OTHER: &str = "web.default.svc.cluster.local:8080";
+    let start = tokio::time::Instant::now();
+    let (status, perr, _) = get(outbound_addr, OTHER).await;
+    let first = start.elapsed();
+    assert!(matches!(status, 502 | 503), "{status} {perr}");
+    assert!(perr.contains("refused"), "{perr}");
+    assert!(
+        first >= failfast,
+        "answered after {first:?}, before the fail-fast timeout"
+    );
+    let start = tokio::time::Instant::now();
+    let (status, perr, _) = get(outbound_addr, OTHER).await;
+    assert!(matches!(status, 502 | 503), "{status} {perr}");
+    assert!(
+        start.elapsed() < failfast / 2,
+        "failing fast took {:?}",
+        start.elapsed()
     );
 }

@@ -322,7 +322,17 @@ impl Inbound {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let this = this.clone();
                 let session = session.clone();
-                async move { Ok::<_, std::convert::Infallible>(this.to_app(req, &session).await) }
+                async move {
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let resp = this.to_app(req, &session).await;
+                    // Not processed: HTTP/2 says so with a reset the client (a peer proxy
+                    // above all) may retry anywhere, e.g. while this pod's app is gone in a
+                    // rolling update. HTTP/1.1 has no such word; it gets the 502.
+                    if h2 && resp.extensions().get::<crate::http::Unsent>().is_some() {
+                        return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
+                    }
+                    Ok(resp)
+                }
             });
             let io = TokioIo::new(Box::new(io) as crate::io::BoxedIo);
             let r = if h2 {
@@ -553,10 +563,13 @@ impl Inbound {
                 .await
             {
                 Ok(mut send) => match send.ready().await {
-                    Ok(()) => send.send_request(req).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(()) => send
+                        .send_request(req)
+                        .await
+                        .map_err(|e| (e.to_string(), crate::http::unprocessed(&e))),
+                    Err(e) => Err((e.to_string(), true)),
                 },
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err((e.to_string(), true)),
             }
         } else {
             if parts.headers.get(http::header::HOST).is_none() {
@@ -566,7 +579,10 @@ impl Inbound {
             }
             parts.version = http::Version::HTTP_11;
             let req = Request::from_parts(parts, body.boxed());
-            self.app.request(req).await.map_err(|e| e.to_string())
+            self.app
+                .request(req)
+                .await
+                .map_err(|e| (e.to_string(), e.is_connect()))
         };
         match resp {
             Ok(resp) => {
@@ -574,12 +590,16 @@ impl Inbound {
                 strip_hop_by_hop(&mut parts.headers);
                 http::Response::from_parts(parts, body.boxed())
             }
-            Err(e) => {
+            Err((e, unsent)) => {
                 tracing::debug!(%app, error = %e, "app request failed");
-                error(
+                let mut resp = error(
                     http::StatusCode::BAD_GATEWAY,
                     "the app refused the connection",
-                )
+                );
+                if unsent {
+                    resp.extensions_mut().insert(crate::http::Unsent);
+                }
+                resp
             }
         }
     }

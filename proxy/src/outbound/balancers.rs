@@ -24,6 +24,10 @@ use super::{
 pub(super) struct Balancer {
     set: Arc<[Endpoint]>,
     states: Vec<EndpointState>,
+    /// A request waited the fail-fast timeout for an endpoint in vain: until one succeeds
+    /// here or discovery changes the set, requests that find none are answered at once
+    /// (Linkerd's failfast) instead of each waiting again.
+    failfast: bool,
 }
 
 /// What the stack keeps per endpoint of an authority: its load, breaker and reconnect back-off.
@@ -31,6 +35,19 @@ struct EndpointState {
     ewma: PeakEwma,
     breaker: Breaker,
     reconnect: Reconnect,
+}
+
+impl EndpointState {
+    fn up(&self, now: Instant) -> bool {
+        self.breaker.available(now) && self.reconnect.ready(now)
+    }
+
+    /// When it may take requests again: the later end of its reconnect back-off and its
+    /// ejection (None: not known by a clock — its probe is out).
+    fn up_at(&self, now: Instant) -> Option<Instant> {
+        let ejected = self.breaker.available_at(now)?;
+        Some(ejected.max(self.reconnect.until.unwrap_or(now)))
+    }
 }
 
 pub(super) type Balancers = HashMap<String, Balancer>;
@@ -55,6 +72,7 @@ impl Balancer {
         Balancer {
             set: Arc::from(Vec::new()),
             states: Vec::new(),
+            failfast: false,
         }
     }
 
@@ -78,6 +96,7 @@ impl Balancer {
             })
             .collect();
         self.set = set;
+        self.failfast = false;
         old.into_keys().collect()
     }
 
@@ -141,16 +160,15 @@ impl Outbound {
         }
         let b = all.get_mut(authority)?;
         let cfg = &self.cfg.balance;
-        let up = |s: &EndpointState| s.breaker.available(now) && s.reconnect.ready(now);
         let due = b
             .states
             .iter()
-            .position(|s| s.breaker.is_ejected() && up(s));
+            .position(|s| s.breaker.is_ejected() && s.up(now));
         let i = match due {
             Some(i) => i,
             None => {
                 let avail = |i: usize, skip_tried: bool| {
-                    up(&b.states[i]) && !(skip_tried && tried.contains(&b.set[i]))
+                    b.states[i].up(now) && !(skip_tried && tried.contains(&b.set[i]))
                 };
                 // Loads only of the two drawn.
                 let load = |i: usize| b.states[i].ewma.load(cfg, now);
@@ -188,9 +206,18 @@ impl Outbound {
     fn done(&self, f: &InFlight<'_>, ok: Option<bool>) {
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(s) = all.get_mut(f.authority).and_then(|b| b.state(&f.picked)) else {
+        let Some(b) = all.get_mut(f.authority) else {
             return;
         };
+        if ok == Some(true) {
+            b.failfast = false;
+        }
+        let Some(s) = b.state(&f.picked) else {
+            return;
+        };
+        // A probe's answer (or a request's end) can make the endpoint available with no
+        // clock to say so: requests waiting for one are told.
+        let was_up = s.up(now);
         match ok {
             Some(ok) => {
                 if ok {
@@ -206,6 +233,35 @@ impl Outbound {
                 s.ewma.cancel();
                 s.breaker.cancel(now, f.picked.probe);
             }
+        }
+        if !was_up && s.up(now) {
+            self.available.notify_waiters();
+        }
+    }
+
+    /// How a request that found no endpoint of `authority` available should wait: Ok(the
+    /// earliest time one may be, None if no clock says), or Err if the authority is failing
+    /// fast.
+    pub(super) fn next_up(&self, authority: &str) -> Result<Option<Instant>, ()> {
+        let now = Instant::now();
+        let all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = all.get(authority) else {
+            return Ok(None);
+        };
+        if b.failfast {
+            return Err(());
+        }
+        Ok(b.states.iter().filter_map(|s| s.up_at(now)).min())
+    }
+
+    /// A request waited the fail-fast timeout in vain: `authority` fails fast from now on.
+    pub(super) fn fail_fast(&self, authority: &str) {
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = all.get_mut(authority) {
+            if !b.failfast {
+                tracing::info!(%authority, "no endpoint available within the fail-fast timeout: failing fast");
+            }
+            b.failfast = true;
         }
     }
 }

@@ -103,6 +103,16 @@ impl Breaker {
         }
     }
 
+    /// When [`available`](Self::available) holds again: now if closed, at the penalty's end
+    /// if ejected, None while the probe is out (its answer decides).
+    pub fn available_at(&self, now: Instant) -> Option<Instant> {
+        match self.state {
+            State::Closed => Some(now),
+            State::Open { until } => Some(until),
+            State::Probing => None,
+        }
+    }
+
     /// Asked before a request is sent to this endpoint.
     pub fn admit(&mut self, now: Instant) -> Admit {
         match self.state {

@@ -2,7 +2,8 @@
 //! (ARCHITECTURE.md, "The proxy"): accept → detect → HTTP by authority → discovery
 //! (`resolve.rs`) → balancer (`balance.rs`) and breaker (`breaker.rs`) → an endpoint → a pooled
 //! mTLS HTTP/2 session to its proxy (`endpoint.rs`), or plaintext to an endpoint outside the
-//! mesh. Retries (`retry.rs`) go round the balancer.
+//! mesh. Retries (`retry.rs`) go round the balancer. A request that no endpoint can take
+//! waits for one, at most the fail-fast timeout (`wait_for_endpoint`, Linkerd's queue).
 //!
 //! A connection intercepted in the kernel (issue 15, `intercept.rs`) is routed by its
 //! original destination. Apps that are not intercepted address the proxy explicitly as an HTTP
@@ -61,6 +62,11 @@ pub struct Config {
     pub request_timeout: Option<Duration>,
     /// How long the app may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// How long a request may wait for an endpoint when none can take it (each in its
+    /// reconnect back-off or ejected, or the only one left just failed it before the request
+    /// reached its app) before it is answered with the reason and the authority fails fast
+    /// (Linkerd's outbound failfast timeout, 3 s).
+    pub failfast: Duration,
     /// The pod's namespace: a one-label host (`web:80`) means `web.<it>.svc.<domain>:80`, as
     /// the pod's resolv.conf search path makes it.
     pub namespace: Option<String>,
@@ -78,6 +84,7 @@ impl Default for Config {
             retry: retry::Config::default(),
             request_timeout: None,
             header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
+            failfast: Duration::from_secs(3),
             namespace: None,
             cluster_domain: "cluster.local".into(),
         }
@@ -97,6 +104,9 @@ pub struct Outbound {
     /// never prunes another's.
     endpoints: Mutex<balancers::Balancers>,
     budget: TpsBudget,
+    /// Told when an endpoint becomes available with no clock to say so (a probe answered):
+    /// requests waiting for one look again.
+    available: tokio::sync::Notify,
     pub metrics: Arc<Metrics>,
     /// The drain the listener serves under, for what outlives a request (tunnels).
     drain: std::sync::OnceLock<Watch>,
@@ -132,6 +142,7 @@ impl Outbound {
             resolver,
             endpoints: Mutex::new(Default::default()),
             budget: TpsBudget::new(cfg_budget.ttl, cfg_budget.min_per_sec, cfg_budget.percent),
+            available: tokio::sync::Notify::new(),
             metrics,
             drain: std::sync::OnceLock::new(),
         })
@@ -363,8 +374,20 @@ impl Outbound {
             .map(|t| tokio::time::Instant::now() + t);
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt = 0u32;
+        let mut waiting = None;
+        // Why the last attempt reached nothing, for the answer if the wait for another ends.
+        let mut unsent_why: Option<String> = None;
         loop {
             let Some(picked) = self.pick(&authority, &eps, &tried) else {
+                if self
+                    .wait_for_endpoint(&authority, &mut waiting, deadline)
+                    .await
+                {
+                    continue;
+                }
+                if let Some(why) = unsent_why {
+                    return error(StatusCode::BAD_GATEWAY, &why);
+                }
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
@@ -399,10 +422,14 @@ impl Outbound {
             // 5xx and transport failures count against the endpoint (Linkerd's classification).
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
             flight.finish(ok);
-            if let Err(Failed { connect: true, .. }) = &result {
-                // Nothing reached the endpoint: it sits out its reconnect back-off, and the
-                // request goes to another one without counting as a retry (Linkerd never
-                // dispatches to an endpoint it is not connected to).
+            if let Err(Failed { unsent: true, .. }) = &result {
+                // Nothing reached the endpoint's app (no connection, or its proxy handed the
+                // request back unprocessed): the endpoint sits out its reconnect back-off, and
+                // the request goes to another one without counting as a retry (Linkerd never
+                // dispatches to an endpoint it is not connected to). With nowhere else to go
+                // it waits, as in Linkerd's queue, for the back-off to end or discovery to
+                // list another (a rolling update: the old pod's app is gone before the
+                // client's proxy hears of the new pod).
                 self.reconnect_failed(&authority, &picked);
                 let left = self
                     .resolver
@@ -412,8 +439,16 @@ impl Outbound {
                     tried.push(ep.clone());
                     continue;
                 }
-                // Nowhere else to go: the client hears why the connect failed.
                 let why = result.err().map(|f| f.why).unwrap_or_default();
+                if replay.is_some()
+                    && self
+                        .wait_for_endpoint(&authority, &mut waiting, deadline)
+                        .await
+                {
+                    unsent_why = Some(why);
+                    continue;
+                }
+                // Nowhere else to go: the client hears why the connect failed.
                 tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound connect failed");
                 return error(StatusCode::BAD_GATEWAY, &why);
             }
@@ -444,6 +479,41 @@ impl Outbound {
                 }
             };
         }
+    }
+
+    /// Linkerd's queue, for a request no endpoint of `authority` can take now: waits until
+    /// one may (a back-off or ejection ends, a probe answers) or discovery changes the set,
+    /// then true (pick again). False once the request has waited `failfast` in all (from its
+    /// first wait; never past its deadline), which sets the authority failing fast, or at
+    /// once while it is.
+    async fn wait_for_endpoint(
+        &self,
+        authority: &str,
+        since: &mut Option<tokio::time::Instant>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> bool {
+        // Before the state is read, so that an endpoint coming up in between still wakes us.
+        let up = self.available.notified();
+        let seen = self.resolver.current(authority);
+        let Ok(next) = self.next_up(authority) else {
+            return false;
+        };
+        let now = tokio::time::Instant::now();
+        let mut until = *since.get_or_insert(now) + self.cfg.failfast;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        if now >= until {
+            self.fail_fast(authority);
+            return false;
+        }
+        let wake = next.map_or(until, |n| tokio::time::Instant::from_std(n).min(until));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = up => {}
+            () = self.resolver.changed(authority, seen) => {}
+        }
+        true
     }
 
     /// One attempt on `ep`: over its mesh session, or plaintext outside the mesh.
@@ -488,7 +558,15 @@ impl Outbound {
                 .map_err(|e| match e {
                     SendError::Connect(c) => Failed {
                         why: c.to_string(),
-                        connect: true,
+                        unsent: true,
+                    },
+                    SendError::Request(r) if crate::http::unprocessed(&r) => Failed {
+                        why: format!(
+                            "{} refused the request unprocessed (its app is not accepting \
+                             connections, or its proxy is shutting down)",
+                            ep.addr
+                        ),
+                        unsent: true,
                     },
                     SendError::Request(r) => {
                         Failed::request(format!("request to {}: {r}", ep.addr))
@@ -505,36 +583,36 @@ impl Outbound {
                     .await
                     .map_err(|e| Failed {
                         why: e.to_string(),
-                        connect: true,
+                        unsent: true,
                     })?;
                 send.ready()
                     .await
                     .map_err(|e| Failed::request(format!("plaintext HTTP/2 to {addr}: {e}")))?;
-                send.send_request(req)
-                    .await
-                    .map_err(|e| Failed::request(format!("plaintext HTTP/2 to {addr}: {e}")))
+                send.send_request(req).await.map_err(|e| Failed {
+                    unsent: crate::http::unprocessed(&e),
+                    why: format!("plaintext HTTP/2 to {addr}: {e}"),
+                })
             }
             None => self.plain.request(req).await.map_err(|e| Failed {
                 why: format!("plaintext to {}: {e}", ep.addr),
-                connect: e.is_connect(),
+                unsent: e.is_connect(),
             }),
         }
     }
 }
 
-/// Why an attempt failed; `connect`: before anything reached the endpoint.
+/// Why an attempt failed; `unsent`: before anything reached the endpoint's app (no
+/// connection, or the peer's proxy refused the stream unprocessed: the app there refused it,
+/// or the proxy is going away).
 #[derive(Debug)]
 struct Failed {
     why: String,
-    connect: bool,
+    unsent: bool,
 }
 
 impl Failed {
     fn request(why: String) -> Self {
-        Failed {
-            why,
-            connect: false,
-        }
+        Failed { why, unsent: false }
     }
 }
 

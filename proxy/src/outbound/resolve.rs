@@ -101,6 +101,31 @@ impl Resolver {
         set
     }
 
+    /// Resolves when discovery replaces `seen` as `authority`'s set (never for a static
+    /// entry, an authority not followed, or once its stream is let go).
+    pub async fn changed(&self, authority: &str, seen: Option<Arc<[Endpoint]>>) {
+        let rx = match &self.api {
+            Some(api) if self.statics.get(authority).is_none() => api
+                .streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_authority
+                .get(authority)
+                .map(|e| e.rx.clone()),
+            _ => None,
+        };
+        let Some(mut rx) = rx else {
+            return std::future::pending().await;
+        };
+        let other = |s: &Set| match (s, &seen) {
+            (Some(now), Some(seen)) => !Arc::ptr_eq(now, seen),
+            (now, seen) => now.is_some() != seen.is_some(),
+        };
+        if rx.wait_for(other).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The endpoints of `authority` (lower-case `host:port`); None: nobody knows it.
     pub async fn get(&self, authority: &str) -> Option<Arc<[Endpoint]>> {
         if let Some(eps) = self.statics.get(authority) {
