@@ -26,6 +26,42 @@ pub fn init_logging() {
         .init();
 }
 
+/// Writes `bytes` to `path` readable by its owner only (0600: keys, tokens, kubeconfigs),
+/// whole or not at all: into a temporary file beside it, synced, then renamed over it, and
+/// the directory synced — a crash mid-write leaves the old file or none, never half a key
+/// that the next start would take for a good one.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let with_path =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))
+        .map_err(with_path)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(with_path)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(with_path)?;
+    std::fs::rename(&tmp, path).map_err(with_path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(with_path)
+}
+
 /// Resolves on SIGINT or SIGTERM: how node components know to stop (an error means no signal
 /// handler could be installed).
 pub async fn shutdown_signal() -> std::io::Result<()> {
@@ -39,6 +75,30 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
+
+    #[test]
+    fn private_files_are_replaced_whole_and_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("meshwork-daemon-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("tls.key");
+        super::write_private(&p, b"old").unwrap();
+        super::write_private(&p, b"new key").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new key");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Nothing left beside it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["tls.key"]);
+        let err = super::write_private(&dir.join("missing/x"), b"x").unwrap_err();
+        assert!(err.to_string().contains("missing/x"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn durations_read_like_kube_flags() {

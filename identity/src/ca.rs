@@ -120,21 +120,9 @@ pub fn generate_issuer(
     })
 }
 
-/// Writes `data` to `path` readable by its owner only (0600): keys.
-pub fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    f.write_all(data.as_bytes())
-}
-
 /// Writes a new issuer signed by the anchor into `dir` as `tls.crt` and `tls.key` (0600), the
-/// names the service reads (server.rs); returns it.
+/// names the service reads (server.rs); returns it. Each file is replaced whole, the key last:
+/// a reader that finds all the files finds a complete set.
 pub fn write_issuer(
     dir: &std::path::Path,
     trust_domain: &str,
@@ -145,8 +133,8 @@ pub fn write_issuer(
     let issuer = generate_issuer(trust_domain, anchor_cert_pem, anchor_key_pem, lifetime)?;
     let io = |e: std::io::Error| load("writing the issuer", e);
     std::fs::create_dir_all(dir).map_err(io)?;
-    write_private(&dir.join("tls.crt"), &issuer.cert_pem).map_err(io)?;
-    write_private(&dir.join("tls.key"), &issuer.key_pem).map_err(io)?;
+    meshwork_daemon::write_private(&dir.join("tls.crt"), issuer.cert_pem.as_bytes()).map_err(io)?;
+    meshwork_daemon::write_private(&dir.join("tls.key"), issuer.key_pem.as_bytes()).map_err(io)?;
     Ok(issuer)
 }
 
@@ -161,8 +149,8 @@ pub fn write_new_ca(
     let anchor = generate_anchor(trust_domain, anchor_lifetime)?;
     let io = |e: std::io::Error| load("writing the trust anchor", e);
     std::fs::create_dir_all(dir).map_err(io)?;
-    write_private(&dir.join("ca.crt"), &anchor.cert_pem).map_err(io)?;
-    write_private(&dir.join("ca.key"), &anchor.key_pem).map_err(io)?;
+    meshwork_daemon::write_private(&dir.join("ca.crt"), anchor.cert_pem.as_bytes()).map_err(io)?;
+    meshwork_daemon::write_private(&dir.join("ca.key"), anchor.key_pem.as_bytes()).map_err(io)?;
     let issuer = write_issuer(
         dir,
         trust_domain,

@@ -28,9 +28,11 @@ pub fn ensure_pki(dir: &Path) -> Result<ServingPki> {
     }
     let p = meshwork_inject::pki::serving_pki(&NAMES, &[], LIFE)?;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("ca.crt"), &p.ca)?;
-    std::fs::write(dir.join("tls.crt"), &p.cert)?;
-    meshwork_identity::ca::write_private(&dir.join("tls.key"), &p.key)?;
+    // Each file whole, the key last: a crash on the way leaves a set the check above finds
+    // incomplete, and the next start makes a new one.
+    meshwork_daemon::write_private(&dir.join("ca.crt"), p.ca.as_bytes())?;
+    meshwork_daemon::write_private(&dir.join("tls.crt"), p.cert.as_bytes())?;
+    meshwork_daemon::write_private(&dir.join("tls.key"), p.key.as_bytes())?;
     Ok(p)
 }
 

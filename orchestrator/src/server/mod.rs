@@ -9,7 +9,6 @@ pub mod pki;
 pub mod satoken;
 
 use std::{
-    io::Write,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -42,20 +41,10 @@ pub enum Error {
     Config(String),
 }
 
-/// Writes a file readable by its owner only (keys, tokens, kubeconfigs).
+/// Writes a file readable by its owner only (keys, tokens, kubeconfigs), atomically
+/// (meshwork-daemon's `write_private`).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |e| Error::Io(path.to_path_buf(), e);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    meshwork_daemon::write_private(path, bytes).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 
 /// Which storage backend.
