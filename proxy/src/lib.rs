@@ -18,3 +18,4 @@ pub mod tap;
 pub mod tls;
 pub mod trace;
 pub mod transport_header;
+pub mod upgrade;

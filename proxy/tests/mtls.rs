@@ -23,99 +23,21 @@ use std::{
     time::Duration,
 };
 
+mod support;
+
 use meshwork_destination_api::pb;
-use meshwork_identity::{
-    ca::{self, Ca},
-    spiffe::SpiffeId,
-    verify::{Bundle, ClientVerifier, Expect, ServerVerifier},
-};
+use meshwork_identity::spiffe::SpiffeId;
 use meshwork_proxy::drain::Watch;
 use meshwork_proxy::{
     inbound::{self, Inbound, Policy},
     outbound::{discover::Static, resolve::Resolver, Outbound},
     tls::Credentials,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::{test_ca, Creds};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-/// Credentials from a certificate the mesh CA signed.
-struct Creds {
-    id: SpiffeId,
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
-    bundle: Bundle,
-}
-
-impl Creds {
-    fn new(ca: &Ca, id: &str) -> Arc<Self> {
-        let id = SpiffeId::parse(id).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let leaf = ca.sign_key(&key, &id, Duration::from_secs(3600)).unwrap();
-        let mut chain = vec![leaf.der];
-        chain.extend(ca.chain.iter().cloned());
-        Arc::new(Creds {
-            id,
-            chain,
-            key: key.serialize_der(),
-            bundle: Bundle::new(ca.anchors.clone()),
-        })
-    }
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key.clone().into())
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-impl Credentials for Creds {
-    fn id(&self) -> &SpiffeId {
-        &self.id
-    }
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let mut c = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_client_cert_verifier(Arc::new(ClientVerifier {
-                bundle: self.bundle.clone(),
-                expect: Expect::TrustDomain(self.id.trust_domain().into()),
-            }))
-            .with_single_cert(self.chain.clone(), self.key())
-            .unwrap();
-        c.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(c)
-    }
-    fn client_config(&self, peer: &SpiffeId) -> Arc<rustls::ClientConfig> {
-        let mut c = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
-                bundle: self.bundle.clone(),
-                expect: Expect::Identity(peer.clone()),
-            }))
-            .with_client_auth_cert(self.chain.clone(), self.key())
-            .unwrap();
-        c.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(c)
-    }
-}
-
-fn test_ca() -> Ca {
-    let a = ca::generate_anchor("cluster.local", Duration::from_secs(24 * 3600)).unwrap();
-    let i = ca::generate_issuer(
-        "cluster.local",
-        &a.cert_pem,
-        &a.key_pem,
-        Duration::from_secs(12 * 3600),
-    )
-    .unwrap();
-    Ca::from_pem(&a.cert_pem, &i.cert_pem, &i.key_pem).unwrap()
-}
 
 /// An app answering every request with the client identity header it received ("none"),
 /// counting requests.

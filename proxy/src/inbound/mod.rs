@@ -512,6 +512,9 @@ impl Inbound {
     }
 
     async fn forward(&self, req: Request<Incoming>, s: &Session) -> http::Response<Body> {
+        if crate::upgrade::is_upgrade(&req) {
+            return self.upgrade(req, s).await;
+        }
         let app = s.app;
         let (mut parts, body) = req.into_parts();
         // HTTP/2 end to end unless the client's proxy says the app there spoke HTTP/1.1 (a
@@ -600,6 +603,61 @@ impl Inbound {
                     resp.extensions_mut().insert(crate::http::Unsent);
                 }
                 resp
+            }
+        }
+    }
+}
+
+impl Inbound {
+    /// An HTTP/1.1 upgrade (WebSocket) to the app, identity header set as for any request,
+    /// on a connection of its own that is spliced once the app switches protocols.
+    async fn upgrade(&self, mut req: Request<Incoming>, s: &Session) -> http::Response<Body> {
+        let h = req.headers_mut();
+        h.remove(ORIG_PROTO);
+        h.remove(CLIENT_ID);
+        if let Some(v) = &s.client_header {
+            h.insert(CLIENT_ID, v.clone());
+        }
+        if !h.contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(s.app_authority.as_str()) {
+                h.insert(http::header::HOST, v);
+            }
+        }
+        let app = s.app;
+        let connect_timeout = self.cfg.detect_timeout.min(Duration::from_secs(1));
+        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(app)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::debug!(%app, error = %e, "app refused an upgrade");
+                let mut resp = error(
+                    http::StatusCode::BAD_GATEWAY,
+                    "the app refused the connection",
+                );
+                resp.extensions_mut().insert(crate::http::Unsent);
+                return resp;
+            }
+            Err(_) => {
+                return error(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    "connecting to the app timed out",
+                )
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let drain = self.drain.get().cloned();
+        match crate::upgrade::forward(
+            req,
+            Box::new(tcp),
+            self.metrics.clone(),
+            Direction::Inbound,
+            drain,
+        )
+        .await
+        {
+            Ok(resp) => resp,
+            Err(why) => {
+                tracing::debug!(%app, error = %why, "app upgrade failed");
+                error(http::StatusCode::BAD_GATEWAY, &why)
             }
         }
     }

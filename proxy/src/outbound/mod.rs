@@ -271,6 +271,9 @@ impl Outbound {
                 Some(a) if req.method() == http::Method::CONNECT => {
                     self.tunnel(req, a, &mut peer).await
                 }
+                Some(a) if crate::upgrade::is_upgrade(&req) => {
+                    self.upgrade(req, a, &mut peer).await
+                }
                 Some(a) => self.forward(req, a, &mut peer).await,
             }
         }
@@ -307,13 +310,14 @@ impl Outbound {
         peer: &mut String,
     ) -> http::Response<Body> {
         let authority = authority.to_string();
-        if req.headers().contains_key(http::header::UPGRADE) {
-            // Stripping Upgrade (hop-by-hop) would hand the server a plain GET it answers
-            // with a puzzling 400; say plainly what is missing instead.
+        if req.headers().contains_key(http::header::UPGRADE) && !crate::upgrade::h2c_only(&req) {
+            // HTTP/1.1 upgrades go by `upgrade`; one in another version is not an upgrade
+            // (RFC 9110 §7.8), and stripping the header would hand the server a plain GET it
+            // answers with a puzzling 400: say so instead.
             self.metrics.refuse("upgrade");
             return error(
                 StatusCode::NOT_IMPLEMENTED,
-                "HTTP/1.1 upgrades (WebSocket) are not proxied yet; CONNECT tunnels are",
+                "protocol upgrades (WebSocket) are proxied for HTTP/1.1 requests only",
             );
         }
         let eps = match self.endpoints(&authority).await {

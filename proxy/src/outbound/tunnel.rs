@@ -2,7 +2,8 @@
 //! hands the proxy the original destination, issue 15) picks an endpoint like a request does;
 //! a meshed one gets an HTTP/2 CONNECT stream to the pod's port on the pooled mTLS session
 //! (one handshake serves every tunnel, as ztunnel's HBONE does), and one outside the mesh a
-//! plain TCP connection. Bytes pass untouched both ways.
+//! plain TCP connection. Bytes pass untouched both ways. HTTP/1.1 upgrades (WebSocket) take
+//! the same way to their endpoint and go on over it as HTTP/1.1 (`crate::upgrade`).
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -11,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::Outbound;
 use crate::{
-    http::{error, Body},
+    http::{error, Body, CLIENT_ID, ORIG_PROTO},
     metrics::Direction,
 };
 
@@ -45,6 +46,48 @@ impl Outbound {
             self.drain.get().cloned(),
         );
         http::Response::new(crate::http::full(bytes::Bytes::new()))
+    }
+
+    /// An HTTP/1.1 upgrade: to an endpoint picked as for any request, over a stream of its
+    /// own (a CONNECT stream on the mesh session, which the peer's proxy serves as HTTP/1.1,
+    /// identity header and all), spliced once the server switches protocols.
+    pub(super) async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        authority: &str,
+        peer: &mut String,
+    ) -> http::Response<Body> {
+        let eps = match self.endpoints(authority).await {
+            Ok(e) => e,
+            Err(resp) => return resp,
+        };
+        let Some(picked) = self.pick(authority, &eps, &[]) else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
+            );
+        };
+        // As for any request: only the peer's inbound proxy says who the client is, and Host
+        // names what the app named (an absolute target's authority replaces it).
+        let named = crate::http::named_authority(req.uri(), req.headers())
+            .and_then(|a| http::HeaderValue::from_str(a).ok());
+        let h = req.headers_mut();
+        h.remove(CLIENT_ID);
+        h.remove(ORIG_PROTO);
+        if let Some(v) = named {
+            h.insert(http::header::HOST, v);
+        }
+        let far = match self.connect_far(authority, &picked, peer).await {
+            Ok(f) => f,
+            Err(why) => return error(StatusCode::BAD_GATEWAY, &why),
+        };
+        let drain = self.drain.get().cloned();
+        match crate::upgrade::forward(req, far, self.metrics.clone(), Direction::Outbound, drain)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(why) => error(StatusCode::BAD_GATEWAY, &why),
+        }
     }
 
     /// The far side of a tunnel to `ep`: a CONNECT stream on the pooled mTLS session to a

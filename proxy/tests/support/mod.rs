@@ -1,5 +1,5 @@
 //! Shared by the proxy's integration tests: plaintext backends on loopback and an outbound
-//! proxy in front of them.
+//! proxy in front of them; mesh credentials signed by the identity service's CA code.
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
 use std::{
@@ -11,11 +11,17 @@ use std::{
     time::Duration,
 };
 
-use meshwork_identity::spiffe::SpiffeId;
+use meshwork_identity::{
+    ca::{self, Ca},
+    spiffe::SpiffeId,
+    verify::{Bundle, ClientVerifier, Expect, ServerVerifier},
+};
+use meshwork_proxy::tls::Credentials;
 use meshwork_proxy::{
     drain::Watch,
     outbound::{self, discover::Static, Outbound},
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -119,4 +125,80 @@ pub async fn read_status(conn: &mut TcpStream) -> u16 {
             }
         }
     }
+}
+
+/// Credentials from a certificate the mesh CA signed.
+pub struct Creds {
+    pub id: SpiffeId,
+    chain: Vec<CertificateDer<'static>>,
+    key: Vec<u8>,
+    bundle: Bundle,
+}
+
+impl Creds {
+    pub fn new(ca: &Ca, id: &str) -> Arc<Self> {
+        let id = SpiffeId::parse(id).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = ca.sign_key(&key, &id, Duration::from_secs(3600)).unwrap();
+        let mut chain = vec![leaf.der];
+        chain.extend(ca.chain.iter().cloned());
+        Arc::new(Creds {
+            id,
+            chain,
+            key: key.serialize_der(),
+            bundle: Bundle::new(ca.anchors.clone()),
+        })
+    }
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone().into())
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Credentials for Creds {
+    fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let mut c = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(ClientVerifier {
+                bundle: self.bundle.clone(),
+                expect: Expect::TrustDomain(self.id.trust_domain().into()),
+            }))
+            .with_single_cert(self.chain.clone(), self.key())
+            .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    }
+    fn client_config(&self, peer: &SpiffeId) -> Arc<rustls::ClientConfig> {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                bundle: self.bundle.clone(),
+                expect: Expect::Identity(peer.clone()),
+            }))
+            .with_client_auth_cert(self.chain.clone(), self.key())
+            .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    }
+}
+
+pub fn test_ca() -> Ca {
+    let a = ca::generate_anchor("cluster.local", Duration::from_secs(24 * 3600)).unwrap();
+    let i = ca::generate_issuer(
+        "cluster.local",
+        &a.cert_pem,
+        &a.key_pem,
+        Duration::from_secs(12 * 3600),
+    )
+    .unwrap();
+    Ca::from_pem(&a.cert_pem, &i.cert_pem, &i.key_pem).unwrap()
 }
