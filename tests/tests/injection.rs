@@ -10,7 +10,8 @@
 //!   pod, asserted) and passes through its proxy with mTLS (the server sees the client's
 //!   SPIFFE ID; a capture at the web pod shows the client reaching only its proxy's port and
 //!   nothing in the clear), by name, ClusterIP and pod IP: the proxy was ready before the app
-//!   started; an excluded port
+//!   started; a WebSocket (tungstenite client and server) to the Service passes both proxies
+//!   the same way, the server seeing the client's identity; an excluded port
 //!   (`config.meshwork.io/skip-outbound-ports`), an excluded subnet
 //!   (`config.meshwork.io/skip-subnets`) and DNS over TCP go around it; a client outside the
 //!   mesh connecting straight to a meshed pod's app port is steered to that pod's proxy
@@ -132,12 +133,15 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
                                "spec": {"serviceAccountName": "web", "terminationGracePeriodSeconds": 2,
                                         "containers": [{"name": "http", "image": "meshapp", "args": ["http", "0.0.0.0:8080"],
                                             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-                                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}},
+                                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}},
+                                            {"name": "ws", "image": "meshapp", "args": ["ws", "0.0.0.0:8081"],
+                                            "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1}}]}}}},
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "web", "namespace": "default"},
          "spec": {"selector": {"app": "web"}, "ports": [
              {"name": "http", "port": 80, "targetPort": 8080},
-             {"name": "bypass", "port": 81, "targetPort": 8080}]}},
+             {"name": "bypass", "port": 81, "targetPort": 8080},
+             {"name": "ws", "port": 82, "targetPort": 8081}]}},
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "web-direct", "namespace": "default"},
          "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
@@ -182,10 +186,11 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         );
         let st = &pod["status"]["initContainerStatuses"][0];
         assert!(st["ready"] == true && st["started"] == true, "{pod}");
-        // The table counts the sidecar: 2/2.
+        // The table counts the sidecar: 2/2 (3/3 with the web pod's WebSocket server).
         let name = pod["metadata"]["name"].as_str().unwrap();
         let row = o.kubectl(&["get", "pod", name, "--no-headers"]);
-        assert!(row.contains("2/2"), "{row}");
+        let want = if app == "web" { "3/3" } else { "2/2" };
+        assert!(row.contains(want), "{row}");
     }
     let logs = o.kubectl(&["logs", "deploy/client", "-c", "c"]);
     assert!(
@@ -223,6 +228,29 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
             "{url}: {out}"
         );
     }
+    // A WebSocket (tungstenite at both ends) to the Service: the upgrade passes both proxies,
+    // the server sees the client's identity, and messages go both ways, encrypted between
+    // the pods like everything else.
+    let meshapp = lab_binary("mw-meshapp");
+    let ws_url = format!("ws://{cip}:82/chat");
+    let out = in_client(
+        o,
+        &[
+            meshapp.to_str().unwrap(),
+            "ws-client",
+            &ws_url,
+            "hello",
+            "mesh",
+        ],
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "client=spiffe://cluster.local/ns/default/sa/client hello",
+            "client=spiffe://cluster.local/ns/default/sa/client mesh"
+        ],
+        "{ws_url}: {out}"
+    );
     let segments = cap.stop();
     let from_client: Vec<_> = segments
         .iter()

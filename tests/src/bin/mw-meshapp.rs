@@ -9,6 +9,10 @@
 //!                               the payload with seed 2
 //!   mw-meshapp grpc ADDR        a gRPC server (the destination API's shape, reused as a
 //!                               streaming service): three updates per call, then OK
+//!   mw-meshapp ws ADDR          a WebSocket server (tungstenite): answers each text message
+//!                               with `client=<meshwork-client-id of the handshake> <message>`
+//!   mw-meshapp ws-client URL MSG...
+//!                               a WebSocket client: sends each MSG, prints each answer, closes
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -77,6 +81,58 @@ fn first_conn(mut s: TcpStream, len: usize) -> std::io::Result<()> {
     s.shutdown(std::net::Shutdown::Write)
 }
 
+fn ws_conn(s: TcpStream) -> anyhow::Result<()> {
+    // The handshake's callback may outlive this frame (a handshake can be resumed): it hands
+    // the identity header over through a shared cell.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::from("none")));
+    let cell = seen.clone();
+    let cb = move |req: &tungstenite::handshake::server::Request,
+                   resp: tungstenite::handshake::server::Response| {
+        if let Some(v) = req
+            .headers()
+            .get("meshwork-client-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            *cell.lock().unwrap_or_else(|p| p.into_inner()) = v.to_string();
+        }
+        Ok(resp)
+    };
+    let mut ws = tungstenite::accept_hdr(s, cb)?;
+    let client = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    loop {
+        // A Close is answered by tungstenite itself, on the next read, which then ends.
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                ws.send(tungstenite::Message::text(format!("client={client} {t}")))?;
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn ws_client(url: &str, msgs: &[&str]) -> anyhow::Result<()> {
+    let (mut ws, resp) = tungstenite::connect(url)?;
+    anyhow::ensure!(resp.status() == 101, "handshake answered {}", resp.status());
+    for m in msgs {
+        ws.send(tungstenite::Message::text(*m))?;
+        match ws.read()? {
+            tungstenite::Message::Text(t) => println!("{t}"),
+            other => anyhow::bail!("expected a text answer, got {other:?}"),
+        }
+    }
+    ws.close(None)?;
+    // The close handshake: read until the server's Close comes back.
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 struct Grpc;
 
 #[tonic::async_trait]
@@ -134,7 +190,20 @@ fn main() -> anyhow::Result<()> {
                         .serve(addr),
                 )?;
         }
-        _ => anyhow::bail!("usage: mw-meshapp http ADDR | first ADDR LEN | grpc ADDR"),
+        ["ws", addr] => {
+            let l = TcpListener::bind(addr)?;
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    if let Err(e) = ws_conn(s) {
+                        eprintln!("ws: {e}");
+                    }
+                });
+            }
+        }
+        ["ws-client", url, ref msgs @ ..] => ws_client(url, msgs)?,
+        _ => anyhow::bail!(
+            "usage: mw-meshapp http ADDR | first ADDR LEN | grpc ADDR | ws ADDR | ws-client URL MSG..."
+        ),
     }
     Ok(())
 }
