@@ -86,6 +86,10 @@ fn ws_conn(s: TcpStream) -> anyhow::Result<()> {
     // the identity header over through a shared cell.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::from("none")));
     let cell = seen.clone();
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error type is tungstenite's handshake callback's"
+    )]
     let cb = move |req: &tungstenite::handshake::server::Request,
                    resp: tungstenite::handshake::server::Response| {
         if let Some(v) = req
