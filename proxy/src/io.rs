@@ -24,6 +24,80 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// pair"); the price is a virtual call per read and write.
 pub type BoxedIo = Box<dyn Io>;
 
+/// An accepted connection whose bytes count for the proxy's `tcp_read_bytes` and
+/// `tcp_write_bytes` (Linkerd's transport metrics): what the client sent and what it was sent,
+/// whatever the stack then does with it (HTTP, a tunnel, a relay, TLS) — counted once, at the
+/// socket, as each read and write completes, so long-lived connections report as they go.
+pub struct Counted<I> {
+    io: I,
+    read: prometheus_client::metrics::counter::Counter,
+    written: prometheus_client::metrics::counter::Counter,
+}
+
+impl<I> Counted<I> {
+    pub fn new(
+        io: I,
+        metrics: &crate::metrics::Metrics,
+        direction: crate::metrics::Direction,
+    ) -> Self {
+        let d = crate::metrics::DirectionLabels { direction };
+        Counted {
+            io,
+            read: metrics.bytes_read.get_or_create(&d).clone(),
+            written: metrics.bytes_written.get_or_create(&d).clone(),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.read.inc_by((buf.filled().len() - before) as u64);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written.inc_by(n as u64);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written.inc_by(n as u64);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// `io` with `prefix` read from it already; reads return the prefix first.
 #[derive(Debug)]
 pub struct PrefixedIo<I> {
@@ -138,13 +212,13 @@ pub async fn detect_io<I: AsyncRead + Unpin>(
     }
 }
 
-/// Once `on_upgrade` yields the client's side of a CONNECT, relays bytes both ways between it
-/// and `far` until both are done, counting them for `direction` (read: from the client). The
-/// tunnel holds `drain` meanwhile, so a drain waits for it (up to its grace).
+/// Once `on_upgrade` yields the client's side of a CONNECT or an upgrade, relays bytes both
+/// ways between it and `far` until both are done (the bytes count where the client's
+/// connection was accepted, [`Counted`]). The tunnel holds `drain` meanwhile, so a drain
+/// waits for it (up to its grace).
 pub fn splice<F>(
     on_upgrade: hyper::upgrade::OnUpgrade,
     mut far: F,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
     direction: crate::metrics::Direction,
     drain: Option<crate::drain::Watch>,
 ) where
@@ -154,13 +228,8 @@ pub fn splice<F>(
         let _hold = drain;
         let Ok(near) = on_upgrade.await else { return };
         let mut near = hyper_util::rt::TokioIo::new(near);
-        match tokio::io::copy_bidirectional(&mut near, &mut far).await {
-            Ok((up, down)) => {
-                let d = crate::metrics::DirectionLabels { direction };
-                metrics.bytes_read.get_or_create(&d).inc_by(up);
-                metrics.bytes_written.get_or_create(&d).inc_by(down);
-            }
-            Err(e) => tracing::debug!(?direction, error = %e, "tunnel ended"),
+        if let Err(e) = tokio::io::copy_bidirectional(&mut near, &mut far).await {
+            tracing::debug!(?direction, error = %e, "tunnel ended");
         }
     });
 }

@@ -16,7 +16,7 @@ use crate::{
     drain::Watch,
     http::{strip_hop_by_hop, Body},
     io::BoxedIo,
-    metrics::{Direction, Metrics},
+    metrics::Direction,
 };
 
 /// Whether `req` asks to switch protocols (HTTP/1.1 only: HTTP/2 has no such upgrade). An
@@ -39,11 +39,10 @@ pub fn h2c_only<B>(req: &Request<B>) -> bool {
 
 /// Sends `req` (already addressed: its headers as the far side should see them, its target
 /// the path) over `far` and returns the answer; on a 101 the two connections are spliced,
-/// bytes counted for `direction`, holding `drain` until they close.
+/// holding `drain` until they close.
 pub async fn forward(
     mut req: Request<Incoming>,
     far: BoxedIo,
-    metrics: std::sync::Arc<Metrics>,
     direction: Direction,
     drain: Option<Watch>,
 ) -> Result<Response<Body>, String> {
@@ -79,7 +78,7 @@ pub async fn forward(
         let far = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             match far.await {
-                Ok(far) => crate::io::splice(near, TokioIo::new(far), metrics, direction, drain),
+                Ok(far) => crate::io::splice(near, TokioIo::new(far), direction, drain),
                 Err(e) => tracing::debug!(error = %e, "the far side did not switch protocols"),
             }
         });

@@ -166,6 +166,7 @@ impl Inbound {
         drain: Watch,
     ) -> std::io::Result<()> {
         let local = tcp.local_addr()?;
+        let tcp = crate::io::Counted::new(tcp, &self.metrics, Direction::Inbound);
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
             Protocol::Tls { sni: Some(name) } if name == self.own_name => {
@@ -204,7 +205,7 @@ impl Inbound {
     /// Mutual TLS with a peer proxy, then what its transport header says.
     async fn mesh(
         self: Arc<Self>,
-        io: PrefixedIo<TcpStream>,
+        io: PrefixedIo<crate::io::Counted<TcpStream>>,
         own: SocketAddr,
         drain: Watch,
     ) -> std::io::Result<()> {
@@ -283,7 +284,7 @@ impl Inbound {
     /// connection made to the inbound listener itself names no app port and is closed.
     async fn plaintext(
         self: Arc<Self>,
-        io: PrefixedIo<TcpStream>,
+        io: PrefixedIo<crate::io::Counted<TcpStream>>,
         app: SocketAddr,
         protocol: Protocol,
         drain: Watch,
@@ -465,12 +466,9 @@ impl Inbound {
             if opaque {
                 let (mut near, mut far) = (TokioIo::new(near), far);
                 let _hold = drain;
-                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut near, &mut far).await {
-                    let d = crate::metrics::DirectionLabels {
-                        direction: Direction::Inbound,
-                    };
-                    this.metrics.bytes_read.get_or_create(&d).inc_by(up);
-                    this.metrics.bytes_written.get_or_create(&d).inc_by(down);
+                // The bytes count where the mesh session was accepted (`Counted`).
+                if let Err(e) = tokio::io::copy_bidirectional(&mut near, &mut far).await {
+                    tracing::debug!(error = %e, "inbound tunnel ended");
                 }
                 return;
             }
@@ -495,15 +493,8 @@ impl Inbound {
                     let mut io = io;
                     let mut far = far;
                     let _hold = drain;
-                    match tokio::io::copy_bidirectional(&mut io, &mut far).await {
-                        Ok((up, down)) => {
-                            let d = crate::metrics::DirectionLabels {
-                                direction: Direction::Inbound,
-                            };
-                            this.metrics.bytes_read.get_or_create(&d).inc_by(up);
-                            this.metrics.bytes_written.get_or_create(&d).inc_by(down);
-                        }
-                        Err(e) => tracing::debug!(error = %e, "inbound tunnel ended"),
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut far).await {
+                        tracing::debug!(error = %e, "inbound tunnel ended");
                     }
                 }
             }
@@ -645,15 +636,7 @@ impl Inbound {
         };
         let _ = tcp.set_nodelay(true);
         let drain = self.drain.get().cloned();
-        match crate::upgrade::forward(
-            req,
-            Box::new(tcp),
-            self.metrics.clone(),
-            Direction::Inbound,
-            drain,
-        )
-        .await
-        {
+        match crate::upgrade::forward(req, Box::new(tcp), Direction::Inbound, drain).await {
             Ok(resp) => resp,
             Err(why) => {
                 tracing::debug!(%app, error = %why, "app upgrade failed");

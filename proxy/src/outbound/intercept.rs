@@ -51,6 +51,7 @@ impl Outbound {
         orig: SocketAddr,
         drain: Watch,
     ) -> std::io::Result<()> {
+        let tcp = crate::io::Counted::new(tcp, &self.metrics, crate::metrics::Direction::Outbound);
         let authority = orig.to_string();
         let eps = self
             .resolver
@@ -97,7 +98,10 @@ impl Outbound {
     }
 
     /// As sent: a plain connection to the original destination.
-    async fn passthrough(&self, mut tcp: TcpStream, orig: SocketAddr) -> std::io::Result<()> {
+    async fn passthrough<I>(&self, mut tcp: I, orig: SocketAddr) -> std::io::Result<()>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let far = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(orig)).await;
         let mut far = match far {
             Ok(Ok(f)) => f,
@@ -120,15 +124,9 @@ impl Outbound {
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
         B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     {
-        match tokio::io::copy_bidirectional(a, b).await {
-            Ok((up, down)) => {
-                let d = crate::metrics::DirectionLabels {
-                    direction: crate::metrics::Direction::Outbound,
-                };
-                self.metrics.bytes_read.get_or_create(&d).inc_by(up);
-                self.metrics.bytes_written.get_or_create(&d).inc_by(down);
-            }
-            Err(e) => tracing::debug!(error = %e, "intercepted connection ended"),
+        // The bytes count at the accepted socket (`Counted`).
+        if let Err(e) = tokio::io::copy_bidirectional(a, b).await {
+            tracing::debug!(error = %e, "intercepted connection ended");
         }
     }
 }

@@ -166,6 +166,7 @@ impl Outbound {
         if let Some(orig) = intercept::original_dst(&tcp) {
             return self.intercepted(tcp, orig, drain).await;
         }
+        let tcp = crate::io::Counted::new(tcp, &self.metrics, Direction::Outbound);
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         self.serve_http(detected.protocol(), io, None, drain).await
     }

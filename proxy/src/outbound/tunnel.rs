@@ -41,7 +41,6 @@ impl Outbound {
         crate::io::splice(
             hyper::upgrade::on(&mut req),
             far,
-            self.metrics.clone(),
             Direction::Outbound,
             self.drain.get().cloned(),
         );
@@ -82,9 +81,7 @@ impl Outbound {
             Err(why) => return error(StatusCode::BAD_GATEWAY, &why),
         };
         let drain = self.drain.get().cloned();
-        match crate::upgrade::forward(req, far, self.metrics.clone(), Direction::Outbound, drain)
-            .await
-        {
+        match crate::upgrade::forward(req, far, Direction::Outbound, drain).await {
             Ok(resp) => resp,
             Err(why) => error(StatusCode::BAD_GATEWAY, &why),
         }
