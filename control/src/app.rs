@@ -12,11 +12,15 @@ use std::sync::{Arc, Mutex};
 use meshwork_ebpf::{Algorithm, BpfDatapath, Datapath};
 use meshwork_kube_watch::{Changes, Seen, ServiceWatch};
 use meshwork_service_model::{service_key, slice_service};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, mpsc},
+};
 
 use crate::{
     config::{Config, LbAlgorithm},
     desired::{Desired, NodeInfo, Options},
+    destination::Changed,
     incremental::Change,
     metrics::Metrics,
     sync::{ServiceSync, Stores},
@@ -78,19 +82,26 @@ pub fn uninstall(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reflector callbacks → the Service loop's changes.
-/// `changes` is bumped on each too (the discovery streams recompute on it).
+/// Reflector callbacks → the Service loop's changes, and the discovery streams' (`changed`:
+/// each stream answers again only for a change its answer was read from).
 fn service_changes(
     client: &kube::Client,
     tx: mpsc::UnboundedSender<Change>,
-    changes: Changes,
+    changed: broadcast::Sender<Changed>,
 ) -> ServiceWatch {
     let tx2 = tx.clone();
-    let changes2 = changes.clone();
+    let changed2 = changed.clone();
     ServiceWatch::start_each(
         client,
         move |seen| {
-            changes.bump();
+            // No stream open is no error.
+            let _ = changed.send(match &seen {
+                Seen::Applied(s) | Seen::Deleted(s) => match service_key(s) {
+                    Some(k) => Changed::Service(k),
+                    None => Changed::All,
+                },
+                Seen::Relisted => Changed::All,
+            });
             let c = match seen {
                 Seen::Applied(s) | Seen::Deleted(s) => service_key(s).map(Change::Service),
                 Seen::Relisted => Some(Change::Relisted),
@@ -98,7 +109,10 @@ fn service_changes(
             c.map(|c| tx.send(c));
         },
         move |seen| {
-            changes2.bump();
+            let _ = changed2.send(match &seen {
+                Seen::Applied(s) | Seen::Deleted(s) => Changed::Slice(slice_service(s)),
+                Seen::Relisted => Changed::All,
+            });
             let c = match seen {
                 Seen::Applied(s) | Seen::Deleted(s) => {
                     let deleted = matches!(seen, Seen::Deleted(_));
@@ -119,12 +133,12 @@ fn service_changes(
     )
 }
 
-/// The proxies' discovery API (`destination.rs`), on the Service reflectors and a Pod one.
+/// The proxies' discovery API (`destination/`), on the Service reflectors and a Pod one.
 async fn start_destination(
     cfg: &Config,
     client: &kube::Client,
     watch: &ServiceWatch,
-    changes: Changes,
+    changed: broadcast::Sender<Changed>,
     metrics: &Metrics,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let addr: std::net::SocketAddr = cfg.destination_listen.parse().map_err(|_| {
@@ -136,22 +150,29 @@ async fn start_destination(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Listen(addr, e))?;
-    let rx = changes.subscribe();
-    let (pods, pods_task) = meshwork_kube_watch::reflect(
+    let pods_changed = changed.clone();
+    let (pods, pods_task) = meshwork_kube_watch::reflect_each(
         kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
         kube::runtime::watcher::Config::default(),
-        changes,
+        move |seen| {
+            let c = match seen {
+                Seen::Applied(p) | Seen::Deleted(p) => Changed::pod(p).unwrap_or(Changed::All),
+                Seen::Relisted => Changed::All,
+            };
+            let _ = pods_changed.send(c);
+        },
     );
     let server = crate::destination::Server {
         services: watch.services.clone(),
         slices: watch.slices.clone(),
         pods,
-        changes: rx,
+        changes: changed,
         naming: crate::destination::Naming {
             cluster_domain: cfg.cluster_domain.clone(),
             trust_domain: cfg.trust_domain.clone(),
         },
         streams: metrics.destination_streams.clone(),
+        computed: metrics.destination_answers.clone(),
     };
     Ok(tokio::spawn(async move {
         let _pods = AbortOnDrop(pods_task);
@@ -189,11 +210,12 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     metrics.follow_datapath(pin_dir);
 
     let (tx, rx) = mpsc::unbounded_channel();
-    let changes = Changes::new();
-    let mut watch = service_changes(&client, tx, changes.clone());
+    // Bounded: a stream that falls this far behind answers again from the stores.
+    let (changed, _) = broadcast::channel(1024);
+    let mut watch = service_changes(&client, tx, changed.clone());
     let mut tasks = std::mem::take(&mut watch.tasks);
     if cfg.destination_listen != "off" {
-        tasks.push(start_destination(&cfg, &client, &watch, changes, &metrics).await?);
+        tasks.push(start_destination(&cfg, &client, &watch, changed, &metrics).await?);
     }
     let sync = ServiceSync {
         node: node.clone(),

@@ -21,8 +21,10 @@ pub struct Metrics {
     /// Overlay syncs that reached the kernel (a Node set change or the periodic resync).
     pub overlay_syncs: Counter,
     pub last_sync: Gauge,
-    /// Open discovery streams from proxies (`destination.rs`).
+    /// Open discovery streams from proxies (`destination/`).
     pub destination_streams: Gauge,
+    /// Discovery answers computed: each stream's first, then one per change it depends on.
+    pub destination_answers: Counter,
     /// Unix ms of the oldest change not yet applied (0: none pending).
     pub pending_since_ms: AtomicI64,
     pub synced: AtomicBool,
@@ -89,6 +91,12 @@ impl Metrics {
             "Discovery streams open to this node's proxies",
             destination_streams.clone(),
         );
+        let destination_answers = Counter::default();
+        registry.register(
+            "destination_answers",
+            "Discovery answers computed: a stream's first, then one per change it depends on",
+            destination_answers.clone(),
+        );
         let drops = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register(
             "datapath_drops",
@@ -105,6 +113,7 @@ impl Metrics {
             overlay_syncs,
             last_sync,
             destination_streams,
+            destination_answers,
             pending_since_ms: AtomicI64::new(0),
             synced: AtomicBool::new(false),
             registry,

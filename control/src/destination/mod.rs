@@ -13,21 +13,19 @@
 //! The API is plaintext on the node's address: the proxies on this node are its only callers.
 //! Linkerd runs it over mTLS; see ARCHITECTURE.md ("The proxy", known gaps).
 
-use std::{net::IpAddr, pin::Pin, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::runtime::reflector::{ObjectRef, Store};
 use meshwork_destination_api::{
-    parse_ports,
-    pb::{self, destination_server},
-    DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
+    parse_ports, pb, DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
 };
 use meshwork_service_model::{cluster_ips, endpoints, service_key, slice_service, usable, Key};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+
+mod server;
+pub use server::{serve, Changed, Server};
 
 /// What names a Service's authority in this cluster.
 #[derive(Clone, Debug)]
@@ -36,37 +34,75 @@ pub struct Naming {
     pub trust_domain: String,
 }
 
-/// Where an authority points: a Service and one of its ports.
-fn find<'a>(
-    authority: &str,
-    services: &'a [Arc<Service>],
-    naming: &Naming,
-) -> Option<(&'a Arc<Service>, u16)> {
+/// What an authority names: an address (a ClusterIP, or a pod's) or a Service by name.
+#[derive(Debug)]
+enum Target {
+    Ip(IpAddr),
+    Name(Key),
+}
+
+/// An authority's target and port; None: not `host:port` of either kind.
+fn target(authority: &str, naming: &Naming) -> Option<(Target, u16)> {
     let (host, port) = authority.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let svc = if let Ok(ip) = host.parse::<IpAddr>() {
-        services.iter().find(|s| {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some((Target::Ip(ip), port));
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let suffix = format!(".svc.{}", naming.cluster_domain);
+    let short = host
+        .strip_suffix(&suffix)
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(&host);
+    let (name, ns) = short.split_once('.')?;
+    if ns.contains('.') {
+        return None;
+    }
+    Some((Target::Name((ns.to_string(), name.to_string())), port))
+}
+
+/// The Service `t` names.
+fn find<'a>(t: &Target, services: &'a [Arc<Service>]) -> Option<&'a Arc<Service>> {
+    match t {
+        Target::Ip(ip) => services.iter().find(|s| {
             s.spec
                 .as_ref()
-                .is_some_and(|spec| cluster_ips(spec).contains(&ip))
-        })?
-    } else {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let suffix = format!(".svc.{}", naming.cluster_domain);
-        let short = host
-            .strip_suffix(&suffix)
-            .or_else(|| host.strip_suffix(".svc"))
-            .unwrap_or(&host);
-        let (name, ns) = short.split_once('.')?;
-        if ns.contains('.') {
-            return None;
+                .is_some_and(|spec| cluster_ips(spec).contains(ip))
+        }),
+        Target::Name((ns, name)) => services.iter().find(|s| {
+            s.metadata.name.as_deref() == Some(name.as_str())
+                && s.metadata.namespace.as_deref() == Some(ns.as_str())
+        }),
+    }
+}
+
+/// What an authority's answer was computed from, so that its stream is computed again only
+/// when one of these changes (not on every change in the cluster).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deps {
+    /// The Service it named (found or not: its creation matters too) and so its slices.
+    service: Option<Key>,
+    /// A ClusterIP no Service has yet: any Service may come to have it.
+    any_service: bool,
+    /// The pods its endpoints are, read for their mesh identity and annotations.
+    pods: std::collections::BTreeSet<Key>,
+    /// A pod address: whichever pod comes to own it.
+    ip: Option<IpAddr>,
+}
+
+impl Deps {
+    /// Whether `c` may change the answer these were read for.
+    pub fn touched_by(&self, c: &Changed) -> bool {
+        match c {
+            Changed::All => true,
+            Changed::Service(k) => self.any_service || self.service.as_ref() == Some(k),
+            Changed::Slice(k) => k.is_some() && self.service.as_ref() == k.as_ref(),
+            Changed::Pod { key, ips } => {
+                self.pods.contains(key) || self.ip.is_some_and(|ip| ips.contains(&ip))
+            }
         }
-        services.iter().find(|s| {
-            s.metadata.name.as_deref() == Some(name) && s.metadata.namespace.as_deref() == Some(ns)
-        })?
-    };
-    Some((svc, port))
+    }
 }
 
 fn opaque(annotations: Option<&std::collections::BTreeMap<String, String>>) -> Option<String> {
@@ -162,7 +198,7 @@ pub fn pod_at(pods: impl IntoIterator<Item = Arc<Pod>>, ip: IpAddr) -> Option<Ar
     owners.into_iter().next()
 }
 
-/// The update for `authority` from the reflectors' objects.
+/// The update for `authority` from the reflectors' objects, and what it was read from.
 /// `pod(namespace, name)` looks a pod up and `pod_at(ip)` finds the pod owning an address
 /// (the reflector's store: no copy of all pods).
 pub fn resolve(
@@ -172,29 +208,51 @@ pub fn resolve(
     pod: &dyn Fn(&str, &str) -> Option<Arc<Pod>>,
     pod_at: &dyn Fn(IpAddr) -> Option<Arc<Pod>>,
     naming: &Naming,
-) -> pb::Update {
-    let Some((svc, port)) = find(authority, services, naming) else {
-        let at = authority.rsplit_once(':').and_then(|(h, p)| {
-            let ip = h
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .ok()?;
-            Some((ip, p.parse::<u16>().ok()?))
-        });
-        if let Some((ip, port)) = at {
-            if let Some(p) = pod_at(ip) {
-                return resolve_pod(&p, ip, port, naming);
+) -> (pb::Update, Deps) {
+    let mut deps = Deps::default();
+    let unknown = pb::Update {
+        unknown: true,
+        endpoints: vec![],
+    };
+    let Some((t, port)) = target(authority, naming) else {
+        return (unknown, deps);
+    };
+    let Some(svc) = find(&t, services) else {
+        match t {
+            Target::Name(k) => deps.service = Some(k),
+            Target::Ip(ip) => {
+                deps.any_service = true;
+                deps.ip = Some(ip);
+                if let Some(p) = pod_at(ip) {
+                    deps.pods
+                        .extend(p.metadata.namespace.clone().zip(p.metadata.name.clone()));
+                    return (resolve_pod(&p, ip, port, naming), deps);
+                }
             }
         }
-        return pb::Update {
-            unknown: true,
-            endpoints: vec![],
-        };
+        return (unknown, deps);
     };
     let Some(key): Option<Key> = service_key(svc) else {
-        return pb::Update::default();
+        return (pb::Update::default(), deps);
     };
+    deps.service = Some(key.clone());
+    let mut read_pod = |ns: &str, name: &str| {
+        deps.pods.insert((ns.to_string(), name.to_string()));
+        pod(ns, name)
+    };
+    let update = for_service(svc, &key, port, slices, &mut read_pod, naming);
+    (update, deps)
+}
+
+/// The endpoints of `svc` (its key `key`) for `port`, from `slices`.
+fn for_service(
+    svc: &Service,
+    key: &Key,
+    port: u16,
+    slices: &[Arc<EndpointSlice>],
+    pod: &mut dyn FnMut(&str, &str) -> Option<Arc<Pod>>,
+    naming: &Naming,
+) -> pb::Update {
     let Some(sp) = svc
         .spec
         .as_ref()
@@ -212,9 +270,9 @@ pub fn resolve(
     let svc_opaque = opaque(svc.metadata.annotations.as_ref());
     let mine = slices
         .iter()
-        .filter(|s| slice_service(s).as_ref() == Some(&key))
+        .filter(|s| slice_service(s).as_ref() == Some(key))
         .map(|s| &**s);
-    let all = endpoints(mine).remove(&key).unwrap_or_default();
+    let all = endpoints(mine).remove(key).unwrap_or_default();
     let mut out = Vec::new();
     for ep in usable(&all) {
         let Some(target) = ep.port(&port_name, meshwork_service_model::Protocol::Tcp) else {
@@ -246,98 +304,6 @@ pub fn resolve(
     }
 }
 
-/// The reflectors the service reads, and the counter they bump on any change.
-#[derive(Clone)]
-pub struct Server {
-    pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
-    pub pods: Store<Pod>,
-    pub changes: watch::Receiver<u64>,
-    pub naming: Naming,
-    pub streams: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Server {
-    fn update(&self, authority: &str) -> pb::Update {
-        let pod = |ns: &str, name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
-        let pod_at = |ip: IpAddr| pod_at(self.pods.state(), ip);
-        resolve(
-            authority,
-            &self.services.state(),
-            &self.slices.state(),
-            &pod,
-            &pod_at,
-            &self.naming,
-        )
-    }
-}
-
-/// Streams open at once, over all callers: each costs a recomputation on every change.
-pub const MAX_STREAMS: i64 = 4096;
-
-type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl destination_server::Destination for Server {
-    type GetStream = UpdateStream;
-
-    async fn get(
-        &self,
-        req: tonic::Request<pb::GetDestination>,
-    ) -> Result<tonic::Response<UpdateStream>, tonic::Status> {
-        let authority = req.into_inner().authority;
-        if !authority.contains(':') || authority.len() > 512 {
-            return Err(tonic::Status::invalid_argument(
-                "the authority is host:port (a ClusterIP or a Service's DNS name)",
-            ));
-        }
-        if self.streams.get() >= MAX_STREAMS {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "{MAX_STREAMS} discovery streams are open on this node"
-            )));
-        }
-        let this = self.clone();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            // A partial view would tell a proxy that endpoints are gone.
-            let _ = this.services.wait_until_ready().await;
-            let _ = this.slices.wait_until_ready().await;
-            let _ = this.pods.wait_until_ready().await;
-            this.streams.inc();
-            let mut changes = this.changes.clone();
-            let mut last = None;
-            loop {
-                changes.borrow_and_update();
-                let u = this.update(&authority);
-                if last.as_ref() != Some(&u) {
-                    last = Some(u.clone());
-                    if tx.send(Ok(u)).await.is_err() {
-                        break;
-                    }
-                }
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { break },
-                    _ = tx.closed() => break,
-                }
-            }
-            this.streams.dec();
-        });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(server: Server, listener: tokio::net::TcpListener) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    if let Err(e) = tonic::transport::Server::builder()
-        .add_service(destination_server::DestinationServer::new(server))
-        .serve_with_incoming(incoming)
-        .await
-    {
-        tracing::error!(error = %e, "destination API stopped");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
@@ -356,7 +322,56 @@ mod tests {
     ) -> pb::Update {
         let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
         let pod_at = |ip: IpAddr| pod_at(pods.values().cloned(), ip);
-        resolve(authority, svcs, slices, &pod, &pod_at, &naming())
+        resolve(authority, svcs, slices, &pod, &pod_at, &naming()).0
+    }
+
+    fn deps(authority: &str, (svcs, slices, pods): &Objects) -> Deps {
+        let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
+        let pod_at = |ip: IpAddr| pod_at(pods.values().cloned(), ip);
+        resolve(authority, svcs, slices, &pod, &pod_at, &naming()).1
+    }
+
+    #[test]
+    fn an_answer_depends_on_what_it_was_read_from_only() {
+        let objs = objects();
+        let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        let pod = |n: &str, ip: &str| Changed::Pod {
+            key: key("shop", n),
+            ips: vec![ip.parse().unwrap()],
+        };
+        // A Service's authority: that Service, its slices, the pods of its usable endpoints.
+        let web = deps("web.shop.svc.cluster.local:80", &objs);
+        assert_eq!(deps("10.96.0.7:80", &objs), web, "by ClusterIP or by name");
+        for (c, hit) in [
+            (Changed::Service(key("shop", "web")), true),
+            (Changed::Service(key("shop", "api")), false),
+            (Changed::Slice(Some(key("shop", "web"))), true),
+            (Changed::Slice(Some(key("shop", "api"))), false),
+            (Changed::Slice(None), false),
+            (pod("web-a", "10.244.1.5"), true),
+            (pod("web-b", "10.244.2.6"), true),
+            // Not ready: not an endpoint, so not read (its readiness comes as a slice change).
+            (pod("web-c", "10.244.2.9"), false),
+            (pod("other", "10.244.1.5"), false),
+            (Changed::All, true),
+        ] {
+            assert_eq!(web.touched_by(&c), hit, "{c:?}");
+        }
+        // A Service not there yet: its coming.
+        let api = deps("api.shop.svc:80", &objs);
+        assert!(api.touched_by(&Changed::Service(key("shop", "api"))));
+        assert!(api.touched_by(&Changed::Slice(Some(key("shop", "api")))));
+        assert!(!api.touched_by(&Changed::Service(key("shop", "web"))));
+        // A pod's address: whichever pod owns it, and any Service (one may take the address).
+        let at = deps("10.244.1.5:8080", &objs);
+        assert!(at.touched_by(&pod("web-a", "10.244.1.5")));
+        assert!(at.touched_by(&pod("newcomer", "10.244.1.5")));
+        assert!(!at.touched_by(&pod("other", "10.244.7.7")));
+        assert!(at.touched_by(&Changed::Service(key("shop", "api"))));
+        // Nobody's address yet: the pod that comes to own it.
+        let nobody = deps("10.244.9.9:8080", &objs);
+        assert!(nobody.touched_by(&pod("late", "10.244.9.9")));
+        assert!(!nobody.touched_by(&pod("web-a", "10.244.1.5")));
     }
 
     fn naming() -> Naming {

@@ -1,0 +1,284 @@
+//! The discovery streams: one task per `Destination.Get`, which answers from the reflectors'
+//! stores and answers again when something its answer was read from changes ([`Deps`]): the
+//! Service the authority names or its slices, one of the pods its endpoints are, or the pod
+//! owning the address it names. A change elsewhere in the cluster costs a stream a comparison,
+//! not a recomputation (with 10,000 Services, a recomputation reads them all).
+
+use std::{net::IpAddr, pin::Pin};
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::runtime::reflector::{ObjectRef, Store};
+use meshwork_destination_api::pb::{self, destination_server};
+use meshwork_service_model::Key;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{pod_at, resolve, Deps, Naming};
+
+/// What changed in the cluster, as the reflectors saw it (`app.rs` sends them).
+#[derive(Clone, Debug)]
+pub enum Changed {
+    /// A Service applied or deleted.
+    Service(Key),
+    /// An EndpointSlice applied or deleted, with the Service its label names.
+    Slice(Option<Key>),
+    /// A pod applied or deleted, with its addresses.
+    Pod { key: Key, ips: Vec<IpAddr> },
+    /// A list completed: what changed meanwhile is not known object by object.
+    All,
+}
+
+impl Changed {
+    /// The change a pod's event is.
+    pub fn pod(p: &Pod) -> Option<Changed> {
+        let key = p.metadata.namespace.clone().zip(p.metadata.name.clone())?;
+        let ips = p
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|i| i.ip.as_str())
+                    .chain(s.pod_ip.as_deref())
+            })
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        Some(Changed::Pod { key, ips })
+    }
+}
+
+/// The reflectors the service reads and the changes they report.
+#[derive(Clone)]
+pub struct Server {
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pods: Store<Pod>,
+    pub changes: broadcast::Sender<Changed>,
+    pub naming: Naming,
+    pub streams: prometheus_client::metrics::gauge::Gauge,
+    /// Answers computed (first ones and recomputations), over all streams.
+    pub computed: prometheus_client::metrics::counter::Counter,
+}
+
+impl Server {
+    fn update(&self, authority: &str) -> (pb::Update, Deps) {
+        self.computed.inc();
+        let pod = |ns: &str, name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
+        let pod_at = |ip: IpAddr| pod_at(self.pods.state(), ip);
+        resolve(
+            authority,
+            &self.services.state(),
+            &self.slices.state(),
+            &pod,
+            &pod_at,
+            &self.naming,
+        )
+    }
+}
+
+/// Streams open at once, over all callers.
+pub const MAX_STREAMS: i64 = 4096;
+
+type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl destination_server::Destination for Server {
+    type GetStream = UpdateStream;
+
+    async fn get(
+        &self,
+        req: tonic::Request<pb::GetDestination>,
+    ) -> Result<tonic::Response<UpdateStream>, tonic::Status> {
+        let authority = req.into_inner().authority;
+        if !authority.contains(':') || authority.len() > 512 {
+            return Err(tonic::Status::invalid_argument(
+                "the authority is host:port (a ClusterIP or a Service's DNS name)",
+            ));
+        }
+        if self.streams.get() >= MAX_STREAMS {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "{MAX_STREAMS} discovery streams are open on this node"
+            )));
+        }
+        let this = self.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            // A partial view would tell a proxy that endpoints are gone.
+            let _ = this.services.wait_until_ready().await;
+            let _ = this.slices.wait_until_ready().await;
+            let _ = this.pods.wait_until_ready().await;
+            this.streams.inc();
+            // Subscribed before the first answer is read: a change while it is read is not
+            // missed.
+            let mut changes = this.changes.subscribe();
+            let mut last = None;
+            'stream: loop {
+                let (u, deps) = this.update(&authority);
+                if last.as_ref() != Some(&u) {
+                    last = Some(u.clone());
+                    if tx.send(Ok(u)).await.is_err() {
+                        break;
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        c = changes.recv() => match c {
+                            Ok(c) if deps.touched_by(&c) => break,
+                            Ok(_) => {}
+                            // Changes went by unread: any of them may have been ours.
+                            Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => break 'stream,
+                        },
+                        _ = tx.closed() => break 'stream,
+                    }
+                }
+                // A burst (a rollout's pods, a relist) answers once, with the last state:
+                // whatever else is queued is read by the next answer anyway.
+                while !matches!(
+                    changes.try_recv(),
+                    Err(broadcast::error::TryRecvError::Empty
+                        | broadcast::error::TryRecvError::Closed)
+                ) {}
+            }
+            this.streams.dec();
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(server: Server, listener: tokio::net::TcpListener) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(destination_server::DestinationServer::new(server))
+        .serve_with_incoming(incoming)
+        .await
+    {
+        tracing::error!(error = %e, "destination API stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use kube::runtime::{reflector, watcher};
+    use meshwork_destination_api::pb::destination_client::DestinationClient;
+    use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+    use serde_json::json;
+
+    use super::*;
+
+    fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
+        let eps: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-1"), "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": eps,
+        }))
+        .unwrap()
+    }
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap()
+    }
+
+    /// Through the real gRPC service on loopback: two streams, each answered again for a
+    /// change to its own Service's endpoints and not for the other's, nor for a pod neither
+    /// reads. The count of answers computed says which streams did work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_answers_again_only_for_changes_it_depends_on() {
+        let (services, mut sw) = reflector::store::<Service>();
+        let (slices, mut lw) = reflector::store::<EndpointSlice>();
+        let (pods, mut pw) = reflector::store::<Pod>();
+        sw.apply_watcher_event(&watcher::Event::InitDone);
+        lw.apply_watcher_event(&watcher::Event::InitDone);
+        pw.apply_watcher_event(&watcher::Event::InitDone);
+        for (name, ip) in [("web", "10.96.0.7"), ("api", "10.96.0.8")] {
+            sw.apply_watcher_event(&watcher::Event::Apply(service(name, ip)));
+        }
+        lw.apply_watcher_event(&watcher::Event::Apply(slice("web", &["10.244.1.5"])));
+        lw.apply_watcher_event(&watcher::Event::Apply(slice("api", &["10.244.1.6"])));
+        let (changes, _) = broadcast::channel(16);
+        let computed = Counter::default();
+        let server = Server {
+            services,
+            slices,
+            pods,
+            changes: changes.clone(),
+            naming: Naming {
+                cluster_domain: "cluster.local".into(),
+                trust_domain: "cluster.local".into(),
+            },
+            streams: Gauge::default(),
+            computed: computed.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(server, listener));
+        let mut client = DestinationClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut open = async |authority: &str| {
+            let mut s = client
+                .get(pb::GetDestination {
+                    authority: authority.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let first = s.message().await.unwrap().unwrap();
+            (s, first)
+        };
+        let (mut web, first) = open("web.shop.svc.cluster.local:80").await;
+        assert_eq!(first.endpoints.len(), 1);
+        let (mut api, first) = open("api.shop.svc.cluster.local:80").await;
+        assert_eq!(first.endpoints.len(), 1);
+        assert_eq!(computed.get(), 2);
+
+        // api's endpoints change: its stream answers; web's only reads the change.
+        lw.apply_watcher_event(&watcher::Event::Apply(slice(
+            "api",
+            &["10.244.1.6", "10.244.1.7"],
+        )));
+        changes
+            .send(Changed::Slice(Some(("shop".into(), "api".into()))))
+            .unwrap();
+        assert_eq!(api.message().await.unwrap().unwrap().endpoints.len(), 2);
+        // A pod neither reads.
+        changes
+            .send(Changed::Pod {
+                key: ("shop".into(), "batch-1".into()),
+                ips: vec!["10.244.3.3".parse().unwrap()],
+            })
+            .unwrap();
+        // Then web's: its stream reads the changes in order, so by its answer it has passed
+        // over the two before.
+        lw.apply_watcher_event(&watcher::Event::Apply(slice(
+            "web",
+            &["10.244.1.5", "10.244.1.9"],
+        )));
+        changes
+            .send(Changed::Slice(Some(("shop".into(), "web".into()))))
+            .unwrap();
+        assert_eq!(web.message().await.unwrap().unwrap().endpoints.len(), 2);
+        assert_eq!(
+            computed.get(),
+            4,
+            "two first answers, then one for each stream's own change"
+        );
+    }
+}
