@@ -42,10 +42,15 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
     tmp_name.push(name);
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
+    // A new file, never one left behind (a crash's, or a link planted there): O_EXCL follows
+    // no link, and 0600 holds from the start.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(with_path(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
         .write(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(with_path)?;
@@ -83,8 +88,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("tls.key");
         super::write_private(&p, b"old").unwrap();
+        // A link left where the temporary file goes is not followed.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".tls.key.tmp")).unwrap();
         super::write_private(&p, b"new key").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new key");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        std::fs::remove_file(&victim).unwrap();
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600

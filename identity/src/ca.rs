@@ -121,8 +121,9 @@ pub fn generate_issuer(
 }
 
 /// Writes a new issuer signed by the anchor into `dir` as `tls.crt` and `tls.key` (0600), the
-/// names the service reads (server.rs); returns it. Each file is replaced whole, the key last:
-/// a reader that finds all the files finds a complete set.
+/// names the service reads (server.rs); returns it. Each file is replaced whole; a crash
+/// between the two leaves a certificate and key that do not match, which the service refuses
+/// at load (`Ca::from_pem` signs and verifies a probe leaf) with the reason.
 pub fn write_issuer(
     dir: &std::path::Path,
     trust_domain: &str,

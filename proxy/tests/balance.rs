@@ -171,6 +171,33 @@ async fn a_request_past_its_timeout_gets_a_504_quickly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_shorter_than_the_failfast_wait_is_a_504_and_fails_nothing_fast() {
+    // The only endpoint refuses connections: a request waits for it to come back, but its own
+    // timeout (300 ms) ends the wait long before the fail-fast timeout (3 s) would. It is
+    // answered 504, and the next request waits its own time again: one request's timeout
+    // does not mark the Service as down.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = outbound::Config {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..outbound::Config::default()
+    };
+    let p = proxy(cfg, &[dead]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    for i in 0..2 {
+        let started = std::time::Instant::now();
+        assert_eq!(get(&mut conn).await, 504, "request {i}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "request {i}: {took:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_one_service_keeps_anothers_ejections() {
     let (good, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
     let (bad, hb) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(1))).await;

@@ -620,7 +620,7 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
         ..Default::default()
     };
     let (l, outbound_addr) = listen().await;
-    tokio::spawn(Outbound::with(cfg, client, resolver, metrics).serve(l, Watch::never()));
+    tokio::spawn(Outbound::with(cfg, client, resolver, metrics.clone()).serve(l, Watch::never()));
 
     const WEB: &str = "web.default.svc.cluster.local:80";
     let waiting = tokio::spawn(get(outbound_addr, WEB));
@@ -643,6 +643,30 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
     assert_eq!((status, perr.as_str()), (200, ""), "{body}");
     assert_eq!(body, "spiffe://cluster.local/ns/default/sa/client");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A Service whose set is empty (a Recreate rollout between its pods): the request waits
+    // for a set instead of a 503, and is served once one comes.
+    set.send_replace(vec![]);
+    let updates = |m: &meshwork_proxy::metrics::Metrics| {
+        m.encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("meshwork_proxy_discovery_updates_total "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let before = updates(&metrics);
+    const EMPTY: &str = "web.default.svc.cluster.local:9090";
+    let waiting = tokio::spawn(get(outbound_addr, EMPTY));
+    // Its discovery stream has said "none" ...
+    let heard = eventually(async || updates(&metrics) > before).await;
+    assert!(heard, "no discovery answer for {EMPTY}");
+    assert!(
+        !waiting.is_finished(),
+        "answered with no endpoints to go to"
+    );
+    // ... and the new pod comes.
+    set.send_replace(vec![endpoint(live_app, new_proxy)]);
+    let (status, perr, _) = waiting.await.unwrap();
+    assert_eq!((status, perr.as_str()), (200, ""));
 
     // Only the old pod listed, its app still gone: the answer comes after the fail-fast
     // timeout, saying why; the next one at once.

@@ -9,7 +9,13 @@
     reason = "test code: a panic with its location is the failure report"
 )]
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
 mod support;
 
@@ -26,13 +32,16 @@ use tokio::{
 
 /// An app that switches to its `echo` protocol (answers each read upper-cased until the
 /// client closes), saying in a header which client identity the request carried; anything
-/// else gets a 426 naming the upgrade it saw.
-async fn echo_app() -> SocketAddr {
+/// else gets a 426 naming the upgrade it saw. Counts the connections it accepts.
+async fn echo_app() -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = l.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |mut req: http::Request<hyper::body::Incoming>| async move {
@@ -85,7 +94,7 @@ async fn echo_app() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// Sends an upgrade request for `protocol` to `authority` through the outbound proxy (with a
@@ -124,7 +133,7 @@ async fn upgrades_switch_protocols_through_both_proxies_and_outside_the_mesh() {
     let ca = test_ca();
     let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
     let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let app = echo_app().await;
+    let (app, accepted) = echo_app().await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inbound_port = l.local_addr().unwrap().port();
     tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
@@ -148,8 +157,11 @@ async fn upgrades_switch_protocols_through_both_proxies_and_outside_the_mesh() {
         // Outside the mesh: plain TCP, and nobody vouches for the client.
         ("legacy.default.svc.cluster.local:80", "none"),
     ] {
+        let before = accepted.load(Ordering::SeqCst);
         let (mut s, head) = upgrade(outbound, authority, "echo").await;
         assert!(head.starts_with("http/1.1 101"), "{authority}: {head}");
+        // One connection to the app for the upgrade: none made and dropped on the way.
+        assert_eq!(accepted.load(Ordering::SeqCst) - before, 1, "{authority}");
         assert!(head.contains("upgrade: echo"), "{authority}: {head}");
         assert!(
             head.contains(&format!("seen-client-id: {identity}")),

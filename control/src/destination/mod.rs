@@ -233,6 +233,8 @@ pub fn resolve(
         return (unknown, deps);
     };
     let Some(key): Option<Key> = service_key(svc) else {
+        // A Service without a name or namespace: nothing to follow it by but any change.
+        deps.any_service = true;
         return (pb::Update::default(), deps);
     };
     deps.service = Some(key.clone());

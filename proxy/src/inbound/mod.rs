@@ -442,28 +442,37 @@ impl Inbound {
             );
         }
         let app = session_app;
-        let far = match TcpStream::connect(app).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!(%app, error = %e, "app refused a tunnel");
-                return error(
-                    http::StatusCode::BAD_GATEWAY,
-                    "the app refused the connection",
-                );
-            }
-        };
-        let _ = far.set_nodelay(true);
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let this = self.clone();
-        let drain = self.drain.get().cloned().unwrap_or_else(Watch::never);
         let opaque = self
             .cfg
             .opaque_ports
             .iter()
             .any(|r| r.contains(&app.port()));
+        // An opaque port's tunnel is the app's connection: made before the peer is told yes,
+        // so that a refusal is its answer. Any other port's is made once its bytes are known
+        // not to be HTTP (HTTP inside, an upgrade above all, makes connections of its own:
+        // one made here first would reach the app for nothing).
+        let early = if opaque {
+            match connect_app(app).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::debug!(%app, error = %e, "app refused a tunnel");
+                    let mut resp = error(
+                        http::StatusCode::BAD_GATEWAY,
+                        "the app refused the connection",
+                    );
+                    resp.extensions_mut().insert(crate::http::Unsent);
+                    return resp;
+                }
+            }
+        } else {
+            None
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let this = self.clone();
+        let drain = self.drain.get().cloned().unwrap_or_else(Watch::never);
         tokio::spawn(async move {
             let Ok(near) = on_upgrade.await else { return };
-            if opaque {
+            if let Some(far) = early {
                 let (mut near, mut far) = (TokioIo::new(near), far);
                 let _hold = drain;
                 // The bytes count where the mesh session was accepted (`Counted`).
@@ -481,17 +490,18 @@ impl Inbound {
             };
             match detected {
                 Detected::Found(Protocol::Http1) => {
-                    drop(far);
                     this.http(io, app, Some(client), false, drain).await;
                 }
                 Detected::Found(Protocol::Http2) => {
-                    drop(far);
                     this.http(io, app, Some(client), true, drain).await;
                 }
                 Detected::Partial => {}
                 _ => {
                     let mut io = io;
-                    let mut far = far;
+                    let Ok(mut far) = connect_app(app).await else {
+                        tracing::debug!(%app, "app refused a tunnel");
+                        return;
+                    };
                     let _hold = drain;
                     if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut far).await {
                         tracing::debug!(error = %e, "inbound tunnel ended");
@@ -644,6 +654,13 @@ impl Inbound {
             }
         }
     }
+}
+
+/// A connection to the app at `app`, for a tunnel.
+async fn connect_app(app: SocketAddr) -> std::io::Result<TcpStream> {
+    let t = TcpStream::connect(app).await?;
+    let _ = t.set_nodelay(true);
+    Ok(t)
 }
 
 /// Relays bytes both ways between `io` and a new connection to `to`.

@@ -128,8 +128,11 @@ impl Outbound {
         let latest = self
             .resolver
             .current(authority)
-            .filter(|e| !e.is_empty())
             .unwrap_or_else(|| eps.clone());
+        // Discovery says there is none: nothing to pick (the request waits for a set).
+        if latest.is_empty() {
+            return None;
+        }
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if !all.contains_key(authority) {
@@ -215,9 +218,7 @@ impl Outbound {
         let Some(s) = b.state(&f.picked) else {
             return;
         };
-        // A probe's answer (or a request's end) can make the endpoint available with no
-        // clock to say so: requests waiting for one are told.
-        let was_up = s.up(now);
+        let before = (s.up(now), s.up_at(now).is_some());
         match ok {
             Some(ok) => {
                 if ok {
@@ -234,7 +235,10 @@ impl Outbound {
                 s.breaker.cancel(now, f.picked.probe);
             }
         }
-        if !was_up && s.up(now) {
+        // A probe's answer makes the endpoint available, or gives it a new penalty, with no
+        // clock the waiting requests knew of: they look again.
+        let after = (s.up(now), s.up_at(now).is_some());
+        if before != after && (after.0 || after.1) {
             self.available.notify_waiters();
         }
     }
@@ -257,6 +261,10 @@ impl Outbound {
     /// A request waited the fail-fast timeout in vain: `authority` fails fast from now on.
     pub(super) fn fail_fast(&self, authority: &str) {
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.contains_key(authority) {
+            // A set that stayed empty: no balancer was made for it yet.
+            all.insert(authority.to_string(), Balancer::empty());
+        }
         if let Some(b) = all.get_mut(authority) {
             if !b.failfast {
                 tracing::info!(%authority, "no endpoint available within the fail-fast timeout: failing fast");

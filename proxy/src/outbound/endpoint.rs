@@ -192,7 +192,7 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
         let mut s = self.session(addr, mesh).await.map_err(SendError::Connect)?;
-        s.ready().await.map_err(SendError::Request)?;
+        s.ready().await.map_err(SendError::NotReady)?;
         s.send_request(req).await.map_err(SendError::Request)
     }
 }
@@ -203,6 +203,9 @@ pub enum SendError {
     Connect(Arc<ConnectError>),
     #[error("request: {0}")]
     Request(hyper::Error),
+    /// The session would take no more requests (it is closing): nothing was sent.
+    #[error("session closing: {0}")]
+    NotReady(hyper::Error),
     #[error("tunnel: {0}")]
     Tunnel(String),
 }

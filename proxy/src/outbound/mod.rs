@@ -321,9 +321,13 @@ impl Outbound {
                 "protocol upgrades (WebSocket) are proxied for HTTP/1.1 requests only",
             );
         }
-        let eps = match self.endpoints(&authority).await {
-            Ok(e) => e,
-            Err(resp) => return resp,
+        // An authority nobody knows is answered at once; one whose set is empty (a Recreate
+        // rollout, a scale from zero) waits for endpoints like any request that finds none.
+        let Some(eps) = self.resolver.get(&authority).await else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no endpoints for {authority}"),
+            );
         };
         let absolute = req.uri().authority().is_some();
         // The authority as the app wrote it goes on the wire (the server sees what its client
@@ -390,13 +394,7 @@ impl Outbound {
                 {
                     continue;
                 }
-                if let Some(why) = unsent_why {
-                    return error(StatusCode::BAD_GATEWAY, &why);
-                }
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
-                );
+                return self.no_endpoint(&authority, unsent_why, deadline);
             };
             let ep = picked.ep();
             *peer = ep
@@ -453,9 +451,10 @@ impl Outbound {
                     unsent_why = Some(why);
                     continue;
                 }
-                // Nowhere else to go: the client hears why the connect failed.
+                // Nowhere else to go: the client hears why the connect failed (or that its
+                // timeout ended the wait).
                 tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound connect failed");
-                return error(StatusCode::BAD_GATEWAY, &why);
+                return self.no_endpoint(&authority, Some(why), deadline);
             }
             let again = !ok
                 && replay.is_some()
@@ -486,6 +485,40 @@ impl Outbound {
         }
     }
 
+    /// The answer to a request that waited for an endpoint in vain: 504 if its own timeout
+    /// ended the wait, else why the last attempt reached nothing (502), else that there is
+    /// no endpoint (503).
+    fn no_endpoint(
+        &self,
+        authority: &str,
+        unsent_why: Option<String>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> http::Response<Body> {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("no endpoint of {authority} took the request within its timeout"),
+            );
+        }
+        if let Some(why) = unsent_why {
+            return error(StatusCode::BAD_GATEWAY, &why);
+        }
+        if self
+            .resolver
+            .current(authority)
+            .is_some_and(|e| e.is_empty())
+        {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no endpoints for {authority}"),
+            );
+        }
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
+        )
+    }
+
     /// Linkerd's queue, for a request no endpoint of `authority` can take now: waits until
     /// one may (a back-off or ejection ends, a probe answers) or discovery changes the set,
     /// then true (pick again). False once the request has waited `failfast` in all (from its
@@ -504,12 +537,14 @@ impl Outbound {
             return false;
         };
         let now = tokio::time::Instant::now();
-        let mut until = *since.get_or_insert(now) + self.cfg.failfast;
-        if let Some(d) = deadline {
-            until = until.min(d);
-        }
+        let failfast_at = *since.get_or_insert(now) + self.cfg.failfast;
+        let until = deadline.map_or(failfast_at, |d| d.min(failfast_at));
         if now >= until {
-            self.fail_fast(authority);
+            // Only the fail-fast timeout says the authority is down; a request's own shorter
+            // timeout says nothing about the next request.
+            if now >= failfast_at {
+                self.fail_fast(authority);
+            }
             return false;
         }
         let wake = next.map_or(until, |n| tokio::time::Instant::from_std(n).min(until));
@@ -565,6 +600,10 @@ impl Outbound {
                         why: c.to_string(),
                         unsent: true,
                     },
+                    SendError::NotReady(r) => Failed {
+                        why: format!("the session to {} is closing: {r}", ep.addr),
+                        unsent: true,
+                    },
                     SendError::Request(r) if crate::http::unprocessed(&r) => Failed {
                         why: format!(
                             "{} refused the request unprocessed (its app is not accepting \
@@ -590,9 +629,11 @@ impl Outbound {
                         why: e.to_string(),
                         unsent: true,
                     })?;
-                send.ready()
-                    .await
-                    .map_err(|e| Failed::request(format!("plaintext HTTP/2 to {addr}: {e}")))?;
+                // A session that is closing takes nothing: the request was not sent.
+                send.ready().await.map_err(|e| Failed {
+                    why: format!("plaintext HTTP/2 to {addr}: {e}"),
+                    unsent: true,
+                })?;
                 send.send_request(req).await.map_err(|e| Failed {
                     unsent: crate::http::unprocessed(&e),
                     why: format!("plaintext HTTP/2 to {addr}: {e}"),
