@@ -95,6 +95,8 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     /// Discovery streams open (one per authority in use).
     pub discovery_streams: Gauge,
+    /// Requests waiting for an endpoint (the outbound queue, `wait_for_endpoint`).
+    pub queued: Gauge,
     /// Label values in use: outbound authorities, inbound authorities, peers.
     bounded: [Mutex<HashSet<Arc<str>>>; 3],
     /// The label values every request would otherwise allocate.
@@ -199,6 +201,12 @@ impl Metrics {
             "Discovery streams that failed or could not open (the last set is kept)",
             discovery_errors.clone(),
         );
+        let queued = Gauge::default();
+        r.register(
+            "outbound_queued_requests",
+            "Requests waiting for an endpoint that can take them",
+            queued.clone(),
+        );
         let discovery_streams = Gauge::default();
         r.register(
             "discovery_streams",
@@ -220,6 +228,7 @@ impl Metrics {
             discovery_updates,
             discovery_errors,
             discovery_streams,
+            queued,
             bounded: Default::default(),
             empty: Arc::from(""),
             overflow: Arc::from("overflow"),

@@ -198,6 +198,61 @@ async fn a_timeout_shorter_than_the_failfast_wait_is_a_504_and_fails_nothing_fas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_of_requests_waiting_for_an_endpoint_is_bounded() {
+    // The only endpoint refuses connections, and one request may wait at a time: the first
+    // waits (the gauge says so), the second is answered at once, and the first hears why
+    // its endpoint failed once the fail-fast timeout is over.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = outbound::Config {
+        queue_capacity: 1,
+        failfast: Duration::from_secs(2),
+        ..outbound::Config::default()
+    };
+    let mut d = Static::default();
+    d.parse_entry(&format!("web:80={dead}")).unwrap();
+    let out = Outbound::new(cfg, Arc::new(support::NoCreds), d);
+    let metrics = out.metrics.clone();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = l.local_addr().unwrap();
+    tokio::spawn(out.serve(l, Watch::never()));
+    let gauge = || {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("meshwork_proxy_outbound_queued_requests "))
+            .map_or(-1, |v| v.trim().parse::<i64>().unwrap())
+    };
+    let first = tokio::spawn(async move {
+        let mut conn = TcpStream::connect(p).await.unwrap();
+        get(&mut conn).await
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gauge() != 1 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the first request never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    assert_eq!(get(&mut conn).await, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(metrics
+        .encode()
+        .contains("meshwork_proxy_refused_total{reason=\"queue_full\"} 1"));
+    assert_eq!(first.await.unwrap(), 502);
+    assert_eq!(gauge(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_one_service_keeps_anothers_ejections() {
     let (good, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
     let (bad, hb) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(1))).await;

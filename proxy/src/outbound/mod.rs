@@ -67,6 +67,10 @@ pub struct Config {
     /// reached its app) before it is answered with the reason and the authority fails fast
     /// (Linkerd's outbound failfast timeout, 3 s).
     pub failfast: Duration,
+    /// Requests that may wait at once, over all authorities; past it a request that finds no
+    /// endpoint is answered at once (Linkerd's outbound HTTP queue capacity, 10,000): a dead
+    /// Service under load must not pile up requests and their bodies.
+    pub queue_capacity: usize,
     /// The pod's namespace: a one-label host (`web:80`) means `web.<it>.svc.<domain>:80`, as
     /// the pod's resolv.conf search path makes it.
     pub namespace: Option<String>,
@@ -85,6 +89,7 @@ impl Default for Config {
             request_timeout: None,
             header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
             failfast: Duration::from_secs(3),
+            queue_capacity: 10_000,
             namespace: None,
             cluster_domain: "cluster.local".into(),
         }
@@ -524,10 +529,10 @@ impl Outbound {
     /// then true (pick again). False once the request has waited `failfast` in all (from its
     /// first wait; never past its deadline), which sets the authority failing fast, or at
     /// once while it is.
-    async fn wait_for_endpoint(
-        &self,
+    async fn wait_for_endpoint<'a>(
+        &'a self,
         authority: &str,
-        since: &mut Option<tokio::time::Instant>,
+        queued: &mut Option<Queued<'a>>,
         deadline: Option<tokio::time::Instant>,
     ) -> bool {
         // Before the state is read, so that an endpoint coming up in between still wakes us.
@@ -537,7 +542,14 @@ impl Outbound {
             return false;
         };
         let now = tokio::time::Instant::now();
-        let failfast_at = *since.get_or_insert(now) + self.cfg.failfast;
+        if queued.is_none() {
+            let Some(q) = Queued::enter(&self.metrics, self.cfg.queue_capacity, now) else {
+                self.metrics.refuse("queue_full");
+                return false;
+            };
+            *queued = Some(q);
+        }
+        let failfast_at = queued.as_ref().map_or(now, |q| q.since) + self.cfg.failfast;
         let until = deadline.map_or(failfast_at, |d| d.min(failfast_at));
         if now >= until {
             // Only the fail-fast timeout says the authority is down; a request's own shorter
@@ -644,6 +656,31 @@ impl Outbound {
                 unsent: e.is_connect(),
             }),
         }
+    }
+}
+
+/// A request's place in the queue of those waiting for an endpoint: counted in the
+/// `outbound_queued_requests` gauge from its first wait until it is answered.
+struct Queued<'a> {
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    since: tokio::time::Instant,
+}
+
+impl<'a> Queued<'a> {
+    /// A place, unless `capacity` requests wait already.
+    fn enter(metrics: &'a Metrics, capacity: usize, now: tokio::time::Instant) -> Option<Self> {
+        let gauge = &metrics.queued;
+        if usize::try_from(gauge.inc()).unwrap_or(usize::MAX) >= capacity {
+            gauge.dec();
+            return None;
+        }
+        Some(Queued { gauge, since: now })
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
