@@ -137,12 +137,21 @@ async fn upgrades_switch_protocols_through_both_proxies_and_outside_the_mesh() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inbound_port = l.local_addr().unwrap().port();
     tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
+    // Each Service also lists an endpoint nobody answers at (a pod gone): an upgrade that
+    // cannot reach it goes to the other, as a request would, never a 502.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut d = Static::default();
+    let id = "spiffe://cluster.local/ns/default/sa/web";
     d.parse_entry(&format!(
-        "web.default.svc.cluster.local:80={app}@{inbound_port}@spiffe://cluster.local/ns/default/sa/web"
+        "web.default.svc.cluster.local:80={dead}@{}@{id},{app}@{inbound_port}@{id}",
+        dead.port()
     ))
     .unwrap();
-    d.parse_entry(&format!("legacy.default.svc.cluster.local:80={app}"))
+    d.parse_entry(&format!("legacy.default.svc.cluster.local:80={dead},{app}"))
         .unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let outbound = l.local_addr().unwrap();
@@ -157,6 +166,11 @@ async fn upgrades_switch_protocols_through_both_proxies_and_outside_the_mesh() {
         // Outside the mesh: plain TCP, and nobody vouches for the client.
         ("legacy.default.svc.cluster.local:80", "none"),
     ] {
+        // Several, so that the dead endpoint is picked (P2C) and sat out in turn.
+        for _ in 0..5 {
+            let (_, head) = upgrade(outbound, authority, "echo").await;
+            assert!(head.starts_with("http/1.1 101"), "{authority}: {head}");
+        }
         let before = accepted.load(Ordering::SeqCst);
         let (mut s, head) = upgrade(outbound, authority, "echo").await;
         assert!(head.starts_with("http/1.1 101"), "{authority}: {head}");

@@ -64,33 +64,27 @@ impl Outbound {
         let opaque = meshwork_destination_api::DEFAULT_OPAQUE_PORTS.contains(&orig.port())
             || eps.iter().all(|e| e.opaque);
         if opaque {
-            return self.opaque(tcp, &authority, &eps).await;
+            return self.opaque(tcp, &authority).await;
         }
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
             p @ (Protocol::Http1 | Protocol::Http2) => {
                 self.serve_http(p, io, Some(authority), drain).await
             }
-            _ => self.opaque(io, &authority, &eps).await,
+            _ => self.opaque(io, &authority).await,
         }
     }
 
     /// Opaque bytes to one endpoint of `authority`.
-    async fn opaque<I>(
-        &self,
-        mut io: I,
-        authority: &str,
-        eps: &std::sync::Arc<[super::Endpoint]>,
-    ) -> std::io::Result<()>
+    /// (An endpoint that cannot be reached is passed over, and with none the connection
+    /// waits for one, as a request does: `far_for`.)
+    async fn opaque<I>(&self, mut io: I, authority: &str) -> std::io::Result<()>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        let Some(picked) = self.pick(authority, eps, &[]) else {
-            tracing::info!(%authority, "no endpoint available for an intercepted connection");
-            return Ok(());
-        };
         let mut peer = String::new();
-        let Ok(mut far) = self.connect_far(authority, &picked, &mut peer).await else {
+        let Ok(mut far) = self.far_for(authority, &mut peer).await else {
+            tracing::info!(%authority, "no endpoint reachable for an intercepted connection");
             return Ok(());
         };
         self.copy(&mut io, &mut far).await;

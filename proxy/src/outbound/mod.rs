@@ -298,17 +298,6 @@ impl Outbound {
         resp
     }
 
-    /// The endpoints of `authority`, or the 503 that says there are none.
-    async fn endpoints(&self, authority: &str) -> Result<Arc<[Endpoint]>, http::Response<Body>> {
-        match self.resolver.get(authority).await {
-            Some(eps) if !eps.is_empty() => Ok(eps),
-            _ => Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no endpoints for {authority}"),
-            )),
-        }
-    }
-
     async fn forward(
         &self,
         req: Request<Incoming>,

@@ -23,20 +23,9 @@ impl Outbound {
         authority: &str,
         peer: &mut String,
     ) -> http::Response<Body> {
-        let eps = match self.endpoints(authority).await {
-            Ok(e) => e,
-            Err(resp) => return resp,
-        };
-        let Some(picked) = self.pick(authority, &eps, &[]) else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
-            );
-        };
-        let far = self.connect_far(authority, &picked, peer).await;
-        let far = match far {
+        let far = match self.far_for(authority, peer).await {
             Ok(f) => f,
-            Err(why) => return error(StatusCode::BAD_GATEWAY, &why),
+            Err(resp) => return resp,
         };
         crate::io::splice(
             hyper::upgrade::on(&mut req),
@@ -56,16 +45,6 @@ impl Outbound {
         authority: &str,
         peer: &mut String,
     ) -> http::Response<Body> {
-        let eps = match self.endpoints(authority).await {
-            Ok(e) => e,
-            Err(resp) => return resp,
-        };
-        let Some(picked) = self.pick(authority, &eps, &[]) else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no endpoint of {authority} is available (ejected or reconnecting)"),
-            );
-        };
         // As for any request: only the peer's inbound proxy says who the client is, and Host
         // names what the app named (an absolute target's authority replaces it).
         let named = crate::http::named_authority(req.uri(), req.headers())
@@ -76,14 +55,48 @@ impl Outbound {
         if let Some(v) = named {
             h.insert(http::header::HOST, v);
         }
-        let far = match self.connect_far(authority, &picked, peer).await {
+        let far = match self.far_for(authority, peer).await {
             Ok(f) => f,
-            Err(why) => return error(StatusCode::BAD_GATEWAY, &why),
+            Err(resp) => return resp,
         };
         let drain = self.drain.get().cloned();
         match crate::upgrade::forward(req, far, Direction::Outbound, drain).await {
             Ok(resp) => resp,
             Err(why) => error(StatusCode::BAD_GATEWAY, &why),
+        }
+    }
+
+    /// The far side for a tunnel or an upgrade to `authority`, from an endpoint picked as for
+    /// a request. Nothing of the client's has been sent yet, so one that cannot be reached
+    /// (no connection, or its proxy refused the stream) sits out its back-off and another is
+    /// tried; with none available the tunnel waits as a request does (`wait_for_endpoint`).
+    pub(super) async fn far_for(
+        &self,
+        authority: &str,
+        peer: &mut String,
+    ) -> Result<crate::io::BoxedIo, http::Response<Body>> {
+        let Some(eps) = self.resolver.get(authority).await else {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no endpoints for {authority}"),
+            ));
+        };
+        let (mut tried, mut queued, mut why) = (Vec::new(), None, None);
+        loop {
+            let Some(picked) = self.pick(authority, &eps, &tried) else {
+                if self.wait_for_endpoint(authority, &mut queued, None).await {
+                    continue;
+                }
+                return Err(self.no_endpoint(authority, why, None));
+            };
+            match self.connect_far(authority, &picked, peer).await {
+                Ok(far) => return Ok(far),
+                Err(e) => {
+                    self.reconnect_failed(authority, &picked);
+                    tried.push(picked.ep().clone());
+                    why = Some(e);
+                }
+            }
         }
     }
 
