@@ -218,13 +218,8 @@ async fn the_queue_of_requests_waiting_for_an_endpoint_is_bounded() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let p = l.local_addr().unwrap();
     tokio::spawn(out.serve(l, Watch::never()));
-    let gauge = || {
-        metrics
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix("meshwork_proxy_outbound_queued_requests "))
-            .map_or(-1, |v| v.trim().parse::<i64>().unwrap())
-    };
+    let gauge =
+        || support::metric(&metrics, "meshwork_proxy_outbound_queued_requests").unwrap_or(-1);
     let first = tokio::spawn(async move {
         let mut conn = TcpStream::connect(p).await.unwrap();
         get(&mut conn).await

@@ -443,6 +443,30 @@ impl pb::destination_server::Destination for Discovery {
     }
 }
 
+/// A discovery server on loopback answering from `rx`, and a resolver (with its proxy's
+/// metrics) reading it.
+async fn discovery(
+    rx: tokio::sync::watch::Receiver<Vec<pb::Endpoint>>,
+) -> (Resolver, Arc<meshwork_proxy::metrics::Metrics>) {
+    let (dl, addr) = listen().await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Discovery(
+                rx,
+            )))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &addr.to_string(),
+        Duration::from_secs(3),
+        metrics.clone(),
+    )
+    .unwrap();
+    (resolver, metrics)
+}
+
 /// A TCP relay to `to` that counts the connections open through it.
 async fn counted_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
     let (l, addr) = listen().await;
@@ -503,22 +527,7 @@ async fn an_address_listed_again_under_another_identity_gets_a_new_session_and_t
     };
     let (set, rx) =
         tokio::sync::watch::channel(vec![endpoint("spiffe://cluster.local/ns/default/sa/web")]);
-    let (dl, discovery) = listen().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(Discovery(
-                rx,
-            )))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
-    );
-    let metrics = meshwork_proxy::metrics::Metrics::new();
-    let resolver = Resolver::api(
-        Static::default(),
-        &discovery.to_string(),
-        Duration::from_secs(3),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (resolver, metrics) = discovery(rx).await;
     let (l, outbound_addr) = listen().await;
     tokio::spawn(
         Outbound::with(Default::default(), client, resolver, metrics).serve(l, Watch::never()),
@@ -598,22 +607,7 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
     };
     let old_ep = endpoint(gone_app, old_proxy);
     let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
-    let (dl, discovery) = listen().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(Discovery(
-                rx,
-            )))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
-    );
-    let metrics = meshwork_proxy::metrics::Metrics::new();
-    let resolver = Resolver::api(
-        Static::default(),
-        &discovery.to_string(),
-        Duration::from_secs(3),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (resolver, metrics) = discovery(rx).await;
     let failfast = Duration::from_secs(2);
     let cfg = meshwork_proxy::outbound::Config {
         failfast,
@@ -648,10 +642,7 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
     // for a set instead of a 503, and is served once one comes.
     set.send_replace(vec![]);
     let updates = |m: &meshwork_proxy::metrics::Metrics| {
-        m.encode()
-            .lines()
-            .find_map(|l| l.strip_prefix("meshwork_proxy_discovery_updates_total "))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        support::metric(m, "meshwork_proxy_discovery_updates_total").unwrap_or(0)
     };
     let before = updates(&metrics);
     const EMPTY: &str = "web.default.svc.cluster.local:9090";

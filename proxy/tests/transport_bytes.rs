@@ -30,11 +30,8 @@ use tokio::{
 
 /// The value of `name{direction="<direction>"}` in `metrics`' exposition.
 fn counter(metrics: &Metrics, name: &str, direction: &str) -> u64 {
-    let text = metrics.encode();
-    let line = format!("meshwork_proxy_{name}_total{{direction=\"{direction}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    let series = format!("meshwork_proxy_{name}_total{{direction=\"{direction}\"}}");
+    support::metric(metrics, &series).map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

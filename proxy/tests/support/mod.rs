@@ -202,3 +202,13 @@ pub fn test_ca() -> Ca {
     .unwrap();
     Ca::from_pem(&a.cert_pem, &i.cert_pem, &i.key_pem).unwrap()
 }
+
+/// The value of `series` (its name and labels as exposed) in `metrics`' text exposition.
+pub fn metric(metrics: &meshwork_proxy::metrics::Metrics, series: &str) -> Option<i64> {
+    let prefix = format!("{series} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+}
