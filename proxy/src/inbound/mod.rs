@@ -626,7 +626,7 @@ impl Inbound {
         }
         let app = s.app;
         let connect_timeout = self.cfg.detect_timeout.min(Duration::from_secs(1));
-        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(app)).await {
+        let tcp = match tokio::time::timeout(connect_timeout, connect_app(app)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 tracing::debug!(%app, error = %e, "app refused an upgrade");
@@ -644,7 +644,6 @@ impl Inbound {
                 )
             }
         };
-        let _ = tcp.set_nodelay(true);
         let drain = self.drain.get().cloned();
         match crate::upgrade::forward(req, Box::new(tcp), Direction::Inbound, drain).await {
             Ok(resp) => resp,
@@ -656,7 +655,7 @@ impl Inbound {
     }
 }
 
-/// A connection to the app at `app`, for a tunnel.
+/// A connection to the app at `app`, for a tunnel or an upgrade.
 async fn connect_app(app: SocketAddr) -> std::io::Result<TcpStream> {
     let t = TcpStream::connect(app).await?;
     let _ = t.set_nodelay(true);
