@@ -8,12 +8,8 @@ use meshwork_cni::{app, config};
 use meshwork_cni_spec::{code, CniError};
 
 fn main() {
-    let filter = std::env::var(config::ENV_LOG).unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    // The runtime keeps stderr: warn and worse unless MESHWORK_CNI_LOG says otherwise.
+    meshwork_daemon::init_logging_from(config::ENV_LOG, tracing::Level::WARN);
 
     let out = run();
     let mut stdout = std::io::stdout().lock();

@@ -14,16 +14,84 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from(d).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-/// Logs to stderr at `MESHWORK_LOG` (an env-filter; `info` when unset): one logging set-up for
-/// every Meshwork binary.
+/// Logs to stderr at `MESHWORK_LOG` (`info` when unset): one logging set-up for every Meshwork
+/// binary. The filter is `level` and `target=level` directives, comma-separated
+/// (`info,meshwork_proxy=debug`), as tracing-subscriber's `Targets` reads them — not an
+/// EnvFilter, whose span and field matching links the regex engine into every binary: 0.4 MB
+/// more resident in each sidecar proxy (BENCHMARKS.md, "The proxy pair"). A filter that does
+/// not parse is reported once and `info` used.
 pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    init_logging_from("MESHWORK_LOG", tracing::Level::INFO);
+}
+
+/// [`init_logging`] for a binary with its own variable and default level.
+pub fn init_logging_from(var: &str, default: tracing::Level) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let spec = std::env::var(var).ok();
+    let (filter, bad) = log_filter(spec.as_deref(), default);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Log files, collectors and a runtime's pipe get no colour codes.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
+        .with(filter)
         .init();
+    if let (Some(spec), Some(e)) = (spec, bad) {
+        tracing::warn!(%var, %spec, error = %e, %default, "log filter not understood; logging at the default level");
+    }
+}
+
+/// The filter `spec` names, or `default` everywhere and why `spec` was refused.
+pub fn log_filter(
+    spec: Option<&str>,
+    default: tracing::Level,
+) -> (
+    tracing_subscriber::filter::Targets,
+    Option<tracing_subscriber::filter::ParseError>,
+) {
+    let fallback = || tracing_subscriber::filter::Targets::new().with_default(default);
+    match spec.map(str::parse) {
+        Some(Ok(t)) => (t, None),
+        Some(Err(e)) => (fallback(), Some(e)),
+        None => (fallback(), None),
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn directives_per_target_and_a_default() {
+        let (f, bad) = log_filter(Some("warn,meshwork_proxy=debug"), Level::INFO);
+        assert!(bad.is_none());
+        assert!(f.would_enable("meshwork_proxy::outbound", &Level::DEBUG));
+        assert!(!f.would_enable("meshwork_proxy::outbound", &Level::TRACE));
+        assert!(f.would_enable("h2::codec", &Level::WARN));
+        assert!(!f.would_enable("h2::codec", &Level::INFO));
+    }
+
+    #[test]
+    fn unset_is_the_default_level() {
+        let (f, bad) = log_filter(None, Level::WARN);
+        assert!(bad.is_none());
+        assert!(f.would_enable("meshwork_cni", &Level::WARN));
+        assert!(!f.would_enable("meshwork_cni", &Level::INFO));
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_is_refused_and_the_default_kept() {
+        // EnvFilter's span/field syntax is not accepted: say so rather than log nothing.
+        let (f, bad) = log_filter(Some("meshwork_proxy[conn{peer=x}]=debug"), Level::INFO);
+        assert!(bad.is_some());
+        assert!(f.would_enable("meshwork_proxy", &Level::INFO));
+        assert!(!f.would_enable("meshwork_proxy", &Level::DEBUG));
+        let (_, bad) = log_filter(Some("meshwork_proxy=loud"), Level::INFO);
+        assert!(bad.is_some());
+    }
 }
 
 /// Writes `bytes` to `path` readable by its owner only (0600: keys, tokens, kubeconfigs),

@@ -202,15 +202,8 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Audit lines go to files and log collectors: no colour codes there.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Audit lines go to files and log collectors: init_logging writes no colour codes there.
+    meshwork_daemon::init_logging();
     match Cli::parse().cmd {
         Cmd::Init(a) => init(a),
         Cmd::Issuer(a) => new_issuer(a),
