@@ -17,7 +17,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// Logs to stderr at `MESHWORK_LOG` (`info` when unset): one logging set-up for every Meshwork
 /// binary. The filter is `level` and `target=level` directives, comma-separated
 /// (`info,meshwork_proxy=debug`), as tracing-subscriber's `Targets` reads them — not an
-/// EnvFilter, whose span and field matching links the regex engine into every binary: 0.4 MB
+/// EnvFilter, whose span and field matching links the regex engine into every binary: 0.5 MB
 /// more resident in each sidecar proxy (BENCHMARKS.md, "The proxy pair"). A filter that does
 /// not parse is reported once and `info` used.
 pub fn init_logging() {
