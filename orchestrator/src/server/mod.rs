@@ -257,6 +257,7 @@ pub async fn start_with_listener(
     ));
     let (stop, mut stopped) = watch::channel(false);
     let authz = authz::Authorizer::start(store.clone(), stopped.clone());
+    let rbac_store = store.clone();
     let api = Arc::new(
         Api::new(store, cfg.api.clone())
             .with_authenticator(authn.clone())
@@ -268,7 +269,10 @@ pub async fn start_with_listener(
     authz::bootstrap::ensure(&api)
         .await
         .map_err(|e| Error::Bootstrap(format!("the default RBAC policy: {e}")))?;
-    authz.ready().await;
+    authz
+        .synced_with(&rbac_store)
+        .await
+        .map_err(|e| Error::Bootstrap(format!("the default RBAC policy: {e}")))?;
     api.ensure_kubernetes_service(endpoint_address(&cfg, addr), addr.port())
         .await
         .map_err(|e| Error::Bootstrap(format!("the kubernetes Service: {e}")))?;

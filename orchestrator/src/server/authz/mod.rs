@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use meshwork_orchestrator_store::{AnyStore, Event, Store};
+use meshwork_orchestrator_store::{AnyStore, Event, Store, StoreError};
 use tokio::sync::watch;
 
 pub use attributes::Attributes;
@@ -34,7 +34,8 @@ pub enum Decision {
 
 pub struct Authorizer {
     policy: RwLock<Arc<Policy>>,
-    ready: watch::Sender<bool>,
+    /// The store revision the cache reflects (None until the first list).
+    seen: watch::Sender<Option<meshwork_orchestrator_store::Revision>>,
 }
 
 /// (namespace, name) of a store key under `PREFIX`, and its plural.
@@ -80,10 +81,10 @@ fn apply(p: &mut Policy, key: &str, value: Option<&[u8]>) {
 impl Authorizer {
     /// Starts the cache; it follows the store until `stop`.
     pub fn start(store: AnyStore, mut stop: watch::Receiver<bool>) -> Arc<Self> {
-        let (ready, _) = watch::channel(false);
+        let (seen, _) = watch::channel(None);
         let a = Arc::new(Authorizer {
             policy: RwLock::new(Arc::new(Policy::default())),
-            ready,
+            seen,
         });
         let me = a.clone();
         tokio::spawn(async move {
@@ -110,7 +111,7 @@ impl Authorizer {
                 apply(&mut p, &s.key, Some(&s.value));
             }
             self.set(p);
-            self.ready.send_replace(true);
+            self.seen.send_replace(Some(rev));
             let mut events = match store.watch(PREFIX, rev).await {
                 Ok(w) => w,
                 Err(e) => {
@@ -126,6 +127,7 @@ impl Authorizer {
                     Event::Delete { object, .. } => apply(&mut p, &object.key, None),
                 }
                 self.set(p);
+                self.seen.send_replace(Some(ev.revision()));
             }
             tracing::debug!("RBAC watch ended; listing again");
             // A watch that keeps failing must not turn into a busy relist loop.
@@ -143,10 +145,20 @@ impl Authorizer {
         self.policy.read().map(|g| g.clone()).unwrap_or_default()
     }
 
-    /// Waits until the cache holds the store's RBAC objects.
-    pub async fn ready(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
+    /// Waits until the cache holds every RBAC write the store had made when this was called.
+    /// The server's start waits on this after writing the default policy: the first list may
+    /// have run before those writes, and a node's first request (its `system:node` role) must
+    /// not race the watch that brings them (a 403 seen under load).
+    pub async fn synced_with(&self, store: &AnyStore) -> Result<(), StoreError> {
+        let (items, _) = store.list(PREFIX).await?;
+        let last = items.iter().map(|s| s.mod_revision).max().unwrap_or(0);
+        self.caught_up(last).await;
+        Ok(())
+    }
+
+    async fn caught_up(&self, rev: meshwork_orchestrator_store::Revision) {
+        let mut rx = self.seen.subscribe();
+        let _ = rx.wait_for(|r| r.is_some_and(|seen| seen >= rev)).await;
     }
 
     pub fn authorize(&self, user: &User, a: &Attributes) -> Decision {
@@ -170,6 +182,61 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshwork_orchestrator_store::{SqliteStore, SqliteSync};
+
+    /// What the server's start waits on: a role written after the cache's first list is in
+    /// force once `synced_with` returns, with nothing else awaited in between (one thread:
+    /// the watch task gets a turn only if the wait gives it one).
+    #[tokio::test(flavor = "current_thread")]
+    async fn synced_with_waits_for_writes_after_the_first_list() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let store = AnyStore::Sqlite(
+            SqliteStore::open(&dir.path().join("s.db"), SqliteSync::Normal)
+                .unwrap_or_else(|e| panic!("store: {e}")),
+        );
+        let (_stop, stop) = watch::channel(false);
+        let authz = Authorizer::start(store.clone(), stop);
+        authz
+            .synced_with(&store)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let alice = User {
+            name: "alice".into(),
+            uid: String::new(),
+            groups: vec![],
+            extra: Default::default(),
+        };
+        let list = Attributes::from_request(&http::Method::GET, "/api/v1/namespaces/d/pods", None);
+        assert!(matches!(authz.authorize(&alice, &list), Decision::Deny(_)));
+        let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "read"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]});
+        let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "read"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "read"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]});
+        // Written from another thread while this one is blocked: the cache's watch task gets
+        // no turn before the wait below (the old start's `ready()` returned here at once).
+        let writer = store.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap_or_else(|e| panic!("runtime: {e}"));
+            for (key, v) in [
+                ("clusterroles/read", role),
+                ("clusterrolebindings/read", binding),
+            ] {
+                rt.block_on(writer.create(&format!("{PREFIX}{key}"), v.to_string().into_bytes()))
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("writer thread"));
+        authz
+            .synced_with(&store)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(authz.authorize(&alice, &list), Decision::Allow);
+    }
 
     #[test]
     fn keys_name_kind_namespace_and_name() {
