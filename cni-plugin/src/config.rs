@@ -18,7 +18,7 @@ pub const ENV_COMMAND: &str = "CNI_COMMAND";
 pub const ENV_CONTAINERID: &str = "CNI_CONTAINERID";
 pub const ENV_NETNS: &str = "CNI_NETNS";
 pub const ENV_IFNAME: &str = "CNI_IFNAME";
-/// Log filter for stderr (tracing `EnvFilter` syntax).
+/// Log filter for stderr: `level` and `target=level` directives (`meshwork_daemon::log_filter`).
 pub const ENV_LOG: &str = "MESHWORK_CNI_LOG";
 /// Test seam: abort the process at a named point of ADD (`after-lease`, `after-veth`) to prove
 /// that a crash there never double-allocates an address.

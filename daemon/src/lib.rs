@@ -43,19 +43,38 @@ pub fn init_logging_from(var: &str, default: tracing::Level) {
     }
 }
 
-/// The filter `spec` names, or `default` everywhere and why `spec` was refused.
+/// The filter `spec` names, or `default` everywhere and why `spec` was refused. Blank is
+/// unset; spaces around directives and empty ones (`info, h2=warn,`) are ignored. EnvFilter's
+/// span and field forms (`target[span{field=x}]=level`) are refused rather than taken, as
+/// `Targets` would, for a target name that matches nothing.
 pub fn log_filter(
     spec: Option<&str>,
     default: tracing::Level,
-) -> (
-    tracing_subscriber::filter::Targets,
-    Option<tracing_subscriber::filter::ParseError>,
-) {
+) -> (tracing_subscriber::filter::Targets, Option<String>) {
     let fallback = || tracing_subscriber::filter::Targets::new().with_default(default);
-    match spec.map(str::parse) {
-        Some(Ok(t)) => (t, None),
-        Some(Err(e)) => (fallback(), Some(e)),
-        None => (fallback(), None),
+    let directives: Vec<&str> = spec
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return (fallback(), None);
+    }
+    if let Some(d) = directives
+        .iter()
+        .find(|d| d.contains(|c: char| "[]{}".contains(c) || c.is_whitespace()))
+    {
+        return (
+            fallback(),
+            Some(format!(
+                "{d:?}: span and field filters are not supported, only `level` and `target=level`"
+            )),
+        );
+    }
+    match directives.join(",").parse() {
+        Ok(t) => (t, None),
+        Err(e) => (fallback(), Some(e.to_string())),
     }
 }
 
@@ -83,12 +102,34 @@ mod log_tests {
     }
 
     #[test]
+    fn blank_and_spaced_filters_mean_what_they_say() {
+        for blank in ["", "  ", ","] {
+            let (f, bad) = log_filter(Some(blank), Level::INFO);
+            assert!(bad.is_none(), "{blank:?}");
+            assert!(f.would_enable("meshwork_proxy", &Level::INFO), "{blank:?}");
+        }
+        let (f, bad) = log_filter(Some(" warn , meshwork_proxy=debug ,"), Level::INFO);
+        assert!(bad.is_none());
+        assert!(f.would_enable("meshwork_proxy", &Level::DEBUG));
+        assert!(f.would_enable("h2", &Level::WARN));
+        assert!(!f.would_enable("h2", &Level::INFO));
+    }
+
+    #[test]
     fn a_filter_that_does_not_parse_is_refused_and_the_default_kept() {
-        // EnvFilter's span/field syntax is not accepted: say so rather than log nothing.
-        let (f, bad) = log_filter(Some("meshwork_proxy[conn{peer=x}]=debug"), Level::INFO);
-        assert!(bad.is_some());
-        assert!(f.would_enable("meshwork_proxy", &Level::INFO));
-        assert!(!f.would_enable("meshwork_proxy", &Level::DEBUG));
+        // EnvFilter's span/field forms: refused with a reason, not taken for a target name
+        // that matches nothing (which would leave that target silent).
+        for spec in [
+            "meshwork_proxy[conn{peer=x}]=debug",
+            "meshwork_proxy[conn]=debug",
+            "[{peer=x}]=debug",
+        ] {
+            let (f, bad) = log_filter(Some(spec), Level::INFO);
+            let why = bad.unwrap_or_else(|| panic!("{spec:?} was accepted"));
+            assert!(why.contains("span and field"), "{spec:?}: {why}");
+            assert!(f.would_enable("meshwork_proxy", &Level::INFO));
+            assert!(!f.would_enable("meshwork_proxy", &Level::DEBUG));
+        }
         let (_, bad) = log_filter(Some("meshwork_proxy=loud"), Level::INFO);
         assert!(bad.is_some());
     }
