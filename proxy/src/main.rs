@@ -8,11 +8,13 @@ use meshwork_proxy::{app, config::Config};
 // rust-lang's pure-Rust port of musl's libm, the linker (`--as-needed`) then leaves libm.so out:
 // 0.3 MB less resident in every sidecar, since the loader maps a library's folios whole
 // (BENCHMARKS.md, "The proxy pair": idle RSS). `ldd` on the binary shows no libm.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[unsafe(no_mangle)]
 pub extern "C" fn exp(x: f64) -> f64 {
     libm::exp(x)
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[unsafe(no_mangle)]
 pub extern "C" fn pow(x: f64, y: f64) -> f64 {
     libm::pow(x, y)
