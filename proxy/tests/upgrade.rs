@@ -208,3 +208,49 @@ async fn upgrades_switch_protocols_through_both_proxies_and_outside_the_mesh() {
         }
     }
 }
+
+/// An app that takes the upgrade request and never answers: with a request timeout the
+/// client gets a 504 once it passes, as any request would (it waited for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_app_never_answers_ends_at_the_request_timeout() {
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = app.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            // Kept open, unanswered, for the test's length.
+            let _ = held_tx.send(s);
+        }
+    });
+    let mut d = Static::default();
+    d.parse_entry(&format!("silent.default.svc.cluster.local:80={app_addr}"))
+        .unwrap();
+    let cfg = meshwork_proxy::outbound::Config {
+        request_timeout: Some(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = l.local_addr().unwrap();
+    tokio::spawn(Outbound::new(cfg, client, d).serve(l, Watch::never()));
+
+    let started = std::time::Instant::now();
+    let (_, head) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        upgrade(outbound, "silent.default.svc.cluster.local:80", "echo"),
+    )
+    .await
+    .expect("no answer 5 s after the upgrade request: the request timeout did not apply");
+    assert!(head.starts_with("http/1.1 504"), "{head}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // The request did reach the app (the wait was for its answer, not for an endpoint).
+    assert!(held.try_recv().is_ok());
+}

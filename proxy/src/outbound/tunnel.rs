@@ -55,14 +55,27 @@ impl Outbound {
         if let Some(v) = named {
             h.insert(http::header::HOST, v);
         }
-        let far = match self.far_for(authority, peer).await {
-            Ok(f) => f,
-            Err(resp) => return resp,
+        let answer = async {
+            let far = match self.far_for(authority, peer).await {
+                Ok(f) => f,
+                Err(resp) => return resp,
+            };
+            let drain = self.drain.get().cloned();
+            match crate::upgrade::forward(req, far, Direction::Outbound, drain).await {
+                Ok(resp) => resp,
+                Err(why) => error(StatusCode::BAD_GATEWAY, &why),
+            }
         };
-        let drain = self.drain.get().cloned();
-        match crate::upgrade::forward(req, far, Direction::Outbound, drain).await {
-            Ok(resp) => resp,
-            Err(why) => error(StatusCode::BAD_GATEWAY, &why),
+        // The request timeout bounds the wait for an endpoint and for the server's answer
+        // (its 101 or otherwise), as for any request; not the switched connection after it.
+        match self.cfg.request_timeout {
+            Some(t) => tokio::time::timeout(t, answer).await.unwrap_or_else(|_| {
+                error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("no answer from {authority} within the request timeout"),
+                )
+            }),
+            None => answer.await,
         }
     }
 
