@@ -408,10 +408,7 @@ impl Outbound {
                     Ok(r) => r,
                     Err(_) => {
                         flight.finish(false);
-                        return error(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            &format!("no answer from {authority} within the request timeout"),
-                        );
+                        return timed_out(&authority);
                     }
                 },
                 None => attempt_fut.await,
@@ -696,4 +693,12 @@ fn target(authority: http::uri::Authority, path: http::uri::PathAndQuery) -> Opt
         .path_and_query(path)
         .build()
         .ok()
+}
+
+/// The 504 for a request (or an upgrade's handshake) its `--request-timeout` ended.
+fn timed_out(authority: &str) -> http::Response<Body> {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!("no answer from {authority} within the request timeout"),
+    )
 }

@@ -69,12 +69,9 @@ impl Outbound {
         // The request timeout bounds the wait for an endpoint and for the server's answer
         // (its 101 or otherwise), as for any request; not the switched connection after it.
         match self.cfg.request_timeout {
-            Some(t) => tokio::time::timeout(t, answer).await.unwrap_or_else(|_| {
-                error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("no answer from {authority} within the request timeout"),
-                )
-            }),
+            Some(t) => tokio::time::timeout(t, answer)
+                .await
+                .unwrap_or_else(|_| super::timed_out(authority)),
             None => answer.await,
         }
     }
