@@ -358,26 +358,30 @@ async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_
         .iter()
         .map(|(t, _)| *t - start)
         .collect();
-    // Ejected after Linkerd's 7 consecutive failures: the first burst of connections (each
-    // within 300 ms of the one before) ends within the first second; after it only probes,
-    // one per penalty (1 s, then 2 s, each with jitter 0.5).
-    let burst = 1 + stamps
-        .windows(2)
-        .take_while(|w| w[1] - w[0] < Duration::from_millis(300))
-        .count();
-    let probes = stamps.len() - burst.min(stamps.len());
+    // Ejected after Linkerd's 7 consecutive failures, all within the first second; after it
+    // the backend is only tried alone: a probe when each penalty ends (1 s, then 2 s, jitter
+    // 0.5), or a reconnect after the connect back-off (100 ms doubling) when the reset came
+    // before the connection was in use and counted as a failed connect — never again in a run
+    // of requests. (Which of the two spaces them is a race with the reset.)
     assert!(!stamps.is_empty(), "the resetting backend was never tried");
+    let early = stamps
+        .iter()
+        .filter(|t| **t < Duration::from_secs(1))
+        .count();
     assert!(
-        burst <= 7,
-        "{burst} connections before the ejection: {stamps:?}"
+        early <= 8,
+        "{early} connections in the first second (7 failures, then at most one probe): {stamps:?}"
+    );
+    let late = &stamps[early.saturating_sub(1)..];
+    assert!(
+        late.windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_millis(300)),
+        "still tried in a run after the first second: {stamps:?}"
     );
     assert!(
-        stamps[burst - 1] < Duration::from_secs(1),
-        "still tried after a second: {stamps:?}"
-    );
-    assert!(
-        probes <= 3,
-        "{probes} connections after the ejection (probes only): {stamps:?}"
+        stamps.len() - early <= 3,
+        "{} connections after the first second (probes only): {stamps:?}",
+        stamps.len() - early
     );
     // Recovered: a probe finds it serving and it takes requests again.
     resetting.store(false, Ordering::Relaxed);
