@@ -425,7 +425,14 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
 
     if a.monitoring {
         step("Prometheus on 127.0.0.1:9090", async {
-            let cfg = prometheus_config(&c.nodes);
+            let proxies = st.0.join(crate::monitoring::PROXIES_FILE);
+            // No proxies until the watch says otherwise: Prometheus finds the file at start.
+            crate::monitoring::write_targets(&proxies, &serde_json::json!([]))?;
+            tokio::spawn(crate::monitoring::keep_proxy_targets(
+                client.clone(),
+                proxies.clone(),
+            ));
+            let cfg = crate::monitoring::prometheus_config(&c.nodes, &proxies);
             let path = st.0.join("prometheus.yml");
             std::fs::write(&path, cfg)?;
             let tsdb = st.0.join("prometheus");
@@ -586,26 +593,4 @@ pub fn dns_answers(server: Ipv4Addr, name: &str) -> bool {
         }
         _ => false,
     }
-}
-
-/// Scrape targets: every node's agent and runtime, DNS on n1 (all reached over the host link).
-/// DNS is scraped through its Service (a pod that may move); agents and runtimes on their
-/// nodes' addresses.
-fn prometheus_config(nodes: &[Node]) -> String {
-    let list = |port: u16| {
-        nodes
-            .iter()
-            .map(|n| format!("'{}:{port}'", n.underlay_ip))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
-         scrape_configs:\n\
-         - job_name: meshwork-control\n  static_configs:\n  - targets: [{}]\n\
-         - job_name: meshwork-node\n  static_configs:\n  - targets: [{}]\n\
-         - job_name: meshwork-dns\n  static_configs:\n  - targets: ['{DNS_VIP}:9153']\n",
-        list(10256),
-        list(10250),
-    )
 }

@@ -7,6 +7,7 @@ mod identity;
 mod inject;
 mod injector;
 mod kubeconfig;
+mod monitoring;
 mod procs;
 mod state;
 mod status;

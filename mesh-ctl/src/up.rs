@@ -177,6 +177,7 @@ const STATE_ENTRIES: &[&str] = &[
     "nodes",
     "prometheus",
     "prometheus.yml",
+    crate::monitoring::PROXIES_FILE,
     // Held the DNS add-on's credentials before it ran as its ServiceAccount.
     "addons",
     "image-catalog.json",

@@ -525,27 +525,48 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     );
     assert!(metrics.contains("meshwork_proxy_"), "{metrics}");
 
-    // Prometheus scrapes every component: each node's agent and runtime, and DNS.
+    // Prometheus scrapes every component: each node's agent and runtime, DNS, and the proxy of
+    // each meshed pod (found by the supervisor's pod watch, labelled with the pod).
+    let mut proxies: Vec<(String, String)> = meshed
+        .iter()
+        .map(|p| {
+            (
+                format!("{}:4191", p["status"]["podIP"].as_str().unwrap()),
+                p["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    proxies.sort();
     let targets = meshwork_lab::wait::eventually(
         "Prometheus to scrape every target",
         Duration::from_secs(30),
         || {
             let v: Value =
                 serde_json::from_str(&curl("http://127.0.0.1:9090/api/v1/targets")?).ok()?;
-            let t: Vec<(String, String)> = v["data"]["activeTargets"]
+            let t: Vec<(String, String, String, String)> = v["data"]["activeTargets"]
                 .as_array()?
                 .iter()
                 .map(|t| {
-                    let job = t["labels"]["job"].as_str().unwrap_or_default().to_string();
-                    (job, t["health"].as_str().unwrap_or_default().to_string())
+                    let l = |k: &str| t["labels"][k].as_str().unwrap_or_default().to_string();
+                    let health = t["health"].as_str().unwrap_or_default().to_string();
+                    (l("job"), health, l("instance"), l("pod"))
                 })
                 .collect();
-            (t.len() == 5 && t.iter().all(|(_, h)| h == "up")).then_some(t)
+            let mut scraped: Vec<(String, String)> = t
+                .iter()
+                .filter(|(j, ..)| j == "meshwork-proxy")
+                .map(|(_, _, i, p)| (i.clone(), p.clone()))
+                .collect();
+            scraped.sort();
+            (t.len() == 5 + proxies.len()
+                && scraped == proxies
+                && t.iter().all(|(_, h, ..)| h == "up"))
+            .then_some(t)
         },
     );
     for job in ["meshwork-control", "meshwork-node", "meshwork-dns"] {
         assert!(
-            targets.iter().any(|(j, _)| j == job),
+            targets.iter().any(|(j, ..)| j == job),
             "{job} not scraped: {targets:?}"
         );
     }
