@@ -425,14 +425,12 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
 
     if a.monitoring {
         step("Prometheus on 127.0.0.1:9090", async {
-            let proxies = st.0.join(crate::monitoring::PROXIES_FILE);
-            // No proxies until the watch says otherwise: Prometheus finds the file at start.
-            crate::monitoring::write_targets(&proxies, &serde_json::json!([]))?;
-            tokio::spawn(crate::monitoring::keep_proxy_targets(
+            crate::monitoring::init_pod_targets(&st.0)?;
+            tokio::spawn(crate::monitoring::keep_pod_targets(
                 client.clone(),
-                proxies.clone(),
+                st.0.clone(),
             ));
-            let cfg = crate::monitoring::prometheus_config(&c.nodes, &proxies);
+            let cfg = crate::monitoring::prometheus_config(&c.nodes, &st.0);
             let path = st.0.join("prometheus.yml");
             std::fs::write(&path, cfg)?;
             let tsdb = st.0.join("prometheus");

@@ -1,12 +1,12 @@
-//! `mesh-ctl up --monitoring`: Prometheus's configuration, and the list of meshed pods' proxies
-//! it scrapes.
+//! `mesh-ctl up --monitoring`: Prometheus's configuration, and the pods it scrapes.
 //!
 //! Debian's Prometheus is built without Kubernetes service discovery (`kubernetes_sd_configs`
 //! is refused as an unknown field), so the supervisor watches the cluster's pods and keeps a
-//! `file_sd` file with every meshed pod's proxy admin endpoint (its `mw-admin` port, 4191),
-//! labelled with the pod's namespace and name, as Linkerd's Prometheus labels its proxies'
-//! targets. On a real cluster the same job is a `kubernetes_sd_configs` pod role kept to the
-//! `meshwork-proxy` container's `mw-admin` port (deploy/README.md).
+//! `file_sd` file per pod job ([`POD_JOBS`]): every meshed pod's proxy admin endpoint (its
+//! `mw-admin` port, 4191) and the identity service's (`admin`, 9990), each labelled with the
+//! pod's namespace and name, as Linkerd's Prometheus labels its proxies' targets. On a real
+//! cluster the same jobs are `kubernetes_sd_configs` pod roles kept to those containers' ports
+//! (deploy/README.md).
 
 use std::path::{Path, PathBuf};
 
@@ -17,15 +17,56 @@ use serde_json::{json, Value};
 
 use crate::bringup::DNS_VIP;
 
-/// The `file_sd` file next to `prometheus.yml`.
-pub const PROXIES_FILE: &str = "prometheus-proxies.json";
-/// The admin port's name in the injected proxy container (inject/src/lib.rs).
-const ADMIN_PORT_NAME: &str = "mw-admin";
+/// Pods Prometheus scrapes, found by the supervisor's pod watch.
+pub struct PodJob {
+    pub job: &'static str,
+    /// The `file_sd` file, next to `prometheus.yml`.
+    pub file: &'static str,
+    /// Which pods: those `wanted` says, at their container of this name's port of this name.
+    container: &'static str,
+    port: &'static str,
+    wanted: fn(&Pod) -> bool,
+}
+
+fn meshed(p: &Pod) -> bool {
+    p.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(meshwork_destination_api::PROXY_INBOUND_PORT))
+}
+
+fn identity_service(p: &Pod) -> bool {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app"))
+        .is_some_and(|a| a == "meshwork-identity")
+}
+
+pub const PROXIES: PodJob = PodJob {
+    job: "meshwork-proxy",
+    file: "prometheus-proxies.json",
+    // The injected proxy (inject/src/lib.rs).
+    container: meshwork_inject::PROXY_CONTAINER,
+    port: "mw-admin",
+    wanted: meshed,
+};
+
+pub const IDENTITY: PodJob = PodJob {
+    job: "meshwork-identity",
+    file: "prometheus-identity.json",
+    // deploy/addons/meshwork-identity.yaml.
+    container: "identity",
+    port: "admin",
+    wanted: identity_service,
+};
+
+pub const POD_JOBS: [PodJob; 2] = [PROXIES, IDENTITY];
 
 /// Scrape targets: every node's agent and runtime (on their nodes' addresses, reached over the
-/// host link), DNS through its Service (a pod that may move), and the meshed pods' proxies
-/// from `proxies` (their pod addresses, routed to the pod network over the host link).
-pub fn prometheus_config(nodes: &[Node], proxies: &Path) -> String {
+/// host link), DNS through its Service (a pod that may move), and the [`POD_JOBS`] from their
+/// files in `dir` (pod addresses, routed to the pod network over the host link).
+pub fn prometheus_config(nodes: &[Node], dir: &Path) -> String {
     let list = |port: u16| {
         nodes
             .iter()
@@ -33,58 +74,59 @@ pub fn prometheus_config(nodes: &[Node], proxies: &Path) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
+    let mut cfg = format!(
         "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
          scrape_configs:\n\
          - job_name: meshwork-control\n  static_configs:\n  - targets: [{}]\n\
          - job_name: meshwork-node\n  static_configs:\n  - targets: [{}]\n\
-         - job_name: meshwork-dns\n  static_configs:\n  - targets: ['{DNS_VIP}:9153']\n\
-         - job_name: meshwork-proxy\n  file_sd_configs:\n  - files: ['{}']\n    refresh_interval: 5s\n",
+         - job_name: meshwork-dns\n  static_configs:\n  - targets: ['{DNS_VIP}:9153']\n",
         list(10256),
         list(10250),
-        proxies.display(),
-    )
+    );
+    for j in &POD_JOBS {
+        cfg.push_str(&format!(
+            "- job_name: {}\n  file_sd_configs:\n  - files: ['{}']\n    refresh_interval: 5s\n",
+            j.job,
+            dir.join(j.file).display()
+        ));
+    }
+    cfg
 }
 
-/// The `file_sd` target groups for `pods`: one per running meshed pod with an address and the
-/// injected proxy's admin port, in a stable order (so an unchanged set writes nothing).
-pub fn proxy_targets<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Value {
-    let mut groups: Vec<(String, String, String)> =
-        pods.into_iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && p.metadata.annotations.as_ref().is_some_and(|a| {
-                        a.contains_key(meshwork_destination_api::PROXY_INBOUND_PORT)
-                    })
-            })
-            .filter_map(|p| {
-                let status = p.status.as_ref()?;
-                if status.phase.as_deref() != Some("Running") {
-                    return None;
-                }
-                let ip = status.pod_ip.as_deref()?;
-                let spec = p.spec.as_ref()?;
-                let port = spec
-                    .init_containers
-                    .iter()
-                    .flatten()
-                    .chain(&spec.containers)
-                    .filter(|c| c.name == meshwork_inject::PROXY_CONTAINER)
-                    .flat_map(|c| c.ports.iter().flatten())
-                    .find(|cp| cp.name.as_deref() == Some(ADMIN_PORT_NAME))?
-                    .container_port;
-                let target = if ip.contains(':') {
-                    format!("[{ip}]:{port}")
-                } else {
-                    format!("{ip}:{port}")
-                };
-                Some((
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                    p.metadata.name.clone().unwrap_or_default(),
-                    target,
-                ))
-            })
-            .collect();
+/// `job`'s `file_sd` target groups among `pods`: one per running pod it wants that has an
+/// address and the named port, in a stable order (so an unchanged set writes nothing).
+pub fn targets<'a>(job: &PodJob, pods: impl IntoIterator<Item = &'a Pod>) -> Value {
+    let mut groups: Vec<(String, String, String)> = pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && (job.wanted)(p))
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            if status.phase.as_deref() != Some("Running") {
+                return None;
+            }
+            let ip = status.pod_ip.as_deref()?;
+            let spec = p.spec.as_ref()?;
+            let port = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .filter(|c| c.name == job.container)
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|cp| cp.name.as_deref() == Some(job.port))?
+                .container_port;
+            let target = if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            };
+            Some((
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+                target,
+            ))
+        })
+        .collect();
     groups.sort();
     Value::Array(
         groups
@@ -103,29 +145,40 @@ pub fn write_targets(path: &Path, v: &Value) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Follows every pod and rewrites `path` when the proxies to scrape change. Runs until the
-/// supervisor's runtime ends; a failed write is logged and tried again on the next change.
-pub async fn keep_proxy_targets(client: Client, path: PathBuf) {
+/// Writes an empty target list for each of [`POD_JOBS`] in `dir`, so that Prometheus finds
+/// its files at start; [`keep_pod_targets`] fills them.
+pub fn init_pod_targets(dir: &Path) -> std::io::Result<()> {
+    for j in &POD_JOBS {
+        write_targets(&dir.join(j.file), &json!([]))?;
+    }
+    Ok(())
+}
+
+/// Follows every pod and rewrites a job's file in `dir` when its targets change. Runs until
+/// the supervisor's runtime ends; a failed write is logged and tried again on the next change.
+pub async fn keep_pod_targets(client: Client, dir: PathBuf) {
     let changes = meshwork_kube_watch::Changes::new();
     let mut changed = changes.subscribe();
     let (pods, _task) =
         meshwork_kube_watch::reflect(Api::<Pod>::all(client), watcher::Config::default(), changes);
-    let mut last = Value::Null;
+    let mut last = vec![json!([]); POD_JOBS.len()];
     while changed.changed().await.is_ok() {
-        let now = proxy_targets(pods.state().iter().map(|p| &**p));
-        if now == last {
-            continue;
-        }
-        match write_targets(&path, &now) {
-            Ok(()) => {
-                tracing::info!(
-                    proxies = now.as_array().map_or(0, Vec::len),
-                    "Prometheus proxy targets"
-                );
-                last = now;
+        let state = pods.state();
+        for (j, last) in POD_JOBS.iter().zip(&mut last) {
+            let now = targets(j, state.iter().map(|p| &**p));
+            if now == *last {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "writing Prometheus proxy targets")
+            let path = dir.join(j.file);
+            match write_targets(&path, &now) {
+                Ok(()) => {
+                    let n = now.as_array().map_or(0, Vec::len);
+                    tracing::info!(job = j.job, targets = n, "Prometheus targets");
+                    *last = now;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "writing Prometheus targets")
+                }
             }
         }
     }
@@ -169,7 +222,7 @@ mod tests {
             pod("done", true, "Succeeded", Some("10.244.0.9")),
         ];
         assert_eq!(
-            proxy_targets(&pods),
+            targets(&PROXIES, &pods),
             json!([
                 {"targets": ["10.244.1.3:4191"], "labels": {"namespace": "shop", "pod": "a"}},
                 {"targets": ["10.244.0.7:4191"], "labels": {"namespace": "shop", "pod": "b"}},
@@ -185,15 +238,38 @@ mod tests {
         let mut bare = pod_json("bare", true, "Running", Some("10.244.0.8"));
         bare["spec"]["initContainers"] = json!([]);
         let bare: Pod = serde_json::from_value(bare).unwrap();
-        assert_eq!(proxy_targets(&[gone, bare]), json!([]));
+        assert_eq!(targets(&PROXIES, &[gone, bare]), json!([]));
     }
 
     #[test]
-    fn the_config_scrapes_the_targets_file() {
-        let cfg = prometheus_config(&[], Path::new("/s/prometheus-proxies.json"));
-        assert!(
-            cfg.contains("- job_name: meshwork-proxy\n  file_sd_configs:\n  - files: ['/s/prometheus-proxies.json']"),
-            "{cfg}"
+    fn the_identity_service_is_found_by_its_label_container_and_port() {
+        let mut v = pod_json(
+            "meshwork-identity-5d9f",
+            false,
+            "Running",
+            Some("10.244.1.4"),
         );
+        v["metadata"]["labels"] = json!({"app": "meshwork-identity"});
+        v["spec"]["containers"] = json!([{"name": "identity", "ports": [
+            {"name": "grpc", "containerPort": 8080}, {"name": "admin", "containerPort": 9990}]}]);
+        let identity: Pod = serde_json::from_value(v).unwrap();
+        let other = pod("a", true, "Running", Some("10.244.1.3"));
+        assert_eq!(
+            targets(&IDENTITY, [&identity, &other]),
+            json!([{"targets": ["10.244.1.4:9990"],
+                    "labels": {"namespace": "shop", "pod": "meshwork-identity-5d9f"}}])
+        );
+        assert_eq!(targets(&PROXIES, [&identity]), json!([]));
+    }
+
+    #[test]
+    fn the_config_scrapes_the_pod_jobs_files() {
+        let cfg = prometheus_config(&[], Path::new("/s"));
+        for want in [
+            "- job_name: meshwork-proxy\n  file_sd_configs:\n  - files: ['/s/prometheus-proxies.json']",
+            "- job_name: meshwork-identity\n  file_sd_configs:\n  - files: ['/s/prometheus-identity.json']",
+        ] {
+            assert!(cfg.contains(want), "{cfg}");
+        }
     }
 }

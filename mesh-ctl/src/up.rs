@@ -177,7 +177,8 @@ const STATE_ENTRIES: &[&str] = &[
     "nodes",
     "prometheus",
     "prometheus.yml",
-    crate::monitoring::PROXIES_FILE,
+    crate::monitoring::PROXIES.file,
+    crate::monitoring::IDENTITY.file,
     // Held the DNS add-on's credentials before it ran as its ServiceAccount.
     "addons",
     "image-catalog.json",

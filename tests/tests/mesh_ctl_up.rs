@@ -525,8 +525,9 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
     );
     assert!(metrics.contains("meshwork_proxy_"), "{metrics}");
 
-    // Prometheus scrapes every component: each node's agent and runtime, DNS, and the proxy of
-    // each meshed pod (found by the supervisor's pod watch, labelled with the pod).
+    // Prometheus scrapes every component: each node's agent and runtime, DNS, the identity
+    // service and the proxy of each meshed pod (the last two found by the supervisor's pod
+    // watch, labelled with the pod).
     let mut proxies: Vec<(String, String)> = meshed
         .iter()
         .map(|p| {
@@ -558,13 +559,20 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
                 .map(|(_, _, i, p)| (i.clone(), p.clone()))
                 .collect();
             scraped.sort();
-            (t.len() == 5 + proxies.len()
+            let identity = t.iter().filter(|(j, ..)| j == "meshwork-identity").count();
+            (t.len() == 6 + proxies.len()
+                && identity == 1
                 && scraped == proxies
                 && t.iter().all(|(_, h, ..)| h == "up"))
             .then_some(t)
         },
     );
-    for job in ["meshwork-control", "meshwork-node", "meshwork-dns"] {
+    for job in [
+        "meshwork-control",
+        "meshwork-node",
+        "meshwork-dns",
+        "meshwork-identity",
+    ] {
         assert!(
             targets.iter().any(|(j, ..)| j == job),
             "{job} not scraped: {targets:?}"
