@@ -1,6 +1,7 @@
 //! The discovery API between the node's control agent and its proxies
 //! (proto/meshwork/destination/v1/destination.proto), and what both sides agree on: the pod
-//! annotations that say a pod is meshed and which ports are opaque.
+//! annotations that say a pod is meshed, which ports are opaque, and the routes its metrics
+//! name (`routes.rs`).
 
 /// The generated gRPC code.
 pub mod pb {
@@ -12,6 +13,8 @@ pub mod pb {
     )]
     tonic::include_proto!("meshwork.destination.v1");
 }
+
+pub mod routes;
 
 /// On a pod: its proxy's inbound port. Its presence is what makes the pod meshed (the
 /// injector sets it; Linkerd's destination looks at the injected proxy the same way).

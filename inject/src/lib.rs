@@ -189,6 +189,12 @@ fn annotated_env(meta: &Value, ns_meta: Option<&Value>) -> Result<Vec<Value>, Er
             .map_err(|why| Error::Annotation { key: opaque, why })?;
         env.push(json!({"name": "MESHWORK_PROXY_INBOUND_OPAQUE_PORTS", "value": p}));
     }
+    let routes = meshwork_destination_api::routes::ROUTES;
+    if let Some(r) = get(routes) {
+        meshwork_destination_api::routes::Routes::parse(r)
+            .map_err(|why| Error::Annotation { key: routes, why })?;
+        env.push(json!({"name": "MESHWORK_PROXY_INBOUND_ROUTES", "value": r}));
+    }
     Ok(env)
 }
 
@@ -426,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_and_opaque_ports_come_from_the_pod_else_its_namespace() {
+    fn policy_opaque_ports_and_routes_come_from_the_pod_else_its_namespace() {
         let cfg = Config::default();
         let opaque = meshwork_destination_api::OPAQUE_PORTS;
         let env_of = |meta: Value, ns: Option<Value>| {
@@ -465,6 +471,15 @@ mod tests {
                 ),
             ]
         );
+        // Routes for the pod's inbound metrics, the same way.
+        let routes = meshwork_destination_api::routes::ROUTES;
+        assert_eq!(
+            env_of(json!({}), Some(ann(json!({routes: "GET /books/{id}"})))).unwrap(),
+            [(
+                "MESHWORK_PROXY_INBOUND_ROUTES".into(),
+                json!("GET /books/{id}")
+            )]
+        );
         // Neither: the proxy's defaults.
         assert!(env_of(json!({}), None).unwrap().is_empty());
         // What the proxy would refuse at start is refused here, by name.
@@ -472,6 +487,7 @@ mod tests {
             ann(json!({INBOUND_POLICY: "Strict"})),
             ann(json!({opaque: "80-70"})),
             ann(json!({opaque: "http"})),
+            ann(json!({meshwork_destination_api::routes::ROUTES: "GET books"})),
         ] {
             let e = env_of(bad.clone(), None).unwrap_err().to_string();
             assert!(e.starts_with("annotation "), "{bad}: {e}");

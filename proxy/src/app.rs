@@ -84,6 +84,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             header_read_timeout: cfg.header_read_timeout,
             opaque_ports: cfg.inbound_opaque_ports.0.clone(),
             probe_paths: cfg.inbound_probe_paths.0.clone(),
+            routes: cfg.inbound_routes.0.clone(),
         },
         creds,
         metrics,

@@ -111,6 +111,16 @@ pub struct Config {
         value_parser = probe_paths
     )]
     pub inbound_probe_paths: ProbePaths,
+    /// Routes that name this pod's inbound requests in the metrics' `route` label
+    /// (`config.meshwork.io/routes`: `[METHOD ]PATH` entries, `;`-separated, `{name}` one
+    /// segment, a last `*` any rest; destination-api/src/routes.rs).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_INBOUND_ROUTES",
+        default_value = "",
+        value_parser = routes
+    )]
+    pub inbound_routes: Routes,
     /// Where the app listens.
     #[arg(long, env = "MESHWORK_PROXY_APP_IP", default_value = "127.0.0.1")]
     pub app_ip: std::net::IpAddr,
@@ -147,6 +157,14 @@ pub struct ProbePaths(pub Vec<(u16, String)>);
 
 fn probe_paths(s: &str) -> Result<ProbePaths, String> {
     meshwork_destination_api::parse_probe_paths(s).map(ProbePaths)
+}
+
+/// Routes for the metrics (`meshwork_destination_api::routes`).
+#[derive(Clone, Debug)]
+pub struct Routes(pub meshwork_destination_api::routes::Routes);
+
+fn routes(s: &str) -> Result<Routes, String> {
+    meshwork_destination_api::routes::Routes::parse(s).map(Routes)
 }
 
 fn ports(s: &str) -> Result<Ports, String> {

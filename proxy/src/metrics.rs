@@ -1,11 +1,12 @@
 //! The proxy's Prometheus metrics (prometheus-client), served on the admin port
 //! (`admin.rs`). Names follow Linkerd's proxy metrics in spirit: requests and responses by
-//! direction, authority, status class and peer identity, with a latency histogram; TCP opens,
+//! direction, authority, route, status class and peer identity, with a latency histogram; TCP opens,
 //! closes and bytes; TLS handshakes by outcome; the outbound stack's retries, budget and
 //! ejections; the discovery stream's state.
 //!
 //! Label cardinality is bounded: outbound authorities, inbound authorities (which any client
-//! names) and peer identities each become label values only for the first `MAX_LABEL_VALUES`
+//! names), peer identities and routes (configured per Service, so many Services make many)
+//! each become label values only for the first `MAX_LABEL_VALUES`
 //! distinct ones seen, each kind on its own budget so that one cannot use up another's; later
 //! ones count under `overflow`, so a client sending random Host headers cannot grow
 //! the registry.
@@ -21,7 +22,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Distinct values of each kind (outbound authority, inbound authority, peer) kept as labels.
+/// Distinct values of each kind (outbound authority, inbound authority, peer, route) kept as
+/// labels.
 pub const MAX_LABEL_VALUES: usize = 1000;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -54,6 +56,9 @@ pub struct RequestLabels {
     pub direction: Direction,
     /// Shared with the bounded set it was admitted by: a request's labels copy no strings.
     pub authority: Arc<str>,
+    /// The route the request matched (`config.meshwork.io/routes`: the pod's own for inbound,
+    /// the Service's for outbound); empty: none.
+    pub route: Arc<str>,
     /// `1xx` .. `5xx`, `other` (600..999, valid to the http crate), or `error` when no
     /// response came.
     pub status_class: &'static str,
@@ -97,8 +102,8 @@ pub struct Metrics {
     pub discovery_streams: Gauge,
     /// Requests waiting for an endpoint (the outbound queue, `wait_for_endpoint`).
     pub queued: Gauge,
-    /// Label values in use: outbound authorities, inbound authorities, peers.
-    bounded: [Mutex<HashSet<Arc<str>>>; 3],
+    /// Label values in use: outbound authorities, inbound authorities, peers, routes.
+    bounded: [Mutex<HashSet<Arc<str>>>; 4],
     /// The label values every request would otherwise allocate.
     empty: Arc<str>,
     overflow: Arc<str>,
@@ -112,6 +117,8 @@ pub struct Metrics {
 pub struct Observed<'a> {
     pub direction: Direction,
     pub authority: &'a str,
+    /// The route the request matched, if any.
+    pub route: Option<&'a Arc<str>>,
     pub method: &'a str,
     pub path: &'a str,
     /// None: no response came.
@@ -277,6 +284,9 @@ impl Metrics {
                     },
                     o.authority,
                 ),
+                route: o
+                    .route
+                    .map_or_else(|| self.empty.clone(), |r| self.bounded(3, r)),
                 status_class,
                 peer: self.bounded(2, o.peer),
             })
@@ -296,6 +306,7 @@ impl Metrics {
                 "authority": o.authority,
                 "method": o.method,
                 "path": o.path,
+                "route": o.route.map_or("", |r| &**r),
                 "status": o.status.map(|s| s.as_u16()),
                 "latency_ms": o.elapsed.as_secs_f64() * 1e3,
                 "peer": o.peer,
@@ -365,6 +376,7 @@ mod tests {
             m.request(&Observed {
                 direction: Direction::Outbound,
                 authority: &format!("h{i}:80"),
+                route: None,
                 method: "GET",
                 path: "/",
                 status: Some(http::StatusCode::OK),
@@ -380,5 +392,34 @@ mod tests {
             .count();
         assert!(series <= MAX_LABEL_VALUES + 1, "{series} series");
         assert!(text.contains("authority=\"overflow\""));
+    }
+
+    #[test]
+    fn routes_are_labels_within_their_own_bound() {
+        let m = Metrics::new();
+        let routes: Vec<Arc<str>> = (0..(MAX_LABEL_VALUES * 2))
+            .map(|i| Arc::from(format!("GET /r{i}")))
+            .collect();
+        for r in &routes {
+            m.request(&Observed {
+                direction: Direction::Inbound,
+                authority: "web:80",
+                route: Some(r),
+                method: "GET",
+                path: "/",
+                status: Some(http::StatusCode::OK),
+                peer: "",
+                elapsed: std::time::Duration::from_millis(1),
+                trace_id: "",
+            });
+        }
+        let text = m.encode();
+        assert!(text.contains("route=\"GET /r0\""), "{text}");
+        assert!(text.contains("route=\"overflow\""));
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("meshwork_proxy_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_LABEL_VALUES + 1);
     }
 }

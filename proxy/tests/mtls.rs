@@ -434,8 +434,8 @@ impl pb::destination_server::Destination for Discovery {
                 }
                 let endpoints = rx.borrow_and_update().clone();
                 let u = pb::Update {
-                    unknown: false,
                     endpoints,
+                    ..Default::default()
                 };
                 Some((Ok(u), (rx, false)))
             });

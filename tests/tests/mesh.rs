@@ -47,6 +47,10 @@ use serde_json::{json, Value};
 const WEB: &str = "web.default.svc.cluster.local";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const OPAQUE_LEN: usize = 100 << 20;
+/// The web Service's routes (its clients' proxies name requests by them) and the web pods' own
+/// (their proxies name what they receive).
+const OUTBOUND_ROUTES: &str = "GET /; POST /{service}/{method}";
+const INBOUND_ROUTES: &str = "/healthz; GET /";
 
 use mesh_lab::Mesh;
 
@@ -66,7 +70,9 @@ impl Mesh {
                     {"name": "grpc", "image": "meshapp", "args": ["grpc", "0.0.0.0:9090"]},
                 ],
             }),
-            &[],
+            // The pod's routes for its inbound metrics (the injector's env for
+            // `config.meshwork.io/routes` on the pod).
+            &[("MESHWORK_PROXY_INBOUND_ROUTES", INBOUND_ROUTES)],
         );
         let client = self.meshed(
             json!({
@@ -85,7 +91,8 @@ impl Mesh {
                       "template": {"metadata": {"labels": {"app": "web"}, "annotations": mesh_annotations},
                                    "spec": web}}},
             {"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": "web", "namespace": "default"},
+             "metadata": {"name": "web", "namespace": "default",
+                          "annotations": {meshwork_destination_api::routes::ROUTES: OUTBOUND_ROUTES}},
              "spec": {"selector": {"app": "web"}, "ports": [
                 {"name": "http", "port": 80, "targetPort": 8080},
                 {"name": "first", "port": 5432},
@@ -363,12 +370,13 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         );
     }
 
-    // The requests counted at each end, by authority, status class and peer identity.
+    // The requests counted at each end, by authority, route (the Service's for the client's
+    // proxy, the pod's own for the web proxies), status class and peer identity.
     let client_ip =
         m.o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
     let out = m.metric(
         &client_ip,
-        "requests_total{direction=\"outbound\",authority=\"web.default.svc.cluster.local:80\",status_class=\"2xx\",peer=\"spiffe://cluster.local/ns/default/sa/web\"}",
+        "requests_total{direction=\"outbound\",authority=\"web.default.svc.cluster.local:80\",route=\"GET /\",status_class=\"2xx\",peer=\"spiffe://cluster.local/ns/default/sa/web\"}",
     );
     assert!(
         out >= 40.0,
@@ -379,7 +387,7 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         .map(|p| {
             m.metric(
                 &p.ip,
-                &format!("requests_total{{direction=\"inbound\",authority=\"{WEB}\",status_class=\"2xx\",peer=\"{CLIENT_ID}\"}}"),
+                &format!("requests_total{{direction=\"inbound\",authority=\"{WEB}\",route=\"GET /\",status_class=\"2xx\",peer=\"{CLIENT_ID}\"}}"),
             )
         })
         .sum();
@@ -566,6 +574,12 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         vec![0, 1, 2],
         "the server stream, then its OK trailers"
     );
+    // Named by the Service's gRPC route in the client's proxy.
+    let grpc = m.metric(
+        &client_ip,
+        &format!("requests_total{{direction=\"outbound\",authority=\"{WEB}:9090\",route=\"POST /{{service}}/{{method}}\",status_class=\"2xx\""),
+    );
+    assert_eq!(grpc, 1.0, "the gRPC call by its route");
 }
 
 #[test]

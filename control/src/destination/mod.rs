@@ -164,6 +164,7 @@ fn resolve_pod(pod: &Arc<Pod>, ip: IpAddr, port: u16, naming: &Naming) -> pb::Up
     };
     pb::Update {
         unknown: false,
+        routes: String::new(),
         endpoints: vec![pb::Endpoint {
             addr: std::net::SocketAddr::new(ip, port).to_string(),
             weight: 10_000,
@@ -212,7 +213,7 @@ pub fn resolve(
     let mut deps = Deps::default();
     let unknown = pb::Update {
         unknown: true,
-        endpoints: vec![],
+        ..Default::default()
     };
     let Some((t, port)) = target(authority, naming) else {
         return (unknown, deps);
@@ -303,6 +304,27 @@ fn for_service(
     pb::Update {
         unknown: false,
         endpoints: out,
+        routes: routes(svc, key),
+    }
+}
+
+/// The Service's routes annotation for its clients' metrics, if it reads; one that does not
+/// is left out with a warning (the proxies would refuse it), rather than failing the answer.
+fn routes(svc: &Service, key: &Key) -> String {
+    let Some(v) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(meshwork_destination_api::routes::ROUTES))
+    else {
+        return String::new();
+    };
+    match meshwork_destination_api::routes::Routes::parse(v) {
+        Ok(_) => v.clone(),
+        Err(why) => {
+            tracing::warn!(service = %format!("{}/{}", key.0, key.1), %why, "ignoring the routes annotation");
+            String::new()
+        }
     }
 }
 
@@ -539,6 +561,31 @@ mod tests {
             .endpoints
             .iter()
             .all(|e| e.protocol == pb::ProtocolHint::Unknown as i32));
+    }
+
+    #[test]
+    fn a_services_routes_go_to_its_clients_and_bad_ones_are_left_out() {
+        let (mut svcs, slices, pods) = objects();
+        let with = |svcs: &mut Vec<Arc<Service>>, v: &str| {
+            let mut svc = (*svcs[0]).clone();
+            svc.metadata.annotations = Some(
+                [(
+                    meshwork_destination_api::routes::ROUTES.to_string(),
+                    v.to_string(),
+                )]
+                .into(),
+            );
+            svcs[0] = Arc::new(svc);
+        };
+        assert_eq!(res("web.shop:80", &svcs, &slices, &pods).routes, "");
+        with(&mut svcs, "GET /books/{id}; /healthz");
+        let u = res("web.shop:80", &svcs, &slices, &pods);
+        assert_eq!(u.routes, "GET /books/{id}; /healthz");
+        assert_eq!(u.endpoints.len(), 2);
+        with(&mut svcs, "books/{id}");
+        let u = res("web.shop:80", &svcs, &slices, &pods);
+        assert_eq!(u.routes, "");
+        assert_eq!(u.endpoints.len(), 2, "the endpoints still come");
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct Config {
     /// The app's HTTP probes (port, path): under `Strict`, plaintext GETs of exactly these are
     /// still served, and nothing else (Linkerd's default policy authorizes probes too).
     pub probe_paths: Vec<(u16, String)>,
+    /// Routes naming inbound requests in the metrics (`config.meshwork.io/routes`).
+    pub routes: meshwork_destination_api::routes::Routes,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
                 .map(|p| *p..=*p)
                 .collect(),
             probe_paths: Vec::new(),
+            routes: Default::default(),
         }
     }
 }
@@ -394,6 +397,7 @@ impl Inbound {
         self.metrics.request(&Observed {
             direction: Direction::Inbound,
             authority: &authority,
+            route: self.cfg.routes.find(method.as_str(), target.path()),
             method: method.as_str(),
             path: target.path(),
             status: Some(resp.status()),

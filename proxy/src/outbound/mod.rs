@@ -285,9 +285,13 @@ impl Outbound {
         }
         .instrument(span)
         .await;
+        let routes = authority.as_deref().and_then(|a| self.resolver.routes(a));
         self.metrics.request(&Observed {
             direction: Direction::Outbound,
             authority: authority.as_deref().unwrap_or(""),
+            route: routes
+                .as_ref()
+                .and_then(|r| r.find(method.as_str(), target.path())),
             method: method.as_str(),
             path: target.path(),
             status: Some(resp.status()),

@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshwork_destination_api::pb::{self, destination_client::DestinationClient};
+use meshwork_destination_api::{
+    pb::{self, destination_client::DestinationClient},
+    routes::Routes,
+};
 use meshwork_identity::spiffe::SpiffeId;
 use tokio::sync::watch;
 
@@ -24,6 +27,10 @@ use crate::metrics::Metrics;
 
 /// An authority's endpoints; None: not known yet.
 pub type Set = Option<Arc<[Endpoint]>>;
+
+/// An authority's routes for the metrics (its Service's `config.meshwork.io/routes`); None:
+/// none, or not known yet.
+type RouteSet = Option<Arc<Routes>>;
 
 pub struct Resolver {
     statics: Static,
@@ -48,6 +55,7 @@ struct Streams {
 
 struct Entry {
     rx: watch::Receiver<Set>,
+    routes: watch::Receiver<RouteSet>,
     failfast: Arc<AtomicBool>,
     used: Instant,
 }
@@ -101,6 +109,14 @@ impl Resolver {
         set
     }
 
+    /// The routes `authority`'s requests are named by in the metrics, as discovery last said.
+    pub fn routes(&self, authority: &str) -> RouteSet {
+        let api = self.api.as_ref()?;
+        let streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let routes = streams.by_authority.get(authority)?.routes.borrow().clone();
+        routes
+    }
+
     /// Resolves when discovery replaces `seen` as `authority`'s set (never for a static
     /// entry, an authority not followed, or once its stream is let go).
     pub async fn changed(&self, authority: &str, seen: Option<Arc<[Endpoint]>>) {
@@ -150,14 +166,16 @@ impl Resolver {
                     return None;
                 }
                 let (tx, rx) = watch::channel(None);
+                let (routes_tx, routes) = watch::channel(None);
                 tokio::spawn(follow(
                     api.channel.clone(),
                     authority.to_string(),
-                    tx,
+                    (tx, routes_tx),
                     self.metrics.clone(),
                 ));
                 let e = Entry {
                     rx,
+                    routes,
                     failfast: Arc::new(AtomicBool::new(false)),
                     used: now,
                 };
@@ -193,17 +211,18 @@ impl Resolver {
     }
 }
 
-/// Keeps `tx` at the agent's latest set for `authority` until no one holds a receiver.
+/// Keeps `tx` at the agent's latest set (and routes) for `authority` until no one holds a
+/// receiver.
 async fn follow(
     channel: tonic::transport::Channel,
     authority: String,
-    tx: watch::Sender<Set>,
+    (tx, routes): (watch::Sender<Set>, watch::Sender<RouteSet>),
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let r = tokio::select! {
-            r = stream(channel.clone(), &authority, &tx, &metrics) => r,
+            r = stream(channel.clone(), &authority, (&tx, &routes), &metrics) => r,
             _ = tx.closed() => return,
         };
         match r {
@@ -226,7 +245,7 @@ async fn follow(
 async fn stream(
     channel: tonic::transport::Channel,
     authority: &str,
-    tx: &watch::Sender<Set>,
+    (tx, routes): (&watch::Sender<Set>, &watch::Sender<RouteSet>),
     metrics: &Metrics,
 ) -> Result<(), String> {
     let mut client = DestinationClient::new(channel);
@@ -246,6 +265,10 @@ async fn stream(
             Ok(Some(u)) => {
                 metrics.discovery_updates.inc();
                 tx.send_replace(Some(endpoints(&u).into()));
+                // Parsed when they change, not on every update of the endpoints.
+                if routes.borrow().as_ref().map_or("", |r| r.source()) != u.routes {
+                    routes.send_replace(route_set(authority, &u.routes));
+                }
             }
             Ok(None) => return Ok(()),
             Err(s) => return Err(s.message().to_string()),
@@ -264,6 +287,19 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// An update's routes; ones the proxy cannot read (the agent checks them: an agent of another
+/// version) are left out with a log line.
+fn route_set(authority: &str, s: &str) -> RouteSet {
+    match Routes::parse(s) {
+        Ok(r) if r.is_empty() => None,
+        Ok(r) => Some(Arc::new(r)),
+        Err(why) => {
+            tracing::warn!(%authority, %why, "discovery: routes left out");
+            None
+        }
+    }
 }
 
 /// An update's endpoints; one the proxy cannot use (a bad address or identity) is left out

@@ -157,6 +157,7 @@ impl pb::destination_server::Destination for Grpc {
                     weight: i,
                     ..Default::default()
                 }],
+                ..Default::default()
             })
         });
         Ok(tonic::Response::new(Box::pin(futures::stream::iter(
