@@ -20,6 +20,11 @@ pub mod routes;
 /// injector sets it; Linkerd's destination looks at the injected proxy the same way).
 pub const PROXY_INBOUND_PORT: &str = "meshwork.io/proxy-inbound-port";
 
+/// Whether a pod with these annotations is meshed (carries [`PROXY_INBOUND_PORT`]).
+pub fn is_meshed(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    annotations.is_some_and(|a| a.contains_key(PROXY_INBOUND_PORT))
+}
+
 /// On a pod or Service: ports whose traffic is never detected, only tunnelled (Linkerd's
 /// `config.linkerd.io/opaque-ports`): a comma list of ports and ranges.
 pub const OPAQUE_PORTS: &str = "config.meshwork.io/opaque-ports";

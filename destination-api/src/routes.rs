@@ -5,9 +5,13 @@
 //! the metrics only: they neither allow nor refuse anything.
 //!
 //! Syntax: entries separated by `;` or newlines, each `[METHOD ]PATH`. A path segment is a
-//! literal, `{name}` (any one segment), or a last `*` (any rest, none included). The first
-//! entry that matches names the request; the name is the entry as written, spaces collapsed
-//! (`GET /books/{id}`). A request no entry matches has no route (an empty label).
+//! literal, `{name}` (any one segment), or a last `*` (any rest, none included). Paths are
+//! compared as the request sends them (not percent-decoded), and empty segments are ignored on
+//! both sides (`/books/` and `//books` are `/books`). A literal has only the characters RFC 3986
+//! allows in a path segment, less `,` (so a label value needs no escaping, and readers that
+//! split labels on commas still work); a method only capitals. The first entry that matches
+//! names the request; the name is the entry as written, spaces collapsed (`GET
+//! /books/{id}`). A request no entry matches has no route (an empty label).
 
 use std::sync::Arc;
 
@@ -17,6 +21,29 @@ pub const ROUTES: &str = "config.meshwork.io/routes";
 /// At most this many routes per annotation: each is a label value in every proxy that sees it.
 pub const MAX_ROUTES: usize = 100;
 const MAX_ENTRY: usize = 256;
+
+/// RFC 3986 `pchar` (unreserved, percent, sub-delims, `:` `@`), less `,` and the `*` and
+/// `{}` that have meanings here.
+fn path_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'+'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -80,13 +107,22 @@ impl Routes {
                 segments.push(match *part {
                     "*" if i + 1 == parts.len() => Segment::Rest,
                     "*" => return Err(format!("{entry:?}: * may only end a path")),
-                    p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => Segment::Any,
-                    p if p.contains(['{', '}', '*']) => {
+                    p if p.len() > 2
+                        && p.starts_with('{')
+                        && p.ends_with('}')
+                        && p[1..p.len() - 1]
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+                    {
+                        Segment::Any
+                    }
+                    p if p.bytes().all(path_char) => Segment::Literal(p.to_string()),
+                    p => {
                         return Err(format!(
-                            "{entry:?}: {p:?} is neither a literal, {{name}} nor a last *"
+                            "{entry:?}: {p:?} is neither a literal (RFC 3986 path characters but \
+                             ','), {{name}} nor a last *"
                         ))
                     }
-                    p => Segment::Literal(p.to_string()),
                 });
             }
             let name = match &method {
@@ -180,6 +216,8 @@ mod tests {
         assert_eq!(find("GET", "/static/a/b.css").as_deref(), Some("/static/*"));
         assert_eq!(find("GET", "/healthz").as_deref(), Some("/healthz"));
         assert_eq!(find("GET", "/"), None);
+        let r = Routes::parse("/caf%C3%A9/{x_1}").unwrap();
+        assert!(r.find("GET", "/caf%C3%A9/a").is_some());
         assert!(Routes::parse("").unwrap().is_empty());
         assert!(Routes::parse(" ; \n").unwrap().is_empty());
     }
@@ -193,6 +231,12 @@ mod tests {
             ("/a/*/b", "* may only end"),
             ("/a/x{id}", "neither a literal"),
             ("/a?x=1", "no query"),
+            ("/a\"b", "neither a literal"),
+            ("/a\\b", "neither a literal"),
+            ("/a,b", "neither a literal"),
+            ("/café", "neither a literal"),
+            ("GET /{a b}", "not [METHOD ]PATH"),
+            ("/{a.b}", "neither a literal"),
         ] {
             let e = Routes::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");

@@ -6,14 +6,18 @@
 //!
 //! Label cardinality is bounded: outbound authorities, inbound authorities (which any client
 //! names), peer identities and routes (configured per Service, so many Services make many)
-//! each become label values only for the first `MAX_LABEL_VALUES`
-//! distinct ones seen, each kind on its own budget so that one cannot use up another's; later
-//! ones count under `overflow`, so a client sending random Host headers cannot grow
-//! the registry.
+//! each become label values only for the first `MAX_LABEL_VALUES` distinct ones seen, each
+//! kind on its own budget so that one cannot use up another's; later ones count under
+//! `overflow`. Their combinations are bounded too: past `MAX_SERIES` label sets of the request
+//! counter, a new one counts under `overflow` for all three. So a client sending random Host
+//! headers or paths cannot grow the registry.
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use prometheus_client::{
@@ -25,6 +29,9 @@ use prometheus_client::{
 /// Distinct values of each kind (outbound authority, inbound authority, peer, route) kept as
 /// labels.
 pub const MAX_LABEL_VALUES: usize = 1000;
+/// Label sets of the request counter: past it, new combinations count under `overflow` for
+/// authority, route and peer (one series per direction and status class).
+pub const MAX_SERIES: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
@@ -102,6 +109,8 @@ pub struct Metrics {
     pub discovery_streams: Gauge,
     /// Requests waiting for an endpoint (the outbound queue, `wait_for_endpoint`).
     pub queued: Gauge,
+    /// Label sets of `requests` made so far (at most `MAX_SERIES`, plus the overflow ones).
+    series: AtomicUsize,
     /// Label values in use: outbound authorities, inbound authorities, peers, routes.
     bounded: [Mutex<HashSet<Arc<str>>>; 4],
     /// The label values every request would otherwise allocate.
@@ -143,7 +152,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "requests",
-            "HTTP requests answered, by direction, authority, status class and peer identity",
+            "HTTP requests answered, by direction, authority, route, status class and peer identity",
             requests.clone(),
         );
         let latency = Family::<DirectionLabels, Histogram>::new_with_constructor(
@@ -236,6 +245,7 @@ impl Metrics {
             discovery_errors,
             discovery_streams,
             queued,
+            series: AtomicUsize::new(0),
             bounded: Default::default(),
             empty: Arc::from(""),
             overflow: Arc::from("overflow"),
@@ -274,23 +284,39 @@ impl Metrics {
             Some(_) => "other",
             None => "error",
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: o.direction,
-                authority: self.bounded(
-                    match o.direction {
-                        Direction::Outbound => 0,
-                        Direction::Inbound => 1,
-                    },
-                    o.authority,
-                ),
-                route: o
-                    .route
-                    .map_or_else(|| self.empty.clone(), |r| self.bounded(3, r)),
-                status_class,
-                peer: self.bounded(2, o.peer),
-            })
-            .inc();
+        let mut labels = RequestLabels {
+            direction: o.direction,
+            authority: self.bounded(
+                match o.direction {
+                    Direction::Outbound => 0,
+                    Direction::Inbound => 1,
+                },
+                o.authority,
+            ),
+            route: o
+                .route
+                .map_or_else(|| self.empty.clone(), |r| self.bounded(3, r)),
+            status_class,
+            peer: self.bounded(2, o.peer),
+        };
+        // Each kind is bounded alone, but a series is a combination of them: the series count
+        // is bounded too. Hits (almost every request) take one lookup, as before.
+        if let Some(c) = self.requests.get(&labels) {
+            c.inc();
+            return self.observed(o);
+        }
+        if self.series.fetch_add(1, Ordering::Relaxed) >= MAX_SERIES {
+            self.series.fetch_sub(1, Ordering::Relaxed);
+            labels.authority = self.overflow.clone();
+            labels.route = self.overflow.clone();
+            labels.peer = self.overflow.clone();
+        }
+        self.requests.get_or_create(&labels).inc();
+        self.observed(o);
+    }
+
+    /// The latency and the tap, for a request counted.
+    fn observed(&self, o: &Observed<'_>) {
         self.latency
             .get_or_create(&DirectionLabels {
                 direction: o.direction,
@@ -392,6 +418,38 @@ mod tests {
             .count();
         assert!(series <= MAX_LABEL_VALUES + 1, "{series} series");
         assert!(text.contains("authority=\"overflow\""));
+    }
+
+    #[test]
+    fn combinations_of_bounded_labels_are_bounded_too() {
+        let m = Metrics::new();
+        // 150 authorities × 100 peers: each kind within its bound, 15,000 combinations.
+        for a in 0..150 {
+            for p in 0..100 {
+                m.request(&Observed {
+                    direction: Direction::Inbound,
+                    authority: &format!("h{a}"),
+                    route: None,
+                    method: "GET",
+                    path: "/",
+                    status: Some(http::StatusCode::OK),
+                    peer: &format!("spiffe://td/ns/n/sa/{p}"),
+                    elapsed: std::time::Duration::from_millis(1),
+                    trace_id: "",
+                });
+            }
+        }
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("meshwork_proxy_requests_total{"))
+            .collect();
+        assert_eq!(series.len(), MAX_SERIES + 1);
+        let overflow = series
+            .iter()
+            .find(|l| l.contains("authority=\"overflow\",route=\"overflow\""))
+            .expect("the overflow series");
+        assert!(overflow.ends_with(" 5000"), "{overflow}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Routes as a pod's or a Service's `config.meshwork.io/routes` annotation writes them: the
 //! injector (a webhook), the control agent and the proxy all read them
 //! (destination-api/src/routes.rs). None may panic; what parses must name requests by an
-//! entry that reads back the same, and a request's route must be one of them.
+//! entry that reads back the same and needs no escaping as a label value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(routes.source(), annotation);
     let (method, path) = request.split_once(' ').unwrap_or(("GET", request));
     if let Some(name) = routes.find(method, path) {
+        // A label value as is: nothing the exposition format would need escaped, no comma.
+        assert!(!name.contains(['"', '\\', '\n', ',']), "{name:?}");
         // A route's name is an entry of its own: it parses alone, and names that request too.
         let alone = Routes::parse(name).expect("a route's name parses");
         assert_eq!(alone.find(method, path), Some(name));

@@ -260,15 +260,23 @@ async fn stream(
     let _open = scopeguard(|| {
         metrics.discovery_streams.dec();
     });
+    // What the routes were read from (also when they did not read): parsed again only when
+    // it changes, not on every update of the endpoints.
+    let mut raw = routes
+        .borrow()
+        .as_ref()
+        .map_or_else(String::new, |r| r.source().to_string());
     loop {
         match updates.message().await {
             Ok(Some(u)) => {
                 metrics.discovery_updates.inc();
-                tx.send_replace(Some(endpoints(&u).into()));
-                // Parsed when they change, not on every update of the endpoints.
-                if routes.borrow().as_ref().map_or("", |r| r.source()) != u.routes {
+                let set = endpoints(&u);
+                // Routes first: a request the new endpoints let through is named by them.
+                if u.routes != raw {
                     routes.send_replace(route_set(authority, &u.routes));
+                    raw = u.routes;
                 }
+                tx.send_replace(Some(set.into()));
             }
             Ok(None) => return Ok(()),
             Err(s) => return Err(s.message().to_string()),
