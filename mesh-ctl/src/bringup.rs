@@ -425,12 +425,13 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
 
     if a.monitoring {
         step("Prometheus on 127.0.0.1:9090", async {
-            crate::monitoring::init_pod_targets(&st.0)?;
+            let sd = st.0.join(crate::monitoring::SD_DIR);
+            crate::monitoring::init_pod_targets(&sd)?;
             tokio::spawn(crate::monitoring::keep_pod_targets(
                 client.clone(),
-                st.0.clone(),
+                sd.clone(),
             ));
-            let cfg = crate::monitoring::prometheus_config(&c.nodes, &st.0);
+            let cfg = crate::monitoring::prometheus_config(&c.nodes, &sd);
             let path = st.0.join("prometheus.yml");
             std::fs::write(&path, cfg)?;
             let tsdb = st.0.join("prometheus");

@@ -20,7 +20,7 @@ use crate::bringup::DNS_VIP;
 /// Pods Prometheus scrapes, found by the supervisor's pod watch.
 pub struct PodJob {
     pub job: &'static str,
-    /// The `file_sd` file, next to `prometheus.yml`.
+    /// The `file_sd` file, in [`SD_DIR`].
     pub file: &'static str,
     /// Which pods: those `wanted` says, at their container of this name's port of this name.
     container: &'static str,
@@ -29,23 +29,22 @@ pub struct PodJob {
 }
 
 fn meshed(p: &Pod) -> bool {
-    p.metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(meshwork_destination_api::PROXY_INBOUND_PORT))
+    meshwork_destination_api::is_meshed(p.metadata.annotations.as_ref())
 }
 
+/// deploy/addons/meshwork-identity.yaml's pods.
 fn identity_service(p: &Pod) -> bool {
-    p.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("app"))
-        .is_some_and(|a| a == "meshwork-identity")
+    p.metadata.namespace.as_deref() == Some("meshwork-system")
+        && p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app"))
+            .is_some_and(|a| a == "meshwork-identity")
 }
 
 pub const PROXIES: PodJob = PodJob {
     job: "meshwork-proxy",
-    file: "prometheus-proxies.json",
+    file: "proxies.json",
     // The injected proxy (inject/src/lib.rs).
     container: meshwork_inject::PROXY_CONTAINER,
     port: "mw-admin",
@@ -54,7 +53,7 @@ pub const PROXIES: PodJob = PodJob {
 
 pub const IDENTITY: PodJob = PodJob {
     job: "meshwork-identity",
-    file: "prometheus-identity.json",
+    file: "identity.json",
     // deploy/addons/meshwork-identity.yaml.
     container: "identity",
     port: "admin",
@@ -63,10 +62,16 @@ pub const IDENTITY: PodJob = PodJob {
 
 pub const POD_JOBS: [PodJob; 2] = [PROXIES, IDENTITY];
 
+/// The `file_sd` files' directory in the state dir (`down` removes it whole, a half-written
+/// file included).
+pub const SD_DIR: &str = "prometheus-sd";
+
 /// Scrape targets: every node's agent and runtime (on their nodes' addresses, reached over the
 /// host link), DNS through its Service (a pod that may move), and the [`POD_JOBS`] from their
 /// files in `dir` (pod addresses, routed to the pod network over the host link).
 pub fn prometheus_config(nodes: &[Node], dir: &Path) -> String {
+    // A JSON string is a YAML double-quoted scalar: any path, escaped.
+    let quoted = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
     let list = |port: u16| {
         nodes
             .iter()
@@ -85,9 +90,9 @@ pub fn prometheus_config(nodes: &[Node], dir: &Path) -> String {
     );
     for j in &POD_JOBS {
         cfg.push_str(&format!(
-            "- job_name: {}\n  file_sd_configs:\n  - files: ['{}']\n    refresh_interval: 5s\n",
+            "- job_name: {}\n  file_sd_configs:\n  - files: [{}]\n    refresh_interval: 5s\n",
             j.job,
-            dir.join(j.file).display()
+            quoted(&dir.join(j.file))
         ));
     }
     cfg
@@ -145,9 +150,10 @@ pub fn write_targets(path: &Path, v: &Value) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Writes an empty target list for each of [`POD_JOBS`] in `dir`, so that Prometheus finds
+/// Makes `dir` with an empty target list for each of [`POD_JOBS`], so that Prometheus finds
 /// its files at start; [`keep_pod_targets`] fills them.
 pub fn init_pod_targets(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     for j in &POD_JOBS {
         write_targets(&dir.join(j.file), &json!([]))?;
     }
@@ -250,24 +256,28 @@ mod tests {
             Some("10.244.1.4"),
         );
         v["metadata"]["labels"] = json!({"app": "meshwork-identity"});
+        v["metadata"]["namespace"] = json!("meshwork-system");
         v["spec"]["containers"] = json!([{"name": "identity", "ports": [
             {"name": "grpc", "containerPort": 8080}, {"name": "admin", "containerPort": 9990}]}]);
-        let identity: Pod = serde_json::from_value(v).unwrap();
+        let identity: Pod = serde_json::from_value(v.clone()).unwrap();
         let other = pod("a", true, "Running", Some("10.244.1.3"));
+        // The same labels elsewhere are somebody else's.
+        v["metadata"]["namespace"] = json!("shop");
+        let lookalike: Pod = serde_json::from_value(v).unwrap();
         assert_eq!(
-            targets(&IDENTITY, [&identity, &other]),
+            targets(&IDENTITY, [&identity, &other, &lookalike]),
             json!([{"targets": ["10.244.1.4:9990"],
-                    "labels": {"namespace": "shop", "pod": "meshwork-identity-5d9f"}}])
+                    "labels": {"namespace": "meshwork-system", "pod": "meshwork-identity-5d9f"}}])
         );
         assert_eq!(targets(&PROXIES, [&identity]), json!([]));
     }
 
     #[test]
     fn the_config_scrapes_the_pod_jobs_files() {
-        let cfg = prometheus_config(&[], Path::new("/s"));
+        let cfg = prometheus_config(&[], Path::new("/s/it's"));
         for want in [
-            "- job_name: meshwork-proxy\n  file_sd_configs:\n  - files: ['/s/prometheus-proxies.json']",
-            "- job_name: meshwork-identity\n  file_sd_configs:\n  - files: ['/s/prometheus-identity.json']",
+            "- job_name: meshwork-proxy\n  file_sd_configs:\n  - files: [\"/s/it's/proxies.json\"]",
+            "- job_name: meshwork-identity\n  file_sd_configs:\n  - files: [\"/s/it's/identity.json\"]",
         ] {
             assert!(cfg.contains(want), "{cfg}");
         }

@@ -177,8 +177,7 @@ const STATE_ENTRIES: &[&str] = &[
     "nodes",
     "prometheus",
     "prometheus.yml",
-    crate::monitoring::PROXIES.file,
-    crate::monitoring::IDENTITY.file,
+    crate::monitoring::SD_DIR,
     // Held the DNS add-on's credentials before it ran as its ServiceAccount.
     "addons",
     "image-catalog.json",

@@ -60,8 +60,7 @@ async fn client(kubeconfig: &Option<PathBuf>) -> anyhow::Result<Client> {
 }
 
 fn meshed(p: &Pod) -> bool {
-    p.annotations()
-        .contains_key(meshwork_destination_api::PROXY_INBOUND_PORT)
+    meshwork_destination_api::is_meshed(p.metadata.annotations.as_ref())
         && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
