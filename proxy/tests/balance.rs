@@ -343,7 +343,8 @@ async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_
     let resetting = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (good, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
     let (bad, seen) = resetting_backend(resetting.clone()).await;
-    let p = proxy(outbound::Config::default(), &[good, bad]).await;
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let p = support::proxy_with(outbound::Config::default(), &[good, bad], metrics.clone()).await;
     let mut conn = TcpStream::connect(p).await.unwrap();
     let start = std::time::Instant::now();
     // Two and a half seconds of requests every 5 ms: none fails (retries), and the resetting
@@ -364,6 +365,11 @@ async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_
     // before the connection was in use and counted as a failed connect — never again in a run
     // of requests. (Which of the two spaces them is a race with the reset.)
     assert!(!stamps.is_empty(), "the resetting backend was never tried");
+    // The breaker's doing, not the connect back-off's alone.
+    assert!(
+        metrics.ejections.get() >= 1,
+        "the resetting backend was never ejected: {stamps:?}"
+    );
     let early = stamps
         .iter()
         .filter(|t| **t < Duration::from_secs(1))

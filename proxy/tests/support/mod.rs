@@ -82,13 +82,25 @@ pub async fn backend(
 }
 
 pub async fn proxy(cfg: outbound::Config, backends: &[SocketAddr]) -> SocketAddr {
+    proxy_with(cfg, backends, meshwork_proxy::metrics::Metrics::new()).await
+}
+
+/// [`proxy`], counting in `metrics`.
+pub async fn proxy_with(
+    cfg: outbound::Config,
+    backends: &[SocketAddr],
+    metrics: Arc<meshwork_proxy::metrics::Metrics>,
+) -> SocketAddr {
     let mut d = Static::default();
     let eps: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
     d.parse_entry(&format!("web:80={}", eps.join(","))).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let resolver = outbound::resolve::Resolver::fixed(d, metrics.clone());
     // No mesh endpoints here: the credentials are never asked for.
-    tokio::spawn(Outbound::new(cfg, Arc::new(NoCreds), d).serve(l, Watch::never()));
+    tokio::spawn(
+        Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics).serve(l, Watch::never()),
+    );
     addr
 }
 

@@ -2,6 +2,7 @@
  * rid of by then (plain TCP: about the two socket buffers, then write blocks), and whether
  * the reader got every byte. */
 #include <arpa/inet.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@ int main(void)
 	int c = socket(AF_INET, SOCK_STREAM, 0);
 	if (connect(c, (void *)&a, sizeof a)) {
 		perror("connect");
+		kill(p, SIGKILL);
 		return 1;
 	}
 	long sent = 0;

@@ -2,6 +2,7 @@
  * time of both processes per round trip. */
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@ int main(int argc, char **argv)
 	setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	if (connect(c, (void *)&a, sizeof a)) {
 		perror("connect");
+		kill(p, SIGKILL);
 		return 1;
 	}
 	struct timespec t0, t1;
@@ -57,6 +59,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++)
 		if (write(c, buf, 100) != 100 || read_n(c, buf, sizeof buf)) {
 			perror("round trip");
+			kill(p, SIGKILL);
 			return 1;
 		}
 	clock_gettime(CLOCK_MONOTONIC, &t1);

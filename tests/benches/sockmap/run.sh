@@ -8,10 +8,20 @@ work=
 cg=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)/mwl-sockmap
 pins=/sys/fs/bpf/mwl-sockmap
 cleanup() {
+	if [[ -d $cg ]]; then
+		# A measurement that failed may leave its other half behind in the cgroup.
+		echo 1 >"$cg/cgroup.kill" || true
+		for _ in $(seq 50); do
+			grep -q '^populated 0' "$cg/cgroup.events" && break
+			sleep 0.1
+		done
+	fi
 	for id in $(bpftool cgroup show "$cg" 2>/dev/null | awk '/sock_ops/ { print $1 }'); do
 		bpftool cgroup detach "$cg" sock_ops id "$id" || true
 	done
-	rmdir "$cg" 2>/dev/null || true
+	if [[ -d $cg ]] && ! rmdir "$cg"; then
+		echo "cannot remove $cg" >&2
+	fi
 	rm -rf "$pins" "$pins-maps" ${work:+"$work"}
 }
 trap cleanup EXIT
