@@ -681,3 +681,103 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
         start.elapsed()
     );
 }
+
+/// An app that answers each request with its body's length and byte sum.
+async fn body_app() -> SocketAddr {
+    use http_body_util::BodyExt;
+    let (l, addr) = listen().await;
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+                        let text = format!("len={} sum={sum}", body.len());
+                        Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(text),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_arrives_whole() {
+    // A rolling update where the old pod is gone altogether (its proxy too) before the client's
+    // proxy hears of the new one. A POST, and a body over the 64 KiB replay cap: nothing can
+    // resend it once read. But no session was made, so its body was never read: it waits for
+    // an endpoint, as a replayable request would, instead of a 502, and arrives whole.
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let live_app = body_app().await;
+    let (l, new_proxy) = listen().await;
+    tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
+    let (gone, gone_proxy) = listen().await;
+    drop(gone); // connections to it are refused
+    let endpoint = |app: SocketAddr, proxy: SocketAddr| pb::Endpoint {
+        addr: app.to_string(),
+        weight: 1,
+        zone: String::new(),
+        mesh: Some(pb::Mesh {
+            identity: "spiffe://cluster.local/ns/default/sa/web".into(),
+            proxy_port: proxy.port().into(),
+        }),
+        protocol: 0,
+    };
+    let old_ep = endpoint(live_app, gone_proxy);
+    let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
+    let (resolver, metrics) = discovery(rx).await;
+    let cfg = meshwork_proxy::outbound::Config {
+        failfast: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (l, outbound_addr) = listen().await;
+    tokio::spawn(Outbound::with(cfg, client, resolver, metrics.clone()).serve(l, Watch::never()));
+
+    const WEB: &str = "web.default.svc.cluster.local:80";
+    let body: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+    let post = {
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(outbound_addr).await.unwrap();
+            let head = format!(
+                "POST http://{WEB}/ HTTP/1.1\r\nHost: {WEB}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        })
+    };
+    // The connect to the gone pod's proxy has failed ...
+    let failed = eventually(async || {
+        support::metric(&metrics, "meshwork_proxy_outbound_queued_requests").unwrap_or(0) == 1
+    })
+    .await;
+    assert!(failed, "the POST never waited for an endpoint");
+    assert!(
+        !post.is_finished(),
+        "answered before the new pod was listed"
+    );
+    // ... and the POST goes to the new pod once it is listed, its body whole.
+    set.send_replace(vec![old_ep, endpoint(live_app, new_proxy)]);
+    let out = post.await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with(&format!("len={} sum={sum}", body.len())),
+        "{out}"
+    );
+}

@@ -174,7 +174,7 @@ impl Pool {
             .build()
             .map_err(|e| SendError::Tunnel(e.to_string()))?;
         *req.version_mut() = http::Version::HTTP_2;
-        let resp = self.send(addr, mesh, req).await?;
+        let resp = self.send(addr, mesh, req).await.map_err(|(e, _)| e)?;
         if resp.status() != http::StatusCode::OK {
             return Err(SendError::Tunnel(format!(
                 "the peer proxy answered {}",
@@ -184,16 +184,25 @@ impl Pool {
         hyper::upgrade::on(resp).await.map_err(SendError::Request)
     }
 
-    /// Sends `req` on a session to the endpoint.
+    /// Sends `req` on a session to the endpoint. When it was not sent (no session, or one
+    /// that takes no more), it comes back with the error, its body unread: it can go to
+    /// another endpoint whatever its body.
     pub async fn send(
         &self,
         addr: SocketAddr,
         mesh: &Mesh,
         req: Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let mut s = self.session(addr, mesh).await.map_err(SendError::Connect)?;
-        s.ready().await.map_err(SendError::NotReady)?;
-        s.send_request(req).await.map_err(SendError::Request)
+    ) -> Result<http::Response<hyper::body::Incoming>, (SendError, Option<Request<Body>>)> {
+        let mut s = match self.session(addr, mesh).await {
+            Ok(s) => s,
+            Err(e) => return Err((SendError::Connect(e), Some(req))),
+        };
+        if let Err(e) = s.ready().await {
+            return Err((SendError::NotReady(e), Some(req)));
+        }
+        s.send_request(req)
+            .await
+            .map_err(|e| (SendError::Request(e), None))
     }
 }
 

@@ -366,7 +366,7 @@ impl Outbound {
         // A retryable request's body is held for replay, up to the cap; others stream once.
         let (mut body, replay) = match replayable {
             retry::Body::Replay(b) => (None, Some(b)),
-            retry::Body::Stream(b) => (Some(b), None),
+            retry::Body::Stream(b) => (Some(b.boxed()), None),
             retry::Body::Failed(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -402,7 +402,7 @@ impl Outbound {
                 .unwrap_or_default();
             let this_body = match (&replay, body.take()) {
                 (Some(b), _) => crate::http::full(b.clone()),
-                (None, Some(b)) => b.boxed(),
+                (None, Some(b)) => b,
                 (None, None) => crate::http::full(bytes::Bytes::new()),
             };
             let flight = InFlight::new(self, &authority, &picked);
@@ -420,37 +420,44 @@ impl Outbound {
             // 5xx and transport failures count against the endpoint (Linkerd's classification).
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
             flight.finish(ok);
-            if let Err(Failed { unsent: true, .. }) = &result {
-                // Nothing reached the endpoint's app (no connection, or its proxy handed the
-                // request back unprocessed): the endpoint sits out its reconnect back-off, and
-                // the request goes to another one without counting as a retry (Linkerd never
-                // dispatches to an endpoint it is not connected to). With nowhere else to go
-                // it waits, as in Linkerd's queue, for the back-off to end or discovery to
-                // list another (a rolling update: the old pod's app is gone before the
-                // client's proxy hears of the new pod).
-                self.reconnect_failed(&authority, &picked);
-                let left = self
-                    .resolver
-                    .current(&authority)
-                    .map_or(eps.len(), |e| e.len());
-                if replay.is_some() && tried.len() + 1 < left {
-                    tried.push(ep.clone());
-                    continue;
+            let result = match result {
+                Err(failed) if failed.unsent => {
+                    // Nothing reached the endpoint's app (no connection, or its proxy handed
+                    // the request back unprocessed): the endpoint sits out its reconnect
+                    // back-off, and the request goes to another one without counting as a
+                    // retry (Linkerd never dispatches to an endpoint it is not connected to) —
+                    // when it can be sent again: its body held for replay, or handed back
+                    // unread (no session to the endpoint). With nowhere else to go it waits,
+                    // as in Linkerd's queue, for the back-off to end or discovery to list
+                    // another (a rolling update: the old pod's app is gone before the
+                    // client's proxy hears of the new pod).
+                    self.reconnect_failed(&authority, &picked);
+                    let left = self
+                        .resolver
+                        .current(&authority)
+                        .map_or(eps.len(), |e| e.len());
+                    body = failed.body;
+                    let again = replay.is_some() || body.is_some();
+                    if again && tried.len() + 1 < left {
+                        tried.push(ep.clone());
+                        continue;
+                    }
+                    let why = failed.why;
+                    if again
+                        && self
+                            .wait_for_endpoint(&authority, &mut waiting, deadline)
+                            .await
+                    {
+                        unsent_why = Some(why);
+                        continue;
+                    }
+                    // Nowhere else to go: the client hears why the connect failed (or that
+                    // its timeout ended the wait).
+                    tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound connect failed");
+                    return self.no_endpoint(&authority, Some(why), deadline);
                 }
-                let why = result.err().map(|f| f.why).unwrap_or_default();
-                if replay.is_some()
-                    && self
-                        .wait_for_endpoint(&authority, &mut waiting, deadline)
-                        .await
-                {
-                    unsent_why = Some(why);
-                    continue;
-                }
-                // Nowhere else to go: the client hears why the connect failed (or that its
-                // timeout ended the wait).
-                tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound connect failed");
-                return self.no_endpoint(&authority, Some(why), deadline);
-            }
+                other => other,
+            };
             let again = !ok
                 && replay.is_some()
                 && attempt < self.cfg.retry.limit
@@ -597,53 +604,59 @@ impl Outbound {
                 .pool
                 .send(ep.addr, mesh, req)
                 .await
-                .map_err(|e| match e {
-                    SendError::Connect(c) => Failed {
-                        why: c.to_string(),
-                        unsent: true,
-                    },
-                    SendError::NotReady(r) => Failed {
-                        why: format!("the session to {} is closing: {r}", ep.addr),
-                        unsent: true,
-                    },
-                    SendError::Request(r) if crate::http::unprocessed(&r) => Failed {
-                        why: format!(
-                            "{} refused the request unprocessed (its app is not accepting \
-                             connections, or its proxy is shutting down)",
-                            ep.addr
+                .map_err(|(e, unsent)| {
+                    let body = unsent.map(Request::into_body);
+                    match e {
+                        SendError::Connect(c) => Failed::unsent(c.to_string(), body),
+                        SendError::NotReady(r) => Failed::unsent(
+                            format!("the session to {} is closing: {r}", ep.addr),
+                            body,
                         ),
-                        unsent: true,
-                    },
-                    SendError::Request(r) => {
-                        Failed::request(format!("request to {}: {r}", ep.addr))
+                        SendError::Request(r) if crate::http::unprocessed(&r) => Failed::unsent(
+                            format!(
+                                "{} refused the request unprocessed (its app is not accepting \
+                                 connections, or its proxy is shutting down)",
+                                ep.addr
+                            ),
+                            None,
+                        ),
+                        SendError::Request(r) => {
+                            Failed::request(format!("request to {}: {r}", ep.addr))
+                        }
+                        SendError::Tunnel(t) => Failed::request(t),
                     }
-                    SendError::Tunnel(t) => Failed::request(t),
                 }),
             None if app_h2 => {
                 let (addr, timeout) = (ep.addr, self.cfg.connect_timeout);
-                let mut send = self
+                let mut send = match self
                     .plain_h2
                     .get(addr, move || {
                         Box::pin(crate::sessions::plaintext_h2(addr, timeout))
                     })
                     .await
-                    .map_err(|e| Failed {
-                        why: e.to_string(),
-                        unsent: true,
-                    })?;
+                {
+                    Ok(s) => s,
+                    Err(e) => return Err(Failed::unsent(e.to_string(), Some(req.into_body()))),
+                };
                 // A session that is closing takes nothing: the request was not sent.
-                send.ready().await.map_err(|e| Failed {
-                    why: format!("plaintext HTTP/2 to {addr}: {e}"),
-                    unsent: true,
-                })?;
+                if let Err(e) = send.ready().await {
+                    return Err(Failed::unsent(
+                        format!("plaintext HTTP/2 to {addr}: {e}"),
+                        Some(req.into_body()),
+                    ));
+                }
                 send.send_request(req).await.map_err(|e| Failed {
                     unsent: crate::http::unprocessed(&e),
                     why: format!("plaintext HTTP/2 to {addr}: {e}"),
+                    body: None,
                 })
             }
+            // hyper's pooled client keeps a request it could not connect for: its body is
+            // gone with it.
             None => self.plain.request(req).await.map_err(|e| Failed {
                 why: format!("plaintext to {}: {e}", ep.addr),
                 unsent: e.is_connect(),
+                body: None,
             }),
         }
     }
@@ -681,11 +694,27 @@ impl Drop for Queued<'_> {
 struct Failed {
     why: String,
     unsent: bool,
+    /// An unsent request's body, unread: what a request that cannot be replayed goes to
+    /// another endpoint with.
+    body: Option<Body>,
 }
 
 impl Failed {
     fn request(why: String) -> Self {
-        Failed { why, unsent: false }
+        Failed {
+            why,
+            unsent: false,
+            body: None,
+        }
+    }
+
+    /// Nothing reached the endpoint: `body` comes back when it was not read.
+    fn unsent(why: String, body: Option<Body>) -> Self {
+        Failed {
+            why,
+            unsent: true,
+            body,
+        }
     }
 }
 
