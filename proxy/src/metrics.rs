@@ -395,21 +395,31 @@ pub fn tls_reason(e: &std::io::Error) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A 200 for `authority` (and `route`) from `peer`.
+    fn ok<'a>(
+        direction: Direction,
+        authority: &'a str,
+        route: Option<&'a Arc<str>>,
+        peer: &'a str,
+    ) -> Observed<'a> {
+        Observed {
+            direction,
+            authority,
+            route,
+            method: "GET",
+            path: "/",
+            status: Some(http::StatusCode::OK),
+            peer,
+            elapsed: std::time::Duration::from_millis(1),
+            trace_id: "",
+        }
+    }
+
     #[test]
     fn label_values_stop_growing_at_the_bound() {
         let m = Metrics::new();
         for i in 0..(MAX_LABEL_VALUES * 2) {
-            m.request(&Observed {
-                direction: Direction::Outbound,
-                authority: &format!("h{i}:80"),
-                route: None,
-                method: "GET",
-                path: "/",
-                status: Some(http::StatusCode::OK),
-                peer: "",
-                elapsed: std::time::Duration::from_millis(1),
-                trace_id: "",
-            });
+            m.request(&ok(Direction::Outbound, &format!("h{i}:80"), None, ""));
         }
         let text = m.encode();
         let series = text
@@ -426,17 +436,12 @@ mod tests {
         // 150 authorities × 100 peers: each kind within its bound, 15,000 combinations.
         for a in 0..150 {
             for p in 0..100 {
-                m.request(&Observed {
-                    direction: Direction::Inbound,
-                    authority: &format!("h{a}"),
-                    route: None,
-                    method: "GET",
-                    path: "/",
-                    status: Some(http::StatusCode::OK),
-                    peer: &format!("spiffe://td/ns/n/sa/{p}"),
-                    elapsed: std::time::Duration::from_millis(1),
-                    trace_id: "",
-                });
+                m.request(&ok(
+                    Direction::Inbound,
+                    &format!("h{a}"),
+                    None,
+                    &format!("spiffe://td/ns/n/sa/{p}"),
+                ));
             }
         }
         let text = m.encode();
@@ -459,17 +464,7 @@ mod tests {
             .map(|i| Arc::from(format!("GET /r{i}")))
             .collect();
         for r in &routes {
-            m.request(&Observed {
-                direction: Direction::Inbound,
-                authority: "web:80",
-                route: Some(r),
-                method: "GET",
-                path: "/",
-                status: Some(http::StatusCode::OK),
-                peer: "",
-                elapsed: std::time::Duration::from_millis(1),
-                trace_id: "",
-            });
+            m.request(&ok(Direction::Inbound, "web:80", Some(r), ""));
         }
         let text = m.encode();
         assert!(text.contains("route=\"GET /r0\""), "{text}");

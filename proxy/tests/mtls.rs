@@ -595,16 +595,7 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
     tokio::spawn(old.clone().serve(l, Watch::never()));
     let (l, new_proxy) = listen().await;
     tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
-    let endpoint = |app: SocketAddr, proxy: SocketAddr| pb::Endpoint {
-        addr: app.to_string(),
-        weight: 1,
-        zone: String::new(),
-        mesh: Some(pb::Mesh {
-            identity: "spiffe://cluster.local/ns/default/sa/web".into(),
-            proxy_port: proxy.port().into(),
-        }),
-        protocol: 0,
-    };
+    let endpoint = web_endpoint;
     let old_ep = endpoint(gone_app, old_proxy);
     let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
     let (resolver, metrics) = discovery(rx).await;
@@ -682,6 +673,20 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
     );
 }
 
+/// A `web` pod's endpoint: its app's address, behind its proxy at `proxy`.
+fn web_endpoint(app: SocketAddr, proxy: SocketAddr) -> pb::Endpoint {
+    pb::Endpoint {
+        addr: app.to_string(),
+        weight: 1,
+        zone: String::new(),
+        mesh: Some(pb::Mesh {
+            identity: "spiffe://cluster.local/ns/default/sa/web".into(),
+            proxy_port: proxy.port().into(),
+        }),
+        protocol: 0,
+    }
+}
+
 /// An app that answers each request with its body's length and byte sum.
 async fn body_app() -> SocketAddr {
     use http_body_util::BodyExt;
@@ -723,16 +728,7 @@ async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_ar
     tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
     let (gone, gone_proxy) = listen().await;
     drop(gone); // connections to it are refused
-    let endpoint = |app: SocketAddr, proxy: SocketAddr| pb::Endpoint {
-        addr: app.to_string(),
-        weight: 1,
-        zone: String::new(),
-        mesh: Some(pb::Mesh {
-            identity: "spiffe://cluster.local/ns/default/sa/web".into(),
-            proxy_port: proxy.port().into(),
-        }),
-        protocol: 0,
-    };
+    let endpoint = web_endpoint;
     let old_ep = endpoint(live_app, gone_proxy);
     let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
     let (resolver, metrics) = discovery(rx).await;
