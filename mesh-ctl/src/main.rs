@@ -9,6 +9,7 @@ mod injector;
 mod kubeconfig;
 mod monitoring;
 mod procs;
+mod routes;
 mod state;
 mod status;
 mod up;
@@ -47,6 +48,9 @@ enum Cmd {
     Top(viz::TopArgs),
     /// The live request stream of a pod, Deployment or Service (`linkerd viz tap`).
     Tap(viz::TapArgs),
+    /// Per route (`config.meshwork.io/routes` on the pods), the requests a pod, Deployment or
+    /// Service's pods received over an interval and their success rate (`linkerd viz routes`).
+    Routes(routes::RoutesArgs),
     /// Internal: the supervisor `up` starts in the background.
     #[command(hide = true)]
     Supervise(bringup::UpArgs),
@@ -101,6 +105,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Supervise(a) => bringup::supervise(a).await,
             Cmd::Top(a) => viz::top(a).await,
             Cmd::Tap(a) => viz::tap(a).await,
+            Cmd::Routes(a) => routes::routes(a).await,
             Cmd::Inject(_) | Cmd::Uninject(_) => Ok(()),
         }
     });

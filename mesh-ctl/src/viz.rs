@@ -55,7 +55,7 @@ pub struct TapArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-async fn client(kubeconfig: &Option<PathBuf>) -> anyhow::Result<Client> {
+pub(crate) async fn client(kubeconfig: &Option<PathBuf>) -> anyhow::Result<Client> {
     Ok(meshwork_kube_watch::client(kubeconfig.as_deref()).await?)
 }
 
@@ -73,7 +73,7 @@ struct Sample {
     buckets: Vec<(f64, f64)>,
 }
 
-fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
     labels.split(',').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k.trim() == key).then(|| v.trim().trim_matches('"'))
@@ -132,7 +132,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-fn scrape(ip: &str) -> anyhow::Result<String> {
+pub(crate) fn scrape(ip: &str) -> anyhow::Result<String> {
     let addr: SocketAddr = format!("{ip}:{ADMIN_PORT}").parse()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -248,7 +248,7 @@ pub async fn top(a: TopArgs) -> anyhow::Result<()> {
 }
 
 /// The pods `resource` names.
-async fn pods_of(c: Client, ns: &str, resource: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn pods_of(c: Client, ns: &str, resource: &str) -> anyhow::Result<Vec<String>> {
     let (kind, name) = resource
         .split_once('/')
         .with_context(|| format!("{resource:?}: expected pod/NAME, deploy/NAME or svc/NAME"))?;
@@ -275,7 +275,7 @@ async fn pods_of(c: Client, ns: &str, resource: &str) -> anyhow::Result<Vec<Stri
             let s = Api::<Service>::namespaced(c.clone(), ns).get(name).await?;
             selector(s.spec.and_then(|s| s.selector).unwrap_or_default())
         }
-        other => bail!("{other}: tap takes pod/NAME, deploy/NAME or svc/NAME"),
+        other => bail!("{other}: expected pod/NAME, deploy/NAME or svc/NAME"),
     };
     if sel.is_empty() {
         bail!("{resource} selects no pods");

@@ -122,14 +122,16 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         "meshwork.io/inject=enabled",
     ]);
 
-    // Two plain Deployments: nothing in them knows about the mesh. The client's first request
-    // goes out, to the Service's name, the moment its container starts; the kernel sends it
-    // through the client's proxy.
+    // Two plain Deployments: nothing in them knows about the mesh but annotations (web's
+    // routes for its proxy's metrics, below). The client's first request goes out, to the
+    // Service's name, the moment its container starts; the kernel sends it through the
+    // client's proxy.
     o.apply(&json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": {"name": "web", "namespace": "default"},
          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-                  "template": {"metadata": {"labels": {"app": "web"}},
+                  "template": {"metadata": {"labels": {"app": "web"},
+                                            "annotations": {"config.meshwork.io/routes": "GET /; /healthz"}},
                                "spec": {"serviceAccountName": "web", "terminationGracePeriodSeconds": 2,
                                         "containers": [{"name": "http", "image": "meshapp", "args": ["http", "0.0.0.0:8080"],
                                             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
@@ -381,6 +383,16 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         "{top}"
     );
     eprintln!("{top}");
+    // By route: the injector gave web's proxy its pod's routes annotation.
+    let routes = mesh_ctl(&["routes", "deploy/web", "-n", "default", "--interval", "3s"]);
+    eprintln!("{routes}");
+    let row = routes
+        .lines()
+        .find(|l| l.starts_with("GET / "))
+        .unwrap_or_else(|| panic!("no row for the route GET /: {routes}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let rps: f64 = cols[2].parse().unwrap();
+    assert!(rps > 0.0 && cols[3] == "100.00%", "{routes}");
     let tap = mesh_ctl(&["tap", "deploy/web", "-n", "default", "--max-requests", "3"]);
     eprintln!("{tap}");
     let lines: Vec<&str> = tap.lines().collect();
