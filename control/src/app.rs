@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     config::{Config, LbAlgorithm},
     desired::{Desired, NodeInfo, Options},
-    destination::Changed,
+    destination::{Changed, SharedIndex},
     incremental::Change,
     metrics::Metrics,
     sync::{ServiceSync, Stores},
@@ -88,12 +88,23 @@ fn service_changes(
     client: &kube::Client,
     tx: mpsc::UnboundedSender<Change>,
     changed: broadcast::Sender<Changed>,
+    index: SharedIndex,
 ) -> ServiceWatch {
     let tx2 = tx.clone();
     let changed2 = changed.clone();
+    let index2 = index.clone();
     ServiceWatch::start_each(
         client,
         move |seen| {
+            // The index first: a stream told of the change must find it there.
+            {
+                let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
+                match &seen {
+                    Seen::Applied(s) => idx.service(s, false),
+                    Seen::Deleted(s) => idx.service(s, true),
+                    Seen::Relisted => idx.relisted_services(),
+                }
+            }
             // No stream open is no error.
             let _ = changed.send(match &seen {
                 Seen::Applied(s) | Seen::Deleted(s) => match service_key(s) {
@@ -109,6 +120,14 @@ fn service_changes(
             c.map(|c| tx.send(c));
         },
         move |seen| {
+            {
+                let mut idx = index2.write().unwrap_or_else(|p| p.into_inner());
+                match &seen {
+                    Seen::Applied(s) => idx.slice(s, false),
+                    Seen::Deleted(s) => idx.slice(s, true),
+                    Seen::Relisted => idx.relisted_slices(),
+                }
+            }
             let _ = changed2.send(match &seen {
                 Seen::Applied(s) | Seen::Deleted(s) => Changed::Slice(slice_service(s)),
                 Seen::Relisted => Changed::All,
@@ -139,6 +158,7 @@ async fn start_destination(
     client: &kube::Client,
     watch: &ServiceWatch,
     changed: broadcast::Sender<Changed>,
+    index: SharedIndex,
     metrics: &Metrics,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let addr: std::net::SocketAddr = cfg.destination_listen.parse().map_err(|_| {
@@ -151,10 +171,19 @@ async fn start_destination(
         .await
         .map_err(|e| Error::Listen(addr, e))?;
     let pods_changed = changed.clone();
+    let pods_index = index.clone();
     let (pods, pods_task) = meshwork_kube_watch::reflect_each(
         kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
         kube::runtime::watcher::Config::default(),
         move |seen| {
+            {
+                let mut idx = pods_index.write().unwrap_or_else(|p| p.into_inner());
+                match &seen {
+                    Seen::Applied(p) => idx.pod(p, false),
+                    Seen::Deleted(p) => idx.pod(p, true),
+                    Seen::Relisted => idx.relisted_pods(),
+                }
+            }
             let c = match seen {
                 Seen::Applied(p) | Seen::Deleted(p) => Changed::pod(p).unwrap_or(Changed::All),
                 Seen::Relisted => Changed::All,
@@ -166,6 +195,7 @@ async fn start_destination(
         services: watch.services.clone(),
         slices: watch.slices.clone(),
         pods,
+        index,
         changes: changed,
         naming: crate::destination::Naming {
             cluster_domain: cfg.cluster_domain.clone(),
@@ -212,10 +242,11 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let (tx, rx) = mpsc::unbounded_channel();
     // Bounded: a stream that falls this far behind answers again from the stores.
     let (changed, _) = broadcast::channel(1024);
-    let mut watch = service_changes(&client, tx, changed.clone());
+    let index = SharedIndex::default();
+    let mut watch = service_changes(&client, tx, changed.clone(), index.clone());
     let mut tasks = std::mem::take(&mut watch.tasks);
     if cfg.destination_listen != "off" {
-        tasks.push(start_destination(&cfg, &client, &watch, changed, &metrics).await?);
+        tasks.push(start_destination(&cfg, &client, &watch, changed, index, &metrics).await?);
     }
     let sync = ServiceSync {
         node: node.clone(),

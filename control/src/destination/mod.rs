@@ -22,9 +22,13 @@ use k8s_openapi::api::{
 use meshwork_destination_api::{
     parse_ports, pb, DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
 };
-use meshwork_service_model::{cluster_ips, endpoints, service_key, slice_service, usable, Key};
+#[cfg(test)]
+use meshwork_service_model::{cluster_ips, slice_service};
+use meshwork_service_model::{endpoints, service_key, usable, Key};
 
+mod index;
 mod server;
+pub use index::{Index, Objects, SharedIndex};
 pub use server::{serve, Changed, Server};
 
 /// What names a Service's authority in this cluster.
@@ -62,18 +66,24 @@ fn target(authority: &str, naming: &Naming) -> Option<(Target, u16)> {
     Some((Target::Name((ns.to_string(), name.to_string())), port))
 }
 
+/// What an answer reads: the reflectors' stores through their index (`index.rs`), or, in
+/// tests, plain lists.
+pub trait Lookup {
+    fn service_named(&self, key: &Key) -> Option<Arc<Service>>;
+    /// The Service with ClusterIP `ip`.
+    fn service_at(&self, ip: IpAddr) -> Option<Arc<Service>>;
+    /// The slices that belong to the Service `key`.
+    fn slices_of(&self, key: &Key) -> Vec<Arc<EndpointSlice>>;
+    fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>>;
+    /// The pod owning `ip` (see [`pod_at`]).
+    fn pod_at(&self, ip: IpAddr) -> Option<Arc<Pod>>;
+}
+
 /// The Service `t` names.
-fn find<'a>(t: &Target, services: &'a [Arc<Service>]) -> Option<&'a Arc<Service>> {
+fn find(t: &Target, objs: &dyn Lookup) -> Option<Arc<Service>> {
     match t {
-        Target::Ip(ip) => services.iter().find(|s| {
-            s.spec
-                .as_ref()
-                .is_some_and(|spec| cluster_ips(spec).contains(ip))
-        }),
-        Target::Name((ns, name)) => services.iter().find(|s| {
-            s.metadata.name.as_deref() == Some(name.as_str())
-                && s.metadata.namespace.as_deref() == Some(ns.as_str())
-        }),
+        Target::Ip(ip) => objs.service_at(*ip),
+        Target::Name(k) => objs.service_named(k),
     }
 }
 
@@ -199,17 +209,8 @@ pub fn pod_at(pods: impl IntoIterator<Item = Arc<Pod>>, ip: IpAddr) -> Option<Ar
     owners.into_iter().next()
 }
 
-/// The update for `authority` from the reflectors' objects, and what it was read from.
-/// `pod(namespace, name)` looks a pod up and `pod_at(ip)` finds the pod owning an address
-/// (the reflector's store: no copy of all pods).
-pub fn resolve(
-    authority: &str,
-    services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
-    pod: &dyn Fn(&str, &str) -> Option<Arc<Pod>>,
-    pod_at: &dyn Fn(IpAddr) -> Option<Arc<Pod>>,
-    naming: &Naming,
-) -> (pb::Update, Deps) {
+/// The update for `authority` from the cluster's objects, and what it was read from.
+pub fn resolve(authority: &str, objs: &dyn Lookup, naming: &Naming) -> (pb::Update, Deps) {
     let mut deps = Deps::default();
     let unknown = pb::Update {
         unknown: true,
@@ -218,13 +219,13 @@ pub fn resolve(
     let Some((t, port)) = target(authority, naming) else {
         return (unknown, deps);
     };
-    let Some(svc) = find(&t, services) else {
+    let Some(svc) = find(&t, objs) else {
         match t {
             Target::Name(k) => deps.service = Some(k),
             Target::Ip(ip) => {
                 deps.any_service = true;
                 deps.ip = Some(ip);
-                if let Some(p) = pod_at(ip) {
+                if let Some(p) = objs.pod_at(ip) {
                     deps.pods
                         .extend(p.metadata.namespace.clone().zip(p.metadata.name.clone()));
                     return (resolve_pod(&p, ip, port, naming), deps);
@@ -233,7 +234,7 @@ pub fn resolve(
         }
         return (unknown, deps);
     };
-    let Some(key): Option<Key> = service_key(svc) else {
+    let Some(key): Option<Key> = service_key(&svc) else {
         // A Service without a name or namespace: nothing to follow it by but any change.
         deps.any_service = true;
         return (pb::Update::default(), deps);
@@ -241,13 +242,14 @@ pub fn resolve(
     deps.service = Some(key.clone());
     let mut read_pod = |ns: &str, name: &str| {
         deps.pods.insert((ns.to_string(), name.to_string()));
-        pod(ns, name)
+        objs.pod(ns, name)
     };
-    let update = for_service(svc, &key, port, slices, &mut read_pod, naming);
+    let slices = objs.slices_of(&key);
+    let update = for_service(&svc, &key, port, &slices, &mut read_pod, naming);
     (update, deps)
 }
 
-/// The endpoints of `svc` (its key `key`) for `port`, from `slices`.
+/// The endpoints of `svc` (its key `key`) for `port`, from its `slices`.
 fn for_service(
     svc: &Service,
     key: &Key,
@@ -271,10 +273,7 @@ fn for_service(
     };
     let port_name = sp.name.clone().unwrap_or_default();
     let svc_opaque = opaque(svc.metadata.annotations.as_ref());
-    let mine = slices
-        .iter()
-        .filter(|s| slice_service(s).as_ref() == Some(key))
-        .map(|s| &**s);
+    let mine = slices.iter().map(|s| &**s);
     let all = endpoints(mine).remove(key).unwrap_or_default();
     let mut out = Vec::new();
     for ep in usable(&all) {
@@ -329,7 +328,7 @@ fn routes(svc: &Service, key: &Key) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
     use std::collections::HashMap;
@@ -338,21 +337,56 @@ mod tests {
 
     use super::*;
 
+    /// The lookups by scanning lists: what the index must agree with.
+    pub(super) struct Lists<'a> {
+        pub svcs: &'a [Arc<Service>],
+        pub slices: &'a [Arc<EndpointSlice>],
+        pub pods: &'a HashMap<(String, String), Arc<Pod>>,
+    }
+
+    impl Lookup for Lists<'_> {
+        fn service_named(&self, key: &Key) -> Option<Arc<Service>> {
+            self.svcs
+                .iter()
+                .find(|s| service_key(s).as_ref() == Some(key))
+                .cloned()
+        }
+        fn service_at(&self, ip: IpAddr) -> Option<Arc<Service>> {
+            self.svcs
+                .iter()
+                .find(|s| {
+                    s.spec
+                        .as_ref()
+                        .is_some_and(|spec| cluster_ips(spec).contains(&ip))
+                })
+                .cloned()
+        }
+        fn slices_of(&self, key: &Key) -> Vec<Arc<EndpointSlice>> {
+            self.slices
+                .iter()
+                .filter(|s| slice_service(s).as_ref() == Some(key))
+                .cloned()
+                .collect()
+        }
+        fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+            self.pods.get(&(ns.to_string(), name.to_string())).cloned()
+        }
+        fn pod_at(&self, ip: IpAddr) -> Option<Arc<Pod>> {
+            pod_at(self.pods.values().cloned(), ip)
+        }
+    }
+
     fn res(
         authority: &str,
         svcs: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
         pods: &HashMap<(String, String), Arc<Pod>>,
     ) -> pb::Update {
-        let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
-        let pod_at = |ip: IpAddr| pod_at(pods.values().cloned(), ip);
-        resolve(authority, svcs, slices, &pod, &pod_at, &naming()).0
+        resolve(authority, &Lists { svcs, slices, pods }, &naming()).0
     }
 
     fn deps(authority: &str, (svcs, slices, pods): &Objects) -> Deps {
-        let pod = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string())).cloned();
-        let pod_at = |ip: IpAddr| pod_at(pods.values().cloned(), ip);
-        resolve(authority, svcs, slices, &pod, &pod_at, &naming()).1
+        resolve(authority, &Lists { svcs, slices, pods }, &naming()).1
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! stores and answers again when something its answer was read from changes ([`Deps`]): the
 //! Service the authority names or its slices, one of the pods its endpoints are, or the pod
 //! owning the address it names. A change elsewhere in the cluster costs a stream a comparison,
-//! not a recomputation (with 10,000 Services, a recomputation reads them all).
+//! not a recomputation, and a recomputation reads what it names through the [`super::Index`],
+//! not every object of the cluster.
 
 use std::{net::IpAddr, pin::Pin};
 
@@ -10,13 +11,13 @@ use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use meshwork_destination_api::pb::{self, destination_server};
 use meshwork_service_model::Key;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{pod_at, resolve, Deps, Naming};
+use super::{resolve, Deps, Naming, Objects, SharedIndex};
 
 /// What changed in the cluster, as the reflectors saw it (`app.rs` sends them).
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ pub struct Server {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub pods: Store<Pod>,
+    /// Over the three stores, kept by the same callbacks that send `changes`.
+    pub index: SharedIndex,
     pub changes: broadcast::Sender<Changed>,
     pub naming: Naming,
     pub streams: prometheus_client::metrics::gauge::Gauge,
@@ -67,16 +70,13 @@ pub struct Server {
 impl Server {
     fn update(&self, authority: &str) -> (pb::Update, Deps) {
         self.computed.inc();
-        let pod = |ns: &str, name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
-        let pod_at = |ip: IpAddr| pod_at(self.pods.state(), ip);
-        resolve(
-            authority,
-            &self.services.state(),
-            &self.slices.state(),
-            &pod,
-            &pod_at,
-            &self.naming,
-        )
+        let objs = Objects {
+            index: &self.index,
+            services: &self.services,
+            slices: &self.slices,
+            pods: &self.pods,
+        };
+        resolve(authority, &objs, &self.naming)
     }
 }
 
@@ -218,6 +218,7 @@ mod tests {
             services,
             slices,
             pods,
+            index: Default::default(),
             changes: changes.clone(),
             naming: Naming {
                 cluster_domain: "cluster.local".into(),
