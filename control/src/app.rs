@@ -120,13 +120,20 @@ fn service_changes(
             c.map(|c| tx.send(c));
         },
         move |seen| {
-            {
+            let left = {
                 let mut idx = index2.write().unwrap_or_else(|p| p.into_inner());
                 match &seen {
                     Seen::Applied(s) => idx.slice(s, false),
                     Seen::Deleted(s) => idx.slice(s, true),
-                    Seen::Relisted => idx.relisted_slices(),
+                    Seen::Relisted => {
+                        idx.relisted_slices();
+                        None
+                    }
                 }
+            };
+            // A slice relabelled to another Service: the one it left answers again too.
+            if let Some(old) = left {
+                let _ = changed2.send(Changed::Slice(Some(old)));
             }
             let _ = changed2.send(match &seen {
                 Seen::Applied(s) | Seen::Deleted(s) => Changed::Slice(slice_service(s)),

@@ -78,13 +78,18 @@ impl<V: std::hash::Hash + Eq + Clone> Multi<V> {
     }
 
     fn rebuild(&mut self, all: impl Iterator<Item = (Key, Vec<V>)>) {
-        *self = Multi {
-            stale: false,
-            ..Multi::default()
-        };
+        let mut fresh = Multi::default();
         for (k, vs) in all {
-            self.set(k, vs);
+            fresh.set(k, vs);
         }
+        // Fresh only once whole.
+        fresh.stale = false;
+        *self = fresh;
+    }
+
+    /// The values `key` is filed under.
+    fn values(&self, key: &Key) -> &[V] {
+        self.of.get(key).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -100,7 +105,16 @@ fn slice_owner(s: &EndpointSlice) -> Vec<Key> {
     slice_service(s).into_iter().collect()
 }
 
+/// A pod's addresses on the pod network while it may own them ([`super::owns_ip`]): none for
+/// a host-network or finished pod, whose addresses are the node's or given back.
 fn pod_ips(p: &Pod) -> Vec<IpAddr> {
+    let running = p
+        .status
+        .as_ref()
+        .is_some_and(|st| matches!(st.phase.as_deref(), Some("Running" | "Pending")));
+    if !running || p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return Vec::new();
+    }
     let mut ips: Vec<IpAddr> = p
         .status
         .iter()
@@ -145,11 +159,14 @@ impl Index {
         }
     }
 
-    pub fn slice(&mut self, s: &EndpointSlice, deleted: bool) {
-        if let Some(k) = key_of(&s.metadata) {
-            self.slices
-                .set(k, if deleted { vec![] } else { slice_owner(s) });
-        }
+    /// A slice applied (or deleted); returns the Service it belonged to before, when that was
+    /// another (its label changed): that Service's streams must hear of it too.
+    pub fn slice(&mut self, s: &EndpointSlice, deleted: bool) -> Option<Key> {
+        let k = key_of(&s.metadata)?;
+        let now = if deleted { vec![] } else { slice_owner(s) };
+        let before = self.slices.values(&k).first().cloned();
+        self.slices.set(k, now.clone());
+        before.filter(|b| now.first() != Some(b))
     }
 
     pub fn pod(&mut self, p: &Pod, deleted: bool) {
@@ -324,14 +341,14 @@ mod tests {
             self.idx().service(&s, deleted);
         }
 
-        fn sl(&mut self, s: EndpointSlice, deleted: bool) {
+        fn sl(&mut self, s: EndpointSlice, deleted: bool) -> Option<Key> {
             let ev = if deleted {
                 watcher::Event::Delete(s.clone())
             } else {
                 watcher::Event::Apply(s.clone())
             };
             self.lw.apply_watcher_event(&ev);
-            self.idx().slice(&s, deleted);
+            self.idx().slice(&s, deleted)
         }
 
         fn po(&mut self, p: Pod, deleted: bool) {
@@ -443,7 +460,12 @@ mod tests {
         // A ClusterIP changes hands, a slice moves to another Service, a pod goes, another
         // takes a terminating one's address.
         w.svc(service("web", "10.96.0.9"), false);
-        w.sl(slice("web-1", "api"), false);
+        assert_eq!(
+            w.sl(slice("web-1", "api"), false),
+            Some(("shop".into(), "web".into())),
+            "the Service the slice left, for its streams"
+        );
+        assert_eq!(w.sl(slice("web-1", "api"), false), None);
         w.po(pod("a", "10.244.1.5", false), true);
         w.po(pod("b", "10.244.1.6", true), false);
         w.po(pod("c", "10.244.1.6", false), false);
