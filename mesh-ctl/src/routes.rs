@@ -52,41 +52,56 @@ fn by_route(text: &str) -> BTreeMap<String, (f64, f64)> {
     out
 }
 
-/// Each pod's counters now, summed by route.
-async fn sample(ips: &[String]) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
-    let mut sum: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for ip in ips {
+type ByRoute = BTreeMap<String, (f64, f64)>;
+
+/// Each pod's counters now, by route; a pod whose proxy cannot be read (one going away in a
+/// rollout) is left out with a warning.
+async fn sample(pods: &[(String, String)]) -> BTreeMap<String, ByRoute> {
+    let mut out = BTreeMap::new();
+    for (name, ip) in pods {
         let ip = ip.clone();
-        let text = tokio::task::spawn_blocking(move || scrape(&ip)).await??;
-        for (route, (n, failed)) in by_route(&text) {
-            let e = sum.entry(route).or_default();
-            e.0 += n;
-            e.1 += failed;
+        match tokio::task::spawn_blocking(move || scrape(&ip)).await {
+            Ok(Ok(text)) => {
+                out.insert(name.clone(), by_route(&text));
+            }
+            Ok(Err(e)) => eprintln!("mesh-ctl: {name}: reading its proxy's metrics: {e:#}"),
+            Err(e) => eprintln!("mesh-ctl: {name}: {e}"),
         }
     }
-    Ok(sum)
+    out
 }
 
-/// The table: routes by name, `[DEFAULT]` last.
-fn table(
-    before: &BTreeMap<String, (f64, f64)>,
-    after: &BTreeMap<String, (f64, f64)>,
-    secs: f64,
-) -> String {
-    let mut rows: Vec<(String, f64, f64)> = after
+/// What each pod counted between the samples, summed: per pod first, so that a proxy that
+/// restarted meanwhile (its counters from zero) takes nothing from the others.
+fn deltas(before: &BTreeMap<String, ByRoute>, after: &BTreeMap<String, ByRoute>) -> ByRoute {
+    let mut sum = ByRoute::new();
+    for (pod, now) in after {
+        let Some(then) = before.get(pod) else {
+            continue;
+        };
+        for (route, (n, failed)) in now {
+            let (n0, f0) = then.get(route).copied().unwrap_or_default();
+            let e = sum.entry(route.clone()).or_default();
+            e.0 += (n - n0).max(0.0);
+            e.1 += (failed - f0).max(0.0);
+        }
+    }
+    sum
+}
+
+/// The table of what was counted over `secs`: routes by name, `[DEFAULT]` last.
+fn table(counted: &ByRoute, secs: f64) -> String {
+    let mut rows: Vec<(&String, f64, f64)> = counted
         .iter()
-        .map(|(route, (n, failed))| {
-            let (n0, f0) = before.get(route).copied().unwrap_or_default();
-            (route.clone(), (n - n0).max(0.0), (failed - f0).max(0.0))
-        })
+        .map(|(route, (n, failed))| (route, *n, *failed))
         .collect();
-    rows.sort_by_key(|(route, ..)| (route.is_empty(), route.clone()));
+    rows.sort_by_key(|(route, ..)| (route.is_empty(), (*route).clone()));
     let mut out = format!("{:<40} {:>9} {:>8}\n", "ROUTE", "RPS", "SUCCESS");
     for (route, n, failed) in rows {
         let name = if route.is_empty() {
             "[DEFAULT]"
         } else {
-            &route
+            route.as_str()
         };
         let success = if n > 0.0 {
             format!("{:.2}%", 100.0 * (n - failed) / n)
@@ -105,19 +120,20 @@ pub async fn routes(a: RoutesArgs) -> anyhow::Result<()> {
     let mut ips = Vec::new();
     for name in &names {
         if let Some(ip) = pods.get(name).await?.status.and_then(|s| s.pod_ip) {
-            ips.push(ip);
+            ips.push((name.clone(), ip));
         }
     }
     if ips.is_empty() {
         bail!("{}: no running meshed pods", a.resource);
     }
-    let before = sample(&ips).await?;
+    let before = sample(&ips).await;
     tokio::time::sleep(a.interval).await;
-    let after = sample(&ips).await?;
-    print!(
-        "{}",
-        table(&before, &after, a.interval.as_secs_f64().max(0.001))
-    );
+    let after = sample(&ips).await;
+    if after.is_empty() {
+        bail!("{}: no proxy could be read", a.resource);
+    }
+    let secs = a.interval.as_secs_f64().max(0.001);
+    print!("{}", table(&deltas(&before, &after), secs));
     Ok(())
 }
 
@@ -138,8 +154,26 @@ meshwork_proxy_requests_total{direction="outbound",authority="x:80",route="GET /
         assert_eq!(after.len(), 2, "{after:?}");
         assert_eq!(after["GET /books/{id}"], (100.0, 10.0));
         assert_eq!(after[""], (4.0, 0.0));
-        let before = BTreeMap::from([("GET /books/{id}".to_string(), (50.0, 0.0))]);
-        let t = table(&before, &after, 2.0);
+        // Pod a counted 50 more; pod b restarted meanwhile (its counters fell): nothing of
+        // its takes from a's.
+        let before = BTreeMap::from([
+            (
+                "a".to_string(),
+                ByRoute::from([("GET /books/{id}".to_string(), (50.0, 0.0))]),
+            ),
+            (
+                "b".to_string(),
+                ByRoute::from([(String::new(), (400.0, 0.0))]),
+            ),
+        ]);
+        let after = BTreeMap::from([
+            ("a".to_string(), after),
+            (
+                "b".to_string(),
+                ByRoute::from([(String::new(), (0.0, 0.0))]),
+            ),
+        ]);
+        let t = table(&deltas(&before, &after), 2.0);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ROUTE"), "{t}");
         assert!(lines[1].starts_with("GET /books/{id}"), "{t}");
