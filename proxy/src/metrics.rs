@@ -116,6 +116,8 @@ pub struct Metrics {
     /// The label values every request would otherwise allocate.
     empty: Arc<str>,
     overflow: Arc<str>,
+    /// What a value that cannot be written as a label counts under.
+    invalid: Arc<str>,
     registry: Registry,
     /// The live request stream (`tap.rs`).
     pub tap: tokio::sync::broadcast::Sender<crate::tap::Event>,
@@ -249,6 +251,7 @@ impl Metrics {
             bounded: Default::default(),
             empty: Arc::from(""),
             overflow: Arc::from("overflow"),
+            invalid: Arc::from("invalid"),
             registry: r,
             tap: tokio::sync::broadcast::channel(1024).0,
         })
@@ -263,6 +266,12 @@ impl Metrics {
         let mut seen = self.bounded[kind].lock().unwrap_or_else(|p| p.into_inner());
         if let Some(known) = seen.get(v) {
             return known.clone();
+        }
+        // prometheus-client writes label values as they are: a quote, backslash or line
+        // break from a client's Host header would make the whole page unreadable to a
+        // scraper. (Checked only for a value not seen yet: the hot path is the lookup above.)
+        if v.contains(['"', '\\', '\n']) {
+            return self.invalid.clone();
         }
         if seen.len() < MAX_LABEL_VALUES {
             let v: Arc<str> = Arc::from(v);
@@ -455,6 +464,21 @@ mod tests {
             .find(|l| l.contains("authority=\"overflow\",route=\"overflow\""))
             .expect("the overflow series");
         assert!(overflow.ends_with(" 5000"), "{overflow}");
+    }
+
+    #[test]
+    fn a_value_the_text_format_cannot_carry_counts_as_invalid() {
+        let m = Metrics::new();
+        m.request(&ok(Direction::Inbound, "web\"} 1\nx{a=\"", None, ""));
+        m.request(&ok(Direction::Inbound, "a\\b", None, ""));
+        let text = m.encode();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("meshwork_proxy_requests_total{"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains("authority=\"invalid\""), "{text}");
+        assert!(lines[0].ends_with(" 2"), "{text}");
     }
 
     #[test]
