@@ -12,7 +12,6 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,48 +21,9 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::runtime::{reflector, watcher};
-use meshwork_control::destination::{pod_at, resolve, Lookup, Naming, Objects, SharedIndex};
-use meshwork_service_model::{cluster_ips, service_key, slice_service, Key};
+use meshwork_control::destination::{resolve, Lookup, Naming, Objects, Scan, SharedIndex};
+use meshwork_service_model::Key;
 use serde_json::json;
-
-/// The scan the index replaced: each lookup reads every object.
-struct Scan<'a> {
-    svcs: &'a [Arc<Service>],
-    slices: &'a [Arc<EndpointSlice>],
-    pods: &'a HashMap<Key, Arc<Pod>>,
-}
-
-impl Lookup for Scan<'_> {
-    fn service_named(&self, key: &Key) -> Option<Arc<Service>> {
-        self.svcs
-            .iter()
-            .find(|s| service_key(s).as_ref() == Some(key))
-            .cloned()
-    }
-    fn service_at(&self, ip: IpAddr) -> Option<Arc<Service>> {
-        self.svcs
-            .iter()
-            .find(|s| {
-                s.spec
-                    .as_ref()
-                    .is_some_and(|spec| cluster_ips(spec).contains(&ip))
-            })
-            .cloned()
-    }
-    fn slices_of(&self, key: &Key) -> Vec<Arc<EndpointSlice>> {
-        self.slices
-            .iter()
-            .filter(|s| slice_service(s).as_ref() == Some(key))
-            .cloned()
-            .collect()
-    }
-    fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
-        self.pods.get(&(ns.to_string(), name.to_string())).cloned()
-    }
-    fn pod_at(&self, ip: IpAddr) -> Option<Arc<Pod>> {
-        pod_at(self.pods.values().cloned(), ip)
-    }
-}
 
 fn objects(n: usize) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Pod>) {
     let (mut svcs, mut slices, mut pods) = (Vec::new(), Vec::new(), Vec::new());

@@ -105,16 +105,8 @@ fn slice_owner(s: &EndpointSlice) -> Vec<Key> {
     slice_service(s).into_iter().collect()
 }
 
-/// A pod's addresses on the pod network while it may own them ([`super::owns_ip`]): none for
-/// a host-network or finished pod, whose addresses are the node's or given back.
-fn pod_ips(p: &Pod) -> Vec<IpAddr> {
-    let running = p
-        .status
-        .as_ref()
-        .is_some_and(|st| matches!(st.phase.as_deref(), Some("Running" | "Pending")));
-    if !running || p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-        return Vec::new();
-    }
+/// Every address a pod's status lists (`podIP` and `podIPs`), once each.
+pub(super) fn addresses(p: &Pod) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = p
         .status
         .iter()
@@ -130,6 +122,19 @@ fn pod_ips(p: &Pod) -> Vec<IpAddr> {
     ips.sort();
     ips.dedup();
     ips
+}
+
+/// A pod's addresses on the pod network while it may own them ([`super::owns_ip`]): none for
+/// a host-network or finished pod, whose addresses are the node's or given back.
+fn pod_ips(p: &Pod) -> Vec<IpAddr> {
+    let running = p
+        .status
+        .as_ref()
+        .is_some_and(|st| matches!(st.phase.as_deref(), Some("Running" | "Pending")));
+    if !running || p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return Vec::new();
+    }
+    addresses(p)
 }
 
 #[derive(Debug, Default)]
@@ -226,6 +231,42 @@ impl Objects<'_> {
     }
 }
 
+/// The lookups by reading every object, as answers did before the index: what the index must
+/// agree with (its tests) and be measured against (`benches/discovery.rs`).
+pub struct Scan<'a> {
+    pub svcs: &'a [Arc<Service>],
+    pub slices: &'a [Arc<EndpointSlice>],
+    pub pods: &'a HashMap<Key, Arc<Pod>>,
+}
+
+impl super::Lookup for Scan<'_> {
+    fn service_named(&self, key: &Key) -> Option<Arc<Service>> {
+        self.svcs
+            .iter()
+            .find(|s| service_key(s).as_ref() == Some(key))
+            .cloned()
+    }
+    fn service_at(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        self.svcs
+            .iter()
+            .find(|s| service_ips(s).contains(&ip))
+            .cloned()
+    }
+    fn slices_of(&self, key: &Key) -> Vec<Arc<EndpointSlice>> {
+        self.slices
+            .iter()
+            .filter(|s| slice_service(s).as_ref() == Some(key))
+            .cloned()
+            .collect()
+    }
+    fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&(ns.to_string(), name.to_string())).cloned()
+    }
+    fn pod_at(&self, ip: IpAddr) -> Option<Arc<Pod>> {
+        super::pod_at(self.pods.values().cloned(), ip)
+    }
+}
+
 impl super::Lookup for Objects<'_> {
     fn service_named(&self, key: &Key) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(&key.1).within(&key.0))
@@ -267,7 +308,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::destination::{tests::Lists, Lookup};
+    use crate::destination::Lookup;
 
     fn service(name: &str, ip: &str) -> Service {
         serde_json::from_value(json!({
@@ -407,7 +448,7 @@ mod tests {
                 .into_iter()
                 .map(|p| (key_of(&p.metadata).unwrap(), p))
                 .collect();
-            let lists = Lists {
+            let lists = Scan {
                 svcs: &svcs,
                 slices: &slices,
                 pods: &pods,

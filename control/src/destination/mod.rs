@@ -22,13 +22,11 @@ use k8s_openapi::api::{
 use meshwork_destination_api::{
     parse_ports, pb, DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
 };
-#[cfg(test)]
-use meshwork_service_model::{cluster_ips, slice_service};
 use meshwork_service_model::{endpoints, service_key, usable, Key};
 
 mod index;
 mod server;
-pub use index::{Index, Objects, SharedIndex};
+pub use index::{Index, Objects, Scan, SharedIndex};
 pub use server::{serve, Changed, Server};
 
 /// What names a Service's authority in this cluster.
@@ -328,7 +326,7 @@ fn routes(svc: &Service, key: &Key) -> String {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
     use std::collections::HashMap;
@@ -337,56 +335,17 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// The lookups by scanning lists: what the index must agree with.
-    pub(super) struct Lists<'a> {
-        pub svcs: &'a [Arc<Service>],
-        pub slices: &'a [Arc<EndpointSlice>],
-        pub pods: &'a HashMap<(String, String), Arc<Pod>>,
-    }
-
-    impl Lookup for Lists<'_> {
-        fn service_named(&self, key: &Key) -> Option<Arc<Service>> {
-            self.svcs
-                .iter()
-                .find(|s| service_key(s).as_ref() == Some(key))
-                .cloned()
-        }
-        fn service_at(&self, ip: IpAddr) -> Option<Arc<Service>> {
-            self.svcs
-                .iter()
-                .find(|s| {
-                    s.spec
-                        .as_ref()
-                        .is_some_and(|spec| cluster_ips(spec).contains(&ip))
-                })
-                .cloned()
-        }
-        fn slices_of(&self, key: &Key) -> Vec<Arc<EndpointSlice>> {
-            self.slices
-                .iter()
-                .filter(|s| slice_service(s).as_ref() == Some(key))
-                .cloned()
-                .collect()
-        }
-        fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
-            self.pods.get(&(ns.to_string(), name.to_string())).cloned()
-        }
-        fn pod_at(&self, ip: IpAddr) -> Option<Arc<Pod>> {
-            pod_at(self.pods.values().cloned(), ip)
-        }
-    }
-
     fn res(
         authority: &str,
         svcs: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
         pods: &HashMap<(String, String), Arc<Pod>>,
     ) -> pb::Update {
-        resolve(authority, &Lists { svcs, slices, pods }, &naming()).0
+        resolve(authority, &Scan { svcs, slices, pods }, &naming()).0
     }
 
     fn deps(authority: &str, (svcs, slices, pods): &Objects) -> Deps {
-        resolve(authority, &Lists { svcs, slices, pods }, &naming()).1
+        resolve(authority, &Scan { svcs, slices, pods }, &naming()).1
     }
 
     #[test]

@@ -36,19 +36,10 @@ impl Changed {
     /// The change a pod's event is.
     pub fn pod(p: &Pod) -> Option<Changed> {
         let key = p.metadata.namespace.clone().zip(p.metadata.name.clone())?;
-        let ips = p
-            .status
-            .iter()
-            .flat_map(|s| {
-                s.pod_ips
-                    .iter()
-                    .flatten()
-                    .map(|i| i.ip.as_str())
-                    .chain(s.pod_ip.as_deref())
-            })
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        Some(Changed::Pod { key, ips })
+        Some(Changed::Pod {
+            key,
+            ips: super::index::addresses(p),
+        })
     }
 }
 
