@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -45,6 +45,38 @@ struct Api {
     /// fails fast (503 at once) until a set arrives (Linkerd's failfast).
     first: Duration,
     streams: Mutex<Streams>,
+    /// Authorities whose current set has routes: while none has, a request's route is known
+    /// to be none without a look at the streams (the common case, on every request).
+    routed: Arc<AtomicUsize>,
+}
+
+/// An authority's routes as its stream sets them, counted in [`Api::routed`].
+struct RouteFeed {
+    tx: watch::Sender<RouteSet>,
+    routed: Arc<AtomicUsize>,
+}
+
+impl RouteFeed {
+    fn set(&self, r: RouteSet) {
+        match (self.tx.borrow().is_some(), r.is_some()) {
+            (false, true) => {
+                self.routed.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.routed.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.tx.send_replace(r);
+    }
+}
+
+impl Drop for RouteFeed {
+    fn drop(&mut self) {
+        if self.tx.borrow().is_some() {
+            self.routed.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +125,7 @@ impl Resolver {
                 channel,
                 first,
                 streams: Mutex::new(Streams::default()),
+                routed: Arc::new(AtomicUsize::new(0)),
             }),
             metrics,
         })
@@ -112,6 +145,9 @@ impl Resolver {
     /// The routes `authority`'s requests are named by in the metrics, as discovery last said.
     pub fn routes(&self, authority: &str) -> RouteSet {
         let api = self.api.as_ref()?;
+        if api.routed.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
         let routes = streams.by_authority.get(authority)?.routes.borrow().clone();
         routes
@@ -170,7 +206,13 @@ impl Resolver {
                 tokio::spawn(follow(
                     api.channel.clone(),
                     authority.to_string(),
-                    (tx, routes_tx),
+                    (
+                        tx,
+                        RouteFeed {
+                            tx: routes_tx,
+                            routed: api.routed.clone(),
+                        },
+                    ),
                     self.metrics.clone(),
                 ));
                 let e = Entry {
@@ -216,7 +258,7 @@ impl Resolver {
 async fn follow(
     channel: tonic::transport::Channel,
     authority: String,
-    (tx, routes): (watch::Sender<Set>, watch::Sender<RouteSet>),
+    (tx, routes): (watch::Sender<Set>, RouteFeed),
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -245,7 +287,7 @@ async fn follow(
 async fn stream(
     channel: tonic::transport::Channel,
     authority: &str,
-    (tx, routes): (&watch::Sender<Set>, &watch::Sender<RouteSet>),
+    (tx, routes): (&watch::Sender<Set>, &RouteFeed),
     metrics: &Metrics,
 ) -> Result<(), String> {
     let mut client = DestinationClient::new(channel);
@@ -263,6 +305,7 @@ async fn stream(
     // What the routes were read from (also when they did not read): parsed again only when
     // it changes, not on every update of the endpoints.
     let mut raw = routes
+        .tx
         .borrow()
         .as_ref()
         .map_or_else(String::new, |r| r.source().to_string());
@@ -273,7 +316,7 @@ async fn stream(
                 let set = endpoints(&u);
                 // Routes first: a request the new endpoints let through is named by them.
                 if u.routes != raw {
-                    routes.send_replace(route_set(authority, &u.routes));
+                    routes.set(route_set(authority, &u.routes));
                     raw = u.routes;
                 }
                 tx.send_replace(Some(set.into()));
