@@ -174,6 +174,7 @@ async fn start_destination(
             cfg.destination_listen
         ))
     })?;
+    let id = crate::destination::identity::Settings::from(cfg).map_err(Error::Config)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Listen(addr, e))?;
@@ -211,9 +212,26 @@ async fn start_destination(
         streams: metrics.destination_streams.clone(),
         computed: metrics.destination_answers.clone(),
     };
+    let (services, slices) = (watch.services.clone(), watch.slices.clone());
+    let changes = server.changes.subscribe();
+    let failed = metrics.destination_tls_failures.clone();
+    let td = cfg.trust_domain.clone();
     Ok(tokio::spawn(async move {
         let _pods = AbortOnDrop(pods_task);
-        crate::destination::serve(server, listener).await
+        let identity = id.identity(services).await;
+        let _certified = AbortOnDrop(tokio::spawn(crate::destination::identity::keep_certified(
+            identity.clone(),
+            id.addr.clone(),
+            slices,
+            changes,
+        )));
+        // Any workload of the mesh (a proxy) may ask; until the agent's certificate is
+        // there, handshakes fail (no certificate to present) and proxies retry.
+        let tls = identity.server_config(meshwork_identity::verify::Expect::TrustDomain(td));
+        let incoming = meshwork_identity::transport::incoming(listener, tls, move |_| {
+            failed.inc();
+        });
+        crate::destination::serve(server, incoming).await
     }))
 }
 

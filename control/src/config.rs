@@ -41,10 +41,44 @@ pub struct Config {
     /// /healthz (kube-proxy compatible) and /metrics.
     #[arg(long, env = "MESHWORK_CONTROL_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin_listen: SocketAddr,
-    /// The proxies' discovery API (destination-api/), plaintext gRPC for this node's pods;
-    /// `off`: not served.
+    /// The proxies' discovery API (destination-api/), gRPC over mutual TLS for this node's
+    /// pods (the agent's certificate from the identity service, below); `off`: not served.
     #[arg(long, env = "MESHWORK_DESTINATION_LISTEN", default_value = DEFAULT_DESTINATION)]
     pub destination_listen: String,
+    /// The identity service the agent gets its discovery certificate from: `ip:port`, or a
+    /// Service `name.namespace.svc[.<cluster domain>]:port`, read from the agent's own Service
+    /// store (no DNS: the agent is what makes Services reachable).
+    #[arg(
+        long,
+        env = "MESHWORK_IDENTITY_ADDR",
+        default_value = "meshwork-identity.meshwork-system.svc:8080"
+    )]
+    pub identity_addr: String,
+    /// The SPIFFE ID the identity service must prove (default: its ServiceAccount
+    /// meshwork-system/meshwork-identity in --trust-domain).
+    #[arg(long, env = "MESHWORK_IDENTITY_SERVICE_ID")]
+    pub identity_service_id: Option<String>,
+    /// The agent's projected ServiceAccount token for the identity audience (re-read at each
+    /// renewal).
+    #[arg(
+        long,
+        env = "MESHWORK_IDENTITY_TOKEN",
+        default_value = "/var/run/secrets/meshwork.io/identity/token"
+    )]
+    pub identity_token: PathBuf,
+    /// PEM trust anchors to verify the identity service with (then kept from its answers).
+    #[arg(
+        long,
+        env = "MESHWORK_TRUST_ANCHORS",
+        default_value = "/var/lib/meshwork/identity/ca.crt"
+    )]
+    pub trust_anchors: PathBuf,
+    /// The agent's namespace and ServiceAccount: its identity is
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, the one proxies expect.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "meshwork-control")]
+    pub service_account: String,
     /// The mesh's trust domain: endpoints' identities are `spiffe://<it>/ns/<ns>/sa/<sa>`.
     #[arg(long, env = "MESHWORK_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,

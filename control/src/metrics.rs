@@ -25,6 +25,8 @@ pub struct Metrics {
     pub destination_streams: Gauge,
     /// Discovery answers computed: each stream's first, then one per change it depends on.
     pub destination_answers: Counter,
+    /// Discovery connections refused in the TLS handshake.
+    pub destination_tls_failures: Counter,
     /// Unix ms of the oldest change not yet applied (0: none pending).
     pub pending_since_ms: AtomicI64,
     pub synced: AtomicBool,
@@ -97,6 +99,13 @@ impl Metrics {
             "Discovery answers computed: a stream's first, then one per change it depends on",
             destination_answers.clone(),
         );
+        let destination_tls_failures = Counter::default();
+        registry.register(
+            "destination_handshake_failures",
+            "Discovery connections that failed the mutual TLS handshake (no or a foreign \
+             client certificate, plaintext, timeout, or no agent certificate yet)",
+            destination_tls_failures.clone(),
+        );
         let drops = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register(
             "datapath_drops",
@@ -114,6 +123,7 @@ impl Metrics {
             last_sync,
             destination_streams,
             destination_answers,
+            destination_tls_failures,
             pending_since_ms: AtomicI64::new(0),
             synced: AtomicBool::new(false),
             registry,

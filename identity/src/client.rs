@@ -1,5 +1,5 @@
-//! The client library a workload uses to hold a mesh identity (the planned proxy will; today
-//! the identity tests and benchmark do):
+//! The client library a workload uses to hold a mesh identity (the proxy, and the control
+//! agent for its discovery listener):
 //!
 //! - a key made here (ECDSA P-256) that never leaves the process, and a CSR for the workload's
 //!   SPIFFE ID;
@@ -19,11 +19,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hyper_util::rt::TokioIo;
 use rcgen::KeyPair;
 use rustls::{
     client::ResolvesClientCert,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName},
+    pki_types::{CertificateDer, PrivateKeyDer},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
     SignatureScheme,
@@ -92,7 +91,13 @@ struct Inner {
     bundle: Bundle,
     current: RwLock<Option<Current>>,
     ready: watch::Sender<bool>,
+    lookup: Option<Lookup>,
 }
+
+/// Finds the identity service's `host:port` at each connection, instead of `Config::addr`
+/// (the control agent reads a Service's ClusterIP from its own store: it is what makes
+/// Services reachable, and has no cluster DNS to ask). None: not known now.
+pub type Lookup = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// A workload's identity; cheap to clone.
 #[derive(Clone)]
@@ -112,7 +117,17 @@ impl Identity {
             current: RwLock::new(None),
             ready,
             cfg,
+            lookup: None,
         })))
+    }
+
+    /// `addr` looked up by `f` at each connection (before the identity is first cloned).
+    pub fn with_lookup(mut self, f: Lookup) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.lookup = Some(f),
+            None => unreachable!("with_lookup on a shared identity"),
+        }
+        self
     }
 
     pub fn id(&self) -> &SpiffeId {
@@ -135,12 +150,13 @@ impl Identity {
 
     /// A TLS connection to the identity service, which must prove its own SPIFFE ID.
     async fn channel(&self) -> Result<tonic::transport::Channel, ClientError> {
-        channel(
-            &self.0.cfg.addr,
-            &self.0.cfg.service_identity,
-            &self.0.bundle,
-        )
-        .await
+        let addr = match &self.0.lookup {
+            None => self.0.cfg.addr.clone(),
+            Some(f) => f().ok_or_else(|| {
+                ClientError::Connect(format!("{}: not found (yet)", self.0.cfg.addr))
+            })?,
+        };
+        channel(&addr, &self.0.cfg.service_identity, &self.0.bundle).await
     }
 
     /// One Certify: a new certificate for the key held here, and the current trust bundle.
@@ -275,7 +291,7 @@ pub async fn channel(
     service_identity: &SpiffeId,
     bundle: &Bundle,
 ) -> Result<tonic::transport::Channel, ClientError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -286,29 +302,16 @@ pub async fn channel(
         expect: Expect::Identity(service_identity.clone()),
     }))
     .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let addr = addr.to_string();
-    let target = addr.clone();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ClientError::Connect(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10));
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_uri: http::Uri| {
-            let (connector, addr) = (connector.clone(), addr.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                let _ = tcp.set_nodelay(true);
-                // The name is not checked (the verifier checks the SPIFFE ID); SNI only.
-                let name =
-                    ServerName::try_from("meshwork-identity").map_err(std::io::Error::other)?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
+        .timeout(Duration::from_secs(10))
+        .connect_with_connector(crate::transport::connector(
+            tls,
+            "meshwork-identity",
+            Duration::from_secs(5),
+        ))
         .await
-        .map_err(|e| ClientError::Connect(format!("{target}: {e}")))
+        .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))
 }
 
 fn jitter(d: Duration, frac: f64) -> Duration {

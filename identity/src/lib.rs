@@ -11,6 +11,7 @@ pub mod server;
 pub mod service;
 pub mod spiffe;
 pub mod token;
+pub mod transport;
 pub mod verify;
 
 /// The generated gRPC code (proto/meshwork/identity/v1/identity.proto).

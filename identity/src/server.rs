@@ -212,39 +212,9 @@ pub async fn serve_grpc(
     tls: rustls::ServerConfig,
     svc: crate::service::Service,
 ) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            // Handshakes run apart, so a slow client holds up no other.
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(s)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
     tonic::transport::Server::builder()
         .add_service(crate::pb::identity_server::IdentityServer::new(svc))
-        .serve_with_incoming(tokio_stream_from(rx))
+        .serve_with_incoming(crate::transport::incoming(listener, tls, |_| {}))
         .await?;
     Ok(())
-}
-
-fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -65,6 +65,19 @@ pub struct Agent<'a> {
     pub kubeconfig: &'a Path,
     pub admin_listen: String,
     pub overlay_pod_cidr: Option<String>,
+    /// The proxies' discovery, served over mTLS with a certificate from this identity
+    /// service; None: not served (`--destination-listen off`).
+    pub discovery: Option<Discovery<'a>>,
+}
+
+/// What the agent needs for its discovery certificate (`control/src/destination/identity.rs`).
+pub struct Discovery<'a> {
+    /// The identity service, `ip:port`.
+    pub identity_addr: &'a str,
+    /// A token of kube-system/meshwork-control for the identity audience, bound to a pod.
+    pub token: &'a Path,
+    /// The mesh's trust anchors (PEM).
+    pub anchors: &'a Path,
 }
 
 impl Agent<'_> {
@@ -87,6 +100,17 @@ impl Agent<'_> {
             "--uplink".into(),
             n.uplink.clone(),
         ];
+        match &self.discovery {
+            Some(d) => a.extend([
+                "--identity-addr".into(),
+                d.identity_addr.to_string(),
+                "--identity-token".into(),
+                d.token.display().to_string(),
+                "--trust-anchors".into(),
+                d.anchors.display().to_string(),
+            ]),
+            None => a.extend(["--destination-listen".into(), "off".into()]),
+        }
         if let Some(cidr) = &self.overlay_pod_cidr {
             a.extend([
                 "--overlay-uplink".into(),

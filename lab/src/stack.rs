@@ -150,6 +150,7 @@ pub fn start_agent_with(
                 .collect::<Vec<_>>()
                 .join(",")
         }),
+        discovery: None,
     }
     .args(&c.lab);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -299,6 +299,9 @@ async fn bring_up(a: &UpArgs, st: &StateDir, sup: &mut Supervisor) -> Result<Arc
     step(
         "add-ons from deploy/addons: the agent DaemonSet and cluster DNS",
         async {
+            // The agents verify the identity service with these anchors (their discovery
+            // certificate), before the identity step puts them into the cluster.
+            crate::identity::ensure_ca(&st.identity())?;
             let state = st.0.display().to_string();
             let dns = DNS_VIP.to_string();
             // Where the lab's sweep finds a node's pins (meshwork_lab::Lab::bpf_pin_dir).

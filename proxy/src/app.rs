@@ -5,7 +5,7 @@
 use std::sync::{atomic::Ordering, Arc};
 
 use anyhow::Context;
-use meshwork_identity::{client, spiffe::SpiffeId};
+use meshwork_identity::{client, spiffe::SpiffeId, verify::Expect};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -50,11 +50,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = identity.ready() => {}
         r = meshwork_daemon::shutdown_signal() => { r?; return Ok(()) }
     }
+    // Discovery's TLS: this proxy's certificate, the agent proving its identity.
+    let discovery_tls = match cfg.destination_identity.as_str() {
+        "off" => {
+            tracing::warn!("discovery over plaintext (--destination-identity off)");
+            None
+        }
+        id => Some(identity.client_config(Expect::Identity(
+            SpiffeId::parse(id).map_err(|e| anyhow::anyhow!("--destination-identity: {e}"))?,
+        ))),
+    };
     let creds: Arc<dyn Credentials> = Arc::new(identity);
 
     let resolver = match &cfg.destination_addr {
-        Some(a) => Resolver::api(statics, a, cfg.discovery_timeout, metrics.clone())
-            .map_err(anyhow::Error::msg)?,
+        Some(a) => Resolver::api(
+            statics,
+            a,
+            discovery_tls,
+            cfg.discovery_timeout,
+            metrics.clone(),
+        )
+        .map_err(anyhow::Error::msg)?,
         None => Resolver::fixed(statics, metrics.clone()),
     };
     let out = outbound::Outbound::with(

@@ -77,6 +77,14 @@ pub struct Config {
     /// The node's control agent (discovery), host:port; unset: --endpoint entries only.
     #[arg(long, env = "MESHWORK_PROXY_DESTINATION_ADDR")]
     pub destination_addr: Option<String>,
+    /// The SPIFFE ID the control agent must prove: discovery is mutual TLS, this proxy
+    /// presenting its own certificate. `off`: plaintext (a test's own discovery server only).
+    #[arg(
+        long,
+        env = "MESHWORK_PROXY_DESTINATION_IDENTITY",
+        default_value = "spiffe://cluster.local/ns/kube-system/sa/meshwork-control"
+    )]
+    pub destination_identity: String,
     /// A fixed authority: `AUTHORITY=ADDR[@PROXY_PORT@SPIFFE_ID][,...]` (repeatable).
     #[arg(
         long = "endpoint",

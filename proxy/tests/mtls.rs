@@ -460,6 +460,7 @@ async fn discovery(
     let resolver = Resolver::api(
         Static::default(),
         &addr.to_string(),
+        None,
         Duration::from_secs(3),
         metrics.clone(),
     )
@@ -775,5 +776,97 @@ async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_ar
     assert!(
         out.ends_with(&format!("len={} sum={sum}", body.len())),
         "{out}"
+    );
+}
+
+/// Discovery is mutual TLS over the identity library's own transport (the one the control
+/// agent serves with): a proxy gets endpoints from an agent proving the agent's identity, and
+/// nothing from a server of the same mesh proving another; the agent's side refuses a client
+/// without a certificate, and a plaintext one, in the handshake.
+#[tokio::test]
+async fn discovery_is_mutual_tls_and_the_agent_must_prove_its_identity() {
+    const AGENT: &str = "spiffe://cluster.local/ns/kube-system/sa/meshwork-control";
+    let ca = test_ca();
+    let proxy = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let endpoint = pb::Endpoint {
+        addr: "10.244.1.5:8080".into(),
+        weight: 1,
+        ..Default::default()
+    };
+    let (_set, rx) = tokio::sync::watch::channel(vec![endpoint]);
+    // A discovery server proving `id`, counting the handshakes it refused.
+    let serve = async |id: &str| {
+        let (l, addr) = listen().await;
+        let refused = Arc::new(AtomicUsize::new(0));
+        let r = refused.clone();
+        let tls = Arc::unwrap_or_clone(Creds::new(&ca, id).server_config());
+        let incoming = meshwork_identity::transport::incoming(l, tls, move |_| {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::destination_server::DestinationServer::new(Discovery(
+                    rx.clone(),
+                )))
+                .serve_with_incoming(incoming),
+        );
+        (addr, refused)
+    };
+    let agent = SpiffeId::parse(AGENT).unwrap();
+    let resolve = async |addr: SocketAddr, tls: Option<rustls::ClientConfig>| {
+        let metrics = meshwork_proxy::metrics::Metrics::new();
+        let r = Resolver::api(
+            Static::default(),
+            &addr.to_string(),
+            tls,
+            Duration::from_secs(1),
+            metrics.clone(),
+        )
+        .unwrap();
+        let got = r.get("web.default.svc.cluster.local:80").await;
+        (got.map(|eps| eps.len()), metrics)
+    };
+    let mtls = Arc::unwrap_or_clone(proxy.client_config(&agent));
+
+    let (real, refused) = serve(AGENT).await;
+    let (got, _) = resolve(real, Some(mtls.clone())).await;
+    assert_eq!(got, Some(1), "no endpoints from the agent over mutual TLS");
+    assert_eq!(refused.load(Ordering::SeqCst), 0);
+
+    // A workload of the same mesh listening where the agent should be.
+    let (imposter, _) = serve("spiffe://cluster.local/ns/default/sa/evil").await;
+    let (got, metrics) = resolve(imposter, Some(mtls)).await;
+    assert_eq!(
+        got, None,
+        "endpoints taken from a server that is not the agent"
+    );
+    assert!(
+        support::metric(&metrics, "meshwork_proxy_discovery_errors_total").unwrap_or(0) >= 1,
+        "the refused agent was not counted as a discovery error"
+    );
+
+    // Clients the agent must refuse: no certificate, and plaintext gRPC.
+    let no_cert = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(meshwork_identity::verify::ServerVerifier {
+        bundle: meshwork_identity::verify::Bundle::new(ca.anchors.clone()),
+        expect: meshwork_identity::verify::Expect::Identity(agent.clone()),
+    }))
+    .with_no_client_auth();
+    let (got, _) = resolve(real, Some(no_cert)).await;
+    assert_eq!(
+        got, None,
+        "endpoints given to a client without a certificate"
+    );
+    let (got, _) = resolve(real, None).await;
+    assert_eq!(got, None, "endpoints given to a plaintext client");
+    assert!(
+        refused.load(Ordering::SeqCst) >= 2,
+        "the agent's side did not refuse both in the handshake ({} refused)",
+        refused.load(Ordering::SeqCst)
     );
 }

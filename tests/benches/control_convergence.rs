@@ -83,7 +83,7 @@ fn main() {
     let kc = data.join("admin.kubeconfig");
     let pins = lab.bpf_pin_dir(&n);
     let admin_addr: std::net::SocketAddr = format!("{ip}:10256").parse().unwrap();
-    let agent = orch::start_agent(&lab, &n, &kc, None);
+    let agent = orch::start_agent(&lab, &n, &kc, None, None);
     let agent_pid = agent.pid();
     let t = Instant::now();
     let obs = loop {

@@ -46,6 +46,9 @@ use serde_json::{json, Value};
 
 const WEB: &str = "web.default.svc.cluster.local";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+/// What the node agents prove on their discovery port (the proxies' default
+/// `--destination-identity`).
+const AGENT_ID: &str = "spiffe://cluster.local/ns/kube-system/sa/meshwork-control";
 const OPAQUE_LEN: usize = 100 << 20;
 /// The web Service's routes (its clients' proxies name requests by them) and the web pods' own
 /// (their proxies name what they receive).
@@ -148,6 +151,76 @@ impl Mesh {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// The client pod's node agent's discovery port, from the client pod: a TLS 1.3 handshake
+/// verifying the agent as the proxies do (the agent's SPIFFE ID against the mesh's anchors),
+/// presenting a workload certificate of the mesh when `cert`, then HTTP/2's preface. Ok: the
+/// agent's identity and its first frame's type (4: SETTINGS); Err: why it failed.
+fn discovery_tls(m: &Mesh, cert: bool) -> Result<(String, u8), String> {
+    use meshwork_identity::verify::{Bundle, Expect, ServerVerifier};
+    let dir = m.o.lab.dir().join("ca");
+    let pem = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = meshwork_identity::ca::Ca::from_pem(&pem("ca.crt"), &pem("tls.crt"), &pem("tls.key"))
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+        bundle: Bundle::new(ca.anchors.clone()),
+        expect: Expect::Identity(meshwork_identity::SpiffeId::parse(AGENT_ID).unwrap()),
+    }));
+    let mut cfg = if cert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let id = meshwork_identity::SpiffeId::parse(CLIENT_ID).unwrap();
+        let leaf = ca.sign_key(&key, &id, Duration::from_secs(600)).unwrap();
+        let mut chain = vec![leaf.der];
+        chain.extend(ca.chain.iter().cloned());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let agent = format!("{}:8086", m.o.nodes[1].underlay_ip);
+    let tcp =
+        m.o.lab
+            .tcp_connect(&m.client_netns(), agent.parse().unwrap())
+            .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        rustls::pki_types::ServerName::try_from("meshwork-control").unwrap(),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    tls.write_all(&preface).map_err(|e| e.to_string())?;
+    let mut frame = [0u8; 9];
+    tls.read_exact(&mut frame).map_err(|e| e.to_string())?;
+    let leaf = tls.conn.peer_certificates().unwrap()[0].clone();
+    let id = meshwork_identity::verify::peer_identity(&leaf).unwrap();
+    Ok((id.to_string(), frame[3]))
+}
+
+/// The handshakes the client's node agent refused so far (its /metrics).
+fn agent_refused(m: &Mesh) -> f64 {
+    let out = m.o.lab.exec(
+        &m.o.nodes[0].netns,
+        &[
+            "curl",
+            "-s",
+            &format!("http://{}:10256/metrics", m.o.nodes[1].underlay_ip),
+        ],
+    );
+    out.lines()
+        .find(|l| l.starts_with("meshwork_control_destination_handshake_failures_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no handshake failure counter in the agent's metrics:\n{out}"))
 }
 
 /// HTTP/1.1 through the client's proxy on one keep-alive connection.
@@ -369,6 +442,46 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
             s.dst
         );
     }
+
+    // Discovery is mutual TLS: the agent proves its identity and answers a workload of the
+    // mesh; a pod without a certificate, or speaking plaintext, is refused in the handshake.
+    assert_eq!(
+        discovery_tls(&m, true),
+        Ok((AGENT_ID.to_string(), 4)),
+        "a meshed client's discovery handshake"
+    );
+    let refused_before = agent_refused(&m);
+    let no_cert = discovery_tls(&m, false);
+    assert!(
+        no_cert.is_err(),
+        "the agent answered a client without a certificate: {no_cert:?}"
+    );
+    let mut plain =
+        m.o.lab
+            .tcp_connect(
+                &m.client_netns(),
+                format!("{}:8086", m.o.nodes[1].underlay_ip)
+                    .parse()
+                    .unwrap(),
+            )
+            .unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        answer.len() < 9 || answer[3] != 4,
+        "the agent answered plaintext HTTP/2: {answer:02x?}"
+    );
+    let refused = agent_refused(&m) - refused_before;
+    assert!(
+        refused >= 2.0,
+        "the agent counted {refused} refused handshakes for the two"
+    );
 
     // The requests counted at each end, by authority, route (the Service's for the client's
     // proxy, the pod's own for the web proxies), status class and peer identity.

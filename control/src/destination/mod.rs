@@ -24,6 +24,7 @@ use meshwork_destination_api::{
 };
 use meshwork_service_model::{endpoints, service_key, usable, Key};
 
+pub mod identity;
 mod index;
 mod server;
 pub use index::{Index, Objects, Scan, SharedIndex};

@@ -141,9 +141,19 @@ impl destination_server::Destination for Server {
     }
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(server: Server, listener: tokio::net::TcpListener) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+/// Serves the API on the connections of `incoming` (the agent's are mutual TLS:
+/// `meshwork_identity::transport::incoming`) until the task is dropped.
+pub async fn serve<IO>(
+    server: Server,
+    incoming: impl futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+) where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(destination_server::DestinationServer::new(server))
         .serve_with_incoming(incoming)
@@ -220,7 +230,10 @@ mod tests {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(server, listener));
+        tokio::spawn(serve(
+            server,
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+        ));
         let mut client = DestinationClient::connect(format!("http://{addr}"))
             .await
             .unwrap();

@@ -107,18 +107,29 @@ impl Resolver {
         }
     }
 
-    /// Static entries, then the control agent at `addr` (`host:port`).
+    /// Static entries, then the control agent at `addr` (`host:port`), over `tls` (mutual
+    /// TLS, the agent's identity checked by its verifier) or, without, plaintext.
     pub fn api(
         statics: Static,
         addr: &str,
+        tls: Option<rustls::ClientConfig>,
         first: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("--destination-addr {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = match tls {
+            Some(tls) => {
+                endpoint.connect_with_connector_lazy(meshwork_identity::transport::connector(
+                    tls,
+                    "meshwork-control",
+                    Duration::from_secs(1),
+                ))
+            }
+            None => endpoint.connect_lazy(),
+        };
         Ok(Resolver {
             statics,
             api: Some(Api {

@@ -37,10 +37,6 @@ impl Mesh {
                 ],
             ))
         });
-        for i in 0..o.nodes.len() {
-            let a = o.start_agent(i);
-            o.procs.push(a);
-        }
         let dir = o.lab.dir().to_path_buf();
         let id_bin = lab_binary("meshwork-identity");
         let out = Command::new(&id_bin)
@@ -96,6 +92,15 @@ impl Mesh {
         for sa in ["web", "client"] {
             o.kubectl(&["create", "serviceaccount", sa]);
         }
+        o.agent_identity = Some((
+            identity_addr.clone(),
+            agent_token(&o),
+            dir.join("ca/ca.crt"),
+        ));
+        for i in 0..o.nodes.len() {
+            let a = o.start_agent(i);
+            o.procs.push(a);
+        }
         Mesh {
             o,
             identity_addr,
@@ -126,6 +131,56 @@ impl Mesh {
         );
         spec
     }
+}
+
+/// The agents' identity token, as a DaemonSet pod's projected volume holds it: for the
+/// ServiceAccount kube-system/meshwork-control and the identity audience, bound to a pod of it
+/// (the identity service checks that the pod lives). The lab runs the agents as processes, so
+/// a pod of that ServiceAccount stands in for theirs. Written to a file the agents read.
+fn agent_token(o: &Orch) -> std::path::PathBuf {
+    o.kubectl(&[
+        "-n",
+        "kube-system",
+        "create",
+        "serviceaccount",
+        "meshwork-control",
+    ]);
+    o.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "meshwork-control-agents", "namespace": "kube-system"},
+        "spec": {"serviceAccountName": "meshwork-control", "nodeName": o.nodes[0].name,
+                 "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": "tools", "command": ["sleep", "100000"]}]},
+    }));
+    let uid = o.kubectl(&[
+        "-n",
+        "kube-system",
+        "get",
+        "pod",
+        "meshwork-control-agents",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let token = o.kubectl(&[
+        "-n",
+        "kube-system",
+        "create",
+        "token",
+        "meshwork-control",
+        "--audience",
+        meshwork_identity::DEFAULT_AUDIENCE,
+        "--duration",
+        "24h",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "meshwork-control-agents",
+        "--bound-object-uid",
+        uid.trim(),
+    ]);
+    let path = o.lab.dir().join("agent-token");
+    std::fs::write(&path, token.trim()).unwrap();
+    path
 }
 
 /// Asserts that no captured segment but the admin port's (the kubelet's probes, plaintext by

@@ -42,6 +42,9 @@ pub struct Orch {
     pub data: PathBuf,
     /// The node runtimes' image catalog (None: their built-in one).
     pub image_catalog: Option<PathBuf>,
+    /// The agents' discovery certificate, `(identity service, token file, anchors file)`
+    /// (`support/mesh.rs` sets it); None: they serve no discovery.
+    pub agent_identity: Option<(String, PathBuf, PathBuf)>,
     /// Dropped last: kills what is left in the pod cgroups and deletes the namespaces.
     pub lab: Lab,
 }
@@ -59,12 +62,14 @@ pub fn start_apiserver(lab: &Lab, node: &Node, extra: &[&str]) -> (Proc, PathBuf
 }
 
 /// `meshwork-control` for `node` with `kubeconfig` (meshwork_lab::components::Agent), admin on
-/// the node's address:10256; with `overlay_pod_cidr`, it owns the node's overlay too.
+/// the node's address:10256; with `overlay_pod_cidr`, it owns the node's overlay too; with
+/// `discovery`, it serves the proxies' discovery.
 pub fn start_agent(
     lab: &Lab,
     n: &Node,
     kubeconfig: &Path,
     overlay_pod_cidr: Option<String>,
+    discovery: Option<meshwork_lab::components::Discovery>,
 ) -> Proc {
     let log = lab.dir().join(format!("{}-control.log", n.name));
     let args = meshwork_lab::components::Agent {
@@ -72,6 +77,7 @@ pub fn start_agent(
         kubeconfig,
         admin_listen: format!("{}:10256", n.underlay_ip),
         overlay_pod_cidr,
+        discovery,
     }
     .args(lab);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -146,6 +152,7 @@ impl Orch {
             kubeconfig: data.join("admin.kubeconfig"),
             data,
             image_catalog,
+            agent_identity: None,
             lab,
         };
         until(
@@ -205,7 +212,14 @@ impl Orch {
         let n = &self.nodes[i];
         let kc = self.data.join(format!("{}.kubeconfig", n.name));
         let cidr = self.kubectl(&["get", "node", &n.name, "-o", "jsonpath={.spec.podCIDR}"]);
-        start_agent(&self.lab, n, &kc, Some(cidr))
+        let discovery = self.agent_identity.as_ref().map(|(addr, token, anchors)| {
+            meshwork_lab::components::Discovery {
+                identity_addr: addr,
+                token,
+                anchors,
+            }
+        });
+        start_agent(&self.lab, n, &kc, Some(cidr), discovery)
     }
 
     /// The CNI calls the recorder saw: `COMMAND|CONTAINERID|IFNAME|NETNS|CNI_ARGS` per line.

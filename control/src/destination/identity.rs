@@ -1,0 +1,236 @@
+//! The agent's own mesh identity, which the discovery listener serves mutual TLS with
+//! (ARCHITECTURE.md, "Discovery over mTLS"): proxies check that the agent proves
+//! `spiffe://<td>/ns/kube-system/sa/meshwork-control` (their `--destination-identity`), and the
+//! agent answers only clients with a certificate of the trust domain, so a pod without a
+//! proxy can neither read the cluster's endpoints and identities through it nor pass as it.
+//!
+//! The certificate comes from the identity service like a proxy's (`meshwork_identity::client`:
+//! a projected token, rotation at 70 % of the life). The service is usually a ClusterIP Service
+//! that this agent itself makes reachable, so its address is read from the agent's Service
+//! store at each connection, and the first request waits until the Service has a ready
+//! endpoint (a cluster coming up starts the agent first; asking earlier would only back off).
+//! Nothing here stops the datapath: until a certificate is there, handshakes fail and proxies
+//! keep their last answers and retry.
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::runtime::reflector::{ObjectRef, Store};
+use meshwork_identity::{client, spiffe::SpiffeId};
+use tokio::sync::broadcast;
+
+use super::Changed;
+use crate::config::Config;
+
+/// Where the identity service is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addr {
+    Fixed(String),
+    /// A Service's ClusterIP and this port.
+    Service {
+        namespace: String,
+        name: String,
+        port: u16,
+    },
+}
+
+impl Addr {
+    /// `ip:port`, `[v6]:port`, or `name.namespace.svc[.<cluster_domain>]:port`.
+    pub fn parse(s: &str, cluster_domain: &str) -> Result<Addr, String> {
+        let bad = |why: &str| format!("--identity-addr {s:?}: {why}");
+        if s.parse::<std::net::SocketAddr>().is_ok() {
+            return Ok(Addr::Fixed(s.to_string()));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("not host:port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+        let host = host.trim_end_matches('.');
+        let rest = host
+            .strip_suffix(cluster_domain)
+            .and_then(|h| h.strip_suffix('.'))
+            .unwrap_or(host);
+        match rest.split('.').collect::<Vec<_>>()[..] {
+            [name, namespace, "svc"] if !name.is_empty() && !namespace.is_empty() => {
+                Ok(Addr::Service {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    port,
+                })
+            }
+            _ => Err(bad(
+                "neither ip:port nor a Service name.namespace.svc:port (the agent does not use DNS)",
+            )),
+        }
+    }
+
+    /// `ip:port` now: the Service's ClusterIP from `services`.
+    fn find(&self, services: &Store<Service>) -> Option<String> {
+        match self {
+            Addr::Fixed(a) => Some(a.clone()),
+            Addr::Service {
+                namespace,
+                name,
+                port,
+            } => {
+                let svc = services.get(&ObjectRef::new(name).within(namespace))?;
+                let ip: IpAddr = svc.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok()?;
+                Some(std::net::SocketAddr::new(ip, *port).to_string())
+            }
+        }
+    }
+
+    /// Whether a slice of the Service lists a ready endpoint (always, for a fixed address).
+    fn has_ready_endpoint(&self, slices: &Store<EndpointSlice>) -> bool {
+        let Addr::Service {
+            namespace, name, ..
+        } = self
+        else {
+            return true;
+        };
+        slices.state().iter().any(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    == Some(name)
+                && s.endpoints
+                    .iter()
+                    .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        })
+    }
+}
+
+/// What the agent's identity is made of, checked at start (a wrong flag fails the agent at
+/// once, as any other flag does).
+pub struct Settings {
+    pub addr: Addr,
+    /// `trust_anchors_pem` is read from `anchors` when the identity is made.
+    pub client: client::Config,
+    pub anchors: PathBuf,
+}
+
+impl Settings {
+    pub fn from(cfg: &Config) -> Result<Settings, String> {
+        let td = &cfg.trust_domain;
+        let id = |flag: &str, s: &str| SpiffeId::parse(s).map_err(|e| format!("{flag} {s:?}: {e}"));
+        let service_id = cfg
+            .identity_service_id
+            .clone()
+            .unwrap_or_else(|| format!("spiffe://{td}/ns/meshwork-system/sa/meshwork-identity"));
+        let own = format!(
+            "spiffe://{td}/ns/{}/sa/{}",
+            cfg.namespace, cfg.service_account
+        );
+        Ok(Settings {
+            addr: Addr::parse(&cfg.identity_addr, &cfg.cluster_domain)?,
+            client: client::Config {
+                addr: cfg.identity_addr.clone(),
+                service_identity: id("--identity-service-id", &service_id)?,
+                identity: id("--namespace/--service-account", &own)?,
+                token_path: cfg.identity_token.clone(),
+                trust_anchors_pem: String::new(),
+            },
+            anchors: cfg.trust_anchors.clone(),
+        })
+    }
+
+    /// The identity (no certificate yet), once the trust anchors can be read: retried every
+    /// 5 s, since a node may be given them after the agent starts.
+    pub async fn identity(&self, services: Store<Service>) -> client::Identity {
+        loop {
+            let made = std::fs::read_to_string(&self.anchors)
+                .map_err(|e| format!("{}: {e}", self.anchors.display()))
+                .and_then(|pem| {
+                    client::Identity::new(client::Config {
+                        trust_anchors_pem: pem,
+                        ..self.client.clone()
+                    })
+                    .map_err(|e| e.to_string())
+                });
+            match made {
+                Ok(id) => {
+                    let (addr, services) = (self.addr.clone(), services.clone());
+                    return id.with_lookup(Arc::new(move || addr.find(&services)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery: no trust anchors for the agent's identity yet; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `identity` certified until the future is dropped: the first Certify once the
+/// identity Service has a ready endpoint, then the client library's rotation.
+pub async fn keep_certified(
+    identity: client::Identity,
+    addr: Addr,
+    slices: Store<EndpointSlice>,
+    mut changed: broadcast::Receiver<Changed>,
+) {
+    if !addr.has_ready_endpoint(&slices) {
+        tracing::info!(
+            ?addr,
+            "discovery: waiting for a ready identity service endpoint"
+        );
+        while !addr.has_ready_endpoint(&slices) {
+            // Any change, or now and then (a store still listing says nothing).
+            tokio::select! {
+                _ = changed.recv() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+    tracing::info!(id = %identity.id(), "discovery: asking for the agent's certificate");
+    let rotation = identity.spawn_rotation();
+    struct Abort(tokio::task::JoinHandle<()>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut rotation = Abort(rotation);
+    let _ = (&mut rotation.0).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let p = |s: &str| Addr::parse(s, "cluster.local");
+        assert_eq!(p("10.0.0.1:8080"), Ok(Addr::Fixed("10.0.0.1:8080".into())));
+        assert_eq!(
+            p("[fd00::1]:8080"),
+            Ok(Addr::Fixed("[fd00::1]:8080".into()))
+        );
+        let svc = Addr::Service {
+            namespace: "meshwork-system".into(),
+            name: "meshwork-identity".into(),
+            port: 8080,
+        };
+        assert_eq!(
+            p("meshwork-identity.meshwork-system.svc:8080").as_ref(),
+            Ok(&svc)
+        );
+        assert_eq!(
+            p("meshwork-identity.meshwork-system.svc.cluster.local:8080").as_ref(),
+            Ok(&svc)
+        );
+        assert_eq!(
+            p("meshwork-identity.meshwork-system.svc.cluster.local.:8080").as_ref(),
+            Ok(&svc)
+        );
+        for bad in [
+            "identity.example.com:8080",
+            "meshwork-identity:8080",
+            "meshwork-identity.meshwork-system.svc",
+            "meshwork-identity.meshwork-system.svc:http",
+            ".meshwork-system.svc:8080",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+}
