@@ -166,7 +166,7 @@ async fn start_destination(
     watch: &ServiceWatch,
     changed: broadcast::Sender<Changed>,
     index: SharedIndex,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let addr: std::net::SocketAddr = cfg.destination_listen.parse().map_err(|_| {
         Error::Config(format!(
@@ -216,9 +216,24 @@ async fn start_destination(
     let changes = server.changes.subscribe();
     let failed = metrics.destination_tls_failures.clone();
     let td = cfg.trust_domain.clone();
+    let metrics = metrics.clone();
     Ok(tokio::spawn(async move {
         let _pods = AbortOnDrop(pods_task);
-        let identity = id.identity(services).await;
+        // Until the identity can be made (trust anchors missing), connections are closed at
+        // once, as a handshake without a certificate would be: proxies retry with back-off.
+        let refuse = async {
+            loop {
+                if let Ok((tcp, _)) = listener.accept().await {
+                    failed.inc();
+                    drop(tcp);
+                }
+            }
+        };
+        let identity = tokio::select! {
+            id = id.identity(services) => id,
+            never = refuse => never,
+        };
+        let _ = metrics.destination_identity.set(identity.clone());
         let _certified = AbortOnDrop(tokio::spawn(crate::destination::identity::keep_certified(
             identity.clone(),
             id.addr.clone(),

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub destination_answers: Counter,
     /// Discovery connections refused in the TLS handshake.
     pub destination_tls_failures: Counter,
+    /// The agent's discovery identity, read at each scrape for its certificate's expiry.
+    pub destination_identity: std::sync::OnceLock<meshwork_identity::client::Identity>,
+    destination_cert_expiry: Gauge,
     /// Unix ms of the oldest change not yet applied (0: none pending).
     pub pending_since_ms: AtomicI64,
     pub synced: AtomicBool,
@@ -106,6 +109,13 @@ impl Metrics {
              client certificate, plaintext, timeout, or no agent certificate yet)",
             destination_tls_failures.clone(),
         );
+        let destination_cert_expiry = Gauge::default();
+        registry.register(
+            "destination_certificate_expiry_timestamp_seconds",
+            "When the agent's discovery certificate expires (Unix seconds; 0: none yet, so \
+             no proxy can get discovery from this agent)",
+            destination_cert_expiry.clone(),
+        );
         let drops = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register(
             "datapath_drops",
@@ -124,6 +134,8 @@ impl Metrics {
             destination_streams,
             destination_answers,
             destination_tls_failures,
+            destination_identity: std::sync::OnceLock::new(),
+            destination_cert_expiry,
             pending_since_ms: AtomicI64::new(0),
             synced: AtomicBool::new(false),
             registry,
@@ -151,6 +163,13 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         self.read_drops();
+        if let Some(id) = self.destination_identity.get() {
+            let expiry = id
+                .current()
+                .and_then(|c| c.not_after.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.destination_cert_expiry.set(expiry);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

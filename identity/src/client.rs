@@ -96,8 +96,8 @@ struct Inner {
 
 /// Finds the identity service's `host:port` at each connection, instead of `Config::addr`
 /// (the control agent reads a Service's ClusterIP from its own store: it is what makes
-/// Services reachable, and has no cluster DNS to ask). None: not known now.
-pub type Lookup = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+/// Services reachable, and has no cluster DNS to ask). Err: why it is not known now.
+pub type Lookup = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// A workload's identity; cheap to clone.
 #[derive(Clone)]
@@ -152,9 +152,7 @@ impl Identity {
     async fn channel(&self) -> Result<tonic::transport::Channel, ClientError> {
         let addr = match &self.0.lookup {
             None => self.0.cfg.addr.clone(),
-            Some(f) => f().ok_or_else(|| {
-                ClientError::Connect(format!("{}: not found (yet)", self.0.cfg.addr))
-            })?,
+            Some(f) => f().map_err(ClientError::Connect)?,
         };
         channel(&addr, &self.0.cfg.service_identity, &self.0.bundle).await
     }

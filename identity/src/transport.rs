@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// A handshake that takes longer is dropped (a slow or silent client holds up no one else:
 /// each runs in its own task).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; a connection past them is closed at once (and counted), so
+/// connections opened and left silent cost a listener at most this many tasks and sockets.
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// The TLS connections `listener` accepts under `tls` (ALPN set to h2 here), for tonic's
 /// `serve_with_incoming`. Handshakes run apart from the accept loop; a failed one is logged at
@@ -25,6 +28,7 @@ pub fn incoming(
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let failed = Arc::new(failed);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let (tx, mut rx) = tokio::sync::mpsc::channel(128);
     let accept = tokio::spawn(async move {
         loop {
@@ -36,9 +40,15 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "{MAX_HANDSHAKES} TLS handshakes under way; closed");
+                failed(&std::io::Error::other("too many handshakes under way"));
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, failed) = (acceptor.clone(), tx.clone(), failed.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let e = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(s)).await;

@@ -37,7 +37,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let id = cfg.spiffe_id().map_err(anyhow::Error::msg)?;
     let identity = client::Identity::new(client::Config {
         addr: cfg.identity_addr.clone(),
-        service_identity: SpiffeId::parse(&cfg.identity_service_id)
+        service_identity: SpiffeId::parse(&cfg.identity_service_id())
             .map_err(|e| anyhow::anyhow!("--identity-service-id: {e}"))?,
         identity: SpiffeId::parse(&id).map_err(|e| anyhow::anyhow!("identity {id}: {e}"))?,
         token_path: cfg.token_path.clone(),
@@ -51,13 +51,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         r = meshwork_daemon::shutdown_signal() => { r?; return Ok(()) }
     }
     // Discovery's TLS: this proxy's certificate, the agent proving its identity.
-    let discovery_tls = match cfg.destination_identity.as_str() {
-        "off" => {
+    let discovery_tls = match cfg.destination_identity() {
+        None => {
             tracing::warn!("discovery over plaintext (--destination-identity off)");
             None
         }
-        id => Some(identity.client_config(Expect::Identity(
-            SpiffeId::parse(id).map_err(|e| anyhow::anyhow!("--destination-identity: {e}"))?,
+        Some(id) => Some(identity.client_config(Expect::Identity(
+            SpiffeId::parse(&id).map_err(|e| anyhow::anyhow!("--destination-identity: {e}"))?,
         ))),
     };
     let creds: Arc<dyn Credentials> = Arc::new(identity);

@@ -33,13 +33,10 @@ pub struct Config {
     /// The identity service, host:port.
     #[arg(long, env = "MESHWORK_PROXY_IDENTITY_ADDR")]
     pub identity_addr: String,
-    /// The SPIFFE ID the identity service must prove.
-    #[arg(
-        long,
-        env = "MESHWORK_PROXY_IDENTITY_SERVICE_ID",
-        default_value = "spiffe://cluster.local/ns/meshwork-system/sa/meshwork-identity"
-    )]
-    pub identity_service_id: String,
+    /// The SPIFFE ID the identity service must prove (default: meshwork-system/meshwork-identity
+    /// in --trust-domain).
+    #[arg(long, env = "MESHWORK_PROXY_IDENTITY_SERVICE_ID")]
+    pub identity_service_id: Option<String>,
     /// This proxy's SPIFFE ID (default: from --namespace and --service-account).
     #[arg(long, env = "MESHWORK_PROXY_IDENTITY")]
     pub identity: Option<String>,
@@ -78,13 +75,10 @@ pub struct Config {
     #[arg(long, env = "MESHWORK_PROXY_DESTINATION_ADDR")]
     pub destination_addr: Option<String>,
     /// The SPIFFE ID the control agent must prove: discovery is mutual TLS, this proxy
-    /// presenting its own certificate. `off`: plaintext (a test's own discovery server only).
-    #[arg(
-        long,
-        env = "MESHWORK_PROXY_DESTINATION_IDENTITY",
-        default_value = "spiffe://cluster.local/ns/kube-system/sa/meshwork-control"
-    )]
-    pub destination_identity: String,
+    /// presenting its own certificate (default: kube-system/meshwork-control in
+    /// --trust-domain). `off`: plaintext (a test's own discovery server only).
+    #[arg(long, env = "MESHWORK_PROXY_DESTINATION_IDENTITY")]
+    pub destination_identity: Option<String>,
     /// A fixed authority: `AUTHORITY=ADDR[@PROXY_PORT@SPIFFE_ID][,...]` (repeatable).
     #[arg(
         long = "endpoint",
@@ -187,6 +181,28 @@ pub enum InboundPolicy {
 
 impl Config {
     /// This proxy's SPIFFE ID.
+    /// What the identity service must prove.
+    pub fn identity_service_id(&self) -> String {
+        self.identity_service_id.clone().unwrap_or_else(|| {
+            format!(
+                "spiffe://{}/ns/meshwork-system/sa/meshwork-identity",
+                self.trust_domain
+            )
+        })
+    }
+
+    /// What the control agent must prove on discovery; None: plaintext (`off`).
+    pub fn destination_identity(&self) -> Option<String> {
+        match self.destination_identity.as_deref() {
+            Some("off") => None,
+            Some(id) => Some(id.to_string()),
+            None => Some(format!(
+                "spiffe://{}/ns/kube-system/sa/meshwork-control",
+                self.trust_domain
+            )),
+        }
+    }
+
     pub fn spiffe_id(&self) -> Result<String, String> {
         if let Some(id) = &self.identity {
             return Ok(id.clone());
@@ -201,5 +217,40 @@ impl Config {
                     .into(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["meshwork-proxy", "--identity-addr", "10.0.0.1:8080"];
+        argv.extend(args);
+        Config::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn control_plane_identities_follow_the_trust_domain() {
+        let c = parse(&[]);
+        assert_eq!(
+            c.destination_identity().as_deref(),
+            Some("spiffe://cluster.local/ns/kube-system/sa/meshwork-control")
+        );
+        let c = parse(&["--trust-domain", "prod.example"]);
+        assert_eq!(
+            c.destination_identity().as_deref(),
+            Some("spiffe://prod.example/ns/kube-system/sa/meshwork-control")
+        );
+        assert_eq!(
+            c.identity_service_id(),
+            "spiffe://prod.example/ns/meshwork-system/sa/meshwork-identity"
+        );
+        assert_eq!(
+            parse(&["--destination-identity", "off"]).destination_identity(),
+            None
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! What an idle cluster costs, and pod start when one node starts many pods at once.
 //! - Two lab nodes (API server with controllers, two node runtimes heartbeating every second,
-//!   a control agent per node with the overlay), left idle: CPU seconds per minute of each
+//!   a control agent per node with the overlay and without discovery — this lab has no
+//!   identity service, so no Pod watch either, since 4bc106b), left idle: CPU seconds per minute of each
 //!   agent, node runtime and the API server (from /proc), and how many times the Node objects
 //!   changed (each change wakes every watcher of Nodes).
 //! - 50 pods pinned to node 1 at once: pod start p50/p90 from the node runtime's own timings

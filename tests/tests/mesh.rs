@@ -207,8 +207,8 @@ fn discovery_tls(m: &Mesh, cert: bool) -> Result<(String, u8), String> {
     Ok((id.to_string(), frame[3]))
 }
 
-/// The handshakes the client's node agent refused so far (its /metrics).
-fn agent_refused(m: &Mesh) -> f64 {
+/// A metric of the client's node agent (its /metrics), by name.
+fn agent_metric(m: &Mesh, name: &str) -> f64 {
     let out = m.o.lab.exec(
         &m.o.nodes[0].netns,
         &[
@@ -218,9 +218,14 @@ fn agent_refused(m: &Mesh) -> f64 {
         ],
     );
     out.lines()
-        .find(|l| l.starts_with("meshwork_control_destination_handshake_failures_total "))
+        .find(|l| l.split(' ').next() == Some(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no handshake failure counter in the agent's metrics:\n{out}"))
+        .unwrap_or_else(|| panic!("no {name} in the agent's metrics:\n{out}"))
+}
+
+/// The handshakes the client's node agent refused so far.
+fn agent_refused(m: &Mesh) -> f64 {
+    agent_metric(m, "meshwork_control_destination_handshake_failures_total")
 }
 
 /// HTTP/1.1 through the client's proxy on one keep-alive connection.
@@ -449,6 +454,18 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         discovery_tls(&m, true),
         Ok((AGENT_ID.to_string(), 4)),
         "a meshed client's discovery handshake"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let expiry = agent_metric(
+        &m,
+        "meshwork_control_destination_certificate_expiry_timestamp_seconds",
+    );
+    assert!(
+        expiry > now,
+        "the agent's certificate expiry {expiry} is not in the future ({now})"
     );
     let refused_before = agent_refused(&m);
     let no_cert = discovery_tls(&m, false);

@@ -1,16 +1,17 @@
 //! The agent's own mesh identity, which the discovery listener serves mutual TLS with
 //! (ARCHITECTURE.md, "Discovery over mTLS"): proxies check that the agent proves
-//! `spiffe://<td>/ns/kube-system/sa/meshwork-control` (their `--destination-identity`), and the
-//! agent answers only clients with a certificate of the trust domain, so a pod without a
-//! proxy can neither read the cluster's endpoints and identities through it nor pass as it.
+//! `spiffe://<td>/ns/kube-system/sa/meshwork-control` (their `--destination-identity`), so
+//! nothing else at the node's address can pass as it; the agent answers only clients with a
+//! certificate of the trust domain (authentication, not authorization: any pod can get one
+//! for its own ServiceAccount).
 //!
 //! The certificate comes from the identity service like a proxy's (`meshwork_identity::client`:
 //! a projected token, rotation at 70 % of the life). The service is usually a ClusterIP Service
 //! that this agent itself makes reachable, so its address is read from the agent's Service
 //! store at each connection, and the first request waits until the Service has a ready
 //! endpoint (a cluster coming up starts the agent first; asking earlier would only back off).
-//! Nothing here stops the datapath: until a certificate is there, handshakes fail and proxies
-//! keep their last answers and retry.
+//! Nothing here stops the datapath: until a certificate is there, connections are refused
+//! and proxies keep their last answers and retry.
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -62,19 +63,41 @@ impl Addr {
         }
     }
 
-    /// `ip:port` now: the Service's ClusterIP from `services`.
-    fn find(&self, services: &Store<Service>) -> Option<String> {
+    /// `ip:port` now: the Service's ClusterIP from `services`; Err: why not.
+    fn find(&self, services: &Store<Service>) -> Result<String, String> {
         match self {
-            Addr::Fixed(a) => Some(a.clone()),
+            Addr::Fixed(a) => Ok(a.clone()),
             Addr::Service {
                 namespace,
                 name,
                 port,
             } => {
-                let svc = services.get(&ObjectRef::new(name).within(namespace))?;
-                let ip: IpAddr = svc.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok()?;
-                Some(std::net::SocketAddr::new(ip, *port).to_string())
+                let svc = services
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .ok_or_else(|| {
+                        format!("Service {namespace}/{name} is not in the agent's store (yet)")
+                    })?;
+                let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
+                let ip: IpAddr = ip.and_then(|ip| ip.parse().ok()).ok_or_else(|| {
+                    format!("Service {namespace}/{name} has no ClusterIP ({ip:?})")
+                })?;
+                Ok(std::net::SocketAddr::new(ip, *port).to_string())
             }
+        }
+    }
+
+    /// Whether a change may have made the Service's endpoints ready.
+    fn concerns(&self, c: &Changed) -> bool {
+        match (self, c) {
+            (Addr::Fixed(_), _) => false,
+            (_, Changed::All) => true,
+            (
+                Addr::Service {
+                    namespace, name, ..
+                },
+                Changed::Slice(Some((ns, n))) | Changed::Service((ns, n)),
+            ) => ns == namespace && n == name,
+            _ => false,
         }
     }
 
@@ -169,16 +192,39 @@ pub async fn keep_certified(
     slices: Store<EndpointSlice>,
     mut changed: broadcast::Receiver<Changed>,
 ) {
-    if !addr.has_ready_endpoint(&slices) {
-        tracing::info!(
-            ?addr,
-            "discovery: waiting for a ready identity service endpoint"
-        );
-        while !addr.has_ready_endpoint(&slices) {
-            // Any change, or now and then (a store still listing says nothing).
+    let since = tokio::time::Instant::now();
+    let mut tell = since;
+    while !addr.has_ready_endpoint(&slices) {
+        if tokio::time::Instant::now() >= tell {
+            // Usual for a moment while a cluster comes up (the agent starts first); worth a
+            // warning when it lasts.
+            if tell == since {
+                tracing::info!(
+                    ?addr,
+                    "discovery: waiting for a ready identity service endpoint"
+                );
+            } else {
+                tracing::warn!(?addr, waited = ?since.elapsed(), "discovery: still no ready identity service endpoint; proxies cannot get discovery from this agent until there is one");
+            }
+            tell += Duration::from_secs(30);
+        }
+        // A change to that Service or its slices, or a relist; else look again now and then
+        // (a store still listing sends nothing). A scan per change of the whole cluster
+        // would cost an agent starting on a large one a scan per object listed.
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        loop {
             tokio::select! {
-                _ = changed.recv() => {}
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                c = changed.recv() => match c {
+                    Ok(c) if addr.concerns(&c) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut deadline).await;
+                        break;
+                    }
+                },
+                _ = &mut deadline => break,
             }
         }
     }
@@ -196,7 +242,71 @@ pub async fn keep_certified(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
     use super::*;
+
+    /// The identity Service's address and readiness as the agent's stores see them: not
+    /// there, no ClusterIP, there without a ready endpoint, ready; recreated with another
+    /// ClusterIP (read again at the next connection).
+    #[test]
+    fn the_identity_service_is_read_from_the_stores() {
+        let addr = Addr::parse(
+            "meshwork-identity.meshwork-system.svc:8080",
+            "cluster.local",
+        )
+        .unwrap();
+        let (services, mut sw) = reflector::store::<Service>();
+        let (slices, mut lw) = reflector::store::<EndpointSlice>();
+        let svc = |ip: Option<&str>| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "meshwork-identity", "namespace": "meshwork-system"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 8080}]},
+            }))
+            .unwrap()
+        };
+        let slice = |ready: bool, service: &str| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": "meshwork-identity-1", "namespace": "meshwork-system",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.0.9"], "conditions": {"ready": ready}}],
+            }))
+            .unwrap()
+        };
+        let err = addr.find(&services).unwrap_err();
+        assert!(err.contains("not in the agent's store"), "{err}");
+        sw.apply_watcher_event(&watcher::Event::Apply(svc(None)));
+        let err = addr.find(&services).unwrap_err();
+        assert!(err.contains("no ClusterIP"), "{err}");
+        sw.apply_watcher_event(&watcher::Event::Apply(svc(Some("10.96.0.20"))));
+        assert_eq!(addr.find(&services), Ok("10.96.0.20:8080".into()));
+
+        assert!(!addr.has_ready_endpoint(&slices));
+        lw.apply_watcher_event(&watcher::Event::Apply(slice(true, "other")));
+        assert!(!addr.has_ready_endpoint(&slices), "another Service's slice");
+        lw.apply_watcher_event(&watcher::Event::Apply(slice(false, "meshwork-identity")));
+        assert!(!addr.has_ready_endpoint(&slices), "a not-ready endpoint");
+        lw.apply_watcher_event(&watcher::Event::Apply(slice(true, "meshwork-identity")));
+        assert!(addr.has_ready_endpoint(&slices));
+
+        sw.apply_watcher_event(&watcher::Event::Delete(svc(Some("10.96.0.20"))));
+        sw.apply_watcher_event(&watcher::Event::Apply(svc(Some("10.96.0.21"))));
+        assert_eq!(addr.find(&services), Ok("10.96.0.21:8080".into()));
+
+        let key = |n: &str| ("meshwork-system".to_string(), n.to_string());
+        assert!(addr.concerns(&Changed::Slice(Some(key("meshwork-identity")))));
+        assert!(addr.concerns(&Changed::Service(key("meshwork-identity"))));
+        assert!(addr.concerns(&Changed::All));
+        assert!(!addr.concerns(&Changed::Slice(Some(key("other")))));
+        assert!(!addr.concerns(&Changed::Slice(None)));
+        let fixed = Addr::parse("10.0.0.1:8080", "cluster.local").unwrap();
+        assert_eq!(fixed.find(&services), Ok("10.0.0.1:8080".into()));
+        assert!(fixed.has_ready_endpoint(&slices));
+    }
 
     #[test]
     fn addresses() {
