@@ -88,7 +88,7 @@ fn service_changes(
     client: &kube::Client,
     tx: mpsc::UnboundedSender<Change>,
     changed: broadcast::Sender<Changed>,
-    index: SharedIndex,
+    index: Option<SharedIndex>,
 ) -> ServiceWatch {
     let tx2 = tx.clone();
     let changed2 = changed.clone();
@@ -97,7 +97,7 @@ fn service_changes(
         client,
         move |seen| {
             // The index first: a stream told of the change must find it there.
-            {
+            if let Some(index) = &index {
                 let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
                 match &seen {
                     Seen::Applied(s) => idx.service(s, false),
@@ -120,8 +120,8 @@ fn service_changes(
             c.map(|c| tx.send(c));
         },
         move |seen| {
-            let left = {
-                let mut idx = index2.write().unwrap_or_else(|p| p.into_inner());
+            let left = index2.as_ref().and_then(|index| {
+                let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
                 match &seen {
                     Seen::Applied(s) => idx.slice(s, false),
                     Seen::Deleted(s) => idx.slice(s, true),
@@ -130,7 +130,7 @@ fn service_changes(
                         None
                     }
                 }
-            };
+            });
             // A slice relabelled to another Service: the one it left answers again too.
             if let Some(old) = left {
                 let _ = changed2.send(Changed::Slice(Some(old)));
@@ -282,10 +282,11 @@ pub async fn start(cfg: Config) -> Result<Running, Error> {
     let (tx, rx) = mpsc::unbounded_channel();
     // Bounded: a stream that falls this far behind answers again from the stores.
     let (changed, _) = broadcast::channel(1024);
-    let index = SharedIndex::default();
+    // Kept only for the discovery API: an agent serving none keeps no index.
+    let index = (cfg.destination_listen != "off").then(SharedIndex::default);
     let mut watch = service_changes(&client, tx, changed.clone(), index.clone());
     let mut tasks = std::mem::take(&mut watch.tasks);
-    if cfg.destination_listen != "off" {
+    if let Some(index) = index {
         tasks.push(start_destination(&cfg, &client, &watch, changed, index, &metrics).await?);
     }
     let sync = ServiceSync {
