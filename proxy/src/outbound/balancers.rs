@@ -223,6 +223,12 @@ impl Outbound {
             Some(ok) => {
                 if ok {
                     s.reconnect.ok();
+                } else if s.reconnect.failing() {
+                    // Whatever the failure: an endpoint that could not be connected proves
+                    // itself with one success before it takes requests again. (A peer that
+                    // resets every new connection fails as a connect or as a request, by a
+                    // race with the reset: either way it sits out.)
+                    s.reconnect.failed(now);
                 }
                 s.ewma.finish(&self.cfg.balance, now, now - f.started);
                 if let Some(why) = s.breaker.record(now, ok, f.picked.probe, rand::random()) {
@@ -274,9 +280,10 @@ impl Outbound {
     }
 }
 
-/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s, until a request to it
-/// succeeds again: an endpoint that cannot be reached is not offered requests (Linkerd's
-/// reconnect back-off), well before the breaker's seven failures would eject it.
+/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s at each failure of any
+/// kind, until a request to it succeeds again: an endpoint that cannot be reached is not
+/// offered requests (Linkerd's reconnect back-off), well before the breaker's seven failures
+/// would eject it.
 #[derive(Debug, Default)]
 struct Reconnect {
     until: Option<Instant>,
@@ -288,7 +295,17 @@ impl Reconnect {
         self.until.is_none_or(|u| now >= u)
     }
 
+    /// Failed since its last success after a failed connect.
+    fn failing(&self) -> bool {
+        !self.next.is_zero()
+    }
+
+    /// A failure: the next back-off starts, unless one is running (failures of requests sent
+    /// before it began, or the same failure told twice, take one step).
     fn failed(&mut self, now: Instant) {
+        if self.until.is_some_and(|u| u > now) {
+            return;
+        }
         let d = if self.next.is_zero() {
             Duration::from_millis(100)
         } else {
@@ -336,5 +353,33 @@ impl Drop for InFlight<'_> {
         if !self.done {
             self.out.done(self, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step per failure, not per report of it; from the first failed connect, any failure
+    /// is a step; a success ends it.
+    #[test]
+    fn the_reconnect_back_off_steps_once_per_failure_until_a_success() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = Reconnect::default();
+        assert!(!r.failing() && r.ready(t0));
+        r.failed(t0);
+        // The same failure told again (the request's outcome, then its connect).
+        r.failed(t0);
+        assert!(r.failing());
+        assert!(!r.ready(ms(99)) && r.ready(ms(100)));
+        r.failed(ms(100));
+        assert!(!r.ready(ms(299)) && r.ready(ms(300)));
+        r.failed(ms(300));
+        assert!(!r.ready(ms(699)) && r.ready(ms(700)));
+        r.ok();
+        assert!(!r.failing() && r.ready(ms(700)));
+        r.failed(ms(800));
+        assert!(r.ready(ms(900)), "back to the first step after a success");
     }
 }
