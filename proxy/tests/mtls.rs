@@ -779,6 +779,73 @@ async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_ar
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_post_the_old_pods_proxy_refused_goes_to_the_new_pod() {
+    // A rolling update again, with a POST: the old pod's app is gone and its proxy hands the
+    // request back unprocessed (REFUSED_STREAM). Its body (8 KiB, declared) was held, so the
+    // client's proxy sends it again to the new pod once it is listed, instead of a 502 — a
+    // POST is never retried after a failure, but a request nobody processed is not one.
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let (_, gone_app) = listen().await; // closed: connections to it are refused
+    let live_app = body_app().await;
+    let (l, old_proxy) = listen().await;
+    let old = Inbound::new(inbound::Config::default(), web.clone());
+    tokio::spawn(old.clone().serve(l, Watch::never()));
+    let (l, new_proxy) = listen().await;
+    tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
+    let old_ep = web_endpoint(gone_app, old_proxy);
+    let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
+    let (resolver, metrics) = discovery(rx).await;
+    let cfg = meshwork_proxy::outbound::Config {
+        failfast: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (l, outbound_addr) = listen().await;
+    tokio::spawn(Outbound::with(cfg, client, resolver, metrics).serve(l, Watch::never()));
+
+    const WEB: &str = "web.default.svc.cluster.local:80";
+    let body: Vec<u8> = (0..8 * 1024).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+    let post = {
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(outbound_addr).await.unwrap();
+            let head = format!(
+                "POST http://{WEB}/ HTTP/1.1\r\nHost: {WEB}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        })
+    };
+    let refused = eventually(async || {
+        old.metrics
+            .encode()
+            .lines()
+            .any(|l| l.contains("direction=\"inbound\"") && l.contains("status_class=\"5xx\""))
+    })
+    .await;
+    assert!(refused, "the old pod's proxy never refused the POST");
+    assert!(
+        !post.is_finished(),
+        "the POST was answered before the new pod was listed: {}",
+        post.await.unwrap()
+    );
+    set.send_replace(vec![old_ep, web_endpoint(live_app, new_proxy)]);
+    let out = post.await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with(&format!("len={} sum={sum}", body.len())),
+        "{out}"
+    );
+}
+
 /// Discovery is mutual TLS over the identity library's own transport (the one the control
 /// agent serves with): a proxy gets endpoints from an agent proving the agent's identity, and
 /// nothing from a server of the same mesh proving another; the agent's side refuses a client

@@ -363,7 +363,8 @@ impl Outbound {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        // A retryable request's body is held for replay, up to the cap; others stream once.
+        // A body within the cap is held (sent again when unprocessed; retried after a failure
+        // when its method is idempotent); others stream once.
         let (mut body, replay) = match replayable {
             retry::Body::Replay(b) => (None, Some(b)),
             retry::Body::Stream(b) => (Some(b.boxed()), None),

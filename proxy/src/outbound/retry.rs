@@ -1,9 +1,11 @@
 //! Which requests are retried, and with what (Linkerd's retries; ARCHITECTURE.md, "The
-//! proxy"): a request whose method is idempotent (RFC 9110 §9.2.2) and whose body fits the
-//! replay cap (64 KiB, Linkerd's) is held and may be sent again after a 5xx or a transport
+//! proxy"): a request whose body fits the replay cap (64 KiB, Linkerd's) is held. If its
+//! method is idempotent (RFC 9110 §9.2.2) it may be sent again after a 5xx or a transport
 //! failure, at most `limit` times, each retry withdrawn from a budget: 20% of requests plus
 //! 10 per second, over a 10 s window (Linkerd's ServiceProfile budget, tower's `TpsBudget`).
-//! A retry goes to another endpoint when there is one.
+//! A retry goes to another endpoint when there is one. Whatever its method, a held request
+//! is also sent again when the far side says it was not processed (a far proxy whose app is
+//! gone refuses the stream, RFC 9113 §8.7): a small POST in a rollout is then not a 502.
 
 use std::time::Duration;
 
@@ -57,12 +59,10 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// Holds the body of an idempotent request whose declared length fits `cap` (a body without
-/// a declared length, or larger, streams and is not retried).
+/// Holds the body of a request whose declared length fits `cap` (a body without a declared
+/// length, or larger, streams and is sent once: a gRPC stream, an upload). Which of the held
+/// ones may be retried after a failure is [`retryable`]'s to say.
 pub async fn replayable(head: &Parts, body: Incoming, cap: usize) -> Body {
-    if !idempotent(&head.method) {
-        return Body::Stream(body);
-    }
     let declared = head
         .headers
         .get(http::header::CONTENT_LENGTH)
