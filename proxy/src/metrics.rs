@@ -32,6 +32,9 @@ pub const MAX_LABEL_VALUES: usize = 1000;
 /// Label sets of the request counter: past it, new combinations count under `overflow` for
 /// authority, route and peer (one series per direction and status class).
 pub const MAX_SERIES: usize = 10_000;
+/// Label sets of the latency by route (a histogram each: 23 lines a set): past it, new
+/// combinations count under `overflow` for authority and route.
+pub const MAX_ROUTE_SERIES: usize = 1_000;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
@@ -78,6 +81,15 @@ pub struct DirectionLabels {
     pub direction: Direction,
 }
 
+/// The latency by route: requests to an authority that has routes (empty route: none of
+/// them matched, Linkerd's `[DEFAULT]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: Direction,
+    pub authority: Arc<str>,
+    pub route: Arc<str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsLabels {
     pub direction: Direction,
@@ -93,6 +105,7 @@ pub struct ReasonLabels {
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<DirectionLabels, Histogram>,
+    pub route_latency: Family<RouteLabels, Histogram>,
     pub tcp_open: Family<DirectionLabels, Counter>,
     pub tcp_close: Family<DirectionLabels, Counter>,
     pub bytes_read: Family<DirectionLabels, Counter>,
@@ -111,6 +124,8 @@ pub struct Metrics {
     pub queued: Gauge,
     /// Label sets of `requests` made so far (at most `MAX_SERIES`, plus the overflow ones).
     series: AtomicUsize,
+    /// The same for `route_latency` (`MAX_ROUTE_SERIES`).
+    route_series: AtomicUsize,
     /// Label values in use: outbound authorities, inbound authorities, peers, routes.
     bounded: [Mutex<HashSet<Arc<str>>>; 4],
     /// The label values every request would otherwise allocate.
@@ -130,6 +145,8 @@ pub struct Observed<'a> {
     pub authority: &'a str,
     /// The route the request matched, if any.
     pub route: Option<&'a Arc<str>>,
+    /// Whether its authority has routes (then its latency is kept by route too).
+    pub routed: bool,
     pub method: &'a str,
     pub path: &'a str,
     /// None: no response came.
@@ -164,6 +181,15 @@ impl Metrics {
             "response_latency_seconds",
             "From a request's arrival to its response headers, through the proxy",
             latency.clone(),
+        );
+        let route_latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        r.register(
+            "route_response_latency_seconds",
+            "Response latency of requests to authorities with routes, by direction, authority \
+             and route (empty: no route matched)",
+            route_latency.clone(),
         );
         let tcp_open = Family::<DirectionLabels, Counter>::default();
         r.register("tcp_open", "TCP connections accepted", tcp_open.clone());
@@ -234,6 +260,7 @@ impl Metrics {
         Arc::new(Metrics {
             requests,
             latency,
+            route_latency,
             tcp_open,
             tcp_close,
             bytes_read,
@@ -251,6 +278,7 @@ impl Metrics {
             bounded: Default::default(),
             empty: Arc::from(""),
             overflow: Arc::from("overflow"),
+            route_series: AtomicUsize::new(0),
             invalid: Arc::from("invalid"),
             registry: r,
             tap: tokio::sync::broadcast::channel(1024).0,
@@ -312,16 +340,40 @@ impl Metrics {
         // is bounded too. Hits (almost every request) take one lookup, as before.
         if let Some(c) = self.requests.get(&labels) {
             c.inc();
-            return self.observed(o);
+        } else {
+            if self.series.fetch_add(1, Ordering::Relaxed) >= MAX_SERIES {
+                self.series.fetch_sub(1, Ordering::Relaxed);
+                labels.authority = self.overflow.clone();
+                labels.route = self.overflow.clone();
+                labels.peer = self.overflow.clone();
+            }
+            self.requests.get_or_create(&labels).inc();
         }
-        if self.series.fetch_add(1, Ordering::Relaxed) >= MAX_SERIES {
-            self.series.fetch_sub(1, Ordering::Relaxed);
+        if o.routed {
+            self.route_latency(RouteLabels {
+                direction: o.direction,
+                authority: labels.authority,
+                route: labels.route,
+            })
+            .observe(o.elapsed.as_secs_f64());
+        }
+        self.observed(o);
+    }
+
+    /// The latency histogram of a route, bounded like the request counter.
+    fn route_latency(
+        &self,
+        mut labels: RouteLabels,
+    ) -> impl std::ops::Deref<Target = Histogram> + '_ {
+        if let Some(h) = self.route_latency.get(&labels) {
+            return h;
+        }
+        if self.route_series.fetch_add(1, Ordering::Relaxed) >= MAX_ROUTE_SERIES {
+            self.route_series.fetch_sub(1, Ordering::Relaxed);
             labels.authority = self.overflow.clone();
             labels.route = self.overflow.clone();
-            labels.peer = self.overflow.clone();
         }
-        self.requests.get_or_create(&labels).inc();
-        self.observed(o);
+        self.route_latency.get_or_create(&labels)
     }
 
     /// The latency and the tap, for a request counted.
@@ -415,6 +467,7 @@ mod tests {
             direction,
             authority,
             route,
+            routed: route.is_some(),
             method: "GET",
             path: "/",
             status: Some(http::StatusCode::OK),
@@ -464,6 +517,64 @@ mod tests {
             .find(|l| l.contains("authority=\"overflow\",route=\"overflow\""))
             .expect("the overflow series");
         assert!(overflow.ends_with(" 5000"), "{overflow}");
+    }
+
+    /// Kept for authorities with routes only, the unmatched ones under an empty route; label
+    /// sets bounded on their own.
+    #[test]
+    fn latency_by_route_for_routed_authorities_and_bounded() {
+        let m = Metrics::new();
+        let route: Arc<str> = Arc::from("GET /books/{id}");
+        m.request(&ok(Direction::Inbound, "web:80", Some(&route), ""));
+        let mut unmatched = ok(Direction::Inbound, "web:80", None, "");
+        unmatched.routed = true;
+        m.request(&unmatched);
+        m.request(&ok(Direction::Outbound, "plain:80", None, ""));
+        let text = m.encode();
+        let count = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        assert_eq!(
+            count("meshwork_proxy_route_response_latency_seconds_count{direction=\"inbound\",authority=\"web:80\",route=\"GET /books/{id}\"}"),
+            Some(1),
+            "{text}"
+        );
+        assert_eq!(
+            count("meshwork_proxy_route_response_latency_seconds_count{direction=\"inbound\",authority=\"web:80\",route=\"\"}"),
+            Some(1),
+            "{text}"
+        );
+        assert!(!text.contains("route_response_latency_seconds_count{direction=\"outbound\""));
+
+        let m = Metrics::new();
+        for a in 0..(MAX_ROUTE_SERIES + 50) {
+            let mut o = ok(Direction::Outbound, "web:80", None, "");
+            let a = format!("a{a}:80");
+            o.authority = &a;
+            o.routed = true;
+            m.request(&o);
+        }
+        let text = m.encode();
+        let sets = text
+            .lines()
+            .filter(|l| l.starts_with("meshwork_proxy_route_response_latency_seconds_count{"))
+            .count();
+        assert_eq!(
+            sets,
+            MAX_ROUTE_SERIES + 1,
+            "the overflow set beside the bound"
+        );
+        let count = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        assert_eq!(
+            count("meshwork_proxy_route_response_latency_seconds_count{direction=\"outbound\",authority=\"overflow\",route=\"overflow\"}"),
+            Some(50)
+        );
     }
 
     #[test]

@@ -393,6 +393,16 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     let cols: Vec<&str> = row.split_whitespace().collect();
     let rps: f64 = cols[2].parse().unwrap();
     assert!(rps > 0.0 && cols[3] == "100.00%", "{routes}");
+    // Latency percentiles from the proxy's histogram by route, p50 ≤ p95 ≤ p99.
+    let ms: Vec<f64> = cols[4..7]
+        .iter()
+        .map(|c| {
+            c.strip_suffix("ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("latency {c:?}: {routes}"))
+        })
+        .collect();
+    assert!(ms[0] <= ms[1] && ms[1] <= ms[2], "{routes}");
     let tap = mesh_ctl(&["tap", "deploy/web", "-n", "default", "--max-requests", "3"]);
     eprintln!("{tap}");
     let lines: Vec<&str> = tap.lines().collect();

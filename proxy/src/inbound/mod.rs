@@ -398,6 +398,7 @@ impl Inbound {
             direction: Direction::Inbound,
             authority: &authority,
             route: self.cfg.routes.find(method.as_str(), target.path()),
+            routed: !self.cfg.routes.is_empty(),
             method: method.as_str(),
             path: target.path(),
             status: Some(resp.status()),

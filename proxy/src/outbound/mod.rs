@@ -292,6 +292,7 @@ impl Outbound {
             route: routes
                 .as_ref()
                 .and_then(|r| r.find(method.as_str(), target.path())),
+            routed: routes.as_ref().is_some_and(|r| !r.is_empty()),
             method: method.as_str(),
             path: target.path(),
             status: Some(resp.status()),
