@@ -22,6 +22,10 @@ pub const INJECT: &str = "meshwork.io/inject";
 /// outside the mesh; `permissive`, the default, as Linkerd's. Read at injection, like
 /// Linkerd's `config.linkerd.io/default-inbound-policy`: a change reaches pods made after it.
 pub const INBOUND_POLICY: &str = "meshwork.io/inbound-policy";
+/// On a pod or its namespace (the pod's wins): `host:port` of an OpenTelemetry collector's
+/// OTLP/HTTP receiver, where the proxy sends spans of sampled requests, as Linkerd's
+/// `config.linkerd.io/trace-collector`.
+pub const TRACE_COLLECTOR: &str = "config.meshwork.io/trace-collector";
 /// Set on injected pods: what injected them (the proxy image), so a second pass is a no-op
 /// and `uninject` knows what to remove.
 pub const INJECTED: &str = "meshwork.io/injected";
@@ -194,6 +198,18 @@ fn annotated_env(meta: &Value, ns_meta: Option<&Value>) -> Result<Vec<Value>, Er
         meshwork_destination_api::routes::Routes::parse(r)
             .map_err(|why| Error::Annotation { key: routes, why })?;
         env.push(json!({"name": "MESHWORK_PROXY_INBOUND_ROUTES", "value": r}));
+    }
+    if let Some(c) = get(TRACE_COLLECTOR) {
+        let ok = c
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(Error::Annotation {
+                key: TRACE_COLLECTOR,
+                why: format!("{c:?} is not host:port"),
+            });
+        }
+        env.push(json!({"name": "MESHWORK_PROXY_TRACE_COLLECTOR", "value": c}));
     }
     Ok(env)
 }
@@ -482,12 +498,28 @@ mod tests {
         );
         // Neither: the proxy's defaults.
         assert!(env_of(json!({}), None).unwrap().is_empty());
+        // The trace collector, the same way.
+        let (mut meta, mut spec) = (
+            ann(json!({TRACE_COLLECTOR: "otel-collector.observability:4318"})),
+            json!({"containers": [{"name": "c"}]}),
+        );
+        inject_pod(&mut meta, &mut spec, None, &cfg).unwrap();
+        assert!(
+            spec["initContainers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "MESHWORK_PROXY_TRACE_COLLECTOR",
+                                  "value": "otel-collector.observability:4318"})),
+            "{spec}"
+        );
         // What the proxy would refuse at start is refused here, by name.
         for bad in [
             ann(json!({INBOUND_POLICY: "Strict"})),
             ann(json!({opaque: "80-70"})),
             ann(json!({opaque: "http"})),
             ann(json!({meshwork_destination_api::routes::ROUTES: "GET books"})),
+            ann(json!({TRACE_COLLECTOR: "otel-collector"})),
+            ann(json!({TRACE_COLLECTOR: "otel-collector:otlp"})),
         ] {
             let e = env_of(bad.clone(), None).unwrap_err().to_string();
             assert!(e.starts_with("annotation "), "{bad}: {e}");

@@ -60,6 +60,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             SpiffeId::parse(&id).map_err(|e| anyhow::anyhow!("--destination-identity: {e}"))?,
         ))),
     };
+    let tracer = cfg.trace_collector.as_ref().map(|addr| {
+        let mut resource = vec![
+            ("service.name".to_string(), "meshwork-proxy".to_string()),
+            ("meshwork.identity".to_string(), id.clone()),
+        ];
+        if let Some(ns) = cfg.namespace.as_ref().filter(|n| !n.is_empty()) {
+            resource.push(("k8s.namespace.name".to_string(), ns.clone()));
+        }
+        tracing::info!(collector = %addr, "spans of sampled requests go to the collector");
+        crate::otlp::Exporter::spawn(addr, resource, metrics.otlp.clone())
+    });
     let creds: Arc<dyn Credentials> = Arc::new(identity);
 
     let resolver = match &cfg.destination_addr {
@@ -82,6 +93,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             failfast: cfg.discovery_timeout,
             namespace: cfg.namespace.clone().filter(|n| !n.is_empty()),
             cluster_domain: cfg.cluster_domain.clone(),
+            tracer: tracer.clone(),
             ..Default::default()
         },
         creds.clone(),
@@ -101,6 +113,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             opaque_ports: cfg.inbound_opaque_ports.0.clone(),
             probe_paths: cfg.inbound_probe_paths.0.clone(),
             routes: cfg.inbound_routes.0.clone(),
+            tracer,
         },
         creds,
         metrics,

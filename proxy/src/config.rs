@@ -74,6 +74,10 @@ pub struct Config {
     /// The node's control agent (discovery), host:port; unset: --endpoint entries only.
     #[arg(long, env = "MESHWORK_PROXY_DESTINATION_ADDR")]
     pub destination_addr: Option<String>,
+    /// An OpenTelemetry collector, `host:port` of its OTLP/HTTP receiver (4318): requests
+    /// with a sampled `traceparent` get a span of this proxy's, sent there (`otlp.rs`).
+    #[arg(long, env = "MESHWORK_PROXY_TRACE_COLLECTOR", value_parser = host_port)]
+    pub trace_collector: Option<String>,
     /// The SPIFFE ID the control agent must prove: discovery is mutual TLS, this proxy
     /// presenting its own certificate (default: kube-system/meshwork-control in
     /// --trust-domain). `off`: plaintext (a test's own discovery server only).
@@ -152,6 +156,14 @@ pub struct Config {
 /// A port list (`25,587,8000-8010`).
 #[derive(Clone, Debug)]
 pub struct Ports(pub Vec<std::ops::RangeInclusive<u16>>);
+
+/// `host:port`, a port that is a number.
+fn host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
+        _ => Err(format!("{s:?} is not host:port")),
+    }
+}
 
 /// `PORT:/path` entries (`meshwork_destination_api::parse_probe_paths`).
 #[derive(Clone, Debug)]

@@ -11,6 +11,7 @@ pub mod http;
 pub mod inbound;
 pub mod io;
 pub mod metrics;
+pub mod otlp;
 pub mod outbound;
 pub mod sessions;
 pub mod sni;

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub discovery_streams: Gauge,
     /// Requests waiting for an endpoint (the outbound queue, `wait_for_endpoint`).
     pub queued: Gauge,
+    /// Spans exported, dropped, and exports that failed (`otlp.rs`).
+    pub otlp: crate::otlp::Counts,
     /// Label sets of `requests` made so far (at most `MAX_SERIES`, plus the overflow ones).
     series: AtomicUsize,
     /// The same for `route_latency` (`MAX_ROUTE_SERIES`).
@@ -251,6 +253,22 @@ impl Metrics {
             "Requests waiting for an endpoint that can take them",
             queued.clone(),
         );
+        let otlp = crate::otlp::Counts::default();
+        r.register(
+            "trace_spans_exported",
+            "Spans sent to the trace collector",
+            otlp.exported.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Spans not sent: the queue was full or their export failed",
+            otlp.dropped.clone(),
+        );
+        r.register(
+            "trace_export_failures",
+            "Exports to the trace collector that failed (their spans dropped)",
+            otlp.failed_exports.clone(),
+        );
         let discovery_streams = Gauge::default();
         r.register(
             "discovery_streams",
@@ -274,6 +292,7 @@ impl Metrics {
             discovery_errors,
             discovery_streams,
             queued,
+            otlp,
             series: AtomicUsize::new(0),
             bounded: Default::default(),
             empty: Arc::from(""),

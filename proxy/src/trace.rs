@@ -1,7 +1,8 @@
 //! W3C Trace Context (`traceparent`, https://www.w3.org/TR/trace-context/#traceparent-header):
-//! the proxy reads a request's trace id into its span and tap line, and passes the header on
-//! untouched. It would put its own span in as the parent only if it exported spans (Linkerd
-//! does so only with a collector configured): a parent id no collector ever receives would
+//! the proxy reads a request's trace id into its span and tap line. Without a trace collector
+//! it passes the header on untouched; with one (`otlp.rs`, as Linkerd does only with a
+//! collector configured) a sampled request gets a span of the proxy's, which becomes the
+//! parent the next hop sees — never without, since a parent id no collector receives would
 //! leave the app's spans pointing at a span that does not exist. A request without one is not
 //! given one: starting traces is the app's or the ingress's decision.
 

@@ -527,7 +527,7 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
     );
 
     // The tap shows a request as it happens, with its trace id; the app gets the trace
-    // context as the client sent it (the proxies export no spans of their own).
+    // context as the client sent it (no trace collector here: the proxies add no span).
     // Only from the pod's own loopback: paths can carry secrets.
     let mut refused =
         m.o.lab

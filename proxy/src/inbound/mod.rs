@@ -86,6 +86,8 @@ pub struct Config {
     pub probe_paths: Vec<(u16, String)>,
     /// Routes naming inbound requests in the metrics (`config.meshwork.io/routes`).
     pub routes: meshwork_destination_api::routes::Routes,
+    /// Spans of sampled requests to a collector (`otlp.rs`); None: none kept.
+    pub tracer: Option<crate::otlp::Exporter>,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Config {
                 .collect(),
             probe_paths: Vec::new(),
             routes: Default::default(),
+            tracer: None,
         }
     }
 }
@@ -357,8 +360,17 @@ impl Inbound {
     }
 
     /// One request to the app, counted by authority, status class and client identity.
-    async fn to_app(self: &Arc<Self>, req: Request<Incoming>, s: &Session) -> http::Response<Body> {
+    async fn to_app(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        s: &Session,
+    ) -> http::Response<Body> {
         let started = std::time::Instant::now();
+        let traced = self
+            .cfg
+            .tracer
+            .as_ref()
+            .and_then(|t| t.start(req.headers_mut()));
         let named = crate::http::named_authority(req.uri(), req.headers()).unwrap_or_default();
         // A copy (the request moves on), folded only when it has upper case.
         let authority = if named.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -394,7 +406,7 @@ impl Inbound {
         }
         .instrument(span)
         .await;
-        self.metrics.request(&Observed {
+        let observed = Observed {
             direction: Direction::Inbound,
             authority: &authority,
             route: self.cfg.routes.find(method.as_str(), target.path()),
@@ -405,7 +417,11 @@ impl Inbound {
             peer,
             elapsed: started.elapsed(),
             trace_id: &trace_id,
-        });
+        };
+        self.metrics.request(&observed);
+        if let (Some(tracer), Some(t)) = (&self.cfg.tracer, traced) {
+            tracer.finish(t, &observed);
+        }
         resp
     }
 

@@ -75,6 +75,8 @@ pub struct Config {
     /// the pod's resolv.conf search path makes it.
     pub namespace: Option<String>,
     pub cluster_domain: String,
+    /// Spans of sampled requests to a collector (`otlp.rs`); None: none kept.
+    pub tracer: Option<crate::otlp::Exporter>,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             queue_capacity: 10_000,
             namespace: None,
             cluster_domain: "cluster.local".into(),
+            tracer: None,
         }
     }
 }
@@ -255,9 +258,18 @@ impl Outbound {
 
     /// One request, in a span of its own, counted by its authority, status class and the
     /// server's identity, and on the tap.
-    async fn route(&self, req: Request<Incoming>, forced: Option<String>) -> http::Response<Body> {
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        forced: Option<String>,
+    ) -> http::Response<Body> {
         let started = Instant::now();
         let authority = forced.or_else(|| self.authority(&req));
+        let traced = self
+            .cfg
+            .tracer
+            .as_ref()
+            .and_then(|t| t.start(req.headers_mut()));
         let trace_id = crate::trace::trace_id(req.headers());
         // The target shares its bytes: cloning it copies no path.
         let (method, target) = (req.method().clone(), req.uri().clone());
@@ -286,7 +298,7 @@ impl Outbound {
         .instrument(span)
         .await;
         let routes = authority.as_deref().and_then(|a| self.resolver.routes(a));
-        self.metrics.request(&Observed {
+        let observed = Observed {
             direction: Direction::Outbound,
             authority: authority.as_deref().unwrap_or(""),
             route: routes
@@ -299,7 +311,11 @@ impl Outbound {
             peer: &peer,
             elapsed: started.elapsed(),
             trace_id: &trace_id,
-        });
+        };
+        self.metrics.request(&observed);
+        if let (Some(tracer), Some(t)) = (&self.cfg.tracer, traced) {
+            tracer.finish(t, &observed);
+        }
         resp
     }
 

@@ -1,0 +1,279 @@
+//! Spans to an OpenTelemetry collector (OTLP/HTTP with the JSON encoding,
+//! https://opentelemetry.io/docs/specs/otlp/#otlphttp), when `--trace-collector` names one, as
+//! Linkerd's proxy exports to its `config.linkerd.io/trace-collector`. Only requests that
+//! arrive with a sampled W3C `traceparent` get a span (starting traces is the app's or the
+//! ingress's decision, `trace.rs`); the proxy's span becomes the parent the next hop sees.
+//!
+//! Spans wait in a bounded queue and leave in batches (at most `BATCH` spans, at least every
+//! `FLUSH`); a full queue drops new spans and a failed export drops its batch, both counted:
+//! tracing never slows or fails a request. Plain HTTP only (a node-local or in-cluster
+//! collector).
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+use crate::{metrics::Direction, trace::TraceParent};
+
+/// Spans held at most, waiting for export.
+pub const QUEUE: usize = 2048;
+/// Spans per export request at most.
+pub const BATCH: usize = 256;
+/// A span waits at most this long for its batch to fill.
+pub const FLUSH: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request through the proxy, as a span.
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_id: [u8; 8],
+    pub direction: Direction,
+    pub method: String,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub authority: String,
+    pub status: Option<u16>,
+    /// The other side's SPIFFE ID (empty: not meshed).
+    pub peer: String,
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// Counts of what happened to spans (registered by `Metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    pub exported: Counter,
+    pub dropped: Counter,
+    pub failed_exports: Counter,
+}
+
+/// The handle requests record spans through; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    tx: mpsc::Sender<Span>,
+    counts: Counts,
+}
+
+/// What a request that is traced carries: the context it came with and the proxy's own span.
+#[derive(Clone, Copy, Debug)]
+pub struct Traced {
+    pub incoming: TraceParent,
+    pub own: TraceParent,
+    pub start: SystemTime,
+}
+
+impl Exporter {
+    /// An exporter to the collector at `addr` (`host:port`), its task spawned; `resource`:
+    /// the attributes naming this proxy.
+    pub fn spawn(addr: &str, resource: Vec<(String, String)>, counts: Counts) -> Exporter {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let url = format!("http://{addr}/v1/traces");
+        tokio::spawn(export(rx, url, resource, counts.clone()));
+        Exporter { tx, counts }
+    }
+
+    /// Whether a request with `headers` is traced: a sampled `traceparent`. If so, the header
+    /// is replaced by the proxy's own span, the parent the next hop sees.
+    pub fn start(&self, headers: &mut http::HeaderMap) -> Option<Traced> {
+        let incoming = headers
+            .get(crate::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+            .filter(|t| t.flags & 1 == 1)?;
+        let own = incoming.child();
+        let v = http::HeaderValue::from_str(&own.to_header()).ok()?;
+        headers.insert(crate::trace::TRACEPARENT, v);
+        Some(Traced {
+            incoming,
+            own,
+            start: SystemTime::now(),
+        })
+    }
+
+    /// The span of a traced request, answered as `o` says.
+    pub fn finish(&self, t: Traced, o: &crate::metrics::Observed<'_>) {
+        self.record(Span {
+            trace_id: t.own.trace_id,
+            span_id: t.own.parent_id,
+            parent_id: t.incoming.parent_id,
+            direction: o.direction,
+            method: o.method.to_string(),
+            path: o.path.to_string(),
+            route: o.route.cloned(),
+            authority: o.authority.to_string(),
+            status: o.status.map(|s| s.as_u16()),
+            peer: o.peer.to_string(),
+            start: t.start,
+            end: SystemTime::now(),
+        });
+    }
+
+    /// Queues a finished span; dropped (and counted) when the queue is full.
+    pub fn record(&self, span: Span) {
+        if self.tx.try_send(span).is_err() {
+            self.counts.dropped.inc();
+        }
+    }
+}
+
+async fn export(
+    mut rx: mpsc::Receiver<Span>,
+    url: String,
+    resource: Vec<(String, String)>,
+    counts: Counts,
+) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        // The first span of a batch waits as long as it takes; the rest at most `FLUSH`.
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + FLUSH;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let body = encode(&batch, &resource);
+        batch.clear();
+        let req = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let Ok(req) = req else {
+            counts.failed_exports.inc();
+            counts.dropped.inc_by(n);
+            continue;
+        };
+        let sent = tokio::time::timeout(TIMEOUT, async {
+            let resp = client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            // The answer is read whole so the connection can be used again.
+            let _ = resp.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the collector answered {status}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match sent {
+            Ok(()) => {
+                counts.exported.inc_by(n);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, spans = n, "trace export failed; spans dropped");
+                counts.failed_exports.inc();
+                counts.dropped.inc_by(n);
+            }
+        }
+    }
+}
+
+fn nanos(t: SystemTime) -> String {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        .to_string()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn attr(key: &str, value: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"key": key, "value": value})
+}
+
+/// An `ExportTraceServiceRequest` in OTLP's JSON mapping: ids as hex, 64-bit integers as
+/// strings, enums as numbers, camelCase names.
+pub fn encode(spans: &[Span], resource: &[(String, String)]) -> Vec<u8> {
+    let spans: Vec<serde_json::Value> = spans
+        .iter()
+        .map(|s| {
+            let mut attrs = vec![
+                attr(
+                    "http.request.method",
+                    serde_json::json!({"stringValue": s.method}),
+                ),
+                attr("url.path", serde_json::json!({"stringValue": s.path})),
+                attr(
+                    "server.address",
+                    serde_json::json!({"stringValue": s.authority}),
+                ),
+                attr(
+                    "meshwork.direction",
+                    serde_json::json!({"stringValue": s.direction.as_str()}),
+                ),
+            ];
+            if let Some(r) = &s.route {
+                attrs.push(attr("http.route", serde_json::json!({"stringValue": &**r})));
+            }
+            if let Some(code) = s.status {
+                attrs.push(attr(
+                    "http.response.status_code",
+                    serde_json::json!({"intValue": code.to_string()}),
+                ));
+            }
+            if !s.peer.is_empty() {
+                attrs.push(attr(
+                    "meshwork.peer.identity",
+                    serde_json::json!({"stringValue": s.peer}),
+                ));
+            }
+            let name = match &s.route {
+                Some(r) => r.to_string(),
+                None => s.method.clone(),
+            };
+            // SPAN_KIND_SERVER (2) for what the proxy receives, CLIENT (3) for what it sends;
+            // STATUS_CODE_ERROR (2) for a 5xx or no answer, else UNSET (0).
+            let kind = match s.direction {
+                Direction::Inbound => 2,
+                Direction::Outbound => 3,
+            };
+            let error = s.status.is_none_or(|c| c >= 500);
+            serde_json::json!({
+                "traceId": hex(&s.trace_id),
+                "spanId": hex(&s.span_id),
+                "parentSpanId": hex(&s.parent_id),
+                "name": name,
+                "kind": kind,
+                "startTimeUnixNano": nanos(s.start),
+                "endTimeUnixNano": nanos(s.end),
+                "attributes": attrs,
+                "status": {"code": if error { 2 } else { 0 }},
+            })
+        })
+        .collect();
+    let resource: Vec<serde_json::Value> = resource
+        .iter()
+        .map(|(k, v)| attr(k, serde_json::json!({"stringValue": v})))
+        .collect();
+    serde_json::json!({
+        "resourceSpans": [{
+            "resource": {"attributes": resource},
+            "scopeSpans": [{
+                "scope": {"name": "meshwork-proxy", "version": env!("CARGO_PKG_VERSION")},
+                "spans": spans,
+            }],
+        }],
+    })
+    .to_string()
+    .into_bytes()
+}
