@@ -81,6 +81,12 @@ fn quantile(q: f64, buckets: &BTreeMap<String, f64>) -> Option<f64> {
         .filter_map(|(le, n)| Some((le.parse::<f64>().ok()?, *n)))
         .collect();
     b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    // Cumulative whatever sums and differences made of it (histogram_quantile's own fix).
+    let mut most = 0.0f64;
+    for x in &mut b {
+        most = most.max(x.1);
+        x.1 = most;
+    }
     let total = b.last()?.1;
     if total <= 0.0 {
         return None;
@@ -133,7 +139,12 @@ fn deltas(before: &BTreeMap<String, ByRoute>, after: &BTreeMap<String, ByRoute>)
             continue;
         };
         for (route, c) in now {
-            let c0 = then.get(route).cloned().unwrap_or_default();
+            let mut c0 = then.get(route).cloned().unwrap_or_default();
+            // Counters that fell were reset (the proxy restarted): all they hold now is new,
+            // as Prometheus's rate() takes it — buckets and all, so they stay cumulative.
+            if c.n < c0.n || c.buckets.get("+Inf") < c0.buckets.get("+Inf") {
+                c0 = Counted::default();
+            }
             let e = sum.entry(route.clone()).or_default();
             e.n += (c.n - c0.n).max(0.0);
             e.failed += (c.failed - c0.failed).max(0.0);
@@ -308,5 +319,39 @@ meshwork_proxy_route_response_latency_seconds_bucket{direction="outbound",author
             "{t}"
         );
         assert!(lines[2].ends_with("-"), "no latency without buckets: {t}");
+
+        // A proxy that restarted between the samples: what it holds now is the interval's.
+        let restarted = BTreeMap::from([(
+            "a".to_string(),
+            ByRoute::from([(
+                "GET /".to_string(),
+                Counted {
+                    n: 10.0,
+                    failed: 0.0,
+                    buckets: [("0.001", 10.0), ("+Inf", 10.0)]
+                        .into_iter()
+                        .map(|(le, n)| (le.to_string(), n))
+                        .collect(),
+                },
+            )]),
+        )]);
+        let earlier = BTreeMap::from([(
+            "a".to_string(),
+            ByRoute::from([(
+                "GET /".to_string(),
+                Counted {
+                    n: 500.0,
+                    failed: 0.0,
+                    buckets: [("0.001", 100.0), ("+Inf", 500.0)]
+                        .into_iter()
+                        .map(|(le, n)| (le.to_string(), n))
+                        .collect(),
+                },
+            )]),
+        )]);
+        let d = deltas(&earlier, &restarted);
+        assert_eq!(d["GET /"].n, 10.0);
+        assert_eq!(d["GET /"].buckets["+Inf"], 10.0);
+        assert!(quantile(0.5, &d["GET /"].buckets).is_some_and(|q| q <= 0.001));
     }
 }

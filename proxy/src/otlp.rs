@@ -7,7 +7,10 @@
 //! Spans wait in a bounded queue and leave in batches (at most `BATCH` spans, at least every
 //! `FLUSH`); a full queue drops new spans and a failed export drops its batch, both counted:
 //! tracing never slows or fails a request. Plain HTTP only (a node-local or in-cluster
-//! collector).
+//! collector). A span ends when the response headers are back (a long response body or
+//! stream is not in it); it carries the path without its query (where secrets usually are);
+//! spans still queued when the proxy exits are lost; a collector's `partialSuccess`
+//! rejections inside a 2xx answer are not read.
 
 use std::{
     sync::Arc,
@@ -47,6 +50,8 @@ pub struct Span {
     pub status: Option<u16>,
     /// The other side's SPIFFE ID (empty: not meshed).
     pub peer: String,
+    /// The request's `tracestate`, carried into the span as it came.
+    pub trace_state: String,
     pub start: SystemTime,
     pub end: SystemTime,
 }
@@ -67,10 +72,11 @@ pub struct Exporter {
 }
 
 /// What a request that is traced carries: the context it came with and the proxy's own span.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Traced {
     pub incoming: TraceParent,
     pub own: TraceParent,
+    pub state: String,
     pub start: SystemTime,
 }
 
@@ -95,9 +101,16 @@ impl Exporter {
         let own = incoming.child();
         let v = http::HeaderValue::from_str(&own.to_header()).ok()?;
         headers.insert(crate::trace::TRACEPARENT, v);
+        // Passed on untouched (the proxy adds no entry of its own), and kept in the span.
+        let state = headers
+            .get("tracestate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         Some(Traced {
             incoming,
             own,
+            state,
             start: SystemTime::now(),
         })
     }
@@ -115,6 +128,7 @@ impl Exporter {
             authority: o.authority.to_string(),
             status: o.status.map(|s| s.as_u16()),
             peer: o.peer.to_string(),
+            trace_state: t.state,
             start: t.start,
             end: SystemTime::now(),
         });
@@ -214,14 +228,28 @@ pub fn encode(spans: &[Span], resource: &[(String, String)]) -> Vec<u8> {
                 ),
                 attr("url.path", serde_json::json!({"stringValue": s.path})),
                 attr(
-                    "server.address",
-                    serde_json::json!({"stringValue": s.authority}),
-                ),
-                attr(
                     "meshwork.direction",
                     serde_json::json!({"stringValue": s.direction.as_str()}),
                 ),
             ];
+            // The authority the request named: `server.address` and `server.port`.
+            match s.authority.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    attrs.push(attr(
+                        "server.address",
+                        serde_json::json!({"stringValue": host}),
+                    ));
+                    attrs.push(attr("server.port", serde_json::json!({"intValue": port})));
+                }
+                _ if !s.authority.is_empty() => {
+                    attrs.push(attr(
+                        "server.address",
+                        serde_json::json!({"stringValue": s.authority}),
+                    ));
+                }
+                _ => {}
+            }
             if let Some(r) = &s.route {
                 attrs.push(attr("http.route", serde_json::json!({"stringValue": &**r})));
             }
@@ -242,16 +270,18 @@ pub fn encode(spans: &[Span], resource: &[(String, String)]) -> Vec<u8> {
                 None => s.method.clone(),
             };
             // SPAN_KIND_SERVER (2) for what the proxy receives, CLIENT (3) for what it sends;
-            // STATUS_CODE_ERROR (2) for a 5xx or no answer, else UNSET (0).
-            let kind = match s.direction {
-                Direction::Inbound => 2,
-                Direction::Outbound => 3,
+            // STATUS_CODE_ERROR (2) as the HTTP conventions say — no answer, a 5xx, and on
+            // the client side a 4xx too — else UNSET (0).
+            let (kind, error_from) = match s.direction {
+                Direction::Inbound => (2, 500),
+                Direction::Outbound => (3, 400),
             };
-            let error = s.status.is_none_or(|c| c >= 500);
+            let error = s.status.is_none_or(|c| c >= error_from);
             serde_json::json!({
                 "traceId": hex(&s.trace_id),
                 "spanId": hex(&s.span_id),
                 "parentSpanId": hex(&s.parent_id),
+                "traceState": s.trace_state,
                 "name": name,
                 "kind": kind,
                 "startTimeUnixNano": nanos(s.start),

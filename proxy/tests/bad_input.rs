@@ -139,3 +139,42 @@ async fn bad_clients_get_their_error_and_everyone_else_is_served() {
         assert!(text.contains(&line), "{line} not in\n{text}");
     }
 }
+
+/// A client that stalls in a body the proxy holds (a POST within the 64 KiB cap) is answered
+/// 408 at the request timeout, and never reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_a_held_body_gets_408_at_the_request_timeout() {
+    let (b, hits) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let mut d = Static::default();
+    d.parse_entry(&format!("web:80={b}")).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = l.local_addr().unwrap();
+    let out = Outbound::new(
+        outbound::Config {
+            request_timeout: Some(Duration::from_millis(400)),
+            ..Default::default()
+        },
+        Arc::new(support::NoCreds),
+        d,
+    );
+    tokio::spawn(out.serve(l, Watch::never()));
+    let mut c = TcpStream::connect(p).await.unwrap();
+    c.write_all(
+        b"POST http://web:80/ HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let r = reply(&mut c).await;
+    assert!(
+        r.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&r)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

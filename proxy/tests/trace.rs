@@ -107,7 +107,9 @@ async fn app() -> SocketAddr {
 /// A GET through the outbound proxy with `traceparent` (if any): the app's answer.
 async fn get(proxy: SocketAddr, traceparent: Option<&str>) -> String {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    let tp = traceparent.map_or(String::new(), |t| format!("traceparent: {t}\r\n"));
+    let tp = traceparent.map_or(String::new(), |t| {
+        format!("traceparent: {t}\r\ntracestate: vendor=abc\r\n")
+    });
     let req = format!(
         "GET http://web.default.svc.cluster.local:80/books/7 HTTP/1.1\r\n\
          Host: web.default.svc.cluster.local:80\r\n{tp}Connection: close\r\n\r\n"
@@ -239,6 +241,12 @@ async fn sampled_requests_become_chained_spans_at_the_collector() {
     };
     for s in [client_span, server_span] {
         assert_eq!(hex(&s.trace_id), trace);
+        assert_eq!(s.trace_state, "vendor=abc", "the tracestate as it came");
+        assert!(
+            s.attributes.iter().any(|a| a.key == "server.address"
+                && format!("{:?}", a.value).contains("web.default.svc.cluster.local")),
+            "{s:?}"
+        );
         assert!(s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0);
         assert!(
             s.attributes

@@ -204,9 +204,12 @@ impl Outbound {
         }
     }
 
-    /// Records a request's outcome on its endpoint; None: it was dropped before it had one
-    /// (the client went away), which ends its pending count and hands back a probe.
-    fn done(&self, f: &InFlight<'_>, ok: Option<bool>) {
+    /// Records a request's outcome on its endpoint — (success, whether a failure was the
+    /// transport's: no answer at all); None: it was dropped before it had one (the client
+    /// went away), which ends its pending count and hands back a probe.
+    fn done(&self, f: &InFlight<'_>, outcome: Option<(bool, bool)>) {
+        let ok = outcome.map(|(ok, _)| ok);
+        let transport = outcome.is_some_and(|(_, t)| t);
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = all.get_mut(f.authority) else {
@@ -223,11 +226,11 @@ impl Outbound {
             Some(ok) => {
                 if ok {
                     s.reconnect.ok();
-                } else if s.reconnect.failing() {
-                    // Whatever the failure: an endpoint that could not be connected proves
-                    // itself with one success before it takes requests again. (A peer that
-                    // resets every new connection fails as a connect or as a request, by a
-                    // race with the reset: either way it sits out.)
+                } else if transport && s.reconnect.failing() {
+                    // An endpoint that could not be connected proves itself with an answer
+                    // before it takes requests again: a peer that resets every new connection
+                    // fails as a connect or as a request, by a race with the reset, and either
+                    // way sits out. An answer, even a 5xx, is the breaker's to judge.
                     s.reconnect.failed(now);
                 }
                 s.ewma.finish(&self.cfg.balance, now, now - f.started);
@@ -280,8 +283,8 @@ impl Outbound {
     }
 }
 
-/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s at each failure of any
-/// kind, until a request to it succeeds again: an endpoint that cannot be reached is not
+/// After a failed connect an endpoint sits out, 100 ms doubling to 5 s at each transport
+/// failure (no answer), until a request to it succeeds again: an endpoint that cannot be reached is not
 /// offered requests (Linkerd's reconnect back-off), well before the breaker's seven failures
 /// would eject it.
 #[derive(Debug, Default)]
@@ -342,9 +345,17 @@ impl<'a> InFlight<'a> {
         }
     }
 
+    /// An answer came (`ok`: not a 5xx), or none did: a timeout, the breaker's alone to
+    /// count (`ok` false, not the transport's).
     pub fn finish(mut self, ok: bool) {
         self.done = true;
-        self.out.done(&self, Some(ok));
+        self.out.done(&self, Some((ok, false)));
+    }
+
+    /// No answer came: the connection or stream failed.
+    pub fn failed_transport(mut self) {
+        self.done = true;
+        self.out.done(&self, Some((false, true)));
     }
 }
 

@@ -352,7 +352,25 @@ impl Outbound {
         let (mut head, body) = req.into_parts();
         // Whether the body can be held for replay is read from its framing, before the
         // hop-by-hop headers (Transfer-Encoding among them) go.
-        let replayable = retry::replayable(&head, body, self.cfg.retry.max_body).await;
+        // The request timeout runs from here: a client that stalls in a body being held
+        // is bounded by it as one whose body streams is.
+        let deadline = self
+            .cfg
+            .request_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let held = retry::replayable(&head, body, self.cfg.retry.max_body);
+        let replayable = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, held).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive within the request timeout",
+                    )
+                }
+            },
+            None => held.await,
+        };
         strip_hop_by_hop(&mut head.headers);
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
         head.headers.remove(CLIENT_ID);
@@ -393,10 +411,6 @@ impl Outbound {
             }
         };
         self.budget.deposit();
-        let deadline = self
-            .cfg
-            .request_timeout
-            .map(|t| tokio::time::Instant::now() + t);
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt = 0u32;
         let mut waiting = None;
@@ -437,7 +451,11 @@ impl Outbound {
             };
             // 5xx and transport failures count against the endpoint (Linkerd's classification).
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-            flight.finish(ok);
+            if result.is_err() {
+                flight.failed_transport();
+            } else {
+                flight.finish(ok);
+            }
             let result = match result {
                 Err(failed) if failed.unsent => {
                     // Nothing reached the endpoint's app (no connection, or its proxy handed

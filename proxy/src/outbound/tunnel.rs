@@ -142,7 +142,11 @@ impl Outbound {
                 }
             }
         };
-        flight.finish(far.is_ok());
+        if far.is_ok() {
+            flight.finish(true);
+        } else {
+            flight.failed_transport();
+        }
         if let Err(why) = &far {
             tracing::info!(%authority, endpoint = %ep.addr, error = %why, "tunnel failed");
         }
