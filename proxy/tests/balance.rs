@@ -406,3 +406,69 @@ async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A pod that refused a connection (still starting) and then answers 503 (still warming up)
+/// is judged by the breaker on its answers, not kept out by the reconnect back-off: once it
+/// listens, requests reach it at once, until the breaker's seven failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_after_a_failed_connect_are_the_breakers_not_the_back_offs() {
+    // A port nothing listens on yet.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let cfg = outbound::Config {
+        retry: retry::Config {
+            limit: 0,
+            ..Default::default()
+        },
+        failfast: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let p = proxy(cfg, &[addr]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    // The first request finds the port closed; it waits (the only endpoint sits out its
+    // back-off) while the pod comes up answering 503.
+    conn.write_all(b"GET http://web:80/ HTTP/1.1\r\nHost: web:80\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let l = TcpListener::bind(addr).await.unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    async {
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"warming up"),
+                        ));
+                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    assert_eq!(read_status(&mut conn).await, 503);
+    // Five more, each answered by the pod without sitting out a back-off in between (they
+    // would wait 200, 400, 800, 1600 ms if each 503 stepped it).
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(get(&mut conn).await, 503);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "five answers took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(hits.load(Ordering::Relaxed), 6);
+}
