@@ -2,8 +2,10 @@
 //! (plaintext endpoints, so mTLS is not in play): of three backends, the one 50 ms slower gets
 //! few requests; a backend answering 503 is hidden by retries, ejected after Linkerd's seven
 //! consecutive failures and probed back once it recovers; one that resets every connection
-//! stops getting them within a second and is probed back in once it serves again; one failing
-//! 20% is hidden by retries; when everything fails the budget keeps retries at 20% + 10/s.
+//! stops getting them within a second and is probed back in once it serves again; one that
+//! refused a connect and then answers 503 is judged on its answers by the breaker, not kept
+//! out by the reconnect back-off; one failing 20% is hidden by retries; when everything fails
+//! the budget keeps retries at 20% + 10/s.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
