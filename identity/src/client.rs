@@ -304,7 +304,7 @@ pub async fn channel(
         .map_err(|e| ClientError::Connect(e.to_string()))?
         .timeout(Duration::from_secs(10))
         .connect_with_connector(crate::transport::connector(
-            tls,
+            Some(tls),
             "meshwork-identity",
             Duration::from_secs(5),
         ))

@@ -78,24 +78,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What [`connector`] connects: TLS, or plain TCP when it was given no TLS config.
+pub type Conn = tokio_util::either::Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
+
 /// A connector for tonic's `Endpoint::connect_with_connector[_lazy]`: TCP to the URI's own
 /// `host:port` (connect bounded by `connect_timeout`), then TLS under `tls` with ALPN h2 and
-/// `sni` as the name sent.
+/// `sni` as the name sent — or, without `tls`, plain TCP (a test's own server). One type for
+/// every caller, so the binaries carry one copy of tonic's channel code, not one per
+/// connector.
 pub fn connector(
-    mut tls: rustls::ClientConfig,
+    tls: Option<rustls::ClientConfig>,
     sni: &'static str,
     connect_timeout: Duration,
 ) -> impl tower::Service<
     http::Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Response = TokioIo<Conn>,
     Error = std::io::Error,
-    Future = impl Future<
-        Output = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
-    > + Send,
+    Future = impl Future<Output = std::io::Result<TokioIo<Conn>>> + Send,
 > + Clone
        + Send {
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tls = tls.map(|mut tls| {
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(tls))
+    });
     tower::service_fn(move |uri: http::Uri| {
         let tls = tls.clone();
         async move {
@@ -112,6 +117,9 @@ pub fn connector(
                     )
                 })??;
             let _ = tcp.set_nodelay(true);
+            let Some(tls) = tls else {
+                return Ok(TokioIo::new(tokio_util::either::Either::Right(tcp)));
+            };
             let name = ServerName::try_from(sni).map_err(std::io::Error::other)?;
             let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, tcp))
                 .await
@@ -121,7 +129,7 @@ pub fn connector(
                         format!("TLS handshake with {addr}"),
                     )
                 })??;
-            Ok(TokioIo::new(s))
+            Ok(TokioIo::new(tokio_util::either::Either::Left(s)))
         }
     })
 }

@@ -17,8 +17,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -148,8 +147,10 @@ async fn export(
     resource: Vec<(String, String)>,
     counts: Counts,
 ) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    // The outbound stack's client type (`Outbound::plain`): one copy of hyper's client code
+    // in the binary, not a second one for another body type (its pages are the proxy's RSS).
+    let client: Client<HttpConnector, crate::http::Body> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         // The first span of a batch waits as long as it takes; the rest at most `FLUSH`.
@@ -169,7 +170,7 @@ async fn export(
         batch.clear();
         let req = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)));
+            .body(crate::http::full(body));
         let Ok(req) = req else {
             counts.failed_exports.inc();
             counts.dropped.inc_by(n);

@@ -120,16 +120,13 @@ impl Resolver {
             .map_err(|e| format!("--destination-addr {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
-        let channel = match tls {
-            Some(tls) => {
-                endpoint.connect_with_connector_lazy(meshwork_identity::transport::connector(
-                    tls,
-                    "meshwork-control",
-                    Duration::from_secs(1),
-                ))
-            }
-            None => endpoint.connect_lazy(),
-        };
+        // The identity client's connector type: one copy of tonic's channel code.
+        let channel =
+            endpoint.connect_with_connector_lazy(meshwork_identity::transport::connector(
+                tls,
+                "meshwork-control",
+                Duration::from_secs(1),
+            ));
         Ok(Resolver {
             statics,
             api: Some(Api {
