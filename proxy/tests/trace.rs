@@ -3,7 +3,8 @@
 //! client's proxy and a SERVER span from the server's, chained (the app's parent is the
 //! server proxy's span, whose parent is the client proxy's, whose parent is the caller's), in
 //! OTLP/HTTP JSON that the OpenTelemetry protobuf types read as an ExportTraceServiceRequest;
-//! an unsampled request, or one without a trace, gets no span and keeps its header.
+//! an unsampled request, or one without a trace, gets no span and keeps its header; spans
+//! leave in batches of at most 256, and a burst past the queue is dropped and counted.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -325,4 +326,64 @@ async fn spans_for_an_absent_collector_are_dropped_and_counted() {
         support::metric(&m, "meshwork_proxy_trace_export_failures_total"),
         Some(1)
     );
+}
+
+/// Batches: a burst of spans leaves in exports of at most `BATCH`; past the queue's bound,
+/// spans are dropped and counted, never waited for.
+// One thread: the exporter's task cannot take spans off the queue while the burst is sent.
+#[tokio::test]
+async fn spans_leave_in_bounded_batches_and_a_full_queue_drops() {
+    use meshwork_proxy::otlp::{Span, BATCH, QUEUE};
+    let (addr, got) = collector().await;
+    let m = Metrics::new();
+    let e = Exporter::spawn(&addr.to_string(), vec![], m.otlp.clone());
+    let span = |i: u8| Span {
+        trace_id: [i.max(1); 16],
+        span_id: [i.max(1); 8],
+        parent_id: [1; 8],
+        direction: meshwork_proxy::metrics::Direction::Outbound,
+        method: "GET".into(),
+        path: "/".into(),
+        route: None,
+        authority: "web:80".into(),
+        status: Some(200),
+        peer: String::new(),
+        trace_state: String::new(),
+        start: std::time::SystemTime::now(),
+        end: std::time::SystemTime::now(),
+    };
+    // More than the queue holds, at once: the excess is dropped, the rest exported.
+    let sent = QUEUE + 2 * BATCH;
+    for i in 0..sent {
+        e.record(span((i % 250) as u8));
+    }
+    let exported = || support::metric(&m, "meshwork_proxy_trace_spans_exported_total").unwrap_or(0);
+    let dropped = || support::metric(&m, "meshwork_proxy_trace_spans_dropped_total").unwrap_or(0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while exported() + dropped() < sent as i64 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{} exported, {} dropped of {sent}",
+            exported(),
+            dropped()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dropped(), 2 * BATCH as i64);
+    assert_eq!(exported(), QUEUE as i64);
+    let bodies = got.lock().unwrap().clone();
+    let mut total = 0;
+    for (_, body) in &bodies {
+        let req: ExportTraceServiceRequest = serde_json::from_slice(body).unwrap();
+        let n: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        assert!(n <= BATCH, "an export of {n} spans");
+        total += n;
+    }
+    assert_eq!(total as i64, exported());
+    assert_eq!(bodies.len(), QUEUE / BATCH, "full batches");
 }
