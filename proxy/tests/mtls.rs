@@ -688,6 +688,30 @@ fn web_endpoint(app: SocketAddr, proxy: SocketAddr) -> pb::Endpoint {
     }
 }
 
+/// A POST of `len` patterned bytes to `authority` through the outbound proxy at `proxy`, in a
+/// task of its own: (the task, whose output is the whole answer; the length; the byte sum).
+fn post_through(
+    proxy: SocketAddr,
+    authority: &'static str,
+    len: usize,
+) -> (tokio::task::JoinHandle<String>, usize, u64) {
+    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+    let task = tokio::spawn(async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let head = format!(
+            "POST http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {len}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    });
+    (task, len, sum)
+}
+
 /// An app that answers each request with its body's length and byte sum.
 async fn body_app() -> SocketAddr {
     use http_body_util::BodyExt;
@@ -741,24 +765,7 @@ async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_ar
     tokio::spawn(Outbound::with(cfg, client, resolver, metrics.clone()).serve(l, Watch::never()));
 
     const WEB: &str = "web.default.svc.cluster.local:80";
-    let body: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
-    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
-    let post = {
-        let body = body.clone();
-        tokio::spawn(async move {
-            let mut s = TcpStream::connect(outbound_addr).await.unwrap();
-            let head = format!(
-                "POST http://{WEB}/ HTTP/1.1\r\nHost: {WEB}\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n",
-                body.len()
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            s.write_all(&body).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        })
-    };
+    let (post, len, sum) = post_through(outbound_addr, WEB, 128 * 1024);
     // The connect to the gone pod's proxy has failed ...
     let failed = eventually(async || {
         support::metric(&metrics, "meshwork_proxy_outbound_queued_requests").unwrap_or(0) == 1
@@ -773,10 +780,7 @@ async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_ar
     set.send_replace(vec![old_ep, endpoint(live_app, new_proxy)]);
     let out = post.await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(
-        out.ends_with(&format!("len={} sum={sum}", body.len())),
-        "{out}"
-    );
+    assert!(out.ends_with(&format!("len={len} sum={sum}")), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -806,24 +810,7 @@ async fn a_small_post_the_old_pods_proxy_refused_goes_to_the_new_pod() {
     tokio::spawn(Outbound::with(cfg, client, resolver, metrics).serve(l, Watch::never()));
 
     const WEB: &str = "web.default.svc.cluster.local:80";
-    let body: Vec<u8> = (0..8 * 1024).map(|i| (i % 251) as u8).collect();
-    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
-    let post = {
-        let body = body.clone();
-        tokio::spawn(async move {
-            let mut s = TcpStream::connect(outbound_addr).await.unwrap();
-            let head = format!(
-                "POST http://{WEB}/ HTTP/1.1\r\nHost: {WEB}\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n",
-                body.len()
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            s.write_all(&body).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        })
-    };
+    let (post, len, sum) = post_through(outbound_addr, WEB, 8 * 1024);
     let refused = eventually(async || {
         old.metrics
             .encode()
@@ -840,10 +827,7 @@ async fn a_small_post_the_old_pods_proxy_refused_goes_to_the_new_pod() {
     set.send_replace(vec![old_ep, web_endpoint(live_app, new_proxy)]);
     let out = post.await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(
-        out.ends_with(&format!("len={} sum={sum}", body.len())),
-        "{out}"
-    );
+    assert!(out.ends_with(&format!("len={len} sum={sum}")), "{out}");
 }
 
 /// Discovery is mutual TLS over the identity library's own transport (the one the control
