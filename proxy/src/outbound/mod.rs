@@ -433,7 +433,7 @@ impl Outbound {
                 .map(|m| m.identity.to_string())
                 .unwrap_or_default();
             let this_body = match (&replay, body.take()) {
-                (Some(b), _) => crate::http::full(b.clone()),
+                (Some(b), _) => b.body(),
                 (None, Some(b)) => b,
                 (None, None) => crate::http::full(bytes::Bytes::new()),
             };

@@ -47,9 +47,33 @@ impl Default for Config {
 
 /// A request body: held (replayable) or passed through once.
 pub enum Body {
-    Replay(Bytes),
+    Replay(Held),
     Stream(Incoming),
     Failed(String),
+}
+
+/// A held body, with the trailers that ended it (an HTTP/2 client may send some after a body
+/// of declared length): each attempt sends both.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub data: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Held {
+    /// The body of one attempt.
+    pub fn body(&self) -> crate::http::Body {
+        match &self.trailers {
+            None => crate::http::full(self.data.clone()),
+            Some(t) => {
+                let t = t.clone();
+                http_body_util::Full::new(self.data.clone())
+                    .map_err(|never| match never {})
+                    .with_trailers(async move { Some(Ok(t)) })
+                    .boxed()
+            }
+        }
+    }
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -79,7 +103,13 @@ pub async fn replayable(head: &Parts, body: Incoming, cap: usize) -> Body {
         return Body::Stream(body);
     }
     match Limited::new(body, cap).collect().await {
-        Ok(c) => Body::Replay(c.to_bytes()),
+        Ok(c) => {
+            let trailers = c.trailers().cloned();
+            Body::Replay(Held {
+                data: c.to_bytes(),
+                trailers,
+            })
+        }
         Err(e) => Body::Failed(e.to_string()),
     }
 }
@@ -96,6 +126,30 @@ pub fn retryable<B, E>(method: &Method, result: &Result<http::Response<B>, E>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each attempt of a held body sends its data and the trailers that ended it.
+    #[tokio::test]
+    async fn a_held_body_keeps_its_trailers_for_every_attempt() {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let held = Held {
+            data: Bytes::from_static(b"payload"),
+            trailers: Some(t),
+        };
+        for _ in 0..2 {
+            let c = held.body().collect().await.unwrap();
+            assert_eq!(
+                c.trailers().map(|t| t["grpc-status"].clone()),
+                Some(http::HeaderValue::from_static("0"))
+            );
+            assert_eq!(c.to_bytes(), Bytes::from_static(b"payload"));
+        }
+        let plain = Held {
+            data: Bytes::from_static(b"x"),
+            trailers: None,
+        };
+        assert!(plain.body().collect().await.unwrap().trailers().is_none());
+    }
 
     #[test]
     fn only_idempotent_failures_are_retried() {
