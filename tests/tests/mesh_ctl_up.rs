@@ -196,7 +196,9 @@ metadata: {name: api}
 spec:
   selector: {matchLabels: {app: api}}
   template:
-    metadata: {labels: {app: api}}
+    metadata:
+      labels: {app: api}
+      annotations: {config.meshwork.io/routes: "GET /index.html"}
     spec:
       containers:
       - name: httpd
@@ -206,7 +208,9 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: api}
+metadata:
+  name: api
+  annotations: {config.meshwork.io/routes: "GET /index.html"}
 spec:
   selector: {app: api}
   ports: [{port: 80, targetPort: 8080}]
