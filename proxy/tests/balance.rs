@@ -439,25 +439,14 @@ async fn answers_after_a_failed_connect_are_the_breakers_not_the_back_offs() {
     let l = TcpListener::bind(addr).await.unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    h.fetch_add(1, Ordering::Relaxed);
-                    async {
-                        let mut r = http::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from_static(b"warming up"),
-                        ));
-                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
+    support::serve_http1(l, move |_req| {
+        h.fetch_add(1, Ordering::Relaxed);
+        async {
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"warming up",
+            )));
+            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, std::convert::Infallible>(r)
         }
     });
     assert_eq!(read_status(&mut conn).await, 503);

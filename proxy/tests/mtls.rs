@@ -716,25 +716,13 @@ fn post_through(
 async fn body_app() -> SocketAddr {
     use http_body_util::BodyExt;
     let (l, addr) = listen().await;
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
-                        let text = format!("len={} sum={sum}", body.len());
-                        Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(text),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+    support::serve_http1(l, |req: http::Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await?.to_bytes();
+        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+        let text = format!("len={} sum={sum}", body.len());
+        Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(text),
+        )))
     });
     addr
 }

@@ -41,35 +41,23 @@ async fn collector() -> (SocketAddr, Arc<Mutex<Vec<(String, Bytes)>>>) {
     let addr = l.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            let g = g.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let g = g.clone();
-                        async move {
-                            let what = format!(
-                                "{} {} {}",
-                                req.method(),
-                                req.uri().path(),
-                                req.headers()
-                                    .get(http::header::CONTENT_TYPE)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("")
-                            );
-                            let body = req.into_body().collect().await?.to_bytes();
-                            g.lock().unwrap().push((what, body));
-                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
-                                Bytes::from_static(b"{}"),
-                            )))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
+    support::serve_http1(l, move |req: http::Request<hyper::body::Incoming>| {
+        let g = g.clone();
+        async move {
+            let what = format!(
+                "{} {} {}",
+                req.method(),
+                req.uri().path(),
+                req.headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            );
+            let body = req.into_body().collect().await?.to_bytes();
+            g.lock().unwrap().push((what, body));
+            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"{}"),
+            )))
         }
     });
     (addr, got)
@@ -79,28 +67,16 @@ async fn collector() -> (SocketAddr, Arc<Mutex<Vec<(String, Bytes)>>>) {
 async fn app() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let tp = req
-                            .headers()
-                            .get("traceparent")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("none")
-                            .to_string();
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::from(tp)),
-                        ))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+    support::serve_http1(l, |req: http::Request<hyper::body::Incoming>| async move {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+            Bytes::from(tp),
+        )))
     });
     addr
 }

@@ -42,6 +42,32 @@ impl meshwork_proxy::tls::Credentials for NoCreds {
     }
 }
 
+/// Serves HTTP/1.1 on `l` with `f` for every request, each connection in a task of its own,
+/// until the runtime ends: the test apps and collectors.
+pub fn serve_http1<F, Fut, E>(l: TcpListener, f: F)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<http_body_util::Full<bytes::Bytes>>, E>>
+        + Send
+        + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let f = f.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tcp),
+                        hyper::service::service_fn(f),
+                    )
+                    .await;
+            });
+        }
+    });
+}
+
 /// A backend that waits `delay`, then answers 200, or 503 for every `fail_every`th request
 /// (0: never, 1: always).
 pub async fn backend(
