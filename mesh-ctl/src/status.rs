@@ -80,7 +80,7 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     }
     println!("\nnodes:");
     println!(
-        "  {:<6} {:<9} {:<14} {:<16} SERVICES PROGRAMMED (frontends / backends)",
+        "  {:<6} {:<9} {:<14} {:<16} SERVICES PROGRAMMED (frontends / backends); DISCOVERY CERTIFICATE",
         "NAME", "STATUS", "INTERNAL-IP", "POD-CIDR"
     );
     let client = meshwork_kube_watch::client(Some(&st.admin_kubeconfig())).await;
@@ -107,9 +107,13 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         let programmed = http_get(SocketAddr::new(n.ip.into(), 10256), "/metrics")
             .map(|(_, body)| {
                 format!(
-                    "{} / {}",
+                    "{} / {}; {}",
                     metric(&body, "meshwork_control_frontends_programmed"),
-                    metric(&body, "meshwork_control_backends_programmed")
+                    metric(&body, "meshwork_control_backends_programmed"),
+                    discovery_certificate(&metric(
+                        &body,
+                        "meshwork_control_destination_certificate_expiry_timestamp_seconds"
+                    ))
                 )
             })
             .unwrap_or_else(|| "agent not answering".into());
@@ -119,11 +123,15 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         );
     }
     println!("\ncertificates:");
-    for (what, file) in [
-        ("cluster CA", "pki/ca.crt"),
-        ("API server serving", "pki/apiserver.crt"),
+    for (what, path) in [
+        ("cluster CA", st.apiserver().join("pki/ca.crt")),
+        (
+            "API server serving",
+            st.apiserver().join("pki/apiserver.crt"),
+        ),
+        ("mesh trust anchor", st.identity().join("ca.crt")),
+        ("mesh issuer", st.identity().join("tls.crt")),
     ] {
-        let path = st.apiserver().join(file);
         match cert_expiry(&path) {
             Ok(secs) => println!(
                 "  {what:<20} expires in {} days ({})",
@@ -140,6 +148,22 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An agent's discovery certificate as its metric gives it (Unix seconds of expiry; 0: none).
+fn discovery_certificate(expiry: &str) -> String {
+    match expiry.parse::<f64>() {
+        Ok(t) if t > 0.0 => {
+            let left = t as i64 - now_secs() as i64;
+            format!(
+                "expires in {}h{:02}m",
+                left / 3600,
+                (left % 3600).max(0) / 60
+            )
+        }
+        Ok(_) => "none yet (its proxies keep their last endpoints)".into(),
+        Err(_) => "not served".into(),
+    }
 }
 
 /// Seconds until the first certificate in the PEM file expires.

@@ -745,6 +745,13 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         status.contains("node-n2") && status.contains("SIGKILL"),
         "{status}"
     );
+    // Each agent's discovery certificate, and the mesh CA's.
+    assert_eq!(
+        status.matches("; expires in ").count(),
+        2,
+        "both agents hold a discovery certificate: {status}"
+    );
+    assert!(status.contains("mesh trust anchor"), "{status}");
 
     // kill -9 of an add-on (n2's agent, a DaemonSet pod): its node runtime restarts the
     // container, as the kubelet would, and the agent serves again.
