@@ -222,32 +222,35 @@ impl Identity {
         Ok(cur)
     }
 
-    /// Keeps the certificate fresh until the task is dropped: Certify now, then at ~70% of
+    /// Keeps the certificate fresh until the future is dropped: Certify now, then at ~70% of
     /// each certificate's life; failures back off (0.5 s doubling to 30 s, ±25% jitter) while
     /// the current certificate stays in use.
-    pub fn spawn_rotation(&self) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match me.certify().await {
-                    Ok(cur) => {
-                        backoff = Duration::from_millis(500);
-                        tracing::info!(identity = %me.id(), not_after = ?cur.not_after, "certificate renewed");
-                        let wait = cur
-                            .refresh_at()
-                            .duration_since(SystemTime::now())
-                            .unwrap_or_default();
-                        tokio::time::sleep(jitter(wait, 0.05)).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(identity = %me.id(), error = %e, retry_in = ?backoff, "certify failed; keeping the current certificate");
-                        tokio::time::sleep(jitter(backoff, 0.25)).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
+    pub async fn rotate(&self) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.certify().await {
+                Ok(cur) => {
+                    backoff = Duration::from_millis(500);
+                    tracing::info!(identity = %self.id(), not_after = ?cur.not_after, "certificate renewed");
+                    let wait = cur
+                        .refresh_at()
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    tokio::time::sleep(jitter(wait, 0.05)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(identity = %self.id(), error = %e, retry_in = ?backoff, "certify failed; keeping the current certificate");
+                    tokio::time::sleep(jitter(backoff, 0.25)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
-        })
+        }
+    }
+
+    /// [`rotate`](Self::rotate) in a task of its own, until the task is aborted.
+    pub fn spawn_rotation(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.rotate().await })
     }
 
     /// A server config: the current certificate, mutual TLS with peers of `expect`.

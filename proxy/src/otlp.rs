@@ -25,7 +25,10 @@ use hyper_util::{
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
-use crate::{metrics::Direction, trace::TraceParent};
+use crate::{
+    metrics::Direction,
+    trace::{hex, TraceParent},
+};
 
 /// Spans held at most, waiting for export.
 pub const QUEUE: usize = 2048;
@@ -206,10 +209,6 @@ fn nanos(t: SystemTime) -> String {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
         .to_string()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn attr(key: &str, value: serde_json::Value) -> serde_json::Value {

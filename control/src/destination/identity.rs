@@ -229,15 +229,8 @@ pub async fn keep_certified(
         }
     }
     tracing::info!(id = %identity.id(), "discovery: asking for the agent's certificate");
-    let rotation = identity.spawn_rotation();
-    struct Abort(tokio::task::JoinHandle<()>);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let mut rotation = Abort(rotation);
-    let _ = (&mut rotation.0).await;
+    // In this task: dropping it (the agent stopping discovery) ends the rotation.
+    identity.rotate().await;
 }
 
 #[cfg(test)]

@@ -379,7 +379,11 @@ impl Inbound {
             named.to_string()
         };
         let peer = s.peer.as_str();
-        let trace_id = crate::trace::trace_id(req.headers());
+        // A traced request's header was read once already.
+        let trace_id = match &traced {
+            Some(t) => t.incoming.trace_id(),
+            None => crate::trace::trace_id(req.headers()),
+        };
         // The target shares its bytes: cloning it copies no path.
         let (method, target) = (req.method().clone(), req.uri().clone());
         // Debug level: see the outbound stack's `route`.

@@ -270,7 +270,11 @@ impl Outbound {
             .tracer
             .as_ref()
             .and_then(|t| t.start(req.headers_mut()));
-        let trace_id = crate::trace::trace_id(req.headers());
+        // A traced request's header was read once already.
+        let trace_id = match &traced {
+            Some(t) => t.incoming.trace_id(),
+            None => crate::trace::trace_id(req.headers()),
+        };
         // The target shares its bytes: cloning it copies no path.
         let (method, target) = (req.method().clone(), req.uri().clone());
         // Debug level, as linkerd2-proxy's per-request spans are: at the injected default
