@@ -36,6 +36,15 @@ pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300
 /// The port the control agent serves this API on, on the node's addresses.
 pub const DEFAULT_PORT: u16 = 8086;
 
+/// A `host:port` as a flag or annotation names a collector (a port that is a number); the
+/// error says what it is not.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{s:?} is not host:port")),
+    }
+}
+
 /// A port list as the annotation writes it (`25,587,8000-8010`); the error names what is wrong.
 pub fn parse_ports(s: &str) -> Result<Vec<std::ops::RangeInclusive<u16>>, String> {
     let mut out = Vec::new();

@@ -200,15 +200,10 @@ fn annotated_env(meta: &Value, ns_meta: Option<&Value>) -> Result<Vec<Value>, Er
         env.push(json!({"name": "MESHWORK_PROXY_INBOUND_ROUTES", "value": r}));
     }
     if let Some(c) = get(TRACE_COLLECTOR) {
-        let ok = c
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !ok {
-            return Err(Error::Annotation {
-                key: TRACE_COLLECTOR,
-                why: format!("{c:?} is not host:port"),
-            });
-        }
+        meshwork_destination_api::check_host_port(c).map_err(|why| Error::Annotation {
+            key: TRACE_COLLECTOR,
+            why,
+        })?;
         env.push(json!({"name": "MESHWORK_PROXY_TRACE_COLLECTOR", "value": c}));
     }
     Ok(env)

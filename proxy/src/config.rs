@@ -157,12 +157,9 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct Ports(pub Vec<std::ops::RangeInclusive<u16>>);
 
-/// `host:port`, a port that is a number.
+/// `host:port` (`meshwork_destination_api::check_host_port`).
 fn host_port(s: &str) -> Result<String, String> {
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
-        _ => Err(format!("{s:?} is not host:port")),
-    }
+    meshwork_destination_api::check_host_port(s).map(|()| s.into())
 }
 
 /// `PORT:/path` entries (`meshwork_destination_api::parse_probe_paths`).
