@@ -99,13 +99,20 @@ enum Line {
     Not,
 }
 
-/// RFC 9112 §3: `method SP request-target SP HTTP-version CRLF`, method a token; as servers
-/// parse it (§2.2): empty lines before it are skipped, a bare LF ends it, and any HTTP/1 minor
-/// version counts. Stricter than the servers behind it would let a request they accept pass
-/// as opaque, unexamined.
+/// RFC 9112 §3: `method SP request-target SP HTTP-version CRLF`, method a token; judged as the
+/// most lenient servers behind a proxy parse it, not as the RFC writes it. A line an app
+/// accepts but detection called opaque would reach it raw, its headers unexamined (a forged
+/// `meshwork-client-id` among them); one that detection calls HTTP but hyper refuses gets a
+/// 400 instead. So: empty lines before it are skipped (§2.2), so is leading whitespace, the
+/// three parts may be separated by runs of SP or HTAB and followed by more (Python's
+/// `http.server` splits on any whitespace, nginx takes runs of spaces), a bare LF ends it,
+/// and a last part starting with `HTTP/` is a version whatever its digits. Undecided until
+/// the line ends, unless a byte no request line holds (a control character, or a method that
+/// is not a token) comes first.
 fn request_line(buf: &[u8]) -> Line {
+    let is_space = |b: u8| b == b' ' || b == b'\t';
     let mut i = 0;
-    while i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n') {
+    while i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n' || is_space(buf[i])) {
         i += 1;
     }
     if i == buf.len() {
@@ -119,34 +126,32 @@ fn request_line(buf: &[u8]) -> Line {
     if i == buf.len() {
         return Line::Partial;
     }
-    if i == method || buf[i] != b' ' {
+    if i == method || !is_space(buf[i]) {
         return Line::Not;
     }
-    i += 1;
-    // request-target: visible characters (no SP, no CTL)
-    let start = i;
-    while i < buf.len() && buf[i] > b' ' && buf[i] != 0x7f {
-        i += 1;
-    }
-    if i == buf.len() {
-        return Line::Partial;
-    }
-    if i == start || buf[i] != b' ' {
-        return Line::Not;
-    }
-    i += 1;
-    let rest = &buf[i..];
-    let prefix = b"HTTP/1.";
-    let n = rest.len().min(prefix.len());
-    if rest[..n] != prefix[..n] {
-        return Line::Not;
-    }
-    match rest.get(prefix.len()..) {
-        None | Some([]) => Line::Partial,
-        Some([d, ..]) if !d.is_ascii_digit() => Line::Not,
-        Some([_]) | Some([_, b'\r']) => Line::Partial,
-        Some([_, b'\n', ..]) | Some([_, b'\r', b'\n', ..]) => Line::Http1,
-        Some(_) => Line::Not,
+    // The rest of the line: visible characters (obs-text included) and whitespace, then LF
+    // (a CR only right before it).
+    let rest = i;
+    let end = loop {
+        match buf.get(i) {
+            None => return Line::Partial,
+            Some(b'\n') => break i,
+            Some(b'\r') => match buf.get(i + 1) {
+                None => return Line::Partial,
+                Some(b'\n') => break i,
+                Some(_) => return Line::Not,
+            },
+            Some(&b) if b < b' ' && b != b'\t' || b == 0x7f => return Line::Not,
+            Some(_) => i += 1,
+        }
+    };
+    let mut words = buf[rest..end]
+        .split(|b| is_space(*b))
+        .filter(|w| !w.is_empty());
+    let target = words.next();
+    match (target, words.next_back()) {
+        (Some(_), Some(version)) if version.starts_with(b"HTTP/") => Line::Http1,
+        _ => Line::Not,
     }
 }
 
@@ -185,18 +190,29 @@ mod tests {
             // The client stopped: whatever it is, it is not HTTP.
             (b"GET / HTTP/1.", true, found(Protocol::Opaque)),
             // Not HTTP/1.
-            (b"GET / HTTP/2.0\r\n", false, found(Protocol::Opaque)),
-            (b"GET  / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"G(T / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"GET /\x01 HTTP/1.1\r\n", false, found(Protocol::Opaque)),
+            (b"GET / HTTP/1.1\rX\n", false, found(Protocol::Opaque)),
+            (b"GET /\r\n", false, found(Protocol::Opaque)),
+            (b"GET / FTP/1.1\r\n", false, found(Protocol::Opaque)),
+            (b"SET key value\r\n", false, found(Protocol::Opaque)),
             // As servers parse it: a bare LF, empty lines first, another minor version.
             (b"GET / HTTP/1.1\n", false, found(Protocol::Http1)),
             (b"\r\nGET / HTTP/1.1\r\n", false, found(Protocol::Http1)),
             (b"GET / HTTP/1.2\r\n", false, found(Protocol::Http1)),
             (b"\r\n", false, Detect::NeedMore),
             (b"GET / HTTP/1.1\r", false, Detect::NeedMore),
-            (b"GET / HTTP/1.x\r\n", false, found(Protocol::Opaque)),
-            (b"GET / HTTP/1.1 \r\n", false, found(Protocol::Opaque)),
+            // What lenient servers take (Python's http.server: each of these reaches its
+            // handler with its headers) is HTTP here too, so that hyper refuses it with a 400
+            // rather than the app reading it raw.
+            (b"GET  / HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET / HTTP/1.1 \r\n", false, found(Protocol::Http1)),
+            (b" GET / HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET\t/\tHTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET / HTTP/1.x\r\n", false, found(Protocol::Http1)),
+            (b"GET / HTTP/2.0\r\n", false, found(Protocol::Http1)),
+            (b"GET  / HTTP/1.1", false, Detect::NeedMore),
+            (b"GET / HTTP/1.1 ", false, Detect::NeedMore),
             // Server-speaks-first protocols and binary data.
             (
                 b"\x00\x00\x00\x08\x04\xd2\x16\x2f",

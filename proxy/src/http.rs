@@ -48,6 +48,22 @@ pub fn named_authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// Why a request's authority must not be passed on, if so: userinfo in its target or Host,
+/// which a recipient treats as an error (RFC 9110 §4.2.4; it would go on to the next hop and
+/// into the metrics and the tap), or more than one Host (RFC 9112 §3.2 asks for a 400: an app
+/// reading the last one would serve another host than the one routed and counted).
+pub fn bad_authority(uri: &http::Uri, headers: &HeaderMap) -> Option<&'static str> {
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Some("userinfo in the request target");
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Some("more than one Host header"),
+        (Some(h), None) if h.as_bytes().contains(&b'@') => Some("userinfo in Host"),
+        _ => None,
+    }
+}
+
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
@@ -67,7 +83,9 @@ pub fn error(status: StatusCode, why: &str) -> Response<Body> {
 }
 
 /// Removes the hop-by-hop headers: the fixed list and whatever `Connection` names, except
-/// `te: trailers`, which HTTP/2 allows end to end and gRPC sends.
+/// `te: trailers`, which HTTP/2 allows end to end and gRPC sends. `Trailer` stays: it is end
+/// to end (RFC 9110 §6.6.2), and hyper writes an HTTP/1 message's trailers only when it
+/// announces them.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most requests carry none of them, and most responses only `Connection`: a pass over
     // the names present instead of a hashed removal of every listed one (this runs four
@@ -101,7 +119,6 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ]
@@ -113,6 +130,24 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_with_userinfo_or_two_hosts_are_refused() {
+        let bad = |uri: &str, hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(header::HOST, v.parse().unwrap());
+            }
+            bad_authority(&uri.parse().unwrap(), &h)
+        };
+        assert_eq!(bad("/", &["web"]), None);
+        assert_eq!(bad("http://web:80/", &["other"]), None);
+        assert_eq!(bad("/", &[]), None);
+        assert!(bad("http://alice:s3cret@web/", &["web"]).is_some());
+        assert!(bad("/", &["alice@web"]).is_some());
+        assert!(bad("/", &["web", "admin"]).is_some());
+        assert!(bad("/", &["web", "web"]).is_some());
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
@@ -134,7 +169,6 @@ mod tests {
             "proxy-authenticate",
             "proxy-authorization",
             "te",
-            "trailer",
             "transfer-encoding",
             "upgrade",
             "keep-alive",

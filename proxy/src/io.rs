@@ -115,6 +115,9 @@ impl<I> PrefixedIo<I> {
     pub fn get_ref(&self) -> &I {
         &self.io
     }
+    pub fn into_parts(self) -> (BytesMut, I) {
+        (self.prefix, self.io)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
@@ -185,10 +188,21 @@ impl Detected {
 /// `timeout` passes; returns the verdict and the connection with the prefix to replay. An I/O
 /// error while reading is returned as is (the connection is dead).
 pub async fn detect_io<I: AsyncRead + Unpin>(
+    io: I,
+    timeout: Duration,
+) -> io::Result<(Detected, PrefixedIo<I>)> {
+    detect_more(BytesMut::with_capacity(1024), io, timeout).await
+}
+
+/// [`detect_io`] for a connection whose first bytes `buf` were already read from `io`.
+pub async fn detect_more<I: AsyncRead + Unpin>(
+    mut buf: BytesMut,
     mut io: I,
     timeout: Duration,
 ) -> io::Result<(Detected, PrefixedIo<I>)> {
-    let mut buf = BytesMut::with_capacity(1024);
+    if let Detect::Found(p) = detect(&buf, buf.len() >= MAX_PREFIX) {
+        return Ok((Detected::Found(p), PrefixedIo::new(buf, io)));
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if buf.capacity() == buf.len() {

@@ -37,6 +37,17 @@ pub fn h2c_only<B>(req: &Request<B>) -> bool {
         .all(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
 }
 
+/// Removes a request's hop-by-hop headers but its `Upgrade`, which goes on with `Connection:
+/// upgrade` (and nothing else named). Strips as much again when called twice.
+pub fn strip_keeping_upgrade(h: &mut http::HeaderMap) {
+    let protocol = h.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(h);
+    if let Some(p) = protocol {
+        h.insert(header::UPGRADE, p);
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
 /// Sends `req` (already addressed: its headers as the far side should see them, its target
 /// the path) over `far` and returns the answer; on a 101 the two connections are spliced,
 /// holding `drain` until they close.
@@ -48,14 +59,7 @@ pub async fn forward(
 ) -> Result<Response<Body>, String> {
     let near = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
-    let protocol = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(p) = protocol {
-        parts.headers.insert(header::UPGRADE, p);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
+    strip_keeping_upgrade(&mut parts.headers);
     parts.version = http::Version::HTTP_11;
     // Origin form on the wire: the far side is the server itself (Host names it).
     if let Some(pq) = parts.uri.path_and_query().cloned() {

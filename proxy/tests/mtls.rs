@@ -33,47 +33,11 @@ use meshwork_proxy::{
     outbound::{discover::Static, resolve::Resolver, Outbound},
     tls::Credentials,
 };
-use support::{test_ca, Creds};
+use support::{app, forged_get, raw_mesh, test_ca, Creds};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-/// An app answering every request with the client identity header it received ("none"),
-/// counting requests.
-async fn app(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        h.fetch_add(1, Ordering::Relaxed);
-                        let id = req
-                            .headers()
-                            .get("meshwork-client-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("none")
-                            .to_string();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from(id)),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
 
 async fn listen() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,40 +226,6 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
         2,
         "only the probe reached the app"
     );
-}
-
-/// A GET carrying a forged identity header on `io`, and the whole answer.
-async fn forged_get<S: AsyncReadExt + AsyncWriteExt + Unpin>(io: &mut S) -> String {
-    io.write_all(
-        b"GET / HTTP/1.1\r\nHost: web\r\n\
-          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
-          Connection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    let _ = io.read_to_string(&mut out).await;
-    out
-}
-
-/// A mesh connection made by hand, as a peer proxy would: mTLS to `to` proving `creds`,
-/// expecting `server`, then a transport header for `port` and `protocol`.
-async fn raw_mesh(
-    creds: &Creds,
-    to: SocketAddr,
-    server: &SpiffeId,
-    header: meshwork_proxy::transport_header::TransportHeader,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let name =
-        rustls::pki_types::ServerName::try_from(meshwork_proxy::tls::mesh_server_name(server))
-            .unwrap();
-    let tcp = TcpStream::connect(to).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(creds.client_config(server))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    tls.write_all(&header.encode()).await.unwrap();
-    tls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,20 @@ impl Inbound {
     ) -> std::io::Result<()> {
         let local = tcp.local_addr()?;
         let tcp = crate::io::Counted::new(tcp, &self.metrics, Direction::Inbound);
+        // Plaintext to an opaque app port (the listener's own port takes mesh sessions),
+        // relayed without detection: a server-speaks-first protocol's client (MySQL, SMTP)
+        // says nothing until the app has, and would wait out the detection timeout first.
+        if let Some(app) = self
+            .app_port(local.port(), own)
+            .filter(|a| self.opaque(a.port()))
+        {
+            if self.cfg.policy == Policy::Strict {
+                tracing::info!(%local, "strict inbound policy: plaintext refused");
+                self.metrics.refuse("strict_policy");
+                return Ok(());
+            }
+            return relay(PrefixedIo::new(bytes::BytesMut::new(), tcp), app).await;
+        }
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
             Protocol::Tls { sni: Some(name) } if name == self.own_name => {
@@ -188,13 +202,6 @@ impl Inbound {
                     self.metrics.refuse("strict_policy");
                     return Ok(());
                 }
-                if detected == Detected::Partial {
-                    // An HTTP request line that stopped short: relaying it raw would let the
-                    // rest pass without the identity header being stripped.
-                    tracing::debug!(%local, "inbound: partial request line, closed");
-                    self.metrics.refuse("partial_request");
-                    return Ok(());
-                }
                 let Some(app) = self.app_port(local.port(), own) else {
                     // Addressed to the listener itself (no interception kept another port),
                     // or to another port of the proxy's: relaying would loop or lend out this
@@ -203,7 +210,7 @@ impl Inbound {
                     self.metrics.refuse("no_app_port");
                     return Ok(());
                 };
-                self.plaintext(io, app, other, drain).await
+                self.serve_detected(detected, io, app, None, drain).await
             }
         }
     }
@@ -263,20 +270,15 @@ impl Inbound {
             // header set here like any other, so a peer cannot bring its own.
             SessionProtocol::Opaque => {
                 let (detected, io) = detect_io(tls, self.cfg.detect_timeout).await?;
-                match detected {
-                    Detected::Found(Protocol::Http1) => {
-                        self.http(io, app, Some(client), false, drain).await;
-                        Ok(())
-                    }
-                    Detected::Found(Protocol::Http2) => {
-                        self.http(io, app, Some(client), true, drain).await;
-                        Ok(())
-                    }
-                    Detected::Partial => Ok(()),
-                    _ => relay(io, app).await,
-                }
+                self.serve_detected(detected, io, app, Some(client), drain)
+                    .await
             }
         }
+    }
+
+    /// Whether `port` is one of this pod's opaque ports (`--inbound-opaque-ports`).
+    fn opaque(&self, port: u16) -> bool {
+        self.cfg.opaque_ports.iter().any(|r| r.contains(&port))
     }
 
     /// The app address for `port`, unless it is one of the proxy's own ports.
@@ -285,27 +287,92 @@ impl Inbound {
         (!loops_back(app, own) && !self.cfg.proxy_ports.contains(&port)).then_some(app)
     }
 
-    /// Plaintext from outside the mesh (permissive): to the app port the connection was
-    /// addressed to. With kernel interception the accepted socket keeps that address; a
-    /// connection made to the inbound listener itself names no app port and is closed.
-    async fn plaintext(
+    /// What detection found on a connection for the app at `app`, served: HTTP with the
+    /// client identity header set to `client` (or removed: plaintext from outside the mesh,
+    /// permissive), anything else relayed. With kernel interception a plaintext connection's
+    /// accepted socket keeps the app port it was addressed to.
+    async fn serve_detected<I>(
         self: Arc<Self>,
-        io: PrefixedIo<crate::io::Counted<TcpStream>>,
+        detected: Detected,
+        io: PrefixedIo<I>,
         app: SocketAddr,
-        protocol: Protocol,
+        client: Option<SpiffeId>,
         drain: Watch,
-    ) -> std::io::Result<()> {
-        match protocol {
-            Protocol::Http1 => {
-                self.http(io, app, None, false, drain).await;
+    ) -> std::io::Result<()>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (detected, io) = match detected {
+            Detected::TimedOut => match self.after_silence(io, app, &drain).await? {
+                Some(late) => late,
+                None => return Ok(()),
+            },
+            d => (d, io),
+        };
+        match detected {
+            Detected::Found(Protocol::Http1) => {
+                self.http(io, app, client, false, drain).await;
                 Ok(())
             }
-            Protocol::Http2 => {
-                self.http(io, app, None, true, drain).await;
+            Detected::Found(Protocol::Http2) => {
+                self.http(io, app, client, true, drain).await;
                 Ok(())
             }
-            _ => relay(io, app).await,
+            Detected::Partial => {
+                // An HTTP request line that stopped short: relaying it raw would let the rest
+                // pass without the identity header being stripped.
+                tracing::debug!(%app, "inbound: partial request line, closed");
+                self.metrics.refuse("partial_request");
+                Ok(())
+            }
+            _ => {
+                let _hold = drain;
+                relay(io, app).await
+            }
         }
+    }
+
+    /// The client sent nothing within the detection timeout: a server-speaks-first protocol
+    /// on a port not marked opaque (Linkerd's fallback relays it), or a client waiting out
+    /// detection so that its request reaches the app raw, a forged identity header with it.
+    /// So the app is connected, and whichever side speaks first decides: the app (or either
+    /// closing) — relayed, as before; the client — its bytes are detected like any first
+    /// bytes, and HTTP is returned to be served as HTTP (the app connection made for nothing
+    /// is closed unused). `None` once relayed.
+    async fn after_silence<I>(
+        &self,
+        io: PrefixedIo<I>,
+        app: SocketAddr,
+        drain: &Watch,
+    ) -> std::io::Result<Option<(Detected, PrefixedIo<I>)>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut buf, mut io) = io.into_parts();
+        let mut far = connect_app(app).await?;
+        let client_first = tokio::select! {
+            // Both are cancel-safe: a read that has not completed took nothing.
+            r = io.read_buf(&mut buf) => r? > 0,
+            r = far.readable() => {
+                r?;
+                false
+            }
+        };
+        let (detected, mut io) = if client_first {
+            crate::io::detect_more(buf, io, self.cfg.detect_timeout).await?
+        } else {
+            (Detected::TimedOut, PrefixedIo::new(buf, io))
+        };
+        if matches!(
+            detected,
+            Detected::Found(Protocol::Http1 | Protocol::Http2) | Detected::Partial
+        ) {
+            tracing::debug!(%app, "inbound: HTTP after the detection timeout");
+            return Ok(Some((detected, io)));
+        }
+        let _hold = drain.clone();
+        tokio::io::copy_bidirectional(&mut io, &mut far).await?;
+        Ok(None)
     }
 
     /// Serves HTTP on `io`, each request to `app` with the client identity header set to
@@ -371,7 +438,12 @@ impl Inbound {
             .tracer
             .as_ref()
             .and_then(|t| t.start(req.headers_mut()));
-        let named = crate::http::named_authority(req.uri(), req.headers()).unwrap_or_default();
+        let bad = crate::http::bad_authority(req.uri(), req.headers());
+        // Refused below, and counted without what it named (a password, say).
+        let named = match bad {
+            None => crate::http::named_authority(req.uri(), req.headers()).unwrap_or_default(),
+            Some(_) => "",
+        };
         // A copy (the request moves on), folded only when it has upper case.
         let authority = if named.bytes().any(|b| b.is_ascii_uppercase()) {
             named.to_ascii_lowercase()
@@ -395,6 +467,9 @@ impl Inbound {
             trace_id = %trace_id,
         );
         let resp = async {
+            if let Some(why) = bad {
+                return error(http::StatusCode::BAD_REQUEST, why);
+            }
             if s.client.is_none() && self.cfg.policy == Policy::Strict && !self.probe(&req, s) {
                 self.metrics.refuse("strict_policy");
                 return error(
@@ -467,11 +542,7 @@ impl Inbound {
             );
         }
         let app = session_app;
-        let opaque = self
-            .cfg
-            .opaque_ports
-            .iter()
-            .any(|r| r.contains(&app.port()));
+        let opaque = self.opaque(app.port());
         // An opaque port's tunnel is the app's connection: made before the peer is told yes,
         // so that a refusal is its answer. Any other port's is made once its bytes are known
         // not to be HTTP (HTTP inside, an upgrade above all, makes connections of its own:
@@ -513,25 +584,11 @@ impl Inbound {
             let Ok((detected, io)) = detect_io(near, this.cfg.detect_timeout).await else {
                 return;
             };
-            match detected {
-                Detected::Found(Protocol::Http1) => {
-                    this.http(io, app, Some(client), false, drain).await;
-                }
-                Detected::Found(Protocol::Http2) => {
-                    this.http(io, app, Some(client), true, drain).await;
-                }
-                Detected::Partial => {}
-                _ => {
-                    let mut io = io;
-                    let Ok(mut far) = connect_app(app).await else {
-                        tracing::debug!(%app, "app refused a tunnel");
-                        return;
-                    };
-                    let _hold = drain;
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut far).await {
-                        tracing::debug!(error = %e, "inbound tunnel ended");
-                    }
-                }
+            if let Err(e) = this
+                .serve_detected(detected, io, app, Some(client), drain)
+                .await
+            {
+                tracing::debug!(%app, error = %e, "inbound tunnel ended");
             }
         });
         http::Response::new(crate::http::full(bytes::Bytes::new()))
@@ -601,7 +658,14 @@ impl Inbound {
                 Err(e) => Err((e.to_string(), true)),
             }
         } else {
-            if parts.headers.get(http::header::HOST).is_none() {
+            // Host for a request that came without one, or the target's authority for one in
+            // absolute form, which replaces Host (RFC 9112 §3.2.2): the app sees what was
+            // routed and counted.
+            if parts
+                .headers
+                .get(http::header::HOST)
+                .is_none_or(|h| h.as_bytes() != host.as_bytes())
+            {
                 if let Ok(v) = http::HeaderValue::from_str(&host) {
                     parts.headers.insert(http::header::HOST, v);
                 }
@@ -639,6 +703,9 @@ impl Inbound {
     /// on a connection of its own that is spliced once the app switches protocols.
     async fn upgrade(&self, mut req: Request<Incoming>, s: &Session) -> http::Response<Body> {
         let h = req.headers_mut();
+        // First: a `Connection` naming the identity header would otherwise remove the one
+        // set here when `forward` strips the hop-by-hop headers.
+        crate::upgrade::strip_keeping_upgrade(h);
         h.remove(ORIG_PROTO);
         h.remove(CLIENT_ID);
         if let Some(v) = &s.client_header {
@@ -692,8 +759,7 @@ async fn relay<I>(mut io: I, to: SocketAddr) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut app = TcpStream::connect(to).await?;
-    let _ = app.set_nodelay(true);
+    let mut app = connect_app(to).await?;
     tokio::io::copy_bidirectional(&mut io, &mut app).await?;
     Ok(())
 }

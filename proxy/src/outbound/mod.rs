@@ -235,7 +235,13 @@ impl Outbound {
                 .ok()?,
         };
         let host = a.host();
-        let port = a.port_u16().unwrap_or(80);
+        let port =
+            a.port_u16()
+                .unwrap_or(if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+                    443
+                } else {
+                    80
+                });
         let is_ip = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
         // Built in one buffer, folded in place: one allocation per request.
         let mut out = String::with_capacity(host.len() + 64);
@@ -287,7 +293,11 @@ impl Outbound {
             trace_id = %trace_id,
         );
         let mut peer = String::new();
+        let bad = crate::http::bad_authority(req.uri(), req.headers());
         let resp = async {
+            if let Some(why) = bad {
+                return error(StatusCode::BAD_REQUEST, why);
+            }
             match &authority {
                 None => error(StatusCode::BAD_REQUEST, "the request names no authority"),
                 Some(a) if req.method() == http::Method::CONNECT => {
@@ -330,10 +340,14 @@ impl Outbound {
         peer: &mut String,
     ) -> http::Response<Body> {
         let authority = authority.to_string();
-        if req.headers().contains_key(http::header::UPGRADE) && !crate::upgrade::h2c_only(&req) {
-            // HTTP/1.1 upgrades go by `upgrade`; one in another version is not an upgrade
-            // (RFC 9110 §7.8), and stripping the header would hand the server a plain GET it
-            // answers with a puzzling 400: say so instead.
+        if req.version() == http::Version::HTTP_2
+            && req.headers().contains_key(http::header::UPGRADE)
+            && !crate::upgrade::h2c_only(&req)
+        {
+            // HTTP/1.1 upgrades go by `upgrade`; one in HTTP/2 is not an upgrade (RFC 9113
+            // §8.6), and stripping the header would hand the server a plain GET it answers
+            // with a puzzling 400: say so instead. (HTTP/1.0's is ignored, RFC 9110 §7.8: the
+            // header goes with the other hop-by-hop ones.)
             self.metrics.refuse("upgrade");
             return error(
                 StatusCode::NOT_IMPLEMENTED,

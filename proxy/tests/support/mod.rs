@@ -250,3 +250,73 @@ pub fn metric(metrics: &meshwork_proxy::metrics::Metrics, series: &str) -> Optio
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .map(|v| v.trim().parse().unwrap())
 }
+
+/// An app answering every request with the client identity header it received ("none"),
+/// counting requests.
+pub async fn app(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let id = req
+                            .headers()
+                            .get("meshwork-client-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("none")
+                            .to_string();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(id)),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// A GET carrying a forged identity header on `io`, and the whole answer.
+pub async fn forged_get<S: AsyncReadExt + AsyncWriteExt + Unpin>(io: &mut S) -> String {
+    io.write_all(
+        b"GET / HTTP/1.1\r\nHost: web\r\n\
+          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = io.read_to_string(&mut out).await;
+    out
+}
+
+/// A mesh connection made by hand, as a peer proxy would: mTLS to `to` proving `creds`,
+/// expecting `server`, then a transport header for `port` and `protocol`.
+pub async fn raw_mesh(
+    creds: &Creds,
+    to: SocketAddr,
+    server: &SpiffeId,
+    header: meshwork_proxy::transport_header::TransportHeader,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let name =
+        rustls::pki_types::ServerName::try_from(meshwork_proxy::tls::mesh_server_name(server))
+            .unwrap();
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(creds.client_config(server))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(&header.encode()).await.unwrap();
+    tls
+}
