@@ -74,9 +74,17 @@ async fn app() -> SocketAddr {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("none")
                             .to_string();
+                        let forged = got
+                            .trailers()
+                            .and_then(|t| t.get("meshwork-client-id"))
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("none")
+                            .to_string();
                         let body = String::from_utf8_lossy(&got.to_bytes()).into_owned();
-                        let text =
-                            format!("host={host} client={client} body={body} trailer={trailer}");
+                        let text = format!(
+                            "host={host} client={client} body={body} trailer={trailer} \
+                             trailer-client={forged}"
+                        );
                         let mut t = http::HeaderMap::new();
                         t.insert("x-sum", "42".parse().unwrap());
                         let frames: Vec<Result<Frame<Bytes>, Infallible>> =
@@ -145,14 +153,20 @@ async fn trailers_announced_with_trailer_cross_the_pair_both_ways() {
     let out = exchange(
         proxy,
         b"POST / HTTP/1.1\r\nHost: web.default.svc.cluster.local\r\nTE: trailers\r\n\
-          Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nConnection: close\r\n\r\n\
-          3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n",
+          Transfer-Encoding: chunked\r\nTrailer: x-sum, meshwork-client-id\r\n\
+          Connection: close\r\n\r\n\
+          3\r\nabc\r\n0\r\nx-sum: 7\r\n\
+          meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\r\n",
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
-        out.contains("body=abc trailer=7"),
+        out.contains("body=abc trailer=7 "),
         "the request's trailer reached the app: {out}"
+    );
+    assert!(
+        out.contains("trailer-client=none"),
+        "an identity in the trailers is removed like one in the headers: {out}"
     );
     assert!(
         out.to_ascii_lowercase().contains("\r\nx-sum: 42\r\n"),

@@ -600,6 +600,13 @@ impl Inbound {
         }
         let app = s.app;
         let (mut parts, body) = req.into_parts();
+        // Trailers too: an app may read them beside the headers.
+        let body = body.map_frame(|mut f| {
+            if let Some(t) = f.trailers_mut() {
+                t.remove(CLIENT_ID);
+            }
+            f
+        });
         // HTTP/2 end to end unless the client's proxy says the app there spoke HTTP/1.1 (a
         // plaintext client's own version otherwise).
         let h1_origin = parts.headers.remove(ORIG_PROTO).is_some();
