@@ -50,7 +50,30 @@ impl EndpointState {
     }
 }
 
-pub(super) type Balancers = HashMap<String, Balancer>;
+/// Every authority's balancer, and when those of authorities discovery let go were last
+/// dropped (with the sessions no other authority needs: a proxy keeps no state, and no
+/// connection, for what it was asked once and never again).
+#[derive(Default)]
+pub(super) struct Balancers {
+    by_authority: HashMap<String, Balancer>,
+    swept: Option<Instant>,
+}
+
+/// How often balancers are checked against what discovery still follows.
+const SWEEP: Duration = Duration::from_secs(10);
+
+impl std::ops::Deref for Balancers {
+    type Target = HashMap<String, Balancer>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_authority
+    }
+}
+
+impl std::ops::DerefMut for Balancers {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_authority
+    }
+}
 
 /// The endpoint a request was given: the set it was picked from, its place there, and
 /// whether it is the endpoint's probe after an ejection.
@@ -135,31 +158,27 @@ impl Outbound {
         }
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if all.swept.is_none_or(|t| now - t > SWEEP) {
+            all.swept = Some(now);
+            let idle: Vec<String> = all
+                .keys()
+                .filter(|a| !self.resolver.follows(a))
+                .cloned()
+                .collect();
+            let dropped: Vec<Endpoint> = idle
+                .iter()
+                .filter_map(|a| all.remove(a))
+                .flat_map(|b| b.set.iter().cloned().collect::<Vec<_>>())
+                .collect();
+            self.release(&all, dropped);
+        }
         if !all.contains_key(authority) {
             all.insert(authority.to_string(), Balancer::empty());
         }
         let b = all.get_mut(authority)?;
         if !Arc::ptr_eq(&b.set, &latest) {
             let dropped = b.update(latest, self, now);
-            // Sessions no authority needs any more are let go (their in-flight requests
-            // finish on them regardless). A session is an address with its proxy port and
-            // identity: an address listed again under another identity (a reused pod IP)
-            // still lets the old session go.
-            let gone: Vec<_> = dropped
-                .into_iter()
-                .filter(|e| {
-                    !all.values().any(|other| {
-                        other
-                            .set
-                            .iter()
-                            .any(|o| o.addr == e.addr && o.mesh == e.mesh)
-                    })
-                })
-                .filter_map(|e| Some((e.addr, e.mesh?)))
-                .collect();
-            if !gone.is_empty() {
-                self.pool.forget(gone);
-            }
+            self.release(&all, dropped);
         }
         let b = all.get_mut(authority)?;
         let cfg = &self.cfg.balance;
@@ -265,6 +284,28 @@ impl Outbound {
             return Err(());
         }
         Ok(b.states.iter().filter_map(|s| s.up_at(now)).min())
+    }
+
+    /// Lets go of the sessions to `dropped` endpoints that no authority in `all` lists any
+    /// more (their in-flight requests finish on them regardless). A session is an address
+    /// with its proxy port and identity: an address listed again under another identity (a
+    /// reused pod IP) still lets the old session go.
+    fn release(&self, all: &Balancers, dropped: Vec<Endpoint>) {
+        let gone: Vec<_> = dropped
+            .into_iter()
+            .filter(|e| {
+                !all.values().any(|other| {
+                    other
+                        .set
+                        .iter()
+                        .any(|o| o.addr == e.addr && o.mesh == e.mesh)
+                })
+            })
+            .filter_map(|e| Some((e.addr, e.mesh?)))
+            .collect();
+        if !gone.is_empty() {
+            self.pool.forget(gone);
+        }
     }
 
     /// A request waited the fail-fast timeout in vain: `authority` fails fast from now on.

@@ -89,14 +89,23 @@ struct Entry {
     rx: watch::Receiver<Set>,
     routes: watch::Receiver<RouteSet>,
     failfast: Arc<AtomicBool>,
+    /// The agent said no Service answers to the authority: its stream has ended, and the
+    /// answer stands for `UNKNOWN_TTL` from `asked`.
+    unknown: Arc<AtomicBool>,
+    asked: Instant,
     used: Instant,
 }
 
 /// An authority no request asked for in this long lets its stream go.
-const IDLE: Duration = Duration::from_secs(300);
+const IDLE: Duration = Duration::from_secs(60);
+/// How long "no such Service" stands before the agent is asked again. Such an authority
+/// keeps no stream: an app connecting to many addresses outside the cluster (each
+/// intercepted connection is looked up) must not hold one on the agent per address.
+const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 /// Authorities followed at once; past it, new ones get a 503 (a client sending random Host
-/// headers must not open a stream each on the agent).
-const MAX_AUTHORITIES: usize = 10_000;
+/// headers must not open a stream each on the agent, which serves at most 4,096 for its
+/// whole node: `control/src/destination/server.rs`).
+const MAX_AUTHORITIES: usize = 1_000;
 
 impl Resolver {
     pub fn fixed(statics: Static, metrics: Arc<Metrics>) -> Self {
@@ -186,31 +195,60 @@ impl Resolver {
         }
     }
 
-    /// The endpoints of `authority` (lower-case `host:port`); None: nobody knows it.
+    /// Whether `authority` is still followed (a static entry, or a stream not let go): a
+    /// balancer for one that is not can go too.
+    pub fn follows(&self, authority: &str) -> bool {
+        self.statics.get(authority).is_some()
+            || self.api.as_ref().is_some_and(|api| {
+                api.streams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .by_authority
+                    .contains_key(authority)
+            })
+    }
+
+    /// The endpoints of `authority` (lower-case `host:port`); None: nobody knows it (the
+    /// agent says no Service answers to it, or it did not answer in time).
     pub async fn get(&self, authority: &str) -> Option<Arc<[Endpoint]>> {
         if let Some(eps) = self.statics.get(authority) {
             return Some(eps.clone());
         }
         let api = self.api.as_ref()?;
         let now = Instant::now();
-        let (mut rx, failfast) = {
+        let fed = {
             let mut streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
             if streams
                 .swept
                 .is_none_or(|t| now - t > Duration::from_secs(10))
             {
                 // Dropping an entry's receiver ends its stream (`follow` sees no one left).
-                streams.by_authority.retain(|_, e| now - e.used < IDLE);
+                streams
+                    .by_authority
+                    .retain(|_, e| now - e.used < IDLE && !e.expired(now));
                 streams.swept = Some(now);
             }
             // Looked up before anything is inserted: no copy of the authority per request.
-            if !streams.by_authority.contains_key(authority) {
+            let fresh = streams
+                .by_authority
+                .get(authority)
+                .is_some_and(|e| !e.expired(now));
+            if !fresh {
+                streams.by_authority.remove(authority);
+                if streams.by_authority.len() >= MAX_AUTHORITIES {
+                    // Full: first let go of the answers that ran out since the last sweep
+                    // (an app reaching many outside addresses fills the table with them).
+                    streams
+                        .by_authority
+                        .retain(|_, e| now - e.used < IDLE && !e.expired(now));
+                }
                 if streams.by_authority.len() >= MAX_AUTHORITIES {
                     self.metrics.refuse("discovery_limit");
                     return None;
                 }
                 let (tx, rx) = watch::channel(None);
                 let (routes_tx, routes) = watch::channel(None);
+                let unknown = Arc::new(AtomicBool::new(false));
                 tokio::spawn(follow(
                     api.channel.clone(),
                     authority.to_string(),
@@ -221,12 +259,15 @@ impl Resolver {
                             routed: api.routed.clone(),
                         },
                     ),
+                    unknown.clone(),
                     self.metrics.clone(),
                 ));
                 let e = Entry {
                     rx,
                     routes,
                     failfast: Arc::new(AtomicBool::new(false)),
+                    unknown,
+                    asked: now,
                     used: now,
                 };
                 streams.by_authority.insert(authority.to_string(), e);
@@ -234,13 +275,11 @@ impl Resolver {
             let e = streams.by_authority.get_mut(authority)?;
             e.used = now;
             if let Some(set) = e.rx.borrow().clone() {
-                return Some(set);
+                return (!e.unknown.load(Ordering::Relaxed)).then_some(set);
             }
-            (e.rx.clone(), e.failfast.clone())
+            (e.rx.clone(), e.failfast.clone(), e.unknown.clone())
         };
-        if let Some(set) = rx.borrow().clone() {
-            return Some(set);
-        }
+        let (mut rx, failfast, unknown) = fed;
         if failfast.load(Ordering::Relaxed) {
             return None;
         }
@@ -252,12 +291,20 @@ impl Resolver {
         })
         .await;
         match first {
-            Ok(set) => set,
+            // Flagged before the set is sent: read after it arrived, it is current.
+            Ok(set) => set.filter(|_| !unknown.load(Ordering::Relaxed)),
             Err(_) => {
                 failfast.store(true, Ordering::Relaxed);
                 None
             }
         }
+    }
+}
+
+impl Entry {
+    /// A "no such Service" answer past its time: asked again.
+    fn expired(&self, now: Instant) -> bool {
+        self.unknown.load(Ordering::Relaxed) && now - self.asked > UNKNOWN_TTL
     }
 }
 
@@ -267,15 +314,18 @@ async fn follow(
     channel: tonic::transport::Channel,
     authority: String,
     (tx, routes): (watch::Sender<Set>, RouteFeed),
+    unknown: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let r = tokio::select! {
-            r = stream(channel.clone(), &authority, (&tx, &routes), &metrics) => r,
+            r = stream(channel.clone(), &authority, (&tx, &routes), &unknown, &metrics) => r,
             _ = tx.closed() => return,
         };
         match r {
+            // No such Service: the answer stands for a while, without a stream.
+            Ok(()) if unknown.load(Ordering::Relaxed) => return,
             // The agent ended the stream (it is stopping): reopen at once.
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
@@ -296,6 +346,7 @@ async fn stream(
     channel: tonic::transport::Channel,
     authority: &str,
     (tx, routes): (&watch::Sender<Set>, &RouteFeed),
+    unknown: &AtomicBool,
     metrics: &Metrics,
 ) -> Result<(), String> {
     let mut client = DestinationClient::new(channel);
@@ -326,6 +377,12 @@ async fn stream(
                 if u.routes != raw {
                     routes.set(route_set(authority, &u.routes));
                     raw = u.routes;
+                }
+                if u.unknown {
+                    unknown.store(true, Ordering::Relaxed);
+                    routes.set(None);
+                    tx.send_replace(Some(Vec::new().into()));
+                    return Ok(());
                 }
                 tx.send_replace(Some(set.into()));
             }
