@@ -28,12 +28,30 @@ pub fn h1(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder 
     b
 }
 
+/// Flow-control windows of every HTTP/2 connection the proxy makes or serves (Linkerd's,
+/// `linkerd/app/src/env.rs`): a stream may have 64 KiB unread, a connection 1 MiB. What a
+/// stream holds unread (its app stopped reading an upload or a tunnel) counts against its
+/// session's window too; a stream window as large as the connection's lets one such stream
+/// stall every other one on the session (`tests/sessions.rs` stalls with both at 64 KiB;
+/// hyper's defaults, 1 MiB each on a server, did not stall there, by some margin of h2's).
+pub const STREAM_WINDOW: u32 = 65_535;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Streams open at once on one HTTP/2 connection the proxy serves. hyper's default (200)
+/// would make the 201st tunnel or request from a peer pod wait behind long-lived ones (a
+/// database pool's connections are each a CONNECT stream on the one session); h2 bounds what
+/// a peer resets or leaves unaccepted separately (its rapid-reset limits).
+pub const MAX_CONCURRENT_STREAMS: u32 = 10_000;
+
 /// The HTTP/2 server both stacks run: keep-alive pings find dead peers (Linkerd's 10 s).
 pub fn h2() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     b.timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(3));
+        .keep_alive_timeout(Duration::from_secs(3))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     b
 }
 

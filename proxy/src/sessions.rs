@@ -86,6 +86,8 @@ pub async fn plaintext_h2(
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(3))
+            .initial_stream_window_size(crate::accept::STREAM_WINDOW)
+            .initial_connection_window_size(crate::accept::CONNECTION_WINDOW)
             .handshake(hyper_util::rt::TokioIo::new(
                 Box::new(tcp) as crate::io::BoxedIo
             ))

@@ -139,6 +139,8 @@ impl Inner {
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(crate::accept::STREAM_WINDOW)
+            .initial_connection_window_size(crate::accept::CONNECTION_WINDOW)
             .handshake(TokioIo::new(Box::new(tls) as crate::io::BoxedIo))
             .await
             .map_err(|e| ConnectError::H2(proxy, e))?;

@@ -1,0 +1,199 @@
+//! One mesh session between two proxies carries everything from one pod to another's port:
+//! requests as HTTP/2 streams and opaque TCP as CONNECT streams (`outbound/tunnel.rs`). What
+//! that must not cost: more long-lived tunnels than hyper's default stream limit (200) all
+//! work at once, and one tunnel whose app stops reading does not stall the others (a stream
+//! may hold only its own window, not the whole session's).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
+
+use std::{net::SocketAddr, time::Duration};
+
+mod support;
+
+use meshwork_proxy::{
+    drain::Watch,
+    inbound::{self, Inbound},
+    outbound::{discover::Static, Outbound},
+};
+use support::{test_ca, Creds};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+};
+
+/// A line server: a first line `stall` makes it read nothing more on that connection (an app
+/// that stopped reading); any other line is answered `echo <line>`, and so on.
+async fn line_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut r = BufReader::new(r);
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if line == "stall\n" {
+                        // Holds the connection, reads nothing.
+                        std::future::pending::<()>().await;
+                    }
+                    if w.write_all(format!("echo {line}").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client proxy whose `db.default.svc.cluster.local:7000` is `app` behind a server proxy
+/// (a port that is not opaque: the tunnels' bytes are detected, then relayed).
+async fn pair(app: SocketAddr) -> SocketAddr {
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let db = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/db");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = l.local_addr().unwrap().port();
+    let cfg = inbound::Config {
+        // Every tunnel's first bytes come at once; a short timeout is not waited on.
+        detect_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    tokio::spawn(Inbound::new(cfg, db).serve(l, Watch::never()));
+    let mut d = Static::default();
+    d.parse_entry(&format!(
+        "db.default.svc.cluster.local:7000={app}@{inbound_port}@spiffe://cluster.local/ns/default/sa/db"
+    ))
+    .unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(Outbound::new(Default::default(), client, d).serve(l, Watch::never()));
+    addr
+}
+
+/// A CONNECT tunnel to the app through the client proxy, its answer's head read.
+async fn tunnel(proxy: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"CONNECT db.default.svc.cluster.local:7000 HTTP/1.1\r\n\
+          Host: db.default.svc.cluster.local:7000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "{head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    s
+}
+
+/// A line through `s` and its echo.
+async fn echo(s: &mut TcpStream, line: &str) -> String {
+    s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "{out:?}");
+        out.push(b[0]);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Lets the process hold `n` descriptors (a fresh machine's soft limit is 1,024).
+fn descriptors(n: u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed, nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        if l.rlim_cur < n {
+            assert!(
+                l.rlim_max >= n,
+                "this test needs {n} descriptors; the hard limit is {}",
+                l.rlim_max
+            );
+            l.rlim_cur = n;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_long_lived_tunnels_than_hyper_allows_streams_all_work_at_once() {
+    // Four descriptors per tunnel: the client's, both proxies' sides, the app's.
+    descriptors(4096);
+    let proxy = pair(line_app().await).await;
+    let mut open = Vec::new();
+    for i in 0..300 {
+        let mut s = tokio::time::timeout(Duration::from_secs(10), tunnel(proxy))
+            .await
+            .unwrap_or_else(|_| panic!("tunnel {i} not opened within 10 s"));
+        assert_eq!(
+            echo(&mut s, &format!("hello {i}")).await,
+            format!("echo hello {i}\n")
+        );
+        open.push(s);
+    }
+    // All still open and working.
+    for (i, s) in open.iter_mut().enumerate() {
+        assert_eq!(
+            echo(s, &format!("again {i}")).await,
+            format!("echo again {i}\n")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_app_stopped_reading_does_not_stall_the_others() {
+    let proxy = pair(line_app().await).await;
+    let mut stalled = tunnel(proxy).await;
+    stalled.write_all(b"stall\n").await.unwrap();
+    // Written until every buffer on the way is full (the kernel's on both loopback hops,
+    // then the proxies' as far as their windows allow): until a write waits a whole second.
+    // (Were the path not full yet, the rest of the test would pass with any windows: this
+    // only makes it able to fail.)
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut written = 0usize;
+    while tokio::time::timeout(Duration::from_secs(1), stalled.write_all(&chunk))
+        .await
+        .is_ok()
+    {
+        written += chunk.len();
+        assert!(
+            written < 1 << 30,
+            "1 GiB went into a tunnel whose app reads nothing"
+        );
+    }
+    // Another tunnel on the same session: its bytes must still get through. (With the
+    // server's stream and connection windows both 64 KiB, this one waits for ever.)
+    let mut other = tunnel(proxy).await;
+    // A short first line: the server's proxy detects it as not HTTP (a long run of token
+    // characters would still read as the start of a request line).
+    let hello = tokio::time::timeout(Duration::from_secs(10), echo(&mut other, "hello"));
+    assert_eq!(
+        hello.await.expect("the other tunnel stalled"),
+        "echo hello\n"
+    );
+    for i in 0..20 {
+        let line = format!("{i}{}", "y".repeat(60 * 1024));
+        let got = tokio::time::timeout(Duration::from_secs(10), echo(&mut other, &line))
+            .await
+            .unwrap_or_else(|_| panic!("round {i}: the other tunnel stalled"));
+        assert_eq!(got.len(), line.len() + 6, "round {i}");
+    }
+    drop(stalled);
+}
