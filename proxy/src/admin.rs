@@ -28,8 +28,18 @@ pub struct State {
     pub shutdown: Notify,
 }
 
+/// Connections served at once: probes, scrapes and taps need a few; past it a connection is
+/// closed at once, so that callers anywhere in the cluster (the port is not loopback-only)
+/// cannot hold the process's descriptors.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a caller may take to send a request's headers, or keep an idle connection
+/// (Linkerd's admin server detects within 1 s; kubelet and Prometheus send at once).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, state: Arc<State>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -38,13 +48,18 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, state: Arc<Stat
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.refuse("admin_connections");
+            continue;
+        };
         let (metrics, state) = (metrics.clone(), state.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let r = answer(&req, peer, &metrics, &state);
                 async move { Ok::<_, Infallible>(r) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = crate::accept::h1(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

@@ -29,6 +29,26 @@ use prometheus_client::{
 /// Distinct values of each kind (outbound authority, inbound authority, peer, route) kept as
 /// labels.
 pub const MAX_LABEL_VALUES: usize = 1000;
+
+/// Longest label value kept (a DNS name is at most 253 bytes, a SPIFFE ID 2,048 by its spec
+/// but far shorter in practice); longer ones are `invalid`.
+pub const MAX_LABEL_LEN: usize = 512;
+
+/// Longest path or authority a tap line carries: the 1,024 lines the tap buffers stay small
+/// whatever the clients send.
+const MAX_TAP_FIELD: usize = 1024;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 /// Label sets of the request counter: past it, new combinations count under `overflow` for
 /// authority, route and peer (one series per direction and status class).
 pub const MAX_SERIES: usize = 10_000;
@@ -317,7 +337,9 @@ impl Metrics {
         // prometheus-client writes label values as they are: a quote, backslash or line
         // break from a client's Host header would make the whole page unreadable to a
         // scraper. (Checked only for a value not seen yet: the hot path is the lookup above.)
-        if v.contains(['"', '\\', '\n']) {
+        // Nor may a client make the proxy keep a long value (up to hyper's 400 KiB header
+        // buffer) in each of the label sets, and write it into every scrape.
+        if v.contains(['"', '\\', '\n']) || v.len() > MAX_LABEL_LEN {
             return self.invalid.clone();
         }
         if seen.len() < MAX_LABEL_VALUES {
@@ -409,9 +431,9 @@ impl Metrics {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 "direction": direction,
-                "authority": o.authority,
+                "authority": cut(o.authority, MAX_TAP_FIELD),
                 "method": o.method,
-                "path": o.path,
+                "path": cut(o.path, MAX_TAP_FIELD),
                 "route": o.route.map_or("", |r| &**r),
                 "status": o.status.map(|s| s.as_u16()),
                 "latency_ms": o.elapsed.as_secs_f64() * 1e3,
@@ -422,7 +444,7 @@ impl Metrics {
             let _ = self.tap.send(crate::tap::Event {
                 line,
                 direction,
-                authority: o.authority.to_string(),
+                authority: cut(o.authority, MAX_TAP_FIELD).to_string(),
             });
         }
     }
@@ -601,6 +623,13 @@ mod tests {
         let m = Metrics::new();
         m.request(&ok(Direction::Inbound, "web\"} 1\nx{a=\"", None, ""));
         m.request(&ok(Direction::Inbound, "a\\b", None, ""));
+        // Nor one a client made long to be kept in every label set and scrape.
+        m.request(&ok(
+            Direction::Inbound,
+            &"w".repeat(MAX_LABEL_LEN + 1),
+            None,
+            "",
+        ));
         let text = m.encode();
         let lines: Vec<&str> = text
             .lines()
@@ -608,7 +637,14 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 1, "{text}");
         assert!(lines[0].contains("authority=\"invalid\""), "{text}");
-        assert!(lines[0].ends_with(" 2"), "{text}");
+        assert!(lines[0].ends_with(" 3"), "{text}");
+    }
+
+    #[test]
+    fn tap_fields_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("web:80", 1024), "web:80");
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut(&"é".repeat(600), MAX_TAP_FIELD).len(), MAX_TAP_FIELD);
     }
 
     #[test]

@@ -178,3 +178,47 @@ async fn a_client_stalling_in_a_held_body_gets_408_at_the_request_timeout() {
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_caps_connections_and_closes_silent_ones() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    tokio::spawn(meshwork_proxy::admin::serve(
+        l,
+        metrics.clone(),
+        Arc::new(meshwork_proxy::admin::State::default()),
+    ));
+    // Callers that send nothing hold every slot (the port listens on all addresses).
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(TcpStream::connect(admin).await.unwrap());
+    }
+    // One more is closed at once, and counted.
+    let mut extra = TcpStream::connect(admin).await.unwrap();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut b))
+        .await
+        .expect("a connection past the cap is closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "meshwork_proxy_refused_total{reason=\"admin_connections\"}"
+        ),
+        Some(1)
+    );
+    // The silent ones are closed at the header-read timeout (5 s), which frees the slots.
+    for mut s in silent {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b))
+            .await
+            .expect("a silent admin connection is closed at the header-read timeout");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = String::from_utf8(reply(&mut s).await).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

@@ -246,3 +246,55 @@ async fn connection_naming_the_identity_header_cannot_remove_it_from_an_upgrade(
         "the app must learn who the peer is: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_inside_a_tunnel_is_refused() {
+    // A peer may tunnel to the session's port once; a CONNECT inside that tunnel would let
+    // each level's streams multiply the last's.
+    let app = app().await;
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound = l.local_addr().unwrap();
+    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l, Watch::never()));
+    let mut tls = support::raw_mesh(
+        &client,
+        inbound,
+        &web.id,
+        TransportHeader {
+            port: app.port(),
+            protocol: SessionProtocol::Opaque,
+        },
+    )
+    .await;
+    let connect = format!(
+        "CONNECT 127.0.0.1:{0} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n",
+        app.port()
+    );
+    let mut heads = Vec::new();
+    for _ in 0..2 {
+        tls.write_all(connect.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut b))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert_eq!(n, 1, "closed after {}", String::from_utf8_lossy(&head));
+            head.push(b[0]);
+        }
+        heads.push(String::from_utf8_lossy(&head).into_owned());
+    }
+    assert!(
+        heads[0].starts_with("HTTP/1.1 200"),
+        "the tunnel: {}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("HTTP/1.1 403"),
+        "a tunnel inside it: {}",
+        heads[1]
+    );
+}

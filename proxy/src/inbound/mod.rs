@@ -39,10 +39,13 @@ struct Session {
     /// `client` as the identity header's value, and as text for the metrics and the span.
     client_header: Option<http::HeaderValue>,
     peer: String,
+    /// Served inside a CONNECT tunnel: a CONNECT here is refused (a peer nesting tunnels
+    /// would have each level's streams multiply the last's).
+    tunnelled: bool,
 }
 
 impl Session {
-    fn new(app: SocketAddr, client: Option<SpiffeId>) -> Self {
+    fn new(app: SocketAddr, client: Option<SpiffeId>, tunnelled: bool) -> Self {
         let peer = client.as_ref().map(|c| c.to_string()).unwrap_or_default();
         Session {
             app,
@@ -53,6 +56,7 @@ impl Session {
                 .and_then(|_| http::HeaderValue::from_str(&peer).ok()),
             client,
             peer,
+            tunnelled,
         }
     }
 }
@@ -210,7 +214,8 @@ impl Inbound {
                     self.metrics.refuse("no_app_port");
                     return Ok(());
                 };
-                self.serve_detected(detected, io, app, None, drain).await
+                self.serve_detected(detected, io, app, None, false, drain)
+                    .await
             }
         }
     }
@@ -263,14 +268,14 @@ impl Inbound {
         };
         match header.protocol {
             SessionProtocol::Http2 => {
-                self.http(tls, app, Some(client), true, drain).await;
+                self.http(tls, app, Some(client), true, false, drain).await;
                 Ok(())
             }
             // What the peer calls opaque is still looked at: HTTP inside gets the identity
             // header set here like any other, so a peer cannot bring its own.
             SessionProtocol::Opaque => {
                 let (detected, io) = detect_io(tls, self.cfg.detect_timeout).await?;
-                self.serve_detected(detected, io, app, Some(client), drain)
+                self.serve_detected(detected, io, app, Some(client), false, drain)
                     .await
             }
         }
@@ -297,6 +302,7 @@ impl Inbound {
         io: PrefixedIo<I>,
         app: SocketAddr,
         client: Option<SpiffeId>,
+        tunnelled: bool,
         drain: Watch,
     ) -> std::io::Result<()>
     where
@@ -311,11 +317,11 @@ impl Inbound {
         };
         match detected {
             Detected::Found(Protocol::Http1) => {
-                self.http(io, app, client, false, drain).await;
+                self.http(io, app, client, false, tunnelled, drain).await;
                 Ok(())
             }
             Detected::Found(Protocol::Http2) => {
-                self.http(io, app, client, true, drain).await;
+                self.http(io, app, client, true, tunnelled, drain).await;
                 Ok(())
             }
             Detected::Partial => {
@@ -385,6 +391,7 @@ impl Inbound {
         app: SocketAddr,
         client: Option<SpiffeId>,
         h2: bool,
+        tunnelled: bool,
         drain: Watch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
     where
@@ -392,7 +399,7 @@ impl Inbound {
     {
         Box::pin(async move {
             let this = self.clone();
-            let session = Arc::new(Session::new(app, client));
+            let session = Arc::new(Session::new(app, client, tunnelled));
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let this = this.clone();
                 let session = session.clone();
@@ -477,7 +484,13 @@ impl Inbound {
                     "strict inbound policy: outside the mesh only the pod's probes are served",
                 );
             }
-            if req.method() == http::Method::CONNECT {
+            if req.method() == http::Method::CONNECT && s.tunnelled {
+                self.metrics.refuse("nested_connect");
+                error(
+                    http::StatusCode::FORBIDDEN,
+                    "CONNECT inside a CONNECT tunnel is not served",
+                )
+            } else if req.method() == http::Method::CONNECT {
                 self.tunnel(req, s.app, s.client.clone()).await
             } else {
                 self.forward(req, s).await
@@ -585,7 +598,7 @@ impl Inbound {
                 return;
             };
             if let Err(e) = this
-                .serve_detected(detected, io, app, Some(client), drain)
+                .serve_detected(detected, io, app, Some(client), true, drain)
                 .await
             {
                 tracing::debug!(%app, error = %e, "inbound tunnel ended");
