@@ -211,6 +211,7 @@ async fn start_destination(
         },
         streams: metrics.destination_streams.clone(),
         computed: metrics.destination_answers.clone(),
+        callers: Default::default(),
     };
     let (services, slices) = (watch.services.clone(), watch.slices.clone());
     let changes = server.changes.subscribe();

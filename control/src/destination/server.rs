@@ -5,7 +5,12 @@
 //! not a recomputation, and a recomputation reads what it names through the [`super::Index`],
 //! not every object of the cluster.
 
-use std::{net::IpAddr, pin::Pin};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
@@ -56,6 +61,8 @@ pub struct Server {
     pub streams: prometheus_client::metrics::gauge::Gauge,
     /// Answers computed (first ones and recomputations), over all streams.
     pub computed: prometheus_client::metrics::counter::Counter,
+    /// Streams open by caller address.
+    pub callers: Callers,
 }
 
 impl Server {
@@ -74,6 +81,48 @@ impl Server {
 /// Streams open at once, over all callers.
 pub const MAX_STREAMS: i64 = 4096;
 
+/// Streams open at once from one address (a pod, whose proxy follows at most 1,000
+/// authorities: `proxy/src/outbound/resolve.rs`): one caller — a pod asking with its own
+/// certificate, not through its proxy — cannot take all of the node's [`MAX_STREAMS`].
+pub const MAX_STREAMS_PER_CALLER: usize = 1024;
+
+/// Streams open by caller address, for [`MAX_STREAMS_PER_CALLER`].
+#[derive(Clone, Default)]
+pub struct Callers(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One stream counted for its caller until dropped.
+struct Taken {
+    callers: Callers,
+    ip: IpAddr,
+}
+
+impl Callers {
+    fn take(&self, ip: IpAddr) -> Option<Taken> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_STREAMS_PER_CALLER {
+            return None;
+        }
+        *n += 1;
+        Some(Taken {
+            callers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let mut open = self.callers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -84,6 +133,8 @@ impl destination_server::Destination for Server {
         &self,
         req: tonic::Request<pb::GetDestination>,
     ) -> Result<tonic::Response<UpdateStream>, tonic::Status> {
+        // The caller's address (its pod's): None only on a transport without one.
+        let caller = req.remote_addr().map(|a| a.ip());
         let authority = req.into_inner().authority;
         if !authority.contains(':') || authority.len() > 512 {
             return Err(tonic::Status::invalid_argument(
@@ -95,9 +146,18 @@ impl destination_server::Destination for Server {
                 "{MAX_STREAMS} discovery streams are open on this node"
             )));
         }
+        let taken = match caller {
+            Some(ip) => Some(self.callers.take(ip).ok_or_else(|| {
+                tonic::Status::resource_exhausted(format!(
+                    "{MAX_STREAMS_PER_CALLER} discovery streams are open from {ip}"
+                ))
+            })?),
+            None => None,
+        };
         let this = self.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            let _taken = taken;
             // A partial view would tell a proxy that endpoints are gone.
             let _ = this.services.wait_until_ready().await;
             let _ = this.slices.wait_until_ready().await;
@@ -227,6 +287,7 @@ mod tests {
             },
             streams: Gauge::default(),
             computed: computed.clone(),
+            callers: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -285,5 +346,63 @@ mod tests {
             4,
             "two first answers, then one for each stream's own change"
         );
+    }
+
+    /// One address may hold at most MAX_STREAMS_PER_CALLER streams; another is still served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_caller_cannot_take_every_stream_of_the_node() {
+        let (services, mut sw) = reflector::store::<Service>();
+        let (slices, mut lw) = reflector::store::<EndpointSlice>();
+        let (pods, mut pw) = reflector::store::<Pod>();
+        sw.apply_watcher_event(&watcher::Event::InitDone);
+        lw.apply_watcher_event(&watcher::Event::InitDone);
+        pw.apply_watcher_event(&watcher::Event::InitDone);
+        let server = Server {
+            services,
+            slices,
+            pods,
+            index: Default::default(),
+            changes: broadcast::channel(16).0,
+            naming: Naming {
+                cluster_domain: "cluster.local".into(),
+                trust_domain: "cluster.local".into(),
+            },
+            streams: Gauge::default(),
+            computed: Counter::default(),
+            callers: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            server,
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+        ));
+        let client = |from: &str| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .local_address(Some(from.parse().unwrap()))
+                .connect_lazy()
+        };
+        let get = |c: tonic::transport::Channel| async move {
+            DestinationClient::new(c)
+                .get(pb::GetDestination {
+                    authority: "web.shop.svc.cluster.local:80".into(),
+                })
+                .await
+        };
+        let one = client("127.0.0.1");
+        let mut open = Vec::new();
+        for i in 0..MAX_STREAMS_PER_CALLER {
+            let s = get(one.clone())
+                .await
+                .unwrap_or_else(|e| panic!("stream {i}: {e}"));
+            open.push(s.into_inner());
+        }
+        let refused = get(one.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains("127.0.0.1"), "{refused}");
+        // Another pod on the node is still answered.
+        let mut other = get(client("127.0.0.2")).await.unwrap().into_inner();
+        assert!(other.message().await.unwrap().unwrap().unknown);
     }
 }
