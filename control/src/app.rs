@@ -211,7 +211,9 @@ async fn start_destination(
         },
         streams: metrics.destination_streams.clone(),
         computed: metrics.destination_answers.clone(),
-        callers: Default::default(),
+        callers: meshwork_daemon::quota::PerAddress::new(
+            crate::destination::MAX_STREAMS_PER_CALLER,
+        ),
     };
     let (services, slices) = (watch.services.clone(), watch.slices.clone());
     let changes = server.changes.subscribe();

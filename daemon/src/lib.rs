@@ -1,6 +1,7 @@
 //! What every Meshwork binary does as a process (see README.md).
 
 pub mod admin;
+pub mod quota;
 
 /// A duration as kube's flags take them (`48h`, `90m`, `500ms`, `1h30m`) or plain seconds:
 /// the one parser every Meshwork binary's flags use.

@@ -28,7 +28,7 @@ pub mod identity;
 mod index;
 mod server;
 pub use index::{Index, Objects, Scan, SharedIndex};
-pub use server::{serve, Changed, Server};
+pub use server::{serve, Changed, Server, MAX_STREAMS_PER_CALLER};
 
 /// What names a Service's authority in this cluster.
 #[derive(Clone, Debug)]

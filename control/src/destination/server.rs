@@ -5,12 +5,7 @@
 //! not a recomputation, and a recomputation reads what it names through the [`super::Index`],
 //! not every object of the cluster.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    pin::Pin,
-    sync::{Arc, Mutex},
-};
+use std::{net::IpAddr, pin::Pin};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
@@ -61,8 +56,8 @@ pub struct Server {
     pub streams: prometheus_client::metrics::gauge::Gauge,
     /// Answers computed (first ones and recomputations), over all streams.
     pub computed: prometheus_client::metrics::counter::Counter,
-    /// Streams open by caller address.
-    pub callers: Callers,
+    /// Streams open by caller address ([`MAX_STREAMS_PER_CALLER`]).
+    pub callers: meshwork_daemon::quota::PerAddress,
 }
 
 impl Server {
@@ -82,46 +77,10 @@ impl Server {
 pub const MAX_STREAMS: i64 = 4096;
 
 /// Streams open at once from one address (a pod, whose proxy follows at most 1,000
-/// authorities: `proxy/src/outbound/resolve.rs`): one caller — a pod asking with its own
+/// authorities, `proxy/src/outbound/resolve.rs`, with room for streams it reset that the
+/// agent has not seen end yet): one caller — a pod asking with its own
 /// certificate, not through its proxy — cannot take all of the node's [`MAX_STREAMS`].
-pub const MAX_STREAMS_PER_CALLER: usize = 1024;
-
-/// Streams open by caller address, for [`MAX_STREAMS_PER_CALLER`].
-#[derive(Clone, Default)]
-pub struct Callers(Arc<Mutex<HashMap<IpAddr, usize>>>);
-
-/// One stream counted for its caller until dropped.
-struct Taken {
-    callers: Callers,
-    ip: IpAddr,
-}
-
-impl Callers {
-    fn take(&self, ip: IpAddr) -> Option<Taken> {
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= MAX_STREAMS_PER_CALLER {
-            return None;
-        }
-        *n += 1;
-        Some(Taken {
-            callers: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        let mut open = self.callers.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
+pub const MAX_STREAMS_PER_CALLER: usize = 1536;
 
 type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
 
@@ -159,9 +118,17 @@ impl destination_server::Destination for Server {
         tokio::spawn(async move {
             let _taken = taken;
             // A partial view would tell a proxy that endpoints are gone.
-            let _ = this.services.wait_until_ready().await;
-            let _ = this.slices.wait_until_ready().await;
-            let _ = this.pods.wait_until_ready().await;
+            let ready = async {
+                let _ = this.services.wait_until_ready().await;
+                let _ = this.slices.wait_until_ready().await;
+                let _ = this.pods.wait_until_ready().await;
+            };
+            // A caller that gave up meanwhile gives its stream (and its quota) back now,
+            // not once the stores are ready.
+            tokio::select! {
+                _ = ready => {}
+                _ = tx.closed() => return,
+            }
             this.streams.inc();
             // Subscribed before the first answer is read: a change while it is read is not
             // missed.
@@ -287,7 +254,7 @@ mod tests {
             },
             streams: Gauge::default(),
             computed: computed.clone(),
-            callers: Default::default(),
+            callers: meshwork_daemon::quota::PerAddress::new(MAX_STREAMS_PER_CALLER),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -369,7 +336,7 @@ mod tests {
             },
             streams: Gauge::default(),
             computed: Counter::default(),
-            callers: Default::default(),
+            callers: meshwork_daemon::quota::PerAddress::new(MAX_STREAMS_PER_CALLER),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
