@@ -28,10 +28,12 @@ pub struct State {
     pub shutdown: Notify,
 }
 
-/// Connections served at once: probes, scrapes and taps need a few; past it a connection is
-/// closed at once, so that callers anywhere in the cluster (the port is not loopback-only)
-/// cannot hold the process's descriptors.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one address other than loopback: kubelet's probes (from
+/// the node), a scraper, need a few; past it a connection is closed at once, so that a caller
+/// elsewhere in the cluster (the port is not loopback-only) can neither hold the process's
+/// descriptors nor crowd out the node's probes. `localhost` (the pod's own containers,
+/// `kubectl port-forward` and its taps) is not counted.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 
 /// How long a caller may take to send a request's headers, or keep an idle connection
 /// (Linkerd's admin server detects within 1 s; kubelet and Prometheus send at once).
@@ -39,7 +41,7 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, state: Arc<State>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let quota = meshwork_daemon::quota::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -48,9 +50,18 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, state: Arc<Stat
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.refuse("admin_connections");
-            continue;
+        let localhost = peer.ip() == std::net::Ipv4Addr::LOCALHOST
+            || peer.ip() == std::net::Ipv6Addr::LOCALHOST;
+        let slot = if localhost {
+            None
+        } else {
+            match quota.take(peer.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    metrics.refuse("admin_connections");
+                    continue;
+                }
+            }
         };
         let (metrics, state) = (metrics.clone(), state.clone());
         tokio::spawn(async move {

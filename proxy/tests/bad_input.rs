@@ -179,27 +179,37 @@ async fn a_client_stalling_in_a_held_body_gets_408_at_the_request_timeout() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// A connection to `to` from `from` (a loopback address other than 127.0.0.1 stands for a
+/// caller elsewhere in the cluster).
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_port_caps_connections_and_closes_silent_ones() {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = l.local_addr().unwrap();
+async fn the_admin_port_caps_connections_per_caller_and_closes_silent_ones() {
+    let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
     let metrics = meshwork_proxy::metrics::Metrics::new();
     tokio::spawn(meshwork_proxy::admin::serve(
         l,
         metrics.clone(),
         Arc::new(meshwork_proxy::admin::State::default()),
     ));
-    // Callers that send nothing hold every slot (the port listens on all addresses).
+    // One caller sending nothing holds every slot it may have.
     let mut silent = Vec::new();
-    for _ in 0..64 {
-        silent.push(TcpStream::connect(admin).await.unwrap());
+    for _ in 0..16 {
+        silent.push(connect_from("127.0.0.2", admin).await);
     }
-    // One more is closed at once, and counted.
-    let mut extra = TcpStream::connect(admin).await.unwrap();
+    // One more from it is closed at once, and counted.
+    let mut extra = connect_from("127.0.0.2", admin).await;
     let mut b = [0u8; 1];
     let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut b))
         .await
-        .expect("a connection past the cap is closed at once");
+        .expect("a connection past the caller's cap is closed at once");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     assert_eq!(
         support::metric(
@@ -208,6 +218,15 @@ async fn the_admin_port_caps_connections_and_closes_silent_ones() {
         ),
         Some(1)
     );
+    // Another caller (the node's kubelet, say) is still answered, and so is localhost.
+    for from in ["127.0.0.3", "127.0.0.1"] {
+        let mut s = connect_from(from, admin).await;
+        s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(reply(&mut s).await).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{from}: {out}");
+    }
     // The silent ones are closed at the header-read timeout (5 s), which frees the slots.
     for mut s in silent {
         let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b))
@@ -215,7 +234,7 @@ async fn the_admin_port_caps_connections_and_closes_silent_ones() {
             .expect("a silent admin connection is closed at the header-read timeout");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
-    let mut s = TcpStream::connect(admin).await.unwrap();
+    let mut s = connect_from("127.0.0.2", admin).await;
     s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();

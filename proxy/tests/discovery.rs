@@ -1,7 +1,8 @@
 //! An authority no Service answers to (the agent says `unknown`): the request gets its 503 at
-//! once, not after the fail-fast wait, and the proxy keeps no stream open for it on the agent
-//! (an app reaching many addresses outside the cluster must not hold one per address); a
-//! request to it right after is answered from that answer, without asking again.
+//! once, not after the fail-fast wait. For an address (what an intercepted connection is
+//! looked up by) the proxy keeps no stream open on the agent — an app reaching many addresses
+//! outside the cluster must not hold one per address — and the answer stands a while; for a
+//! name the stream stays, so a Service created later is seen at once.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -30,11 +31,12 @@ use tokio::{
     sync::mpsc,
 };
 
-/// Discovery where nothing is known: every `Get` is counted, answered `unknown`, and its
-/// stream reported on `closed` once the proxy lets go of it.
+/// Discovery where no address is known, and names are what `names` says (None: unknown):
+/// every `Get` is counted, and a stream is reported on `closed` once the proxy lets go of it.
 struct Nothing {
     gets: Arc<AtomicUsize>,
     closed: mpsc::UnboundedSender<()>,
+    names: tokio::sync::watch::Receiver<Option<Vec<pb::Endpoint>>>,
 }
 
 type Updates =
@@ -48,36 +50,56 @@ impl Drop for OnDrop {
     }
 }
 
+fn update(eps: Option<Vec<pb::Endpoint>>) -> pb::Update {
+    pb::Update {
+        unknown: eps.is_none(),
+        endpoints: eps.unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
 #[tonic::async_trait]
 impl pb::destination_server::Destination for Nothing {
     type GetStream = Updates;
 
     async fn get(
         &self,
-        _: tonic::Request<pb::GetDestination>,
+        req: tonic::Request<pb::GetDestination>,
     ) -> Result<tonic::Response<Updates>, tonic::Status> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         let guard = OnDrop(self.closed.clone());
-        // The answer, then a stream that would stay open for ever (as the agent's does).
-        let first = futures::stream::once(async {
-            Ok(pb::Update {
-                unknown: true,
-                ..Default::default()
-            })
-        });
-        let rest = futures::stream::unfold(guard, |g| async move {
-            std::future::pending::<()>().await;
-            Some((Err(tonic::Status::internal("unreachable")), g))
-        });
-        use futures::StreamExt;
-        Ok(tonic::Response::new(Box::pin(first.chain(rest))))
+        let address = req
+            .into_inner()
+            .authority
+            .starts_with(|c: char| c.is_ascii_digit());
+        let names = self.names.clone();
+        // The answer, then one on every change; an address's stays unknown (as the agent's
+        // stream for it would stay open, unchanged).
+        let updates = futures::stream::unfold(
+            (guard, true, names),
+            move |(g, first, mut names)| async move {
+                if address {
+                    if !first {
+                        std::future::pending::<()>().await;
+                    }
+                    return Some((Ok(update(None)), (g, false, names)));
+                }
+                if !first {
+                    names.changed().await.ok()?;
+                }
+                let u = update(names.borrow_and_update().clone());
+                Some((Ok(u), (g, false, names)))
+            },
+        );
+        Ok(tonic::Response::new(Box::pin(updates)))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_authority_no_service_answers_to_gets_503_at_once_and_keeps_no_stream() {
+async fn an_unknown_authority_is_answered_at_once_and_an_address_keeps_no_stream() {
     let gets = Arc::new(AtomicUsize::new(0));
     let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    let (names_tx, names) = tokio::sync::watch::channel(None);
     let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let daddr = dl.local_addr().unwrap();
     tokio::spawn(
@@ -85,6 +107,7 @@ async fn an_authority_no_service_answers_to_gets_503_at_once_and_keeps_no_stream
             .add_service(pb::destination_server::DestinationServer::new(Nothing {
                 gets: gets.clone(),
                 closed: closed_tx,
+                names,
             }))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
     );
@@ -99,7 +122,7 @@ async fn an_authority_no_service_answers_to_gets_503_at_once_and_keeps_no_stream
         metrics.clone(),
     )
     .unwrap();
-    let out = Outbound::with(
+    let outbound = Outbound::with(
         outbound::Config::default(),
         Arc::new(NoCreds),
         resolver,
@@ -107,28 +130,48 @@ async fn an_authority_no_service_answers_to_gets_503_at_once_and_keeps_no_stream
     );
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
-    tokio::spawn(out.serve(l, Watch::never()));
-
-    for _ in 0..2 {
+    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    let get = |host: &'static str| async move {
         let mut s = TcpStream::connect(proxy).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: nowhere.default.svc.cluster.local\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
             .await
             .expect("answered within 10 s (the fail-fast wait is 60)")
             .unwrap();
+        out
+    };
+
+    // An address: 503 at once, twice, from one answer, on a stream the proxy let go.
+    for _ in 0..2 {
+        let out = get("10.96.7.7:80").await;
         assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     }
-    // The proxy let go of the stream the answer came on.
     tokio::time::timeout(Duration::from_secs(10), closed.recv())
         .await
-        .expect("the proxy kept the stream of an unknown authority open")
+        .expect("the proxy kept the stream of an unknown address open")
         .unwrap();
-    assert_eq!(
-        gets.load(Ordering::SeqCst),
-        1,
-        "the second request was answered from the first answer"
-    );
+    assert_eq!(gets.load(Ordering::SeqCst), 1, "asked once");
+
+    // A name: 503 at once too, but its stream stays, and the Service's creation is seen.
+    let name = "web.default.svc.cluster.local:80";
+    let out = get("web.default.svc.cluster.local").await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert_eq!(gets.load(Ordering::SeqCst), 2);
+    let (app, _) = support::backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let seen = outbound.resolver().current(name);
+    names_tx.send_replace(Some(vec![pb::Endpoint {
+        addr: app.to_string(),
+        ..Default::default()
+    }]));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        outbound.resolver().changed(name, seen),
+    )
+    .await
+    .expect("the Service's creation reached the proxy on the open stream");
+    let out = get("web.default.svc.cluster.local").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(gets.load(Ordering::SeqCst), 2, "on the same stream");
 }

@@ -298,3 +298,55 @@ async fn a_connect_inside_a_tunnel_is_refused() {
         heads[1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_proxy_itself_refuses_userinfo_and_two_hosts_and_takes_host_from_the_target() {
+    // What a peer sends it directly (a client proxy refuses or rewrites these first).
+    let app = app().await;
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound = l.local_addr().unwrap();
+    let metrics = Metrics::new();
+    tokio::spawn(
+        Inbound::with(inbound::Config::default(), web.clone(), metrics.clone())
+            .serve(l, Watch::never()),
+    );
+    let send = |req: &'static [u8]| {
+        let (client, web_id) = (client.clone(), web.id.clone());
+        async move {
+            let mut tls = support::raw_mesh(
+                &client,
+                inbound,
+                &web_id,
+                TransportHeader {
+                    port: app.port(),
+                    protocol: SessionProtocol::Opaque,
+                },
+            )
+            .await;
+            tls.write_all(req).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+                .await
+                .expect("an answer and a close within 5 s");
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    for req in [
+        &b"GET http://alice:s3cret@web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: web\r\nHost: s3cret.internal\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = send(req).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    }
+    assert!(!metrics.encode().contains("s3cret"), "{}", metrics.encode());
+    let out = send(
+        b"GET http://web.default.svc.cluster.local/ HTTP/1.1\r\nHost: admin.internal\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("host=web.default.svc.cluster.local "), "{out}");
+}

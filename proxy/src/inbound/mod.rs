@@ -177,18 +177,16 @@ impl Inbound {
     ) -> std::io::Result<()> {
         let local = tcp.local_addr()?;
         let tcp = crate::io::Counted::new(tcp, &self.metrics, Direction::Inbound);
-        // Plaintext to an opaque app port (the listener's own port takes mesh sessions),
-        // relayed without detection: a server-speaks-first protocol's client (MySQL, SMTP)
-        // says nothing until the app has, and would wait out the detection timeout first.
+        // Permissive, plaintext to an opaque app port (the listener's own port takes mesh
+        // sessions): relayed without detection, as the mesh's tunnels to it are, so a
+        // server-speaks-first protocol's client (MySQL, SMTP), which says nothing until the
+        // app has, does not wait out the detection timeout first. (Bytes to an opaque port
+        // are never looked at: no identity header is set or removed there. Strict goes on to
+        // detection, which lets only the app's probes through.)
         if let Some(app) = self
             .app_port(local.port(), own)
-            .filter(|a| self.opaque(a.port()))
+            .filter(|a| self.cfg.policy == Policy::Permissive && self.opaque(a.port()))
         {
-            if self.cfg.policy == Policy::Strict {
-                tracing::info!(%local, "strict inbound policy: plaintext refused");
-                self.metrics.refuse("strict_policy");
-                return Ok(());
-            }
             return relay(PrefixedIo::new(bytes::BytesMut::new(), tcp), app).await;
         }
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
@@ -638,6 +636,8 @@ impl Inbound {
         // The authority the client named, which the app sees: `:authority` in HTTP/2, Host
         // in HTTP/1.1. The connection goes to `app` whatever it says.
         let named = crate::http::named_authority(&parts.uri, &parts.headers);
+        // The target's authority (absolute form; HTTP/2's `:authority`), which replaces Host.
+        let absolute = parts.uri.authority().is_some();
         let target = match named {
             Some(a) if to_h2 => http::uri::Authority::try_from(a),
             _ => Ok(s.app_authority.clone()),
@@ -681,10 +681,9 @@ impl Inbound {
             // Host for a request that came without one, or the target's authority for one in
             // absolute form, which replaces Host (RFC 9112 §3.2.2): the app sees what was
             // routed and counted.
-            if parts
-                .headers
-                .get(http::header::HOST)
-                .is_none_or(|h| h.as_bytes() != host.as_bytes())
+            let host_header = parts.headers.get(http::header::HOST);
+            if host_header.is_none()
+                || (absolute && host_header.is_some_and(|h| h.as_bytes() != host.as_bytes()))
             {
                 if let Ok(v) = http::HeaderValue::from_str(&host) {
                     parts.headers.insert(http::header::HOST, v);
@@ -722,10 +721,21 @@ impl Inbound {
     /// An HTTP/1.1 upgrade (WebSocket) to the app, identity header set as for any request,
     /// on a connection of its own that is spliced once the app switches protocols.
     async fn upgrade(&self, mut req: Request<Incoming>, s: &Session) -> http::Response<Body> {
+        // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+        let target = req
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
         let h = req.headers_mut();
+        if let Some(v) = target {
+            h.insert(http::header::HOST, v);
+        }
         // First: a `Connection` naming the identity header would otherwise remove the one
         // set here when `forward` strips the hop-by-hop headers.
         crate::upgrade::strip_keeping_upgrade(h);
+        // No trailers at all on an upgrade (hyper writes only those `Trailer` names): its
+        // body is not filtered for a forged identity as a request's is.
+        h.remove(http::header::TRAILER);
         h.remove(ORIG_PROTO);
         h.remove(CLIENT_ID);
         if let Some(v) = &s.client_header {

@@ -132,6 +132,11 @@ impl Outbound {
         )
     }
 
+    /// Its discovery (the tests wait on it for an update to arrive).
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     pub fn with(
         cfg: Config,
         creds: Arc<dyn Credentials>,

@@ -89,19 +89,23 @@ struct Entry {
     rx: watch::Receiver<Set>,
     routes: watch::Receiver<RouteSet>,
     failfast: Arc<AtomicBool>,
-    /// The agent said no Service answers to the authority: its stream has ended, and the
-    /// answer stands for `UNKNOWN_TTL` from `asked`.
+    /// The agent says no Service (or pod) answers to the authority: requests to it are
+    /// answered at once. A name's stream stays, and the flag goes when one appears; an
+    /// address's stream ends, and the answer stands for `UNKNOWN_TTL` from `asked`.
     unknown: Arc<AtomicBool>,
+    /// The authority is an address (an intercepted connection's destination), not a name.
+    address: bool,
     asked: Instant,
     used: Instant,
 }
 
 /// An authority no request asked for in this long lets its stream go.
 const IDLE: Duration = Duration::from_secs(60);
-/// How long "no such Service" stands before the agent is asked again. Such an authority
-/// keeps no stream: an app connecting to many addresses outside the cluster (each
-/// intercepted connection is looked up) must not hold one on the agent per address.
-const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+/// How long "nothing at this address" stands before the agent is asked again. Such an
+/// address keeps no stream: an app connecting to many addresses outside the cluster (each
+/// intercepted connection is looked up) must not hold one on the agent per address. Short:
+/// a pod the agent had not seen yet gets plaintext passed through until it is asked again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
 /// Authorities followed at once; past it, new ones get a 503 (a client sending random Host
 /// headers must not open a stream each on the agent, which serves at most 4,096 for its
 /// whole node: `control/src/destination/server.rs`).
@@ -267,6 +271,7 @@ impl Resolver {
                     routes,
                     failfast: Arc::new(AtomicBool::new(false)),
                     unknown,
+                    address: is_address(authority),
                     asked: now,
                     used: now,
                 };
@@ -302,10 +307,20 @@ impl Resolver {
 }
 
 impl Entry {
-    /// A "no such Service" answer past its time: asked again.
+    /// An address's "nothing here" past its time: asked again.
     fn expired(&self, now: Instant) -> bool {
-        self.unknown.load(Ordering::Relaxed) && now - self.asked > UNKNOWN_TTL
+        self.address && self.unknown.load(Ordering::Relaxed) && now - self.asked > UNKNOWN_TTL
     }
+}
+
+/// Whether `authority` (`host:port`) names an address rather than a name.
+fn is_address(authority: &str) -> bool {
+    authority.rsplit_once(':').is_some_and(|(host, _)| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    })
 }
 
 /// Keeps `tx` at the agent's latest set (and routes) for `authority` until no one holds a
@@ -324,10 +339,10 @@ async fn follow(
             _ = tx.closed() => return,
         };
         match r {
-            // No such Service: the answer stands for a while, without a stream.
-            Ok(()) if unknown.load(Ordering::Relaxed) => return,
+            // Nothing at an address: the answer stands for a while, without a stream.
+            Ok(true) => return,
             // The agent ended the stream (it is stopping): reopen at once.
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(false) => backoff = Duration::from_millis(100),
             Err(e) => {
                 metrics.discovery_errors.inc();
                 tracing::info!(%authority, error = %e, retry_in = ?backoff, "discovery: keeping the last endpoints");
@@ -348,7 +363,7 @@ async fn stream(
     (tx, routes): (&watch::Sender<Set>, &RouteFeed),
     unknown: &AtomicBool,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut client = DestinationClient::new(channel);
     let mut updates = client
         .get(pb::GetDestination {
@@ -378,15 +393,18 @@ async fn stream(
                     routes.set(route_set(authority, &u.routes));
                     raw = u.routes;
                 }
+                // Flagged before the set is sent: a reader woken by it sees the flag.
+                unknown.store(u.unknown, Ordering::Relaxed);
                 if u.unknown {
-                    unknown.store(true, Ordering::Relaxed);
-                    routes.set(None);
                     tx.send_replace(Some(Vec::new().into()));
-                    return Ok(());
+                    if is_address(authority) {
+                        return Ok(true);
+                    }
+                    continue;
                 }
                 tx.send_replace(Some(set.into()));
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(false),
             Err(s) => return Err(s.message().to_string()),
         }
     }
@@ -445,4 +463,15 @@ pub fn endpoints(u: &pb::Update) -> Vec<Endpoint> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_and_names() {
+        assert!(super::is_address("10.96.0.7:80"));
+        assert!(super::is_address("[fd00::7]:80"));
+        assert!(!super::is_address("web.shop.svc.cluster.local:80"));
+        assert!(!super::is_address("web:80"));
+    }
 }
