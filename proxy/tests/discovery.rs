@@ -175,3 +175,50 @@ async fn an_unknown_authority_is_answered_at_once_and_an_address_keeps_no_stream
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(gets.load(Ordering::SeqCst), 2, "on the same stream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_follows_at_most_1000_authorities() {
+    let (closed_tx, _closed) = mpsc::unbounded_channel();
+    let (_names_tx, names) = tokio::sync::watch::channel(Some(Vec::new()));
+    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daddr = dl.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Nothing {
+                gets: Arc::new(AtomicUsize::new(0)),
+                closed: closed_tx,
+                names,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &daddr.to_string(),
+        None,
+        Duration::from_secs(10),
+        metrics.clone(),
+    )
+    .unwrap();
+    // Names a client made up (Host headers), each a Service with no endpoints yet.
+    for i in 0..1000 {
+        let a = format!("s{i}.default.svc.cluster.local:80");
+        assert!(resolver.get(&a).await.is_some(), "{a}");
+    }
+    assert!(resolver
+        .get("s1000.default.svc.cluster.local:80")
+        .await
+        .is_none());
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "meshwork_proxy_refused_total{reason=\"discovery_limit\"}"
+        ),
+        Some(1)
+    );
+    // One already followed is still answered.
+    assert!(resolver
+        .get("s7.default.svc.cluster.local:80")
+        .await
+        .is_some());
+}

@@ -56,11 +56,10 @@ impl EndpointState {
 #[derive(Default)]
 pub(super) struct Balancers {
     by_authority: HashMap<String, Balancer>,
-    swept: Option<Instant>,
 }
 
-/// How often balancers are checked against what discovery still follows.
-const SWEEP: Duration = Duration::from_secs(10);
+/// How often discovery's streams and the balancers are checked for authorities let go.
+pub(super) const SWEEP: Duration = Duration::from_secs(10);
 
 impl std::ops::Deref for Balancers {
     type Target = HashMap<String, Balancer>;
@@ -158,20 +157,6 @@ impl Outbound {
         }
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if all.swept.is_none_or(|t| now - t > SWEEP) {
-            all.swept = Some(now);
-            let idle: Vec<String> = all
-                .keys()
-                .filter(|a| !self.resolver.follows(a))
-                .cloned()
-                .collect();
-            let dropped: Vec<Endpoint> = idle
-                .iter()
-                .filter_map(|a| all.remove(a))
-                .flat_map(|b| b.set.iter().cloned().collect::<Vec<_>>())
-                .collect();
-            self.release(&all, dropped);
-        }
         if !all.contains_key(authority) {
             all.insert(authority.to_string(), Balancer::empty());
         }
@@ -284,6 +269,23 @@ impl Outbound {
             return Err(());
         }
         Ok(b.states.iter().filter_map(|s| s.up_at(now)).min())
+    }
+
+    /// Drops the balancers of authorities discovery no longer follows, and the sessions no
+    /// other authority needs (`serve`'s clock, every [`SWEEP`]).
+    pub(super) fn sweep_balancers(&self) {
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let idle: Vec<String> = all
+            .keys()
+            .filter(|a| !self.resolver.follows(a))
+            .cloned()
+            .collect();
+        let dropped: Vec<Endpoint> = idle
+            .iter()
+            .filter_map(|a| all.remove(a))
+            .flat_map(|b| b.set.iter().cloned().collect::<Vec<_>>())
+            .collect();
+        self.release(&all, dropped);
     }
 
     /// Lets go of the sessions to `dropped` endpoints that no authority in `all` lists any

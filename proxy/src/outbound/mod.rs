@@ -163,6 +163,20 @@ impl Outbound {
 
     /// Serves `listener` until the drain begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Watch) {
+        // Discovery streams and balancers of authorities no longer asked for are let go on
+        // a clock, so that a proxy whose app went quiet gives them back too. (Held weakly:
+        // the task ends with the proxy.)
+        let weak = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(balancers::SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                this.resolver.sweep();
+                this.sweep_balancers();
+            }
+        });
         let metrics = self.metrics.clone();
         crate::accept::serve(
             listener,

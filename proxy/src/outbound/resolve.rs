@@ -82,7 +82,15 @@ impl Drop for RouteFeed {
 #[derive(Default)]
 struct Streams {
     by_authority: HashMap<String, Entry>,
-    swept: Option<Instant>,
+}
+
+impl Streams {
+    /// Lets go of authorities not asked for in `IDLE`, and addresses' answers past their
+    /// time. Dropping an entry's receiver ends its stream (`follow` sees no one left).
+    fn sweep(&mut self, now: Instant) {
+        self.by_authority
+            .retain(|_, e| now - e.used < IDLE && !e.expired(now));
+    }
 }
 
 struct Entry {
@@ -199,6 +207,16 @@ impl Resolver {
         }
     }
 
+    /// Lets go of what was not asked for lately (the outbound proxy's clock calls it).
+    pub fn sweep(&self) {
+        if let Some(api) = &self.api {
+            api.streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sweep(Instant::now());
+        }
+    }
+
     /// Whether `authority` is still followed (a static entry, or a stream not let go): a
     /// balancer for one that is not can go too.
     pub fn follows(&self, authority: &str) -> bool {
@@ -222,16 +240,6 @@ impl Resolver {
         let now = Instant::now();
         let fed = {
             let mut streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
-            if streams
-                .swept
-                .is_none_or(|t| now - t > Duration::from_secs(10))
-            {
-                // Dropping an entry's receiver ends its stream (`follow` sees no one left).
-                streams
-                    .by_authority
-                    .retain(|_, e| now - e.used < IDLE && !e.expired(now));
-                streams.swept = Some(now);
-            }
             // Looked up before anything is inserted: no copy of the authority per request.
             let fresh = streams
                 .by_authority
@@ -242,9 +250,7 @@ impl Resolver {
                 if streams.by_authority.len() >= MAX_AUTHORITIES {
                     // Full: first let go of the answers that ran out since the last sweep
                     // (an app reaching many outside addresses fills the table with them).
-                    streams
-                        .by_authority
-                        .retain(|_, e| now - e.used < IDLE && !e.expired(now));
+                    streams.sweep(now);
                 }
                 if streams.by_authority.len() >= MAX_AUTHORITIES {
                     self.metrics.refuse("discovery_limit");
