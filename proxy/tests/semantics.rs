@@ -50,7 +50,8 @@ async fn app() -> SocketAddr {
                                 .unwrap_or("none")
                                 .to_string()
                         };
-                        let (host, client) = (h("host"), h("meshwork-client-id"));
+                        let (host, client, te) =
+                            (h("host"), h("meshwork-client-id"), h("connection"));
                         if req.headers().contains_key(http::header::UPGRADE) {
                             let on = hyper::upgrade::on(&mut req);
                             tokio::spawn(async move {
@@ -83,7 +84,7 @@ async fn app() -> SocketAddr {
                         let body = String::from_utf8_lossy(&got.to_bytes()).into_owned();
                         let text = format!(
                             "host={host} client={client} body={body} trailer={trailer} \
-                             trailer-client={forged}"
+                             trailer-client={forged} connection={te}"
                         );
                         let mut t = http::HeaderMap::new();
                         t.insert("x-sum", "42".parse().unwrap());
@@ -163,6 +164,10 @@ async fn trailers_announced_with_trailer_cross_the_pair_both_ways() {
     assert!(
         out.contains("body=abc trailer=7 "),
         "the request's trailer reached the app: {out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains(" connection=te"),
+        "TE goes on to an HTTP/1.1 app with Connection: TE (RFC 9110 §10.1.4): {out}"
     );
     assert!(
         out.contains("trailer-client=none"),

@@ -689,6 +689,15 @@ impl Inbound {
                     parts.headers.insert(http::header::HOST, v);
                 }
             }
+            // `TE: trailers` (the only TE kept) goes on: without it an HTTP/1.1 server sends
+            // no trailers back. In HTTP/1.1 a TE needs `Connection: TE` beside it (RFC 9110
+            // §10.1.4); the hop-by-hop headers went above, so this is the only Connection.
+            if parts.headers.contains_key(http::header::TE) {
+                parts.headers.insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("te"),
+                );
+            }
             parts.version = http::Version::HTTP_11;
             let req = Request::from_parts(parts, body.boxed());
             self.app
