@@ -50,8 +50,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, state: Arc<Stat
                 continue;
             }
         };
-        let localhost = peer.ip() == std::net::Ipv4Addr::LOCALHOST
-            || peer.ip() == std::net::Ipv6Addr::LOCALHOST;
+        // (`::ffff:127.0.0.1` on a dual-stack listener too.)
+        let localhost = match peer.ip().to_canonical() {
+            std::net::IpAddr::V4(v) => v == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(v) => v == std::net::Ipv6Addr::LOCALHOST,
+        };
         let slot = if localhost {
             None
         } else {
@@ -102,7 +105,7 @@ fn answer(req: &Request<Incoming>, peer: SocketAddr, m: &Metrics, state: &State)
             r
         }
         (&Method::GET, "/tap") => {
-            if !peer.ip().is_loopback() {
+            if !peer.ip().to_canonical().is_loopback() {
                 return text(
                     StatusCode::FORBIDDEN,
                     format!("tap is served to loopback callers only (kubectl port-forward), not {peer}\n"),
@@ -123,7 +126,7 @@ fn answer(req: &Request<Incoming>, peer: SocketAddr, m: &Metrics, state: &State)
             r
         }
         (&Method::POST, "/shutdown") => {
-            if !peer.ip().is_loopback() {
+            if !peer.ip().to_canonical().is_loopback() {
                 return text(
                     StatusCode::FORBIDDEN,
                     "shutdown is served to loopback callers only\n".into(),

@@ -347,6 +347,13 @@ async fn the_server_proxy_itself_refuses_userinfo_and_two_hosts_and_takes_host_f
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
     assert!(!metrics.encode().contains("s3cret"), "{}", metrics.encode());
+    // A Host that is not text stays the client's (it was once replaced by the app's address).
+    let out = send(b"GET / HTTP/1.1\r\nHost: caf\xe9\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("host=none "),
+        "the app's own address as Host: {out}"
+    );
     let out = send(
         b"GET http://web.default.svc.cluster.local/ HTTP/1.1\r\nHost: admin.internal\r\n\
           Connection: close\r\n\r\n",

@@ -672,6 +672,14 @@ impl Outbound {
             req.headers_mut()
                 .insert(ORIG_PROTO, http::HeaderValue::from_static("HTTP/1.1"));
         }
+        // HTTP/1.1 outside the mesh: `TE: trailers` needs `Connection: TE` beside it (RFC
+        // 9110 §10.1.4; the inbound's hop to its app does the same).
+        if version == http::Version::HTTP_11 && req.headers().contains_key(http::header::TE) {
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("te"),
+            );
+        }
         match &ep.mesh {
             Some(mesh) => self
                 .pool

@@ -98,8 +98,9 @@ struct Entry {
     routes: watch::Receiver<RouteSet>,
     failfast: Arc<AtomicBool>,
     /// The agent says no Service (or pod) answers to the authority: requests to it are
-    /// answered at once. A name's stream stays, and the flag goes when one appears; an
-    /// address's stream ends, and the answer stands for `UNKNOWN_TTL` from `asked`.
+    /// answered at once. A name's stream stays (`UNKNOWN_NAME_TTL` from `asked`), and the
+    /// flag goes when one appears; an address's stream ends, and the answer stands for
+    /// `UNKNOWN_TTL` from `asked`.
     unknown: Arc<AtomicBool>,
     /// The authority is an address (an intercepted connection's destination), not a name.
     address: bool,
@@ -114,6 +115,10 @@ const IDLE: Duration = Duration::from_secs(60);
 /// intercepted connection is looked up) must not hold one on the agent per address. Short:
 /// a pod the agent had not seen yet gets plaintext passed through until it is asked again.
 const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+/// How long an unknown name keeps its stream (a Service created meanwhile is seen at once)
+/// before it is let go and asked again at its next request: made-up Host headers hold a
+/// stream each for this long at most, and a full table lets them go first.
+const UNKNOWN_NAME_TTL: Duration = Duration::from_secs(10);
 /// Authorities followed at once; past it, new ones get a 503 (a client sending random Host
 /// headers must not open a stream each on the agent, which serves at most 4,096 for its
 /// whole node: `control/src/destination/server.rs`).
@@ -313,9 +318,14 @@ impl Resolver {
 }
 
 impl Entry {
-    /// An address's "nothing here" past its time: asked again.
+    /// An unknown authority past its time: let go, and asked again at its next request.
     fn expired(&self, now: Instant) -> bool {
-        self.address && self.unknown.load(Ordering::Relaxed) && now - self.asked > UNKNOWN_TTL
+        let ttl = if self.address {
+            UNKNOWN_TTL
+        } else {
+            UNKNOWN_NAME_TTL
+        };
+        self.unknown.load(Ordering::Relaxed) && now - self.asked > ttl
     }
 }
 
@@ -473,6 +483,26 @@ pub fn endpoints(u: &pb::Update) -> Vec<Endpoint> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_answers_expire_addresses_first_names_later_known_ones_never() {
+        let entry = |address: bool, unknown: bool| Entry {
+            rx: watch::channel(None).1,
+            routes: watch::channel(None).1,
+            failfast: Arc::new(AtomicBool::new(false)),
+            unknown: Arc::new(AtomicBool::new(unknown)),
+            address,
+            asked: Instant::now(),
+            used: Instant::now(),
+        };
+        let at = |e: &Entry, d: Duration| e.expired(e.asked + d);
+        let (addr, name, known) = (entry(true, true), entry(false, true), entry(false, false));
+        assert!(!at(&addr, UNKNOWN_TTL / 2) && at(&addr, UNKNOWN_TTL * 2));
+        assert!(!at(&name, UNKNOWN_TTL * 2) && at(&name, UNKNOWN_NAME_TTL * 2));
+        assert!(!at(&known, IDLE * 10));
+    }
+
     #[test]
     fn addresses_and_names() {
         assert!(super::is_address("10.96.0.7:80"));
