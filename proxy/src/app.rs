@@ -81,7 +81,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.discovery_timeout,
             metrics.clone(),
         )
-        .map_err(anyhow::Error::msg)?,
+        .map_err(anyhow::Error::msg)?
+        .idle_after(cfg.discovery_idle_timeout),
         None => Resolver::fixed(statics, metrics.clone()),
     };
     let out = outbound::Outbound::with(

@@ -141,6 +141,10 @@ pub struct Config {
     /// can take it (all in back-off or ejected), before it is answered (fail fast).
     #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
+    /// How long an authority no request asked for is followed (its discovery stream, its
+    /// balancer, its mesh sessions) before it is let go (Linkerd's discovery idle timeout).
+    #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub discovery_idle_timeout: Duration,
     /// How long a client may take to send a request's headers (also the idle limit of a
     /// kept-alive HTTP/1 connection).
     #[arg(long, env = "MESHWORK_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

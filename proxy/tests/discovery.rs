@@ -222,3 +222,82 @@ async fn a_proxy_follows_at_most_1000_authorities() {
         .await
         .is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
+    use meshwork_proxy::inbound::{self, Inbound};
+    let ca = support::test_ca();
+    let client = support::Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = support::Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let (app, _) = support::backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = l.local_addr().unwrap().port();
+    let inbound_metrics = meshwork_proxy::metrics::Metrics::new();
+    tokio::spawn(
+        Inbound::with(inbound::Config::default(), web, inbound_metrics.clone())
+            .serve(l, Watch::never()),
+    );
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    let (_names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
+        addr: app.to_string(),
+        mesh: Some(pb::Mesh {
+            identity: "spiffe://cluster.local/ns/default/sa/web".into(),
+            proxy_port: inbound_port.into(),
+        }),
+        ..Default::default()
+    }]));
+    let gets = Arc::new(AtomicUsize::new(0));
+    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daddr = dl.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Nothing {
+                gets: gets.clone(),
+                closed: closed_tx,
+                names,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &daddr.to_string(),
+        None,
+        Duration::from_secs(10),
+        metrics.clone(),
+    )
+    .unwrap()
+    .idle_after(Duration::from_millis(300));
+    let outbound = Outbound::with(outbound::Config::default(), client, resolver, metrics);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(outbound.serve(l, Watch::never()));
+    let handshakes = || {
+        support::metric(
+            &inbound_metrics,
+            "meshwork_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}",
+        )
+        .unwrap_or(0)
+    };
+    let get = || async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        support::get(&mut s).await
+    };
+
+    assert_eq!(get().await, 200);
+    assert_eq!((gets.load(Ordering::SeqCst), handshakes()), (1, 1));
+    // Nothing asks for it for longer than the idle timeout: the proxy lets the stream go by
+    // itself (no request comes to make it look)...
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("an idle authority's stream was never let go")
+        .unwrap();
+    // ...and with it the balancer and the mesh session: the next request asks again and
+    // makes a new session (a second handshake at the server's proxy).
+    assert_eq!(get().await, 200);
+    assert_eq!(
+        (gets.load(Ordering::SeqCst), handshakes()),
+        (2, 2),
+        "asked again, and a new session"
+    );
+}

@@ -167,8 +167,11 @@ impl Outbound {
         // a clock, so that a proxy whose app went quiet gives them back too. (Held weakly:
         // the task ends with the proxy.)
         let weak = Arc::downgrade(&self);
+        let period = balancers::SWEEP
+            .min(self.resolver.idle() / 2)
+            .max(Duration::from_millis(10));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(balancers::SWEEP);
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;

@@ -48,6 +48,8 @@ struct Api {
     /// Authorities whose current set has routes: while none has, a request's route is known
     /// to be none without a look at the streams (the common case, on every request).
     routed: Arc<AtomicUsize>,
+    /// An authority no request asked for in this long lets its stream go.
+    idle: Duration,
 }
 
 /// An authority's routes as its stream sets them, counted in [`Api::routed`].
@@ -85,11 +87,11 @@ struct Streams {
 }
 
 impl Streams {
-    /// Lets go of authorities not asked for in `IDLE`, and addresses' answers past their
-    /// time. Dropping an entry's receiver ends its stream (`follow` sees no one left).
-    fn sweep(&mut self, now: Instant) {
+    /// Lets go of authorities not asked for in `idle`, and unknown ones past their time.
+    /// Dropping an entry's receiver ends its stream (`follow` sees no one left).
+    fn sweep(&mut self, now: Instant, idle: Duration) {
         self.by_authority
-            .retain(|_, e| now - e.used < IDLE && !e.expired(now));
+            .retain(|_, e| now - e.used < idle && !e.expired(now));
     }
 }
 
@@ -108,8 +110,9 @@ struct Entry {
     used: Instant,
 }
 
-/// An authority no request asked for in this long lets its stream go.
-const IDLE: Duration = Duration::from_secs(60);
+/// An authority no request asked for in this long lets its stream go, by default
+/// (`--discovery-idle-timeout`).
+pub const IDLE: Duration = Duration::from_secs(60);
 /// How long "nothing at this address" stands before the agent is asked again. Such an
 /// address keeps no stream: an app connecting to many addresses outside the cluster (each
 /// intercepted connection is looked up) must not hold one on the agent per address. Short:
@@ -160,9 +163,24 @@ impl Resolver {
                 first,
                 streams: Mutex::new(Streams::default()),
                 routed: Arc::new(AtomicUsize::new(0)),
+                idle: IDLE,
             }),
             metrics,
         })
+    }
+
+    /// Lets an authority's stream go after `idle` without requests (Linkerd's discovery
+    /// idle timeout).
+    pub fn idle_after(mut self, idle: Duration) -> Self {
+        if let Some(api) = &mut self.api {
+            api.idle = idle;
+        }
+        self
+    }
+
+    /// How long an unused authority is followed.
+    pub fn idle(&self) -> Duration {
+        self.api.as_ref().map_or(IDLE, |a| a.idle)
     }
 
     /// The endpoints of `authority` (lower-case `host:port`) now, without waiting.
@@ -218,7 +236,7 @@ impl Resolver {
             api.streams
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .sweep(Instant::now());
+                .sweep(Instant::now(), api.idle);
         }
     }
 
@@ -255,7 +273,7 @@ impl Resolver {
                 if streams.by_authority.len() >= MAX_AUTHORITIES {
                     // Full: first let go of the answers that ran out since the last sweep
                     // (an app reaching many outside addresses fills the table with them).
-                    streams.sweep(now);
+                    streams.sweep(now, api.idle);
                 }
                 if streams.by_authority.len() >= MAX_AUTHORITIES {
                     self.metrics.refuse("discovery_limit");
