@@ -223,3 +223,30 @@ async fn plaintext_to_an_opaque_port_is_relayed_without_waiting_for_detection() 
     w.write_all(b"HELO x\r\n").await.unwrap();
     assert_eq!(answer(&mut r).await, "echo HELO x\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_still_lets_the_apps_probe_through_on_an_opaque_port() {
+    let ca = test_ca();
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let (app, _) = http_app().await;
+    let cfg = inbound::Config {
+        policy: inbound::Policy::Strict,
+        opaque_ports: vec![app.port()..=app.port()],
+        probe_paths: vec![(app.port(), "/healthz".into())],
+        ..Default::default()
+    };
+    inbound(cfg, web, &[app.port()]).await;
+    let mut s = TcpStream::connect(("127.0.0.3", app.port())).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = answer(&mut s).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "the probe: {out}");
+    // Anything else plaintext is still refused.
+    let mut s = TcpStream::connect(("127.0.0.3", app.port())).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = answer(&mut s).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+}
