@@ -194,7 +194,13 @@ async fn sampled_requests_become_chained_spans_at_the_collector() {
                 }
             }
         }
-        if spans.len() >= 2 || tokio::time::Instant::now() > until {
+        // The exporters count a batch once the collector's answer is read, which may come
+        // just after the collector has the spans: wait for both.
+        let exported = |m: &meshwork_proxy::metrics::Metrics| {
+            support::metric(m, "meshwork_proxy_trace_spans_exported_total") == Some(1)
+        };
+        let counted = exported(&client_metrics) && exported(&server_metrics);
+        if (spans.len() >= 2 && counted) || tokio::time::Instant::now() > until {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
