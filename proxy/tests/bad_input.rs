@@ -187,6 +187,15 @@ async fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
     s.connect(to).await.unwrap()
 }
 
+/// `GET /live` from `from` to the admin port at `admin`, and the whole answer.
+async fn live(from: &str, admin: std::net::SocketAddr) -> String {
+    let mut s = connect_from(from, admin).await;
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    String::from_utf8(reply(&mut s).await).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_caps_connections_per_caller_and_closes_silent_ones() {
     let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
@@ -220,11 +229,7 @@ async fn the_admin_port_caps_connections_per_caller_and_closes_silent_ones() {
     );
     // Another caller (the node's kubelet, say) is still answered, and so is localhost.
     for from in ["127.0.0.3", "127.0.0.1"] {
-        let mut s = connect_from(from, admin).await;
-        s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let out = String::from_utf8(reply(&mut s).await).unwrap();
+        let out = live(from, admin).await;
         assert!(out.starts_with("HTTP/1.1 200"), "{from}: {out}");
     }
     // The silent ones are closed at the header-read timeout (5 s), which frees the slots.
@@ -234,10 +239,6 @@ async fn the_admin_port_caps_connections_per_caller_and_closes_silent_ones() {
             .expect("a silent admin connection is closed at the header-read timeout");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
-    let mut s = connect_from("127.0.0.2", admin).await;
-    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let out = String::from_utf8(reply(&mut s).await).unwrap();
+    let out = live("127.0.0.2", admin).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }

@@ -58,6 +58,50 @@ fn update(eps: Option<Vec<pb::Endpoint>>) -> pb::Update {
     }
 }
 
+/// What each test runs: `Nothing` on loopback with `names`, and a resolver (with its proxy's
+/// metrics) reading it, whose first answer may take `first`. Also the count of `Get`s and
+/// the report of streams let go.
+struct Agent {
+    resolver: Resolver,
+    metrics: Arc<meshwork_proxy::metrics::Metrics>,
+    gets: Arc<AtomicUsize>,
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+async fn agent(
+    names: tokio::sync::watch::Receiver<Option<Vec<pb::Endpoint>>>,
+    first: Duration,
+) -> Agent {
+    let gets = Arc::new(AtomicUsize::new(0));
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daddr = dl.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Nothing {
+                gets: gets.clone(),
+                closed: closed_tx,
+                names,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &daddr.to_string(),
+        None,
+        first,
+        metrics.clone(),
+    )
+    .unwrap();
+    Agent {
+        resolver,
+        metrics,
+        gets,
+        closed,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::destination_server::Destination for Nothing {
     type GetStream = Updates;
@@ -97,31 +141,15 @@ impl pb::destination_server::Destination for Nothing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_authority_is_answered_at_once_and_an_address_keeps_no_stream() {
-    let gets = Arc::new(AtomicUsize::new(0));
-    let (closed_tx, mut closed) = mpsc::unbounded_channel();
     let (names_tx, names) = tokio::sync::watch::channel(None);
-    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daddr = dl.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(Nothing {
-                gets: gets.clone(),
-                closed: closed_tx,
-                names,
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
-    );
-    let metrics = meshwork_proxy::metrics::Metrics::new();
     // A fail-fast wait far longer than the test allows an answer: a 503 within it is one
     // given at once.
-    let resolver = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
-        Duration::from_secs(60),
-        metrics.clone(),
-    )
-    .unwrap();
+    let Agent {
+        resolver,
+        metrics,
+        gets,
+        mut closed,
+    } = agent(names, Duration::from_secs(60)).await;
     let outbound = Outbound::with(
         outbound::Config::default(),
         Arc::new(NoCreds),
@@ -178,28 +206,10 @@ async fn an_unknown_authority_is_answered_at_once_and_an_address_keeps_no_stream
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_follows_at_most_1000_authorities() {
-    let (closed_tx, _closed) = mpsc::unbounded_channel();
     let (_names_tx, names) = tokio::sync::watch::channel(Some(Vec::new()));
-    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daddr = dl.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(Nothing {
-                gets: Arc::new(AtomicUsize::new(0)),
-                closed: closed_tx,
-                names,
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
-    );
-    let metrics = meshwork_proxy::metrics::Metrics::new();
-    let resolver = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
-        Duration::from_secs(10),
-        metrics.clone(),
-    )
-    .unwrap();
+    let Agent {
+        resolver, metrics, ..
+    } = agent(names, Duration::from_secs(10)).await;
     // Names a client made up (Host headers), each a Service with no endpoints yet.
     for i in 0..1000 {
         let a = format!("s{i}.default.svc.cluster.local:80");
@@ -237,7 +247,6 @@ async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
         Inbound::with(inbound::Config::default(), web, inbound_metrics.clone())
             .serve(l, Watch::never()),
     );
-    let (closed_tx, mut closed) = mpsc::unbounded_channel();
     let (_names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
         addr: app.to_string(),
         mesh: Some(pb::Mesh {
@@ -246,28 +255,13 @@ async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
         }),
         ..Default::default()
     }]));
-    let gets = Arc::new(AtomicUsize::new(0));
-    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daddr = dl.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(Nothing {
-                gets: gets.clone(),
-                closed: closed_tx,
-                names,
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
-    );
-    let metrics = meshwork_proxy::metrics::Metrics::new();
-    let resolver = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
-        Duration::from_secs(10),
-        metrics.clone(),
-    )
-    .unwrap()
-    .idle_after(Duration::from_millis(300));
+    let Agent {
+        resolver,
+        metrics,
+        gets,
+        mut closed,
+    } = agent(names, Duration::from_secs(10)).await;
+    let resolver = resolver.idle_after(Duration::from_millis(300));
     let outbound = Outbound::with(outbound::Config::default(), client, resolver, metrics);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();

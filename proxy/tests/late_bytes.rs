@@ -95,6 +95,22 @@ async fn inbound(cfg: inbound::Config, creds: std::sync::Arc<Creds>, ports: &[u1
     }
 }
 
+/// A silent client of the greeting app through the proxy at `127.0.0.3:<port>`: the greeting
+/// arrives within 5 s (else `why` fails the test), then a line is echoed.
+async fn greeted_through(port: u16, why: &str) {
+    let s = TcpStream::connect(("127.0.0.3", port)).await.unwrap();
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut greeting = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut greeting))
+        .await
+        .expect(why)
+        .unwrap();
+    assert_eq!(greeting, "220 ready\r\n");
+    w.write_all(b"HELO x\r\n").await.unwrap();
+    assert_eq!(answer(&mut r).await, "echo HELO x\r\n");
+}
+
 /// Reads `io` to its end (at most 5 s) as text.
 async fn answer<S: AsyncReadExt + Unpin>(io: &mut S) -> String {
     let mut buf = Vec::new();
@@ -154,19 +170,7 @@ async fn a_client_that_waits_out_detection_still_cannot_forge_the_identity_heade
 
     // A server-speaks-first app on a port not marked opaque: its greeting reaches the silent
     // client once detection is over, and the rest is relayed as before.
-    let s = TcpStream::connect(("127.0.0.3", greeter.port()))
-        .await
-        .unwrap();
-    let (r, mut w) = s.into_split();
-    let mut r = BufReader::new(r);
-    let mut greeting = String::new();
-    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut greeting))
-        .await
-        .expect("the greeting within 5 s")
-        .unwrap();
-    assert_eq!(greeting, "220 ready\r\n");
-    w.write_all(b"HELO x\r\n").await.unwrap();
-    assert_eq!(answer(&mut r).await, "echo HELO x\r\n");
+    greeted_through(greeter.port(), "the greeting within 5 s").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,19 +213,11 @@ async fn plaintext_to_an_opaque_port_is_relayed_without_waiting_for_detection() 
         ..Default::default()
     };
     inbound(cfg, web, &[greeter.port()]).await;
-    let s = TcpStream::connect(("127.0.0.3", greeter.port()))
-        .await
-        .unwrap();
-    let (r, mut w) = s.into_split();
-    let mut r = BufReader::new(r);
-    let mut greeting = String::new();
-    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut greeting))
-        .await
-        .expect("the greeting within 5 s, not after detection's 60")
-        .unwrap();
-    assert_eq!(greeting, "220 ready\r\n");
-    w.write_all(b"HELO x\r\n").await.unwrap();
-    assert_eq!(answer(&mut r).await, "echo HELO x\r\n");
+    greeted_through(
+        greeter.port(),
+        "the greeting within 5 s, not after detection's 60",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

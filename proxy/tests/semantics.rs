@@ -20,7 +20,6 @@ use meshwork_proxy::{
     drain::Watch,
     inbound::{self, Inbound},
     metrics::Metrics,
-    outbound::{discover::Static, Outbound},
     transport_header::{SessionProtocol, TransportHeader},
 };
 use support::{test_ca, Creds};
@@ -114,38 +113,75 @@ fn empty() -> AppBody {
 
 /// A client proxy whose `web.default.svc.cluster.local:80` is the app behind a server proxy.
 async fn pair(app: SocketAddr) -> (SocketAddr, Arc<Metrics>, Arc<Metrics>) {
-    let ca = test_ca();
-    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
-    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound_port = l.local_addr().unwrap().port();
-    let inbound_metrics = Metrics::new();
-    tokio::spawn(
-        Inbound::with(inbound::Config::default(), web, inbound_metrics.clone())
-            .serve(l, Watch::never()),
-    );
-    let mut d = Static::default();
-    d.parse_entry(&format!(
-        "web.default.svc.cluster.local:80={app}@{inbound_port}@spiffe://cluster.local/ns/default/sa/web"
-    ))
-    .unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let out = Outbound::new(Default::default(), client, d);
-    let out_metrics = out.metrics.clone();
-    tokio::spawn(out.serve(l, Watch::never()));
-    (addr, out_metrics, inbound_metrics)
+    let p = support::mesh_pair(
+        app,
+        "web.default.svc.cluster.local:80",
+        inbound::Config::default(),
+    )
+    .await;
+    (p.outbound, p.outbound_metrics, p.inbound_metrics)
 }
 
 /// Sends `req` on a new connection and reads until the proxy closes (at most 5 s).
 async fn exchange(to: SocketAddr, req: &[u8]) -> String {
-    let mut s = TcpStream::connect(to).await.unwrap();
-    s.write_all(req).await.unwrap();
+    send(&mut TcpStream::connect(to).await.unwrap(), req).await
+}
+
+/// Sends `req` on `io` and reads until the far side closes (at most 5 s).
+async fn send<S: AsyncReadExt + AsyncWriteExt + Unpin>(io: &mut S, req: &[u8]) -> String {
+    io.write_all(req).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+    let _ = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out))
         .await
         .expect("an answer and a close within 5 s");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A server proxy alone, in front of the app, and what a peer needs to speak to it
+/// directly (a client proxy refuses or rewrites much of what these tests send).
+struct ServerProxy {
+    client: Arc<Creds>,
+    web: Arc<Creds>,
+    inbound: SocketAddr,
+    app: SocketAddr,
+    metrics: Arc<Metrics>,
+}
+
+async fn server_proxy() -> ServerProxy {
+    let app = app().await;
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound = l.local_addr().unwrap();
+    let metrics = Metrics::new();
+    tokio::spawn(
+        Inbound::with(inbound::Config::default(), web.clone(), metrics.clone())
+            .serve(l, Watch::never()),
+    );
+    ServerProxy {
+        client,
+        web,
+        inbound,
+        app,
+        metrics,
+    }
+}
+
+impl ServerProxy {
+    /// A mesh session to the app's port, as a peer proxy opens one for opaque bytes.
+    async fn session(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        support::raw_mesh(
+            &self.client,
+            self.inbound,
+            &self.web.id,
+            TransportHeader {
+                port: self.app.port(),
+                protocol: SessionProtocol::Opaque,
+            },
+        )
+        .await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,34 +253,13 @@ async fn userinfo_and_a_second_host_get_a_400_and_stay_out_of_the_metrics() {
 async fn connection_naming_the_identity_header_cannot_remove_it_from_an_upgrade() {
     // A client proxy strips what `Connection` names before the server proxy sees it, so this
     // is a peer speaking for itself over a mesh session (what a compromised proxy can send).
-    let app = app().await;
-    let ca = test_ca();
-    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
-    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound = l.local_addr().unwrap();
-    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l, Watch::never()));
-    let mut tls = support::raw_mesh(
-        &client,
-        inbound,
-        &web.id,
-        TransportHeader {
-            port: app.port(),
-            protocol: SessionProtocol::Opaque,
-        },
-    )
-    .await;
-    tls.write_all(
+    let server = server_proxy().await;
+    let out = send(
+        &mut server.session().await,
         b"GET / HTTP/1.1\r\nHost: web\r\n\
           Connection: upgrade, meshwork-client-id\r\nUpgrade: echo\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
-        .await
-        .expect("an answer and a close within 5 s");
-    let out = String::from_utf8_lossy(&out);
+    .await;
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     assert!(
         out.ends_with("client=spiffe://cluster.local/ns/default/sa/client"),
@@ -256,23 +271,8 @@ async fn connection_naming_the_identity_header_cannot_remove_it_from_an_upgrade(
 async fn a_connect_inside_a_tunnel_is_refused() {
     // A peer may tunnel to the session's port once; a CONNECT inside that tunnel would let
     // each level's streams multiply the last's.
-    let app = app().await;
-    let ca = test_ca();
-    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
-    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound = l.local_addr().unwrap();
-    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l, Watch::never()));
-    let mut tls = support::raw_mesh(
-        &client,
-        inbound,
-        &web.id,
-        TransportHeader {
-            port: app.port(),
-            protocol: SessionProtocol::Opaque,
-        },
-    )
-    .await;
+    let server = server_proxy().await;
+    let (app, mut tls) = (server.app, server.session().await);
     let connect = format!(
         "CONNECT 127.0.0.1:{0} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n",
         app.port()
@@ -307,37 +307,10 @@ async fn a_connect_inside_a_tunnel_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_proxy_itself_refuses_userinfo_and_two_hosts_and_takes_host_from_the_target() {
     // What a peer sends it directly (a client proxy refuses or rewrites these first).
-    let app = app().await;
-    let ca = test_ca();
-    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
-    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound = l.local_addr().unwrap();
-    let metrics = Metrics::new();
-    tokio::spawn(
-        Inbound::with(inbound::Config::default(), web.clone(), metrics.clone())
-            .serve(l, Watch::never()),
-    );
+    let server = server_proxy().await;
     let send = |req: &'static [u8]| {
-        let (client, web_id) = (client.clone(), web.id.clone());
-        async move {
-            let mut tls = support::raw_mesh(
-                &client,
-                inbound,
-                &web_id,
-                TransportHeader {
-                    port: app.port(),
-                    protocol: SessionProtocol::Opaque,
-                },
-            )
-            .await;
-            tls.write_all(req).await.unwrap();
-            let mut out = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
-                .await
-                .expect("an answer and a close within 5 s");
-            String::from_utf8_lossy(&out).into_owned()
-        }
+        let server = &server;
+        async move { send(&mut server.session().await, req).await }
     };
     for req in [
         &b"GET http://alice:s3cret@web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"[..],
@@ -346,7 +319,8 @@ async fn the_server_proxy_itself_refuses_userinfo_and_two_hosts_and_takes_host_f
         let out = send(req).await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
-    assert!(!metrics.encode().contains("s3cret"), "{}", metrics.encode());
+    let metrics = server.metrics.encode();
+    assert!(!metrics.contains("s3cret"), "{metrics}");
     // A Host that is not text stays the client's (it was once replaced by the app's address).
     let out = send(b"GET / HTTP/1.1\r\nHost: caf\xe9\r\nConnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");

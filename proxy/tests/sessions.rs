@@ -13,12 +13,7 @@ use std::{net::SocketAddr, time::Duration};
 
 mod support;
 
-use meshwork_proxy::{
-    drain::Watch,
-    inbound::{self, Inbound},
-    outbound::{discover::Static, Outbound},
-};
-use support::{test_ca, Creds};
+use meshwork_proxy::inbound::{self};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
@@ -58,26 +53,14 @@ async fn line_app() -> SocketAddr {
 /// A client proxy whose `db.default.svc.cluster.local:7000` is `app` behind a server proxy
 /// (a port that is not opaque: the tunnels' bytes are detected, then relayed).
 async fn pair(app: SocketAddr) -> SocketAddr {
-    let ca = test_ca();
-    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
-    let db = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/db");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound_port = l.local_addr().unwrap().port();
     let cfg = inbound::Config {
         // Every tunnel's first bytes come at once; a short timeout is not waited on.
         detect_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    tokio::spawn(Inbound::new(cfg, db).serve(l, Watch::never()));
-    let mut d = Static::default();
-    d.parse_entry(&format!(
-        "db.default.svc.cluster.local:7000={app}@{inbound_port}@spiffe://cluster.local/ns/default/sa/db"
-    ))
-    .unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(Outbound::new(Default::default(), client, d).serve(l, Watch::never()));
-    addr
+    support::mesh_pair(app, "db.default.svc.cluster.local:7000", cfg)
+        .await
+        .outbound
 }
 
 /// A CONNECT tunnel to the app through the client proxy, its answer's head read.

@@ -17,15 +17,13 @@ use std::{
 mod support;
 
 use meshwork_proxy::{
-    drain::Watch,
-    inbound::{self, Inbound},
+    inbound::{self},
     metrics::Metrics,
-    outbound::{discover::Static, Outbound},
 };
-use support::{backend, test_ca, Creds};
+use support::backend;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 /// The value of `name{direction="<direction>"}` in `metrics`' exposition.
@@ -36,27 +34,17 @@ fn counter(metrics: &Metrics, name: &str, direction: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_byte_of_an_accepted_connection_counts_once() {
-    let ca = test_ca();
-    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
-    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
     let (app, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound_port = l.local_addr().unwrap().port();
-    let inbound_metrics = Metrics::new();
-    tokio::spawn(
-        Inbound::with(inbound::Config::default(), web, inbound_metrics.clone())
-            .serve(l, Watch::never()),
-    );
-    let mut d = Static::default();
-    d.parse_entry(&format!(
-        "web.default.svc.cluster.local:80={app}@{inbound_port}@spiffe://cluster.local/ns/default/sa/web"
-    ))
-    .unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let outbound_addr = l.local_addr().unwrap();
-    let out = Outbound::new(Default::default(), client, d);
-    let out_metrics = out.metrics.clone();
-    tokio::spawn(out.serve(l, Watch::never()));
+    let support::MeshPair {
+        outbound: outbound_addr,
+        outbound_metrics: out_metrics,
+        inbound_metrics,
+    } = support::mesh_pair(
+        app,
+        "web.default.svc.cluster.local:80",
+        inbound::Config::default(),
+    )
+    .await;
 
     let (mut sent, mut received) = (0u64, 0u64);
     // An HTTP request, over the mesh.

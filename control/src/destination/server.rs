@@ -224,36 +224,42 @@ mod tests {
         .unwrap()
     }
 
-    /// Through the real gRPC service on loopback: two streams, each answered again for a
-    /// change to its own Service's endpoints and not for the other's, nor for a pod neither
-    /// reads. The count of answers computed says which streams did work.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stream_answers_again_only_for_changes_it_depends_on() {
+    type Writers = (
+        reflector::store::Writer<Service>,
+        reflector::store::Writer<EndpointSlice>,
+        reflector::store::Writer<Pod>,
+    );
+
+    /// Empty stores that have listed (ready), and their writers.
+    fn ready_stores() -> ((Store<Service>, Store<EndpointSlice>, Store<Pod>), Writers) {
         let (services, mut sw) = reflector::store::<Service>();
         let (slices, mut lw) = reflector::store::<EndpointSlice>();
         let (pods, mut pw) = reflector::store::<Pod>();
         sw.apply_watcher_event(&watcher::Event::InitDone);
         lw.apply_watcher_event(&watcher::Event::InitDone);
         pw.apply_watcher_event(&watcher::Event::InitDone);
-        for (name, ip) in [("web", "10.96.0.7"), ("api", "10.96.0.8")] {
-            sw.apply_watcher_event(&watcher::Event::Apply(service(name, ip)));
-        }
-        lw.apply_watcher_event(&watcher::Event::Apply(slice("web", &["10.244.1.5"])));
-        lw.apply_watcher_event(&watcher::Event::Apply(slice("api", &["10.244.1.6"])));
-        let (changes, _) = broadcast::channel(16);
-        let computed = Counter::default();
+        ((services, slices, pods), (sw, lw, pw))
+    }
+
+    /// The service over `stores`, on a loopback port (plaintext), answering as `changes` say
+    /// and counting its answers in `computed`.
+    async fn serve_on_loopback(
+        (services, slices, pods): (Store<Service>, Store<EndpointSlice>, Store<Pod>),
+        changes: broadcast::Sender<Changed>,
+        computed: Counter,
+    ) -> std::net::SocketAddr {
         let server = Server {
             services,
             slices,
             pods,
             index: Default::default(),
-            changes: changes.clone(),
+            changes,
             naming: Naming {
                 cluster_domain: "cluster.local".into(),
                 trust_domain: "cluster.local".into(),
             },
             streams: Gauge::default(),
-            computed: computed.clone(),
+            computed,
             callers: meshwork_daemon::quota::PerAddress::new(MAX_STREAMS_PER_CALLER),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,6 +268,24 @@ mod tests {
             server,
             tokio_stream::wrappers::TcpListenerStream::new(listener),
         ));
+        addr
+    }
+
+    /// Through the real gRPC service on loopback: two streams, each answered again for a
+    /// change to its own Service's endpoints and not for the other's, nor for a pod neither
+    /// reads. The count of answers computed says which streams did work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_answers_again_only_for_changes_it_depends_on() {
+        let ((services, slices, pods), (mut sw, mut lw, _pw)) = ready_stores();
+        for (name, ip) in [("web", "10.96.0.7"), ("api", "10.96.0.8")] {
+            sw.apply_watcher_event(&watcher::Event::Apply(service(name, ip)));
+        }
+        lw.apply_watcher_event(&watcher::Event::Apply(slice("web", &["10.244.1.5"])));
+        lw.apply_watcher_event(&watcher::Event::Apply(slice("api", &["10.244.1.6"])));
+        let (changes, _) = broadcast::channel(16);
+        let computed = Counter::default();
+        let addr =
+            serve_on_loopback((services, slices, pods), changes.clone(), computed.clone()).await;
         let mut client = DestinationClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -318,32 +342,13 @@ mod tests {
     /// One address may hold at most MAX_STREAMS_PER_CALLER streams; another is still served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_caller_cannot_take_every_stream_of_the_node() {
-        let (services, mut sw) = reflector::store::<Service>();
-        let (slices, mut lw) = reflector::store::<EndpointSlice>();
-        let (pods, mut pw) = reflector::store::<Pod>();
-        sw.apply_watcher_event(&watcher::Event::InitDone);
-        lw.apply_watcher_event(&watcher::Event::InitDone);
-        pw.apply_watcher_event(&watcher::Event::InitDone);
-        let server = Server {
-            services,
-            slices,
-            pods,
-            index: Default::default(),
-            changes: broadcast::channel(16).0,
-            naming: Naming {
-                cluster_domain: "cluster.local".into(),
-                trust_domain: "cluster.local".into(),
-            },
-            streams: Gauge::default(),
-            computed: Counter::default(),
-            callers: meshwork_daemon::quota::PerAddress::new(MAX_STREAMS_PER_CALLER),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(
-            server,
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-        ));
+        let ((services, slices, pods), _) = ready_stores();
+        let addr = serve_on_loopback(
+            (services, slices, pods),
+            broadcast::channel(16).0,
+            Counter::default(),
+        )
+        .await;
         let client = |from: &str| {
             tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                 .unwrap()

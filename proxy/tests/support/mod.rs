@@ -320,3 +320,44 @@ pub async fn raw_mesh(
     tls.write_all(&header.encode()).await.unwrap();
     tls
 }
+
+/// A client proxy and a server proxy on loopback, mutual TLS between them: the client
+/// proxy's `authority` is `app` behind the server proxy (run with `inbound`).
+pub struct MeshPair {
+    /// The client proxy's outbound listener.
+    pub outbound: SocketAddr,
+    pub outbound_metrics: Arc<meshwork_proxy::metrics::Metrics>,
+    pub inbound_metrics: Arc<meshwork_proxy::metrics::Metrics>,
+}
+
+pub async fn mesh_pair(
+    app: SocketAddr,
+    authority: &str,
+    inbound: meshwork_proxy::inbound::Config,
+) -> MeshPair {
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = l.local_addr().unwrap().port();
+    let inbound_metrics = meshwork_proxy::metrics::Metrics::new();
+    tokio::spawn(
+        meshwork_proxy::inbound::Inbound::with(inbound, web, inbound_metrics.clone())
+            .serve(l, Watch::never()),
+    );
+    let mut d = Static::default();
+    d.parse_entry(&format!(
+        "{authority}={app}@{inbound_port}@spiffe://cluster.local/ns/default/sa/web"
+    ))
+    .unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = l.local_addr().unwrap();
+    let out = Outbound::new(Default::default(), client, d);
+    let outbound_metrics = out.metrics.clone();
+    tokio::spawn(out.serve(l, Watch::never()));
+    MeshPair {
+        outbound,
+        outbound_metrics,
+        inbound_metrics,
+    }
+}
