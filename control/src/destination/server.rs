@@ -224,6 +224,7 @@ mod tests {
         .unwrap()
     }
 
+    type Stores = (Store<Service>, Store<EndpointSlice>, Store<Pod>);
     type Writers = (
         reflector::store::Writer<Service>,
         reflector::store::Writer<EndpointSlice>,
@@ -231,7 +232,7 @@ mod tests {
     );
 
     /// Empty stores that have listed (ready), and their writers.
-    fn ready_stores() -> ((Store<Service>, Store<EndpointSlice>, Store<Pod>), Writers) {
+    fn ready_stores() -> (Stores, Writers) {
         let (services, mut sw) = reflector::store::<Service>();
         let (slices, mut lw) = reflector::store::<EndpointSlice>();
         let (pods, mut pw) = reflector::store::<Pod>();
@@ -244,7 +245,7 @@ mod tests {
     /// The service over `stores`, on a loopback port (plaintext), answering as `changes` say
     /// and counting its answers in `computed`.
     async fn serve_on_loopback(
-        (services, slices, pods): (Store<Service>, Store<EndpointSlice>, Store<Pod>),
+        (services, slices, pods): Stores,
         changes: broadcast::Sender<Changed>,
         computed: Counter,
     ) -> std::net::SocketAddr {
