@@ -14,7 +14,9 @@
 //! rounds interleaved by path; then each path's maximum at 16 connections. Reported: latency
 //! added over direct (p50, p99, p99.9, max), CPU ms per request of the pair (utime + stime of
 //! both proxies' processes from /proc, and the stime part alone), RSS idle (VmRSS; for the
-//! proxies also anonymous, file-backed and PSS) and peak (VmHWM).
+//! proxies also anonymous, file-backed and PSS) and peak (VmHWM). Last, one bulk download
+//! (`MESHWORK_BENCH_BULK_MB`, default 256) through each path, three rounds: MiB/s and the
+//! pair's CPU per MiB.
 //!
 //! Run: `scripts/setup.sh --bench && cargo build --release --bins && cargo bench -p meshwork-e2e
 //! --bench proxy` (root; `--bench` installs oha). `MESHWORK_BENCH_SECS` sets each run's length (default 10), `MESHWORK_BENCH_ROUNDS`
@@ -302,11 +304,24 @@ fn main() {
     nginx_pki(&dir);
     let d = dir.display();
     let body = "x".repeat(1024);
+    // The bulk download's file (sparse: the page cache serves it, no disk).
+    let bulk_mb = env_u64("MESHWORK_BENCH_BULK_MB", 256);
+    let bulk = m.o.lab.dir().join(MARK).join("bulk");
+    std::fs::create_dir_all(bulk.parent().unwrap()).unwrap();
+    std::fs::File::create(&bulk)
+        .unwrap()
+        .set_len(bulk_mb << 20)
+        .unwrap();
     let _app = nginx(
         &m.o,
         &server_ns,
         "app",
-        &format!("server {{ listen 0.0.0.0:8080 reuseport; keepalive_requests 1000000; location / {{ return 200 '{body}'; }} }}"),
+        &format!(
+            "server {{ listen 0.0.0.0:8080 reuseport; keepalive_requests 1000000;\n\
+             location = /bulk {{ alias {}; }}\n\
+             location / {{ return 200 '{body}'; }} }}",
+            bulk.display()
+        ),
     );
     let _nginx_server = nginx(
         &m.o,
@@ -607,4 +622,57 @@ fn main() {
     println!("RSS idle (MB): {idle_rss:?}");
     println!("RSS idle (MB; anonymous, file-backed, PSS): {idle_split:?}");
     println!("RSS peak (MB): {peak_rss:?}");
+
+    // One bulk download through each path (curl from the client pod, rounds interleaved):
+    // what a single stream carries when the HTTP/2 windows (`proxy/src/accept.rs`), not the
+    // request rate, bound it; and the pair's CPU per MiB.
+    let mut bulk_runs: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for _ in 0..3 {
+        for p in &paths {
+            let url = format!("{}bulk", p.url);
+            let mut args = vec![
+                "curl",
+                "-sS",
+                "--fail",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download} %{speed_download}",
+            ];
+            let host = p.host.map(|h| format!("Host: {h}"));
+            if let Some(h) = &host {
+                args.extend(["-H", h.as_str()]);
+            }
+            args.push(&url);
+            let cpu0 = pair_cpu(&p.pids);
+            let out = m.o.lab.exec(&client_ns, &args);
+            let cpu1 = pair_cpu(&p.pids);
+            let mut f = out.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+            let (size, speed) = (f.next().unwrap(), f.next().unwrap());
+            assert_eq!(size as u64, bulk_mb << 20, "{}: a short download", p.name);
+            let cpu_ms_per_mib = (cpu1.0 + cpu1.1 - cpu0.0 - cpu0.1) * 1e3 / bulk_mb as f64;
+            eprintln!(
+                "bulk {:<9} {:.0} MiB/s; {cpu_ms_per_mib:.2} CPU ms/MiB",
+                p.name,
+                speed / f64::from(1 << 20)
+            );
+            bulk_runs
+                .entry(p.name)
+                .or_default()
+                .push((speed / f64::from(1 << 20), cpu_ms_per_mib));
+        }
+    }
+    println!("\n| bulk download of {bulk_mb} MiB | MiB/s (median of 3) | CPU ms per MiB (pair) |");
+    println!("|---|---|---|");
+    for name in ["direct", "meshwork", "nginx"] {
+        let mut v = bulk_runs[name].clone();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (speed, cpu) = v[v.len() / 2];
+        let cpu = if name == "direct" {
+            "—".into()
+        } else {
+            format!("{cpu:.2}")
+        };
+        println!("| {name} | {speed:.0} | {cpu} |");
+    }
 }
