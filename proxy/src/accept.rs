@@ -28,14 +28,18 @@ pub fn h1(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder 
     b
 }
 
-/// Flow-control windows of every HTTP/2 connection the proxy makes or serves (Linkerd's,
-/// `linkerd/app/src/env.rs`): a stream may have 64 KiB unread, a connection 1 MiB. What a
-/// stream holds unread (its app stopped reading an upload or a tunnel) counts against its
-/// session's window too; a stream window as large as the connection's lets one such stream
-/// stall every other one on the session (`tests/sessions.rs` stalls with both at 64 KiB;
-/// hyper's defaults, 1 MiB each on a server, did not stall there, by some margin of h2's).
-pub const STREAM_WINDOW: u32 = 65_535;
-pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Flow-control windows of every HTTP/2 connection the proxy makes or serves: a stream may
+/// have 256 KiB unread, a connection 4 MiB. What a stream holds unread (its app stopped reading
+/// an upload or a tunnel) counts against its session's window too; a stream window as large
+/// as the connection's lets such streams stall every other one on the session
+/// (`tests/sessions.rs` stalls with both at 256 KiB or 1 MiB). The ratio is Linkerd's (64 KiB
+/// and 1 MiB, `linkerd/app/src/env.rs`; ztunnel's is 1:4 at 4 and 16 MB), the sizes four times
+/// its: at Linkerd's a single stream has at most 64 KiB in flight, which held one bulk download
+/// to 0.72x an nginx pair's MiB/s in the lab, against 1.29x at these (BENCHMARKS.md, "The
+/// proxy pair", bulk download). The price is what a peer may leave buffered in a proxy: 4 MiB
+/// per session instead of 1.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// Streams open at once on one HTTP/2 connection the proxy serves. hyper's default (200)
 /// would make the 201st tunnel or request from a peer pod wait behind long-lived ones (a

@@ -140,15 +140,13 @@ async fn more_long_lived_tunnels_than_hyper_allows_streams_all_work_at_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tunnel_whose_app_stopped_reading_does_not_stall_the_others() {
-    let proxy = pair(line_app().await).await;
+/// A tunnel whose app reads nothing after `stall`, written to until every buffer on the way is
+/// full (the kernel's on both loopback hops, then the proxies' as far as their windows allow):
+/// until a write waits a whole second. (Were the path not full yet, the rest of the test would
+/// pass with any windows: this only makes it able to fail.)
+async fn stalled_tunnel(proxy: SocketAddr) -> TcpStream {
     let mut stalled = tunnel(proxy).await;
     stalled.write_all(b"stall\n").await.unwrap();
-    // Written until every buffer on the way is full (the kernel's on both loopback hops,
-    // then the proxies' as far as their windows allow): until a write waits a whole second.
-    // (Were the path not full yet, the rest of the test would pass with any windows: this
-    // only makes it able to fail.)
     let chunk = vec![b'x'; 64 * 1024];
     let mut written = 0usize;
     while tokio::time::timeout(Duration::from_secs(1), stalled.write_all(&chunk))
@@ -161,8 +159,21 @@ async fn a_tunnel_whose_app_stopped_reading_does_not_stall_the_others() {
             "1 GiB went into a tunnel whose app reads nothing"
         );
     }
-    // Another tunnel on the same session: its bytes must still get through. (With the
-    // server's stream and connection windows both 64 KiB, this one waits for ever.)
+    stalled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_whose_app_stopped_reading_do_not_stall_the_others() {
+    let proxy = pair(line_app().await).await;
+    // Three: one stalled stream holds less than its window here, for a reason of h2's (with
+    // both windows at 256 KiB, one alone stalls nothing), so one would not tell a stream
+    // window as large as the connection's from ours (1/16 of it); three stall the session
+    // with both windows at 256 KiB or at 1 MiB.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stalled_tunnel(proxy).await);
+    }
+    // Another tunnel on the same session: its bytes must still get through.
     let mut other = tunnel(proxy).await;
     // A short first line: the server's proxy detects it as not HTTP (a long run of token
     // characters would still read as the start of a request line).
