@@ -2,7 +2,9 @@
 //! once, not after the fail-fast wait. For an address (what an intercepted connection is
 //! looked up by) the proxy keeps no stream open on the agent — an app reaching many addresses
 //! outside the cluster must not hold one per address — and the answer stands a while; for a
-//! name the stream stays, so a Service created later is seen at once.
+//! name the stream stays, so a Service created later is seen at once. An authority left idle
+//! gives back its stream and its sessions, mTLS or plaintext HTTP/2; a proxy follows at most
+//! 1,000 authorities.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -291,6 +293,94 @@ async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
     assert_eq!(get().await, 200);
     assert_eq!(
         (gets.load(Ordering::SeqCst), handshakes()),
+        (2, 2),
+        "asked again, and a new session"
+    );
+}
+
+/// An app that speaks HTTP/2 (gRPC) to a Service outside the mesh gets a plaintext HTTP/2
+/// session per endpoint; an authority let go lets its sessions go too, or a proxy would keep
+/// a connection to every such endpoint it ever used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // The endpoint: HTTP/2 prior knowledge, each connection counted and its end reported.
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let ended = ended_tx.clone();
+            tokio::spawn(async move {
+                let ok = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Empty::<bytes::Bytes>::new(),
+                    ))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), ok)
+                    .await;
+                let _ = ended.send(());
+            });
+        }
+    });
+    let (_names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
+        addr: app.to_string(),
+        ..Default::default()
+    }]));
+    let Agent {
+        resolver,
+        metrics,
+        gets,
+        mut closed,
+    } = agent(names, Duration::from_secs(10)).await;
+    let resolver = resolver.idle_after(Duration::from_millis(300));
+    let outbound = Outbound::with(
+        outbound::Config::default(),
+        Arc::new(NoCreds),
+        resolver,
+        metrics,
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(outbound.serve(l, Watch::never()));
+    // A request from the app in HTTP/2, on a connection of its own to the proxy.
+    let get = || async move {
+        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("http://web:80/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        send.send_request(req).await.unwrap().status()
+    };
+
+    assert_eq!(get().await, 200);
+    assert_eq!(get().await, 200);
+    assert_eq!(
+        (gets.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)),
+        (1, 1),
+        "one stream, one session to the endpoint"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("an idle authority's stream was never let go")
+        .unwrap();
+    // The endpoint sees its session end, with no request to make the proxy look.
+    tokio::time::timeout(Duration::from_secs(10), ended.recv())
+        .await
+        .expect("the plaintext HTTP/2 session outlived its authority")
+        .unwrap();
+    assert_eq!(get().await, 200);
+    assert_eq!(
+        (gets.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)),
         (2, 2),
         "asked again, and a new session"
     );

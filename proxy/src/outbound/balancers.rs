@@ -290,8 +290,8 @@ impl Outbound {
 
     /// Lets go of the sessions to `dropped` endpoints that no authority in `all` lists any
     /// more (their in-flight requests finish on them regardless). A session is an address
-    /// with its proxy port and identity: an address listed again under another identity (a
-    /// reused pod IP) still lets the old session go.
+    /// with its proxy port and identity (outside the mesh, the address alone): an address
+    /// listed again under another identity (a reused pod IP) still lets the old session go.
     fn release(&self, all: &Balancers, dropped: Vec<Endpoint>) {
         let gone: Vec<_> = dropped
             .into_iter()
@@ -303,7 +303,7 @@ impl Outbound {
                         .any(|o| o.addr == e.addr && o.mesh == e.mesh)
                 })
             })
-            .filter_map(|e| Some((e.addr, e.mesh?)))
+            .map(|e| (e.addr, e.mesh))
             .collect();
         if !gone.is_empty() {
             self.pool.forget(gone);

@@ -39,10 +39,13 @@ type Key = (SocketAddr, u16, SpiffeId);
 /// Longest a new session may take, TCP connect, mTLS and HTTP/2 handshakes together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// HTTP/2 sessions to meshed endpoints (`sessions.rs`: one handshake per endpoint, shared).
+/// HTTP/2 sessions to endpoints (`sessions.rs`: one handshake per endpoint, shared): mTLS to
+/// meshed ones, and prior-knowledge plaintext to those outside the mesh for apps that spoke
+/// HTTP/2 (gRPC).
 pub struct Pool {
     inner: Arc<Inner>,
     sessions: crate::sessions::Sessions<Key, ConnectError>,
+    plain: crate::sessions::Sessions<SocketAddr, String>,
 }
 
 struct Inner {
@@ -64,7 +67,18 @@ impl Pool {
                 connect_timeout,
             }),
             sessions: Default::default(),
+            plain: Default::default(),
         }
+    }
+
+    /// A plaintext HTTP/2 session to `addr`, an endpoint outside the mesh.
+    pub async fn plaintext(&self, addr: SocketAddr) -> Result<SendRequest<Body>, Arc<String>> {
+        let timeout = self.inner.connect_timeout;
+        self.plain
+            .get(addr, move || {
+                Box::pin(crate::sessions::plaintext_h2(addr, timeout))
+            })
+            .await
     }
 
     /// A ready HTTP/2 session to `addr`'s pod through its proxy.
@@ -157,9 +171,12 @@ impl Pool {
     /// Lets go of the sessions to endpoints discovery no longer lists: each closes once its
     /// requests in flight are done (hyper closes an HTTP/2 client connection whose every
     /// handle is gone when its last stream ends), so removed endpoints drain.
-    pub fn forget(&self, gone: Vec<(SocketAddr, Mesh)>) {
+    pub fn forget(&self, gone: Vec<(SocketAddr, Option<Mesh>)>) {
         for (addr, m) in gone {
-            self.sessions.forget(&(addr, m.proxy_port, m.identity));
+            match m {
+                Some(m) => self.sessions.forget(&(addr, m.proxy_port, m.identity)),
+                None => self.plain.forget(&addr),
+            }
         }
     }
 

@@ -104,9 +104,6 @@ pub struct Outbound {
     resolver: Resolver,
     pool: Arc<Pool>,
     plain: Client<HttpConnector, Body>,
-    /// Prior-knowledge HTTP/2 outside the mesh, for apps that spoke HTTP/2 (gRPC): a session
-    /// per endpoint.
-    plain_h2: crate::sessions::Sessions<std::net::SocketAddr, String>,
     /// Per endpoint: its load estimate and breaker (pruned to what discovery still lists).
     /// Keyed by authority too: each Service balances and ejects on its own, and routing one
     /// never prunes another's.
@@ -150,7 +147,6 @@ impl Outbound {
         Arc::new(Outbound {
             pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),
             plain: Client::builder(TokioExecutor::new()).build(http),
-            plain_h2: Default::default(),
             cfg,
             resolver,
             endpoints: Mutex::new(Default::default()),
@@ -711,14 +707,8 @@ impl Outbound {
                     }
                 }),
             None if app_h2 => {
-                let (addr, timeout) = (ep.addr, self.cfg.connect_timeout);
-                let mut send = match self
-                    .plain_h2
-                    .get(addr, move || {
-                        Box::pin(crate::sessions::plaintext_h2(addr, timeout))
-                    })
-                    .await
-                {
+                let addr = ep.addr;
+                let mut send = match self.pool.plaintext(addr).await {
                     Ok(s) => s,
                     Err(e) => return Err(Failed::unsent(e.to_string(), Some(req.into_body()))),
                 };
