@@ -194,6 +194,8 @@ pub async fn serve<IO>(
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
+    use std::time::Duration;
+
     use kube::runtime::{reflector, watcher};
     use meshwork_destination_api::pb::destination_client::DestinationClient;
     use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
@@ -231,11 +233,17 @@ mod tests {
         reflector::store::Writer<Pod>,
     );
 
+    /// Empty stores that have not listed yet (an agent just started), and their writers.
+    fn unready_stores() -> (Stores, Writers) {
+        let (services, sw) = reflector::store::<Service>();
+        let (slices, lw) = reflector::store::<EndpointSlice>();
+        let (pods, pw) = reflector::store::<Pod>();
+        ((services, slices, pods), (sw, lw, pw))
+    }
+
     /// Empty stores that have listed (ready), and their writers.
     fn ready_stores() -> (Stores, Writers) {
-        let (services, mut sw) = reflector::store::<Service>();
-        let (slices, mut lw) = reflector::store::<EndpointSlice>();
-        let (pods, mut pw) = reflector::store::<Pod>();
+        let ((services, slices, pods), (mut sw, mut lw, mut pw)) = unready_stores();
         sw.apply_watcher_event(&watcher::Event::InitDone);
         lw.apply_watcher_event(&watcher::Event::InitDone);
         pw.apply_watcher_event(&watcher::Event::InitDone);
@@ -377,5 +385,40 @@ mod tests {
         // Another pod on the node is still answered.
         let mut other = get(client("127.0.0.2")).await.unwrap().into_inner();
         assert!(other.message().await.unwrap().unwrap().unknown);
+    }
+
+    /// Streams a caller gave up while the agent's stores were still listing give their quota
+    /// back then, not once the stores are ready (which may be never, with the API server
+    /// away): else a proxy's reconnects during an outage would lock its pod out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_given_up_before_the_stores_are_ready_give_their_quota_back() {
+        let (stores, _writers) = unready_stores();
+        let addr = serve_on_loopback(stores, broadcast::channel(16).0, Counter::default()).await;
+        let mut client = DestinationClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut get = async || {
+            client
+                .get(pb::GetDestination {
+                    authority: "web.shop.svc.cluster.local:80".into(),
+                })
+                .await
+        };
+        let mut open = Vec::new();
+        for i in 0..MAX_STREAMS_PER_CALLER {
+            let s = get().await.unwrap_or_else(|e| panic!("stream {i}: {e}"));
+            open.push(s.into_inner());
+        }
+        let refused = get().await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        // The caller resets them all (tonic's client does when a stream is dropped).
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while get().await.is_err() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the streams given up still hold the caller's quota");
     }
 }
