@@ -385,3 +385,52 @@ async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
         "asked again, and a new session"
     );
 }
+
+/// What the agent said of an unknown authority stands a while, then it is asked again at the
+/// next request: an address after 2 s (its stream already ended), a name after 10 s (its
+/// stream open until then, and let go when it is asked again). The clock is what is under
+/// test here: the waits are the times themselves, with margins either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_authorities_are_asked_again_once_their_answer_ran_out() {
+    let (_names_tx, names) = tokio::sync::watch::channel(None);
+    let Agent {
+        resolver,
+        gets,
+        mut closed,
+        ..
+    } = agent(names, Duration::from_secs(10)).await;
+    let (addr, name) = ("10.96.7.7:80", "web.default.svc.cluster.local:80");
+    let asked = |n| assert_eq!(gets.load(Ordering::SeqCst), n, "asks of the agent");
+    let let_go = async |closed: &mut mpsc::UnboundedReceiver<()>, what: &str| {
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: its stream was not let go"))
+            .unwrap();
+    };
+    let t0 = tokio::time::Instant::now();
+    assert!(resolver.get(addr).await.is_none());
+    assert!(resolver.get(name).await.is_none());
+    asked(2);
+    let_go(&mut closed, "the address, at once").await;
+
+    tokio::time::sleep_until(t0 + Duration::from_secs(1)).await;
+    assert!(resolver.get(addr).await.is_none());
+    assert!(resolver.get(name).await.is_none());
+    asked(2);
+
+    tokio::time::sleep_until(t0 + Duration::from_secs(3)).await;
+    assert!(resolver.get(addr).await.is_none());
+    asked(3);
+    let_go(&mut closed, "the address asked again").await;
+    assert!(resolver.get(name).await.is_none());
+    asked(3);
+    assert!(
+        closed.try_recv().is_err(),
+        "the name's stream was let go early"
+    );
+
+    tokio::time::sleep_until(t0 + Duration::from_secs(11)).await;
+    assert!(resolver.get(name).await.is_none());
+    asked(4);
+    let_go(&mut closed, "the name's first stream").await;
+}
