@@ -35,9 +35,9 @@ pub fn h1(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder 
 /// (`tests/sessions.rs` stalls with both at 256 KiB or 1 MiB). The ratio is Linkerd's (64 KiB
 /// and 1 MiB, `linkerd/app/src/env.rs`; ztunnel's is 1:4 at 4 and 16 MB), the sizes four times
 /// its: at Linkerd's a single stream has at most 64 KiB in flight, which held one bulk download
-/// to 0.72x an nginx pair's MiB/s in the lab, against 1.29x at these (BENCHMARKS.md, "The
-/// proxy pair", bulk download). The price is what a peer may leave buffered in a proxy: 4 MiB
-/// per session instead of 1.
+/// to 0.72x an nginx pair's MiB/s in the lab, against 1.03x and 1.29x in two runs at these, for
+/// a third less CPU per MiB (BENCHMARKS.md, "The proxy pair", bulk download). The price is
+/// what a peer may leave buffered in a proxy: 4 MiB per session instead of 1.
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
