@@ -1,6 +1,7 @@
 //! Graceful drain through the real outbound stack on loopback: a request in flight when the
 //! drain begins finishes with its answer, its connection then closes, the listener takes no
-//! new connection, and the drain reports everything done within the grace period.
+//! new connection, and the drain reports everything done within the grace period. A tunnel
+//! holds the drain until it closes.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -85,4 +86,69 @@ async fn in_flight_requests_finish_and_nothing_new_is_taken() {
         draining.await.unwrap(),
         "every connection finished within the grace"
     );
+}
+
+/// A CONNECT tunnel (or a WebSocket) outlives the HTTP/1 connection it was made on: hyper's
+/// connection ends at the upgrade, so the tunnel itself must hold the drain, or the proxy
+/// would exit under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_tunnel_holds_the_drain_until_it_closes() {
+    // An echo backend.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut d = Static::default();
+    d.parse_entry(&format!("db:7000={backend}")).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    let (signal, watch) = drain::channel();
+    let creds: Arc<dyn meshwork_proxy::tls::Credentials> = Arc::new(support::NoCreds);
+    let serving = tokio::spawn(Outbound::new(Default::default(), creds, d).serve(l, watch));
+
+    let mut tunnel = TcpStream::connect(proxy).await.unwrap();
+    tunnel
+        .write_all(b"CONNECT db:7000 HTTP/1.1\r\nHost: db:7000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tunnel.read(&mut b).await.unwrap(), 1, "{head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let echo = async |t: &mut TcpStream| {
+        t.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        t.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    };
+    echo(&mut tunnel).await;
+
+    let mut draining = tokio::spawn(signal.drain(Duration::from_secs(30)));
+    tokio::time::timeout(Duration::from_secs(2), serving)
+        .await
+        .expect("the listener closes when the drain begins")
+        .unwrap();
+    // The tunnel still carries bytes, and the drain waits for it...
+    echo(&mut tunnel).await;
+    assert!(
+        !draining.is_finished(),
+        "the drain ended with a tunnel open"
+    );
+    // ...until it closes.
+    drop(tunnel);
+    let done = tokio::time::timeout(Duration::from_secs(10), &mut draining)
+        .await
+        .expect("the drain did not end when the tunnel closed")
+        .unwrap();
+    assert!(done, "every connection finished within the grace");
 }

@@ -159,6 +159,9 @@ impl Outbound {
 
     /// Serves `listener` until the drain begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Watch) {
+        // Tunnels and upgrades outlive their HTTP connection: they hold this (as the inbound
+        // stack's do), or the drain would end under them.
+        let _ = self.drain.set(drain.clone());
         // Discovery streams and balancers of authorities no longer asked for are let go on
         // a clock, so that a proxy whose app went quiet gives them back too. (Held weakly:
         // the task ends with the proxy.)
