@@ -154,6 +154,52 @@ async fn the_budget_caps_retries_when_everything_fails() {
     assert!(retries < n, "{retries}");
 }
 
+/// Each Service has its own budget (Linkerd's is per ServiceProfile): a healthy Service's
+/// requests do not pay for retries to a failing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_services_requests_do_not_fund_anothers_retries() {
+    let (good, _) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(0))).await;
+    let (bad, hits) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(1))).await;
+    // The breaker off, so every request to the failing one reaches it.
+    let cfg = outbound::Config {
+        breaker: breaker::Config {
+            max_failures: u32::MAX,
+            min_success_rate: 0.0,
+            ..breaker::Config::default()
+        },
+        ..outbound::Config::default()
+    };
+    let budget = cfg.retry.budget.clone();
+    let mut d = Static::default();
+    d.parse_entry(&format!("web:80={good}")).unwrap();
+    d.parse_entry(&format!("bad:80={bad}")).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = l.local_addr().unwrap();
+    tokio::spawn(Outbound::new(cfg, Arc::new(support::NoCreds), d).serve(l, Watch::never()));
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    let started = std::time::Instant::now();
+    // Deposits enough to fund a retry for every request that follows, were it shared.
+    for _ in 0..2000 {
+        assert_eq!(get(&mut conn).await, 200);
+    }
+    let n = 300;
+    for _ in 0..n {
+        conn.write_all(b"GET http://bad:80/ HTTP/1.1\r\nHost: bad:80\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_status(&mut conn).await, 503);
+    }
+    let secs = started.elapsed().as_secs_f64().max(1.0);
+    let retries = hits.load(Ordering::Relaxed) - n;
+    // Its own: 20% of its requests plus the reserve and 10/s (as in the test above).
+    let cap = f64::from(budget.percent) * n as f64
+        + f64::from(budget.min_per_sec) * (budget.ttl.as_secs_f64() + secs);
+    assert!(
+        (retries as f64) <= cap && retries < n,
+        "{retries} retries for {n} failing requests: over its own budget's {cap:.0}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_its_timeout_gets_a_504_quickly() {
     let (slow, _) = backend(Duration::from_secs(5), Arc::new(AtomicUsize::new(0))).await;

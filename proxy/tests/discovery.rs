@@ -298,14 +298,15 @@ async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
     );
 }
 
-/// An app that speaks HTTP/2 (gRPC) to a Service outside the mesh gets a plaintext HTTP/2
-/// session per endpoint; an authority let go lets its sessions go too, or a proxy would keep
-/// a connection to every such endpoint it ever used.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
+/// An endpoint outside the mesh speaking HTTP/2 prior knowledge: its address, the count of
+/// connections it accepted, and a report of each one's end.
+async fn h2_endpoint() -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    mpsc::UnboundedReceiver<()>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    // The endpoint: HTTP/2 prior knowledge, each connection counted and its end reported.
-    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let (ended_tx, ended) = mpsc::unbounded_channel();
     let accepted = Arc::new(AtomicUsize::new(0));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = l.local_addr().unwrap();
@@ -328,6 +329,31 @@ async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
             });
         }
     });
+    (app, accepted, ended)
+}
+
+/// A request from an app in HTTP/2 to `web:80` through the outbound proxy at `proxy`, on a
+/// connection of its own: the status.
+async fn h2_get(proxy: std::net::SocketAddr) -> http::StatusCode {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("http://web:80/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    send.send_request(req).await.unwrap().status()
+}
+
+/// An app that speaks HTTP/2 (gRPC) to a Service outside the mesh gets a plaintext HTTP/2
+/// session per endpoint; an authority let go lets its sessions go too, or a proxy would keep
+/// a connection to every such endpoint it ever used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
+    let (app, accepted, mut ended) = h2_endpoint().await;
     let (_names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
         addr: app.to_string(),
         ..Default::default()
@@ -348,22 +374,9 @@ async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
     tokio::spawn(outbound.serve(l, Watch::never()));
-    // A request from the app in HTTP/2, on a connection of its own to the proxy.
-    let get = || async move {
-        let tcp = TcpStream::connect(proxy).await.unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::get("http://web:80/")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        send.send_request(req).await.unwrap().status()
-    };
 
-    assert_eq!(get().await, 200);
-    assert_eq!(get().await, 200);
+    assert_eq!(h2_get(proxy).await, 200);
+    assert_eq!(h2_get(proxy).await, 200);
     assert_eq!(
         (gets.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)),
         (1, 1),
@@ -378,12 +391,52 @@ async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
         .await
         .expect("the plaintext HTTP/2 session outlived its authority")
         .unwrap();
-    assert_eq!(get().await, 200);
+    assert_eq!(h2_get(proxy).await, 200);
     assert_eq!(
         (gets.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)),
         (2, 2),
         "asked again, and a new session"
     );
+}
+
+/// A Service scaled to zero: a request waits for endpoints (then gets its 503), and the
+/// sessions to the endpoints that went are let go meanwhile, not kept until the Service has
+/// endpoints again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_scaled_to_zero_lets_its_endpoints_sessions_go() {
+    let (app, _, mut ended) = h2_endpoint().await;
+    let (names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
+        addr: app.to_string(),
+        ..Default::default()
+    }]));
+    let Agent {
+        resolver, metrics, ..
+    } = agent(names, Duration::from_secs(10)).await;
+    let cfg = outbound::Config {
+        failfast: Duration::from_secs(1),
+        ..outbound::Config::default()
+    };
+    let outbound = Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+
+    assert_eq!(h2_get(proxy).await, 200);
+    let name = "web:80";
+    let seen = outbound.resolver().current(name);
+    names_tx.send_replace(Some(Vec::new()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        outbound.resolver().changed(name, seen),
+    )
+    .await
+    .expect("the empty set reached the proxy");
+    let waiting = tokio::spawn(h2_get(proxy));
+    tokio::time::timeout(Duration::from_secs(10), ended.recv())
+        .await
+        .expect("the session to an endpoint that went was kept")
+        .unwrap();
+    assert_eq!(waiting.await.unwrap(), 503);
 }
 
 /// What the agent said of an unknown authority stands a while, then it is asked again at the
@@ -433,4 +486,90 @@ async fn unknown_authorities_are_asked_again_once_their_answer_ran_out() {
     assert!(resolver.get(name).await.is_none());
     asked(4);
     let_go(&mut closed, "the name's first stream").await;
+}
+
+/// A request's place in the queue is held while it waits for an endpoint, not while its
+/// attempt is in flight; and the fail-fast wait counts only the time it waited: an attempt
+/// that took longer than the fail-fast timeout and failed still lets its retry wait for an
+/// endpoint, instead of failing the authority fast at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fail_fast_wait_counts_waiting_not_attempts() {
+    // The endpoint: its first request is answered 503 after 1.5 s, the rest 200 at once.
+    let got = Arc::new(tokio::sync::Notify::new());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    support::serve_http1(l, move |_req| {
+        let (g, seen) = (g.clone(), seen.clone());
+        async move {
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                g.notify_one();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, std::convert::Infallible>(r)
+        }
+    });
+    let endpoint = || {
+        Some(vec![pb::Endpoint {
+            addr: backend.to_string(),
+            ..Default::default()
+        }])
+    };
+    let (names_tx, names) = tokio::sync::watch::channel(Some(Vec::new()));
+    let Agent {
+        resolver, metrics, ..
+    } = agent(names, Duration::from_secs(10)).await;
+    let cfg = outbound::Config {
+        failfast: Duration::from_secs(1),
+        ..outbound::Config::default()
+    };
+    let outbound = Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics.clone());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    let queued = || support::metric(&metrics, "meshwork_proxy_outbound_queued_requests");
+    let until_queued = async |n: i64| {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while queued() != Some(n) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("queued requests never {n}: {:?}", queued()));
+    };
+    let set = async |eps: Option<Vec<pb::Endpoint>>| {
+        let seen = outbound.resolver().current("web:80");
+        names_tx.send_replace(eps);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            outbound.resolver().changed("web:80", seen),
+        )
+        .await
+        .expect("the change reached the proxy");
+    };
+
+    // No endpoint yet: the request waits in the queue.
+    let request = tokio::spawn(async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        support::get(&mut s).await
+    });
+    until_queued(1).await;
+    // An endpoint comes: the request goes to it and leaves the queue while it is in flight.
+    set(endpoint()).await;
+    got.notified().await;
+    assert_eq!(
+        queued(),
+        Some(0),
+        "a request in flight still holds a place in the queue"
+    );
+    // The Service loses it meanwhile; the attempt fails after longer than the fail-fast
+    // timeout, and its retry waits for an endpoint, having waited only briefly so far...
+    set(Some(Vec::new())).await;
+    until_queued(1).await;
+    // ...so it is still there when the endpoint comes back.
+    set(endpoint()).await;
+    assert_eq!(request.await.unwrap(), 200);
 }

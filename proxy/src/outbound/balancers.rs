@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tower::retry::budget::TpsBudget;
+
 use super::{
     balance::{self, PeakEwma},
     breaker::{self, Breaker},
@@ -28,6 +30,9 @@ pub(super) struct Balancer {
     /// here or discovery changes the set, requests that find none are answered at once
     /// (Linkerd's failfast) instead of each waiting again.
     failfast: bool,
+    /// The authority's retry budget: Linkerd's ServiceProfile budget is per Service, so one
+    /// Service's healthy traffic never pays for retries to another that is failing.
+    pub budget: Arc<TpsBudget>,
 }
 
 /// What the stack keeps per endpoint of an authority: its load, breaker and reconnect back-off.
@@ -90,11 +95,13 @@ impl Picked {
 }
 
 impl Balancer {
-    fn empty() -> Self {
+    fn empty(out: &Outbound) -> Self {
+        let b = &out.cfg.retry.budget;
         Balancer {
             set: Arc::from(Vec::new()),
             states: Vec::new(),
             failfast: false,
+            budget: Arc::new(TpsBudget::new(b.ttl, b.min_per_sec, b.percent)),
         }
     }
 
@@ -151,14 +158,10 @@ impl Outbound {
             .resolver
             .current(authority)
             .unwrap_or_else(|| eps.clone());
-        // Discovery says there is none: nothing to pick (the request waits for a set).
-        if latest.is_empty() {
-            return None;
-        }
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if !all.contains_key(authority) {
-            all.insert(authority.to_string(), Balancer::empty());
+            all.insert(authority.to_string(), Balancer::empty(self));
         }
         let b = all.get_mut(authority)?;
         if !Arc::ptr_eq(&b.set, &latest) {
@@ -166,6 +169,12 @@ impl Outbound {
             self.release(&all, dropped);
         }
         let b = all.get_mut(authority)?;
+        // Discovery says there is none: nothing to pick, and the request waits for a set.
+        // (Moved to the empty set first: the old set's state would tell the wait that an
+        // endpoint is due now, and it would pick again at every tick; its sessions go.)
+        if b.set.is_empty() {
+            return None;
+        }
         let cfg = &self.cfg.balance;
         let due = b
             .states
@@ -198,6 +207,18 @@ impl Outbound {
             i,
             probe,
         })
+    }
+
+    /// The retry budget of `authority`.
+    pub(super) fn budget(&self, authority: &str) -> Arc<TpsBudget> {
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = all.get(authority) {
+            return b.budget.clone();
+        }
+        let b = Balancer::empty(self);
+        let budget = b.budget.clone();
+        all.insert(authority.to_string(), b);
+        budget
     }
 
     /// A connect to the picked endpoint failed: it sits out its reconnect back-off.
@@ -315,7 +336,7 @@ impl Outbound {
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if !all.contains_key(authority) {
             // A set that stayed empty: no balancer was made for it yet.
-            all.insert(authority.to_string(), Balancer::empty());
+            all.insert(authority.to_string(), Balancer::empty(self));
         }
         if let Some(b) = all.get_mut(authority) {
             if !b.failfast {

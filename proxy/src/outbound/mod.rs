@@ -34,7 +34,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 use tokio::net::{TcpListener, TcpStream};
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
 use tracing::Instrument;
 
 use crate::{
@@ -108,7 +108,6 @@ pub struct Outbound {
     /// Keyed by authority too: each Service balances and ejects on its own, and routing one
     /// never prunes another's.
     endpoints: Mutex<balancers::Balancers>,
-    budget: TpsBudget,
     /// Told when an endpoint becomes available with no clock to say so (a probe answered):
     /// requests waiting for one look again.
     available: tokio::sync::Notify,
@@ -143,14 +142,12 @@ impl Outbound {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
-        let cfg_budget = cfg.retry.budget.clone();
         Arc::new(Outbound {
             pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),
             plain: Client::builder(TokioExecutor::new()).build(http),
             cfg,
             resolver,
             endpoints: Mutex::new(Default::default()),
-            budget: TpsBudget::new(cfg_budget.ttl, cfg_budget.min_per_sec, cfg_budget.percent),
             available: tokio::sync::Notify::new(),
             metrics,
             drain: std::sync::OnceLock::new(),
@@ -449,16 +446,18 @@ impl Outbound {
                 )
             }
         };
-        self.budget.deposit();
+        let budget = self.budget(&authority);
+        budget.deposit();
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt = 0u32;
-        let mut waiting = None;
+        // How long the request has waited for an endpoint, all waits together.
+        let mut waited = Duration::ZERO;
         // Why the last attempt reached nothing, for the answer if the wait for another ends.
         let mut unsent_why: Option<String> = None;
         loop {
             let Some(picked) = self.pick(&authority, &eps, &tried) else {
                 if self
-                    .wait_for_endpoint(&authority, &mut waiting, deadline)
+                    .wait_for_endpoint(&authority, &mut waited, deadline)
                     .await
                 {
                     continue;
@@ -520,7 +519,7 @@ impl Outbound {
                     let why = failed.why;
                     if again
                         && self
-                            .wait_for_endpoint(&authority, &mut waiting, deadline)
+                            .wait_for_endpoint(&authority, &mut waited, deadline)
                             .await
                     {
                         unsent_why = Some(why);
@@ -538,7 +537,7 @@ impl Outbound {
                 && attempt < self.cfg.retry.limit
                 && retry::retryable(&head.method, &result);
             if again {
-                if self.budget.withdraw() {
+                if budget.withdraw() {
                     attempt += 1;
                     self.metrics.retries.inc();
                     tracing::debug!(%authority, endpoint = %ep.addr, attempt, "retrying");
@@ -598,13 +597,14 @@ impl Outbound {
 
     /// Linkerd's queue, for a request no endpoint of `authority` can take now: waits until
     /// one may (a back-off or ejection ends, a probe answers) or discovery changes the set,
-    /// then true (pick again). False once the request has waited `failfast` in all (from its
-    /// first wait; never past its deadline), which sets the authority failing fast, or at
-    /// once while it is.
-    async fn wait_for_endpoint<'a>(
-        &'a self,
+    /// then true (pick again). False once the request has waited `failfast` in all (`waited`,
+    /// its waits summed: the time its attempts took is not waiting; never past its deadline),
+    /// which sets the authority failing fast, or at once while it is. The request holds a
+    /// place in the queue only while it waits, not while an attempt is in flight.
+    async fn wait_for_endpoint(
+        &self,
         authority: &str,
-        queued: &mut Option<Queued<'a>>,
+        waited: &mut Duration,
         deadline: Option<tokio::time::Instant>,
     ) -> bool {
         // Before the state is read, so that an endpoint coming up in between still wakes us.
@@ -614,14 +614,7 @@ impl Outbound {
             return false;
         };
         let now = tokio::time::Instant::now();
-        if queued.is_none() {
-            let Some(q) = Queued::enter(&self.metrics, self.cfg.queue_capacity, now) else {
-                self.metrics.refuse("queue_full");
-                return false;
-            };
-            *queued = Some(q);
-        }
-        let failfast_at = queued.as_ref().map_or(now, |q| q.since) + self.cfg.failfast;
+        let failfast_at = now + self.cfg.failfast.saturating_sub(*waited);
         let until = deadline.map_or(failfast_at, |d| d.min(failfast_at));
         if now >= until {
             // Only the fail-fast timeout says the authority is down; a request's own shorter
@@ -631,12 +624,17 @@ impl Outbound {
             }
             return false;
         }
+        let Some(_queued) = Queued::enter(&self.metrics, self.cfg.queue_capacity) else {
+            self.metrics.refuse("queue_full");
+            return false;
+        };
         let wake = next.map_or(until, |n| tokio::time::Instant::from_std(n).min(until));
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = up => {}
             () = self.resolver.changed(authority, seen) => {}
         }
+        *waited += now.elapsed();
         true
     }
 
@@ -740,21 +738,20 @@ impl Outbound {
 }
 
 /// A request's place in the queue of those waiting for an endpoint: counted in the
-/// `outbound_queued_requests` gauge from its first wait until it is answered.
+/// `outbound_queued_requests` gauge while it waits.
 struct Queued<'a> {
     gauge: &'a prometheus_client::metrics::gauge::Gauge,
-    since: tokio::time::Instant,
 }
 
 impl<'a> Queued<'a> {
     /// A place, unless `capacity` requests wait already.
-    fn enter(metrics: &'a Metrics, capacity: usize, now: tokio::time::Instant) -> Option<Self> {
+    fn enter(metrics: &'a Metrics, capacity: usize) -> Option<Self> {
         let gauge = &metrics.queued;
         if usize::try_from(gauge.inc()).unwrap_or(usize::MAX) >= capacity {
             gauge.dec();
             return None;
         }
-        Some(Queued { gauge, since: now })
+        Some(Queued { gauge })
     }
 }
 

@@ -2,7 +2,8 @@
 //! proxy"): a request whose body fits the replay cap (64 KiB, Linkerd's) is held. If its
 //! method is idempotent (RFC 9110 §9.2.2) it may be sent again after a 5xx or a transport
 //! failure, at most `limit` times, each retry withdrawn from a budget: 20% of requests plus
-//! 10 per second, over a 10 s window (Linkerd's ServiceProfile budget, tower's `TpsBudget`).
+//! 10 per second, over a 10 s window (Linkerd's ServiceProfile budget, tower's `TpsBudget`),
+//! one per authority (`balancers.rs`).
 //! A retry goes to another endpoint when there is one. Whatever its method, a held request
 //! is also sent again when the far side says it was not processed (a far proxy whose app is
 //! gone refuses the stream, RFC 9113 §8.7): a small POST in a rollout is then not a 502.

@@ -91,10 +91,10 @@ impl Outbound {
                 &format!("no endpoints for {authority}"),
             ));
         };
-        let (mut tried, mut queued, mut why) = (Vec::new(), None, None);
+        let (mut tried, mut waited, mut why) = (Vec::new(), std::time::Duration::ZERO, None);
         loop {
             let Some(picked) = self.pick(authority, &eps, &tried) else {
-                if self.wait_for_endpoint(authority, &mut queued, None).await {
+                if self.wait_for_endpoint(authority, &mut waited, None).await {
                     continue;
                 }
                 return Err(self.no_endpoint(authority, why, None));
