@@ -53,14 +53,16 @@ async fn line_app() -> SocketAddr {
 /// A client proxy whose `db.default.svc.cluster.local:7000` is `app` behind a server proxy
 /// (a port that is not opaque: the tunnels' bytes are detected, then relayed).
 async fn pair(app: SocketAddr) -> SocketAddr {
+    mesh_pair(app).await.outbound
+}
+
+async fn mesh_pair(app: SocketAddr) -> support::MeshPair {
     let cfg = inbound::Config {
         // Every tunnel's first bytes come at once; a short timeout is not waited on.
         detect_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    support::mesh_pair(app, "db.default.svc.cluster.local:7000", cfg)
-        .await
-        .outbound
+    support::mesh_pair(app, "db.default.svc.cluster.local:7000", cfg).await
 }
 
 /// A CONNECT tunnel to the app through the client proxy, its answer's head read.
@@ -190,4 +192,28 @@ async fn tunnels_whose_app_stopped_reading_do_not_stall_the_others() {
         assert_eq!(got.len(), line.len() + 6, "round {i}");
     }
     drop(stalled);
+}
+
+/// A tunnel is the mesh's transport for TCP: the server's proxy counts it as a TCP connection
+/// to the app, not as a request of the app's (an inbound 2xx of no duration per connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_is_not_counted_as_an_inbound_request() {
+    let pair = mesh_pair(line_app().await).await;
+    let mut s = tunnel(pair.outbound).await;
+    assert_eq!(echo(&mut s, "hello").await, "echo hello\n");
+    drop(s);
+    let text = pair.inbound_metrics.encode();
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("meshwork_proxy_requests_total{"))
+        .collect();
+    assert!(requests.is_empty(), "{requests:?}");
+    let opens: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("meshwork_proxy_tcp_open_total{"))
+        .collect();
+    assert!(
+        !opens.is_empty(),
+        "the tunnel's connections are counted: {text}"
+    );
 }

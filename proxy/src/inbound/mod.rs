@@ -286,6 +286,13 @@ impl Inbound {
         }
         .instrument(span)
         .await;
+        // A tunnel a peer's proxy opened is the mesh's transport for TCP, counted as TCP (and
+        // what runs inside it, HTTP included, is counted as itself), not as a request of the
+        // app's: else every opaque connection would be an inbound 2xx of no duration, and a
+        // WebSocket two requests. One refused is counted with the refusals.
+        if method == http::Method::CONNECT {
+            return resp;
+        }
         let observed = Observed {
             direction: Direction::Inbound,
             authority: &authority,
