@@ -573,3 +573,83 @@ async fn the_fail_fast_wait_counts_waiting_not_attempts() {
     set(endpoint()).await;
     assert_eq!(request.await.unwrap(), 200);
 }
+
+/// Discovery where the first four asks fail, the fifth is answered once and then fails, and
+/// the rest are answered: the time of each ask is sent on `asks`.
+struct Flaky {
+    n: AtomicUsize,
+    asks: mpsc::UnboundedSender<std::time::Instant>,
+}
+
+#[tonic::async_trait]
+impl pb::destination_server::Destination for Flaky {
+    type GetStream = Updates;
+
+    async fn get(
+        &self,
+        _: tonic::Request<pb::GetDestination>,
+    ) -> Result<tonic::Response<Updates>, tonic::Status> {
+        use futures::StreamExt;
+        let _ = self.asks.send(std::time::Instant::now());
+        let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = || Ok(update(Some(Vec::new())));
+        match n {
+            1..=4 => Err(tonic::Status::unavailable("not yet")),
+            5 => Ok(tonic::Response::new(Box::pin(futures::stream::iter([
+                answer(),
+                Err(tonic::Status::internal("the agent went away")),
+            ])))),
+            _ => Ok(tonic::Response::new(Box::pin(
+                futures::stream::iter([answer()]).chain(futures::stream::pending()),
+            ))),
+        }
+    }
+}
+
+/// The reconnect back-off (100 ms doubling to 5 s) starts afresh after a stream that worked:
+/// an agent that fails after a long good stream is asked again within the first step, not at
+/// the back-off an earlier outage had reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_worked_starts_the_reconnect_back_off_afresh() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daddr = dl.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::destination_server::DestinationServer::new(Flaky {
+                n: AtomicUsize::new(0),
+                asks: tx,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
+    );
+    let resolver = Resolver::api(
+        Static::default(),
+        &daddr.to_string(),
+        None,
+        Duration::from_millis(100),
+        meshwork_proxy::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let _ = resolver.get("web.default.svc.cluster.local:80").await;
+    // Four failures take the back-off to 1.6 s (0.1 + 0.2 + 0.4 + 0.8 s waited); then the
+    // stream that answers and fails, and the sixth ask.
+    let mut asks = Vec::new();
+    while asks.len() < 6 {
+        let at = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("discovery asked only {} times", asks.len()))
+            .unwrap();
+        asks.push(at);
+    }
+    let gap = asks[5] - asks[4];
+    // Afresh: 100 ms (± 25 %); not: 1.6 s (± 25 %).
+    assert!(
+        gap < Duration::from_millis(800),
+        "asked again {gap:?} after a stream that worked"
+    );
+    assert!(
+        asks[4] - asks[3] >= Duration::from_millis(600),
+        "the back-off had grown first: {:?}",
+        asks[4] - asks[3]
+    );
+}

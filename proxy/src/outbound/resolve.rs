@@ -368,10 +368,16 @@ async fn follow(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        let mut answered = false;
         let r = tokio::select! {
-            r = stream(channel.clone(), &authority, (&tx, &routes), &unknown, &metrics) => r,
+            r = stream(channel.clone(), &authority, (&tx, &routes), &unknown, &metrics, &mut answered) => r,
             _ = tx.closed() => return,
         };
+        // A stream that worked starts the back-off afresh: an agent that restarts after
+        // hours is asked again at once, not at the back-off of an outage long past.
+        if answered {
+            backoff = Duration::from_millis(100);
+        }
         match r {
             // Nothing at an address: the answer stands for a while, without a stream.
             Ok(true) => return,
@@ -397,6 +403,7 @@ async fn stream(
     (tx, routes): (&watch::Sender<Set>, &RouteFeed),
     unknown: &AtomicBool,
     metrics: &Metrics,
+    answered: &mut bool,
 ) -> Result<bool, String> {
     let mut client = DestinationClient::new(channel);
     let mut updates = client
@@ -420,6 +427,7 @@ async fn stream(
     loop {
         match updates.message().await {
             Ok(Some(u)) => {
+                *answered = true;
                 metrics.discovery_updates.inc();
                 let set = endpoints(&u);
                 // Routes first: a request the new endpoints let through is named by them.
