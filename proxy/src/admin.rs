@@ -100,7 +100,7 @@ fn answer(req: &Request<Incoming>, peer: SocketAddr, m: &Metrics, state: &State)
             let mut r = text(StatusCode::OK, m.encode());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                http::HeaderValue::from_static(meshwork_daemon::admin::OPENMETRICS),
             );
             r
         }

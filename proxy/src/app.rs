@@ -49,6 +49,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = identity.ready() => {}
         r = meshwork_daemon::shutdown_signal() => { r?; return Ok(()) }
+        // Nothing to drain yet: a `POST /shutdown` (an app done, a Job's sidecar) while the
+        // identity service is away ends the proxy now, not once a certificate comes.
+        _ = state.shutdown.notified() => return Ok(()),
     }
     // Discovery's TLS: this proxy's certificate, the agent proving its identity.
     let discovery_tls = match cfg.destination_identity() {
