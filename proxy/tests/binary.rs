@@ -3,6 +3,12 @@
 //! maths functions the proxy's dependencies call; a new one would bring the library back.
 //! And the binary's lifecycle before it has a certificate: `POST /shutdown` ends it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
+
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
