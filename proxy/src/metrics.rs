@@ -476,26 +476,84 @@ impl Metrics {
     }
 }
 
-/// Why a TLS handshake failed, as a label.
+/// Why a TLS handshake failed, as a label: from the error's type (rustls's, and within it
+/// the identity verifier's), not its text, which names whatever SPIFFE IDs were involved.
 pub fn tls_reason(e: &std::io::Error) -> &'static str {
+    use meshwork_identity::verify::VerifyError;
+    use rustls::{AlertDescription, CertificateError, Error};
     if e.kind() == std::io::ErrorKind::TimedOut {
         return "timeout";
     }
-    let msg = e.to_string();
-    if msg.contains("SPIFFE") || msg.contains("identity") {
-        "peer_identity"
-    } else if msg.contains("certificate") || msg.contains("Certificate") {
-        "certificate"
-    } else if e.kind() == std::io::ErrorKind::InvalidData {
-        "protocol"
-    } else {
-        "io"
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::Other(o))) => {
+            match o.0.downcast_ref::<VerifyError>() {
+                Some(VerifyError::Chain(_)) | None => "certificate",
+                Some(
+                    VerifyError::NoIdentity
+                    | VerifyError::WrongIdentity { .. }
+                    | VerifyError::WrongTrustDomain { .. },
+                ) => "peer_identity",
+            }
+        }
+        Some(Error::InvalidCertificate(_) | Error::NoCertificatesPresented) => "certificate",
+        // The peer refused our certificate (other alerts are the protocol's).
+        Some(Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired
+            | AlertDescription::UnknownCA,
+        )) => "certificate",
+        Some(_) => "protocol",
+        None if e.kind() == std::io::ErrorKind::InvalidData => "protocol",
+        None => "io",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Handshake failures are labelled by what they are, whatever the IDs in their text.
+    #[test]
+    fn tls_failures_are_labelled_by_their_type() {
+        use meshwork_identity::verify::VerifyError;
+        let tls = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let verify = |v: VerifyError| {
+            tls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(v))),
+            ))
+        };
+        let wrong = verify(VerifyError::WrongIdentity {
+            got: "spiffe://cluster.local/ns/default/sa/web".into(),
+            want: "spiffe://cluster.local/ns/default/sa/db".into(),
+        });
+        assert_eq!(tls_reason(&wrong), "peer_identity");
+        let domain = verify(VerifyError::WrongTrustDomain {
+            got: "other.org".into(),
+            want: "cluster.local".into(),
+        });
+        assert_eq!(tls_reason(&domain), "peer_identity");
+        // An ID that happens to contain "identity" changes nothing.
+        let chain = verify(VerifyError::Chain(
+            "spiffe://cluster.local/ns/x/sa/meshwork-identity expired".into(),
+        ));
+        assert_eq!(tls_reason(&chain), "certificate");
+        let refused = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        assert_eq!(tls_reason(&refused), "certificate");
+        let other = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure,
+        ));
+        assert_eq!(tls_reason(&other), "protocol");
+        let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake");
+        assert_eq!(tls_reason(&late), "timeout");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(tls_reason(&reset), "io");
+    }
 
     /// A 200 for `authority` (and `route`) from `peer`.
     fn ok<'a>(

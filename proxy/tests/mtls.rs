@@ -144,6 +144,45 @@ async fn mtls_between_proxies_carries_the_client_identity() {
     assert!(perr.contains("no endpoints"), "{perr}");
 }
 
+/// A peer that takes the TCP connection and never answers the TLS handshake: the session
+/// attempt ends at its bound (3 s), counted as a TLS timeout, and the request hears why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stalling_the_handshake_is_counted_as_a_tls_timeout() {
+    let ca = test_ca();
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let (l, stall) = listen().await;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(l.accept().await.unwrap().0);
+        }
+    });
+    let mut d = Static::default();
+    d.parse_entry(&format!(
+        "web.default.svc.cluster.local:80=127.0.0.1:8080@{}@spiffe://cluster.local/ns/default/sa/web",
+        stall.port()
+    ))
+    .unwrap();
+    let cfg = meshwork_proxy::outbound::Config {
+        failfast: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let outbound = Outbound::new(cfg, client, d);
+    let (l, addr) = listen().await;
+    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    let (status, perr, _) = get(addr, "web.default.svc.cluster.local:80").await;
+    assert_eq!(status, 502, "{perr}");
+    assert_eq!(
+        support::metric(
+            &outbound.metrics,
+            "meshwork_proxy_tls_handshakes_total{direction=\"outbound\",result=\"timeout\"}"
+        ),
+        Some(1),
+        "{}",
+        outbound.metrics.encode()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_identity() {
     let ca = test_ca();

@@ -114,6 +114,9 @@ impl Inner {
         mesh: &Mesh,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let proxy = SocketAddr::new(addr.ip(), mesh.proxy_port);
+        // The session's whole bound, which the caller also applies: the TLS step ends at it
+        // on its own so that a peer stalling the handshake is counted as a TLS timeout.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(proxy))
             .await
             .map_err(|_| ConnectError::Timeout(proxy))?
@@ -131,7 +134,11 @@ impl Inner {
             want: mesh.identity.clone(),
             source,
         };
-        let mut tls = match connector.connect(name, tcp).await {
+        let handshake = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))
+            .and_then(|r| r);
+        let mut tls = match handshake {
             Ok(t) => {
                 self.metrics.tls(crate::metrics::Direction::Outbound, "ok");
                 t

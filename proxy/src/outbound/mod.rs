@@ -476,6 +476,7 @@ impl Outbound {
                 (None, None) => crate::http::full(bytes::Bytes::new()),
             };
             let flight = InFlight::new(self, &authority, &picked);
+            let attempt_started = tokio::time::Instant::now();
             let attempt_fut = self.send(ep, &wire_authority, &head, &path, this_body);
             let result = match deadline {
                 Some(at) => match tokio::time::timeout_at(at, attempt_fut).await {
@@ -506,6 +507,10 @@ impl Outbound {
                     // another (a rolling update: the old pod's app is gone before the
                     // client's proxy hears of the new pod).
                     self.reconnect_failed(&authority, &picked);
+                    // Time spent reaching nothing is time waiting for an endpoint that can
+                    // take the request (Linkerd's balancer holds a request in its queue
+                    // while it connects), so it counts toward the fail-fast wait.
+                    waited += attempt_started.elapsed();
                     let left = self
                         .resolver
                         .current(&authority)
@@ -598,7 +603,8 @@ impl Outbound {
     /// Linkerd's queue, for a request no endpoint of `authority` can take now: waits until
     /// one may (a back-off or ejection ends, a probe answers) or discovery changes the set,
     /// then true (pick again). False once the request has waited `failfast` in all (`waited`,
-    /// its waits summed: the time its attempts took is not waiting; never past its deadline),
+    /// its waits and the attempts that reached no app summed; an attempt that an app answered
+    /// is not waiting; never past its deadline),
     /// which sets the authority failing fast, or at once while it is. The request holds a
     /// place in the queue only while it waits, not while an attempt is in flight.
     async fn wait_for_endpoint(

@@ -99,9 +99,12 @@ impl Outbound {
                 }
                 return Err(self.no_endpoint(authority, why, None));
             };
+            let started = tokio::time::Instant::now();
             match self.connect_far(authority, &picked, peer).await {
                 Ok(far) => return Ok(far),
                 Err(e) => {
+                    // Waiting for an endpoint that takes it, as for a request.
+                    waited += started.elapsed();
                     self.reconnect_failed(authority, &picked);
                     tried.push(picked.ep().clone());
                     why = Some(e);
