@@ -177,13 +177,12 @@ pub async fn serve<F, Fut>(
         let _ = tcp.set_nodelay(true);
         let labels = DirectionLabels { direction: stack };
         metrics.tcp_open.get_or_create(&labels).inc();
+        // The stacks wrap the socket in `io::Counted` first thing, which counts its close.
         let fut = conn(tcp, drain.clone());
-        let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::debug!(%peer, ?stack, error = %e, "connection");
             }
-            metrics.tcp_close.get_or_create(&labels).inc();
         });
     }
 }

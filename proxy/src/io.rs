@@ -28,10 +28,13 @@ pub type BoxedIo = Box<dyn Io>;
 /// `tcp_write_bytes` (Linkerd's transport metrics): what the client sent and what it was sent,
 /// whatever the stack then does with it (HTTP, a tunnel, a relay, TLS) — counted once, at the
 /// socket, as each read and write completes, so long-lived connections report as they go.
+/// Its drop counts the connection's close (`tcp_close`): the socket may outlive the task that
+/// accepted it (an upgrade's splice), so the close is counted where the socket goes.
 pub struct Counted<I> {
     io: I,
     read: prometheus_client::metrics::counter::Counter,
     written: prometheus_client::metrics::counter::Counter,
+    closed: prometheus_client::metrics::counter::Counter,
 }
 
 impl<I> Counted<I> {
@@ -45,7 +48,18 @@ impl<I> Counted<I> {
             io,
             read: metrics.bytes_read.get_or_create(&d).clone(),
             written: metrics.bytes_written.get_or_create(&d).clone(),
+            closed: metrics.tcp_close.get_or_create(&d).clone(),
         }
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+}
+
+impl<I> Drop for Counted<I> {
+    fn drop(&mut self) {
+        self.closed.inc();
     }
 }
 

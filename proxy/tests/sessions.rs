@@ -195,13 +195,29 @@ async fn tunnels_whose_app_stopped_reading_do_not_stall_the_others() {
 }
 
 /// A tunnel is the mesh's transport for TCP: the server's proxy counts it as a TCP connection
-/// to the app, not as a request of the app's (an inbound 2xx of no duration per connection).
+/// to the app, not as a request of the app's (an inbound 2xx of no duration per connection);
+/// and the app's connection to its proxy is counted closed when it closes, not when the
+/// CONNECT was answered (hyper's connection ends there, the socket goes on in the splice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tunnel_is_not_counted_as_an_inbound_request() {
+async fn a_tunnel_is_counted_as_tcp_not_as_a_request() {
     let pair = mesh_pair(line_app().await).await;
     let mut s = tunnel(pair.outbound).await;
     assert_eq!(echo(&mut s, "hello").await, "echo hello\n");
+    let closed = || {
+        support::metric(
+            &pair.outbound_metrics,
+            "meshwork_proxy_tcp_close_total{direction=\"outbound\"}",
+        )
+    };
+    assert_eq!(closed(), Some(0), "counted closed while it is open");
     drop(s);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while closed() != Some(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("its close was not counted: {:?}", closed()));
     let text = pair.inbound_metrics.encode();
     let requests: Vec<&str> = text
         .lines()

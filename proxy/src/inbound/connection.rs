@@ -28,8 +28,8 @@ impl Inbound {
         own: SocketAddr,
         drain: Watch,
     ) -> std::io::Result<()> {
-        let local = tcp.local_addr()?;
         let tcp = crate::io::Counted::new(tcp, &self.metrics, Direction::Inbound);
+        let local = tcp.get_ref().local_addr()?;
         // Permissive, plaintext to an opaque app port (the listener's own port takes mesh
         // sessions): relayed without detection, as the mesh's tunnels to it are, so a
         // server-speaks-first protocol's client (MySQL, SMTP), which says nothing until the
