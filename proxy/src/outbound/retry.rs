@@ -88,14 +88,11 @@ fn idempotent(m: &Method) -> bool {
 /// length, or larger, streams and is sent once: a gRPC stream, an upload). Which of the held
 /// ones may be retried after a failure is [`retryable`]'s to say.
 pub async fn replayable(head: &Parts, body: Incoming, cap: usize) -> Body {
-    let declared = head
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    // The length hyper read from the framing (it parsed and checked the header already).
+    let declared = hyper::body::Body::size_hint(&body).exact();
     let chunked = head.headers.contains_key(http::header::TRANSFER_ENCODING);
     let fits = match declared {
-        Some(n) => n <= cap,
+        Some(n) => usize::try_from(n).is_ok_and(|n| n <= cap),
         // HTTP/1 without a length or chunked framing has no body; HTTP/2 says so by ending
         // the stream with the headers.
         None => body.is_end_stream() || (!chunked && head.version < http::Version::HTTP_2),
