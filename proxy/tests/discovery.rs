@@ -653,3 +653,40 @@ async fn a_stream_that_worked_starts_the_reconnect_back_off_afresh() {
         asks[4] - asks[3]
     );
 }
+
+/// A request's timeout covers discovery's first answer too: with the agent not answering, a
+/// request with a 300 ms timeout gets its 504 then, not the 503 of discovery's own wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_covers_the_wait_for_discovery() {
+    // An agent that takes connections and says nothing.
+    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daddr = dl.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(dl.accept().await.unwrap().0);
+        }
+    });
+    let metrics = meshwork_proxy::metrics::Metrics::new();
+    let resolver = Resolver::api(
+        Static::default(),
+        &daddr.to_string(),
+        None,
+        Duration::from_secs(30),
+        metrics.clone(),
+    )
+    .unwrap();
+    let cfg = outbound::Config {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..outbound::Config::default()
+    };
+    let outbound = Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(outbound.serve(l, Watch::never()));
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), support::get(&mut s))
+        .await
+        .expect("no answer within 10 s (the request timeout is 300 ms)");
+    assert_eq!(status, 504);
+}

@@ -372,9 +372,23 @@ impl Outbound {
                 "protocol upgrades (WebSocket) are proxied for HTTP/1.1 requests only",
             );
         }
+        // The request timeout runs from here: discovery's first answer for a new authority
+        // is part of the request's time too, and so is a client that stalls in a body being
+        // held, as one whose body streams is.
+        let deadline = self
+            .cfg
+            .request_timeout
+            .map(|t| tokio::time::Instant::now() + t);
         // An authority nobody knows is answered at once; one whose set is empty (a Recreate
         // rollout, a scale from zero) waits for endpoints like any request that finds none.
-        let Some(eps) = self.resolver.get(&authority).await else {
+        let resolved = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, self.resolver.get(&authority)).await {
+                Ok(r) => r,
+                Err(_) => return timed_out(&authority),
+            },
+            None => self.resolver.get(&authority).await,
+        };
+        let Some(eps) = resolved else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no endpoints for {authority}"),
@@ -388,12 +402,6 @@ impl Outbound {
         let (mut head, body) = req.into_parts();
         // Whether the body can be held for replay is read from its framing, before the
         // hop-by-hop headers (Transfer-Encoding among them) go.
-        // The request timeout runs from here: a client that stalls in a body being held
-        // is bounded by it as one whose body streams is.
-        let deadline = self
-            .cfg
-            .request_timeout
-            .map(|t| tokio::time::Instant::now() + t);
         let held = retry::replayable(&head, body, self.cfg.retry.max_body);
         let replayable = match deadline {
             Some(at) => match tokio::time::timeout_at(at, held).await {
