@@ -97,6 +97,49 @@ async fn a_failing_backend_is_ejected_and_probed_back() {
     }
 }
 
+/// A gRPC server that fails every call with UNAVAILABLE in a trailers-only answer (HTTP 200):
+/// the breaker counts those as failures, as Linkerd's classification does, and ejects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_backend_answering_unavailable_is_ejected() {
+    let grpc = |code: &'static str| async move {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        support::serve_http1(l, move |_req| {
+            h.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let r = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", code)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        });
+        (addr, hits)
+    };
+    let (good, hg) = grpc("0").await;
+    let (bad, hb) = grpc("14").await;
+    let p = proxy(outbound::Config::default(), &[good, bad]).await;
+    let mut conn = TcpStream::connect(p).await.unwrap();
+    for _ in 0..200 {
+        conn.write_all(
+            b"POST http://web:80/pkg.Svc/Call HTTP/1.1\r\nHost: web:80\r\n\
+              content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(read_status(&mut conn).await, 200);
+    }
+    let bad_hits = hb.load(Ordering::Relaxed);
+    assert!(
+        (7..=12).contains(&bad_hits),
+        "ejected after 7 failures in a row: {bad_hits} of 200 (good: {})",
+        hg.load(Ordering::Relaxed)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_hide_a_backend_failing_20_percent() {
     let (a, ha) = backend(Duration::ZERO, Arc::new(AtomicUsize::new(5))).await;
