@@ -116,6 +116,7 @@ fn main() {
     let naming = Naming {
         cluster_domain: "cluster.local".into(),
         trust_domain: "cluster.local".into(),
+        node: "node-0".into(),
     };
     let indexed = Objects {
         index: &index,

@@ -208,6 +208,7 @@ async fn start_destination(
         naming: crate::destination::Naming {
             cluster_domain: cfg.cluster_domain.clone(),
             trust_domain: cfg.trust_domain.clone(),
+            node: cfg.node().map_err(Error::Config)?,
         },
         streams: metrics.destination_streams.clone(),
         computed: metrics.destination_answers.clone(),

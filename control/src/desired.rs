@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use meshwork_ebpf::{Algorithm, Backend, Frontend, Proto, Service as LbService};
 use meshwork_service_model::{
-    endpoints, kind, ports, service_key, usable, Endpoint, Kind, Port, Protocol,
+    endpoints, kind, ports, service_key, usable_for, Endpoint, Kind, Port, Protocol,
 };
 
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -54,18 +54,19 @@ fn proto(p: Protocol) -> Option<Proto> {
 /// The usable endpoints (the model's rule: ready, else serving and terminating) of one family
 /// that have the service port's name; `local` keeps this node's only.
 fn select(eps: &[Endpoint], node: &str, local: bool, port: &Port, family_v4: bool) -> Vec<Backend> {
-    let candidates = eps
-        .iter()
-        .filter(|e| e.addr().is_ipv4() == family_v4)
-        .filter(|e| !local || e.node.as_deref() == Some(node))
-        .filter(|e| e.port(&port.name, port.protocol).is_some());
-    let mut b: Vec<Backend> = usable(candidates)
-        .into_iter()
-        .filter_map(|e| {
-            let p = e.port(&port.name, port.protocol)?;
-            Some(Backend::new(e.addr(), p).with_remote(remote(e, node)))
-        })
-        .collect();
+    let mut b: Vec<Backend> = usable_for(
+        eps,
+        &port.name,
+        port.protocol,
+        family_v4,
+        local.then_some(node),
+    )
+    .into_iter()
+    .filter_map(|e| {
+        let p = e.port(&port.name, port.protocol)?;
+        Some(Backend::new(e.addr(), p).with_remote(remote(e, node)))
+    })
+    .collect();
     b.sort();
     b.dedup();
     b

@@ -104,6 +104,14 @@ async fn agent(
     }
 }
 
+/// `outbound` on a loopback port, serving until the test ends: it, and its address.
+async fn serve(outbound: Arc<Outbound>) -> (Arc<Outbound>, std::net::SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    (outbound, proxy)
+}
+
 #[tonic::async_trait]
 impl pb::destination_server::Destination for Nothing {
     type GetStream = Updates;
@@ -152,15 +160,13 @@ async fn an_unknown_authority_is_answered_at_once_and_an_address_keeps_no_stream
         gets,
         mut closed,
     } = agent(names, Duration::from_secs(60)).await;
-    let outbound = Outbound::with(
+    let (outbound, proxy) = serve(Outbound::with(
         outbound::Config::default(),
         Arc::new(NoCreds),
         resolver,
         metrics,
-    );
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l.local_addr().unwrap();
-    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    ))
+    .await;
     let get = |host: &'static str| async move {
         let mut s = TcpStream::connect(proxy).await.unwrap();
         let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
@@ -264,10 +270,13 @@ async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
         mut closed,
     } = agent(names, Duration::from_secs(10)).await;
     let resolver = resolver.idle_after(Duration::from_millis(300));
-    let outbound = Outbound::with(outbound::Config::default(), client, resolver, metrics);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l.local_addr().unwrap();
-    tokio::spawn(outbound.serve(l, Watch::never()));
+    let (_, proxy) = serve(Outbound::with(
+        outbound::Config::default(),
+        client,
+        resolver,
+        metrics,
+    ))
+    .await;
     let handshakes = || {
         support::metric(
             &inbound_metrics,
@@ -365,15 +374,13 @@ async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
         mut closed,
     } = agent(names, Duration::from_secs(10)).await;
     let resolver = resolver.idle_after(Duration::from_millis(300));
-    let outbound = Outbound::with(
+    let (_, proxy) = serve(Outbound::with(
         outbound::Config::default(),
         Arc::new(NoCreds),
         resolver,
         metrics,
-    );
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l.local_addr().unwrap();
-    tokio::spawn(outbound.serve(l, Watch::never()));
+    ))
+    .await;
 
     assert_eq!(h2_get(proxy).await, 200);
     assert_eq!(h2_get(proxy).await, 200);
@@ -416,10 +423,7 @@ async fn a_service_scaled_to_zero_lets_its_endpoints_sessions_go() {
         failfast: Duration::from_secs(1),
         ..outbound::Config::default()
     };
-    let outbound = Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l.local_addr().unwrap();
-    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    let (outbound, proxy) = serve(Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics)).await;
 
     assert_eq!(h2_get(proxy).await, 200);
     let name = "web:80";
@@ -526,10 +530,13 @@ async fn the_fail_fast_wait_counts_waiting_not_attempts() {
         failfast: Duration::from_secs(1),
         ..outbound::Config::default()
     };
-    let outbound = Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics.clone());
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l.local_addr().unwrap();
-    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    let (outbound, proxy) = serve(Outbound::with(
+        cfg,
+        Arc::new(NoCreds),
+        resolver,
+        metrics.clone(),
+    ))
+    .await;
     let queued = || support::metric(&metrics, "meshwork_proxy_outbound_queued_requests");
     let until_queued = async |n: i64| {
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -680,10 +687,7 @@ async fn the_request_timeout_covers_the_wait_for_discovery() {
         request_timeout: Some(Duration::from_millis(300)),
         ..outbound::Config::default()
     };
-    let outbound = Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l.local_addr().unwrap();
-    tokio::spawn(outbound.serve(l, Watch::never()));
+    let (_, proxy) = serve(Outbound::with(cfg, Arc::new(NoCreds), resolver, metrics)).await;
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), support::get(&mut s))
         .await

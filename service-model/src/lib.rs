@@ -292,6 +292,26 @@ where
         .collect()
 }
 
+/// The endpoints of one Service port traffic may go to, as kube-proxy picks them: of one
+/// address family (`v4`), on `node` only when given (`internalTrafficPolicy: Local`), with
+/// the port named `port_name` — then [`usable`] among those, so that the terminating fallback
+/// is per port: a port whose ready endpoints do not have it falls back to its own terminating
+/// ones. The node's load balancer and the mesh's discovery both pick by this.
+pub fn usable_for<'a>(
+    eps: &'a [Endpoint],
+    port_name: &str,
+    protocol: Protocol,
+    v4: bool,
+    node: Option<&str>,
+) -> Vec<&'a Endpoint> {
+    usable(
+        eps.iter()
+            .filter(move |e| e.addr().is_ipv4() == v4)
+            .filter(move |e| node.is_none_or(|n| e.node.as_deref() == Some(n)))
+            .filter(move |e| e.port(port_name, protocol).is_some()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]

@@ -10,8 +10,8 @@
 //! issues it), opaque when the pod's or Service's `config.meshwork.io/opaque-ports`
 //! (else Linkerd's default list) holds the target port.
 //!
-//! The API is plaintext on the node's address: the proxies on this node are its only callers.
-//! Linkerd runs it over mTLS; see ARCHITECTURE.md ("The proxy", known gaps).
+//! The API is served over mutual TLS 1.3 (`identity.rs`; ARCHITECTURE.md, "Discovery over
+//! mTLS").
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -22,7 +22,7 @@ use k8s_openapi::api::{
 use meshwork_destination_api::{
     parse_ports, pb, DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
 };
-use meshwork_service_model::{endpoints, service_key, usable, Key};
+use meshwork_service_model::{endpoints, service_key, usable_for, Key};
 
 pub mod identity;
 mod index;
@@ -35,6 +35,10 @@ pub use server::{serve, Changed, Server, MAX_STREAMS_PER_CALLER};
 pub struct Naming {
     pub cluster_domain: String,
     pub trust_domain: String,
+    /// The agent's node: a Service with `internalTrafficPolicy: Local` is answered with its
+    /// endpoints here only, as the node's own load balancer picks them (its callers are this
+    /// node's proxies).
+    pub node: String,
 }
 
 /// What an authority names: an address (a ClusterIP, or a pod's) or a Service by name.
@@ -239,6 +243,11 @@ pub fn resolve(authority: &str, objs: &dyn Lookup, naming: &Naming) -> (pb::Upda
         return (pb::Update::default(), deps);
     };
     deps.service = Some(key.clone());
+    if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        // A DNS alias outside the cluster: no endpoints of ours, and the proxy should go
+        // where the app was going (Linkerd's destination refuses such names too).
+        return (unknown, deps);
+    }
     let mut read_pod = |ns: &str, name: &str| {
         deps.pods.insert((ns.to_string(), name.to_string()));
         objs.pod(ns, name)
@@ -271,20 +280,58 @@ fn for_service(
         return pb::Update::default();
     };
     let port_name = sp.name.clone().unwrap_or_default();
-    let svc_opaque = opaque(svc.metadata.annotations.as_ref());
+    // Parsed once per answer, not per endpoint (a long list on a large Service).
+    let svc_opaque = opaque(svc.metadata.annotations.as_ref()).map(|l| parse_ports(&l));
+    let spec = svc.spec.as_ref();
+    // The Service's family (the proxies' inbound listener is IPv4): a dual-stack Service's
+    // endpoints of the other family would each be listed twice, and fail to connect.
+    let v4 = spec
+        .and_then(|s| s.cluster_ip.as_deref())
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .map_or_else(
+            || {
+                spec.and_then(|s| s.ip_families.as_ref())
+                    .and_then(|f| f.first())
+                    .is_none_or(|f| f != "IPv6")
+            },
+            |ip| ip.is_ipv4(),
+        );
+    let local = spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local");
     let mine = slices.iter().map(|s| &**s);
     let all = endpoints(mine).remove(key).unwrap_or_default();
+    let tcp = meshwork_service_model::Protocol::Tcp;
     let mut out = Vec::new();
-    for ep in usable(&all) {
-        let Some(target) = ep.port(&port_name, meshwork_service_model::Protocol::Tcp) else {
+    for ep in usable_for(
+        &all,
+        &port_name,
+        tcp,
+        v4,
+        local.then_some(naming.node.as_str()),
+    ) {
+        let Some(target) = ep.port(&port_name, tcp) else {
             continue;
         };
-        let pod = ep.pod.as_deref().and_then(|p| pod(&key.0, p));
+        let pod = match ep.pod.as_deref() {
+            Some(name) => match pod(&key.0, name) {
+                Some(p) => Some(p),
+                // The Pod it names is gone from the store (force-deleted, or not seen yet)
+                // while the slice still lists it: left out, as Linkerd does. Listed without
+                // a Pod it would be plaintext, to what may be a meshed pod still running or
+                // another pod given its address.
+                None => continue,
+            },
+            None => None,
+        };
         let annotations = pod.as_ref().and_then(|p| p.metadata.annotations.as_ref());
         let mesh = mesh_of(pod.as_ref(), &key.0, naming, target);
-        let is_opaque = match opaque(annotations).or_else(|| svc_opaque.clone()) {
-            Some(list) => in_list(&list, target),
-            None => DEFAULT_OPAQUE_PORTS.contains(&target),
+        let is_opaque = match opaque(annotations).map(|l| in_list(&l, target)) {
+            Some(o) => o,
+            None => match &svc_opaque {
+                Some(list) => list
+                    .as_ref()
+                    .is_ok_and(|r| r.iter().any(|r| r.contains(&target))),
+                None => DEFAULT_OPAQUE_PORTS.contains(&target),
+            },
         };
         out.push(pb::Endpoint {
             addr: std::net::SocketAddr::new(ep.addr(), target).to_string(),
@@ -298,7 +345,10 @@ fn for_service(
             } as i32,
         });
     }
+    // One address in two slices (the spec allows it while slices are reshuffled) is one
+    // endpoint: listed twice, it would get twice the traffic.
     out.sort_by(|a, b| a.addr.cmp(&b.addr));
+    out.dedup_by(|a, b| a.addr == b.addr);
     pb::Update {
         unknown: false,
         endpoints: out,
@@ -396,6 +446,7 @@ mod tests {
         Naming {
             cluster_domain: "cluster.local".into(),
             trust_domain: "cluster.local".into(),
+            node: "node-a".into(),
         }
     }
 
@@ -448,6 +499,111 @@ mod tests {
         .map(|p| (("shop".to_string(), p.metadata.name.clone().unwrap()), p))
         .collect();
         (vec![Arc::new(svc)], vec![Arc::new(slice)], pods)
+    }
+
+    /// The endpoints of a port are picked as the node's load balancer picks them, and none
+    /// is listed in a way that would send it plaintext or twice.
+    #[test]
+    fn endpoints_are_picked_per_port_family_and_node_and_listed_once() {
+        let (mut svcs, _, mut pods) = objects();
+        let ep = |ip: &str, pod: &str, ready: bool, node: &str, port: &str| {
+            json!({"addresses": [ip],
+                   "conditions": {"ready": ready, "serving": true, "terminating": !ready},
+                   "nodeName": node, "port": port,
+                   "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}})
+        };
+        let slice = |name: &str, family: &str, port: &str, eps: Vec<serde_json::Value>| {
+            let num = if port == "http" { 8080 } else { 5432 };
+            Arc::new(
+                serde_json::from_value::<EndpointSlice>(json!({
+                    "metadata": {"name": name, "namespace": "shop",
+                                 "labels": {"kubernetes.io/service-name": "web"}},
+                    "addressType": family,
+                    "ports": [{"name": port, "port": num, "protocol": "TCP"}],
+                    "endpoints": eps,
+                }))
+                .unwrap(),
+            )
+        };
+        let slices = vec![
+            // Pods of kind B: ready, the http port only; one listed in two slices.
+            slice(
+                "b-1",
+                "IPv4",
+                "http",
+                vec![ep("10.244.2.6", "web-b", true, "node-b", "http")],
+            ),
+            slice(
+                "b-2",
+                "IPv4",
+                "http",
+                vec![
+                    ep("10.244.2.6", "web-b", true, "node-b", "http"),
+                    ep("10.244.1.5", "web-a", true, "node-a", "http"),
+                ],
+            ),
+            // Kind A's only db pod, terminating but serving.
+            slice(
+                "a-1",
+                "IPv4",
+                "db",
+                vec![ep("10.244.2.9", "web-c", false, "node-b", "db")],
+            ),
+            // An IPv6 copy, and an endpoint whose Pod the agent does not have.
+            slice(
+                "v6",
+                "IPv6",
+                "http",
+                vec![ep("fd00::6", "web-b", true, "node-b", "http")],
+            ),
+            slice(
+                "ghost",
+                "IPv4",
+                "http",
+                vec![ep("10.244.7.7", "web-gone", true, "node-a", "http")],
+            ),
+        ];
+        let addrs = |u: &pb::Update| {
+            u.endpoints
+                .iter()
+                .map(|e| e.addr.clone())
+                .collect::<Vec<_>>()
+        };
+        let http = res("10.96.0.7:80", &svcs, &slices, &pods);
+        assert_eq!(
+            addrs(&http),
+            ["10.244.1.5:8080", "10.244.2.6:8080"],
+            "{http:?}"
+        );
+        // The db port's ready endpoints do not have it: its own terminating one serves.
+        let db = res("10.96.0.7:5432", &svcs, &slices, &pods);
+        assert_eq!(addrs(&db), ["10.244.2.9:5432"], "{db:?}");
+        // internalTrafficPolicy Local: this node's (node-a) only.
+        let mut local = (*svcs[0]).clone();
+        local.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        svcs[0] = Arc::new(local);
+        let here = res("10.96.0.7:80", &svcs, &slices, &pods);
+        assert_eq!(addrs(&here), ["10.244.1.5:8080"], "{here:?}");
+        // The ghost's Pod comes: it is listed (meshed or not, as the Pod says).
+        pods.insert(
+            ("shop".into(), "web-gone".into()),
+            pods[&("shop".to_string(), "web-b".to_string())].clone(),
+        );
+        let all = res("10.96.0.7:80", &svcs, &slices, &pods);
+        assert_eq!(
+            addrs(&all),
+            ["10.244.1.5:8080", "10.244.7.7:8080"],
+            "{all:?}"
+        );
+        // An ExternalName Service has none of ours: unknown, so the proxy passes it on.
+        let ext: Service = serde_json::from_value(json!({
+            "metadata": {"name": "ext", "namespace": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "example.org",
+                     "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        svcs.push(Arc::new(ext));
+        assert!(res("ext.shop.svc.cluster.local:80", &svcs, &slices, &pods).unknown);
     }
 
     #[test]

@@ -266,6 +266,7 @@ mod tests {
             naming: Naming {
                 cluster_domain: "cluster.local".into(),
                 trust_domain: "cluster.local".into(),
+                node: "node-a".into(),
             },
             streams: Gauge::default(),
             computed,
