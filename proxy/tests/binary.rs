@@ -82,12 +82,7 @@ fn shutdown_is_heard_while_waiting_for_the_first_certificate() {
         let _ = exited.send(status);
     });
     // Killed if the test ends first (not once reaped: its pid may be another's by then).
-    let _kill = scopeguard(move || {
-        if !reaped.load(std::sync::atomic::Ordering::SeqCst) {
-            // SAFETY: kill(2) with a pid and a signal number touches no memory of ours.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
+    let _kill = KillUnlessReaped { pid, reaped };
     // Its log says when it waits (the admin port is bound before that).
     let mut lines = std::io::BufReader::new(log).lines();
     loop {
@@ -115,15 +110,17 @@ fn shutdown_is_heard_while_waiting_for_the_first_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
+/// Kills the process `pid` when dropped, unless it has been reaped.
+struct KillUnlessReaped {
+    pid: i32,
+    reaped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for KillUnlessReaped {
+    fn drop(&mut self) {
+        if !self.reaped.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: kill(2) with a pid and a signal number touches no memory of ours.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
     }
-    Guard(Some(f))
 }

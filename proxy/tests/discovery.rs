@@ -104,6 +104,36 @@ async fn agent(
     }
 }
 
+/// An outbound proxy (with `creds`) whose discovery lists `ep` for every name and which lets
+/// an authority go after 300 ms without requests: its address, the count of the agent's
+/// asks, and the report of streams let go. (The names' sender lives as long as the test.)
+async fn idle_proxy(
+    ep: pb::Endpoint,
+    creds: Arc<dyn meshwork_proxy::tls::Credentials>,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    let (names_tx, names) = tokio::sync::watch::channel(Some(vec![ep]));
+    std::mem::forget(names_tx);
+    let Agent {
+        resolver,
+        metrics,
+        gets,
+        closed,
+    } = agent(names, Duration::from_secs(10)).await;
+    let resolver = resolver.idle_after(Duration::from_millis(300));
+    let (_, proxy) = serve(Outbound::with(
+        outbound::Config::default(),
+        creds,
+        resolver,
+        metrics,
+    ))
+    .await;
+    (proxy, gets, closed)
+}
+
 /// `outbound` on a loopback port, serving until the test ends: it, and its address.
 async fn serve(outbound: Arc<Outbound>) -> (Arc<Outbound>, std::net::SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,28 +285,15 @@ async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
         Inbound::with(inbound::Config::default(), web, inbound_metrics.clone())
             .serve(l, Watch::never()),
     );
-    let (_names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
+    let ep = pb::Endpoint {
         addr: app.to_string(),
         mesh: Some(pb::Mesh {
             identity: "spiffe://cluster.local/ns/default/sa/web".into(),
             proxy_port: inbound_port.into(),
         }),
         ..Default::default()
-    }]));
-    let Agent {
-        resolver,
-        metrics,
-        gets,
-        mut closed,
-    } = agent(names, Duration::from_secs(10)).await;
-    let resolver = resolver.idle_after(Duration::from_millis(300));
-    let (_, proxy) = serve(Outbound::with(
-        outbound::Config::default(),
-        client,
-        resolver,
-        metrics,
-    ))
-    .await;
+    };
+    let (proxy, gets, mut closed) = idle_proxy(ep, client).await;
     let handshakes = || {
         support::metric(
             &inbound_metrics,
@@ -363,24 +380,11 @@ async fn h2_get(proxy: std::net::SocketAddr) -> http::StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authority_left_idle_gives_back_its_plaintext_http2_session() {
     let (app, accepted, mut ended) = h2_endpoint().await;
-    let (_names_tx, names) = tokio::sync::watch::channel(Some(vec![pb::Endpoint {
+    let ep = pb::Endpoint {
         addr: app.to_string(),
         ..Default::default()
-    }]));
-    let Agent {
-        resolver,
-        metrics,
-        gets,
-        mut closed,
-    } = agent(names, Duration::from_secs(10)).await;
-    let resolver = resolver.idle_after(Duration::from_millis(300));
-    let (_, proxy) = serve(Outbound::with(
-        outbound::Config::default(),
-        Arc::new(NoCreds),
-        resolver,
-        metrics,
-    ))
-    .await;
+    };
+    let (proxy, gets, mut closed) = idle_proxy(ep, Arc::new(NoCreds)).await;
 
     assert_eq!(h2_get(proxy).await, 200);
     assert_eq!(h2_get(proxy).await, 200);
