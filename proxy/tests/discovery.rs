@@ -134,6 +134,19 @@ async fn idle_proxy(
     (proxy, gets, closed)
 }
 
+/// An agent that takes connections and says nothing: its address.
+async fn silent_agent() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(l.accept().await.unwrap().0);
+        }
+    });
+    addr
+}
+
 /// `outbound` on a loopback port, serving until the test ends: it, and its address.
 async fn serve(outbound: Arc<Outbound>) -> (Arc<Outbound>, std::net::SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -669,15 +682,7 @@ async fn a_stream_that_worked_starts_the_reconnect_back_off_afresh() {
 /// request with a 300 ms timeout gets its 504 then, not the 503 of discovery's own wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_timeout_covers_the_wait_for_discovery() {
-    // An agent that takes connections and says nothing.
-    let dl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let daddr = dl.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            held.push(dl.accept().await.unwrap().0);
-        }
-    });
+    let daddr = silent_agent().await;
     let metrics = meshwork_proxy::metrics::Metrics::new();
     let resolver = Resolver::api(
         Static::default(),
@@ -697,4 +702,28 @@ async fn the_request_timeout_covers_the_wait_for_discovery() {
         .await
         .expect("no answer within 10 s (the request timeout is 300 ms)");
     assert_eq!(status, 504);
+}
+
+/// Discovery tells "outside the mesh" (the agent says unknown: an intercepted connection is
+/// passed through) from "no answer" (the agent away: it is closed, since the address may be a
+/// meshed pod's, which must not get plaintext).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_from_discovery_is_not_outside_the_mesh() {
+    use meshwork_proxy::outbound::resolve::Lookup;
+    let (_names_tx, names) = tokio::sync::watch::channel(None);
+    let Agent { resolver, .. } = agent(names, Duration::from_secs(10)).await;
+    let l = resolver.lookup("10.96.7.7:80").await;
+    assert!(matches!(l, Lookup::Unknown), "{l:?}");
+    // An agent that says nothing, past a 300 ms first-answer wait.
+    let daddr = silent_agent().await;
+    let silent = Resolver::api(
+        Static::default(),
+        &daddr.to_string(),
+        None,
+        Duration::from_millis(300),
+        meshwork_proxy::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let l = silent.lookup("10.96.7.7:80").await;
+    assert!(matches!(l, Lookup::Unavailable), "{l:?}");
 }

@@ -6,14 +6,16 @@
 //!   control agent answers with that one pod) is routed like an explicitly addressed
 //!   request: HTTP by request over the balancer, anything else (or a port opaque by default
 //!   or by annotation) tunnelled to one endpoint.
-//! - Anything else (a node's address, the world) goes where it was sent, bytes untouched:
-//!   the mesh has no identity to expect there.
+//! - Anything discovery says is unknown (a node's address, the world) goes where it was
+//!   sent, bytes untouched: the mesh has no identity to expect there.
+//! - When discovery does not answer at all, the connection is closed: it may be a meshed
+//!   pod's address, which must not get plaintext.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 
-use super::Outbound;
+use super::{resolve::Lookup, Outbound};
 use crate::{detect::Protocol, drain::Watch, io::detect_io};
 
 /// `SO_ORIGINAL_DST` of an accepted connection, when the kernel redirected it here; None
@@ -53,13 +55,18 @@ impl Outbound {
     ) -> std::io::Result<()> {
         let tcp = crate::io::Counted::new(tcp, &self.metrics, crate::metrics::Direction::Outbound);
         let authority = orig.to_string();
-        let eps = self
-            .resolver
-            .get(&authority)
-            .await
-            .filter(|e| !e.is_empty());
-        let Some(eps) = eps else {
-            return self.passthrough(tcp, orig).await;
+        let eps = match self.resolver.lookup(&authority).await {
+            Lookup::Found(eps) => eps,
+            // Outside the mesh: as the app sent it.
+            Lookup::Unknown => return self.passthrough(tcp, orig).await,
+            // No answer (the agent away, or this proxy following all it may): closed, not
+            // passed through, since it may be a meshed pod's address that would then get
+            // plaintext (what discovery's 503 does for a request).
+            Lookup::Unavailable => {
+                self.metrics.refuse("discovery_unavailable");
+                tracing::info!(%orig, "intercepted connection closed: discovery did not answer");
+                return Ok(());
+            }
         };
         let opaque = meshwork_destination_api::DEFAULT_OPAQUE_PORTS.contains(&orig.port())
             || eps.iter().all(|e| e.opaque);

@@ -256,10 +256,21 @@ impl Resolver {
     /// The endpoints of `authority` (lower-case `host:port`); None: nobody knows it (the
     /// agent says no Service answers to it, or it did not answer in time).
     pub async fn get(&self, authority: &str) -> Option<Arc<[Endpoint]>> {
-        if let Some(eps) = self.statics.get(authority) {
-            return Some(eps.clone());
+        match self.lookup(authority).await {
+            Lookup::Found(eps) => Some(eps),
+            Lookup::Unknown | Lookup::Unavailable => None,
         }
-        let api = self.api.as_ref()?;
+    }
+
+    /// What discovery says of `authority`, telling "outside the mesh" from "no answer".
+    pub async fn lookup(&self, authority: &str) -> Lookup {
+        if let Some(eps) = self.statics.get(authority) {
+            return Lookup::Found(eps.clone());
+        }
+        let Some(api) = self.api.as_ref() else {
+            // No discovery: only the static table knows anything.
+            return Lookup::Unknown;
+        };
         let now = Instant::now();
         let fed = {
             let mut streams = api.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,7 +288,7 @@ impl Resolver {
                 }
                 if streams.by_authority.len() >= MAX_AUTHORITIES {
                     self.metrics.refuse("discovery_limit");
-                    return None;
+                    return Lookup::Unavailable;
                 }
                 let (tx, rx) = watch::channel(None);
                 let (routes_tx, routes) = watch::channel(None);
@@ -306,16 +317,18 @@ impl Resolver {
                 };
                 streams.by_authority.insert(authority.to_string(), e);
             }
-            let e = streams.by_authority.get_mut(authority)?;
+            let Some(e) = streams.by_authority.get_mut(authority) else {
+                return Lookup::Unavailable;
+            };
             e.used = now;
             if let Some(set) = e.rx.borrow().clone() {
-                return (!e.unknown.load(Ordering::Relaxed)).then_some(set);
+                return Lookup::of(set, &e.unknown);
             }
             (e.rx.clone(), e.failfast.clone(), e.unknown.clone())
         };
         let (mut rx, failfast, unknown) = fed;
         if failfast.load(Ordering::Relaxed) {
-            return None;
+            return Lookup::Unavailable;
         }
         let first = tokio::time::timeout(api.first, async {
             rx.wait_for(Option::is_some)
@@ -326,11 +339,34 @@ impl Resolver {
         .await;
         match first {
             // Flagged before the set is sent: read after it arrived, it is current.
-            Ok(set) => set.filter(|_| !unknown.load(Ordering::Relaxed)),
+            Ok(Some(set)) => Lookup::of(set, &unknown),
+            Ok(None) => Lookup::Unavailable,
             Err(_) => {
                 failfast.store(true, Ordering::Relaxed);
-                None
+                Lookup::Unavailable
             }
+        }
+    }
+}
+
+/// What discovery says of an authority.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Its endpoints (none, for a Service scaled to zero).
+    Found(Arc<[Endpoint]>),
+    /// No Service or pod answers to it: outside the mesh (or discovery is not configured).
+    Unknown,
+    /// Discovery did not answer in time, or this proxy follows all it may: nothing is known,
+    /// which is not "outside the mesh".
+    Unavailable,
+}
+
+impl Lookup {
+    fn of(set: Arc<[Endpoint]>, unknown: &AtomicBool) -> Self {
+        if unknown.load(Ordering::Relaxed) {
+            Lookup::Unknown
+        } else {
+            Lookup::Found(set)
         }
     }
 }
