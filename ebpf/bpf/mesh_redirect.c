@@ -335,10 +335,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mw_mesh_in_socks SEC(".maps");
 
+/* The source address of the proxy's own connections to its app (proxy/src/inbound/mod.rs,
+ * APP_SOURCE): 127.0.0.6, as Istio's. */
+#define MW_PROXY_APP_SOURCE 0x7f000006
+
 /* Inbound, attached to a meshed pod's network namespace: a TCP connection to the pod's
  * address on an app port is handed to the proxy's inbound listener, the original
- * destination kept as the accepted socket's local address (the proxy relays it to the app on
- * 127.0.0.1, which is not steered again). The proxy's own ports and excluded ports pass.
+ * destination kept as the accepted socket's local address. The proxy relays it to the app on
+ * that same address, from MW_PROXY_APP_SOURCE, which passes here: so a port the app binds on
+ * 127.0.0.1 only is out of reach from outside, as without the mesh (nothing outside the pod
+ * can send from a loopback address). The proxy's own ports and excluded ports pass.
  * Meshed but no listener registered (the proxy not started, or restarting): dropped, so
  * nothing reaches the app around its proxy. */
 SEC("sk_lookup")
@@ -354,6 +360,8 @@ int mw_mesh_inbound(struct bpf_sk_lookup *ctx)
 	long err;
 
 	if (ctx->protocol != MW_IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->family == MW_AF_INET && ctx->remote_ip4 == bpf_htonl(MW_PROXY_APP_SOURCE))
 		return SK_PASS;
 	if (ctx->family == MW_AF_INET6) {
 		k6.addr[0] = ctx->local_ip6[0];

@@ -112,6 +112,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 InboundPolicy::Strict => inbound::Policy::Strict,
             },
             app_ip: cfg.app_ip,
+            connect_timeout: cfg.connect_timeout,
             proxy_ports: vec![cfg.outbound_listen.port(), cfg.admin_listen.port()],
             header_read_timeout: cfg.header_read_timeout,
             opaque_ports: cfg.inbound_opaque_ports.0.clone(),

@@ -127,9 +127,10 @@ pub struct Config {
         value_parser = routes
     )]
     pub inbound_routes: Routes,
-    /// Where the app listens.
-    #[arg(long, env = "MESHWORK_PROXY_APP_IP", default_value = "127.0.0.1")]
-    pub app_ip: std::net::IpAddr,
+    /// Where the app listens; unset: the address each connection came to (the pod's), so a
+    /// port the app binds on 127.0.0.1 only is not reachable from outside the pod.
+    #[arg(long, env = "MESHWORK_PROXY_APP_IP")]
+    pub app_ip: Option<std::net::IpAddr>,
     #[arg(long, env = "MESHWORK_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
     #[arg(long, env = "MESHWORK_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]

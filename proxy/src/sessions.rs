@@ -81,6 +81,15 @@ pub async fn plaintext_h2(
         .map_err(|_| format!("connecting to {addr}: timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = tcp.set_nodelay(true);
+    plaintext_h2_over(tcp, addr).await
+}
+
+/// [`plaintext_h2`] over a connection already made to `addr` (the inbound stack's to its app,
+/// from its own source address).
+pub async fn plaintext_h2_over(
+    tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+) -> Result<SendRequest<Body>, String> {
     let (send, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())

@@ -86,7 +86,7 @@ async fn greeting_app() -> SocketAddr {
 /// goes to the app port a connection was addressed to, as kernel steering keeps it).
 async fn inbound(cfg: inbound::Config, creds: std::sync::Arc<Creds>, ports: &[u16]) {
     let cfg = inbound::Config {
-        app_ip: [127, 0, 0, 2].into(),
+        app_ip: Some([127, 0, 0, 2].into()),
         ..cfg
     };
     for port in ports {
@@ -131,7 +131,7 @@ async fn a_client_that_waits_out_detection_still_cannot_forge_the_identity_heade
     let mesh_addr = mesh.local_addr().unwrap();
     let cfg = inbound::Config {
         detect_timeout: Duration::from_millis(300),
-        app_ip: [127, 0, 0, 2].into(),
+        app_ip: Some([127, 0, 0, 2].into()),
         ..Default::default()
     };
     tokio::spawn(Inbound::new(cfg.clone(), web.clone()).serve(mesh, Watch::never()));

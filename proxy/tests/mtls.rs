@@ -194,7 +194,7 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
     let port = app_addr.port();
     let cfg = |policy| inbound::Config {
         policy,
-        app_ip: app_addr.ip(),
+        app_ip: Some(app_addr.ip()),
         ..Default::default()
     };
     let strict = TcpListener::bind(("127.0.0.1", port)).await.unwrap();

@@ -137,7 +137,9 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
                                             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                                             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}},
                                             {"name": "ws", "image": "meshapp", "args": ["ws", "0.0.0.0:8081"],
-                                            "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1}}]}}}},
+                                            "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1}},
+                                            // A server for the pod's own containers only.
+                                            {"name": "local", "image": "meshapp", "args": ["http", "127.0.0.1:9000"]}]}}}},
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "web", "namespace": "default"},
          "spec": {"selector": {"app": "web"}, "ports": [
@@ -188,10 +190,11 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
         );
         let st = &pod["status"]["initContainerStatuses"][0];
         assert!(st["ready"] == true && st["started"] == true, "{pod}");
-        // The table counts the sidecar: 2/2 (3/3 with the web pod's WebSocket server).
+        // The table counts the sidecar: 2/2 (4/4 with the web pod's WebSocket and loopback
+        // servers).
         let name = pod["metadata"]["name"].as_str().unwrap();
         let row = o.kubectl(&["get", "pod", name, "--no-headers"]);
-        let want = if app == "web" { "3/3" } else { "2/2" };
+        let want = if app == "web" { "4/4" } else { "2/2" };
         assert!(row.contains(want), "{row}");
     }
     let logs = o.kubectl(&["logs", "deploy/client", "-c", "c"]);
@@ -282,6 +285,16 @@ fn annotated_namespace_gets_ready_sidecars_and_webhook_failures_are_clear() {
     let v6 = String::from_utf8_lossy(&v6.stdout);
     // Refused by the hook (there is no route either: that would say "unreachable").
     assert!(v6.contains("ConnectionRefusedError"), "native IPv6: {v6}");
+    // A port the app binds on 127.0.0.1 only stays inside its pod, as without the mesh: the
+    // web proxy reaches the app on the pod's address, where nothing listens on 9000 (it
+    // once relayed to 127.0.0.1, which lent such ports out to any client).
+    let local = format!("http://{}:9000/", web_pod.ip);
+    let out = in_client_out(o, &["curl", "-s", "--max-time", "5", &local]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !body.contains("client="),
+        "{local} reached the loopback-only server: {body}"
+    );
     let bypass = format!("http://{cip}:81/");
     let out = in_client(o, &["curl", "-sf", &bypass]);
     assert!(

@@ -3,7 +3,8 @@
 //! it), on a dual-stack pod: IPv4 connections to an app port are handed to the proxy's
 //! listener, and native IPv6 ones (which the IPv4 listener cannot take) are refused rather
 //! than let through to an app listening on `[::]`, to the pod's registered IPv6 address and
-//! any other (link-local) alike; without the program they reach it. The lab clusters' pods
+//! any other (link-local) alike; without the program they reach it. The proxy's own
+//! connections to the app, from 127.0.0.6, pass to the app. The lab clusters' pods
 //! are IPv4-only (the node runtime records one address), so `injection.rs` cannot show the
 //! IPv6 half.
 #![allow(
@@ -89,6 +90,18 @@ fn ipv4_goes_to_the_proxy_and_native_ipv6_is_dropped_not_let_past() {
     // IPv4 to the app port: the proxy's.
     let _c = connect((V4, 8080).into()).expect("IPv4 to the app port");
     assert!(took(&proxy) && !took(&app), "IPv4 goes to the proxy");
+    // The proxy's own connection to the app on the pod's address, from 127.0.0.6
+    // (proxy/src/inbound/mod.rs, APP_SOURCE): the app's, not handed back to the proxy.
+    lab.exec(
+        &pod.netns,
+        &[
+            "python3",
+            "-c",
+            "import socket; s = socket.socket(); s.bind(('127.0.0.6', 0)); \
+             s.connect(('10.77.0.1', 8080))",
+        ],
+    );
+    assert!(took(&app) && !took(&proxy), "from 127.0.0.6 to the app");
     // An IPv6 address of the pod without an entry (a link-local one, say) is refused too:
     // the program runs only in meshed namespaces.
     let e = connect((V6, 8080).into()).expect_err("IPv6 with no entry");

@@ -37,15 +37,20 @@ impl Inbound {
         // are never looked at: no identity header is set or removed there. Strict goes on to
         // detection, which lets only the app's probes through.)
         if let Some(app) = self
-            .app_port(local.port(), own)
+            .app_port(local.ip(), local.port(), own)
             .filter(|a| self.cfg.policy == Policy::Permissive && self.opaque(a.port()))
         {
-            return relay(PrefixedIo::new(bytes::BytesMut::new(), tcp), app).await;
+            return relay(
+                PrefixedIo::new(bytes::BytesMut::new(), tcp),
+                app,
+                self.cfg.connect_timeout,
+            )
+            .await;
         }
         let (detected, io) = detect_io(tcp, self.cfg.detect_timeout).await?;
         match detected.protocol() {
             Protocol::Tls { sni: Some(name) } if name == self.own_name => {
-                self.mesh(io, own, drain).await
+                self.mesh(io, local.ip(), own, drain).await
             }
             other => {
                 let probed = other == Protocol::Http1
@@ -57,7 +62,7 @@ impl Inbound {
                     self.metrics.refuse("strict_policy");
                     return Ok(());
                 }
-                let Some(app) = self.app_port(local.port(), own) else {
+                let Some(app) = self.app_port(local.ip(), local.port(), own) else {
                     // Addressed to the listener itself (no interception kept another port),
                     // or to another port of the proxy's: relaying would loop or lend out this
                     // pod's outbound proxy.
@@ -75,6 +80,7 @@ impl Inbound {
     async fn mesh(
         self: Arc<Self>,
         io: PrefixedIo<crate::io::Counted<TcpStream>>,
+        local: std::net::IpAddr,
         own: SocketAddr,
         drain: Watch,
     ) -> std::io::Result<()> {
@@ -107,7 +113,7 @@ impl Inbound {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "transport header"))??;
         let header = TransportHeader::decode(&h)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let Some(app) = self.app_port(header.port, own) else {
+        let Some(app) = self.app_port(local, header.port, own) else {
             self.metrics.refuse("proxy_port");
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -137,9 +143,10 @@ impl Inbound {
         self.cfg.opaque_ports.iter().any(|r| r.contains(&port))
     }
 
-    /// The app address for `port`, unless it is one of the proxy's own ports.
-    fn app_port(&self, port: u16, own: SocketAddr) -> Option<SocketAddr> {
-        let app = SocketAddr::new(self.cfg.app_ip, port);
+    /// The app address for `port` on `local` (the address the connection came to, unless
+    /// `--app-ip` says otherwise), unless it is one of the proxy's own ports.
+    fn app_port(&self, local: std::net::IpAddr, port: u16, own: SocketAddr) -> Option<SocketAddr> {
+        let app = SocketAddr::new(self.cfg.app_ip.unwrap_or(local), port);
         (!loops_back(app, own) && !self.cfg.proxy_ports.contains(&port)).then_some(app)
     }
 
@@ -184,7 +191,7 @@ impl Inbound {
             }
             _ => {
                 let _hold = drain;
-                relay(io, app).await
+                relay(io, app, self.cfg.connect_timeout).await
             }
         }
     }
@@ -206,7 +213,7 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut buf, mut io) = io.into_parts();
-        let mut far = connect_app(app).await?;
+        let mut far = connect_app(app, self.cfg.connect_timeout).await?;
         let client_first = tokio::select! {
             // Both are cancel-safe: a read that has not completed took nothing.
             r = io.read_buf(&mut buf) => r? > 0,
@@ -234,11 +241,15 @@ impl Inbound {
 }
 
 /// Relays bytes both ways between `io` and a new connection to `to`.
-async fn relay<I>(mut io: I, to: SocketAddr) -> std::io::Result<()>
+async fn relay<I>(
+    mut io: I,
+    to: SocketAddr,
+    connect_timeout: std::time::Duration,
+) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut app = connect_app(to).await?;
+    let mut app = connect_app(to, connect_timeout).await?;
     tokio::io::copy_bidirectional(&mut io, &mut app).await?;
     Ok(())
 }

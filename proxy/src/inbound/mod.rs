@@ -73,8 +73,11 @@ pub enum Policy {
 pub struct Config {
     pub detect_timeout: Duration,
     pub policy: Policy,
-    /// Where the app listens (its ports on this address).
-    pub app_ip: std::net::IpAddr,
+    /// Where the app listens (its ports on this address); None: the address the connection
+    /// came to, the pod's (a port bound on 127.0.0.1 only is then not reachable from outside).
+    pub app_ip: Option<std::net::IpAddr>,
+    /// How long a connection to the app may take.
+    pub connect_timeout: Duration,
     /// The proxy's own ports (outbound, admin): never an app port, so that no peer can use
     /// this pod's outbound proxy, and its identity, through the inbound one. The inbound
     /// listener's own port is added by `serve`.
@@ -99,7 +102,8 @@ impl Default for Config {
         Config {
             detect_timeout: Duration::from_secs(10),
             policy: Policy::Permissive,
-            app_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            app_ip: None,
+            connect_timeout: Duration::from_secs(1),
             // Linkerd's outbound and admin ports (ARCHITECTURE.md, "The proxy").
             proxy_ports: vec![4140, 4191],
             header_read_timeout: crate::accept::HEADER_READ_TIMEOUT,
@@ -139,6 +143,9 @@ impl Inbound {
         let own_name = mesh_server_name(creds.id());
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        // From APP_SOURCE, as every connection to the app (see it).
+        http.set_local_address(Some(APP_SOURCE.into()));
         Arc::new(Inbound {
             cfg,
             creds,
@@ -356,7 +363,7 @@ impl Inbound {
         // not to be HTTP (HTTP inside, an upgrade above all, makes connections of its own:
         // one made here first would reach the app for nothing).
         let early = if opaque {
-            match connect_app(app).await {
+            match connect_app(app, self.cfg.connect_timeout).await {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::debug!(%app, error = %e, "app refused a tunnel");
@@ -457,11 +464,16 @@ impl Inbound {
             // `:authority` carries it; a Host beside it must not differ (RFC 9113 §8.3.1).
             parts.headers.remove(http::header::HOST);
             let req = Request::from_parts(parts, body.boxed());
-            let connect_timeout = self.cfg.detect_timeout.min(Duration::from_secs(1));
+            let connect_timeout = self.cfg.connect_timeout;
             match self
                 .app_h2
                 .get(app, move || {
-                    Box::pin(crate::sessions::plaintext_h2(app, connect_timeout))
+                    Box::pin(async move {
+                        let tcp = connect_app(app, connect_timeout)
+                            .await
+                            .map_err(|e| format!("connecting to {app}: {e}"))?;
+                        crate::sessions::plaintext_h2_over(tcp, app).await
+                    })
                 })
                 .await
             {
@@ -553,10 +565,15 @@ impl Inbound {
             }
         }
         let app = s.app;
-        let connect_timeout = self.cfg.detect_timeout.min(Duration::from_secs(1));
-        let tcp = match tokio::time::timeout(connect_timeout, connect_app(app)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
+        let tcp = match connect_app(app, self.cfg.connect_timeout).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return error(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    "connecting to the app timed out",
+                )
+            }
+            Err(e) => {
                 tracing::debug!(%app, error = %e, "app refused an upgrade");
                 let mut resp = error(
                     http::StatusCode::BAD_GATEWAY,
@@ -564,12 +581,6 @@ impl Inbound {
                 );
                 resp.extensions_mut().insert(crate::http::Unsent);
                 return resp;
-            }
-            Err(_) => {
-                return error(
-                    http::StatusCode::GATEWAY_TIMEOUT,
-                    "connecting to the app timed out",
-                )
             }
         };
         let drain = self.drain.get().cloned();
@@ -583,9 +594,33 @@ impl Inbound {
     }
 }
 
-/// A connection to the app at `app`, for a tunnel or an upgrade.
-async fn connect_app(app: SocketAddr) -> std::io::Result<TcpStream> {
-    let t = TcpStream::connect(app).await?;
+/// The source address of the proxy's connections to its app. The app is reached on the
+/// address the client came to (the pod's), not on 127.0.0.1, so that a port the app binds on
+/// loopback only stays out of reach from outside the pod (Linkerd since 2.11, Istio since
+/// 1.10); the kernel's inbound steering (`ebpf/bpf/mesh_redirect.c`, `MW_PROXY_APP_SOURCE`)
+/// lets connections from this address through to the app instead of handing them back to
+/// the proxy. A loopback address: nothing outside the pod can send from it.
+pub const APP_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
+/// A connection to the app at `app` from [`APP_SOURCE`] (an IPv4 app address), within
+/// `timeout`.
+pub(crate) async fn connect_app(app: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let connect = async {
+        match app {
+            SocketAddr::V4(_) => {
+                let s = tokio::net::TcpSocket::new_v4()?;
+                s.bind(SocketAddr::from((APP_SOURCE, 0)))?;
+                s.connect(app).await
+            }
+            SocketAddr::V6(_) => TcpStream::connect(app).await,
+        }
+    };
+    let t = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connecting to the app at {app}"),
+        )
+    })??;
     let _ = t.set_nodelay(true);
     Ok(t)
 }
