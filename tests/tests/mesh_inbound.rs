@@ -92,15 +92,19 @@ fn ipv4_goes_to_the_proxy_and_native_ipv6_is_dropped_not_let_past() {
     assert!(took(&proxy) && !took(&app), "IPv4 goes to the proxy");
     // The proxy's own connection to the app on the pod's address, from 127.0.0.6
     // (proxy/src/inbound/mod.rs, APP_SOURCE): the app's, not handed back to the proxy.
-    lab.exec(
-        &pod.netns,
-        &[
-            "python3",
-            "-c",
-            "import socket; s = socket.socket(); s.bind(('127.0.0.6', 0)); \
-             s.connect(('10.77.0.1', 8080))",
-        ],
-    );
+    let _c = ns
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?;
+            rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4()?;
+                s.bind((Ipv4Addr::new(127, 0, 0, 6), 0).into())?;
+                s.connect((V4, 8080).into()).await?.into_std()
+            })
+        })
+        .unwrap()
+        .expect("from 127.0.0.6 to the app port");
     assert!(took(&app) && !took(&proxy), "from 127.0.0.6 to the app");
     // An IPv6 address of the pod without an entry (a link-local one, say) is refused too:
     // the program runs only in meshed namespaces.
