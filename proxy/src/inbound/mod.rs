@@ -42,6 +42,11 @@ struct Session {
     /// Served inside a CONNECT tunnel: a CONNECT here is refused (a peer nesting tunnels
     /// would have each level's streams multiply the last's).
     tunnelled: bool,
+    /// This connection's own HTTP/2 connection to the app, made at its first HTTP/2 request
+    /// and closed with it: one client (a peer pod's session, or a plaintext client) holding
+    /// the app's stream limit (hyper's and tonic's 200, Go's 250) with long calls then does
+    /// not hold up another's, as without the proxy, where each has its own connection.
+    app_h2: crate::sessions::Sessions<SocketAddr, String>,
 }
 
 impl Session {
@@ -57,6 +62,7 @@ impl Session {
             client,
             peer,
             tunnelled,
+            app_h2: Default::default(),
         }
     }
 }
@@ -122,9 +128,6 @@ pub struct Inbound {
     cfg: Config,
     creds: Arc<dyn Credentials>,
     app: Client<HttpConnector, Body>,
-    /// Prior-knowledge HTTP/2 to the app, for requests that were HTTP/2 at their client: a
-    /// session per app port.
-    app_h2: crate::sessions::Sessions<SocketAddr, String>,
     own_name: String,
     /// The inbound listener's address, once serving.
     own: std::sync::OnceLock<SocketAddr>,
@@ -150,7 +153,6 @@ impl Inbound {
             cfg,
             creds,
             app: Client::builder(TokioExecutor::new()).build(http),
-            app_h2: Default::default(),
             own_name,
             own: std::sync::OnceLock::new(),
             drain: std::sync::OnceLock::new(),
@@ -465,7 +467,7 @@ impl Inbound {
             parts.headers.remove(http::header::HOST);
             let req = Request::from_parts(parts, body.boxed());
             let connect_timeout = self.cfg.connect_timeout;
-            match self
+            match s
                 .app_h2
                 .get(app, move || {
                     Box::pin(async move {

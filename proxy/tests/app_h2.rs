@@ -1,0 +1,110 @@
+//! HTTP/2 to the app: each client connection of the inbound proxy (a peer pod's session, a
+//! plaintext client) gets its own HTTP/2 connection to the app, as it would without the
+//! proxy. One client holding the app's stream limit with long calls does not hold up
+//! another's, and a client's connection to the app closes when the client goes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic with its location is the failure report"
+)]
+
+use std::{sync::Arc, time::Duration};
+
+mod support;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshwork_proxy::{
+    drain::Watch,
+    inbound::{self, Inbound},
+};
+use support::{test_ca, Creds};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, Notify},
+};
+
+/// A request for `path` from a new HTTP/2 (prior knowledge) client connection to `to`: its
+/// status, and the connection's handle (dropping it closes the connection).
+async fn h2_get(
+    to: std::net::SocketAddr,
+    path: &str,
+) -> (
+    http::StatusCode,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) {
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://app{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let status = send.send_request(req).await.unwrap().status();
+    (status, send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_has_its_own_http2_connection_to_the_app() {
+    // The app: HTTP/2 with a limit of one stream per connection; `/slow` is answered once
+    // `release` is notified. Each connection's end is reported.
+    let l = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let (release, got) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let (r, g) = (release.clone(), got.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let (r, g, ended) = (r.clone(), g.clone(), ended_tx.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let (r, g) = (r.clone(), g.clone());
+                    async move {
+                        if req.uri().path() == "/slow" {
+                            g.notify_one();
+                            r.notified().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Empty::<bytes::Bytes>::new(),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(1)
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+                let _ = ended.send(());
+            });
+        }
+    });
+    // The inbound proxy on the app's port (plaintext goes to the port it was addressed to).
+    let ca = test_ca();
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let cfg = inbound::Config {
+        app_ip: Some(app.ip()),
+        ..Default::default()
+    };
+    let l = TcpListener::bind(("127.0.0.3", app.port())).await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(Inbound::new(cfg, web).serve(l, Watch::never()));
+
+    // A first client holds the app's one stream...
+    let slow = tokio::spawn(h2_get(proxy, "/slow"));
+    got.notified().await;
+    // ...a second is answered meanwhile, on a connection of its own.
+    let (status, fast) = tokio::time::timeout(Duration::from_secs(5), h2_get(proxy, "/fast"))
+        .await
+        .expect("a client waited behind another's stream at the app");
+    assert_eq!(status, 200);
+    // The second client goes: its connection to the app closes.
+    drop(fast);
+    tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("a client's connection to the app outlived the client")
+        .unwrap();
+    release.notify_one();
+    let (status, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+}
