@@ -273,7 +273,18 @@ pub fn inject_pod(
     vols.push(json!({"name": TOKEN_VOLUME, "projected": {"sources": [
         {"serviceAccountToken": {"audience": IDENTITY_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}));
     vols.push(json!({"name": ROOTS_VOLUME, "configMap": {"name": TRUST_ROOTS_CONFIGMAP}}));
+    // The namespace's opaque ports go onto the pod too (Linkerd's injector copies them): the
+    // agent's discovery reads a pod's annotations, not its namespace's, and its clients would
+    // otherwise detect on those ports, waiting out the detection timeout for a server that
+    // speaks first.
+    let ns_opaque = ns_meta
+        .and_then(|n| n["annotations"][meshwork_destination_api::OPAQUE_PORTS].as_str())
+        .map(str::to_string);
     let ann = object(meta, "annotations");
+    if let Some(p) = ns_opaque {
+        ann.entry(meshwork_destination_api::OPAQUE_PORTS)
+            .or_insert_with(|| json!(p));
+    }
     ann.insert(INJECTED.into(), json!(cfg.proxy_image));
     ann.insert(
         meshwork_destination_api::PROXY_INBOUND_PORT.into(),
@@ -460,6 +471,16 @@ mod tests {
         };
         let ann = |a: Value| json!({ "annotations": a });
         let ns = ann(json!({INBOUND_POLICY: "strict", opaque: "9000-9010"}));
+        // The namespace's opaque ports are copied onto the pod, for discovery's hint to its
+        // clients; a pod's own stay.
+        for (pod, want) in [
+            (json!({}), "9000-9010"),
+            (ann(json!({opaque: "7000"})), "7000"),
+        ] {
+            let (mut meta, mut spec) = (pod, json!({"containers": [{"name": "c"}]}));
+            inject_pod(&mut meta, &mut spec, Some(&ns), &cfg).unwrap();
+            assert_eq!(meta["annotations"][opaque], want, "{meta}");
+        }
         // The namespace's, when the pod says nothing.
         assert_eq!(
             env_of(json!({}), Some(ns.clone())).unwrap(),
