@@ -9,17 +9,21 @@ use http::{Request, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
 };
 use meshwork_identity::spiffe::SpiffeId;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
 };
 use tracing::Instrument;
 
+mod app;
 mod connection;
+
+use app::connect_app;
+pub use app::APP_SOURCE;
 
 use crate::{
     drain::Watch,
@@ -127,7 +131,7 @@ impl Default for Config {
 pub struct Inbound {
     cfg: Config,
     creds: Arc<dyn Credentials>,
-    app: Client<HttpConnector, Body>,
+    app: Client<app::Connector, Body>,
     own_name: String,
     /// The inbound listener's address, once serving.
     own: std::sync::OnceLock<SocketAddr>,
@@ -144,15 +148,13 @@ impl Inbound {
 
     pub fn with(cfg: Config, creds: Arc<dyn Credentials>, metrics: Arc<Metrics>) -> Arc<Self> {
         let own_name = mesh_server_name(creds.id());
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        // From APP_SOURCE, as every connection to the app (see it).
-        http.set_local_address(Some(APP_SOURCE.into()));
+        let connector = app::Connector {
+            timeout: cfg.connect_timeout,
+        };
         Arc::new(Inbound {
             cfg,
             creds,
-            app: Client::builder(TokioExecutor::new()).build(http),
+            app: Client::builder(TokioExecutor::new()).build(connector),
             own_name,
             own: std::sync::OnceLock::new(),
             drain: std::sync::OnceLock::new(),
@@ -594,35 +596,4 @@ impl Inbound {
             }
         }
     }
-}
-
-/// The source address of the proxy's connections to its app. The app is reached on the
-/// address the client came to (the pod's), not on 127.0.0.1, so that a port the app binds on
-/// loopback only stays out of reach from outside the pod (Linkerd since 2.11, Istio since
-/// 1.10); the kernel's inbound steering (`ebpf/bpf/mesh_redirect.c`, `MW_PROXY_APP_SOURCE`)
-/// lets connections from this address through to the app instead of handing them back to
-/// the proxy. A loopback address: nothing outside the pod can send from it.
-pub const APP_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
-
-/// A connection to the app at `app` from [`APP_SOURCE`] (an IPv4 app address), within
-/// `timeout`.
-pub(crate) async fn connect_app(app: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let connect = async {
-        match app {
-            SocketAddr::V4(_) => {
-                let s = tokio::net::TcpSocket::new_v4()?;
-                s.bind(SocketAddr::from((APP_SOURCE, 0)))?;
-                s.connect(app).await
-            }
-            SocketAddr::V6(_) => TcpStream::connect(app).await,
-        }
-    };
-    let t = tokio::time::timeout(timeout, connect).await.map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("connecting to the app at {app}"),
-        )
-    })??;
-    let _ = t.set_nodelay(true);
-    Ok(t)
 }

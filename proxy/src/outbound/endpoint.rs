@@ -95,7 +95,10 @@ impl Pool {
                 Box::pin(async move {
                     // The whole of it bounded (TCP, TLS, HTTP/2): a peer that accepts and
                     // then stalls fails its requests in bounded time.
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, inner.connect(addr, &mesh))
+                    // One deadline for the whole and for the TLS step within it: at the
+                    // same instant the inner one is seen first, and the stall is counted.
+                    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+                    tokio::time::timeout_at(deadline, inner.connect(addr, &mesh, deadline))
                         .await
                         .map_err(|_| {
                             ConnectError::Timeout(SocketAddr::new(addr.ip(), mesh.proxy_port))
@@ -108,15 +111,16 @@ impl Pool {
 }
 
 impl Inner {
+    /// A session to `addr`'s proxy; `deadline`: the session's whole bound, which the caller
+    /// applies too: the TLS step ends at it on its own so that a peer stalling the handshake
+    /// is counted as a TLS timeout.
     async fn connect(
         &self,
         addr: SocketAddr,
         mesh: &Mesh,
+        deadline: tokio::time::Instant,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let proxy = SocketAddr::new(addr.ip(), mesh.proxy_port);
-        // The session's whole bound, which the caller also applies: the TLS step ends at it
-        // on its own so that a peer stalling the handshake is counted as a TLS timeout.
-        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(proxy))
             .await
             .map_err(|_| ConnectError::Timeout(proxy))?

@@ -68,8 +68,10 @@ impl Outbound {
                 return Ok(());
             }
         };
+        // An empty set says nothing of the port (a Service scaled to zero): detection decides,
+        // and HTTP waits for endpoints as a request does.
         let opaque = meshwork_destination_api::DEFAULT_OPAQUE_PORTS.contains(&orig.port())
-            || eps.iter().all(|e| e.opaque);
+            || (!eps.is_empty() && eps.iter().all(|e| e.opaque));
         if opaque {
             return self.opaque(tcp, &authority).await;
         }

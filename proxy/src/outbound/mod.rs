@@ -819,14 +819,17 @@ fn target(authority: http::uri::Authority, path: http::uri::PathAndQuery) -> Opt
 
 /// The 504 for a request (or an upgrade's handshake) its `--request-timeout` ended.
 /// Whether an answer is a failure, for the breaker and the balancer: a 5xx, or a gRPC error
-/// told in the headers (a trailers-only response, how a gRPC server says UNAVAILABLE without a
-/// body). An error in a response's trailers, after its body, is not seen here: the outcome
-/// is recorded when the headers come (see ARCHITECTURE.md, known gaps).
+/// of the server's told in the headers (a trailers-only response, how a gRPC server says
+/// UNAVAILABLE without a body): UNKNOWN, INTERNAL, UNAVAILABLE or DATA_LOSS. The client's
+/// errors (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED...) are answers, as a 4xx is: a
+/// Service answering mostly NOT_FOUND must not have its endpoints ejected. An error in a
+/// response's trailers, after its body, is not seen here: the outcome is recorded when the
+/// headers come (see ARCHITECTURE.md, known gaps).
 fn failed<B>(r: &http::Response<B>) -> bool {
     r.status().is_server_error()
         || r.headers()
             .get("grpc-status")
-            .is_some_and(|s| s.as_bytes() != b"0")
+            .is_some_and(|s| matches!(s.as_bytes(), b"2" | b"13" | b"14" | b"15"))
 }
 
 fn timed_out(authority: &str) -> http::Response<Body> {

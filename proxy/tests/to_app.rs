@@ -1,7 +1,8 @@
-//! HTTP/2 to the app: each client connection of the inbound proxy (a peer pod's session, a
-//! plaintext client) gets its own HTTP/2 connection to the app, as it would without the
-//! proxy. One client holding the app's stream limit with long calls does not hold up
-//! another's, and a client's connection to the app closes when the client goes.
+//! The inbound proxy's connections to its app. HTTP/2: each client connection of the inbound
+//! proxy (a peer pod's session, a plaintext client) gets its own HTTP/2 connection to the app,
+//! as it would without the proxy; one client holding the app's stream limit with long calls
+//! does not hold up another's, and a client's connection to the app closes when the client
+//! goes. And every connection to the app comes from 127.0.0.6 (`inbound::APP_SOURCE`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -107,4 +108,59 @@ async fn each_client_has_its_own_http2_connection_to_the_app() {
     release.notify_one();
     let (status, _) = slow.await.unwrap();
     assert_eq!(status, 200);
+}
+
+/// The app sees the proxy's connections come from 127.0.0.6 (`inbound::APP_SOURCE`), the
+/// address the kernel's steering lets through to it: HTTP/1 through the pooled client, and a
+/// relay of bytes that are not HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_is_reached_from_the_proxys_own_source_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    let (peers_tx, mut peers) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, peer) = l.accept().await.unwrap();
+            let _ = peers_tx.send(peer.ip());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let reply: &[u8] = if buf[..n].starts_with(b"GET") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                } else {
+                    b"pong"
+                };
+                let _ = tcp.write_all(reply).await;
+            });
+        }
+    });
+    let ca = test_ca();
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let cfg = inbound::Config {
+        app_ip: Some(app.ip()),
+        detect_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let l = TcpListener::bind(("127.0.0.3", app.port())).await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(Inbound::new(cfg, web).serve(l, Watch::never()));
+    for (send, want) in [
+        (
+            &b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"[..],
+            "HTTP/1.1 200",
+        ),
+        (&b"ping\n"[..], "pong"),
+    ] {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(send).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(out.starts_with(want), "{out}");
+        let from = peers.recv().await.unwrap();
+        assert_eq!(from, meshwork_proxy::inbound::APP_SOURCE, "{want}");
+    }
 }
