@@ -100,7 +100,7 @@ async fn a_failing_backend_is_ejected_and_probed_back() {
 /// A gRPC server that fails every call with UNAVAILABLE in a trailers-only answer (HTTP 200):
 /// the breaker counts those as failures, as Linkerd's classification does, and ejects it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpc_backend_answering_unavailable_is_ejected() {
+async fn a_grpc_backend_answering_unavailable_is_ejected_not_one_answering_not_found() {
     let grpc = |code: &'static str| async move {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -119,24 +119,38 @@ async fn a_grpc_backend_answering_unavailable_is_ejected() {
         });
         (addr, hits)
     };
+    // 200 calls through the proxy at `p`, each answered 200 (gRPC's status is in a header).
+    let calls = async |p| {
+        let mut conn = TcpStream::connect(p).await.unwrap();
+        for _ in 0..200 {
+            conn.write_all(
+                b"POST http://web:80/pkg.Svc/Call HTTP/1.1\r\nHost: web:80\r\n\
+                  content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            assert_eq!(read_status(&mut conn).await, 200);
+        }
+    };
     let (good, hg) = grpc("0").await;
     let (bad, hb) = grpc("14").await;
     let p = proxy(outbound::Config::default(), &[good, bad]).await;
-    let mut conn = TcpStream::connect(p).await.unwrap();
-    for _ in 0..200 {
-        conn.write_all(
-            b"POST http://web:80/pkg.Svc/Call HTTP/1.1\r\nHost: web:80\r\n\
-              content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        assert_eq!(read_status(&mut conn).await, 200);
-    }
+    calls(p).await;
     let bad_hits = hb.load(Ordering::Relaxed);
     assert!(
         (7..=12).contains(&bad_hits),
         "ejected after 7 failures in a row: {bad_hits} of 200 (good: {})",
         hg.load(Ordering::Relaxed)
+    );
+    // NOT_FOUND is the client's error, as a 404 is: a backend answering it stays in.
+    let (good, _) = grpc("0").await;
+    let (not_found, hn) = grpc("5").await;
+    let p = proxy(outbound::Config::default(), &[good, not_found]).await;
+    calls(p).await;
+    let n = hn.load(Ordering::Relaxed);
+    assert!(
+        n > 40,
+        "a backend answering NOT_FOUND was kept out: {n} of 200"
     );
 }
 
