@@ -222,6 +222,12 @@ pub fn resolve(authority: &str, objs: &dyn Lookup, naming: &Naming) -> (pb::Upda
     let Some((t, port)) = target(authority, naming) else {
         return (unknown, deps);
     };
+    // An address asked for answers in its own family (a dual-stack Service's IPv4 ClusterIP:
+    // its IPv4 endpoints).
+    let asked = match &t {
+        Target::Ip(ip) => Some(*ip),
+        Target::Name(_) => None,
+    };
     let Some(svc) = find(&t, objs) else {
         match t {
             Target::Name(k) => deps.service = Some(k),
@@ -253,15 +259,16 @@ pub fn resolve(authority: &str, objs: &dyn Lookup, naming: &Naming) -> (pb::Upda
         objs.pod(ns, name)
     };
     let slices = objs.slices_of(&key);
-    let update = for_service(&svc, &key, port, &slices, &mut read_pod, naming);
+    let update = for_service(&svc, &key, (asked, port), &slices, &mut read_pod, naming);
     (update, deps)
 }
 
-/// The endpoints of `svc` (its key `key`) for `port`, from its `slices`.
+/// The endpoints of `svc` (its key `key`) for `port`, asked for by address (`asked`) or by
+/// name, from its `slices`.
 fn for_service(
     svc: &Service,
     key: &Key,
-    port: u16,
+    (asked, port): (Option<IpAddr>, u16),
     slices: &[Arc<EndpointSlice>],
     pod: &mut dyn FnMut(&str, &str) -> Option<Arc<Pod>>,
     naming: &Naming,
@@ -283,19 +290,23 @@ fn for_service(
     // Parsed once per answer, not per endpoint (a long list on a large Service).
     let svc_opaque = opaque(svc.metadata.annotations.as_ref()).map(|l| parse_ports(&l));
     let spec = svc.spec.as_ref();
-    // The Service's family (the proxies' inbound listener is IPv4): a dual-stack Service's
-    // endpoints of the other family would each be listed twice, and fail to connect.
-    let v4 = spec
-        .and_then(|s| s.cluster_ip.as_deref())
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-        .map_or_else(
-            || {
-                spec.and_then(|s| s.ip_families.as_ref())
-                    .and_then(|f| f.first())
-                    .is_none_or(|f| f != "IPv6")
-            },
-            |ip| ip.is_ipv4(),
-        );
+    // One family, as the node's load balancer answers each ClusterIP in its own: a
+    // dual-stack Service's pods would otherwise each be listed twice. The asked address's;
+    // for a name, IPv4 when the Service has it (the proxies' inbound listener is IPv4).
+    let v4 = asked.map_or_else(
+        || {
+            let families = spec.and_then(|s| s.ip_families.as_ref());
+            let ips = spec.and_then(|s| s.cluster_ips.as_ref());
+            match (families, ips) {
+                (Some(f), _) if !f.is_empty() => f.iter().any(|f| f == "IPv4"),
+                (_, Some(ips)) if !ips.is_empty() => ips
+                    .iter()
+                    .any(|ip| ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4())),
+                _ => true,
+            }
+        },
+        |ip| ip.is_ipv4(),
+    );
     let local = spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local");
     let mine = slices.iter().map(|s| &**s);
     let all = endpoints(mine).remove(key).unwrap_or_default();
@@ -595,6 +606,24 @@ mod tests {
             ["10.244.1.5:8080", "10.244.7.7:8080"],
             "{all:?}"
         );
+        // Dual-stack, IPv6 first: each address answers in its own family, a name in IPv4.
+        let mut dual = (*svcs[0]).clone();
+        let spec = dual.spec.as_mut().unwrap();
+        spec.internal_traffic_policy = None;
+        spec.cluster_ip = Some("fd00::7".into());
+        spec.cluster_ips = Some(vec!["fd00::7".into(), "10.96.0.7".into()]);
+        spec.ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+        svcs[0] = Arc::new(dual);
+        for authority in ["10.96.0.7:80", "web.shop.svc.cluster.local:80"] {
+            let u = res(authority, &svcs, &slices, &pods);
+            assert_eq!(
+                addrs(&u),
+                ["10.244.1.5:8080", "10.244.2.6:8080", "10.244.7.7:8080"],
+                "{authority}: {u:?}"
+            );
+        }
+        let v6 = res("[fd00::7]:80", &svcs, &slices, &pods);
+        assert_eq!(addrs(&v6), ["[fd00::6]:8080"], "{v6:?}");
         // An ExternalName Service has none of ours: unknown, so the proxy passes it on.
         let ext: Service = serde_json::from_value(json!({
             "metadata": {"name": "ext", "namespace": "shop"},
