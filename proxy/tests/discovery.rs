@@ -284,6 +284,29 @@ async fn a_proxy_follows_at_most_1000_authorities() {
         .is_some());
 }
 
+/// Addresses outside the mesh do not fill the table: an app reaching 1,000 of them within
+/// their answers' 2 s still has the next one answered (unknown: passed through), not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_addresses_make_room_in_a_full_table() {
+    use meshwork_proxy::outbound::resolve::Lookup;
+    let (_names_tx, names) = tokio::sync::watch::channel(None);
+    let Agent {
+        resolver, metrics, ..
+    } = agent(names, Duration::from_secs(10)).await;
+    for i in 0..1001u32 {
+        let a = format!("10.{}.{}.{}:80", 96 + i / 65536, (i / 256) % 256, i % 256);
+        let l = resolver.lookup(&a).await;
+        assert!(matches!(l, Lookup::Unknown), "{a}: {l:?}");
+    }
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "meshwork_proxy_refused_total{reason=\"discovery_limit\"}"
+        ),
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authority_left_idle_gives_back_its_stream_and_its_mesh_session() {
     use meshwork_proxy::inbound::{self, Inbound};

@@ -93,6 +93,20 @@ impl Streams {
         self.by_authority
             .retain(|_, e| now - e.used < idle && !e.expired(now));
     }
+
+    /// Lets go of the oldest address said to be outside the mesh (its stream ended already;
+    /// it is asked again at its next connection): what a full table gives up first, so that
+    /// an app reaching many outside addresses at once is not refused, nor its connections
+    /// closed as if discovery were away. Whether one was let go.
+    fn evict_unknown_address(&mut self) -> bool {
+        let oldest = self
+            .by_authority
+            .iter()
+            .filter(|(_, e)| e.address && e.unknown.load(Ordering::Relaxed))
+            .min_by_key(|(_, e)| e.asked)
+            .map(|(k, _)| k.clone());
+        oldest.is_some_and(|k| self.by_authority.remove(&k).is_some())
+    }
 }
 
 struct Entry {
@@ -286,7 +300,8 @@ impl Resolver {
                     // (an app reaching many outside addresses fills the table with them).
                     streams.sweep(now, api.idle);
                 }
-                if streams.by_authority.len() >= MAX_AUTHORITIES {
+                if streams.by_authority.len() >= MAX_AUTHORITIES && !streams.evict_unknown_address()
+                {
                     self.metrics.refuse("discovery_limit");
                     return Lookup::Unavailable;
                 }
