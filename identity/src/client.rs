@@ -266,12 +266,18 @@ impl Identity {
         }))
         .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No resumption: a resumed TLS 1.3 session carries its first handshake's client
+        // certificate without verifying it again (rustls), so a client whose certificate
+        // expired, or whose anchor was rotated out, could keep resuming. Every connection
+        // proves a current certificate.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         cfg
     }
 
     /// A client config: presents the current certificate, accepts a server of `expect`.
     pub fn client_config(&self, expect: Expect) -> rustls::ClientConfig {
-        rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -281,7 +287,10 @@ impl Identity {
             bundle: self.bundle(),
             expect,
         }))
-        .with_client_cert_resolver(Arc::new(Resolver(self.clone())))
+        .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        // No resumption either way (see `server_config`): the server is verified afresh too.
+        cfg.resumption = rustls::client::Resumption::disabled();
+        cfg
     }
 }
 

@@ -249,6 +249,41 @@ async fn handshake(
     Ok((server_saw?, client_saw))
 }
 
+/// Whether a handshake of `cli` with `srv` resumed an earlier session.
+async fn resumed(srv: Arc<rustls::ServerConfig>, cli: Arc<rustls::ClientConfig>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut s = tokio_rustls::TlsAcceptor::from(srv)
+            .accept(tcp)
+            .await
+            .unwrap();
+        // One byte each way, then the client's close.
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(b"y").await.unwrap();
+        let _ = s.read(&mut b).await;
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("peer").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cli)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // The client reads after the handshake, so a session ticket the server sent is taken in
+    // (and would be offered at the next handshake).
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    let kind = s.get_ref().1.handshake_kind();
+    s.shutdown().await.unwrap();
+    drop(s);
+    server.await.unwrap();
+    kind == Some(rustls::HandshakeKind::Resumed)
+}
+
 async fn refused(
     svc: &IdentitySvc,
     bundle: &Bundle,
@@ -356,6 +391,14 @@ async fn certify_refuse_mtls_and_rotate_without_a_failed_handshake() {
     let db_cli = Arc::new(db.client_config(Expect::Identity(web.id().clone())));
     let (server_saw, client_saw) = handshake(web_srv.clone(), db_cli.clone()).await.unwrap();
     assert_eq!((&server_saw, &client_saw), (db.id(), web.id()));
+    // Every handshake is a full one: a resumed session would carry a client certificate
+    // that is not verified again (expired since, or of an anchor rotated out).
+    for _ in 0..2 {
+        assert!(
+            !resumed(web_srv.clone(), db_cli.clone()).await,
+            "a handshake resumed an earlier session"
+        );
+    }
     // A client expecting another identity refuses the server.
     let wrong = Arc::new(db.client_config(Expect::Identity(
         SpiffeId::service_account(TD, "app", "admin").unwrap(),
