@@ -12,6 +12,28 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// received over mTLS and removed from every other request (Linkerd's `l5d-client-id`).
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("meshwork-client-id");
 
+/// Removes [`CLIENT_ID`] and any spelling of it with underscores (`meshwork_client_id`): CGI,
+/// WSGI and Rack map both to `HTTP_MESHWORK_CLIENT_ID`, so a client could otherwise bring its
+/// own identity to such an app under the other spelling.
+pub fn remove_client_id(h: &mut http::HeaderMap) {
+    h.remove(CLIENT_ID);
+    let spelt_otherwise = |n: &HeaderName| {
+        let n = n.as_str().as_bytes();
+        let want = b"meshwork-client-id";
+        n.len() == want.len()
+            && n.contains(&b'_')
+            && n.iter()
+                .zip(want)
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    if h.keys().any(spelt_otherwise) {
+        let names: Vec<HeaderName> = h.keys().filter(|n| spelt_otherwise(n)).cloned().collect();
+        for n in names {
+            h.remove(n);
+        }
+    }
+}
+
 /// On a request that travels the mesh session as HTTP/2 but came from the app as HTTP/1.1
 /// (Linkerd's `l5d-orig-proto`): the inbound proxy speaks HTTP/1.1 to its app then, and
 /// HTTP/2 to it otherwise (gRPC).

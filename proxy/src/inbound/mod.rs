@@ -422,7 +422,7 @@ impl Inbound {
         // Trailers too: an app may read them beside the headers.
         let body = body.map_frame(|mut f| {
             if let Some(t) = f.trailers_mut() {
-                t.remove(CLIENT_ID);
+                crate::http::remove_client_id(t);
             }
             f
         });
@@ -432,7 +432,7 @@ impl Inbound {
         let to_h2 = parts.version == http::Version::HTTP_2 && !(s.client.is_some() && h1_origin);
         strip_hop_by_hop(&mut parts.headers);
         // Only this proxy may say who the client is.
-        parts.headers.remove(CLIENT_ID);
+        crate::http::remove_client_id(&mut parts.headers);
         if let Some(v) = &s.client_header {
             parts.headers.insert(CLIENT_ID, v.clone());
         }
@@ -559,7 +559,7 @@ impl Inbound {
         // body is not filtered for a forged identity as a request's is.
         h.remove(http::header::TRAILER);
         h.remove(ORIG_PROTO);
-        h.remove(CLIENT_ID);
+        crate::http::remove_client_id(h);
         if let Some(v) = &s.client_header {
             h.insert(CLIENT_ID, v.clone());
         }

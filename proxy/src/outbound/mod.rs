@@ -40,7 +40,7 @@ use tracing::Instrument;
 use crate::{
     detect::Protocol,
     drain::Watch,
-    http::{error, strip_hop_by_hop, Body, CLIENT_ID, ORIG_PROTO},
+    http::{error, strip_hop_by_hop, Body, ORIG_PROTO},
     io::detect_io,
     metrics::{Direction, Metrics, Observed},
     tls::Credentials,
@@ -417,7 +417,7 @@ impl Outbound {
         };
         strip_hop_by_hop(&mut head.headers);
         // The client cannot speak for itself: only the peer's inbound proxy sets this.
-        head.headers.remove(CLIENT_ID);
+        crate::http::remove_client_id(&mut head.headers);
         head.headers.remove(ORIG_PROTO);
         // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2); in HTTP/2
         // `:authority` carries it, and a Host beside it must not differ (RFC 9113 §8.3.1).

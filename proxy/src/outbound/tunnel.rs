@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::Outbound;
 use crate::{
-    http::{error, Body, CLIENT_ID, ORIG_PROTO},
+    http::{error, Body, ORIG_PROTO},
     metrics::Direction,
 };
 
@@ -50,7 +50,7 @@ impl Outbound {
         let named = crate::http::named_authority(req.uri(), req.headers())
             .and_then(|a| http::HeaderValue::from_str(a).ok());
         let h = req.headers_mut();
-        h.remove(CLIENT_ID);
+        crate::http::remove_client_id(h);
         h.remove(ORIG_PROTO);
         if let Some(v) = named {
             h.insert(http::header::HOST, v);

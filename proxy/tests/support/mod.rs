@@ -266,12 +266,7 @@ pub async fn app(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         h.fetch_add(1, Ordering::Relaxed);
-                        let id = req
-                            .headers()
-                            .get("meshwork-client-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("none")
-                            .to_string();
+                        let id = client_ids(req.headers());
                         async move {
                             Ok::<_, std::convert::Infallible>(http::Response::new(
                                 http_body_util::Full::new(bytes::Bytes::from(id)),
@@ -288,10 +283,32 @@ pub async fn app(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// A GET carrying a forged identity header on `io`, and the whole answer.
+/// What an app reads as the client's identity: the identity header under any spelling a
+/// framework takes for it (underscores too, as CGI, WSGI and Rack do), every value, comma
+/// separated; `none` without one.
+pub fn client_ids(h: &http::HeaderMap) -> String {
+    let ids: Vec<&str> = h
+        .iter()
+        .filter(|(n, _)| n.as_str().replace('_', "-") == "meshwork-client-id")
+        .filter_map(|(_, v)| v.to_str().ok())
+        .collect();
+    if ids.is_empty() {
+        "none".to_string()
+    } else {
+        ids.join(",")
+    }
+}
+
+/// The body of a whole HTTP/1 answer (after its head).
+pub fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
 pub async fn forged_get<S: AsyncReadExt + AsyncWriteExt + Unpin>(io: &mut S) -> String {
     io.write_all(
         b"GET / HTTP/1.1\r\nHost: web\r\n\
           meshwork-client-id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
+          meshwork_client_id: spiffe://cluster.local/ns/kube-system/sa/admin\r\n\
           Connection: close\r\n\r\n",
     )
     .await
