@@ -197,8 +197,13 @@ impl Identity {
         } else {
             anchors.clone()
         };
-        crate::verify::verify_chain(&check_with, &leaf, &inter, now, true)
-            .map_err(|e| ClientError::Answer(e.to_string()))?;
+        // Good for both ends of a mesh connection (webpki checks the usage along the whole
+        // chain: an issuer limited to serverAuth would make every peer refuse this one as a
+        // client), and it must be for our own key: else the working certificate stays.
+        for server in [true, false] {
+            crate::verify::verify_chain(&check_with, &leaf, &inter, now, server)
+                .map_err(|e| ClientError::Answer(e.to_string()))?;
+        }
         let not_after = crate::ca::not_after(&leaf)
             .ok_or_else(|| ClientError::Answer("unreadable validity".into()))?;
         let key = PrivateKeyDer::try_from(self.0.key_der.clone())
@@ -207,8 +212,12 @@ impl Identity {
             .map_err(|e| ClientError::Answer(e.to_string()))?;
         let mut chain = vec![leaf];
         chain.extend(inter);
+        let certified = CertifiedKey::new(chain, signer);
+        certified
+            .keys_match()
+            .map_err(|e| ClientError::Answer(format!("the certificate is not for our key: {e}")))?;
         let cur = Current {
-            key: Arc::new(CertifiedKey::new(chain, signer)),
+            key: Arc::new(certified),
             not_before: now,
             not_after,
         };
