@@ -32,6 +32,24 @@ impl Watch {
             std::future::pending::<()>().await;
         }
     }
+
+    /// A watch that signals when this one does or at `deadline`, whichever is first (one
+    /// connection's own end: a mesh session at its peer's certificate expiry). This one is
+    /// held until every holder of the new one has let go, so the drain still waits for them.
+    pub fn or_at(mut self, deadline: tokio::time::Instant) -> Watch {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = self.signaled() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = tx.closed() => return,
+            }
+            let _ = tx.send(true);
+            tx.closed().await;
+            drop(self);
+        });
+        Watch(rx)
+    }
 }
 
 impl Signal {

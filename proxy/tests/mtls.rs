@@ -144,6 +144,51 @@ async fn mtls_between_proxies_carries_the_client_identity() {
     assert!(perr.contains("no endpoints"), "{perr}");
 }
 
+/// A mesh session lasts no longer than the client certificate it was opened with (short
+/// lives are the mesh's revocation): at its expiry the server's proxy ends the session with a
+/// GOAWAY, and no later stream on it is served as that identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_session_ends_when_its_client_certificate_expires() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use meshwork_proxy::transport_header::{SessionProtocol, TransportHeader};
+    let ca = test_ca();
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let client = Creds::with_life(
+        &ca,
+        "spiffe://cluster.local/ns/default/sa/client",
+        Duration::from_secs(2),
+    );
+    let (app_addr, _) = app("127.0.0.1").await;
+    let (l, inbound_addr) = listen().await;
+    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l, Watch::never()));
+    let header = TransportHeader {
+        port: app_addr.port(),
+        protocol: SessionProtocol::Http2,
+    };
+    let tls = raw_mesh(&client, inbound_addr, &web.id, header).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // As a client proxy sends an app's HTTP/1.1 request (the app here speaks HTTP/1.1).
+    let req = || {
+        http::Request::get("http://web/")
+            .header("meshwork-orig-proto", "HTTP/1.1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let resp = send.send_request(req()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The certificate expires within 2 s: the session ends then, not at the next drain.
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the session outlived its client certificate")
+        .unwrap()
+        .unwrap();
+    assert!(send.send_request(req()).await.is_err());
+}
+
 /// A peer that takes the TCP connection and never answers the TLS handshake: the session
 /// attempt ends at its bound (3 s), counted as a TLS timeout, and the request hears why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,14 @@ impl Inbound {
         };
         match header.protocol {
             SessionProtocol::Http2 => {
+                // A session lasts no longer than the certificate it was opened with: short
+                // lives are the mesh's revocation, so streams opened on it later must not
+                // still be taken as that identity's (a GOAWAY then; the peer opens a new
+                // session with its current certificate).
+                let drain = match peer_not_after(tls.get_ref().1) {
+                    Some(at) => drain.or_at(at),
+                    None => drain,
+                };
                 self.http(tls, app, Some(client), true, false, drain).await;
                 Ok(())
             }
@@ -272,4 +280,14 @@ mod tests {
         assert!(!loops_back(a("127.0.0.1:8080"), a("0.0.0.0:4143")));
         assert!(!loops_back(a("127.0.0.2:8080"), a("127.0.0.3:8080")));
     }
+}
+
+/// When the peer's certificate expires, as a point on tokio's clock.
+fn peer_not_after(conn: &rustls::ServerConnection) -> Option<tokio::time::Instant> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let at = meshwork_identity::ca::not_after(leaf)?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
 }

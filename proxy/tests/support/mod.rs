@@ -175,9 +175,14 @@ pub struct Creds {
 
 impl Creds {
     pub fn new(ca: &Ca, id: &str) -> Arc<Self> {
+        Self::with_life(ca, id, Duration::from_secs(3600))
+    }
+
+    /// With a certificate good for `life` from now.
+    pub fn with_life(ca: &Ca, id: &str, life: Duration) -> Arc<Self> {
         let id = SpiffeId::parse(id).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let leaf = ca.sign_key(&key, &id, Duration::from_secs(3600)).unwrap();
+        let leaf = ca.sign_key(&key, &id, life).unwrap();
         let mut chain = vec![leaf.der];
         chain.extend(ca.chain.iter().cloned());
         Arc::new(Creds {
