@@ -268,6 +268,16 @@ fn loops_back(target: SocketAddr, listener: SocketAddr) -> bool {
         && (listener.ip().is_unspecified() || listener.ip() == target.ip())
 }
 
+/// When the peer's certificate expires, as a point on tokio's clock.
+fn peer_not_after(conn: &rustls::ServerConnection) -> Option<tokio::time::Instant> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let at = meshwork_identity::ca::not_after(leaf)?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,14 +290,4 @@ mod tests {
         assert!(!loops_back(a("127.0.0.1:8080"), a("0.0.0.0:4143")));
         assert!(!loops_back(a("127.0.0.2:8080"), a("127.0.0.3:8080")));
     }
-}
-
-/// When the peer's certificate expires, as a point on tokio's clock.
-fn peer_not_after(conn: &rustls::ServerConnection) -> Option<tokio::time::Instant> {
-    let leaf = conn.peer_certificates()?.first()?;
-    let at = meshwork_identity::ca::not_after(leaf)?;
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    Some(tokio::time::Instant::now() + left)
 }
