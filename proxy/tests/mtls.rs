@@ -39,6 +39,16 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+/// A loopback address where connections are refused for as long as the socket lives: bound,
+/// not listening, so no other test's listener can take the port meanwhile (a port merely
+/// let go can be, under a parallel run).
+fn refusing() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
 async fn listen() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
@@ -603,7 +613,7 @@ async fn a_request_the_server_pods_app_refused_waits_for_discoverys_next_endpoin
     let ca = test_ca();
     let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
     let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let (_, gone_app) = listen().await; // closed below: connections to it are refused
+    let (_gone, gone_app) = refusing();
     let (live_app, hits) = app("127.0.0.1").await;
     let (l, old_proxy) = listen().await;
     let old = Inbound::new(inbound::Config::default(), web.clone());
@@ -753,8 +763,7 @@ async fn a_post_too_large_to_replay_waits_out_an_endpoint_it_cannot_reach_and_ar
     let live_app = body_app().await;
     let (l, new_proxy) = listen().await;
     tokio::spawn(Inbound::new(inbound::Config::default(), web).serve(l, Watch::never()));
-    let (gone, gone_proxy) = listen().await;
-    drop(gone); // connections to it are refused
+    let (_gone, gone_proxy) = refusing();
     let endpoint = web_endpoint;
     let old_ep = endpoint(live_app, gone_proxy);
     let (set, rx) = tokio::sync::watch::channel(vec![old_ep.clone()]);
@@ -794,7 +803,7 @@ async fn a_small_post_the_old_pods_proxy_refused_goes_to_the_new_pod() {
     let ca = test_ca();
     let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
     let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
-    let (_, gone_app) = listen().await; // closed: connections to it are refused
+    let (_gone, gone_app) = refusing();
     let live_app = body_app().await;
     let (l, old_proxy) = listen().await;
     let old = Inbound::new(inbound::Config::default(), web.clone());
