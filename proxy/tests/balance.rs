@@ -517,12 +517,11 @@ async fn a_backend_resetting_every_connection_is_out_within_a_second_and_probed_
 /// listens, requests reach it at once, until the breaker's seven failures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_after_a_failed_connect_are_the_breakers_not_the_back_offs() {
-    // A port nothing listens on yet.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // A port nothing listens on yet: bound, not listening (kept, so no other test's listener
+    // can take it meanwhile).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
     let cfg = outbound::Config {
         retry: retry::Config {
             limit: 0,
@@ -539,7 +538,7 @@ async fn answers_after_a_failed_connect_are_the_breakers_not_the_back_offs() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let l = TcpListener::bind(addr).await.unwrap();
+    let l = sock.listen(1024).unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     support::serve_http1(l, move |_req| {
