@@ -88,14 +88,7 @@ async fn agent(
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
     );
     let metrics = meshwork_proxy::metrics::Metrics::new();
-    let resolver = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
-        first,
-        metrics.clone(),
-    )
-    .unwrap();
+    let resolver = resolver_at(daddr, first, metrics.clone());
     Agent {
         resolver,
         metrics,
@@ -132,6 +125,16 @@ async fn idle_proxy(
     ))
     .await;
     (proxy, gets, closed)
+}
+
+/// A resolver asking the discovery server at `addr` (plaintext), whose first answer may take
+/// `first`.
+fn resolver_at(
+    addr: std::net::SocketAddr,
+    first: Duration,
+    metrics: Arc<meshwork_proxy::metrics::Metrics>,
+) -> Resolver {
+    Resolver::api(Static::default(), &addr.to_string(), None, first, metrics).unwrap()
 }
 
 /// An agent that takes connections and says nothing: its address.
@@ -669,14 +672,11 @@ async fn a_stream_that_worked_starts_the_reconnect_back_off_afresh() {
             }))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(dl)),
     );
-    let resolver = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
+    let resolver = resolver_at(
+        daddr,
         Duration::from_millis(100),
         meshwork_proxy::metrics::Metrics::new(),
-    )
-    .unwrap();
+    );
     let _ = resolver.get("web.default.svc.cluster.local:80").await;
     // Four failures take the back-off to 1.6 s (0.1 + 0.2 + 0.4 + 0.8 s waited); then the
     // stream that answers and fails, and the sixth ask.
@@ -707,14 +707,7 @@ async fn a_stream_that_worked_starts_the_reconnect_back_off_afresh() {
 async fn the_request_timeout_covers_the_wait_for_discovery() {
     let daddr = silent_agent().await;
     let metrics = meshwork_proxy::metrics::Metrics::new();
-    let resolver = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
-        Duration::from_secs(30),
-        metrics.clone(),
-    )
-    .unwrap();
+    let resolver = resolver_at(daddr, Duration::from_secs(30), metrics.clone());
     let cfg = outbound::Config {
         request_timeout: Some(Duration::from_millis(300)),
         ..outbound::Config::default()
@@ -739,14 +732,11 @@ async fn no_answer_from_discovery_is_not_outside_the_mesh() {
     assert!(matches!(l, Lookup::Unknown), "{l:?}");
     // An agent that says nothing, past a 300 ms first-answer wait.
     let daddr = silent_agent().await;
-    let silent = Resolver::api(
-        Static::default(),
-        &daddr.to_string(),
-        None,
+    let silent = resolver_at(
+        daddr,
         Duration::from_millis(300),
         meshwork_proxy::metrics::Metrics::new(),
-    )
-    .unwrap();
+    );
     let l = silent.lookup("10.96.7.7:80").await;
     assert!(matches!(l, Lookup::Unavailable), "{l:?}");
 }
