@@ -136,9 +136,12 @@ async fn a_grpc_backend_answering_unavailable_is_ejected_not_one_answering_not_f
     let (bad, hb) = grpc("14").await;
     let p = proxy(outbound::Config::default(), &[good, bad]).await;
     calls(p).await;
+    // Out after its seventh failure in a row (a probe or two may follow); counted as answers,
+    // it would get about half. (P2C may give it fewer than seven in all when the machine's
+    // noise makes it look slower: no lower bound.)
     let bad_hits = hb.load(Ordering::Relaxed);
     assert!(
-        (7..=12).contains(&bad_hits),
+        bad_hits <= 12,
         "ejected after 7 failures in a row: {bad_hits} of 200 (good: {})",
         hg.load(Ordering::Relaxed)
     );
