@@ -113,18 +113,7 @@ async fn an_outbound_tunnel_holds_the_drain_until_it_closes() {
     let creds: Arc<dyn meshwork_proxy::tls::Credentials> = Arc::new(support::NoCreds);
     let serving = tokio::spawn(Outbound::new(Default::default(), creds, d).serve(l, watch));
 
-    let mut tunnel = TcpStream::connect(proxy).await.unwrap();
-    tunnel
-        .write_all(b"CONNECT db:7000 HTTP/1.1\r\nHost: db:7000\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tunnel.read(&mut b).await.unwrap(), 1, "{head:?}");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let mut tunnel = support::connect_tunnel(proxy, "db:7000").await;
     let echo = async |t: &mut TcpStream| {
         t.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];

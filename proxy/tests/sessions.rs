@@ -67,21 +67,7 @@ async fn mesh_pair(app: SocketAddr) -> support::MeshPair {
 
 /// A CONNECT tunnel to the app through the client proxy, its answer's head read.
 async fn tunnel(proxy: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(
-        b"CONNECT db.default.svc.cluster.local:7000 HTTP/1.1\r\n\
-          Host: db.default.svc.cluster.local:7000\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "{head:?}");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
-    s
+    support::connect_tunnel(proxy, "db.default.svc.cluster.local:7000").await
 }
 
 /// A line through `s` and its echo.

@@ -288,6 +288,22 @@ pub async fn app(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// A GET carrying a forged identity header on `io`, and the whole answer.
+/// An HTTP/1.1 CONNECT to `authority` through the proxy at `proxy`: the tunnel, once its
+/// answer's head (a 200) has been read.
+pub async fn connect_tunnel(proxy: SocketAddr, authority: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "{head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    s
+}
+
 /// What an app reads as the client's identity: the identity header under any spelling a
 /// framework takes for it (underscores too, as CGI, WSGI and Rack do), every value, comma
 /// separated; `none` without one.
