@@ -611,11 +611,11 @@ impl Outbound {
 
     /// Linkerd's queue, for a request no endpoint of `authority` can take now: waits until
     /// one may (a back-off or ejection ends, a probe answers) or discovery changes the set,
-    /// then true (pick again). False once the request has waited `failfast` in all (`waited`,
-    /// its waits and the attempts that reached no app summed; an attempt that an app answered
-    /// is not waiting; never past its deadline),
-    /// which sets the authority failing fast, or at once while it is. The request holds a
-    /// place in the queue only while it waits, not while an attempt is in flight.
+    /// then true (pick again). False once the request has waited `failfast` in all (`waited`:
+    /// its waits and its attempts that reached no app, summed; an attempt an app answered is
+    /// not waiting; never past its deadline), which sets the authority failing fast, or at
+    /// once while it is. The request holds a place in the queue only while it waits, not while
+    /// an attempt is in flight.
     async fn wait_for_endpoint(
         &self,
         authority: &str,
