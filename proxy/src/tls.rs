@@ -39,6 +39,11 @@ impl Credentials for Identity {
 
 /// The DNS name a proxy of `id` answers to on mesh connections (SNI). IDs not of the
 /// `ns/<ns>/sa/<sa>` shape get a name from their path's segments.
+///
+/// A service account's name may be 253 characters and its namespace 63, so the readable
+/// name can exceed DNS's 253 (or, outside Kubernetes, a label's 63) and rustls would refuse
+/// it as SNI: every connection to such a workload would fail. Such an ID answers to a hash
+/// of itself instead; both sides compute the name, so they agree.
 pub fn mesh_server_name(id: &SpiffeId) -> String {
     let who = match id.namespace_and_account() {
         Some((ns, sa)) => format!("{sa}.{ns}.serviceaccount"),
@@ -50,7 +55,27 @@ pub fn mesh_server_name(id: &SpiffeId) -> String {
             .collect::<Vec<_>>()
             .join("."),
     };
-    format!("{who}.identity.meshwork.{}", id.trust_domain()).to_ascii_lowercase()
+    let td = id.trust_domain();
+    let readable = format!("{who}.identity.meshwork.{td}").to_ascii_lowercase();
+    if dns_name_ok(&readable) {
+        return readable;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.to_string().as_bytes());
+    let hash: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hashed = format!("h{hash}.identity.meshwork.{td}");
+    if dns_name_ok(&hashed) {
+        hashed
+    } else {
+        // A trust domain too long to be a DNS suffix (SPIFFE allows 255 characters).
+        format!("h{hash}.identity.meshwork")
+    }
+}
+
+fn dns_name_ok(name: &str) -> bool {
+    rustls::pki_types::DnsName::try_from(name).is_ok()
 }
 
 /// The SPIFFE ID the peer of an established mesh connection proved.
@@ -75,5 +100,35 @@ mod tests {
             mesh_server_name(&id),
             "east.gateway.identity.meshwork.example.org"
         );
+    }
+
+    /// Kubernetes allows a 253-character service account name; its readable server name
+    /// would be too long for SNI, and every connection to its pods would fail.
+    #[test]
+    fn long_identities_still_get_a_valid_distinct_server_name() {
+        let sa = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(sa.len(), 253);
+        let ns = "n".repeat(63);
+        let long = SpiffeId::parse(&format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")).unwrap();
+        let other = SpiffeId::parse(&format!("spiffe://cluster.local/ns/{ns}/sa/{sa}x")).unwrap();
+        let segment = SpiffeId::parse(&format!("spiffe://example.org/{}", "s".repeat(64))).unwrap();
+        let td = SpiffeId::parse(&format!("spiffe://{}/ns/a/sa/b", "t".repeat(250))).unwrap();
+        let mut names = Vec::new();
+        for id in [&long, &other, &segment, &td] {
+            let name = mesh_server_name(id);
+            assert!(
+                rustls::pki_types::ServerName::try_from(name.as_str()).is_ok(),
+                "{id} got {name}, which is no valid server name"
+            );
+            names.push(name);
+        }
+        assert_ne!(names[0], names[1], "two identities share a server name");
+        assert!(names[0].ends_with(".identity.meshwork.cluster.local"));
     }
 }
