@@ -16,7 +16,9 @@ use hyper::client::conn::http2::SendRequest;
 
 use crate::http::Body;
 
-type Session<E> = Shared<BoxFuture<'static, Result<SendRequest<Body>, Arc<E>>>>;
+/// A session and when it stops taking requests (its peer's certificate expiry), if ever.
+type Made = (SendRequest<Body>, Option<tokio::time::Instant>);
+type Session<E> = Shared<BoxFuture<'static, Result<Made, Arc<E>>>>;
 
 pub struct Sessions<K, E> {
     map: Mutex<HashMap<K, Session<E>>>,
@@ -36,10 +38,25 @@ impl<K: Hash + Eq + Clone, E: Send + Sync + 'static> Sessions<K, E> {
     where
         F: FnOnce() -> BoxFuture<'static, Result<SendRequest<Body>, E>>,
     {
+        self.get_until(key, || connect().map(|r| r.map(|s| (s, None))).boxed())
+            .await
+    }
+
+    /// As [`Sessions::get`], for sessions that end: `connect` also says when its session
+    /// stops taking requests. A later request then gets a new session, and the old one
+    /// closes once its streams in flight are done (a client's GOAWAY, in effect).
+    pub async fn get_until<F>(&self, key: K, connect: F) -> Result<SendRequest<Body>, Arc<E>>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Made, E>>,
+    {
         let session = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&key).map(|s| (s.clone(), s.peek().cloned())) {
-                Some((_, Some(Ok(s)))) if !s.is_closed() => return Ok(s),
+                Some((_, Some(Ok((s, until)))))
+                    if !s.is_closed() && until.is_none_or(|u| tokio::time::Instant::now() < u) =>
+                {
+                    return Ok(s)
+                }
                 Some((pending, None)) => pending,
                 _ => {
                     let s = connect().map(|r| r.map_err(Arc::new)).boxed().shared();
@@ -48,7 +65,7 @@ impl<K: Hash + Eq + Clone, E: Send + Sync + 'static> Sessions<K, E> {
                 }
             }
         };
-        let r = session.clone().await;
+        let r = session.clone().await.map(|(s, _)| s);
         if r.is_err() {
             // The next request tries afresh.
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

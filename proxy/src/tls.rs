@@ -78,6 +78,17 @@ fn dns_name_ok(name: &str) -> bool {
     rustls::pki_types::DnsName::try_from(name).is_ok()
 }
 
+/// When the peer's certificate expires, as a point on tokio's clock: the end of a mesh
+/// session made with it (short lives are the mesh's revocation), on either side.
+pub fn peer_not_after(conn: &rustls::CommonState) -> Option<tokio::time::Instant> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let at = meshwork_identity::ca::not_after(leaf)?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
 /// The SPIFFE ID the peer of an established mesh connection proved.
 pub fn peer_id(conn: &rustls::CommonState) -> Option<SpiffeId> {
     let certs = conn.peer_certificates()?;

@@ -199,6 +199,75 @@ async fn a_mesh_session_ends_when_its_client_certificate_expires() {
     assert!(send.send_request(req()).await.is_err());
 }
 
+/// The server's credentials as its identity client keeps them: replaced by a renewed
+/// certificate while the proxy runs.
+struct Rotating {
+    id: SpiffeId,
+    now: std::sync::Mutex<Arc<Creds>>,
+}
+
+impl Credentials for Rotating {
+    fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.now.lock().unwrap().server_config()
+    }
+    fn client_config(&self, peer: &SpiffeId) -> Arc<rustls::ClientConfig> {
+        self.now.lock().unwrap().client_config(peer)
+    }
+}
+
+/// The client side of the same rule: a client proxy's session takes no new request after
+/// the server certificate it proved expires (the server has renewed by then); the next
+/// request gets a new session, in which the server proves its current certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_session_takes_no_requests_past_its_server_certificate() {
+    let ca = test_ca();
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let made = tokio::time::Instant::now();
+    let web = Arc::new(Rotating {
+        id: SpiffeId::parse(id).unwrap(),
+        now: std::sync::Mutex::new(Creds::with_life(&ca, id, Duration::from_secs(2))),
+    });
+    let client = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/client");
+    let (app_addr, hits) = app("127.0.0.1").await;
+    let (l, inbound_addr) = listen().await;
+    tokio::spawn(Inbound::new(inbound::Config::default(), web.clone()).serve(l, Watch::never()));
+    let mut d = Static::default();
+    d.parse_entry(&format!(
+        "web.default.svc.cluster.local:80={app_addr}@{}@{id}",
+        inbound_addr.port()
+    ))
+    .unwrap();
+    let outbound = Outbound::new(Default::default(), client, d);
+    let (l, addr) = listen().await;
+    tokio::spawn(outbound.clone().serve(l, Watch::never()));
+    let sessions = || {
+        support::metric(
+            &outbound.metrics,
+            "meshwork_proxy_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}",
+        )
+    };
+    let (status, perr, _) = get(addr, "web.default.svc.cluster.local:80").await;
+    assert_eq!(status, 200, "{perr}");
+    // Renewed, as the identity client does well before expiry.
+    *web.now.lock().unwrap() = Creds::new(&ca, id);
+    let (status, perr, _) = get(addr, "web.default.svc.cluster.local:80").await;
+    assert_eq!(status, 200, "{perr}");
+    assert_eq!(sessions(), Some(1), "a live session is reused");
+    // Past the first certificate's expiry (whole seconds in the certificate).
+    tokio::time::sleep_until(made + Duration::from_millis(3500)).await;
+    let (status, perr, _) = get(addr, "web.default.svc.cluster.local:80").await;
+    assert_eq!(status, 200, "{perr}");
+    assert_eq!(
+        sessions(),
+        Some(2),
+        "the request went on the session whose server certificate expired"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
 /// A peer that takes the TCP connection and never answers the TLS handshake: the session
 /// attempt ends at its bound (3 s), counted as a TLS timeout, and the request hears why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

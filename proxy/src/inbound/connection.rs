@@ -129,7 +129,7 @@ impl Inbound {
                 // lives are the mesh's revocation, so streams opened on it later must not
                 // still be taken as that identity's (a GOAWAY then; the peer opens a new
                 // session with its current certificate).
-                let drain = match peer_not_after(tls.get_ref().1) {
+                let drain = match crate::tls::peer_not_after(tls.get_ref().1) {
                     Some(at) => drain.or_at(at),
                     None => drain,
                 };
@@ -266,16 +266,6 @@ where
 fn loops_back(target: SocketAddr, listener: SocketAddr) -> bool {
     target.port() == listener.port()
         && (listener.ip().is_unspecified() || listener.ip() == target.ip())
-}
-
-/// When the peer's certificate expires, as a point on tokio's clock.
-fn peer_not_after(conn: &rustls::ServerConnection) -> Option<tokio::time::Instant> {
-    let leaf = conn.peer_certificates()?.first()?;
-    let at = meshwork_identity::ca::not_after(leaf)?;
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    Some(tokio::time::Instant::now() + left)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl Pool {
         let inner = self.inner.clone();
         let mesh = mesh.clone();
         self.sessions
-            .get(key, move || {
+            .get_until(key, move || {
                 Box::pin(async move {
                     // The whole of it bounded (TCP, TLS, HTTP/2): a peer that accepts and
                     // then stalls fails its requests in bounded time.
@@ -119,7 +119,7 @@ impl Inner {
         addr: SocketAddr,
         mesh: &Mesh,
         deadline: tokio::time::Instant,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<(SendRequest<Body>, Option<tokio::time::Instant>), ConnectError> {
         let proxy = SocketAddr::new(addr.ip(), mesh.proxy_port);
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(proxy))
             .await
@@ -157,6 +157,11 @@ impl Inner {
             port: addr.port(),
             protocol: SessionProtocol::Http2,
         };
+        // The session takes requests until the peer's certificate expires: the identity it
+        // proved is then no longer vouched for, and a new session makes it prove its current
+        // one (the server side ends a session at its client's expiry: `inbound/
+        // connection.rs`).
+        let until = crate::tls::peer_not_after(tls.get_ref().1);
         tls.write_all(&header.encode()).await.map_err(tls_err)?;
         // Keep-alive pings find a peer that vanished without a FIN (Linkerd: 10 s).
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -174,7 +179,7 @@ impl Inner {
                 tracing::debug!(%proxy, error = %e, "mesh session ended");
             }
         });
-        Ok(send)
+        Ok((send, until))
     }
 }
 
