@@ -4,7 +4,8 @@
 //! consecutive failures and probed back once it recovers; one that resets every connection
 //! stops getting them within a second and is probed back in once it serves again; one that
 //! refused a connect and then answers 503 is judged on its answers by the breaker, not kept
-//! out by the reconnect back-off; one failing 20% is hidden by retries; when everything fails
+//! out by the reconnect back-off; one failing 20% is hidden by retries; a gRPC
+//! server failing in its trailers is ejected too; when everything fails
 //! the budget keeps retries at 20% + 10/s.
 #![allow(
     clippy::unwrap_used,
@@ -152,6 +153,108 @@ async fn a_grpc_backend_answering_unavailable_is_ejected_not_one_answering_not_f
     calls(p).await;
     let n = hn.load(Ordering::Relaxed);
     assert_eq!(n, 200, "a backend answering NOT_FOUND was kept out");
+}
+
+/// A gRPC server over HTTP/2 answering every call with one message and then `code` in the
+/// trailers (how a server reports an error met while it answers): its address and calls.
+async fn grpc_h2_trailers(code: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            // The message and the trailers go as two writes: Nagle would hold the second.
+            tcp.set_nodelay(true).unwrap();
+            let h = h.clone();
+            let svc = hyper::service::service_fn(move |_req| {
+                h.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+                    // An empty message: flag 0, length 0.
+                    let body = http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5]))
+                        .with_trailers(async move { Some(Ok(trailers)) });
+                    let r = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    (addr, hits)
+}
+
+/// 200 gRPC calls over HTTP/2 through the proxy at `p`, each read to its end: the
+/// `grpc-status` of each from its trailers.
+async fn grpc_h2_calls(p: std::net::SocketAddr) -> Vec<String> {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(p).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let req = http::Request::post("http://web:80/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                &[0; 5],
+            )))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        statuses.push(status);
+    }
+    statuses
+}
+
+/// A gRPC server that fails calls with UNAVAILABLE in the trailers, after its answer began,
+/// is ejected like one failing in the headers (Linkerd classifies at the stream's end); one
+/// answering NOT_FOUND there is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_backend_failing_in_its_trailers_is_ejected() {
+    let (good, hg) = grpc_h2_trailers("0").await;
+    let (bad, hb) = grpc_h2_trailers("14").await;
+    let p = proxy(outbound::Config::default(), &[good, bad]).await;
+    let statuses = grpc_h2_calls(p).await;
+    let bad_hits = hb.load(Ordering::Relaxed);
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "14").count(),
+        bad_hits,
+        "the trailers reach the client as sent"
+    );
+    // Judged as answers, it would get about half (no lower bound: see the test above).
+    assert!(
+        bad_hits <= 12,
+        "ejected after 7 failures in a row: {bad_hits} of 200 (good: {})",
+        hg.load(Ordering::Relaxed)
+    );
+    // The only backend, answering NOT_FOUND in its trailers: every call reaches it.
+    let (not_found, hn) = grpc_h2_trailers("5").await;
+    let p = proxy(outbound::Config::default(), &[not_found]).await;
+    let statuses = grpc_h2_calls(p).await;
+    assert!(statuses.iter().all(|s| s == "5"), "{statuses:?}");
+    assert_eq!(hn.load(Ordering::Relaxed), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

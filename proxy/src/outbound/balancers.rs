@@ -232,7 +232,9 @@ impl Outbound {
     /// Records a request's outcome on its endpoint — (success, whether a failure was the
     /// transport's: no answer at all); None: it was dropped before it had one (the client
     /// went away), which ends its pending count and hands back a probe.
-    fn done(&self, f: &InFlight<'_>, outcome: Option<(bool, bool)>) {
+    /// `judge`: whether the breaker hears it now (not for an answer whose status comes in
+    /// its trailers: [`Outbound::judged_late`]).
+    fn done(&self, f: &InFlight<'_>, outcome: Option<(bool, bool)>, judge: bool) {
         let ok = outcome.map(|(ok, _)| ok);
         let transport = outcome.is_some_and(|(_, t)| t);
         let now = Instant::now();
@@ -259,9 +261,11 @@ impl Outbound {
                     s.reconnect.failed(now);
                 }
                 s.ewma.finish(&self.cfg.balance, now, now - f.started);
-                if let Some(why) = s.breaker.record(now, ok, f.picked.probe, rand::random()) {
-                    self.metrics.ejections.inc();
-                    tracing::info!(authority = %f.authority, endpoint = %f.picked.ep().addr, reason = ?why, "endpoint ejected");
+                if judge {
+                    if let Some(why) = s.breaker.record(now, ok, f.picked.probe, rand::random()) {
+                        self.metrics.ejections.inc();
+                        tracing::info!(authority = %f.authority, endpoint = %f.picked.ep().addr, reason = ?why, "endpoint ejected");
+                    }
                 }
             }
             None => {
@@ -274,6 +278,22 @@ impl Outbound {
         let after = (s.up(now), s.up_at(now).is_some());
         if before != after && (after.0 || after.1) {
             self.available.notify_waiters();
+        }
+    }
+
+    /// The breaker's outcome of an answer whose gRPC status came in its trailers (`ok`: not
+    /// one of the server's errors), told when its stream ended (`classify.rs`). Never a
+    /// probe's: a probe is judged on its headers, so that an ejected endpoint is not held
+    /// out for as long as a streaming answer runs.
+    pub(super) fn judged_late(&self, authority: &str, p: &Picked, ok: bool) {
+        let now = Instant::now();
+        let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = all.get_mut(authority).and_then(|b| b.state(p)) else {
+            return;
+        };
+        if let Some(why) = s.breaker.record(now, ok, false, rand::random()) {
+            self.metrics.ejections.inc();
+            tracing::info!(%authority, endpoint = %p.ep().addr, reason = ?why, "endpoint ejected");
         }
     }
 
@@ -413,20 +433,27 @@ impl<'a> InFlight<'a> {
     /// count (`ok` false, not the transport's).
     pub fn finish(mut self, ok: bool) {
         self.done = true;
-        self.out.done(&self, Some((ok, false)));
+        self.out.done(&self, Some((ok, false)), true);
+    }
+
+    /// An answer came whose outcome its trailers will tell: timed and counted as an answer
+    /// now, judged by the breaker when its stream ends.
+    pub fn finish_judged_later(mut self) {
+        self.done = true;
+        self.out.done(&self, Some((true, false)), false);
     }
 
     /// No answer came: the connection or stream failed.
     pub fn failed_transport(mut self) {
         self.done = true;
-        self.out.done(&self, Some((false, true)));
+        self.out.done(&self, Some((false, true)), true);
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.out.done(self, None);
+            self.out.done(self, None, true);
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod balance;
 mod balancers;
 pub mod breaker;
+mod classify;
 pub mod discover;
 pub mod endpoint;
 mod intercept;
@@ -114,6 +115,8 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
     /// The drain the listener serves under, for what outlives a request (tunnels).
     drain: std::sync::OnceLock<Watch>,
+    /// Itself, for what outlives a request's handling (a gRPC answer judged at its end).
+    me: std::sync::Weak<Outbound>,
 }
 
 impl Outbound {
@@ -142,7 +145,8 @@ impl Outbound {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
-        Arc::new(Outbound {
+        Arc::new_cyclic(|me| Outbound {
+            me: me.clone(),
             pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),
             plain: Client::builder(TokioExecutor::new()).build(http),
             cfg,
@@ -497,10 +501,15 @@ impl Outbound {
                 None => attempt_fut.await,
             };
             // 5xx, gRPC errors and transport failures count against the endpoint (Linkerd's
-            // classification).
-            let ok = result.as_ref().is_ok_and(|r| !failed(r));
+            // classification, `classify.rs`); a gRPC status still to come is judged when the
+            // response's stream ends (a probe's is judged now, not held for a stream's length).
+            let ok = result.as_ref().is_ok_and(|r| !classify::failed(r));
+            let later =
+                ok && !picked.probe && result.as_ref().is_ok_and(classify::status_in_trailers);
             if result.is_err() {
                 flight.failed_transport();
+            } else if later {
+                flight.finish_judged_later();
             } else {
                 flight.finish(ok);
             }
@@ -565,7 +574,13 @@ impl Outbound {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     parts.version = http::Version::HTTP_11;
-                    http::Response::from_parts(parts, body.boxed())
+                    let body = match self.me.upgrade() {
+                        Some(me) if later => {
+                            classify::Judged::new(body.boxed(), me, &authority, picked).boxed()
+                        }
+                        _ => body.boxed(),
+                    };
+                    http::Response::from_parts(parts, body)
                 }
                 Err(Failed { why, .. }) => {
                     tracing::info!(%authority, endpoint = %ep.addr, error = %why, "outbound request failed");
@@ -818,20 +833,6 @@ fn target(authority: http::uri::Authority, path: http::uri::PathAndQuery) -> Opt
 }
 
 /// The 504 for a request (or an upgrade's handshake) its `--request-timeout` ended.
-/// Whether an answer is a failure, for the breaker and the balancer: a 5xx, or a gRPC error
-/// of the server's told in the headers (a trailers-only response, how a gRPC server says
-/// UNAVAILABLE without a body): UNKNOWN, INTERNAL, UNAVAILABLE or DATA_LOSS. The client's
-/// errors (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED...) are answers, as a 4xx is: a
-/// Service answering mostly NOT_FOUND must not have its endpoints ejected. An error in a
-/// response's trailers, after its body, is not seen here: the outcome is recorded when the
-/// headers come (see ARCHITECTURE.md, known gaps).
-fn failed<B>(r: &http::Response<B>) -> bool {
-    r.status().is_server_error()
-        || r.headers()
-            .get("grpc-status")
-            .is_some_and(|s| matches!(s.as_bytes(), b"2" | b"13" | b"14" | b"15"))
-}
-
 fn timed_out(authority: &str) -> http::Response<Body> {
     error(
         StatusCode::GATEWAY_TIMEOUT,
