@@ -195,6 +195,36 @@ impl pb::destination_server::Destination for Nothing {
     }
 }
 
+/// A Service of 60,000 meshed endpoints: one update of more than tonic's default 4 MiB
+/// message limit, which the proxy still takes (it would keep its last set for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_of_60000_endpoints_reaches_the_proxy() {
+    use prost::Message;
+    let eps: Vec<pb::Endpoint> = (0..60_000u32)
+        .map(|i| pb::Endpoint {
+            addr: format!("10.{}.{}.{}:8080", i >> 16, (i >> 8) & 255, i & 255),
+            weight: 10_000,
+            zone: "zone-a".into(),
+            mesh: Some(pb::Mesh {
+                identity: "spiffe://cluster.local/ns/default/sa/web".into(),
+                proxy_port: 4143,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let size = update(Some(eps.clone())).encoded_len();
+    assert!(size > 4 << 20, "the update is only {size} bytes");
+    let (_names_tx, names) = tokio::sync::watch::channel(Some(eps));
+    let agent = agent(names, Duration::from_secs(10)).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        agent.resolver.get("web.default.svc.cluster.local:80"),
+    )
+    .await
+    .expect("no answer in 20 s");
+    assert_eq!(got.map(|e| e.len()), Some(60_000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_authority_is_answered_at_once_and_an_address_keeps_no_stream() {
     let (names_tx, names) = tokio::sync::watch::channel(None);

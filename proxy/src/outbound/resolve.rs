@@ -141,6 +141,9 @@ const UNKNOWN_NAME_TTL: Duration = Duration::from_secs(10);
 /// whole node: `control/src/destination/server.rs`).
 const MAX_AUTHORITIES: usize = 1_000;
 
+/// The largest discovery update a proxy takes (`stream`).
+const MAX_UPDATE_BYTES: usize = 32 << 20;
+
 impl Resolver {
     pub fn fixed(statics: Static, metrics: Arc<Metrics>) -> Self {
         Resolver {
@@ -456,7 +459,12 @@ async fn stream(
     metrics: &Metrics,
     answered: &mut bool,
 ) -> Result<bool, String> {
-    let mut client = DestinationClient::new(channel);
+    // An update carries the whole set (about 100 bytes an endpoint): tonic's default 4 MiB
+    // would refuse a Service of some 40,000 endpoints, and its clients would keep their last
+    // set for good. The agent is trusted (its certificate's identity is checked), so the
+    // limit is only against a runaway: about 300,000 endpoints, twice Kubernetes' 150,000
+    // pods per cluster.
+    let mut client = DestinationClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
     let mut updates = client
         .get(pb::GetDestination {
             authority: authority.to_string(),
