@@ -212,7 +212,8 @@ async fn start_destination(
         },
         streams: metrics.destination_streams.clone(),
         computed: metrics.destination_answers.clone(),
-        callers: meshwork_daemon::quota::PerAddress::new(
+        callers: crate::destination::Streams::new(
+            crate::destination::MAX_STREAMS,
             crate::destination::MAX_STREAMS_PER_CALLER,
         ),
     };

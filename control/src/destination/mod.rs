@@ -24,11 +24,13 @@ use meshwork_destination_api::{
 };
 use meshwork_service_model::{endpoints, service_key, usable_for, Key};
 
+mod fair;
 pub mod identity;
 mod index;
 mod server;
+pub use fair::Streams;
 pub use index::{Index, Objects, Scan, SharedIndex};
-pub use server::{serve, Changed, Server, MAX_STREAMS_PER_CALLER};
+pub use server::{serve, Changed, Server, MAX_STREAMS, MAX_STREAMS_PER_CALLER};
 
 /// What names a Service's authority in this cluster.
 #[derive(Clone, Debug)]

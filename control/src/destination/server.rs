@@ -56,8 +56,9 @@ pub struct Server {
     pub streams: prometheus_client::metrics::gauge::Gauge,
     /// Answers computed (first ones and recomputations), over all streams.
     pub computed: prometheus_client::metrics::counter::Counter,
-    /// Streams open by caller address ([`MAX_STREAMS_PER_CALLER`]).
-    pub callers: meshwork_daemon::quota::PerAddress,
+    /// Streams open, by caller address: at most [`MAX_STREAMS`] in all and
+    /// [`MAX_STREAMS_PER_CALLER`] from one, shared fairly (`fair.rs`).
+    pub callers: super::fair::Streams,
 }
 
 impl Server {
@@ -73,13 +74,13 @@ impl Server {
     }
 }
 
-/// Streams open at once, over all callers.
-pub const MAX_STREAMS: i64 = 4096;
+/// Streams open at once, over all callers. Past it, a caller holding less than its share
+/// still gets one, ended for it on the caller holding the most (`fair.rs`).
+pub const MAX_STREAMS: usize = 4096;
 
 /// Streams open at once from one address (a pod, whose proxy follows at most 1,000
 /// authorities, `proxy/src/outbound/resolve.rs`, with room for streams it reset that the
-/// agent has not seen end yet): one caller — a pod asking with its own
-/// certificate, not through its proxy — cannot take all of the node's [`MAX_STREAMS`].
+/// agent has not seen end yet).
 pub const MAX_STREAMS_PER_CALLER: usize = 1536;
 
 type UpdateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Update, tonic::Status>> + Send>>;
@@ -100,23 +101,22 @@ impl destination_server::Destination for Server {
                 "the authority is host:port (a ClusterIP or a Service's DNS name)",
             ));
         }
-        if self.streams.get() >= MAX_STREAMS {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "{MAX_STREAMS} discovery streams are open on this node"
-            )));
-        }
-        let taken = match caller {
-            Some(ip) => Some(self.callers.take(ip).ok_or_else(|| {
-                tonic::Status::resource_exhausted(format!(
-                    "{MAX_STREAMS_PER_CALLER} discovery streams are open from {ip}"
-                ))
-            })?),
-            None => None,
-        };
+        // A transport without addresses is one caller.
+        let ip = caller.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let held = self
+            .callers
+            .take(ip)
+            .map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
         let this = self.clone();
         let (tx, rx) = mpsc::channel(4);
+        // The caller hears why its stream ended (it keeps its last answer and asks again).
+        let ended = |tx: &mpsc::Sender<_>| {
+            let _ = tx.try_send(Err(tonic::Status::resource_exhausted(
+                "the node's discovery streams are all open: this one was ended for \
+                 another caller's, which held fewer",
+            )));
+        };
         tokio::spawn(async move {
-            let _taken = taken;
             // A partial view would tell a proxy that endpoints are gone.
             let ready = async {
                 let _ = this.services.wait_until_ready().await;
@@ -128,6 +128,7 @@ impl destination_server::Destination for Server {
             tokio::select! {
                 _ = ready => {}
                 _ = tx.closed() => return,
+                _ = held.ended() => return ended(&tx),
             }
             this.streams.inc();
             // Subscribed before the first answer is read: a change while it is read is not
@@ -152,6 +153,10 @@ impl destination_server::Destination for Server {
                             Err(broadcast::error::RecvError::Closed) => break 'stream,
                         },
                         _ = tx.closed() => break 'stream,
+                        _ = held.ended() => {
+                            ended(&tx);
+                            break 'stream;
+                        }
                     }
                 }
                 // A burst (a rollout's pods, a relist) answers once, with the last state:
@@ -253,9 +258,20 @@ mod tests {
     /// The service over `stores`, on a loopback port (plaintext), answering as `changes` say
     /// and counting its answers in `computed`.
     async fn serve_on_loopback(
+        stores: Stores,
+        changes: broadcast::Sender<Changed>,
+        computed: Counter,
+    ) -> std::net::SocketAddr {
+        let callers = super::super::fair::Streams::new(MAX_STREAMS, MAX_STREAMS_PER_CALLER);
+        serve_limited(stores, changes, computed, callers).await
+    }
+
+    /// [`serve_on_loopback`] with stream limits of the test's own.
+    async fn serve_limited(
         (services, slices, pods): Stores,
         changes: broadcast::Sender<Changed>,
         computed: Counter,
+        callers: super::super::fair::Streams,
     ) -> std::net::SocketAddr {
         let server = Server {
             services,
@@ -270,7 +286,7 @@ mod tests {
             },
             streams: Gauge::default(),
             computed,
-            callers: meshwork_daemon::quota::PerAddress::new(MAX_STREAMS_PER_CALLER),
+            callers,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -386,6 +402,64 @@ mod tests {
         // Another pod on the node is still answered.
         let mut other = get(client("127.0.0.2")).await.unwrap().into_inner();
         assert!(other.message().await.unwrap().unwrap().unknown);
+    }
+
+    /// With the node's streams all open, a pod holding fewer than its share still gets one:
+    /// the newest stream of the pod holding the most is ended for it, with the reason; a pod
+    /// holding its share is refused. (Limits of 8 streams, 6 from one address.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pod_under_its_share_is_answered_when_the_node_is_full() {
+        let addr = serve_limited(
+            ready_stores().0,
+            broadcast::channel(16).0,
+            Counter::default(),
+            super::super::fair::Streams::new(8, 6),
+        )
+        .await;
+        let client = |from: &str| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .local_address(Some(from.parse().unwrap()))
+                .connect_lazy()
+        };
+        let get = |c: tonic::transport::Channel| async move {
+            DestinationClient::new(c)
+                .get(pb::GetDestination {
+                    authority: "web.shop.svc.cluster.local:80".into(),
+                })
+                .await
+        };
+        // Each stream's first answer read: it is open at the agent.
+        let open = async |c: &tonic::transport::Channel, n: usize| {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                let mut s = get(c.clone()).await.unwrap().into_inner();
+                assert!(s.message().await.unwrap().unwrap().unknown);
+                v.push(s);
+            }
+            v
+        };
+        let (heavy, light, late) = (
+            client("127.0.0.1"),
+            client("127.0.0.2"),
+            client("127.0.0.3"),
+        );
+        let mut heavy_streams = open(&heavy, 6).await;
+        let _light_streams = open(&light, 2).await;
+        let _late_streams = open(&late, 1).await;
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            heavy_streams.pop().unwrap().message(),
+        )
+        .await
+        .expect("the heaviest caller's newest stream was not ended")
+        .unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended}");
+        assert!(ended.message().contains("another caller"), "{ended}");
+        // 127.0.0.2 holds its share (8 over 3 callers): refused, not taking from another.
+        let refused = get(light.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains("holds its share"), "{refused}");
     }
 
     /// Streams a caller gave up while the agent's stores were still listing give their quota
