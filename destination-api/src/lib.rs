@@ -29,6 +29,9 @@ pub fn is_meshed(annotations: Option<&std::collections::BTreeMap<String, String>
 /// `config.linkerd.io/opaque-ports`): a comma list of ports and ranges.
 pub const OPAQUE_PORTS: &str = "config.meshwork.io/opaque-ports";
 
+/// The `appProtocol` values that make a Service port opaque: ours, and Linkerd's.
+pub const OPAQUE_APP_PROTOCOLS: &[&str] = &["meshwork.io/opaque", "linkerd.io/opaque"];
+
 /// Linkerd's default opaque ports: protocols where the server speaks first, which detection
 /// would only delay (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached).
 pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];

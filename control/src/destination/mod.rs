@@ -7,8 +7,10 @@
 //! endpoints for the port (the rule kube-proxy uses, from `meshwork-service-model`), and each
 //! endpoint's pod: meshed when it carries `meshwork.io/proxy-inbound-port`, its identity from
 //! its ServiceAccount (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`, as the identity service
-//! issues it), opaque when the pod's or Service's `config.meshwork.io/opaque-ports`
-//! (else Linkerd's default list) holds the target port.
+//! issues it), opaque when the Service port's `appProtocol` is `meshwork.io/opaque` (or
+//! Linkerd's `linkerd.io/opaque`), else when the pod's `config.meshwork.io/opaque-ports`
+//! holds the target port, else the Service's holds the Service port, else when Linkerd's
+//! default list holds the target port.
 //!
 //! The API is served over mutual TLS 1.3 (`identity.rs`; ARCHITECTURE.md, "Discovery over
 //! mTLS").
@@ -20,7 +22,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use meshwork_destination_api::{
-    parse_ports, pb, DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
+    parse_ports, pb, DEFAULT_OPAQUE_PORTS, OPAQUE_APP_PROTOCOLS, OPAQUE_PORTS, PROXY_INBOUND_PORT,
 };
 use meshwork_service_model::{endpoints, service_key, usable_for, Key};
 
@@ -289,8 +291,14 @@ fn for_service(
         return pb::Update::default();
     };
     let port_name = sp.name.clone().unwrap_or_default();
-    // Parsed once per answer, not per endpoint (a long list on a large Service).
-    let svc_opaque = opaque(svc.metadata.annotations.as_ref()).map(|l| parse_ports(&l));
+    // The Service's word on its port, read once per answer: its `appProtocol`, then its
+    // annotation, which lists Service ports (as Linkerd's does: the port clients use; a
+    // pod's lists its own, target, ports).
+    let app_protocol_opaque = sp
+        .app_protocol
+        .as_deref()
+        .is_some_and(|p| OPAQUE_APP_PROTOCOLS.contains(&p));
+    let svc_opaque = opaque(svc.metadata.annotations.as_ref()).map(|l| in_list(&l, port));
     let spec = svc.spec.as_ref();
     // One family, as the node's load balancer answers each ClusterIP in its own: a
     // dual-stack Service's pods would otherwise each be listed twice. The asked address's;
@@ -337,15 +345,13 @@ fn for_service(
         };
         let annotations = pod.as_ref().and_then(|p| p.metadata.annotations.as_ref());
         let mesh = mesh_of(pod.as_ref(), &key.0, naming, target);
-        let is_opaque = match opaque(annotations).map(|l| in_list(&l, target)) {
-            Some(o) => o,
-            None => match &svc_opaque {
-                Some(list) => list
-                    .as_ref()
-                    .is_ok_and(|r| r.iter().any(|r| r.contains(&target))),
-                None => DEFAULT_OPAQUE_PORTS.contains(&target),
-            },
-        };
+        // An `appProtocol` says what the port is, whatever the pod lists; else the pod's
+        // list, the Service's, Linkerd's defaults.
+        let is_opaque = app_protocol_opaque
+            || match opaque(annotations) {
+                Some(l) => in_list(&l, target),
+                None => svc_opaque.unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.contains(&target)),
+            };
         out.push(pb::Endpoint {
             addr: std::net::SocketAddr::new(ep.addr(), target).to_string(),
             weight: 10_000,
@@ -725,23 +731,68 @@ mod tests {
             .all(|e| e.protocol == pb::ProtocolHint::Opaque as i32));
     }
 
+    /// A Service's list names Service ports (port 80 here, whose target is 8080), as
+    /// Linkerd's does; it replaces the default list.
     #[test]
     fn annotations_override_the_default_opaque_ports() {
-        let (mut svcs, slices, pods) = objects();
-        let mut svc = (*svcs[0]).clone();
-        svc.metadata.annotations =
-            Some([(OPAQUE_PORTS.to_string(), "8000-8080".to_string())].into());
-        svcs[0] = Arc::new(svc);
-        let http = res("web.shop:80", &svcs, &slices, &pods);
-        assert!(http
-            .endpoints
-            .iter()
-            .all(|e| e.protocol == pb::ProtocolHint::Opaque as i32));
-        let db = res("web.shop:5432", &svcs, &slices, &pods);
-        assert!(db
-            .endpoints
-            .iter()
-            .all(|e| e.protocol == pb::ProtocolHint::Unknown as i32));
+        let (svcs, slices, pods) = objects();
+        let hints = |svcs: &[Arc<Service>], authority: &str| -> Vec<i32> {
+            res(authority, svcs, &slices, &pods)
+                .endpoints
+                .iter()
+                .map(|e| e.protocol)
+                .collect()
+        };
+        let (opaque, unknown) = (
+            pb::ProtocolHint::Opaque as i32,
+            pb::ProtocolHint::Unknown as i32,
+        );
+        let annotated = |list: &str| {
+            let mut svc = (*svcs[0]).clone();
+            svc.metadata.annotations = Some([(OPAQUE_PORTS.to_string(), list.to_string())].into());
+            let mut all = svcs.clone();
+            all[0] = Arc::new(svc);
+            all
+        };
+        let by_service_port = annotated("80,9000");
+        assert_eq!(hints(&by_service_port, "web.shop:80"), [opaque, opaque]);
+        assert_eq!(hints(&by_service_port, "web.shop:5432"), [unknown, unknown]);
+        // The target port listed on the Service says nothing.
+        let by_target = annotated("8080");
+        assert_eq!(hints(&by_target, "web.shop:80"), [unknown, unknown]);
+    }
+
+    /// A Service port's `appProtocol: meshwork.io/opaque` (or Linkerd's) makes it opaque,
+    /// whatever the pods list.
+    #[test]
+    fn an_opaque_app_protocol_makes_the_service_port_opaque() {
+        let (mut svcs, slices, mut pods) = objects();
+        for app_protocol in ["meshwork.io/opaque", "linkerd.io/opaque", "http"] {
+            let mut svc = (*svcs[0]).clone();
+            svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].app_protocol =
+                Some(app_protocol.into());
+            svcs[0] = Arc::new(svc);
+            // A pod that lists some other port: its list does not override the Service's
+            // word on this one.
+            for p in pods.values_mut() {
+                let mut pod = (**p).clone();
+                pod.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(OPAQUE_PORTS.into(), "9999".into());
+                *p = Arc::new(pod);
+            }
+            let u = res("web.shop:80", &svcs, &slices, &pods);
+            let want = if app_protocol == "http" {
+                pb::ProtocolHint::Unknown
+            } else {
+                pb::ProtocolHint::Opaque
+            } as i32;
+            assert!(
+                !u.endpoints.is_empty() && u.endpoints.iter().all(|e| e.protocol == want),
+                "{app_protocol}: {u:?}"
+            );
+        }
     }
 
     #[test]
