@@ -26,7 +26,7 @@ pub struct RoutesArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// What a proxy counted for one route: requests, failed ones (5xx or no answer), and its
+/// What a proxy counted for one route: requests, failed ones (`viz::failed`), and its
 /// latency histogram's cumulative buckets (upper bound in seconds as written, count).
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Counted {
@@ -62,7 +62,7 @@ fn by_route(text: &str) -> BTreeMap<String, Counted> {
         let e = out.entry(route).or_default();
         if counter {
             e.n += v;
-            if matches!(label(labels, "status_class"), Some("5xx" | "error")) {
+            if crate::viz::failed(labels) {
                 e.failed += v;
             }
         } else if let Some(le) = label(labels, "le") {

@@ -8,6 +8,101 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 /// Every body the proxy passes on or makes.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// How a response body ended, for what waits on its trailers (a gRPC status).
+pub enum End<'a> {
+    Trailers(&'a HeaderMap),
+    /// It ended with no trailers, or broke.
+    Without,
+    /// It was dropped before its end (the client went away).
+    Dropped,
+}
+
+/// `inner`, telling `f` how it ended, once: what a gRPC answer's status, sent in its
+/// trailers after its messages, is read by (the breaker, the request metrics).
+pub fn on_end(inner: Body, f: impl FnOnce(End<'_>) + Send + Sync + 'static) -> Body {
+    OnEnd {
+        inner,
+        f: Some(Box::new(f)),
+    }
+    .boxed()
+}
+
+type EndFn = Box<dyn FnOnce(End<'_>) + Send + Sync>;
+
+struct OnEnd {
+    inner: Body,
+    f: Option<EndFn>,
+}
+
+impl OnEnd {
+    fn end(&mut self, how: End<'_>) {
+        if let Some(f) = self.f.take() {
+            f(how);
+        }
+    }
+}
+
+impl hyper::body::Body for OnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = frame.trailers_ref() {
+                    self.end(End::Trailers(t));
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_)) | None) => self.end(End::Without),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        self.end(End::Dropped);
+    }
+}
+
+/// The `grpc_status` label of a response: empty when it is not gRPC, its code ("0".."16",
+/// or "other") when its headers carry it (a trailers-only answer), None when it is still to
+/// come in its trailers.
+pub fn grpc_status_now(h: &HeaderMap) -> Option<&'static str> {
+    if let Some(s) = h.get("grpc-status") {
+        return Some(grpc_code(s));
+    }
+    let grpc = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    (!grpc).then_some("")
+}
+
+/// A `grpc-status` value as a label: one of the 17 codes, else "other".
+pub fn grpc_code(v: &http::HeaderValue) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    std::str::from_utf8(v.as_bytes())
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|n| CODES.get(n).copied())
+        .unwrap_or("other")
+}
+
 /// The verified SPIFFE ID of the calling workload, set by the inbound proxy on requests it
 /// received over mTLS and removed from every other request (Linkerd's `l5d-client-id`).
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("meshwork-client-id");

@@ -20,6 +20,7 @@ use std::{
     },
 };
 
+use crate::http::Body;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -94,6 +95,9 @@ pub struct RequestLabels {
     pub status_class: &'static str,
     /// Inbound: the client's SPIFFE ID; outbound: the server's (empty: not meshed).
     pub peer: Arc<str>,
+    /// A gRPC answer's status code (`0`..`16`, `other`), from its headers or, at its end,
+    /// its trailers; `none`: a gRPC answer that ended without one; empty: not gRPC.
+    pub grpc_status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,7 +197,8 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "requests",
-            "HTTP requests answered, by direction, authority, route, status class and peer identity",
+            "HTTP requests answered, by direction, authority, route, status class, peer identity \
+             and gRPC status",
             requests.clone(),
         );
         let latency = Family::<DirectionLabels, Histogram>::new_with_constructor(
@@ -352,6 +357,34 @@ impl Metrics {
 
     /// One answered request: counted, timed, and on the tap when someone listens.
     pub fn request(&self, o: &Observed<'_>) {
+        let labels = self.labels(o, "");
+        let labels = self.count(labels);
+        self.timed(o, labels);
+    }
+
+    /// [`Metrics::request`] with its response, counted by its gRPC status too: one that
+    /// comes in the trailers is counted when the body ends (timed and tapped now).
+    pub fn response(self: &Arc<Self>, o: &Observed<'_>, resp: &mut http::Response<Body>) {
+        if let Some(grpc) = crate::http::grpc_status_now(resp.headers()) {
+            let labels = self.labels(o, grpc);
+            let labels = self.count(labels);
+            self.timed(o, labels);
+            return;
+        }
+        let labels = self.labels(o, "none");
+        self.timed(o, labels.clone());
+        let me = self.clone();
+        let body = std::mem::replace(resp.body_mut(), crate::http::full(bytes::Bytes::new()));
+        *resp.body_mut() = crate::http::on_end(body, move |how| {
+            let mut labels = labels;
+            if let crate::http::End::Trailers(t) = how {
+                labels.grpc_status = t.get("grpc-status").map_or("none", crate::http::grpc_code);
+            }
+            me.count(labels);
+        });
+    }
+
+    fn labels(&self, o: &Observed<'_>, grpc_status: &'static str) -> RequestLabels {
         let status_class = match o.status.map(|s| s.as_u16() / 100) {
             Some(1) => "1xx",
             Some(2) => "2xx",
@@ -362,7 +395,7 @@ impl Metrics {
             Some(_) => "other",
             None => "error",
         };
-        let mut labels = RequestLabels {
+        RequestLabels {
             direction: o.direction,
             authority: self.bounded(
                 match o.direction {
@@ -376,7 +409,13 @@ impl Metrics {
                 .map_or_else(|| self.empty.clone(), |r| self.bounded(3, r)),
             status_class,
             peer: self.bounded(2, o.peer),
-        };
+            grpc_status,
+        }
+    }
+
+    /// Counts a request under `labels`, or under `overflow` past [`MAX_SERIES`]: the labels
+    /// it was counted under.
+    fn count(&self, mut labels: RequestLabels) -> RequestLabels {
         // Each kind is bounded alone, but a series is a combination of them: the series count
         // is bounded too. Hits (almost every request) take one lookup, as before.
         if let Some(c) = self.requests.get(&labels) {
@@ -390,6 +429,11 @@ impl Metrics {
             }
             self.requests.get_or_create(&labels).inc();
         }
+        labels
+    }
+
+    /// The latency (by route too when its authority has routes) and the tap.
+    fn timed(&self, o: &Observed<'_>, labels: RequestLabels) {
         if o.routed {
             self.route_latency(RouteLabels {
                 direction: o.direction,
@@ -556,6 +600,63 @@ mod tests {
     }
 
     /// A 200 for `authority` (and `route`) from `peer`.
+    /// A gRPC answer is counted by its status: from its headers at once, from its trailers
+    /// when its body ends (not before: its status is not known), `none` when it ends without
+    /// one; an answer that is not gRPC has none.
+    #[tokio::test]
+    async fn grpc_answers_are_counted_by_their_status() {
+        use http_body_util::BodyExt;
+        let m = Metrics::new();
+        let series = |grpc: &str| {
+            let want = format!(
+                "meshwork_proxy_requests_total{{direction=\"inbound\",authority=\"web:80\",\
+                 route=\"\",status_class=\"2xx\",peer=\"\",grpc_status=\"{grpc}\"}} "
+            );
+            m.encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(want.as_str()).map(|v| v.to_string()))
+        };
+        let answer = |headers: &[(&'static str, &'static str)], trailers: Option<&'static str>| {
+            let mut b = http::Response::builder();
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            let body = crate::http::full(bytes::Bytes::from_static(b"\0\0\0\0\0"));
+            let body = match trailers {
+                Some(code) => body
+                    .with_trailers(async move {
+                        let mut t = http::HeaderMap::new();
+                        t.insert("grpc-status", http::HeaderValue::from_static(code));
+                        Some(Ok(t))
+                    })
+                    .boxed(),
+                None => body,
+            };
+            b.body(body).unwrap()
+        };
+        let o = ok(Direction::Inbound, "web:80", None, "");
+        let grpc = ("content-type", "application/grpc");
+
+        let mut r = answer(&[grpc], Some("14"));
+        m.response(&o, &mut r);
+        assert_eq!(series("14"), None, "counted before its status came");
+        r.into_body().collect().await.unwrap();
+        assert_eq!(series("14").as_deref(), Some("1"));
+
+        let mut r = answer(&[grpc, ("grpc-status", "5")], None);
+        m.response(&o, &mut r);
+        assert_eq!(series("5").as_deref(), Some("1"));
+
+        let mut r = answer(&[grpc], None);
+        m.response(&o, &mut r);
+        drop(r);
+        assert_eq!(series("none").as_deref(), Some("1"));
+
+        let mut r = answer(&[("content-type", "text/plain")], None);
+        m.response(&o, &mut r);
+        assert_eq!(series("").as_deref(), Some("1"));
+    }
+
     fn ok<'a>(
         direction: Direction,
         authority: &'a str,

@@ -506,7 +506,7 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         m.o.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
     let out = m.metric(
         &client_ip,
-        "requests_total{direction=\"outbound\",authority=\"web.default.svc.cluster.local:80\",route=\"GET /\",status_class=\"2xx\",peer=\"spiffe://cluster.local/ns/default/sa/web\"}",
+        "requests_total{direction=\"outbound\",authority=\"web.default.svc.cluster.local:80\",route=\"GET /\",status_class=\"2xx\",peer=\"spiffe://cluster.local/ns/default/sa/web\",grpc_status=\"\"}",
     );
     assert!(
         out >= 40.0,
@@ -517,7 +517,7 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         .map(|p| {
             m.metric(
                 &p.ip,
-                &format!("requests_total{{direction=\"inbound\",authority=\"{WEB}\",route=\"GET /\",status_class=\"2xx\",peer=\"{CLIENT_ID}\"}}"),
+                &format!("requests_total{{direction=\"inbound\",authority=\"{WEB}\",route=\"GET /\",status_class=\"2xx\",peer=\"{CLIENT_ID}\",grpc_status=\"\"}}"),
             )
         })
         .sum();
@@ -710,6 +710,12 @@ fn mtls_on_the_wire_identity_opaque_and_grpc() {
         &format!("requests_total{{direction=\"outbound\",authority=\"{WEB}:9090\",route=\"POST /{{service}}/{{method}}\",status_class=\"2xx\""),
     );
     assert_eq!(grpc, 1.0, "the gRPC call by its route");
+    // And by its status, from the trailers that ended its stream.
+    let ok = m.metric(
+        &client_ip,
+        &format!("requests_total{{direction=\"outbound\",authority=\"{WEB}:9090\",route=\"POST /{{service}}/{{method}}\",status_class=\"2xx\",peer=\"spiffe://cluster.local/ns/default/sa/web\",grpc_status=\"0\"}}"),
+    );
+    assert_eq!(ok, 1.0, "the gRPC call by its status");
 }
 
 #[test]

@@ -272,7 +272,7 @@ impl Inbound {
             client = %peer,
             trace_id = %trace_id,
         );
-        let resp = async {
+        let mut resp = async {
             if let Some(why) = bad {
                 return error(http::StatusCode::BAD_REQUEST, why);
             }
@@ -316,7 +316,7 @@ impl Inbound {
             elapsed: started.elapsed(),
             trace_id: &trace_id,
         };
-        self.metrics.request(&observed);
+        self.metrics.response(&observed, &mut resp);
         if let (Some(tracer), Some(t)) = (&self.cfg.tracer, traced) {
             tracer.finish(t, &observed);
         }

@@ -1,19 +1,13 @@
 //! What an answer says about its endpoint, for the breaker and the balancer (Linkerd's
 //! response classification): a 5xx, or one of the server's gRPC errors, is a failure. A gRPC
 //! server tells its status in the trailers after a body as often as in the headers (a
-//! trailers-only answer); such a response is judged when its stream ends ([`Judged`]), and
+//! trailers-only answer); such a response is judged when its stream ends ([`judged`]), and
 //! until then counts toward neither side of the breaker.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
-
-use hyper::body::Frame;
+use std::sync::Arc;
 
 use super::{balancers::Picked, Outbound};
-use crate::http::Body;
+use crate::http::{Body, End};
 
 /// The server's gRPC errors — UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS. The client's
 /// (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED...) are answers, as a 4xx is: a Service
@@ -30,74 +24,22 @@ pub(super) fn failed<B>(r: &http::Response<B>) -> bool {
 
 /// Whether the response is gRPC whose status is still to come, in its trailers.
 pub(super) fn status_in_trailers<B>(r: &http::Response<B>) -> bool {
-    r.headers().get("grpc-status").is_none()
-        && r.headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+    crate::http::grpc_status_now(r.headers()).is_none()
 }
 
-/// A gRPC response body whose end tells its endpoint's breaker the outcome: the status in
-/// its trailers, or a failure if the stream broke or ended with no status (a gRPC client
+/// `body`, a gRPC response's, whose end tells its endpoint's breaker the outcome: the status
+/// in its trailers, or a failure if the stream broke or ended with no status (a gRPC client
 /// takes both as errors). Dropped before its end (the client went away), it tells nothing.
-pub(super) struct Judged {
-    inner: Body,
-    pending: Option<Pending>,
-}
-
-struct Pending {
-    out: Arc<Outbound>,
-    authority: String,
-    picked: Picked,
-}
-
-impl Judged {
-    pub(super) fn new(inner: Body, out: Arc<Outbound>, authority: &str, picked: Picked) -> Self {
-        Judged {
-            inner,
-            pending: Some(Pending {
-                out,
-                authority: authority.to_string(),
-                picked,
-            }),
-        }
-    }
-
-    fn judge(&mut self, ok: bool) {
-        if let Some(p) = self.pending.take() {
-            p.out.judged_late(&p.authority, &p.picked, ok);
-        }
-    }
-}
-
-impl hyper::body::Body for Judged {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = frame.trailers_ref() {
-                    let ok = t.get("grpc-status").is_some_and(|s| !grpc_failure(s));
-                    self.judge(ok);
-                }
-            }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.judge(false),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
+pub(super) fn judged(body: Body, out: Arc<Outbound>, authority: &str, picked: Picked) -> Body {
+    let authority = authority.to_string();
+    crate::http::on_end(body, move |how| {
+        let ok = match how {
+            End::Trailers(t) => t.get("grpc-status").is_some_and(|s| !grpc_failure(s)),
+            End::Without => false,
+            End::Dropped => return,
+        };
+        out.judged_late(&authority, &picked, ok);
+    })
 }
 
 #[cfg(test)]

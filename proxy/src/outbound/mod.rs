@@ -316,7 +316,7 @@ impl Outbound {
         );
         let mut peer = String::new();
         let bad = crate::http::bad_authority(req.uri(), req.headers());
-        let resp = async {
+        let mut resp = async {
             if let Some(why) = bad {
                 return error(StatusCode::BAD_REQUEST, why);
             }
@@ -348,7 +348,7 @@ impl Outbound {
             elapsed: started.elapsed(),
             trace_id: &trace_id,
         };
-        self.metrics.request(&observed);
+        self.metrics.response(&observed, &mut resp);
         if let (Some(tracer), Some(t)) = (&self.cfg.tracer, traced) {
             tracer.finish(t, &observed);
         }
@@ -575,9 +575,7 @@ impl Outbound {
                     strip_hop_by_hop(&mut parts.headers);
                     parts.version = http::Version::HTTP_11;
                     let body = match self.me.upgrade() {
-                        Some(me) if later => {
-                            classify::Judged::new(body.boxed(), me, &authority, picked).boxed()
-                        }
+                        Some(me) if later => classify::judged(body.boxed(), me, &authority, picked),
                         _ => body.boxed(),
                     };
                     http::Response::from_parts(parts, body)
