@@ -266,6 +266,8 @@ impl Outbound {
                         self.metrics.ejections.inc();
                         tracing::info!(authority = %f.authority, endpoint = %f.picked.ep().addr, reason = ?why, "endpoint ejected");
                     }
+                } else if f.picked.probe {
+                    s.breaker.probe_answered();
                 }
             }
             None => {
@@ -282,16 +284,21 @@ impl Outbound {
     }
 
     /// The breaker's outcome of an answer whose gRPC status came in its trailers (`ok`: not
-    /// one of the server's errors), told when its stream ended (`classify.rs`). Never a
-    /// probe's: a probe is judged on its headers, so that an ejected endpoint is not held
-    /// out for as long as a streaming answer runs.
+    /// one of the server's errors), told when its stream ended (`classify.rs`). A probe's
+    /// headers already let its endpoint back in (an ejected endpoint is not held out for as
+    /// long as a streaming answer runs); its end decides whether its penalty is forgiven.
     pub(super) fn judged_late(&self, authority: &str, p: &Picked, ok: bool) {
         let now = Instant::now();
         let mut all = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let Some(s) = all.get_mut(authority).and_then(|b| b.state(p)) else {
             return;
         };
-        if let Some(why) = s.breaker.record(now, ok, false, rand::random()) {
+        let ejected = if p.probe {
+            s.breaker.probe_ended(now, ok, rand::random())
+        } else {
+            s.breaker.record(now, ok, false, rand::random())
+        };
+        if let Some(why) = ejected {
             self.metrics.ejections.inc();
             tracing::info!(%authority, endpoint = %p.ep().addr, reason = ?why, "endpoint ejected");
         }
@@ -437,7 +444,7 @@ impl<'a> InFlight<'a> {
     }
 
     /// An answer came whose outcome its trailers will tell: timed and counted as an answer
-    /// now, judged by the breaker when its stream ends.
+    /// now (a probe's lets its endpoint back in), judged by the breaker when its stream ends.
     pub fn finish_judged_later(mut self) {
         self.done = true;
         self.out.done(&self, Some((true, false)), false);

@@ -134,6 +134,29 @@ impl Breaker {
         }
     }
 
+    /// The probe was answered, but its outcome comes at its answer's end (a gRPC status in
+    /// the trailers): the endpoint takes requests again, so that a streaming answer does not
+    /// hold it out, but its penalty is not forgiven until [`Breaker::probe_ended`] says the
+    /// answer ended well (else a Service failing in its trailers would be let back in at the
+    /// shortest penalty every time).
+    pub fn probe_answered(&mut self) {
+        if self.state == State::Probing {
+            self.state = State::Closed;
+            self.consecutive = 0;
+        }
+    }
+
+    /// The end of the answer to a probe let back in by [`Breaker::probe_answered`]: counted
+    /// like any other request's outcome; a success also forgives past ejections.
+    pub fn probe_ended(&mut self, now: Instant, success: bool, rand: f64) -> Option<Ejected> {
+        let ejected = self.record(now, success, false, rand);
+        if success && self.state == State::Closed {
+            self.ejections = 0;
+            self.ring = [(None, 0, 0); BUCKETS];
+        }
+        ejected
+    }
+
     /// A response (or connection failure) of this endpoint; `probe`: the request was the one
     /// [`admit`](Self::admit) let through as the probe (only its outcome ends a probation);
     /// `rand` in [0, 1) jitters a new penalty. Returns the ejection it caused, if any.
@@ -316,6 +339,51 @@ mod tests {
         );
         assert!(b.admit(now + Duration::from_millis(999)) == Admit::No);
         assert_eq!(b.admit(now + Duration::from_secs(1)), Admit::Probe);
+    }
+
+    /// A probe whose outcome comes in its trailers lets the endpoint back in at its headers,
+    /// but only a good end forgives its penalty: an endpoint failing in its trailers is
+    /// kept out longer and longer, as one failing in its headers is.
+    #[test]
+    fn a_probe_judged_at_its_end_forgives_only_when_it_ended_well() {
+        let mut now = Instant::now();
+        let mut b = Breaker::new(Config {
+            max_failures: 1,
+            ..no_jitter()
+        });
+        assert_eq!(
+            b.record(now, false, false, 0.0),
+            Some(Ejected::ConsecutiveFailures)
+        );
+        // How long the penalty lasted, `now` moved to its end.
+        let wait_out = |b: &mut Breaker, now: &mut Instant| {
+            let mut waited = Duration::ZERO;
+            while b.admit(*now) == Admit::No {
+                *now += Duration::from_millis(250);
+                waited += Duration::from_millis(250);
+            }
+            waited.as_secs_f64()
+        };
+        let mut penalties = Vec::new();
+        for _ in 0..3 {
+            penalties.push(wait_out(&mut b, &mut now));
+            b.probe_answered();
+            assert!(!b.is_ejected(), "back in at its headers");
+            assert_eq!(
+                b.probe_ended(now, false, 0.0),
+                Some(Ejected::ConsecutiveFailures)
+            );
+        }
+        assert_eq!(penalties, [1.0, 2.0, 4.0], "each failed end doubles it");
+        assert_eq!(wait_out(&mut b, &mut now), 8.0);
+        b.probe_answered();
+        assert_eq!(b.probe_ended(now, true, 0.0), None);
+        // Forgiven: the next ejection starts at the shortest penalty again.
+        assert_eq!(
+            b.record(now, false, false, 0.0),
+            Some(Ejected::ConsecutiveFailures)
+        );
+        assert_eq!(wait_out(&mut b, &mut now), 1.0);
     }
 
     #[test]

@@ -502,10 +502,9 @@ impl Outbound {
             };
             // 5xx, gRPC errors and transport failures count against the endpoint (Linkerd's
             // classification, `classify.rs`); a gRPC status still to come is judged when the
-            // response's stream ends (a probe's is judged now, not held for a stream's length).
+            // response's stream ends.
             let ok = result.as_ref().is_ok_and(|r| !classify::failed(r));
-            let later =
-                ok && !picked.probe && result.as_ref().is_ok_and(classify::status_in_trailers);
+            let later = ok && result.as_ref().is_ok_and(classify::status_in_trailers);
             if result.is_err() {
                 flight.failed_transport();
             } else if later {
