@@ -81,10 +81,14 @@ pub(crate) fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Whether a request counted under `labels` failed, as Linkerd's success rate has it: a 5xx,
-/// no answer, or a gRPC answer whose status is not OK (told in its headers or trailers).
+/// no answer, or a gRPC answer whose status is not OK (told in its headers or trailers) —
+/// unless its client cancelled it.
 pub(crate) fn failed(labels: &str) -> bool {
     matches!(label(labels, "status_class"), Some("5xx" | "error"))
-        || !matches!(label(labels, "grpc_status"), None | Some("" | "0"))
+        || !matches!(
+            label(labels, "grpc_status"),
+            None | Some("" | "0" | "cancelled")
+        )
 }
 
 /// The inbound part of a proxy's Prometheus text.
@@ -421,14 +425,16 @@ meshwork_proxy_requests_total{direction="outbound",authority="x:80",status_class
 meshwork_proxy_requests_total{direction="inbound",authority="web:80",status_class="2xx",peer="a",grpc_status="0"} 20
 meshwork_proxy_requests_total{direction="inbound",authority="web:80",status_class="2xx",peer="a",grpc_status="14"} 5
 meshwork_proxy_requests_total{direction="inbound",authority="web:80",status_class="2xx",peer="a",grpc_status="none"} 1
+meshwork_proxy_requests_total{direction="inbound",authority="web:80",status_class="2xx",peer="a",grpc_status="cancelled"} 3
 meshwork_proxy_response_latency_seconds_bucket{le="0.001",direction="inbound"} 50
 meshwork_proxy_response_latency_seconds_bucket{le="0.01",direction="inbound"} 99
 meshwork_proxy_response_latency_seconds_bucket{le="+Inf",direction="inbound"} 100
 meshwork_proxy_response_latency_seconds_bucket{le="0.001",direction="outbound"} 7
 "#;
         let s = parse(text);
-        // The gRPC answers: 20 OK, 5 UNAVAILABLE and one with no status, failures too.
-        assert_eq!((s.requests, s.failures), (126.0, 16.0));
+        // The gRPC answers: 20 OK, 5 UNAVAILABLE and one with no status (failures too), 3
+        // cancelled by their clients.
+        assert_eq!((s.requests, s.failures), (129.0, 16.0));
         assert_eq!(s.buckets.len(), 3);
         assert_eq!(quantile(&s.buckets, 0.5), Some(0.001));
         assert_eq!(quantile(&s.buckets, 0.95), Some(0.01));

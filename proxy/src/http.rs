@@ -20,6 +20,11 @@ pub enum End<'a> {
 /// `inner`, telling `f` how it ended, once: what a gRPC answer's status, sent in its
 /// trailers after its messages, is read by (the breaker, the request metrics).
 pub fn on_end(inner: Body, f: impl FnOnce(End<'_>) + Send + Sync + 'static) -> Body {
+    // Nothing to read: hyper will not poll it.
+    if hyper::body::Body::is_end_stream(&inner) {
+        f(End::Without);
+        return inner;
+    }
     OnEnd {
         inner,
         f: Some(Box::new(f)),
@@ -55,6 +60,10 @@ impl hyper::body::Body for OnEnd {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = frame.trailers_ref() {
                     self.end(End::Trailers(t));
+                } else if self.inner.is_end_stream() {
+                    // Its last data (h2's END_STREAM on DATA): hyper polls no further, so
+                    // the end without trailers is seen here or not at all.
+                    self.end(End::Without);
                 }
             }
             std::task::Poll::Ready(Some(Err(_)) | None) => self.end(End::Without),
@@ -80,14 +89,20 @@ impl Drop for OnEnd {
 
 /// The `grpc_status` label of a response: empty when it is not gRPC, its code ("0".."16",
 /// or "other") when its headers carry it (a trailers-only answer), None when it is still to
-/// come in its trailers.
-pub fn grpc_status_now(h: &HeaderMap) -> Option<&'static str> {
+/// come in its trailers: a 200 of gRPC's content type (`application/grpc`, `+proto`...;
+/// not gRPC-Web's, whose status is in its body). A gRPC server answers 200; another status
+/// without `grpc-status` is an HTTP answer, from a proxy or a gateway.
+pub fn grpc_status_now(status: StatusCode, h: &HeaderMap) -> Option<&'static str> {
     if let Some(s) = h.get("grpc-status") {
         return Some(grpc_code(s));
     }
-    let grpc = h
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    let grpc = status == StatusCode::OK
+        && h.get(header::CONTENT_TYPE).is_some_and(|c| {
+            let c = c.as_bytes();
+            c == b"application/grpc"
+                || c.starts_with(b"application/grpc+")
+                || c.starts_with(b"application/grpc;")
+        });
     (!grpc).then_some("")
 }
 

@@ -96,7 +96,8 @@ pub struct RequestLabels {
     /// Inbound: the client's SPIFFE ID; outbound: the server's (empty: not meshed).
     pub peer: Arc<str>,
     /// A gRPC answer's status code (`0`..`16`, `other`), from its headers or, at its end,
-    /// its trailers; `none`: a gRPC answer that ended without one; empty: not gRPC.
+    /// its trailers; `none`: a gRPC answer that ended without one; `cancelled`: one whose
+    /// client went away before its end; empty: not gRPC.
     pub grpc_status: &'static str,
 }
 
@@ -365,7 +366,7 @@ impl Metrics {
     /// [`Metrics::request`] with its response, counted by its gRPC status too: one that
     /// comes in the trailers is counted when the body ends (timed and tapped now).
     pub fn response(self: &Arc<Self>, o: &Observed<'_>, resp: &mut http::Response<Body>) {
-        if let Some(grpc) = crate::http::grpc_status_now(resp.headers()) {
+        if let Some(grpc) = crate::http::grpc_status_now(resp.status(), resp.headers()) {
             let labels = self.labels(o, grpc);
             let labels = self.count(labels);
             self.timed(o, labels);
@@ -377,9 +378,15 @@ impl Metrics {
         let body = std::mem::replace(resp.body_mut(), crate::http::full(bytes::Bytes::new()));
         *resp.body_mut() = crate::http::on_end(body, move |how| {
             let mut labels = labels;
-            if let crate::http::End::Trailers(t) = how {
-                labels.grpc_status = t.get("grpc-status").map_or("none", crate::http::grpc_code);
-            }
+            labels.grpc_status = match how {
+                crate::http::End::Trailers(t) => {
+                    t.get("grpc-status").map_or("none", crate::http::grpc_code)
+                }
+                crate::http::End::Without => "none",
+                // The client reset the call (a deadline, a watch it stopped): its choice,
+                // not the server's failure.
+                crate::http::End::Dropped => "cancelled",
+            };
             me.count(labels);
         });
     }
@@ -599,10 +606,9 @@ mod tests {
         assert_eq!(tls_reason(&reset), "io");
     }
 
-    /// A 200 for `authority` (and `route`) from `peer`.
     /// A gRPC answer is counted by its status: from its headers at once, from its trailers
     /// when its body ends (not before: its status is not known), `none` when it ends without
-    /// one; an answer that is not gRPC has none.
+    /// one, `cancelled` when its client went away; an answer that is not gRPC has none.
     #[tokio::test]
     async fn grpc_answers_are_counted_by_their_status() {
         use http_body_util::BodyExt;
@@ -647,16 +653,28 @@ mod tests {
         m.response(&o, &mut r);
         assert_eq!(series("5").as_deref(), Some("1"));
 
+        // Its last message, and no trailers: read as hyper reads it, no further than the
+        // frame after which the body says it is at its end.
         let mut r = answer(&[grpc], None);
         m.response(&o, &mut r);
-        drop(r);
+        let mut body = r.into_body();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert!(hyper::body::Body::is_end_stream(&body));
+        drop(body);
         assert_eq!(series("none").as_deref(), Some("1"));
+
+        let mut r = answer(&[grpc], Some("0"));
+        m.response(&o, &mut r);
+        drop(r);
+        assert_eq!(series("cancelled").as_deref(), Some("1"));
+        assert_eq!(series("0"), None);
 
         let mut r = answer(&[("content-type", "text/plain")], None);
         m.response(&o, &mut r);
         assert_eq!(series("").as_deref(), Some("1"));
     }
 
+    /// A 200 for `authority` (and `route`) from `peer`.
     fn ok<'a>(
         direction: Direction,
         authority: &'a str,

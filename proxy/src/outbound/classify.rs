@@ -24,7 +24,7 @@ pub(super) fn failed<B>(r: &http::Response<B>) -> bool {
 
 /// Whether the response is gRPC whose status is still to come, in its trailers.
 pub(super) fn status_in_trailers<B>(r: &http::Response<B>) -> bool {
-    crate::http::grpc_status_now(r.headers()).is_none()
+    crate::http::grpc_status_now(r.status(), r.headers()).is_none()
 }
 
 /// `body`, a gRPC response's, whose end tells its endpoint's breaker the outcome: the status
@@ -67,20 +67,17 @@ mod tests {
         for code in ["0", "1", "3", "5", "7", "16"] {
             assert!(!failed(&resp(200, Some(code), None)), "{code}");
         }
-        assert!(status_in_trailers(&resp(
-            200,
-            None,
-            Some("application/grpc+proto")
-        )));
+        let trailers = |status, ct| status_in_trailers(&resp(status, None, Some(ct)));
+        assert!(trailers(200, "application/grpc"));
+        assert!(trailers(200, "application/grpc+proto"));
         assert!(!status_in_trailers(&resp(
             200,
             Some("0"),
             Some("application/grpc")
         )));
-        assert!(!status_in_trailers(&resp(
-            200,
-            None,
-            Some("application/json")
-        )));
+        assert!(!trailers(200, "application/json"));
+        // gRPC-Web's status is in its body; a 429 from a gateway is an HTTP answer.
+        assert!(!trailers(200, "application/grpc-web+proto"));
+        assert!(!trailers(429, "application/grpc"));
     }
 }
