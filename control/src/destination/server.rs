@@ -5,7 +5,16 @@
 //! not a recomputation, and a recomputation reads what it names through the [`super::Index`],
 //! not every object of the cluster.
 
-use std::{net::IpAddr, pin::Pin};
+use std::{
+    net::IpAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use futures::StreamExt;
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
@@ -109,12 +118,13 @@ impl destination_server::Destination for Server {
             .map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
         let this = self.clone();
         let (tx, rx) = mpsc::channel(4);
-        // The caller hears why its stream ended (it keeps its last answer and asks again).
-        let ended = |tx: &mpsc::Sender<_>| {
-            let _ = tx.try_send(Err(tonic::Status::resource_exhausted(
-                "the node's discovery streams are all open: this one was ended for \
-                 another caller's, which held fewer",
-            )));
+        // Set when the stream was ended for another caller's: after what was sent, the
+        // caller hears why (it keeps its last answer, and asks again after a back-off),
+        // whatever room the channel has left.
+        let preempted = Arc::new(AtomicBool::new(false));
+        let why = preempted.clone();
+        let ended = move || {
+            preempted.store(true, Ordering::Release);
         };
         tokio::spawn(async move {
             // A partial view would tell a proxy that endpoints are gone.
@@ -128,7 +138,7 @@ impl destination_server::Destination for Server {
             tokio::select! {
                 _ = ready => {}
                 _ = tx.closed() => return,
-                _ = held.ended() => return ended(&tx),
+                _ = held.ended() => return ended(),
             }
             this.streams.inc();
             // Subscribed before the first answer is read: a change while it is read is not
@@ -139,8 +149,16 @@ impl destination_server::Destination for Server {
                 let (u, deps) = this.update(&authority);
                 if last.as_ref() != Some(&u) {
                     last = Some(u.clone());
-                    if tx.send(Ok(u)).await.is_err() {
-                        break;
+                    // A caller that stopped reading must not keep a stream whose place was
+                    // given to another.
+                    tokio::select! {
+                        sent = tx.send(Ok(u)) => if sent.is_err() {
+                            break;
+                        },
+                        _ = held.ended() => {
+                            ended();
+                            break;
+                        }
                     }
                 }
                 loop {
@@ -154,7 +172,7 @@ impl destination_server::Destination for Server {
                         },
                         _ = tx.closed() => break 'stream,
                         _ = held.ended() => {
-                            ended(&tx);
+                            ended();
                             break 'stream;
                         }
                     }
@@ -169,7 +187,19 @@ impl destination_server::Destination for Server {
             }
             this.streams.dec();
         });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        let reason = futures::stream::once(async move { why.load(Ordering::Acquire) }).filter_map(
+            |ended| async move {
+                ended.then(|| {
+                    Err(tonic::Status::resource_exhausted(
+                        "the node's discovery streams are all open: this one was ended for \
+                         another caller's, which held fewer",
+                    ))
+                })
+            },
+        );
+        Ok(tonic::Response::new(Box::pin(
+            ReceiverStream::new(rx).chain(reason),
+        )))
     }
 }
 
