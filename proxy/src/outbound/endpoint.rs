@@ -161,7 +161,14 @@ impl Inner {
         // proved is then no longer vouched for, and a new session makes it prove its current
         // one (the server side ends a session at its client's expiry: `inbound/
         // connection.rs`).
-        let until = crate::tls::peer_not_after(tls.get_ref().1);
+        // Up to a tenth of its life sooner, at random: every client of a server reaches
+        // that server's expiry at once, and would all make their new sessions in one burst.
+        let until = crate::tls::peer_not_after(tls.get_ref().1).map(|at| {
+            let now = tokio::time::Instant::now();
+            now + at
+                .saturating_duration_since(now)
+                .mul_f64(1.0 - 0.1 * rand::random::<f64>())
+        });
         tls.write_all(&header.encode()).await.map_err(tls_err)?;
         // Keep-alive pings find a peer that vanished without a FIN (Linkerd: 10 s).
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
