@@ -19,30 +19,50 @@ use crate::{
     metrics::Direction,
 };
 
-/// Whether `req` asks to switch protocols (HTTP/1.1 only: HTTP/2 has no such upgrade). An
-/// offer of `h2c` alone is not taken up: the proxies speak HTTP/2 between themselves anyway,
-/// and the request goes on as HTTP/1.1 without it (a server may always ignore an Upgrade).
+/// Whether `req` asks to switch protocols (HTTP/1.1 only: HTTP/2 has no such upgrade): an
+/// `Upgrade` header named in `Connection` (RFC 9110 §7.8 — without the `upgrade` option the
+/// header is only this hop's, and is dropped with the others). An offer of `h2c` alone is not
+/// taken up: the proxies speak HTTP/2 between themselves anyway, and the request goes on as
+/// HTTP/1.1 without it (a server may always ignore an Upgrade).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
         && !h2c_only(req)
 }
 
 /// Whether every protocol `req` offers to upgrade to is `h2c` (curl's `--http2` on `http:`).
 pub fn h2c_only<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get_all(header::UPGRADE)
+    offered(req.headers()).all(|p| p.eq_ignore_ascii_case(b"h2c"))
+}
+
+/// The protocols an `Upgrade` offers, in order.
+fn offered(h: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    h.get_all(header::UPGRADE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .all(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
 }
 
 /// Removes a request's hop-by-hop headers but its `Upgrade`, which goes on with `Connection:
-/// upgrade` (and nothing else named). Strips as much again when called twice.
+/// upgrade` (and nothing else named), without `h2c`: an app that took the client up on it
+/// would then take HTTP/2 frames from the client through the splice, requests the proxy never
+/// looked at (a forged identity header among them). Strips as much again when called twice.
 pub fn strip_keeping_upgrade(h: &mut http::HeaderMap) {
-    let protocol = h.get(header::UPGRADE).cloned();
+    let protocols: Vec<&[u8]> = offered(h)
+        .filter(|p| !p.eq_ignore_ascii_case(b"h2c"))
+        .collect();
+    let protocol = HeaderValue::from_bytes(&protocols.join(&b", "[..])).ok();
     strip_hop_by_hop(h);
-    if let Some(p) = protocol {
+    // Not named in `Connection` by every client: it goes with the h2c offer.
+    h.remove("http2-settings");
+    if let Some(p) = protocol.filter(|p| !p.is_empty()) {
         h.insert(header::UPGRADE, p);
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -97,4 +117,54 @@ pub async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get("/chat");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// RFC 9110 §7.8: an upgrade is asked for with the `upgrade` connection option; a bare
+    /// `Upgrade` (an ingress that keeps its connection to the backend) is this hop's only.
+    #[test]
+    fn an_upgrade_is_asked_with_the_connection_option() {
+        let ws = ("upgrade", "websocket");
+        assert!(is_upgrade(&req(&[ws, ("connection", "Upgrade")])));
+        assert!(is_upgrade(&req(&[
+            ws,
+            ("connection", "keep-alive, upgrade")
+        ])));
+        assert!(!is_upgrade(&req(&[ws, ("connection", "keep-alive")])));
+        assert!(!is_upgrade(&req(&[ws])));
+        assert!(!is_upgrade(&req(&[
+            ("upgrade", "h2c"),
+            ("connection", "upgrade")
+        ])));
+    }
+
+    /// A mixed offer goes on without `h2c` (and its settings): an app taking it up would get
+    /// HTTP/2 requests the proxy never saw.
+    #[test]
+    fn h2c_is_taken_out_of_a_mixed_offer() {
+        let mut r = req(&[
+            ("upgrade", "h2c, websocket"),
+            ("connection", "Upgrade"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("keep-alive", "5"),
+        ]);
+        strip_keeping_upgrade(r.headers_mut());
+        let h = r.headers();
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(h.get("http2-settings").is_none());
+        assert!(h.get("keep-alive").is_none());
+    }
 }
