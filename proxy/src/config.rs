@@ -13,6 +13,7 @@ pub struct Config {
     #[arg(
         long,
         env = "MESHWORK_PROXY_OUTBOUND_LISTEN",
+        value_parser = listen,
         default_value = "127.0.0.1:4140"
     )]
     pub outbound_listen: SocketAddr,
@@ -20,6 +21,7 @@ pub struct Config {
     #[arg(
         long,
         env = "MESHWORK_PROXY_INBOUND_LISTEN",
+        value_parser = listen,
         default_value = "0.0.0.0:4143"
     )]
     pub inbound_listen: SocketAddr,
@@ -27,6 +29,7 @@ pub struct Config {
     #[arg(
         long,
         env = "MESHWORK_PROXY_ADMIN_LISTEN",
+        value_parser = listen,
         default_value = "0.0.0.0:4191"
     )]
     pub admin_listen: SocketAddr,
@@ -131,31 +134,51 @@ pub struct Config {
     /// port the app binds on 127.0.0.1 only is not reachable from outside the pod.
     #[arg(long, env = "MESHWORK_PROXY_APP_IP")]
     pub app_ip: Option<std::net::IpAddr>,
-    #[arg(long, env = "MESHWORK_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHWORK_PROXY_DETECT_TIMEOUT", default_value = "10s", value_parser = positive)]
     pub detect_timeout: Duration,
-    #[arg(long, env = "MESHWORK_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHWORK_PROXY_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive)]
     pub connect_timeout: Duration,
     /// Per request, retries included (unset: none).
-    #[arg(long, env = "MESHWORK_PROXY_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "MESHWORK_PROXY_REQUEST_TIMEOUT", value_parser = positive)]
     pub request_timeout: Option<Duration>,
     /// How long a request waits for its authority's first endpoints, or for an endpoint that
     /// can take it (all in back-off or ejected), before it is answered (fail fast).
-    #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = positive)]
     pub discovery_timeout: Duration,
     /// How long an authority no request asked for is followed (its discovery stream, its
     /// balancer, its mesh sessions) before it is let go (Linkerd's discovery idle timeout).
-    #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHWORK_PROXY_DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = positive)]
     pub discovery_idle_timeout: Duration,
     /// How long a client may take to send a request's headers (also the idle limit of a
     /// kept-alive HTTP/1 connection).
-    #[arg(long, env = "MESHWORK_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHWORK_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = positive)]
     pub header_read_timeout: Duration,
     /// How long a drain (SIGTERM, POST /shutdown) waits for requests in flight.
     #[arg(long, env = "MESHWORK_PROXY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Runtime worker threads (Linkerd's proxy defaults to a small fixed number too).
-    #[arg(long, env = "MESHWORK_PROXY_WORKERS", default_value_t = 1)]
+    #[arg(long, env = "MESHWORK_PROXY_WORKERS", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub workers: usize,
+}
+
+/// A timeout: more than zero (a zero one would fail every handshake, detection or connect
+/// it bounds at once, while `/ready` said the proxy was fine).
+fn positive(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be more than 0")),
+        d => Ok(d),
+    }
+}
+
+/// A listener's address, with a fixed port: the inbound proxy refuses to relay to the
+/// proxy's own ports, which it knows by these flags (port 0 would leave the admin port,
+/// `/shutdown` included, reachable from any peer through it).
+fn listen(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if a.port() == 0 {
+        return Err(format!("{s:?}: a fixed port is needed, not 0"));
+    }
+    Ok(a)
 }
 
 /// A port list (`25,587,8000-8010`).
@@ -244,6 +267,42 @@ mod tests {
         let mut argv = vec!["meshwork-proxy", "--identity-addr", "10.0.0.1:8080"];
         argv.extend(args);
         Config::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Values that would parse but leave a proxy that fails everything (or exposes its
+    /// admin port) are refused at start, by name.
+    #[test]
+    fn zero_timeouts_port_zero_and_no_workers_are_refused() {
+        let err = |args: &[&str]| {
+            let mut argv = vec!["meshwork-proxy", "--identity-addr", "10.0.0.1:8080"];
+            argv.extend(args);
+            match Config::try_parse_from(argv) {
+                Ok(_) => panic!("{args:?} was taken"),
+                Err(e) => e.to_string(),
+            }
+        };
+        for flag in [
+            "--detect-timeout",
+            "--connect-timeout",
+            "--request-timeout",
+            "--discovery-timeout",
+            "--discovery-idle-timeout",
+            "--header-read-timeout",
+        ] {
+            let e = err(&[flag, "0s"]);
+            assert!(e.contains(flag) && e.contains("more than 0"), "{e}");
+        }
+        for flag in ["--admin-listen", "--inbound-listen", "--outbound-listen"] {
+            let e = err(&[flag, "0.0.0.0:0"]);
+            assert!(e.contains(flag) && e.contains("fixed port"), "{e}");
+        }
+        assert!(err(&["--workers", "0"]).contains("--workers"));
+        // What stays allowed: a drain that does not wait.
+        assert!(
+            parse(&["--shutdown-grace", "0s", "--request-timeout", "5s"])
+                .shutdown_grace
+                .is_zero()
+        );
     }
 
     #[test]
