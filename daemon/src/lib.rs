@@ -177,6 +177,34 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
         .map_err(with_path)
 }
 
+/// SIGINT and SIGTERM, listened for from creation on: for a process that waits for them in
+/// turn (the proxy, before and after its certificate), a signal that comes between two waits
+/// is kept for the next one. (Each [`shutdown_signal`] call listens anew, and misses what
+/// came before it.)
+pub struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// An error means no signal handler could be installed.
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves when one came (since creation, or since the last call resolved).
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM: how node components know to stop (an error means no signal
 /// handler could be installed).
 pub async fn shutdown_signal() -> std::io::Result<()> {

@@ -24,6 +24,9 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Listened for from here on: a SIGTERM while the listeners are being bound is kept for
+    // the wait after them.
+    let mut signals = meshwork_daemon::ShutdownSignals::new().context("signal handlers")?;
     let metrics = Metrics::new();
     let state = Arc::new(admin::State::default());
     let admin_l = bind("admin", cfg.admin_listen).await?;
@@ -48,7 +51,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%id, "waiting for a certificate");
     tokio::select! {
         _ = identity.ready() => {}
-        r = meshwork_daemon::shutdown_signal() => { r?; return Ok(()) }
+        _ = signals.recv() => return Ok(()),
         // Nothing to drain yet: a `POST /shutdown` (an app done, a Job's sidecar) while the
         // identity service is away ends the proxy now, not once a certificate comes.
         _ = state.shutdown.notified() => return Ok(()),
@@ -136,7 +139,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "serving"
     );
     tokio::select! {
-        r = meshwork_daemon::shutdown_signal() => r?,
+        _ = signals.recv() => {}
         _ = state.shutdown.notified() => {}
     }
     state.ready.store(false, Ordering::Relaxed);
