@@ -35,12 +35,13 @@ pub const MAX_LABEL_VALUES: usize = 1000;
 /// but far shorter in practice); longer ones are `invalid`.
 pub const MAX_LABEL_LEN: usize = 512;
 
-/// Longest path or authority a tap line carries: the 1,024 lines the tap buffers stay small
-/// whatever the clients send.
-const MAX_TAP_FIELD: usize = 1024;
+/// Longest method, path or authority a tap line or a span carries: the 1,024 lines the tap
+/// buffers and the 2,048 spans the exporter queues stay small whatever the clients send
+/// (hyper takes a request head of up to about 400 KiB, an extension method that long too).
+pub const MAX_TAP_FIELD: usize = 1024;
 
 /// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
+pub fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -483,7 +484,7 @@ impl Metrics {
                     .map_or(0, |d| d.as_millis() as u64),
                 "direction": direction,
                 "authority": cut(o.authority, MAX_TAP_FIELD),
-                "method": o.method,
+                "method": cut(o.method, MAX_TAP_FIELD),
                 "path": cut(o.path, MAX_TAP_FIELD),
                 "route": o.route.map_or("", |r| &**r),
                 "status": o.status.map(|s| s.as_u16()),
@@ -672,6 +673,26 @@ mod tests {
         let mut r = answer(&[("content-type", "text/plain")], None);
         m.response(&o, &mut r);
         assert_eq!(series("").as_deref(), Some("1"));
+    }
+
+    /// A client's 400 KB extension method, path and authority reach a tap line cut to
+    /// 1 KiB each: what the tap buffers stays bounded.
+    #[test]
+    fn tap_lines_cut_what_the_client_sent() {
+        let m = Metrics::new();
+        let mut rx = m.tap.subscribe();
+        let long = "X".repeat(400_000);
+        let o = Observed {
+            method: &long,
+            path: &long,
+            ..ok(Direction::Inbound, &long, None, "")
+        };
+        m.request(&o);
+        let line = rx.try_recv().unwrap().line;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for field in ["method", "path", "authority"] {
+            assert_eq!(v[field].as_str().unwrap().len(), MAX_TAP_FIELD, "{field}");
+        }
     }
 
     /// A 200 for `authority` (and `route`) from `peer`.

@@ -12,6 +12,7 @@
 //! spans still queued when the proxy exits are lost; a collector's `partialSuccess`
 //! rejections inside a 2xx answer are not read.
 
+use crate::metrics::{cut, MAX_TAP_FIELD};
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -104,11 +105,7 @@ impl Exporter {
         let v = http::HeaderValue::from_str(&own.to_header()).ok()?;
         headers.insert(crate::trace::TRACEPARENT, v);
         // Passed on untouched (the proxy adds no entry of its own), and kept in the span.
-        let state = headers
-            .get("tracestate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let state = trace_state(headers);
         Some(Traced {
             incoming,
             own,
@@ -124,10 +121,10 @@ impl Exporter {
             span_id: t.own.parent_id,
             parent_id: t.incoming.parent_id,
             direction: o.direction,
-            method: o.method.to_string(),
-            path: o.path.to_string(),
+            method: cut(o.method, MAX_TAP_FIELD).to_string(),
+            path: cut(o.path, MAX_TAP_FIELD).to_string(),
             route: o.route.cloned(),
-            authority: o.authority.to_string(),
+            authority: cut(o.authority, MAX_TAP_FIELD).to_string(),
             status: o.status.map(|s| s.as_u16()),
             peer: o.peer.to_string(),
             trace_state: t.state,
@@ -142,6 +139,35 @@ impl Exporter {
             self.counts.dropped.inc();
         }
     }
+}
+
+/// The request's `tracestate` for its span: its headers joined (W3C Trace Context §3.3.1: a
+/// list may come in several), at most 512 characters of whole entries — the spec's own
+/// bound, to which it allows a vendor to cut the list, entries over 128 characters first,
+/// then from the end. The header itself goes on as it came.
+fn trace_state(headers: &http::HeaderMap) -> String {
+    const MAX: usize = 512;
+    let entries: Vec<&str> = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        // The spec allows at most 32 list members.
+        .take(32)
+        .collect();
+    let mut out = String::new();
+    for e in entries.iter().filter(|e| e.len() <= 128) {
+        if out.len() + usize::from(!out.is_empty()) + e.len() > MAX {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(e);
+    }
+    out
 }
 
 async fn export(
@@ -306,4 +332,35 @@ pub fn encode(spans: &[Span], resource: &[(String, String)]) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    /// Several headers are one list; a span keeps at most 512 characters of whole entries,
+    /// leaving out those over 128 first, whatever size the client sent.
+    #[test]
+    fn a_spans_tracestate_is_joined_and_bounded() {
+        let mut h = http::HeaderMap::new();
+        h.append("tracestate", "a=1, b=2".parse().unwrap());
+        h.append("tracestate", "c=3".parse().unwrap());
+        assert_eq!(trace_state(&h), "a=1,b=2,c=3");
+        let long = format!("big={}", "x".repeat(200));
+        let entries: Vec<String> = (0..40)
+            .map(|i| format!("k{i:02}={}", "v".repeat(40)))
+            .collect();
+        let mut h = http::HeaderMap::new();
+        h.append("tracestate", long.parse().unwrap());
+        h.append("tracestate", entries.join(",").parse().unwrap());
+        let kept = trace_state(&h);
+        assert!(kept.len() <= 512, "{}", kept.len());
+        assert!(!kept.contains("big="));
+        assert!(
+            kept.starts_with("k00=") && kept.split(',').all(|e| e.len() == 44),
+            "{kept}"
+        );
+        assert_eq!(kept.split(',').count(), 512 / 45);
+    }
 }

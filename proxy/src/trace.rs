@@ -62,13 +62,19 @@ impl TraceParent {
         hex(&self.trace_id)
     }
 
-    /// The same trace with a new span of this proxy's as the parent.
+    /// The same trace with a new span of this proxy's as the parent. Of the flags only the
+    /// two defined ones go on (sampled, and Level 2's random trace id): Trace Context says
+    /// a vendor sets the ones it does not know to zero.
     pub fn child(&self) -> TraceParent {
         let mut parent_id: [u8; 8] = rand::random();
         if parent_id == [0; 8] {
             parent_id[7] = 1;
         }
-        TraceParent { parent_id, ..*self }
+        TraceParent {
+            parent_id,
+            flags: self.flags & 0x03,
+            ..*self
+        }
     }
 
     pub fn to_header(&self) -> String {
@@ -98,6 +104,16 @@ mod tests {
     use http::HeaderValue;
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Sampled and random go on; flags no version defines are set to zero.
+    #[test]
+    fn a_child_keeps_only_the_defined_flags() {
+        let t =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff").unwrap();
+        assert!(t.child().to_header().ends_with("-03"));
+        let t = TraceParent::parse(EXAMPLE).unwrap();
+        assert!(t.child().to_header().ends_with("-01"));
+    }
 
     #[test]
     fn the_specs_example_parses_and_a_child_keeps_the_trace() {
