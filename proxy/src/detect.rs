@@ -103,16 +103,17 @@ enum Line {
 /// most lenient servers behind a proxy parse it, not as the RFC writes it. A line an app
 /// accepts but detection called opaque would reach it raw, its headers unexamined (a forged
 /// `meshwork-client-id` among them); one that detection calls HTTP but hyper refuses gets a
-/// 400 instead. So: empty lines before it are skipped (§2.2), so is leading whitespace, the
-/// three parts may be separated by runs of SP or HTAB and followed by more (Python's
-/// `http.server` splits on any whitespace, nginx takes runs of spaces), a bare LF ends it,
-/// and a last part starting with `HTTP/` is a version whatever its digits. Undecided until
-/// the line ends, unless a byte no request line holds (a control character, or a method that
-/// is not a token) comes first.
+/// 400 instead. So the line is read as Python's `http.server` reads it (the most lenient
+/// parser found; wsgiref and Django's runserver share it): up to LF, split on any byte
+/// Python's `str.split` takes for whitespace in latin-1 (a stray CR, VT, FF, 0x1C–0x1F, 0x85,
+/// 0xA0 as well as SP and HTAB), control characters and DEL kept in the words; three or more
+/// words whose last starts with `HTTP/`, or HTTP/0.9's `GET <path>` (whose headers Python
+/// still reads), is HTTP. Empty lines and whitespace before it are skipped. Undecided until
+/// the line ends, unless a byte no request line holds (a method that is not a token) comes
+/// first.
 fn request_line(buf: &[u8]) -> Line {
-    let is_space = |b: u8| b == b' ' || b == b'\t';
     let mut i = 0;
-    while i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n' || is_space(buf[i])) {
+    while i < buf.len() && (buf[i] == b'\n' || is_lenient_space(buf[i])) {
         i += 1;
     }
     if i == buf.len() {
@@ -126,33 +127,33 @@ fn request_line(buf: &[u8]) -> Line {
     if i == buf.len() {
         return Line::Partial;
     }
-    if i == method || !is_space(buf[i]) {
+    if i == method || !is_lenient_space(buf[i]) {
         return Line::Not;
     }
-    // The rest of the line: visible characters (obs-text included) and whitespace, then LF
-    // (a CR only right before it).
-    let rest = i;
-    let end = loop {
-        match buf.get(i) {
-            None => return Line::Partial,
-            Some(b'\n') => break i,
-            Some(b'\r') => match buf.get(i + 1) {
-                None => return Line::Partial,
-                Some(b'\n') => break i,
-                Some(_) => return Line::Not,
-            },
-            Some(&b) if b < b' ' && b != b'\t' || b == 0x7f => return Line::Not,
-            Some(_) => i += 1,
-        }
+    let Some(end) = buf[i..].iter().position(|b| *b == b'\n').map(|n| i + n) else {
+        return Line::Partial;
     };
-    let mut words = buf[rest..end]
-        .split(|b| is_space(*b))
+    let mut words = buf[method..end]
+        .split(|b| is_lenient_space(*b))
         .filter(|w| !w.is_empty());
-    let target = words.next();
-    match (target, words.next_back()) {
-        (Some(_), Some(version)) if version.starts_with(b"HTTP/") => Line::Http1,
-        _ => Line::Not,
+    let (Some(verb), Some(target)) = (words.next(), words.next()) else {
+        return Line::Not;
+    };
+    match words.next_back() {
+        Some(version) if version.starts_with(b"HTTP/") => Line::Http1,
+        Some(_) => Line::Not,
+        None if verb == b"GET"
+            && (target.starts_with(b"/") || target.windows(3).any(|w| w == b"://")) =>
+        {
+            Line::Http1
+        }
+        None => Line::Not,
     }
+}
+
+/// What Python's `str.split()` splits on in a latin-1 line (`http.server` decodes it so).
+fn is_lenient_space(b: u8) -> bool {
+    matches!(b, 0x09..=0x0d | 0x1c..=0x20 | 0x85 | 0xa0)
 }
 
 /// RFC 9110 §5.6.2 tchar.
@@ -191,9 +192,9 @@ mod tests {
             (b"GET / HTTP/1.", true, found(Protocol::Opaque)),
             // Not HTTP/1.
             (b"G(T / HTTP/1.1\r\n", false, found(Protocol::Opaque)),
-            (b"GET /\x01 HTTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"GET / HTTP/1.1\rX\n", false, found(Protocol::Opaque)),
-            (b"GET /\r\n", false, found(Protocol::Opaque)),
+            (b"POST /\r\n", false, found(Protocol::Opaque)),
+            (b"GET key\r\n", false, found(Protocol::Opaque)),
             (b"GET / FTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"SET key value\r\n", false, found(Protocol::Opaque)),
             // As servers parse it: a bare LF, empty lines first, another minor version.
@@ -211,6 +212,17 @@ mod tests {
             (b"GET\t/\tHTTP/1.1\r\n", false, found(Protocol::Http1)),
             (b"GET / HTTP/1.x\r\n", false, found(Protocol::Http1)),
             (b"GET / HTTP/2.0\r\n", false, found(Protocol::Http1)),
+            // Python's http.server takes these too (each reaches its handler with its
+            // headers): any latin-1 whitespace between words, control characters and DEL in
+            // them, a stray CR, HTTP/0.9's two-word GET.
+            (b"GET /\x01 HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET /\x7f HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET / HTTP/1.1\x0b\r\n", false, found(Protocol::Http1)),
+            (b"GET / HTTP/1.1\r\r\n", false, found(Protocol::Http1)),
+            (b"GET\x0c/\x1cHTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET\xa0/\x85HTTP/1.1\r\n", false, found(Protocol::Http1)),
+            (b"GET /admin\r\n", false, found(Protocol::Http1)),
+            (b"GET http://web/admin\n", false, found(Protocol::Http1)),
             (b"GET  / HTTP/1.1", false, Detect::NeedMore),
             (b"GET / HTTP/1.1 ", false, Detect::NeedMore),
             // Server-speaks-first protocols and binary data.
