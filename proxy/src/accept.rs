@@ -47,6 +47,10 @@ pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// a peer resets or leaves unaccepted separately (its rapid-reset limits).
 pub const MAX_CONCURRENT_STREAMS: u32 = 10_000;
 
+/// The same for a plaintext HTTP/2 client from outside the mesh (permissive policy):
+/// hyper's default.
+pub const PLAINTEXT_MAX_CONCURRENT_STREAMS: u32 = 200;
+
 /// The HTTP/2 server both stacks run: keep-alive pings find dead peers (Linkerd's 10 s).
 pub fn h2() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -162,6 +166,7 @@ pub async fn serve<F, Fut>(
     F: Fn(TcpStream, Watch) -> Fut,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -169,8 +174,22 @@ pub async fn serve<F, Fut>(
         };
         let (tcp, peer) = match accepted {
             Ok(c) => c,
-            Err(_) => {
+            // Out of descriptors or memory: the pending connection stays queued, so accepting
+            // again at once would spin. Said, counted, and a pause.
+            Err(e) if out_of_resources(&e) => {
+                metrics.refuse("accept_resources");
+                let now = std::time::Instant::now();
+                if last_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    last_warned = Some(now);
+                    tracing::warn!(?stack, error = %e, "accept: out of resources; pausing");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            // Errors of the one connection (it was reset or aborted before it was taken,
+            // accept(2)): the next is taken at once.
+            Err(e) => {
+                tracing::debug!(?stack, error = %e, "accept");
                 continue;
             }
         };
@@ -185,4 +204,13 @@ pub async fn serve<F, Fut>(
             }
         });
     }
+}
+
+/// Whether an accept failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM), not because of the connection it would have taken.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

@@ -384,11 +384,42 @@ async fn inbound_policy_strict_refuses_plaintext_and_permissive_strips_forged_id
             "{line}: {other}"
         );
     }
+    // The probe's path, asking to switch protocols: a byte stream to the app from outside
+    // the mesh, not a probe.
+    let mut ws = TcpStream::connect(at).await.unwrap();
+    ws.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), ws.read(&mut out))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out[..n]);
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
     assert_eq!(
         hits.load(Ordering::Relaxed),
         2,
         "only the probe reached the app"
     );
+
+    // A plaintext HTTP/2 client (permissive) may open hyper's usual 200 streams at once, not
+    // a mesh session's 10,000.
+    let tcp = TcpStream::connect(SocketAddr::new([127, 0, 0, 3].into(), port))
+        .await
+        .unwrap();
+    let (mut h2c, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let (resp, _) = h2c
+        .send_request(http::Request::get("http://web/").body(()).unwrap(), true)
+        .unwrap();
+    // Answered (a 502: this app speaks HTTP/1.1 only), so the server's settings are in.
+    tokio::select! {
+        r = resp => r.unwrap(),
+        r = &mut conn => panic!("the connection ended first: {r:?}"),
+    };
+    assert_eq!(conn.max_concurrent_send_streams(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,6 +198,7 @@ impl Inbound {
     {
         Box::pin(async move {
             let this = self.clone();
+            let meshed = client.is_some();
             let session = Arc::new(Session::new(app, client, tunnelled));
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let this = this.clone();
@@ -216,7 +217,13 @@ impl Inbound {
             });
             let io = TokioIo::new(Box::new(io) as crate::io::BoxedIo);
             let r = if h2 {
-                let b = crate::accept::h2();
+                let mut b = crate::accept::h2();
+                if !meshed {
+                    // Not a mesh peer's session (which carries a pod's tunnels and requests
+                    // together): a client outside the mesh gets hyper's usual limit, not
+                    // ten thousand streams queued toward the app.
+                    b.max_concurrent_streams(crate::accept::PLAINTEXT_MAX_CONCURRENT_STREAMS);
+                }
                 crate::accept::http(b.serve_connection(io, svc), drain).await
             } else {
                 // With upgrades, like the outbound server (one copy of hyper's HTTP/1 server
@@ -276,7 +283,12 @@ impl Inbound {
             if let Some(why) = bad {
                 return error(http::StatusCode::BAD_REQUEST, why);
             }
-            if s.client.is_none() && self.cfg.policy == Policy::Strict && !self.probe(&req, s) {
+            // A probe is a request and its answer: switched to another protocol it would be
+            // a byte stream to the app from outside the mesh.
+            if s.client.is_none()
+                && self.cfg.policy == Policy::Strict
+                && (!self.probe(&req, s) || crate::upgrade::is_upgrade(&req))
+            {
                 self.metrics.refuse("strict_policy");
                 return error(
                     http::StatusCode::FORBIDDEN,
