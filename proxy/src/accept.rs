@@ -194,6 +194,7 @@ pub async fn serve<F, Fut>(
             }
         };
         let _ = tcp.set_nodelay(true);
+        crate::io::keepalive(&tcp);
         let labels = DirectionLabels { direction: stack };
         metrics.tcp_open.get_or_create(&labels).inc();
         // The stacks wrap the socket in `io::Counted` first thing, which counts its close.

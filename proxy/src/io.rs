@@ -18,6 +18,34 @@ use crate::detect::{detect, Detect, Protocol, MAX_PREFIX};
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// TCP keep-alive on a connection the proxy holds for someone (accepted, or to an app or an
+/// endpoint): a peer that vanished without a FIN (its node gone) is found within about 40 s
+/// (10 s idle, then 3 probes 10 s apart; Linkerd's accept keep-alive is 10 s too), instead of
+/// a relay holding its task and both descriptors for good. Best effort: a socket that refuses
+/// it is still served.
+pub fn keepalive<S: std::os::fd::AsRawFd>(s: &S) {
+    let fd = s.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        let v: libc::c_int = value;
+        // SAFETY: setsockopt reads `v` (an int, its size given) on `s`'s own descriptor,
+        // which `s` keeps open for the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                std::ptr::from_ref(&v).cast(),
+                std::mem::size_of_val(&v) as libc::socklen_t,
+            );
+        }
+    }
+}
+
 /// What the HTTP servers and clients run on: one copy of hyper's and h2's connection code
 /// for every transport instead of one per type. Those copies were most of the proxy's
 /// machine code, and its code pages most of its resident memory (BENCHMARKS.md, "The proxy

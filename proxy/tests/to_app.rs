@@ -2,7 +2,8 @@
 //! proxy (a peer pod's session, a plaintext client) gets its own HTTP/2 connection to the app,
 //! as it would without the proxy; one client holding the app's stream limit with long calls
 //! does not hold up another's, and a client's connection to the app closes when the client
-//! goes. And every connection to the app comes from 127.0.0.6 (`inbound::APP_SOURCE`).
+//! goes. And every connection to the app comes from 127.0.0.6 (`inbound::APP_SOURCE`), and
+//! both sockets of a relay carry TCP keep-alive.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -163,4 +164,62 @@ async fn the_app_is_reached_from_the_proxys_own_source_address() {
         let from = peers.recv().await.unwrap();
         assert_eq!(from, meshwork_proxy::inbound::APP_SOURCE, "{want}");
     }
+}
+
+/// The sockets of a relay — the client's, accepted, and the proxy's to the app — carry TCP
+/// keep-alive (10 s), so a peer that vanished without a FIN is found and the relay ends; the
+/// kernel shows the timer (`ss -o`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_sockets_carry_keepalive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(b"pong\n").await;
+                // Held open until the client goes.
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    let ca = test_ca();
+    let web = Creds::new(&ca, "spiffe://cluster.local/ns/default/sa/web");
+    let cfg = inbound::Config {
+        app_ip: Some(app.ip()),
+        ..Default::default()
+    };
+    let l = TcpListener::bind(("127.0.0.3", app.port())).await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(Inbound::new(cfg, web).serve(l, Watch::never()));
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let client = s.local_addr().unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("the relay's answer")
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .output()
+        .expect("ss (iproute2) runs");
+    let out = String::from_utf8_lossy(&out.stdout);
+    // `ss` columns: queues, local, peer, timer; `local` may be a prefix.
+    let line_of = |local: &str, peer: &str| {
+        out.lines()
+            .find(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 4 && f[2].starts_with(local) && f[3] == peer
+            })
+            .unwrap_or_else(|| panic!("no socket {local} -> {peer} in:\n{out}"))
+            .to_string()
+    };
+    let accepted = line_of(&proxy.to_string(), &client.to_string());
+    assert!(accepted.contains("timer:(keepalive"), "{accepted}");
+    let to_app = line_of("127.0.0.6:", &app.to_string());
+    assert!(to_app.contains("timer:(keepalive"), "{to_app}");
 }

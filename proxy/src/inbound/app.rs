@@ -60,6 +60,7 @@ pub(crate) async fn connect_app(app: SocketAddr, timeout: Duration) -> std::io::
         )
     })??;
     let _ = t.set_nodelay(true);
+    crate::io::keepalive(&t);
     Ok(t)
 }
 

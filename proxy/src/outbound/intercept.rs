@@ -118,6 +118,7 @@ impl Outbound {
             }
         };
         let _ = far.set_nodelay(true);
+        crate::io::keepalive(&far);
         self.copy(&mut tcp, &mut far).await;
         Ok(())
     }

@@ -145,6 +145,7 @@ impl Outbound {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(10)));
         Arc::new_cyclic(|me| Outbound {
             me: me.clone(),
             pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),

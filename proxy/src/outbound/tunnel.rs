@@ -138,6 +138,7 @@ impl Outbound {
                 {
                     Ok(Ok(tcp)) => {
                         let _ = tcp.set_nodelay(true);
+                        crate::io::keepalive(&tcp);
                         Ok(Box::new(tcp) as crate::io::BoxedIo)
                     }
                     Ok(Err(e)) => Err(format!("connecting to {}: {e}", ep.addr)),
