@@ -206,14 +206,32 @@ pub fn tls_config(own: Arc<OwnCert>) -> anyhow::Result<rustls::ServerConfig> {
     Ok(cfg)
 }
 
+/// The largest Certify request taken: a token (at most 16 KiB, `token.rs`), a CSR and an ID.
+pub const MAX_REQUEST: usize = 64 << 10;
+
 /// Serves the gRPC `svc` over TLS on `listener` until the future is dropped.
 pub async fn serve_grpc(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     svc: crate::service::Service,
 ) -> anyhow::Result<()> {
+    // A call is one small message (a token and a CSR) and one answer: whatever a caller
+    // sends past that is refused, not buffered (tonic's defaults: 4 MiB a message, streams
+    // unlimited, and hyper's guard against streams reset by their own errors turned off).
+    // Connections are pinged and end after a while, so a caller that went quiet, or that
+    // keeps one open, holds no slot for long.
     tonic::transport::Server::builder()
-        .add_service(crate::pb::identity_server::IdentityServer::new(svc))
+        .max_concurrent_streams(Some(16))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .max_connection_age(std::time::Duration::from_secs(300))
+        .max_connection_age_grace(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(30))
+        .add_service(
+            crate::pb::identity_server::IdentityServer::new(svc)
+                .max_decoding_message_size(MAX_REQUEST),
+        )
         .serve_with_incoming(crate::transport::incoming(listener, tls, |_| {}))
         .await?;
     Ok(())

@@ -216,8 +216,20 @@ pub async fn serve<IO>(
         + Send
         + 'static,
 {
+    // Streams are long-lived (one per authority a proxy follows: up to 1,000 on its one
+    // connection), so no timeout or connection age; but hyper's guard against streams reset by
+    // their own errors stays on (tonic turns it off), dead peers are found by pings, and a
+    // request (an authority) is small.
     if let Err(e) = tonic::transport::Server::builder()
-        .add_service(destination_server::DestinationServer::new(server))
+        // Past the per-caller quota, so that a stream beyond it is refused with the reason
+        // (`fair.rs`) rather than left waiting for a slot.
+        .max_concurrent_streams(Some(2 * MAX_STREAMS_PER_CALLER as u32))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(
+            destination_server::DestinationServer::new(server).max_decoding_message_size(4 << 10),
+        )
         .serve_with_incoming(incoming)
         .await
     {
