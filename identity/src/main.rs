@@ -175,6 +175,7 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
         trust_domain: a.trust_domain.clone(),
         lifetime: a.cert_lifetime,
         metrics: metrics.clone(),
+        limits: service::Limits::default(),
     };
     let admin = tokio::net::TcpListener::bind(a.admin_listen)
         .await

@@ -85,6 +85,11 @@ impl Reviewer {
         }
     }
 
+    /// The audience tokens must be for.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
     pub async fn review(&self, token: &str) -> Result<Reviewed, ReviewError> {
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let req = TokenReview {

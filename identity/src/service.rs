@@ -8,7 +8,9 @@
 //! | malformed identity or CSR; CSR with other names, a CA flag or another key type | InvalidArgument |
 //! | token missing, malformed, invalid, expired, revoked (its pod deleted), for another audience, unbound | Unauthenticated |
 //! | token of another ServiceAccount than the identity asked for; pod gone | PermissionDenied |
-//! | the API server unreachable | Unavailable |
+//! | the API server unreachable; too many reviews at once | Unavailable |
+//! | too many calls at once from one address | ResourceExhausted |
+//! | the issuer expires within 5 minutes | FailedPrecondition |
 
 use std::{
     net::SocketAddr,
@@ -25,6 +27,9 @@ use crate::{
     review::{ReviewError, Reviewer},
     spiffe::SpiffeId,
 };
+
+/// How far a token's expiry may seem past before it is refused without a review.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The CA in use, replaced whole when the issuer or the anchors change.
 #[derive(Clone)]
@@ -54,6 +59,52 @@ pub struct Service {
     pub trust_domain: String,
     pub lifetime: Duration,
     pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+/// What callers may make the service do at once. Each call costs a TokenReview (a POST to
+/// the API server as this service's account, a webhook's call too where tokens go to one),
+/// and a caller needs no valid token to ask: the API server's fairness would then throttle
+/// this account's real reviews along with the flood. So calls are bounded per caller address
+/// and reviews in all; past either the caller is told to come back (its client retries).
+#[derive(Clone)]
+pub struct Limits {
+    callers: meshwork_daemon::quota::PerAddress,
+    reviews: Arc<tokio::sync::Semaphore>,
+}
+
+/// Calls in progress at once from one address (a pod renews once per certificate life).
+pub const MAX_CALLS_PER_CALLER: usize = 4;
+/// TokenReviews in flight at once.
+pub const MAX_REVIEWS: usize = 64;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            callers: meshwork_daemon::quota::PerAddress::new(MAX_CALLS_PER_CALLER),
+            reviews: Arc::new(tokio::sync::Semaphore::new(MAX_REVIEWS)),
+        }
+    }
+}
+
+impl Limits {
+    pub fn new(per_caller: usize, reviews: usize) -> Self {
+        Limits {
+            callers: meshwork_daemon::quota::PerAddress::new(per_caller),
+            reviews: Arc::new(tokio::sync::Semaphore::new(reviews)),
+        }
+    }
+}
+
+/// `s` for a log line or a status message: Debug-escaped (a client's line break cannot start
+/// a forged audit line) and at most 256 characters.
+fn shown(s: &str) -> String {
+    let mut end = s.len().min(256);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if end < s.len() { "…" } else { "" };
+    format!("{:?}{cut}", &s[..end])
 }
 
 /// A refusal: the status, the metrics reason, and the identity asked for (for the audit).
@@ -102,7 +153,7 @@ impl Service {
     ) -> Result<CertifyResponse, Refusal> {
         let id = SpiffeId::parse(&req.identity).map_err(|e| {
             refuse(
-                Status::invalid_argument(format!("identity {:?}: {e}", req.identity)),
+                Status::invalid_argument(format!("identity {}: {e}", shown(&req.identity))),
                 "identity_malformed",
             )
         })?;
@@ -138,8 +189,35 @@ impl Service {
                 "token_malformed",
             )
         })?;
-        who.pod = format!("(claims {})", peeked.subject);
+        who.pod = format!("(claims {})", shown(&peeked.subject));
+        // What the review would refuse anyway, refused without one (the claims are not
+        // verified here: a forger passes these, which is what the limits are for).
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if peeked.expires < now - CLOCK_SKEW.as_secs() as i64 {
+            // Labelled as the review would label it.
+            return Err(refuse(
+                Status::unauthenticated("token: expired"),
+                "token_invalid",
+            ));
+        }
+        if !peeked
+            .audiences
+            .iter()
+            .any(|a| a == self.reviewer.audience())
+        {
+            return Err(review_refusal(ReviewError::Audience(
+                self.reviewer.audience().to_string(),
+            )));
+        }
         let csr = check_csr(&req.certificate_signing_request, &id).map_err(csr_refusal)?;
+        let Ok(_review) = self.limits.reviews.try_acquire() else {
+            return Err(refuse(
+                Status::unavailable("busy: too many certificate requests at once; retry"),
+                "busy",
+            ));
+        };
         let r = self.reviewer.review(token).await.map_err(review_refusal)?;
         who.pod = format!("{}/{}", r.namespace, r.pod);
         if (r.namespace.as_str(), r.service_account.as_str()) != (ns, sa) {
@@ -152,9 +230,13 @@ impl Service {
             ));
         }
         let ca = self.ca.get();
-        let leaf = ca
-            .sign_csr(csr, &id, self.lifetime)
-            .map_err(|e| refuse(Status::internal(e.to_string()), "sign_failed"))?;
+        let leaf = ca.sign_csr(csr, &id, self.lifetime).map_err(|e| match e {
+            crate::ca::CaError::IssuerExpiring => refuse(
+                Status::failed_precondition(e.to_string()),
+                "issuer_expiring",
+            ),
+            e => refuse(Status::internal(e.to_string()), "sign_failed"),
+        })?;
         let until = leaf
             .not_after
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -182,9 +264,19 @@ impl identity_server::Identity for Service {
         let t0 = Instant::now();
         let peer: Option<SocketAddr> = req.remote_addr();
         let req = req.into_inner();
-        let asked = req.identity.clone();
+        let asked = shown(&req.identity);
         let mut who = Who::default();
-        let r = self.certify_inner(req, &mut who).await;
+        // A transport without addresses is one caller.
+        let ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        let r = match self.limits.callers.take(ip) {
+            Some(_held) => self.certify_inner(req, &mut who).await,
+            None => Err(refuse(
+                Status::resource_exhausted(format!(
+                    "{MAX_CALLS_PER_CALLER} certificate requests at once from {ip}; retry"
+                )),
+                "caller_limit",
+            )),
+        };
         self.metrics.latency.observe(t0.elapsed().as_secs_f64());
         match r {
             Ok(resp) => {
@@ -210,11 +302,145 @@ impl identity_server::Identity for Service {
                     identity = %asked,
                     pod = %who.pod,
                     peer = ?peer,
-                    error = %f.status.message(),
+                    error = ?f.status.message(),
                     "certificate refused"
                 );
                 Err(f.status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use base64::Engine;
+
+    use super::*;
+
+    /// A token that passes the shape checks (not a real signature: the review is what
+    /// would refuse it, and here it never answers).
+    fn token(aud: &str, exp: i64) -> Vec<u8> {
+        let b = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2ln",
+            b(serde_json::json!({"alg": "ES256"})),
+            b(serde_json::json!({"sub": "system:serviceaccount:app:web", "aud": [aud], "exp": exp}))
+        )
+        .into_bytes()
+    }
+
+    /// A service whose API server takes TokenReviews and never answers them, with `limits`.
+    async fn stalled(limits: Limits) -> Arc<Service> {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(l.accept().await.unwrap().0);
+            }
+        });
+        let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(cfg).unwrap();
+        Arc::new(Service {
+            ca: CaHandle::new(crate::ca::tests::test_ca()),
+            reviewer: Reviewer::new(client, "identity.meshwork.io".into()),
+            trust_domain: "cluster.local".into(),
+            lifetime: Duration::from_secs(3600),
+            metrics: Metrics::new(),
+            limits,
+        })
+    }
+
+    fn request(token: Vec<u8>) -> Request<CertifyRequest> {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/web").unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        Request::new(CertifyRequest {
+            identity: id.to_string(),
+            token,
+            certificate_signing_request: crate::ca::make_csr(&key, &id).unwrap(),
+        })
+    }
+
+    fn far_future() -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 3600
+    }
+
+    /// Calls no token could pass: one caller's at once, and reviews in all, are bounded;
+    /// past either the caller hears why at once, with nothing sent to the API server.
+    #[tokio::test]
+    async fn reviews_are_bounded_per_caller_and_in_all() {
+        use identity_server::Identity as _;
+        let svc = stalled(Limits::new(3, 2)).await;
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            let s = svc.clone();
+            pending.push(tokio::spawn(async move {
+                s.certify(request(token("identity.meshwork.io", far_future())))
+                    .await
+            }));
+        }
+        // Both reviews hang; the third call of this caller is let in, and finds no review.
+        tokio::task::yield_now().await;
+        while svc.limits.reviews.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let busy = svc
+            .certify(request(token("identity.meshwork.io", far_future())))
+            .await
+            .unwrap_err();
+        assert_eq!(busy.code(), tonic::Code::Unavailable, "{busy:?}");
+        // A fourth, while three are in: refused before anything is read.
+        let held = svc
+            .limits
+            .callers
+            .take(std::net::IpAddr::from([0, 0, 0, 0]));
+        let over = svc
+            .certify(request(token("identity.meshwork.io", far_future())))
+            .await
+            .unwrap_err();
+        assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
+        drop(held);
+        for p in pending {
+            p.abort();
+        }
+    }
+
+    /// An expired token, or one for another audience, is refused without a review.
+    #[tokio::test]
+    async fn expired_and_foreign_tokens_are_refused_without_a_review() {
+        use identity_server::Identity as _;
+        // No review may be made at all.
+        let svc = stalled(Limits::new(4, 0)).await;
+        let st = svc
+            .certify(request(token("identity.meshwork.io", 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), tonic::Code::Unauthenticated, "{st:?}");
+        assert!(st.message().contains("expired"), "{st:?}");
+        let st = svc
+            .certify(request(token(
+                "https://kubernetes.default.svc",
+                far_future(),
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), tonic::Code::Unauthenticated, "{st:?}");
+        assert!(st.message().contains("audience"), "{st:?}");
+    }
+
+    /// What a caller sent reaches a log line or a status escaped and cut: no line break of
+    /// its own, no megabytes.
+    #[test]
+    fn shown_escapes_and_cuts() {
+        let forged = "x\n2026-12-08T00:00:00Z  INFO meshwork_identity::audit: certificate issued";
+        assert!(!shown(forged).contains('\n'));
+        assert!(shown(&"é".repeat(10_000)).chars().count() < 300);
     }
 }
