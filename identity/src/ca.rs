@@ -38,6 +38,8 @@ pub enum CaError {
     Load { what: String, why: String },
     #[error("signing: {0}")]
     Sign(#[from] rcgen::Error),
+    #[error("the issuer certificate expires within {}s: rotate it", MIN_LEAF_LIFE.as_secs())]
+    IssuerExpiring,
 }
 
 fn load(what: &str, why: impl std::fmt::Display) -> CaError {
@@ -51,6 +53,13 @@ fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+/// How far back a leaf's validity starts (clock skew between the CA and its clients).
+const BACKDATE: Duration = Duration::from_secs(60);
+
+/// The shortest life a leaf is issued with: an issuer closer to its own expiry than this
+/// issues nothing (its leaves would be renewed again at once, and die with it).
+pub const MIN_LEAF_LIFE: Duration = Duration::from_secs(300);
 
 fn at(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix(t)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
@@ -245,16 +254,17 @@ impl Ca {
                 .map_err(|e: rcgen::Error| load("identity", e))?,
         )];
         p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        // Signatures only: these are ECDSA and Ed25519 keys, which encipher nothing (RFC
+        // 5480 §3, RFC 8410 §5).
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        // A little slack for clocks behind ours (Linkerd's identity backdates too).
-        p.not_before = at(now - Duration::from_secs(10));
+        // Slack for clocks behind ours (Linkerd's identity backdates too): a node whose
+        // clock is behind by more would find every new certificate not valid yet, and its
+        // client refuses to install those.
+        p.not_before = at(now - BACKDATE);
         p.not_after = at(end);
         p.serial_number = Some(random_serial());
         p.use_authority_key_identifier_extension = true;
@@ -293,6 +303,11 @@ impl Ca {
         id: &SpiffeId,
         lifetime: Duration,
     ) -> Result<Leaf, CaError> {
+        // Checked here, not in `leaf_params`: loading an issuer close to its end still works
+        // (its probe leaf, `from_pem`), so the service runs and says why it issues nothing.
+        if self.issuer_not_after < SystemTime::now() + MIN_LEAF_LIFE {
+            return Err(CaError::IssuerExpiring);
+        }
         let (p, end) = self.leaf_params(id, lifetime)?;
         let csr = CertificateSigningRequestParams {
             params: p,
@@ -307,9 +322,21 @@ impl Ca {
 pub fn check_csr(der: &[u8], id: &SpiffeId) -> Result<CertificateSigningRequestParams, CsrError> {
     let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    // rcgen names the key by the CSR's signature algorithm; the certificate carries the key
+    // as the SubjectPublicKeyInfo has it. So both are checked, and must agree: a P-384 key
+    // signed "with SHA-256" would otherwise pass as P-256 and be issued a certificate
+    // whose key is not what it says.
     let alg = rcgen::PublicKeyData::algorithm(&csr.public_key);
-    if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ED25519 {
-        return Err(CsrError::KeyAlgorithm(format!("{alg:?}")));
+    let spki =
+        spki_kind(der).ok_or_else(|| CsrError::KeyAlgorithm("not P-256 or Ed25519".into()))?;
+    let agrees = match spki {
+        Spki::P256 => alg == &rcgen::PKCS_ECDSA_P256_SHA256,
+        Spki::Ed25519 => alg == &rcgen::PKCS_ED25519,
+    };
+    if !agrees {
+        return Err(CsrError::KeyAlgorithm(format!(
+            "{spki:?}, signed as {alg:?}"
+        )));
     }
     let want = id.to_string();
     let other: Vec<String> = csr
@@ -331,6 +358,34 @@ pub fn check_csr(der: &[u8], id: &SpiffeId) -> Result<CertificateSigningRequestP
     Ok(csr)
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Spki {
+    P256,
+    Ed25519,
+}
+
+/// The key a CSR's SubjectPublicKeyInfo holds, if one this CA signs: an uncompressed P-256
+/// point (RFC 5480) or an Ed25519 key (RFC 8410).
+fn spki_kind(der: &[u8]) -> Option<Spki> {
+    use x509_parser::{
+        certification_request::X509CertificationRequest,
+        oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519},
+        prelude::FromDer,
+    };
+    let (_, req) = X509CertificationRequest::from_der(der).ok()?;
+    let spki = &req.certification_request_info.subject_pki;
+    let key = &spki.subject_public_key.data;
+    let alg = &spki.algorithm.algorithm;
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+        (curve == OID_EC_P256 && key.len() == 65 && key[0] == 4).then_some(Spki::P256)
+    } else if *alg == OID_SIG_ED25519 {
+        (spki.algorithm.parameters.is_none() && key.len() == 32).then_some(Spki::Ed25519)
+    } else {
+        None
+    }
+}
+
 /// A CSR for `id` with `key` (what the client library sends).
 pub fn make_csr(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, rcgen::Error> {
     let mut p = CertificateParams::default();
@@ -340,7 +395,7 @@ pub fn make_csr(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, rcgen::Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn test_ca() -> Ca {
@@ -383,6 +438,43 @@ mod tests {
         );
         crate::verify::verify_chain(&ca.anchors, &leaf.der, &ca.chain, SystemTime::now(), true)
             .unwrap();
+    }
+
+    /// The leaf starts a minute back (clients whose clock is behind take it), is for
+    /// signatures only (ECDSA and Ed25519 keys encipher nothing), and an issuer about to
+    /// expire issues nothing.
+    #[test]
+    fn leaves_are_backdated_signing_only_and_not_from_a_dying_issuer() {
+        use x509_parser::prelude::FromDer;
+        let ca = test_ca();
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/web").unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let csr = check_csr(&make_csr(&key, &id).unwrap(), &id).unwrap();
+        let leaf = ca.sign_csr(csr, &id, Duration::from_secs(3600)).unwrap();
+        let (_, c) = x509_parser::certificate::X509Certificate::from_der(&leaf.der).unwrap();
+        let start = c.validity().not_before.timestamp();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((now - 61..=now - 59).contains(&start), "{start} vs {now}");
+        let ku = c.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_encipherment());
+
+        let a = generate_anchor("cluster.local", Duration::from_secs(3600)).unwrap();
+        let i = generate_issuer(
+            "cluster.local",
+            &a.cert_pem,
+            &a.key_pem,
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        let dying = Ca::from_pem(&a.cert_pem, &i.cert_pem, &i.key_pem).unwrap();
+        let csr = check_csr(&make_csr(&key, &id).unwrap(), &id).unwrap();
+        assert!(matches!(
+            dying.sign_csr(csr, &id, Duration::from_secs(3600)),
+            Err(CaError::IssuerExpiring)
+        ));
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct Config {
     pub token_path: PathBuf,
     /// The trust anchors to start from (PEM).
     pub trust_anchors_pem: String,
+    /// The file they came from, if any: read again after a failed Certify, so that a
+    /// client that missed an anchor rotation (it was away while the service's issuer moved
+    /// to the new anchor) verifies the service with what its file holds now, instead of
+    /// retrying for good against anchors the service no longer chains to.
+    pub trust_anchors_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,11 +254,46 @@ impl Identity {
                 }
                 Err(e) => {
                     tracing::warn!(identity = %self.id(), error = %e, retry_in = ?backoff, "certify failed; keeping the current certificate");
+                    self.add_anchors_from_file();
                     tokio::time::sleep(jitter(backoff, 0.25)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
+    }
+
+    /// The anchors of `Config::trust_anchors_path` added to the bundle (a union: the file's
+    /// may be older than the service's last word), until the next Certify replaces it.
+    /// Whether the bundle changed.
+    pub fn add_anchors_from_file(&self) -> bool {
+        let Some(path) = &self.0.cfg.trust_anchors_path else {
+            return false;
+        };
+        let read = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| {
+                crate::ca::certs_from_pem("trust anchors", &pem).map_err(|e| e.to_string())
+            });
+        let from_file = match read {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "trust anchors file");
+                return false;
+            }
+        };
+        let mut all = self.0.bundle.get().to_vec();
+        let before = all.len();
+        for a in from_file {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        if all.len() == before {
+            return false;
+        }
+        tracing::info!(path = %path.display(), added = all.len() - before, "trust anchors added from the file");
+        self.0.bundle.set(all);
+        true
     }
 
     /// [`rotate`](Self::rotate) in a task of its own, until the task is aborted.
@@ -360,5 +400,44 @@ impl ResolvesClientCert for Resolver {
     }
     fn has_certs(&self) -> bool {
         self.0.current().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    /// A client whose service moved to a new anchor while it was away takes the anchors its
+    /// file holds now, beside those it had, and only once.
+    #[test]
+    fn anchors_from_the_file_join_the_bundle() {
+        let old = crate::ca::generate_anchor("cluster.local", Duration::from_secs(3600)).unwrap();
+        let new = crate::ca::generate_anchor("cluster.local", Duration::from_secs(3600)).unwrap();
+        let dir = std::env::temp_dir().join(format!("meshwork-anchors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.crt");
+        std::fs::write(&file, format!("{}{}", old.cert_pem, new.cert_pem)).unwrap();
+        let id = Identity::new(Config {
+            addr: "127.0.0.1:1".into(),
+            service_identity: SpiffeId::parse("spiffe://cluster.local/ns/s/sa/identity").unwrap(),
+            identity: SpiffeId::parse("spiffe://cluster.local/ns/app/sa/web").unwrap(),
+            token_path: dir.join("token"),
+            trust_anchors_pem: old.cert_pem.clone(),
+            trust_anchors_path: Some(file.clone()),
+        })
+        .unwrap();
+        assert_eq!(id.bundle().get().len(), 1);
+        assert!(id.add_anchors_from_file());
+        assert_eq!(id.bundle().get().len(), 2);
+        assert!(!id.add_anchors_from_file(), "nothing new the second time");
+        std::fs::write(&file, "not PEM").unwrap();
+        assert!(!id.add_anchors_from_file());
+        assert_eq!(
+            id.bundle().get().len(),
+            2,
+            "an unreadable file changes nothing"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -46,6 +46,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         token_path: cfg.token_path.clone(),
         trust_anchors_pem: std::fs::read_to_string(&cfg.trust_anchors)
             .with_context(|| format!("trust anchors {}", cfg.trust_anchors.display()))?,
+        trust_anchors_path: Some(cfg.trust_anchors.clone()),
     })?;
     let _rotation = AbortOnDrop(identity.spawn_rotation());
     tracing::info!(%id, "waiting for a certificate");

@@ -265,6 +265,7 @@ async fn main() {
                 identity: w.id.clone(),
                 token_path: path,
                 trust_anchors_pem: anchors_pem.clone(),
+                trust_anchors_path: None,
             })
             .unwrap(),
         );

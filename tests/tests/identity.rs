@@ -201,6 +201,7 @@ fn identity_client(
         identity: SpiffeId::service_account(TD, ns, sa).unwrap(),
         token_path: path,
         trust_anchors_pem: std::fs::read_to_string(c.path("ca/ca.crt")).unwrap(),
+        trust_anchors_path: None,
     })
     .unwrap()
 }

@@ -441,6 +441,7 @@ fn mesh_ctl_up_leaves_a_cluster_kubectl_and_the_host_reach() {
         identity: meshwork_identity::SpiffeId::service_account(td, "default", "mesh-web").unwrap(),
         token_path,
         trust_anchors_pem: anchors.clone(),
+        trust_anchors_path: None,
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -152,6 +152,7 @@ impl Settings {
                 identity: id("--namespace/--service-account", &own)?,
                 token_path: cfg.identity_token.clone(),
                 trust_anchors_pem: String::new(),
+                trust_anchors_path: Some(cfg.trust_anchors.clone()),
             },
             anchors: cfg.trust_anchors.clone(),
         })
