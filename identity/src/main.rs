@@ -45,6 +45,13 @@ struct Serve {
     audience: String,
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
+    /// Certify calls in progress at once from one address (each pod has its own; a load
+    /// test from one host needs more).
+    #[arg(long, default_value_t = service::MAX_CALLS_PER_CALLER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_calls_per_caller: usize,
+    /// TokenReviews in flight at once; more wait (up to 10 s) for a place.
+    #[arg(long, default_value_t = service::MAX_REVIEWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_reviews: usize,
     /// The service's own namespace and ServiceAccount: its serving certificate names them.
     #[arg(long, env = "POD_NAMESPACE", default_value = "meshwork-system")]
     namespace: String,
@@ -175,7 +182,7 @@ async fn serve(a: Serve) -> anyhow::Result<()> {
         trust_domain: a.trust_domain.clone(),
         lifetime: a.cert_lifetime,
         metrics: metrics.clone(),
-        limits: service::Limits::default(),
+        limits: service::Limits::new(a.max_calls_per_caller, a.max_reviews),
     };
     let admin = tokio::net::TcpListener::bind(a.admin_listen)
         .await

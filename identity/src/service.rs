@@ -66,24 +66,25 @@ pub struct Service {
 /// the API server as this service's account, a webhook's call too where tokens go to one),
 /// and a caller needs no valid token to ask: the API server's fairness would then throttle
 /// this account's real reviews along with the flood. So calls are bounded per caller address
-/// and reviews in all; past either the caller is told to come back (its client retries).
+/// and reviews in all: past the first the caller is told to come back (its client retries),
+/// the second makes calls wait their turn (at most [`REVIEW_WAIT`]).
 #[derive(Clone)]
 pub struct Limits {
     callers: meshwork_daemon::quota::PerAddress,
     reviews: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
 }
 
 /// Calls in progress at once from one address (a pod renews once per certificate life).
 pub const MAX_CALLS_PER_CALLER: usize = 4;
 /// TokenReviews in flight at once.
 pub const MAX_REVIEWS: usize = 64;
+/// How long a call waits for a review's place before it is told the service is busy.
+const REVIEW_WAIT: Duration = Duration::from_secs(10);
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            callers: meshwork_daemon::quota::PerAddress::new(MAX_CALLS_PER_CALLER),
-            reviews: Arc::new(tokio::sync::Semaphore::new(MAX_REVIEWS)),
-        }
+        Limits::new(MAX_CALLS_PER_CALLER, MAX_REVIEWS)
     }
 }
 
@@ -92,7 +93,14 @@ impl Limits {
         Limits {
             callers: meshwork_daemon::quota::PerAddress::new(per_caller),
             reviews: Arc::new(tokio::sync::Semaphore::new(reviews)),
+            wait: REVIEW_WAIT,
         }
+    }
+
+    /// With `wait` for a review's place instead of [`REVIEW_WAIT`].
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
     }
 }
 
@@ -212,7 +220,10 @@ impl Service {
             )));
         }
         let csr = check_csr(&req.certificate_signing_request, &id).map_err(csr_refusal)?;
-        let Ok(_review) = self.limits.reviews.try_acquire() else {
+        // A burst (a node's pods all starting) waits its turn; past the wait it is told.
+        let Ok(Ok(_review)) =
+            tokio::time::timeout(self.limits.wait, self.limits.reviews.acquire()).await
+        else {
             return Err(refuse(
                 Status::unavailable("busy: too many certificate requests at once; retry"),
                 "busy",
@@ -377,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn reviews_are_bounded_per_caller_and_in_all() {
         use identity_server::Identity as _;
-        let svc = stalled(Limits::new(3, 2)).await;
+        let svc = stalled(Limits::new(3, 2).with_wait(Duration::from_millis(100))).await;
         let mut pending = Vec::new();
         for _ in 0..2 {
             let s = svc.clone();
@@ -417,7 +428,7 @@ mod tests {
     async fn expired_and_foreign_tokens_are_refused_without_a_review() {
         use identity_server::Identity as _;
         // No review may be made at all.
-        let svc = stalled(Limits::new(4, 0)).await;
+        let svc = stalled(Limits::new(4, 0).with_wait(Duration::from_millis(100))).await;
         let st = svc
             .certify(request(token("identity.meshwork.io", 1)))
             .await

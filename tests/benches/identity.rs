@@ -149,6 +149,9 @@ async fn main() {
             "127.0.0.1:0",
             "--kubeconfig",
             kc.to_str().unwrap(),
+            // Every caller here is on 127.0.0.1, where each would be a pod of its own.
+            "--max-calls-per-caller",
+            "1000",
         ],
         &[("MESHWORK_LOG", "warn")],
         None,
