@@ -274,24 +274,39 @@ async fn main() {
         );
     }
     let t0 = Instant::now();
+    // Each pod as its client's `rotate` does: a refused attempt (the service closes
+    // connections past its 256 handshakes under way, `identity/src/transport.rs`) is tried
+    // again after 0.5 s doubling, ±25%.
     let tasks: Vec<_> = ids
         .into_iter()
-        .map(|id| {
+        .enumerate()
+        .map(|(i, id)| {
             tokio::spawn(async move {
                 let t = Instant::now();
-                id.certify().await.unwrap();
-                t.elapsed().as_secs_f64() * 1e3
+                let (mut backoff, mut retries) = (Duration::from_millis(500), 0u32);
+                while let Err(e) = id.certify().await {
+                    retries += 1;
+                    assert!(retries < 10, "{e}");
+                    // Spread by the pod's number, as the client's random jitter would.
+                    let jitter = 0.75 + (i % 50) as f64 / 100.0;
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff *= 2;
+                }
+                (t.elapsed().as_secs_f64() * 1e3, retries)
             })
         })
         .collect();
-    let mut ms = Vec::new();
+    let (mut ms, mut retried) = (Vec::new(), 0);
     for t in tasks {
-        ms.push(t.await.unwrap());
+        let (m, r) = t.await.unwrap();
+        ms.push(m);
+        retried += usize::from(r > 0);
     }
     let wall = t0.elapsed();
     stats(&format!("{ROTATING} pods rotating at once"), ms, wall);
     println!(
-        "{ROTATING} pods rotating at once: all done in {:.3} s (goal < 2 s)",
+        "{ROTATING} pods rotating at once: all done in {:.3} s (goal < 2 s); {retried} pods \
+         needed a second attempt",
         wall.as_secs_f64()
     );
 }
