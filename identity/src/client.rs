@@ -254,7 +254,12 @@ impl Identity {
                 }
                 Err(e) => {
                     tracing::warn!(identity = %self.id(), error = %e, retry_in = ?backoff, "certify failed; keeping the current certificate");
-                    self.add_anchors_from_file();
+                    // Only when the service could not be reached or verified: a refusal
+                    // (busy, a limit, the token) says nothing of the anchors, and the file,
+                    // a kubelet's copy, may still hold one the service has just retired.
+                    if matches!(e, ClientError::Connect(_)) {
+                        self.add_anchors_from_file();
+                    }
                     tokio::time::sleep(jitter(backoff, 0.25)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

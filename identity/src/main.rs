@@ -49,7 +49,7 @@ struct Serve {
     /// test from one host needs more).
     #[arg(long, default_value_t = service::MAX_CALLS_PER_CALLER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_calls_per_caller: usize,
-    /// TokenReviews in flight at once; more wait (up to 10 s) for a place.
+    /// TokenReviews in flight at once; more wait (up to 3 s) for a place.
     #[arg(long, default_value_t = service::MAX_REVIEWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_reviews: usize,
     /// The service's own namespace and ServiceAccount: its serving certificate names them.

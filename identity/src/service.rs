@@ -70,6 +70,7 @@ pub struct Service {
 /// the second makes calls wait their turn (at most [`REVIEW_WAIT`]).
 #[derive(Clone)]
 pub struct Limits {
+    per_caller: usize,
     callers: meshwork_daemon::quota::PerAddress,
     reviews: Arc<tokio::sync::Semaphore>,
     wait: Duration,
@@ -79,8 +80,9 @@ pub struct Limits {
 pub const MAX_CALLS_PER_CALLER: usize = 4;
 /// TokenReviews in flight at once.
 pub const MAX_REVIEWS: usize = 64;
-/// How long a call waits for a review's place before it is told the service is busy.
-const REVIEW_WAIT: Duration = Duration::from_secs(10);
+/// How long a call waits for a review's place before it is told the service is busy: well
+/// inside the client library's 10 s for the whole call, so the answer reaches it.
+const REVIEW_WAIT: Duration = Duration::from_secs(3);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -91,6 +93,7 @@ impl Default for Limits {
 impl Limits {
     pub fn new(per_caller: usize, reviews: usize) -> Self {
         Limits {
+            per_caller,
             callers: meshwork_daemon::quota::PerAddress::new(per_caller),
             reviews: Arc::new(tokio::sync::Semaphore::new(reviews)),
             wait: REVIEW_WAIT,
@@ -283,7 +286,8 @@ impl identity_server::Identity for Service {
             Some(_held) => self.certify_inner(req, &mut who).await,
             None => Err(refuse(
                 Status::resource_exhausted(format!(
-                    "{MAX_CALLS_PER_CALLER} certificate requests at once from {ip}; retry"
+                    "{} certificate requests at once from {ip}; retry",
+                    self.limits.per_caller
                 )),
                 "caller_limit",
             )),

@@ -187,9 +187,11 @@ pub async fn serve<F, Fut>(
                 continue;
             }
             // Errors of the one connection (it was reset or aborted before it was taken,
-            // accept(2)): the next is taken at once.
+            // accept(2)): the next is taken almost at once (a millisecond, so that an error
+            // that keeps coming back cannot spin a core).
             Err(e) => {
                 tracing::debug!(?stack, error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };

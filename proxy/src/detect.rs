@@ -103,14 +103,19 @@ enum Line {
 /// most lenient servers behind a proxy parse it, not as the RFC writes it. A line an app
 /// accepts but detection called opaque would reach it raw, its headers unexamined (a forged
 /// `meshwork-client-id` among them); one that detection calls HTTP but hyper refuses gets a
-/// 400 instead. So the line is read as Python's `http.server` reads it (the most lenient
-/// parser found; wsgiref and Django's runserver share it): up to LF, split on any byte
-/// Python's `str.split` takes for whitespace in latin-1 (a stray CR, VT, FF, 0x1C–0x1F, 0x85,
-/// 0xA0 as well as SP and HTAB), control characters and DEL kept in the words; three or more
-/// words whose last starts with `HTTP/`, or HTTP/0.9's `GET <path>` (whose headers Python
-/// still reads), is HTTP. Empty lines and whitespace before it are skipped. Undecided until
-/// the line ends, unless a byte no request line holds (a method that is not a token) comes
-/// first.
+/// 400 instead. The most lenient parser found is Python's `http.server` (wsgiref's and
+/// Django's runserver's too): the line up to LF, split on any byte `str.split` takes for
+/// whitespace in latin-1 (a stray CR, VT, FF, 0x1C–0x1F, 0x85, 0xA0 as well as SP and HTAB),
+/// control characters and DEL kept in the words, three or more words whose last starts with
+/// `HTTP/`, or HTTP/0.9's `GET <path>` (whose headers Python still reads). A line whose
+/// method is one apps serve (`METHODS`) is read so. Any other method is read as nginx and
+/// hyper read a line — runs of SP or HTAB, no control character, CR only before LF — and
+/// decided at the first byte that breaks it: client-first protocols that begin with a word
+/// and a space (git's `0033git-upload-pack /p.git\0host=h\0`, with no LF to wait for) are
+/// relayed at once, not held for the detection timeout. (Python dispatches a method only to
+/// a handler of its name, so a forged header under an exotic method reaches none.) Empty
+/// lines and whitespace before the line are skipped. Undecided until the line ends, unless a
+/// byte no request line holds comes first.
 fn request_line(buf: &[u8]) -> Line {
     let mut i = 0;
     while i < buf.len() && (buf[i] == b'\n' || is_lenient_space(buf[i])) {
@@ -127,14 +132,33 @@ fn request_line(buf: &[u8]) -> Line {
     if i == buf.len() {
         return Line::Partial;
     }
-    if i == method || !is_lenient_space(buf[i]) {
+    let lenient = METHODS.contains(&&buf[method..i]);
+    let is_sep = |b: u8| {
+        if lenient {
+            is_lenient_space(b)
+        } else {
+            b == b' ' || b == b'\t'
+        }
+    };
+    if i == method || !is_sep(buf[i]) {
         return Line::Not;
     }
-    let Some(end) = buf[i..].iter().position(|b| *b == b'\n').map(|n| i + n) else {
-        return Line::Partial;
+    let end = loop {
+        match buf.get(i) {
+            None => return Line::Partial,
+            Some(b'\n') => break i,
+            Some(_) if lenient => i += 1,
+            Some(b'\r') => match buf.get(i + 1) {
+                None => return Line::Partial,
+                Some(b'\n') => break i,
+                Some(_) => return Line::Not,
+            },
+            Some(&b) if b < b' ' && b != b'\t' || b == 0x7f => return Line::Not,
+            Some(_) => i += 1,
+        }
     };
     let mut words = buf[method..end]
-        .split(|b| is_lenient_space(*b))
+        .split(|b| is_sep(*b))
         .filter(|w| !w.is_empty());
     let (Some(verb), Some(target)) = (words.next(), words.next()) else {
         return Line::Not;
@@ -150,6 +174,29 @@ fn request_line(buf: &[u8]) -> Line {
         None => Line::Not,
     }
 }
+
+/// The methods apps serve (RFC 9110 §9, PATCH, and WebDAV's), whose lines are read as
+/// leniently as the most lenient server reads them.
+const METHODS: &[&[u8]] = &[
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"SEARCH",
+    b"REPORT",
+];
 
 /// What Python's `str.split()` splits on in a latin-1 line (`http.server` decodes it so).
 fn is_lenient_space(b: u8) -> bool {
@@ -195,6 +242,20 @@ mod tests {
             (b"GET / HTTP/1.1\rX\n", false, found(Protocol::Opaque)),
             (b"POST /\r\n", false, found(Protocol::Opaque)),
             (b"GET key\r\n", false, found(Protocol::Opaque)),
+            // Client-first protocols that begin with a word and a space: decided at the
+            // first byte no request line of theirs holds, not held for an LF.
+            (
+                b"0033git-upload-pack /x.git\0host=repo\0",
+                false,
+                found(Protocol::Opaque),
+            ),
+            (b"FOO /\x01 HTTP/1.1\r\n", false, found(Protocol::Opaque)),
+            (b"FOO / HTTP/1.1\rX", false, found(Protocol::Opaque)),
+            (
+                b"PROXY TCP4 10.0.0.1 10.0.0.2 5000 80\r\n",
+                false,
+                found(Protocol::Opaque),
+            ),
             (b"GET / FTP/1.1\r\n", false, found(Protocol::Opaque)),
             (b"SET key value\r\n", false, found(Protocol::Opaque)),
             // As servers parse it: a bare LF, empty lines first, another minor version.

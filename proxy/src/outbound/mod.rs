@@ -145,7 +145,10 @@ impl Outbound {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
+        // As `io::keepalive`: 10 s idle, 3 probes 10 s apart.
         http.set_keepalive(Some(Duration::from_secs(10)));
+        http.set_keepalive_interval(Some(Duration::from_secs(10)));
+        http.set_keepalive_retries(Some(3));
         Arc::new_cyclic(|me| Outbound {
             me: me.clone(),
             pool: Arc::new(Pool::new(creds, cfg.connect_timeout, metrics.clone())),
