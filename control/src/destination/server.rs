@@ -407,6 +407,25 @@ mod tests {
         );
     }
 
+    /// A channel to the service at `addr` from the local address `from` (a pod of its own).
+    fn channel_from(addr: std::net::SocketAddr, from: &str) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .local_address(Some(from.parse().unwrap()))
+            .connect_lazy()
+    }
+
+    /// A stream for `web.shop`'s port 80 on `c`.
+    async fn get(
+        c: tonic::transport::Channel,
+    ) -> Result<tonic::Response<tonic::Streaming<pb::Update>>, tonic::Status> {
+        DestinationClient::new(c)
+            .get(pb::GetDestination {
+                authority: "web.shop.svc.cluster.local:80".into(),
+            })
+            .await
+    }
+
     /// One address may hold at most MAX_STREAMS_PER_CALLER streams; another is still served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_caller_cannot_take_every_stream_of_the_node() {
@@ -417,19 +436,7 @@ mod tests {
             Counter::default(),
         )
         .await;
-        let client = |from: &str| {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .local_address(Some(from.parse().unwrap()))
-                .connect_lazy()
-        };
-        let get = |c: tonic::transport::Channel| async move {
-            DestinationClient::new(c)
-                .get(pb::GetDestination {
-                    authority: "web.shop.svc.cluster.local:80".into(),
-                })
-                .await
-        };
+        let client = |from: &str| channel_from(addr, from);
         let one = client("127.0.0.1");
         let mut open = Vec::new();
         for i in 0..MAX_STREAMS_PER_CALLER {
@@ -458,19 +465,7 @@ mod tests {
             super::super::fair::Streams::new(8, 6),
         )
         .await;
-        let client = |from: &str| {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .local_address(Some(from.parse().unwrap()))
-                .connect_lazy()
-        };
-        let get = |c: tonic::transport::Channel| async move {
-            DestinationClient::new(c)
-                .get(pb::GetDestination {
-                    authority: "web.shop.svc.cluster.local:80".into(),
-                })
-                .await
-        };
+        let client = |from: &str| channel_from(addr, from);
         // Each stream's first answer read: it is open at the agent.
         let open = async |c: &tonic::transport::Channel, n: usize| {
             let mut v = Vec::new();

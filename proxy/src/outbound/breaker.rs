@@ -301,6 +301,17 @@ mod tests {
         assert_eq!(b.admit(t0), Admit::No);
     }
 
+    /// Waits out `b`'s penalty from `now` in steps of 250 ms: how long it lasted (in
+    /// seconds), `now` moved to its end.
+    fn wait_out(b: &mut Breaker, now: &mut Instant) -> f64 {
+        let mut waited = Duration::ZERO;
+        while b.admit(*now) == Admit::No {
+            *now += Duration::from_millis(250);
+            waited += Duration::from_millis(250);
+        }
+        waited.as_secs_f64()
+    }
+
     #[test]
     fn penalties_double_to_the_cap_and_a_good_probe_restores() {
         let mut now = Instant::now();
@@ -314,13 +325,7 @@ mod tests {
         );
         let mut penalties = Vec::new();
         for _ in 0..8 {
-            // Wait out the penalty, to the millisecond.
-            let mut waited = Duration::ZERO;
-            while b.admit(now) == Admit::No {
-                now += Duration::from_millis(250);
-                waited += Duration::from_millis(250);
-            }
-            penalties.push(waited.as_secs_f64());
+            penalties.push(wait_out(&mut b, &mut now));
             // The probe is the only request let through, and it fails.
             assert_eq!(b.admit(now), Admit::No, "one probe at a time");
             assert_eq!(b.record(now, false, true, 0.0), Some(Ejected::FailedProbe));
@@ -355,15 +360,6 @@ mod tests {
             b.record(now, false, false, 0.0),
             Some(Ejected::ConsecutiveFailures)
         );
-        // How long the penalty lasted, `now` moved to its end.
-        let wait_out = |b: &mut Breaker, now: &mut Instant| {
-            let mut waited = Duration::ZERO;
-            while b.admit(*now) == Admit::No {
-                *now += Duration::from_millis(250);
-                waited += Duration::from_millis(250);
-            }
-            waited.as_secs_f64()
-        };
         let mut penalties = Vec::new();
         for _ in 0..3 {
             penalties.push(wait_out(&mut b, &mut now));
