@@ -3,6 +3,20 @@
 pub mod admin;
 pub mod quota;
 
+/// `s` cut to at most `max` bytes, on a character boundary: what a client sent, bounded
+/// before a component keeps or logs it (the proxy's tap lines and spans, the identity
+/// service's audit lines).
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A duration as kube's flags take them (`48h`, `90m`, `500ms`, `1h30m`) or plain seconds:
 /// the one parser every Meshwork binary's flags use.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -110,12 +110,9 @@ impl Limits {
 /// `s` for a log line or a status message: Debug-escaped (a client's line break cannot start
 /// a forged audit line) and at most 256 characters.
 fn shown(s: &str) -> String {
-    let mut end = s.len().min(256);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = if end < s.len() { "…" } else { "" };
-    format!("{:?}{cut}", &s[..end])
+    let kept = meshwork_daemon::cut(s, 256);
+    let more = if kept.len() < s.len() { "…" } else { "" };
+    format!("{kept:?}{more}")
 }
 
 /// A refusal: the status, the metrics reason, and the identity asked for (for the audit).

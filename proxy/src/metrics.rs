@@ -40,17 +40,8 @@ pub const MAX_LABEL_LEN: usize = 512;
 /// (hyper takes a request head of up to about 400 KiB, an extension method that long too).
 pub const MAX_TAP_FIELD: usize = 1024;
 
-/// `s` cut to at most `max` bytes, on a character boundary.
-pub fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use meshwork_daemon::cut;
+
 /// Label sets of the request counter: past it, new combinations count under `overflow` for
 /// authority, route and peer (one series per direction and status class).
 pub const MAX_SERIES: usize = 10_000;

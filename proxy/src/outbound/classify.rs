@@ -13,7 +13,7 @@ use crate::http::{Body, End};
 /// (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED...) are answers, as a 4xx is: a Service
 /// answering mostly NOT_FOUND must not have its endpoints ejected.
 fn grpc_failure(status: &http::HeaderValue) -> bool {
-    matches!(status.as_bytes(), b"2" | b"13" | b"14" | b"15")
+    matches!(crate::http::grpc_code(status), "2" | "13" | "14" | "15")
 }
 
 /// Whether the response's headers already say it failed: a 5xx, or a gRPC error in a

@@ -577,9 +577,12 @@ impl Outbound {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     parts.version = http::Version::HTTP_11;
-                    let body = match self.me.upgrade() {
-                        Some(me) if later => classify::judged(body.boxed(), me, &authority, picked),
-                        _ => body.boxed(),
+                    // Only a gRPC answer whose status is still to come pays for the wrapper
+                    // (and the reference count of `me`).
+                    let me = if later { self.me.upgrade() } else { None };
+                    let body = match me {
+                        Some(me) => classify::judged(body.boxed(), me, &authority, picked),
+                        None => body.boxed(),
                     };
                     http::Response::from_parts(parts, body)
                 }
